@@ -1,0 +1,519 @@
+#!/usr/bin/env node
+// Browser tests of the Skein web UI against a real `skein serve` loaded with the
+// shared workload. Drives Debian's Chromium through playwright-core.
+//
+//   node ui/e2e/run.mjs            (from the repository root; see ui/README.md)
+//
+// Environment:
+//   SKEIN_BIN      skein binary (default target/debug/skein, relative to the repo root)
+//   WORKLOAD_GEN   generator (default ../shared/workload/gen_workload.py, relative to the repo root)
+//   CHROMIUM       browser binary (default /usr/bin/chromium)
+//   SCREENSHOT_DIR where page screenshots go (default docs/ui)
+//   E2E_TIMEOUT_S  global timeout in seconds (default 300)
+//   SKEIN_URL      test an already running Skein instead (it must hold the
+//                  --seed 1 --traces 300 workload); nothing is started or loaded
+//
+// Prints one line per test and, last, exactly one line `N passed, N failed`.
+
+import { spawn, execFileSync } from "node:child_process";
+import { createRequire } from "node:module";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, "../..");
+const SKEIN_BIN = path.resolve(REPO, process.env.SKEIN_BIN || "target/debug/skein");
+const GEN = path.resolve(REPO, process.env.WORKLOAD_GEN || "../shared/workload/gen_workload.py");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const SHOTS = path.resolve(REPO, process.env.SCREENSHOT_DIR || "docs/ui");
+const TIMEOUT_S = Number(process.env.E2E_TIMEOUT_S || 300);
+const EXTERNAL = process.env.SKEIN_URL || "";
+
+const require = createRequire(path.join(REPO, "ui/web/package.json"));
+const { chromium } = require("playwright-core");
+
+const t0 = Date.now();
+const results = [];
+let skein = null;
+let context = null;
+let tmp = null;
+let skeinLog = "";
+let finished = false;
+
+function log(...a) {
+  console.log(`[${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
+}
+
+async function cleanup() {
+  if (context) {
+    const c = context;
+    context = null;
+    await Promise.race([c.close().catch(() => {}), sleep(5000)]);
+  }
+  if (skein && skein.exitCode === null && skein.signalCode === null) {
+    const p = skein;
+    p.kill("SIGTERM");
+    const exited = await Promise.race([new Promise((r) => p.once("exit", () => r(true))), sleep(5000).then(() => false)]);
+    if (!exited) p.kill("SIGKILL");
+  }
+  skein = null;
+  if (tmp) {
+    try {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    } catch {
+      /* ignore */
+    }
+    tmp = null;
+  }
+}
+
+function finish(code) {
+  if (finished) return;
+  finished = true;
+  const passed = results.filter((r) => r.ok).length;
+  const failed = results.length - passed;
+  log(`done in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(code ?? (failed ? 1 : 0));
+}
+
+const globalTimer = setTimeout(async () => {
+  console.error(`global timeout after ${TIMEOUT_S}s`);
+  results.push({ name: "global timeout", ok: false });
+  await Promise.race([cleanup(), sleep(8000)]);
+  finish(1);
+}, TIMEOUT_S * 1000);
+
+for (const sig of ["SIGINT", "SIGTERM"])
+  process.on(sig, async () => {
+    await Promise.race([cleanup(), sleep(8000)]);
+    finish(1);
+  });
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function test(name, fn) {
+  const s = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true });
+    console.log(`ok   - ${name} (${Date.now() - s} ms)`);
+  } catch (e) {
+    results.push({ name, ok: false });
+    console.log(`FAIL - ${name} (${Date.now() - s} ms)\n       ${String(e?.stack || e).split("\n").slice(0, 4).join("\n       ")}`);
+  }
+}
+
+function assert(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+// ------------------------------------------------------------------ setup --
+
+async function startSkein(dataDir) {
+  assert(fs.existsSync(SKEIN_BIN), `skein binary not found at ${SKEIN_BIN} (build it with cargo build, or set SKEIN_BIN)`);
+  const args = ["serve", "--data-dir", dataDir, "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
+  log(`starting ${SKEIN_BIN} ${args.join(" ")}`);
+  skein = spawn(SKEIN_BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } });
+  skein.stderr.on("data", (d) => {
+    skeinLog = (skeinLog + d.toString()).slice(-20000);
+  });
+  const rl = readline.createInterface({ input: skein.stdout });
+  const ready = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("skein did not print its ready line within 60s")), 60000);
+    skein.once("exit", (code, sig) => {
+      clearTimeout(timer);
+      reject(new Error(`skein exited early (code ${code}, signal ${sig}):\n${skeinLog.slice(-3000)}`));
+    });
+    rl.on("line", (line) => {
+      const m = /skein ready otlp_grpc=(\S+) otlp_http=(\S+) http=(\S+)/.exec(line);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ grpc: m[1], otlpHttp: m[2], http: m[3] });
+      }
+    });
+  });
+  // keep draining stdout so the child never blocks on a full pipe
+  rl.on("line", () => {});
+  log(`skein ready: ${JSON.stringify(ready)}`);
+  return ready;
+}
+
+async function waitReady(base) {
+  const until = Date.now() + 60000;
+  let last = "";
+  while (Date.now() < until) {
+    try {
+      const r = await fetch(`${base}/readyz`);
+      if (r.status === 200) return;
+      last = `HTTP ${r.status}`;
+    } catch (e) {
+      last = String(e);
+    }
+    await sleep(200);
+  }
+  throw new Error(`/readyz not 200 within 60s (${last})`);
+}
+
+async function post(url, file) {
+  const body = fs.readFileSync(file);
+  for (let attempt = 0; attempt < 30; attempt++) {
+    const r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/x-protobuf" }, body });
+    if (r.status === 200) return;
+    if (r.status === 429 || r.status === 503) {
+      const ra = Number(r.headers.get("retry-after") || "1");
+      await sleep(Math.min(5, Math.max(0.2, ra)) * 1000);
+      continue;
+    }
+    throw new Error(`POST ${url} ${path.basename(file)}: HTTP ${r.status} ${(await r.text()).slice(0, 300)}`);
+  }
+  throw new Error(`POST ${url} ${path.basename(file)}: still refused after 30 attempts`);
+}
+
+async function ingest(otlpHttp, wl) {
+  const files = fs.readdirSync(wl).sort();
+  const traces = files.filter((f) => /^traces-\d+\.pb$/.test(f));
+  const logsF = files.filter((f) => /^logs-\d+\.pb$/.test(f));
+  for (const f of traces) await post(`http://${otlpHttp}/v1/traces`, path.join(wl, f));
+  for (const f of logsF) await post(`http://${otlpHttp}/v1/logs`, path.join(wl, f));
+  log(`ingested ${traces.length} trace files and ${logsF.length} log files`);
+}
+
+async function getJson(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`GET ${url}: HTTP ${r.status} ${(await r.text()).slice(0, 300)}`);
+  return r.json();
+}
+
+// ------------------------------------------------------------------- main --
+
+async function main() {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "skein-ui-e2e-"));
+  const wl = path.join(tmp, "wl");
+  log(`generating workload with ${GEN}`);
+  execFileSync("python3", [GEN, "--seed", "1", "--traces", "300", "--out", wl, "--no-zstd"], { stdio: ["ignore", "ignore", "inherit"] });
+  const truth = JSON.parse(execFileSync("python3", [path.join(HERE, "truth.py"), wl], { maxBuffer: 64 << 20 }).toString());
+  const T = truth.trace;
+  log(`known trace ${T.trace_id}: ${T.root_service} "${T.root_name}", ${T.span_count} spans, ${T.logs.length} logs; word "${truth.word}"`);
+
+  let base;
+  if (EXTERNAL) {
+    base = EXTERNAL.replace(/\/$/, "");
+    log(`using the running Skein at ${base}`);
+  } else {
+    const ready = await startSkein(path.join(tmp, "data"));
+    base = `http://${ready.http}`;
+    await waitReady(base);
+    await ingest(ready.otlpHttp, wl);
+  }
+
+  // the known trace must be complete before the UI is asked about it
+  {
+    const until = Date.now() + 30000;
+    let got = null;
+    let err = "";
+    while (Date.now() < until) {
+      try {
+        got = await getJson(`${base}/api/v1/traces/${T.trace_id}`);
+        if (got.spans.length === T.span_count && got.logs.length === T.logs.length) break;
+      } catch (e) {
+        err = String(e.message || e);
+      }
+      await sleep(300);
+    }
+    assert(got, `the API never returned trace ${T.trace_id}: ${err}`);
+    if (got.spans.length !== T.span_count || got.logs.length !== T.logs.length)
+      log(`WARNING: API has ${got.spans.length}/${T.span_count} spans and ${got.logs.length}/${T.logs.length} logs of the known trace`);
+  }
+
+  // time range of the workload (it is generated in the past): used in every deep link
+  const startNs = BigInt(truth.start_unix_nano) - 1_000_000_000n;
+  const endNs = BigInt(truth.end_unix_nano) + 1_000_000_000n;
+  const range = `start=${startNs}&end=${endNs}`;
+
+  const udd = path.join(tmp, "chromium-profile");
+  fs.mkdirSync(SHOTS, { recursive: true });
+  context = await chromium.launchPersistentContext(udd, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+    viewport: { width: 1440, height: 900 },
+    deviceScaleFactor: 1,
+    timezoneId: "UTC",
+    colorScheme: "light",
+  });
+  context.setDefaultTimeout(15000);
+  const page = context.pages()[0] || (await context.newPage());
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  const shot = (name) => page.screenshot({ path: path.join(SHOTS, name) });
+  const goto = async (p) => {
+    await page.goto(base + p, { waitUntil: "domcontentloaded" });
+  };
+  const waitNoLoading = async () => {
+    await page.waitForFunction(() => !document.querySelector('[data-testid="loading"]'), null, { timeout: 20000 });
+  };
+
+  await test("UI is served at / and deep links load the app", async () => {
+    for (const p of ["/", "/search", `/trace/${T.trace_id}`, "/logs?q=x", "/map", "/compare", "/service/frontend"]) {
+      const r = await fetch(base + p);
+      assert(r.status === 200, `GET ${p}: HTTP ${r.status}`);
+      const html = await r.text();
+      assert(/<div id="app">/.test(html), `GET ${p} is not the UI's index.html`);
+    }
+    await goto("/");
+    await page.waitForSelector('[data-testid="page-search"]');
+  });
+
+  await test("search finds the known trace (service + operation + time range from the URL)", async () => {
+    const s = BigInt(T.start_unix_nano) - 1_000_000n;
+    const e = BigInt(T.start_unix_nano) + BigInt(T.duration_ns) + 1_000_000n;
+    const q = new URLSearchParams({ service: T.root_service, operation: T.root_name, start: String(s), end: String(e), limit: "100" });
+    await goto(`/search?${q}`);
+    await page.waitForSelector(`[data-testid="trace-result"][data-trace-id="${T.trace_id}"]`);
+    await page.waitForSelector(`[data-testid="scatter-dot"][data-trace-id="${T.trace_id}"]`);
+    const row = await page.textContent(`[data-testid="trace-result"][data-trace-id="${T.trace_id}"]`);
+    assert(row.includes(T.root_name), `result row lacks the root operation: ${row}`);
+    assert(row.includes(`${T.span_count} spans`), `result row lacks the span count ${T.span_count}: ${row}`);
+  });
+
+  await test("search form: pickers come from the API and a search updates the URL", async () => {
+    await goto(`/search?${range}&limit=100`);
+    await page.waitForSelector('[data-testid="trace-result"]');
+    await page.waitForFunction(
+      (n) => document.querySelectorAll('[data-testid="service-select"] option').length > n,
+      truth.services.length - 1,
+    );
+    await page.selectOption('[data-testid="service-select"]', T.root_service);
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="operation-select"] option').length > 1);
+    await page.selectOption('[data-testid="operation-select"]', T.root_name);
+    await page.click('[data-testid="search-submit"]');
+    await page.waitForURL((u) => u.searchParams.get("service") === T.root_service && u.searchParams.get("operation") === T.root_name);
+    await waitNoLoading();
+    await page.waitForSelector(`[data-testid="trace-result"][data-trace-id="${T.trace_id}"]`);
+    const n = await page.locator('[data-testid="trace-result"]').count();
+    assert(n > 0, "no results");
+    await goto(`/search?${range}&limit=200`);
+    await page.waitForSelector('[data-testid="scatter-dot"]');
+    await waitNoLoading();
+    await shot("search.png");
+    // clicking a result opens the trace
+    await page.click(`[data-testid="trace-result"] [data-testid="trace-link"]`);
+    await page.waitForURL(/\/trace\/[0-9a-f]{32}/);
+    await page.waitForSelector('[data-testid="span-row"]');
+  });
+
+  /** All waterfall rows of the trace page, scrolling the virtualised list. */
+  const collectRows = () =>
+    page.evaluate(async () => {
+      const wf = document.querySelector('[data-testid="waterfall"]');
+      const rows = new Map();
+      wf.scrollTop = 0;
+      for (let i = 0; i < 2000; i++) {
+        await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+        for (const el of wf.querySelectorAll("[data-row]"))
+          rows.set(Number(el.dataset.row), {
+            kind: el.dataset.testid === "span-row" ? "span" : "log",
+            span: el.dataset.spanId,
+            text: el.textContent,
+          });
+        if (wf.scrollTop + wf.clientHeight >= wf.scrollHeight - 1) break;
+        wf.scrollTop += Math.max(50, wf.clientHeight - 60);
+      }
+      wf.scrollTop = 0;
+      return [...rows.entries()].sort((a, b) => a[0] - b[0]).map(([i, r]) => ({ i, ...r }));
+    });
+
+  let rows = [];
+  await test("trace page shows the known trace's spans", async () => {
+    await goto(`/trace/${T.trace_id}`);
+    await page.waitForSelector('[data-testid="span-row"]');
+    const count = (await page.textContent('[data-testid="trace-span-count"]')).trim();
+    assert(count === String(T.span_count), `header says ${count} spans, truth ${T.span_count}`);
+    rows = await collectRows();
+    const ids = new Set(rows.filter((r) => r.kind === "span").map((r) => r.span));
+    for (const s of T.spans) assert(ids.has(s.span_id), `span ${s.span_id} (${s.service}: ${s.name}) is not in the waterfall`);
+    assert(ids.size === T.spans.length, `waterfall has ${ids.size} spans, truth ${T.spans.length}`);
+    // the tree: every span row's parent row comes before it
+    const order = new Map(rows.filter((r) => r.kind === "span").map((r) => [r.span, r.i]));
+    for (const s of T.spans)
+      if (s.parent_span_id && order.has(s.parent_span_id))
+        assert(order.get(s.parent_span_id) < order.get(s.span_id), `span ${s.span_id} is drawn above its parent`);
+  });
+
+  await test("trace page shows each log under the span that wrote it, and in the log pane", async () => {
+    assert(rows.length, "no rows collected");
+    for (const l of T.logs) {
+      const hits = rows.filter((r) => r.kind === "log" && r.text.includes(l.body));
+      assert(hits.length, `log "${l.body}" is not in the waterfall`);
+      const ok = hits.some((h) => {
+        // the nearest span row above the log row must be the span that wrote it
+        let j = rows.findIndex((r) => r.i === h.i) - 1;
+        while (j >= 0 && rows[j].kind === "log") j--;
+        return h.span === l.span_id && j >= 0 && rows[j].span === l.span_id;
+      });
+      assert(ok, `log "${l.body}" is not right under its span ${l.span_id}`);
+    }
+    const pane = await page.locator('[data-testid="log-pane-row"]').count();
+    assert(pane === T.logs.length, `log pane has ${pane} rows, truth ${T.logs.length}`);
+    // log pane -> span: clicking a log selects the span that wrote it
+    const target = T.logs[T.logs.length - 1];
+    await page.locator('[data-testid="log-pane-row"]', { hasText: target.body }).first().click();
+    await page.waitForSelector(`[data-testid="span-detail"][data-span-id="${target.span_id}"]`);
+    // span -> logs: selecting a span highlights its logs in the pane
+    // (pick the logging span drawn highest, so its row is rendered with the list scrolled to the top)
+    const rowOf = (id) => rows.find((r) => r.kind === "span" && r.span === id)?.i ?? 1e9;
+    const other = T.logs.filter((l) => l.span_id !== target.span_id).sort((a, b) => rowOf(a.span_id) - rowOf(b.span_id))[0] || target;
+    const rowSel = `[data-testid="span-row"][data-span-id="${other.span_id}"]`;
+    await page.evaluate(() => (document.querySelector('[data-testid="waterfall"]').scrollTop = 0));
+    await page.locator(rowSel).first().scrollIntoViewIfNeeded();
+    await page.click(rowSel);
+    await page.waitForSelector(`[data-testid="span-detail"][data-span-id="${other.span_id}"]`);
+    const highlighted = await page.$$eval('[data-testid="log-pane-row"].of-selected', (els) => els.map((e) => e.dataset.spanId));
+    const expect = T.logs.filter((l) => l.span_id === other.span_id).length;
+    assert(highlighted.length === expect && highlighted.every((s) => s === other.span_id), `log pane highlights ${highlighted.length} logs of the selected span, expected ${expect}`);
+    await shot("trace.png");
+  });
+
+  await test("trace page: keyboard navigation, find-in-trace, critical path, collapse", async () => {
+    await goto(`/trace/${T.trace_id}`);
+    await page.waitForSelector('[data-testid="span-row"]');
+    await page.focus('[data-testid="waterfall"]');
+    await page.keyboard.press("ArrowDown");
+    await page.keyboard.press("ArrowUp");
+    await page.keyboard.press("Enter");
+    await page.waitForSelector('[data-testid="span-detail"]');
+    const first = await page.getAttribute('[data-testid="span-detail"]', "data-span-id");
+    const root = T.spans.find((s) => !s.parent_span_id);
+    assert(!root || first === root.span_id, `Enter on the first row opened ${first}, expected the root ${root?.span_id}`);
+    await page.keyboard.press("ArrowLeft"); // collapse root
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="span-row"]').length === 1);
+    await page.keyboard.press("ArrowRight"); // expand again
+    await page.waitForFunction((n) => document.querySelectorAll('[data-testid="span-row"]').length >= Math.min(n, 10), T.span_count);
+    assert((await page.locator(".crit").count()) > 0, "no critical path drawn");
+    const leaf = T.spans.find((s) => s.service !== T.root_service) || T.spans[0];
+    await page.fill('[data-testid="find-in-trace"]', leaf.name);
+    await page.waitForSelector('[data-testid="find-count"]');
+    const fc = await page.textContent('[data-testid="find-count"]');
+    const want = T.spans.filter((s) => s.name.toLowerCase().includes(leaf.name.toLowerCase())).length;
+    assert(Number(fc.split(" ")[0]) >= want, `find says "${fc}", expected at least ${want} matches`);
+  });
+
+  await test("service map shows the workload's edges", async () => {
+    await goto(`/map?${range}`);
+    await page.waitForSelector('[data-testid="map-edge"]');
+    await waitNoLoading();
+    const edges = await page.$$eval('[data-testid="map-edge"]', (els) => els.map((e) => ({ p: e.dataset.parent, c: e.dataset.child, n: Number(e.dataset.calls) })));
+    const got = new Map(edges.map((e) => [`${e.p} -> ${e.c}`, e.n]));
+    const missing = truth.edges.filter((e) => !got.has(`${e.parent} -> ${e.child}`)).map((e) => `${e.parent} -> ${e.child}`);
+    assert(!missing.length, `edges missing from the map: ${missing.join(", ")}`);
+    const extra = [...got.keys()].filter((k) => !truth.edges.some((e) => `${e.parent} -> ${e.child}` === k));
+    assert(!extra.length, `edges not in the workload: ${extra.join(", ")}`);
+    const nodes = await page.$$eval('[data-testid="map-node"]', (els) => els.map((e) => e.dataset.service));
+    for (const s of new Set(truth.edges.flatMap((e) => [e.parent, e.child]))) assert(nodes.includes(s), `node ${s} missing`);
+    await shot("map.png");
+    const wrong = truth.edges.filter((e) => got.get(`${e.parent} -> ${e.child}`) !== e.count);
+    assert(!wrong.length, `call counts differ from the workload: ${wrong.map((e) => `${e.parent}->${e.child} ${got.get(`${e.parent} -> ${e.child}`)} != ${e.count}`).join(", ")}`);
+  });
+
+  await test("service map: a node opens the service overview with RED charts", async () => {
+    await goto(`/map?${range}`);
+    await page.click(`[data-testid="map-node"][data-service="${T.root_service}"]`);
+    await page.waitForURL(new RegExp(`/service/${T.root_service}`));
+    await page.waitForSelector('[data-testid="chart-rate"] canvas');
+    await page.waitForSelector('[data-testid="chart-latency"] canvas');
+    await page.waitForSelector('[data-testid="op-row"]');
+    await waitNoLoading();
+    await shot("service.png");
+    // a point on the chart lists example traces
+    const box = await page.locator('[data-testid="chart-rate"] .u-over').boundingBox();
+    await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5);
+    await page.mouse.click(box.x + box.width * 0.5, box.y + box.height * 0.5);
+    await page.waitForSelector('[data-testid="examples"]');
+  });
+
+  await test("logs page finds a log by a word and opens its trace", async () => {
+    await goto(`/logs?${range}`);
+    await page.waitForSelector('[data-testid="log-row"]');
+    await page.fill('[data-testid="logs-query"]', truth.word);
+    await page.press('[data-testid="logs-query"]', "Enter");
+    await page.waitForURL((u) => u.searchParams.get("q") === truth.word);
+    await waitNoLoading();
+    await page.waitForSelector('[data-testid="log-row"]');
+    const bodies = await page.$$eval('[data-testid="log-body"]', (els) => els.map((e) => e.textContent.toLowerCase()));
+    assert(bodies.length > 0, "no log found");
+    const without = bodies.filter((b) => !b.includes(truth.word));
+    // full text may also match attribute values; the body check covers most rows
+    assert(without.length < bodies.length, `no result contains "${truth.word}"`);
+    if (truth.word_count <= 100) assert(bodies.length === truth.word_count || bodies.length >= Math.min(truth.word_count, 100), `found ${bodies.length} logs for "${truth.word}", the workload has ${truth.word_count}`);
+    await page.waitForSelector('[data-testid="logs-histogram"] canvas');
+    await shot("logs.png");
+    const row = page.locator(`[data-testid="log-row"][data-trace-id="${T.trace_id}"]`).first();
+    assert((await row.count()) > 0, `no log of the known trace ${T.trace_id} among the results for "${truth.word}"`);
+    const expectSpan = T.logs.find((l) => l.body.toLowerCase().includes(truth.word))?.span_id;
+    await row.locator('[data-testid="log-trace-link"]').click();
+    await page.waitForURL(new RegExp(`/trace/${T.trace_id}`));
+    await page.waitForSelector('[data-testid="span-row"]');
+    if (expectSpan) await page.waitForSelector(`[data-testid="span-detail"][data-span-id="${expectSpan}"]`);
+  });
+
+  await test("compare page matches spans of two traces", async () => {
+    const q = new URLSearchParams({ service: T.root_service, operation: T.root_name, start: String(startNs), end: String(endNs), limit: "20" });
+    const found = await getJson(`${base}/api/v1/search/traces?${q}`);
+    const other = found.traces.map((t) => t.trace_id).find((id) => id !== T.trace_id);
+    assert(other, "no second trace with the same root operation");
+    await goto(`/compare?a=${T.trace_id}&b=${other}`);
+    await page.waitForSelector('[data-testid="compare-row"]');
+    const n = await page.locator('[data-testid="compare-row"]').count();
+    assert(n > 0, "no compared rows");
+    await shot("compare.png");
+  });
+
+  await test("unknown trace and unknown page show what to do", async () => {
+    await goto(`/trace/${"0".repeat(31)}1`);
+    await page.waitForSelector('[data-testid="error"]');
+    await goto(`/search?service=no-such-service&${range}`);
+    await page.waitForSelector('[data-testid="empty"]');
+  });
+
+  await test("dark theme follows the system setting", async () => {
+    await page.emulateMedia({ colorScheme: "dark" });
+    await goto(`/trace/${T.trace_id}?span=${T.spans[0].span_id}`);
+    await page.waitForSelector('[data-testid="span-detail"]');
+    const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    assert(bg !== "rgb(247, 247, 249)", `background did not change in dark mode (${bg})`);
+    await page.waitForSelector('[data-testid="span-row"]');
+    await shot("trace-dark.png");
+    await page.emulateMedia({ colorScheme: "light" });
+  });
+
+  await test("no uncaught errors in the pages", async () => {
+    assert(!pageErrors.length, pageErrors.slice(0, 5).join("\n"));
+  });
+}
+
+main()
+  .catch((e) => {
+    results.push({ name: "setup", ok: false });
+    console.log(`FAIL - setup: ${e?.stack || e}`);
+    if (skeinLog) console.log(`skein stderr (tail):\n${skeinLog.slice(-3000)}`);
+  })
+  .finally(async () => {
+    clearTimeout(globalTimer);
+    await Promise.race([cleanup(), sleep(10000)]);
+    finish();
+  });

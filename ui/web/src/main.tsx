@@ -1,0 +1,100 @@
+import { render } from "preact";
+import { useState } from "preact/hooks";
+import "./style.css";
+import { Link } from "./components";
+import { navigate, setUtc, useLocation, utcStore } from "./util";
+import { SearchPage } from "./pages/search";
+import { TracePage } from "./pages/trace";
+import { ComparePage } from "./pages/compare";
+import { MapPage } from "./pages/map";
+import { ServicePage } from "./pages/service";
+import { LogsPage } from "./pages/logs";
+
+function Nav(props: { path: string }) {
+  const utc = utcStore.use();
+  const [tid, setTid] = useState("");
+  const item = (href: string, label: string, active: boolean, testid: string) => (
+    <Link href={href} class={active ? "nav-item active" : "nav-item"} testid={testid}>
+      {label}
+    </Link>
+  );
+  const p = props.path;
+  return (
+    <header class="topbar">
+      <Link href="/search" class="brand">
+        <svg width="18" height="18" viewBox="0 0 16 16" aria-hidden="true">
+          <circle cx="8" cy="8" r="6" fill="none" stroke="currentColor" stroke-width="2.5" />
+          <path d="M3 8h10" stroke="currentColor" stroke-width="1.5" />
+        </svg>
+        Skein
+      </Link>
+      <nav>
+        {item("/search", "Search", p === "/" || p.startsWith("/search") || p.startsWith("/trace"), "nav-search")}
+        {item("/logs", "Logs", p.startsWith("/logs"), "nav-logs")}
+        {item("/map", "Service map", p.startsWith("/map") || p.startsWith("/service"), "nav-map")}
+        {item("/compare", "Compare", p.startsWith("/compare"), "nav-compare")}
+      </nav>
+      <form
+        class="goto"
+        onSubmit={(e) => {
+          e.preventDefault();
+          const id = tid.trim().toLowerCase();
+          if (id) navigate(`/trace/${encodeURIComponent(id)}`);
+        }}
+      >
+        <input
+          placeholder="Open trace ID…"
+          value={tid}
+          aria-label="Trace ID"
+          data-testid="goto-trace"
+          onInput={(e) => setTid((e.target as HTMLInputElement).value)}
+        />
+      </form>
+      <label class="utc-toggle" title="Show times in UTC instead of the browser's time zone">
+        <input
+          type="checkbox"
+          checked={utc}
+          data-testid="utc-toggle"
+          onChange={(e) => setUtc((e.target as HTMLInputElement).checked)}
+        />
+        UTC
+      </label>
+    </header>
+  );
+}
+
+function NotFound(props: { path: string }) {
+  return (
+    <div class="page">
+      <div class="state empty">
+        <div class="state-title">No page at {props.path}</div>
+        <div class="state-hint">
+          Go to <Link href="/search">trace search</Link>, <Link href="/logs">logs</Link> or the{" "}
+          <Link href="/map">service map</Link>.
+        </div>
+      </div>
+    </div>
+  );
+}
+
+function App() {
+  const loc = useLocation();
+  const p = loc.path.replace(/\/+$/, "") || "/";
+  let page;
+  let m: RegExpMatchArray | null;
+  if (p === "/" || p === "/search") page = <SearchPage loc={loc} />;
+  else if ((m = p.match(/^\/trace\/([^/]+)$/))) page = <TracePage id={decodeURIComponent(m[1])} loc={loc} />;
+  else if (p === "/compare") page = <ComparePage loc={loc} />;
+  else if (p === "/map") page = <MapPage loc={loc} />;
+  else if ((m = p.match(/^\/service\/([^/]+)$/))) page = <ServicePage name={decodeURIComponent(m[1])} loc={loc} />;
+  else if (p === "/logs") page = <LogsPage loc={loc} />;
+  else page = <NotFound path={p} />;
+  return (
+    <>
+      <Nav path={p} />
+      <main>{page}</main>
+    </>
+  );
+}
+
+render(<App />, document.getElementById("app")!);

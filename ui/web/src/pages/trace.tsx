@@ -1,0 +1,851 @@
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
+import { api, type Attrs, type Trace } from "../api";
+import { Busy, Empty, ErrorState, Link, Loading, ServiceChip, TimeText } from "../components";
+import { type LogItem, type SpanNode, type TraceModel, buildModel, severityClass, severityLabel } from "../tracemodel";
+import {
+  type Loc,
+  attrText,
+  buildUrl,
+  copyText,
+  downloadJson,
+  fmtDuration,
+  nsDiff,
+  nsToMs,
+  serviceColor,
+  useFetch,
+} from "../util";
+
+export function TracePage(props: { id: string; loc: Loc }) {
+  const id = props.id.toLowerCase();
+  const res = useFetch(`trace:${id}`, (s) => api.trace(id, s));
+  const model = useMemo(() => (res.data ? buildModel(res.data) : null), [res.data]);
+  if (!/^[0-9a-f]{1,32}$/.test(id))
+    return (
+      <div class="page">
+        <Empty title={`"${props.id}" is not a trace ID`} testid="error">
+          A trace ID is 32 hexadecimal characters. Find the trace on the <Link href="/search">search page</Link>.
+        </Empty>
+      </div>
+    );
+  if (res.loading && !model)
+    return (
+      <div class="page">
+        <Loading what={`trace ${id}`} />
+      </div>
+    );
+  if (res.error)
+    return (
+      <div class="page" data-testid="page-trace">
+        <ErrorState error={res.error} retry={res.reload} what={`trace ${id}`} />
+        <p>
+          <Link href="/search">Search traces</Link> to find one that exists in the chosen time range.
+        </p>
+      </div>
+    );
+  if (!model) return null;
+  if (model.nodes.length === 0 && model.logs.length === 0)
+    return (
+      <div class="page">
+        <Empty title="This trace has no spans yet">Its spans may still be arriving; reload in a moment.</Empty>
+      </div>
+    );
+  return <TraceView model={model} raw={res.data!} initialSpan={props.loc.query.get("span")} busy={res.loading} />;
+}
+
+type Row = { kind: "span"; node: SpanNode; dim: boolean } | { kind: "log"; item: LogItem; node: SpanNode };
+
+const ROW_H = 24;
+
+function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string | null; busy: boolean }) {
+  const m = props.model;
+  const [collapsed, setCollapsed] = useState<Set<string>>(() => new Set());
+  const [selected, setSelected] = useState<string | null>(() =>
+    props.initialSpan && m.byId.has(props.initialSpan) ? props.initialSpan : null,
+  );
+  const [selLog, setSelLog] = useState<number | null>(null);
+  const [cursor, setCursor] = useState<number>(0); // row index of keyboard focus
+  const [detailOpen, setDetailOpen] = useState<boolean>(!!props.initialSpan);
+  const [find, setFind] = useState("");
+  const [showLogs, setShowLogs] = useState(true);
+  const [showCrit, setShowCrit] = useState(true);
+  const [win, setWin] = useState<[number, number]>([0, m.total]);
+  const [logsOnlySel, setLogsOnlySel] = useState(false);
+  const waterfallRef = useRef<HTMLDivElement>(null);
+
+  const findLc = find.trim().toLowerCase();
+  const matches = useMemo(() => {
+    if (!findLc) return null;
+    const set = new Set<SpanNode>();
+    for (const n of m.nodes) if (n.text.includes(findLc)) set.add(n);
+    return set;
+  }, [m, findLc]);
+
+  const rows = useMemo(() => {
+    const out: Row[] = [];
+    let visible: Set<SpanNode> | null = null;
+    if (matches) {
+      visible = new Set();
+      for (const n of matches) for (let p: SpanNode | null = n; p && !visible.has(p); p = p.parent) visible.add(p);
+    }
+    const stack = m.roots.slice().reverse();
+    while (stack.length) {
+      const n = stack.pop()!;
+      if (visible && !visible.has(n)) continue;
+      const dim = !!matches && !matches.has(n);
+      out.push({ kind: "span", node: n, dim });
+      if (showLogs && !dim) for (const it of n.logs) out.push({ kind: "log", item: it, node: n });
+      if (collapsed.has(n.id) && !matches) continue;
+      for (let i = n.children.length - 1; i >= 0; i--) stack.push(n.children[i]);
+    }
+    return out;
+  }, [m, collapsed, matches, showLogs]);
+
+  const rowIndexOfSpan = (id: string) => rows.findIndex((r) => r.kind === "span" && r.node.id === id);
+
+  const ensureVisible = (idx: number) => {
+    const el = waterfallRef.current;
+    if (!el || idx < 0) return;
+    const top = idx * ROW_H;
+    const body = el.clientHeight - ROW_H; // header row
+    if (top < el.scrollTop) el.scrollTop = top;
+    else if (top + ROW_H > el.scrollTop + body) el.scrollTop = top + ROW_H - body;
+  };
+
+  /** Selects a span (and optionally one of its logs), expanding collapsed ancestors. */
+  const selectSpan = (id: string | null, opts: { log?: number | null; scroll?: boolean; open?: boolean } = {}) => {
+    setSelected(id);
+    setSelLog(opts.log ?? null);
+    if (opts.open !== undefined) setDetailOpen(opts.open);
+    if (id) {
+      const n = m.byId.get(id);
+      if (n) {
+        let changed = false;
+        const c = new Set(collapsed);
+        for (let p = n.parent; p; p = p.parent) if (c.delete(p.id)) changed = true;
+        if (changed) setCollapsed(c);
+      }
+      if (opts.scroll) pendingScroll.current = { span: id, log: opts.log ?? null };
+    }
+  };
+  const pendingScroll = useRef<{ span: string; log: number | null } | null>(
+    props.initialSpan ? { span: props.initialSpan, log: null } : null,
+  );
+  useLayoutEffect(() => {
+    const p = pendingScroll.current;
+    if (!p) return;
+    pendingScroll.current = null;
+    let idx = -1;
+    if (p.log != null) idx = rows.findIndex((r) => r.kind === "log" && r.item.idx === p.log);
+    if (idx < 0) idx = rowIndexOfSpan(p.span);
+    if (idx >= 0) {
+      setCursor(idx);
+      ensureVisible(idx);
+    }
+  });
+
+  const toggle = (id: string) => {
+    const c = new Set(collapsed);
+    if (c.has(id)) c.delete(id);
+    else c.add(id);
+    setCollapsed(c);
+  };
+
+  const onKey = (e: KeyboardEvent) => {
+    if (!rows.length) return;
+    const cur = Math.min(cursor, rows.length - 1);
+    const row = rows[cur];
+    const moveTo = (i: number) => {
+      i = Math.max(0, Math.min(rows.length - 1, i));
+      setCursor(i);
+      const r = rows[i];
+      if (r.kind === "span") selectSpan(r.node.id);
+      else selectSpan(r.node.id, { log: r.item.idx });
+      ensureVisible(i);
+    };
+    switch (e.key) {
+      case "ArrowDown":
+        moveTo(cur + 1);
+        break;
+      case "ArrowUp":
+        moveTo(cur - 1);
+        break;
+      case "ArrowLeft":
+        if (row.kind === "span" && row.node.children.length && !collapsed.has(row.node.id) && !matches) toggle(row.node.id);
+        else {
+          const parent = row.kind === "log" ? row.node : row.node.parent;
+          if (parent) moveTo(rowIndexOfSpan(parent.id));
+        }
+        break;
+      case "ArrowRight":
+        if (row.kind === "span" && collapsed.has(row.node.id)) toggle(row.node.id);
+        else if (row.kind === "span" && row.node.children.length) moveTo(rowIndexOfSpan(row.node.children[0].id));
+        break;
+      case "Enter":
+      case " ":
+        if (row.kind === "span") {
+          if (selected === row.node.id) setDetailOpen(!detailOpen);
+          else selectSpan(row.node.id, { open: true });
+        } else selectSpan(row.node.id, { log: row.item.idx, open: true });
+        break;
+      case "Escape":
+        setDetailOpen(false);
+        break;
+      case "Home":
+        moveTo(0);
+        break;
+      case "End":
+        moveTo(rows.length - 1);
+        break;
+      default:
+        return;
+    }
+    e.preventDefault();
+  };
+
+  const sel = selected ? m.byId.get(selected) ?? null : null;
+  return (
+    <div class="page trace-page" data-testid="page-trace">
+      <Busy on={props.busy} />
+      <TraceHeader m={m} raw={props.raw} />
+      <div class="trace-tools">
+        <input
+          class="find"
+          type="search"
+          placeholder="Find in trace: name, service, attribute, log text…"
+          value={find}
+          data-testid="find-in-trace"
+          onInput={(e) => setFind((e.target as HTMLInputElement).value)}
+        />
+        {matches && (
+          <span class="small" data-testid="find-count">
+            {matches.size} of {m.nodes.length} spans match
+          </span>
+        )}
+        <span class="spacer" />
+        <label class="small">
+          <input type="checkbox" checked={showLogs} data-testid="toggle-inline-logs" onChange={() => setShowLogs(!showLogs)} /> Logs
+          in timeline
+        </label>
+        <label class="small">
+          <input type="checkbox" checked={showCrit} data-testid="toggle-critical" onChange={() => setShowCrit(!showCrit)} />{" "}
+          <span class="crit-swatch" /> Critical path
+        </label>
+        <button type="button" onClick={() => setCollapsed(new Set())}>
+          Expand all
+        </button>
+        <button
+          type="button"
+          onClick={() => setCollapsed(new Set(m.nodes.filter((n) => n.children.length && n.depth >= 1).map((n) => n.id)))}
+        >
+          Collapse
+        </button>
+      </div>
+      <Minimap m={m} win={win} setWin={setWin} selected={sel} />
+      <div class={detailOpen && sel ? "trace-main with-detail" : "trace-main"}>
+        <Waterfall
+          m={m}
+          rows={rows}
+          win={win}
+          selected={selected}
+          selLog={selLog}
+          cursor={cursor}
+          collapsed={collapsed}
+          showCrit={showCrit}
+          matches={matches}
+          refEl={waterfallRef}
+          onKey={onKey}
+          onToggle={toggle}
+          onRow={(i) => {
+            setCursor(i);
+            const r = rows[i];
+            if (r.kind === "span") {
+              if (selected === r.node.id && detailOpen) setDetailOpen(false);
+              else selectSpan(r.node.id, { open: true });
+            } else selectSpan(r.node.id, { log: r.item.idx, open: true });
+          }}
+        />
+        {detailOpen && sel && (
+          <SpanDetail
+            m={m}
+            n={sel}
+            onClose={() => setDetailOpen(false)}
+            onLog={(l) => selectSpan(sel.id, { log: l.idx, scroll: true })}
+          />
+        )}
+      </div>
+      <LogPane
+        m={m}
+        selected={selected}
+        selLog={selLog}
+        onlySel={logsOnlySel}
+        setOnlySel={setLogsOnlySel}
+        onPick={(l) => {
+          if (l.node) selectSpan(l.node.id, { log: l.idx, scroll: true, open: true });
+          else setSelLog(l.idx);
+        }}
+      />
+    </div>
+  );
+}
+
+function TraceHeader(props: { m: TraceModel; raw: Trace }) {
+  const m = props.m;
+  const [copied, setCopied] = useState(false);
+  const root = m.roots.length ? m.roots.reduce((a, b) => (b.dur > a.dur ? b : a)) : null;
+  return (
+    <div class="trace-header" data-testid="trace-header">
+      <div class="th-title">
+        <h1>
+          {root ? (
+            <>
+              <span class="svc-dot" style={{ background: serviceColor(root.span.service_name) }} />
+              {root.span.service_name}: {root.span.name}
+            </>
+          ) : (
+            "Trace"
+          )}
+        </h1>
+        <span class="mono trace-id" data-testid="trace-id">
+          {m.trace.trace_id}
+        </span>
+        <button
+          type="button"
+          class="small-btn"
+          data-testid="copy-trace-id"
+          onClick={() => copyText(m.trace.trace_id).then(() => (setCopied(true), setTimeout(() => setCopied(false), 1500)))}
+        >
+          {copied ? "Copied" : "Copy ID"}
+        </button>
+        <span class="spacer" />
+        <button
+          type="button"
+          data-testid="download-json"
+          onClick={() => downloadJson(`trace-${m.trace.trace_id}.json`, props.raw)}
+        >
+          Download JSON
+        </button>
+        <Link class="button" href={buildUrl("/compare", { a: m.trace.trace_id })}>
+          Compare with…
+        </Link>
+        <Link class="button" href={buildUrl("/logs", { trace_id: m.trace.trace_id })}>
+          Open logs
+        </Link>
+      </div>
+      <dl class="th-stats">
+        <div>
+          <dt>Start</dt>
+          <dd>
+            <TimeText ms={nsToMs(m.startNs)} />
+          </dd>
+        </div>
+        <div>
+          <dt>Duration</dt>
+          <dd data-testid="trace-duration">{fmtDuration(m.total)}</dd>
+        </div>
+        <div>
+          <dt>Spans</dt>
+          <dd data-testid="trace-span-count">{m.nodes.length}</dd>
+        </div>
+        <div>
+          <dt>Depth</dt>
+          <dd>{m.maxDepth + 1}</dd>
+        </div>
+        <div>
+          <dt>Errors</dt>
+          <dd class={m.errors ? "err" : ""} data-testid="trace-errors">
+            {m.errors}
+          </dd>
+        </div>
+        <div>
+          <dt>Logs</dt>
+          <dd data-testid="trace-log-count">{m.logs.length}</dd>
+        </div>
+        <div class="th-svcs">
+          <dt>Services ({m.services.length})</dt>
+          <dd>
+            {m.services.map((s) => (
+              <ServiceChip name={s.name} count={s.count} errors={s.errors} />
+            ))}
+          </dd>
+        </div>
+      </dl>
+    </div>
+  );
+}
+
+function Minimap(props: { m: TraceModel; win: [number, number]; setWin: (w: [number, number]) => void; selected: SpanNode | null }) {
+  const m = props.m;
+  const canvas = useRef<HTMLCanvasElement>(null);
+  const box = useRef<HTMLDivElement>(null);
+  const [drag, setDrag] = useState<[number, number] | null>(null);
+  const H = 48;
+  useEffect(() => {
+    const c = canvas.current!;
+    const draw = () => {
+      const w = c.clientWidth;
+      const dpr = window.devicePixelRatio || 1;
+      c.width = w * dpr;
+      c.height = H * dpr;
+      const ctx = c.getContext("2d")!;
+      ctx.scale(dpr, dpr);
+      ctx.clearRect(0, 0, w, H);
+      const n = m.nodes.length;
+      const rowH = Math.max(0.5, Math.min(4, (H - 4) / Math.max(1, n)));
+      const errColor = getComputedStyle(c).getPropertyValue("--err").trim() || "#e5484d";
+      m.nodes.forEach((nd, i) => {
+        const y = 2 + (n <= 1 ? 0 : (i / n) * (H - 4));
+        ctx.fillStyle = nd.error ? errColor : serviceColor(nd.span.service_name);
+        ctx.fillRect((nd.start / m.total) * w, y, Math.max(1, (nd.dur / m.total) * w), rowH);
+      });
+    };
+    draw();
+    const ro = new ResizeObserver(draw);
+    ro.observe(c);
+    return () => ro.disconnect();
+  }, [m]);
+  const frac = (e: MouseEvent) => {
+    const r = box.current!.getBoundingClientRect();
+    return Math.max(0, Math.min(1, (e.clientX - r.left) / r.width));
+  };
+  const [w0, w1] = drag ? [Math.min(...drag), Math.max(...drag)].map((f) => f * m.total) : props.win;
+  const full = props.win[0] === 0 && props.win[1] === m.total;
+  return (
+    <div class="minimap-wrap">
+      <div
+        class="minimap"
+        ref={box}
+        data-testid="minimap"
+        title="Drag to zoom the timeline to a time window; double-click to reset"
+        onMouseDown={(e) => {
+          const f = frac(e);
+          setDrag([f, f]);
+          const move = (ev: MouseEvent) => setDrag([f, frac(ev)]);
+          const up = (ev: MouseEvent) => {
+            window.removeEventListener("mousemove", move);
+            window.removeEventListener("mouseup", up);
+            const g = frac(ev);
+            setDrag(null);
+            const a = Math.min(f, g),
+              b = Math.max(f, g);
+            if (b - a > 0.002) props.setWin([a * m.total, b * m.total]);
+          };
+          window.addEventListener("mousemove", move);
+          window.addEventListener("mouseup", up);
+        }}
+        onDblClick={() => props.setWin([0, m.total])}
+      >
+        <canvas ref={canvas} style={{ height: H + "px" }} />
+        <div class="mm-shade" style={{ left: 0, width: `${(w0 / m.total) * 100}%` }} />
+        <div class="mm-shade" style={{ left: `${(w1 / m.total) * 100}%`, right: 0 }} />
+        <div class="mm-window" style={{ left: `${(w0 / m.total) * 100}%`, width: `${((w1 - w0) / m.total) * 100}%` }} />
+        {props.selected && (
+          <div
+            class="mm-sel"
+            style={{ left: `${(props.selected.start / m.total) * 100}%`, width: `${Math.max(0.2, (props.selected.dur / m.total) * 100)}%` }}
+          />
+        )}
+      </div>
+      <div class="mm-axis small muted">
+        <span>0</span>
+        {!full && (
+          <span>
+            window {fmtDuration(props.win[0])} – {fmtDuration(props.win[1])}{" "}
+            <button type="button" class="link" data-testid="minimap-reset" onClick={() => props.setWin([0, m.total])}>
+              reset zoom
+            </button>
+          </span>
+        )}
+        {full && <span>drag on the overview to zoom</span>}
+        <span>{fmtDuration(m.total)}</span>
+      </div>
+    </div>
+  );
+}
+
+function ticks(w0: number, w1: number, n = 5): number[] {
+  const out: number[] = [];
+  for (let i = 0; i <= n; i++) out.push(w0 + ((w1 - w0) * i) / n);
+  return out;
+}
+
+function Waterfall(props: {
+  m: TraceModel;
+  rows: Row[];
+  win: [number, number];
+  selected: string | null;
+  selLog: number | null;
+  cursor: number;
+  collapsed: Set<string>;
+  showCrit: boolean;
+  matches: Set<SpanNode> | null;
+  refEl: { current: HTMLDivElement | null };
+  onKey: (e: KeyboardEvent) => void;
+  onToggle: (id: string) => void;
+  onRow: (i: number) => void;
+}) {
+  const { m, rows } = props;
+  const [scroll, setScroll] = useState(0);
+  const [height, setHeight] = useState(600);
+  useEffect(() => {
+    const el = props.refEl.current!;
+    const ro = new ResizeObserver(() => setHeight(el.clientHeight));
+    ro.observe(el);
+    setHeight(el.clientHeight);
+    return () => ro.disconnect();
+  }, []);
+  const [w0, w1] = props.win;
+  const ww = Math.max(1, w1 - w0);
+  const pct = (t: number) => ((t - w0) / ww) * 100;
+  const first = Math.max(0, Math.floor(scroll / ROW_H) - 10);
+  const last = Math.min(rows.length, Math.ceil((scroll + height) / ROW_H) + 10);
+  const items = [];
+  for (let i = first; i < last; i++) {
+    const r = rows[i];
+    const top = i * ROW_H;
+    const isCursor = i === props.cursor;
+    if (r.kind === "span") {
+      const n = r.node;
+      const s = n.span;
+      const color = serviceColor(s.service_name);
+      const isSel = props.selected === n.id;
+      const hasKids = n.children.length > 0;
+      const isCol = props.collapsed.has(n.id) && !props.matches;
+      const left = pct(n.start);
+      const width = Math.max(0.15, (n.dur / ww) * 100);
+      const labelRight = left + width < 80;
+      items.push(
+        <div
+          key={"s" + n.id}
+          class={`wf-row span-row${isSel ? " selected" : ""}${isCursor ? " cursor" : ""}${r.dim ? " dim" : ""}${n.error ? " error" : ""}${
+            props.matches?.has(n) ? " match" : ""
+          }`}
+          style={{ top }}
+          data-testid="span-row"
+          data-row={i}
+          data-span-id={n.id}
+          data-service={s.service_name}
+          role="treeitem"
+          aria-level={n.depth + 1}
+          aria-expanded={hasKids ? !isCol : undefined}
+          aria-selected={isSel}
+          onClick={() => props.onRow(i)}
+        >
+          <div class="wf-name" style={{ paddingLeft: 4 + n.depth * 14 }}>
+            {hasKids ? (
+              <button
+                type="button"
+                class="twisty"
+                tabIndex={-1}
+                aria-label={isCol ? "Expand" : "Collapse"}
+                onClick={(e) => {
+                  e.stopPropagation();
+                  props.onToggle(n.id);
+                }}
+              >
+                {isCol ? "▸" : "▾"}
+              </button>
+            ) : (
+              <span class="twisty" />
+            )}
+            <span class="svc-bar" style={{ background: color }} />
+            <span class="wf-svc">{s.service_name}</span>
+            <span class="wf-op" title={s.name}>
+              {s.name}
+            </span>
+            {n.error && (
+              <span class="err-mark" title={s.status?.message || "error"} data-testid="span-error">
+                !
+              </span>
+            )}
+            {s.kind && s.kind !== "UNSPECIFIED" && s.kind !== "INTERNAL" && <span class="kind">{s.kind.toLowerCase()}</span>}
+            {isCol && <span class="muted small"> +{countDesc(n)}</span>}
+          </div>
+          <div class="wf-tl">
+            <div class="wf-bar" style={{ left: `${left}%`, width: `${width}%`, background: color }}>
+              {props.showCrit &&
+                n.crit.map(([a, b]) => (
+                  <span class="crit" style={{ left: `${((a - n.start) / Math.max(1, n.dur)) * 100}%`, width: `${((b - a) / Math.max(1, n.dur)) * 100}%` }} />
+                ))}
+              {s.events?.map((ev) => (
+                <span
+                  class="ev-mark"
+                  title={ev.name}
+                  style={{ left: `${((nsDiff(ev.time_unix_nano, m.startNs) - n.start) / Math.max(1, n.dur)) * 100}%` }}
+                />
+              ))}
+            </div>
+            {n.logs.map((l) => (
+              <span
+                class={`log-mark ${severityClass(l.log)}`}
+                title={`${severityLabel(l.log)}: ${attrText(l.log.body)}`}
+                style={{ left: `${pct(l.t)}%` }}
+              />
+            ))}
+            <span
+              class="wf-dur"
+              style={labelRight ? { left: `calc(${left + width}% + 4px)` } : { right: `calc(${100 - left}% + 4px)` }}
+            >
+              {fmtDuration(n.dur)}
+            </span>
+          </div>
+        </div>,
+      );
+    } else {
+      const l = r.item;
+      const isSel = props.selLog === l.idx;
+      items.push(
+        <div
+          key={"l" + l.idx}
+          class={`wf-row log-row${isSel ? " selected" : ""}${isCursor ? " cursor" : ""}${props.selected === r.node.id ? " of-selected" : ""}`}
+          style={{ top }}
+          data-testid="inline-log"
+          data-row={i}
+          data-span-id={r.node.id}
+          onClick={() => props.onRow(i)}
+        >
+          <div class="wf-name" style={{ paddingLeft: 4 + (r.node.depth + 1) * 14 + 16 }}>
+            <span class={`sev ${severityClass(l.log)}`}>{severityLabel(l.log)}</span>
+            <span class="log-body" title={attrText(l.log.body)}>
+              {attrText(l.log.body)}
+            </span>
+          </div>
+          <div class="wf-tl">
+            <span class="log-line" style={{ left: `${pct(r.node.start)}%`, width: `${(r.node.dur / ww) * 100}%` }} />
+            <span class={`log-mark big ${severityClass(l.log)}`} style={{ left: `${pct(l.t)}%` }} />
+            <span class="wf-dur" style={{ left: `calc(${pct(l.t)}% + 8px)` }}>
+              +{fmtDuration(l.t)}
+            </span>
+          </div>
+        </div>,
+      );
+    }
+  }
+  return (
+    <div
+      class="waterfall"
+      ref={props.refEl}
+      tabIndex={0}
+      role="tree"
+      aria-label="Spans of the trace; use the arrow keys to move, Enter to open details"
+      data-testid="waterfall"
+      onKeyDown={props.onKey}
+      onScroll={(e) => setScroll((e.target as HTMLDivElement).scrollTop)}
+    >
+      <div class="wf-header">
+        <div class="wf-name">
+          <strong>Service: operation</strong>
+          <span class="muted small"> ({rows.length} rows; ↑↓←→ Enter)</span>
+        </div>
+        <div class="wf-tl">
+          {ticks(w0, w1).map((t, i) => (
+            <span class="tick" style={i === 5 ? { right: 0 } : { left: `${pct(t)}%` }}>
+              {fmtDuration(t)}
+            </span>
+          ))}
+        </div>
+      </div>
+      <div class="wf-body" style={{ height: rows.length * ROW_H }}>
+        <div class="wf-grid">
+          {ticks(w0, w1).map((t) => (
+            <span style={{ left: `${pct(t)}%` }} />
+          ))}
+        </div>
+        {items}
+      </div>
+    </div>
+  );
+}
+
+function countDesc(n: SpanNode): number {
+  let c = 0;
+  const st = [...n.children];
+  while (st.length) {
+    const x = st.pop()!;
+    c++;
+    st.push(...x.children);
+  }
+  return c;
+}
+
+function AttrTable(props: { attrs: Attrs | undefined; testid?: string }) {
+  const entries = Object.entries(props.attrs ?? {}).sort(([a], [b]) => a.localeCompare(b));
+  if (!entries.length) return <div class="muted small">none</div>;
+  return (
+    <table class="kv" data-testid={props.testid}>
+      <tbody>
+        {entries.map(([k, v]) => (
+          <tr>
+            <th>{k}</th>
+            <td class={typeof v === "string" ? "" : "mono"}>{attrText(v)}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
+
+function SpanDetail(props: { m: TraceModel; n: SpanNode; onClose: () => void; onLog: (l: LogItem) => void }) {
+  const { m, n } = props;
+  const s = n.span;
+  return (
+    <aside class="span-detail" data-testid="span-detail" data-span-id={n.id}>
+      <div class="sd-head">
+        <span class="svc-bar" style={{ background: serviceColor(s.service_name) }} />
+        <div>
+          <div class="sd-title">
+            <strong>{s.service_name}</strong>: {s.name}
+          </div>
+          <div class="small muted mono">span {s.span_id}</div>
+        </div>
+        <button type="button" class="icon" title="Close (Esc)" onClick={props.onClose}>
+          ×
+        </button>
+      </div>
+      <dl class="sd-stats">
+        <dt>Duration</dt>
+        <dd>{fmtDuration(n.dur)}</dd>
+        <dt>Start</dt>
+        <dd>
+          +{fmtDuration(n.start)} · <TimeText ms={nsToMs(s.start_time_unix_nano)} ms3 />
+        </dd>
+        <dt>Kind</dt>
+        <dd>{s.kind}</dd>
+        <dt>Status</dt>
+        <dd class={n.error ? "err" : ""} data-testid="span-status">
+          {s.status?.code ?? "UNSET"}
+          {s.status?.message ? `: ${s.status.message}` : ""}
+        </dd>
+        <dt>Parent</dt>
+        <dd class="mono small">{s.parent_span_id ?? "— (root)"}{s.parent_span_id && !n.parent ? " (not in this trace)" : ""}</dd>
+        {n.crit.length > 0 && (
+          <>
+            <dt>Critical path</dt>
+            <dd>{fmtDuration(n.crit.reduce((a, [x, y]) => a + y - x, 0))} of this span is on the critical path</dd>
+          </>
+        )}
+      </dl>
+      <div class="sd-links small">
+        <Link href={buildUrl("/search", { service: s.service_name, operation: s.name })}>Find similar spans</Link>
+        {" · "}
+        <Link href={`/service/${encodeURIComponent(s.service_name)}`}>Service overview</Link>
+      </div>
+      <details open>
+        <summary>Attributes ({Object.keys(s.attributes ?? {}).length})</summary>
+        <AttrTable attrs={s.attributes} testid="span-attributes" />
+      </details>
+      <details open={n.logs.length > 0}>
+        <summary>Logs ({n.logs.length})</summary>
+        {n.logs.length === 0 && <div class="muted small">This span wrote no logs.</div>}
+        <ul class="sd-logs">
+          {n.logs.map((l) => (
+            <li class="clickable" onClick={() => props.onLog(l)}>
+              <span class="muted small">+{fmtDuration(l.t - n.start)}</span> <span class={`sev ${severityClass(l.log)}`}>{severityLabel(l.log)}</span>{" "}
+              {attrText(l.log.body)}
+            </li>
+          ))}
+        </ul>
+      </details>
+      <details open={(s.events?.length ?? 0) > 0}>
+        <summary>Events ({s.events?.length ?? 0})</summary>
+        {(s.events ?? []).map((ev) => (
+          <div class="sd-event">
+            <div>
+              <span class="muted small">+{fmtDuration(nsDiff(ev.time_unix_nano, s.start_time_unix_nano))}</span> <strong>{ev.name}</strong>
+            </div>
+            <AttrTable attrs={ev.attributes} />
+          </div>
+        ))}
+      </details>
+      <details open={(s.links?.length ?? 0) > 0}>
+        <summary>Links ({s.links?.length ?? 0})</summary>
+        {(s.links ?? []).map((l) => (
+          <div class="sd-event">
+            <Link href={buildUrl(`/trace/${l.trace_id}`, { span: l.span_id })} testid="span-link">
+              {l.trace_id === m.trace.trace_id ? "span in this trace" : "trace"} {l.trace_id.slice(0, 16)}… / {l.span_id}
+            </Link>
+            <AttrTable attrs={l.attributes} />
+          </div>
+        ))}
+      </details>
+      <details>
+        <summary>Resource ({Object.keys(s.resource ?? {}).length})</summary>
+        <AttrTable attrs={s.resource} />
+      </details>
+      <details>
+        <summary>Scope</summary>
+        <div class="small">
+          {s.scope?.name || "(unnamed)"} {s.scope?.version}
+        </div>
+      </details>
+    </aside>
+  );
+}
+
+function LogPane(props: {
+  m: TraceModel;
+  selected: string | null;
+  selLog: number | null;
+  onlySel: boolean;
+  setOnlySel: (v: boolean) => void;
+  onPick: (l: LogItem) => void;
+}) {
+  const { m } = props;
+  const list = props.onlySel && props.selected ? m.logs.filter((l) => l.node?.id === props.selected) : m.logs;
+  const ref = useRef<HTMLDivElement>(null);
+  // bring the selected span's logs (or the selected log) into view
+  useEffect(() => {
+    const el = ref.current;
+    if (!el) return;
+    const target =
+      (props.selLog != null && el.querySelector(`[data-log-idx="${props.selLog}"]`)) ||
+      (props.selected && el.querySelector(`[data-span-id="${props.selected}"]`));
+    if (target) {
+      const t = target as HTMLElement;
+      if (t.offsetTop < el.scrollTop || t.offsetTop > el.scrollTop + el.clientHeight - 24) el.scrollTop = t.offsetTop - 30;
+    }
+  }, [props.selected, props.selLog]);
+  const shown = list.slice(0, 2000);
+  return (
+    <section class="log-pane" data-testid="log-pane">
+      <div class="lp-head">
+        <strong>Logs of this trace</strong> <span class="muted small">({m.logs.length}; click one to select its span)</span>
+        <span class="spacer" />
+        <label class="small">
+          <input type="checkbox" checked={props.onlySel} onChange={() => props.setOnlySel(!props.onlySel)} /> only the selected span
+        </label>
+        <Link class="small" href={buildUrl("/logs", { trace_id: m.trace.trace_id })}>
+          open in Logs
+        </Link>
+      </div>
+      <div class="lp-body" ref={ref}>
+        {list.length === 0 && (
+          <div class="muted small pad">
+            {m.logs.length === 0
+              ? "No logs carry this trace's ID. Logs appear here when your logging SDK adds trace_id/span_id."
+              : "The selected span wrote no logs."}
+          </div>
+        )}
+        {shown.map((l) => (
+          <div
+            class={`lp-row${props.selLog === l.idx ? " selected" : ""}${l.node && l.node.id === props.selected ? " of-selected" : ""}`}
+            data-testid="log-pane-row"
+            data-log-idx={l.idx}
+            data-span-id={l.log.span_id ?? ""}
+            onClick={() => props.onPick(l)}
+          >
+            <span class="muted mono small">+{fmtDuration(l.t)}</span>
+            <span class={`sev ${severityClass(l.log)}`}>{severityLabel(l.log)}</span>
+            <span class="lp-svc">
+              <span class="svc-dot" style={{ background: serviceColor(l.log.service_name) }} />
+              {l.log.service_name}
+            </span>
+            <span class="lp-msg">{attrText(l.log.body)}</span>
+            {l.node ? <span class="muted small">{l.node.span.name}</span> : <span class="muted small">(no span)</span>}
+          </div>
+        ))}
+        {list.length > shown.length && <div class="muted small pad">… {list.length - shown.length} more; open them in the Logs page.</div>}
+      </div>
+    </section>
+  );
+}
+
