@@ -225,6 +225,11 @@ export function axisStyle() {
   return { stroke: fg, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
 }
 
+/** A time x-axis: labels in the browser zone or UTC, spaced so they never overlap. */
+export function timeAxis(utc: boolean): uPlot.Axis {
+  return { ...axisStyle(), values: timeAxisValues(utc), space: 90 };
+}
+
 /** x-axis tick labels in the browser zone or UTC, following the toggle. */
 export function timeAxisValues(utc: boolean) {
   return (_u: uPlot, splits: number[], _ax: number, _space: number, incr: number) =>

@@ -1,7 +1,7 @@
 import { useEffect, useMemo, useState } from "preact/hooks";
 import uPlot from "uplot";
 import { api, type Log } from "../api";
-import { Busy, Empty, ErrorState, Link, Loading, TimeRangePicker, TimeText, UChart, axisStyle, timeAxisValues } from "../components";
+import { Busy, Empty, ErrorState, Link, Loading, TimeRangePicker, TimeText, UChart, axisStyle, timeAxis } from "../components";
 import { severityClass, severityLabel } from "../tracemodel";
 import {
   type Loc,
@@ -212,7 +212,7 @@ function Histogram(props: { data: { step_ns: number; buckets: { time_unix_nano: 
                   points: { show: false },
                 },
               ],
-              axes: [{ ...ax, values: timeAxisValues(utc) }, { ...ax, size: 50, values: (_u, vs) => vs.map((v) => fmtNum(v)) }],
+              axes: [timeAxis(utc), { ...ax, size: 50, values: (_u, vs) => vs.map((v) => fmtNum(v)) }],
               hooks: {
                 setSelect: [
                   (u) => {

@@ -136,7 +136,7 @@ function Graph(props: { edges: Edge[]; stats: Map<string, NodeStat>; secs: numbe
         style={{ maxWidth: "100%", width: layout.width, aspectRatio: `${layout.width} / ${layout.height}` }}
       >
         <defs>
-          <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">
+          <marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="10" markerHeight="10" orient="auto-start-reverse">
             <path d="M0,0 L10,5 L0,10 z" class="arrowhead" />
           </marker>
         </defs>

@@ -1,7 +1,7 @@
 import { useMemo, useState } from "preact/hooks";
 import type uPlot from "uplot";
 import { api, type RedSeries } from "../api";
-import { Busy, Empty, ErrorState, Link, Loading, TimeRangePicker, TimeText, UChart, axisStyle, timeAxisValues } from "../components";
+import { Busy, Empty, ErrorState, Link, Loading, TimeRangePicker, TimeText, UChart, axisStyle, timeAxis, timeAxisValues } from "../components";
 import {
   type Loc,
   buildUrl,
@@ -120,7 +120,7 @@ function RedCharts(props: { s: RedSeries; stepNs: number; onPick: (tMs: number) 
       scales: { x: { time: true }, ...extraScales },
       series: [{ value: (_u, v) => (v == null ? "–" : timeAxisValues(utc)(_u, [v], 0, 0, 1)[0]) }, ...ySeries],
       axes: [
-        { ...ax, values: timeAxisValues(utc) },
+        timeAxis(utc),
         { ...ax, values: (_u, vs) => vs.map(yFmt), size: 64 },
         ...(extraAxes ?? []),
       ],
