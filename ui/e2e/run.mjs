@@ -11,7 +11,8 @@
 //   SCREENSHOT_DIR where page screenshots go (default docs/ui)
 //   E2E_TIMEOUT_S  global timeout in seconds (default 300)
 //   SKEIN_URL      test an already running Skein instead (it must hold the
-//                  --seed 1 --traces 300 workload); nothing is started or loaded
+//                  --seed 1 --traces 300 --traces-per-second 0.2 workload); nothing is
+//                  started or loaded
 //
 // Prints one line per test and, last, exactly one line `N passed, N failed`.
 
@@ -196,7 +197,11 @@ async function main() {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), "skein-ui-e2e-"));
   const wl = path.join(tmp, "wl");
   log(`generating workload with ${GEN}`);
-  execFileSync("python3", [GEN, "--seed", "1", "--traces", "300", "--out", wl, "--no-zstd"], { stdio: ["ignore", "ignore", "inherit"] });
+  // 300 traces at 0.2/s spread over ~25 minutes, so that the one-minute RED and log-volume
+  // buckets draw real charts (the default 50/s packs them into 6 seconds)
+  execFileSync("python3", [GEN, "--seed", "1", "--traces", "300", "--traces-per-second", "0.2", "--out", wl, "--no-zstd"], {
+    stdio: ["ignore", "ignore", "inherit"],
+  });
   const truth = JSON.parse(execFileSync("python3", [path.join(HERE, "truth.py"), wl], { maxBuffer: 64 << 20 }).toString());
   const T = truth.trace;
   log(`known trace ${T.trace_id}: ${T.root_service} "${T.root_name}", ${T.span_count} spans, ${T.logs.length} logs; word "${truth.word}"`);

@@ -164,6 +164,7 @@ export const PRESETS: { key: string; label: string }[] = [
   { key: "24h", label: "Last 24 hours" },
   { key: "7d", label: "Last 7 days" },
   { key: "30d", label: "Last 30 days" },
+  { key: "all", label: "Any time (10 years)" },
 ];
 export const DEFAULT_RANGE = "1h";
 
@@ -193,7 +194,7 @@ export function resolveRange(r: TimeRange, now = Date.now()) {
   let endMs: number, startMs: number;
   let startParam: string, endParam: string;
   if (r.range) {
-    const dur = parseDuration(r.range) ?? 3600e9;
+    const dur = r.range === "all" ? 3650 * 86400e9 : parseDuration(r.range) ?? 3600e9;
     endMs = now;
     startMs = now - dur / 1e6;
     startParam = msToNs(startMs);

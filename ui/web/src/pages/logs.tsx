@@ -161,9 +161,9 @@ export function LogsPage(props: { loc: Loc }) {
           Try fewer or other words (search matches whole words in the log text and attribute values), lower the
           severity, or widen the time range.
           <div class="empty-actions">
-            {["24h", "7d", "30d"].map((r) => (
+            {["24h", "7d", "30d", "all"].map((r) => (
               <button type="button" onClick={() => submit({ ...applied, range: { range: r } })}>
-                Search last {r}
+                {r === "all" ? "Search any time" : `Search last ${r}`}
               </button>
             ))}
           </div>

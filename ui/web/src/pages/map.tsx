@@ -72,9 +72,9 @@ export function MapPage(props: { loc: Loc }) {
           The map is drawn from spans whose parent span belongs to another service. Widen the time range, or check that
           your services propagate trace context so their spans join up.
           <div class="empty-actions">
-            {["24h", "7d", "30d"].map((r) => (
+            {["24h", "7d", "30d", "all"].map((r) => (
               <button type="button" onClick={() => navigate(buildUrl("/map", { range: r }))}>
-                Show last {r}
+                {r === "all" ? "Show any time" : `Show last ${r}`}
               </button>
             ))}
           </div>

@@ -281,9 +281,9 @@ export function SearchPage(props: { loc: Loc }) {
             application may have sent data at another time), remove filters, or check that your application exports
             to Skein.
             <div class="empty-actions">
-              {["24h", "7d", "30d"].map((r) => (
+              {["24h", "7d", "30d", "all"].map((r) => (
                 <button type="button" onClick={() => navigate(formToUrl({ ...applied, range: { range: r } }))}>
-                  Search last {r}
+                  {r === "all" ? "Search any time" : `Search last ${r}`}
                 </button>
               ))}
             </div>

@@ -1,6 +1,6 @@
 import { useMemo, useState } from "preact/hooks";
 import type uPlot from "uplot";
-import { api, type RedSeries } from "../api";
+import { api, type RedPoint, type RedSeries } from "../api";
 import { Busy, Empty, ErrorState, Link, Loading, TimeRangePicker, TimeText, UChart, axisStyle, timeAxis, timeAxisValues } from "../components";
 import {
   type Loc,
@@ -8,6 +8,7 @@ import {
   cssVar,
   fmtDuration,
   fmtNum,
+  msToNs,
   navigate,
   nsToMs,
   rangeFromQuery,
@@ -34,7 +35,15 @@ export function ServicePage(props: { name: string; loc: Loc }) {
   const setUrl = (patch: Record<string, string | undefined>) =>
     navigate(buildUrl(`/service/${encodeURIComponent(name)}`, { ...rangeQ, operation: op ?? undefined, ...patch }), true);
 
-  const series = red.data?.series ?? [];
+  // the API lists only buckets with spans: fill the gaps so rates drop to zero and latency lines break
+  const series = useMemo(
+    () =>
+      (red.data?.series ?? []).map((s) => ({
+        ...s,
+        points: densify(s.points, msToNs(bounds.startMs), msToNs(bounds.endMs), red.data!.step_ns),
+      })),
+    [red.data],
+  );
   const svcSeries = series.find((s) => s.operation == null) ?? null;
   const opSeries = series.filter((s) => s.operation != null);
   const current = op ? opSeries.find((s) => s.operation === op) ?? null : svcSeries;
@@ -72,9 +81,9 @@ export function ServicePage(props: { name: string; loc: Loc }) {
         <Empty title={`No spans from ${name}${op ? ` / ${op}` : ""} in this time range`} testid="empty">
           Widen the time range or check the service name (it comes from the resource attribute service.name).
           <div class="empty-actions">
-            {["24h", "7d", "30d"].map((r) => (
+            {["24h", "7d", "30d", "all"].map((r) => (
               <button type="button" onClick={() => setUrl({ range: r, start: undefined, end: undefined })}>
-                Show last {r}
+                {r === "all" ? "Show any time" : `Show last ${r}`}
               </button>
             ))}
           </div>
@@ -95,21 +104,42 @@ export function ServicePage(props: { name: string; loc: Loc }) {
   );
 }
 
-function RedCharts(props: { s: RedSeries; stepNs: number; onPick: (tMs: number) => void }) {
+type DPoint = Omit<RedPoint, "p50_ns" | "p95_ns" | "p99_ns"> & { p50_ns: number | null; p95_ns: number | null; p99_ns: number | null };
+type DSeries = Omit<RedSeries, "points"> & { points: DPoint[] };
+
+function densify(points: RedPoint[], startNs: string, endNs: string, stepNs: number): DPoint[] {
+  const step = BigInt(Math.max(1, Math.round(stepNs)));
+  const s = BigInt(startNs);
+  const e = BigInt(endNs);
+  if ((e - s) / step > 5000n) return points;
+  const byT = new Map(points.map((p) => [p.time_unix_nano, p]));
+  const out: DPoint[] = [];
+  for (let t = s - (s % step); t <= e; t += step) {
+    const k = t.toString();
+    out.push(byT.get(k) ?? { time_unix_nano: k, request_count: 0, error_count: 0, p50_ns: null, p95_ns: null, p99_ns: null });
+    byT.delete(k);
+  }
+  // points off the grid (should not happen): keep them, in time order
+  if (byT.size) return [...out, ...byT.values()].sort((a, b) => (BigInt(a.time_unix_nano) < BigInt(b.time_unix_nano) ? -1 : 1));
+  return out;
+}
+
+function RedCharts(props: { s: DSeries; stepNs: number; onPick: (tMs: number) => void }) {
   const utc = utcStore.use();
   const pts = props.s.points;
   const stepS = props.stepNs / 1e9;
+  const ms = (v: number | null) => (v == null ? null : v / 1e6);
   const data = useMemo(() => {
     const x = pts.map((p) => nsToMs(p.time_unix_nano) / 1000);
     return {
       rate: [x, pts.map((p) => p.request_count / stepS)] as uPlot.AlignedData,
       errors: [x, pts.map((p) => p.error_count / stepS), pts.map((p) => (p.request_count ? (p.error_count / p.request_count) * 100 : null))] as uPlot.AlignedData,
-      latency: [x, pts.map((p) => p.p50_ns / 1e6), pts.map((p) => p.p95_ns / 1e6), pts.map((p) => p.p99_ns / 1e6)] as uPlot.AlignedData,
+      latency: [x, pts.map((p) => ms(p.p50_ns)), pts.map((p) => ms(p.p95_ns)), pts.map((p) => ms(p.p99_ns))] as uPlot.AlignedData,
     };
   }, [props.s, stepS]);
   const total = pts.reduce((a, p) => a + p.request_count, 0);
   const errs = pts.reduce((a, p) => a + p.error_count, 0);
-  const p95 = Math.max(0, ...pts.map((p) => p.p95_ns));
+  const p95 = Math.max(0, ...pts.map((p) => p.p95_ns ?? 0));
   const base = (w: number, ySeries: uPlot.Series[], yFmt: (v: number) => string, extraScales?: uPlot.Options["scales"], extraAxes?: uPlot.Axis[]): uPlot.Options => {
     const ax = axisStyle();
     return {
@@ -200,12 +230,12 @@ function RedCharts(props: { s: RedSeries; stepNs: number; onPick: (tMs: number) 
   );
 }
 
-function Examples(props: { service: string; operation: string | null; t: number; stepNs: number; s: RedSeries; onClose: () => void }) {
+function Examples(props: { service: string; operation: string | null; t: number; stepNs: number; s: DSeries; onClose: () => void }) {
   const startNs = (BigInt(Math.round(props.t)) * 1000000n).toString();
   const endNs = (BigInt(startNs) + BigInt(Math.round(props.stepNs))).toString();
   const pt = props.s.points.find((p) => p.time_unix_nano === startNs) ?? props.s.points.find((p) => Math.abs(nsToMs(p.time_unix_nano) - props.t) < 1);
   const [kind, setKind] = useState<"all" | "error" | "slow">("all");
-  const minDur = kind === "slow" && pt ? `${Math.floor(pt.p95_ns / 1000)}us` : "";
+  const minDur = kind === "slow" && pt?.p95_ns ? `${Math.floor(pt.p95_ns / 1000)}us` : "";
   const params = {
     service: props.service,
     operation: props.operation ?? undefined,
@@ -227,7 +257,7 @@ function Examples(props: { service: string; operation: string | null; t: number;
           <button type="button" class={kind === "error" ? "active" : ""} onClick={() => setKind("error")}>
             Errors
           </button>
-          <button type="button" class={kind === "slow" ? "active" : ""} onClick={() => setKind("slow")} disabled={!pt}>
+          <button type="button" class={kind === "slow" ? "active" : ""} onClick={() => setKind("slow")} disabled={!pt?.p95_ns}>
             Slowest (≥ p95)
           </button>
         </span>
@@ -261,7 +291,7 @@ function Examples(props: { service: string; operation: string | null; t: number;
 
 function OperationTable(props: {
   name: string;
-  ops: RedSeries[];
+  ops: DSeries[];
   kinds: { name: string; span_kind: string; span_count: number }[];
   selected: string | null;
   stepNs: number;
@@ -271,8 +301,8 @@ function OperationTable(props: {
     .map((s) => {
       const req = s.points.reduce((a, p) => a + p.request_count, 0);
       const err = s.points.reduce((a, p) => a + p.error_count, 0);
-      const p95 = Math.max(0, ...s.points.map((p) => p.p95_ns));
-      const p50 = Math.max(0, ...s.points.map((p) => p.p50_ns));
+      const p95 = Math.max(0, ...s.points.map((p) => p.p95_ns ?? 0));
+      const p50 = Math.max(0, ...s.points.map((p) => p.p50_ns ?? 0));
       const kind = props.kinds.find((k) => k.name === s.operation)?.span_kind ?? "";
       return { op: s.operation!, req, err, p95, p50, kind, spark: s.points.map((p) => p.request_count) };
     })
