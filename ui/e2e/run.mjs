@@ -185,6 +185,56 @@ async function ingest(otlpHttp, wl) {
   log(`ingested ${traces.length} trace files and ${logsF.length} log files`);
 }
 
+/** A synthetic trace of `n` spans (4 children per span, 11 services) as OTLP/JSON requests. */
+function bigTrace(n, traceId, startNs) {
+  const hex = (v, w) => v.toString(16).padStart(w, "0");
+  const bySvc = new Map();
+  for (let i = 0; i < n; i++) {
+    const svc = `big-${i % 11}`;
+    const s = startNs + BigInt(i) * 50_000n;
+    const d = 2_000_000n + BigInt((n - i) * 500);
+    const span = {
+      traceId,
+      spanId: hex(i + 1, 16),
+      name: `op-${i % 37}`,
+      kind: 2,
+      startTimeUnixNano: String(s),
+      endTimeUnixNano: String(s + d),
+      attributes: [{ key: "i", value: { intValue: String(i) } }],
+      status: i % 97 ? {} : { code: 2, message: "boom" },
+    };
+    if (i) span.parentSpanId = hex(1 + Math.floor((i - 1) / 4), 16);
+    if (!bySvc.has(svc)) bySvc.set(svc, []);
+    bySvc.get(svc).push(span);
+  }
+  const reqs = [];
+  for (const [svc, spans] of bySvc)
+    for (let k = 0; k < spans.length; k += 1000)
+      reqs.push({
+        resourceSpans: [
+          {
+            resource: { attributes: [{ key: "service.name", value: { stringValue: svc } }] },
+            scopeSpans: [{ scope: { name: "skein-ui-e2e" }, spans: spans.slice(k, k + 1000) }],
+          },
+        ],
+      });
+  return reqs;
+}
+
+async function postJson(url, obj) {
+  const body = JSON.stringify(obj);
+  for (let attempt = 0; attempt < 30; attempt++) {
+    const r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body });
+    if (r.status === 200) return;
+    if (r.status === 429 || r.status === 503) {
+      await sleep(1000);
+      continue;
+    }
+    throw new Error(`POST ${url}: HTTP ${r.status} ${(await r.text()).slice(0, 300)}`);
+  }
+  throw new Error(`POST ${url}: still refused after 30 attempts`);
+}
+
 async function getJson(url) {
   const r = await fetch(url);
   if (!r.ok) throw new Error(`GET ${url}: HTTP ${r.status} ${(await r.text()).slice(0, 300)}`);
@@ -207,6 +257,7 @@ async function main() {
   log(`known trace ${T.trace_id}: ${T.root_service} "${T.root_name}", ${T.span_count} spans, ${T.logs.length} logs; word "${truth.word}"`);
 
   let base;
+  let otlpHttp = null;
   if (EXTERNAL) {
     base = EXTERNAL.replace(/\/$/, "");
     log(`using the running Skein at ${base}`);
@@ -215,6 +266,7 @@ async function main() {
     base = `http://${ready.http}`;
     await waitReady(base);
     await ingest(ready.otlpHttp, wl);
+    otlpHttp = ready.otlpHttp;
   }
 
   // the known trace must be complete before the UI is asked about it
@@ -504,6 +556,46 @@ async function main() {
     await page.waitForSelector('[data-testid="span-row"]');
     await shot("trace-dark.png");
     await page.emulateMedia({ colorScheme: "light" });
+  });
+
+  await test("a trace of 10,000 spans opens and scrolls (virtualised waterfall)", async () => {
+    assert(otlpHttp, "needs a Skein started by this script (not SKEIN_URL)");
+    const N = 10000;
+    const bigId = "b16b16b16b16b16b16b16b16b16b16b1";
+    // an hour after the workload, so it stays out of the other pages' time range
+    for (const req of bigTrace(N, bigId, BigInt(truth.end_unix_nano) + 3_600_000_000_000n)) await postJson(`http://${otlpHttp}/v1/traces`, req);
+    const until = Date.now() + 30000;
+    while (Date.now() < until) {
+      const r = await fetch(`${base}/api/v1/traces/${bigId}`).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+      if (r && r.spans.length === N) break;
+      await sleep(500);
+    }
+    const t = Date.now();
+    await goto(`/trace/${bigId}`);
+    await page.waitForSelector('[data-testid="span-row"]', { timeout: 30000 });
+    const openMs = Date.now() - t;
+    const count = (await page.textContent('[data-testid="trace-span-count"]')).trim();
+    assert(count === String(N), `header says ${count} spans`);
+    const rendered = await page.locator("[data-row]").count();
+    assert(rendered < 200, `${rendered} rows in the DOM: the waterfall is not virtualised`);
+    const perf = await page.evaluate(async () => {
+      const wf = document.querySelector('[data-testid="waterfall"]');
+      const times = [];
+      for (let i = 0; i < 40; i++) {
+        const a = performance.now();
+        wf.scrollTop += 600;
+        await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+        times.push(performance.now() - a);
+      }
+      wf.scrollTop = wf.scrollHeight;
+      await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+      const last = Math.max(...[...wf.querySelectorAll("[data-row]")].map((e) => Number(e.dataset.row)));
+      times.sort((a, b) => a - b);
+      return { median: times[20], p95: times[38], last, rows: Math.round(wf.scrollHeight / 24) };
+    });
+    log(`10k-span trace: opened in ${openMs} ms; scroll step median ${perf.median.toFixed(0)} ms, p95 ${perf.p95.toFixed(0)} ms (2 frames each)`);
+    assert(perf.last >= perf.rows - 3, `scrolled to the bottom but the last rendered row is ${perf.last} of ${perf.rows}`);
+    assert(perf.median < 250, `scrolling is slow: median ${perf.median.toFixed(0)} ms per step`);
   });
 
   await test("no uncaught errors in the pages", async () => {

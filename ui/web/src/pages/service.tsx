@@ -216,9 +216,9 @@ function RedCharts(props: { s: DSeries; stepNs: number; onPick: (tMs: number) =>
             base(
               w,
               [
-                { label: "p50", stroke: "#10b981", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
-                { label: "p95", stroke: "#f59e0b", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
-                { label: "p99", stroke: cErr, width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
+                { label: "p50", spanGaps: true, points: { show: true, size: 4 }, stroke: "#10b981", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
+                { label: "p95", spanGaps: true, points: { show: true, size: 4 }, stroke: "#f59e0b", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
+                { label: "p99", spanGaps: true, points: { show: true, size: 4 }, stroke: cErr, width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
               ],
               (v) => fmtDuration(v * 1e6),
             )
