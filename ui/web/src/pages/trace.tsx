@@ -49,7 +49,7 @@ export function TracePage(props: { id: string; loc: Loc }) {
         <Empty title="This trace has no spans yet">Its spans may still be arriving; reload in a moment.</Empty>
       </div>
     );
-  return <TraceView model={model} raw={res.data!} initialSpan={props.loc.query.get("span")} busy={res.loading} />;
+  return <TraceView key={model.trace.trace_id} model={model} raw={res.data!} initialSpan={props.loc.query.get("span")} busy={res.loading} />;
 }
 
 type Row = { kind: "span"; node: SpanNode; dim: boolean } | { kind: "log"; item: LogItem; node: SpanNode };
@@ -142,6 +142,14 @@ function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string |
       ensureVisible(idx);
     }
   });
+
+  // a link to another span of this trace (?span=) selects it
+  const firstSpan = useRef(props.initialSpan);
+  useEffect(() => {
+    if (props.initialSpan === firstSpan.current) return;
+    firstSpan.current = props.initialSpan;
+    if (props.initialSpan && m.byId.has(props.initialSpan)) selectSpan(props.initialSpan, { scroll: true, open: true });
+  }, [props.initialSpan]);
 
   const toggle = (id: string) => {
     const c = new Set(collapsed);
