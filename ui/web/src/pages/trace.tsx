@@ -494,6 +494,19 @@ function Waterfall(props: {
   const { m, rows } = props;
   const [scroll, setScroll] = useState(0);
   const [height, setHeight] = useState(600);
+  const [nameW, setNameW] = useState(36); // % of the width for the span names
+  const startResize = (e: MouseEvent) => {
+    e.preventDefault();
+    const el = props.refEl.current!;
+    const r = el.getBoundingClientRect();
+    const move = (ev: MouseEvent) => setNameW(Math.max(15, Math.min(75, ((ev.clientX - r.left) / r.width) * 100)));
+    const up = () => {
+      window.removeEventListener("mousemove", move);
+      window.removeEventListener("mouseup", up);
+    };
+    window.addEventListener("mousemove", move);
+    window.addEventListener("mouseup", up);
+  };
   useEffect(() => {
     const el = props.refEl.current!;
     const ro = new ResizeObserver(() => setHeight(el.clientHeight));
@@ -638,11 +651,13 @@ function Waterfall(props: {
       data-testid="waterfall"
       onKeyDown={props.onKey}
       onScroll={(e) => setScroll((e.target as HTMLDivElement).scrollTop)}
+      style={{ "--name-w": `${nameW}%` }}
     >
       <div class="wf-header">
         <div class="wf-name">
           <strong>Service: operation</strong>
           <span class="muted small"> ({rows.length} rows; ↑↓←→ Enter)</span>
+          <span class="col-resize" title="Drag to resize the name column" onMouseDown={startResize} />
         </div>
         <div class="wf-tl">
           {ticks(w0, w1).map((t, i) => (
