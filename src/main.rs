@@ -1,0 +1,295 @@
+//! `skein`: parses the command line and config, wires the crates into one
+//! process, and maps the outcome to an exit code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use skein_collector::{CollectorConfig, Ingest};
+use skein_query::{ApiState, QueryConfig};
+use skein_storage::segment::SegmentConfig;
+use skein_storage::wal::WalConfig;
+use skein_storage::{HeadConfig, Storage, StorageConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Parser, Debug)]
+#[command(name = "skein", version, about = "Distributed tracing and log backend for OpenTelemetry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: OTLP receivers, storage, HTTP API and UI.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    All,
+    Ingest,
+    Query,
+    Compact,
+}
+
+/// Every flag also reads `SKEIN_<FLAG>` and the TOML config; flag > env >
+/// file > default.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "SKEIN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the WAL and segments live [default: ./skein-data].
+    #[arg(long, env = "SKEIN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "SKEIN_OTLP_GRPC_ADDR")]
+    otlp_grpc_addr: Option<SocketAddr>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    #[arg(long, env = "SKEIN_OTLP_HTTP_ADDR")]
+    otlp_http_addr: Option<SocketAddr>,
+    /// HTTP API and UI listen address [default: 127.0.0.1:16686].
+    #[arg(long, env = "SKEIN_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Which parts this node runs [default: all].
+    #[arg(long, env = "SKEIN_ROLE", value_enum)]
+    role: Option<Role>,
+    /// Segment storage: file:///path [default: <data-dir>/segments].
+    #[arg(long, env = "SKEIN_STORAGE_URL")]
+    storage_url: Option<String>,
+}
+
+/// The config file. Unknown keys are an error, so a typo is not silently
+/// ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    otlp_grpc_addr: Option<SocketAddr>,
+    otlp_http_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    role: Option<Role>,
+    storage_url: Option<String>,
+    /// How long data is kept, counted from when Skein received it ("7d").
+    #[serde(with = "humantime_serde")]
+    retention: Option<Duration>,
+    collector: CollectorConfig,
+    head: HeadConfig,
+    wal: WalConfig,
+    segment: SegmentConfig,
+    query: QueryConfig,
+}
+
+#[derive(Debug)]
+struct Config {
+    data_dir: PathBuf,
+    otlp_grpc_addr: SocketAddr,
+    otlp_http_addr: SocketAddr,
+    http_addr: SocketAddr,
+    storage: StorageConfig,
+    collector: CollectorConfig,
+    query: QueryConfig,
+}
+
+fn build_config(a: ServeArgs) -> Result<Config> {
+    let file: FileConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let role = a.role.or(file.role).unwrap_or(Role::All);
+    if role != Role::All {
+        bail!("--role {role:?} needs shared object storage, which this version does not have yet; run with --role all");
+    }
+    let data_dir = a.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("skein-data"));
+    if let Some(url) = a.storage_url.or(file.storage_url) {
+        let path = url.strip_prefix("file://").with_context(|| {
+            format!("--storage-url {url:?}: only file:// URLs are supported by this version")
+        })?;
+        if PathBuf::from(path) != data_dir.join("segments") {
+            bail!("--storage-url {url:?}: segments are kept under <data-dir>/segments in this version; use --data-dir instead");
+        }
+    }
+    let storage = StorageConfig {
+        head: file.head,
+        wal: file.wal,
+        segment: file.segment,
+        retention: file.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
+    };
+    storage.check().context("invalid storage configuration")?;
+    Ok(Config {
+        data_dir,
+        otlp_grpc_addr: a.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(([127, 0, 0, 1], 4317).into()),
+        otlp_http_addr: a.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(([127, 0, 0, 1], 4318).into()),
+        http_addr: a.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 16686).into()),
+        storage,
+        collector: file.collector,
+        query: file.query,
+    })
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = build_config(args)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(cfg))
+        }
+    }
+}
+
+async fn shutdown_signal(tx: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    let _ = tx.send(true);
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let storage = Storage::open(&cfg.data_dir, cfg.storage.clone())
+        .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
+    let ingest = Ingest::new(storage.clone(), cfg.collector.clone());
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    storage.metrics.register(&mut registry);
+    ingest.metrics.register(&mut registry);
+    let api = ApiState { storage: storage.clone(), registry: Arc::new(registry), cfg: cfg.query.clone() };
+
+    let grpc_l = TcpListener::bind(cfg.otlp_grpc_addr)
+        .await
+        .with_context(|| format!("binding OTLP/gRPC on {}", cfg.otlp_grpc_addr))?;
+    let otlp_http_l = TcpListener::bind(cfg.otlp_http_addr)
+        .await
+        .with_context(|| format!("binding OTLP/HTTP on {}", cfg.otlp_http_addr))?;
+    let http_l = TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.http_addr))?;
+    // Machine-readable, for scripts and tests that bind port 0.
+    println!(
+        "skein ready otlp_grpc={} otlp_http={} http={}",
+        grpc_l.local_addr()?,
+        otlp_http_l.local_addr()?,
+        http_l.local_addr()?
+    );
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        otlp_grpc = %grpc_l.local_addr()?,
+        otlp_http = %otlp_http_l.local_addr()?,
+        http = %http_l.local_addr()?,
+        "listening"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(shutdown_signal(stop_tx));
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // WAL replay runs while the API already answers (readyz says 503).
+    let replay = {
+        let s = storage.clone();
+        tokio::task::spawn_blocking(move || s.replay())
+    };
+
+    let grpc = {
+        let routes = skein_collector::grpc_routes(ingest.clone());
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .layer(tower::util::MapResponseLayer::new(skein_collector::normalize_grpc_status))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stopped(rx))
+                .await
+        })
+    };
+    let otlp_http = {
+        let app = skein_collector::router(ingest.clone());
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { axum::serve(otlp_http_l, app).with_graceful_shutdown(stopped(rx)).await })
+    };
+    let http = {
+        let app = skein_query::router(api)
+            .merge(skein_ui::router())
+            .layer(tower_http::compression::CompressionLayer::new());
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { axum::serve(http_l, app).with_graceful_shutdown(stopped(rx)).await })
+    };
+
+    replay.await?.context("WAL replay")?;
+
+    // Flusher: idle/old/over-limit traces to segments; retention hourly-ish.
+    let flusher = {
+        let s = storage.clone();
+        let rx = stop_rx.clone();
+        let interval = cfg.storage.head.flush_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped(rx.clone()) => break,
+                }
+                n += 1;
+                let s2 = s.clone();
+                let retention_due = n % 60 == 1;
+                let r = tokio::task::spawn_blocking(move || {
+                    let f = s2.flush(false);
+                    if retention_due {
+                        if let Err(e) = s2.enforce_retention() {
+                            tracing::error!(error = %e, "retention failed");
+                        }
+                    }
+                    f
+                })
+                .await;
+                match r {
+                    Ok(Ok(st)) if st.traces > 0 => {
+                        tracing::debug!(traces = st.traces, spans = st.spans, logs = st.logs, "flushed")
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "flush failed; will retry"),
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    let (g, h1, h2) = tokio::join!(grpc, otlp_http, http);
+    g?.context("OTLP/gRPC server")?;
+    h1?.context("OTLP/HTTP server")?;
+    h2?.context("HTTP server")?;
+    flusher.await?;
+    // Everything acknowledged is in the WAL already; flushing it all now
+    // makes the next start fast.
+    let s = storage.clone();
+    let st = tokio::task::spawn_blocking(move || s.flush(true)).await??;
+    tracing::info!(traces = st.traces, spans = st.spans, "final flush done; exiting");
+    Ok(())
+}

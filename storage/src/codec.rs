@@ -1,0 +1,312 @@
+//! Compact binary encoding of attribute lists, events and links for the
+//! segment files' binary columns.
+//!
+//! Hand-written rather than a serde format because it is the storage layout
+//! we sell on: varint lengths, zigzag integers and one tag byte per value keep
+//! a typical span's attributes near the size of their text, and decoding
+//! never allocates more than the input can describe (every length is checked
+//! against the bytes that remain).
+
+use crate::model::{AttrValue, Attributes, Event, Link, SpanId, TraceId};
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt encoded value: {0}")]
+pub struct DecodeError(&'static str);
+
+const T_EMPTY: u8 = 0;
+const T_STR: u8 = 1;
+const T_INT: u8 = 2;
+const T_DOUBLE: u8 = 3;
+const T_BOOL: u8 = 4;
+const T_BYTES: u8 = 5;
+const T_ARRAY: u8 = 6;
+const T_KVLIST: u8 = 7;
+
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+pub fn encode_value(out: &mut Vec<u8>, v: &AttrValue) {
+    match v {
+        AttrValue::Empty => out.push(T_EMPTY),
+        AttrValue::Str(s) => {
+            out.push(T_STR);
+            put_bytes(out, s.as_bytes());
+        }
+        AttrValue::Int(i) => {
+            out.push(T_INT);
+            put_varint(out, ((i << 1) ^ (i >> 63)) as u64);
+        }
+        AttrValue::Double(d) => {
+            out.push(T_DOUBLE);
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        AttrValue::Bool(b) => {
+            out.push(T_BOOL);
+            out.push(u8::from(*b));
+        }
+        AttrValue::Bytes(b) => {
+            out.push(T_BYTES);
+            put_bytes(out, b);
+        }
+        AttrValue::Array(a) => {
+            out.push(T_ARRAY);
+            put_varint(out, a.len() as u64);
+            for v in a {
+                encode_value(out, v);
+            }
+        }
+        AttrValue::KvList(kv) => {
+            out.push(T_KVLIST);
+            encode_attrs_into(out, kv);
+        }
+    }
+}
+
+pub fn encode_attrs_into(out: &mut Vec<u8>, attrs: &Attributes) {
+    put_varint(out, attrs.len() as u64);
+    for (k, v) in attrs {
+        put_bytes(out, k.as_bytes());
+        encode_value(out, v);
+    }
+}
+
+pub fn encode_attrs(attrs: &Attributes) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * attrs.len() + 1);
+    encode_attrs_into(&mut out, attrs);
+    out
+}
+
+pub fn encode_events(events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, events.len() as u64);
+    for e in events {
+        put_varint(&mut out, e.time_unix_nano);
+        put_bytes(&mut out, e.name.as_bytes());
+        encode_attrs_into(&mut out, &e.attributes);
+    }
+    out
+}
+
+pub fn encode_links(links: &[Link]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, links.len() as u64);
+    for l in links {
+        out.extend_from_slice(&l.trace_id.0);
+        out.extend_from_slice(&l.span_id.0);
+        put_bytes(&mut out, l.trace_state.as_bytes());
+        encode_attrs_into(&mut out, &l.attributes);
+    }
+    out
+}
+
+/// A cursor over encoded bytes.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    depth: usize,
+}
+
+const MAX_DEPTH: usize = 32;
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, depth: 0 }
+    }
+
+    pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.buf.split_first().ok_or(DecodeError("truncated varint"))?;
+            self.buf = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError("varint too long"))
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.buf.len() {
+            return Err(DecodeError("length past end"));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+
+    fn len(&mut self) -> Result<usize, DecodeError> {
+        let n = self.varint()?;
+        // Every element takes at least one byte, so a count larger than the
+        // remaining input is corrupt; this bounds allocation by input size.
+        usize::try_from(n)
+            .ok()
+            .filter(|n| *n <= self.buf.len())
+            .ok_or(DecodeError("count larger than input"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.len()?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError("invalid utf-8"))
+    }
+
+    pub fn value(&mut self) -> Result<AttrValue, DecodeError> {
+        let tag = *self.take(1)?.first().ok_or(DecodeError("empty"))?;
+        Ok(match tag {
+            T_EMPTY => AttrValue::Empty,
+            T_STR => AttrValue::Str(self.string()?),
+            T_INT => {
+                let z = self.varint()?;
+                AttrValue::Int(((z >> 1) as i64) ^ -((z & 1) as i64))
+            }
+            T_DOUBLE => {
+                let b = self.take(8)?;
+                AttrValue::Double(f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            }
+            T_BOOL => AttrValue::Bool(self.take(1)?[0] != 0),
+            T_BYTES => AttrValue::Bytes(self.bytes()?.to_vec()),
+            T_ARRAY | T_KVLIST => {
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(DecodeError("nesting too deep"));
+                }
+                let v = if tag == T_ARRAY {
+                    let n = self.len()?;
+                    let mut a = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        a.push(self.value()?);
+                    }
+                    AttrValue::Array(a)
+                } else {
+                    AttrValue::KvList(self.attrs()?)
+                };
+                self.depth -= 1;
+                v
+            }
+            _ => return Err(DecodeError("unknown value tag")),
+        })
+    }
+
+    pub fn attrs(&mut self) -> Result<Attributes, DecodeError> {
+        let n = self.len()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = self.string()?;
+            out.push((k, self.value()?));
+        }
+        Ok(out)
+    }
+}
+
+pub fn decode_value(b: &[u8]) -> Result<AttrValue, DecodeError> {
+    Reader::new(b).value()
+}
+
+pub fn decode_attrs(b: &[u8]) -> Result<Attributes, DecodeError> {
+    if b.is_empty() {
+        return Ok(Vec::new());
+    }
+    Reader::new(b).attrs()
+}
+
+pub fn decode_events(b: &[u8]) -> Result<Vec<Event>, DecodeError> {
+    if b.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut r = Reader::new(b);
+    let n = r.len()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let time_unix_nano = r.varint()?;
+        let name = r.string()?;
+        out.push(Event { time_unix_nano, name, attributes: r.attrs()? });
+    }
+    Ok(out)
+}
+
+pub fn decode_links(b: &[u8]) -> Result<Vec<Link>, DecodeError> {
+    if b.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut r = Reader::new(b);
+    let n = r.len()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let trace_id = TraceId::from_slice(r.take(16)?).expect("16 bytes");
+        let span_id = SpanId::from_slice(r.take(8)?).expect("8 bytes");
+        let trace_state = r.string()?;
+        out.push(Link { trace_id, span_id, trace_state, attributes: r.attrs()? });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value_strategy() -> impl Strategy<Value = AttrValue> {
+        let leaf = prop_oneof![
+            Just(AttrValue::Empty),
+            ".*".prop_map(AttrValue::Str),
+            any::<i64>().prop_map(AttrValue::Int),
+            any::<f64>().prop_filter("nan", |d| !d.is_nan()).prop_map(AttrValue::Double),
+            any::<bool>().prop_map(AttrValue::Bool),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(AttrValue::Bytes),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(AttrValue::Array),
+                proptest::collection::vec((".*", inner), 0..4).prop_map(AttrValue::KvList),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn attrs_round_trip(attrs in proptest::collection::vec(("[a-z.]{0,12}", value_strategy()), 0..6)) {
+            let enc = encode_attrs(&attrs);
+            prop_assert_eq!(decode_attrs(&enc).unwrap(), attrs);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_attrs(&bytes);
+            let _ = decode_events(&bytes);
+            let _ = decode_links(&bytes);
+            let _ = decode_value(&bytes);
+        }
+    }
+
+    #[test]
+    fn events_and_links_round_trip() {
+        let ev = vec![Event {
+            time_unix_nano: 42,
+            name: "exception".into(),
+            attributes: vec![("exception.type".into(), AttrValue::Str("E".into()))],
+        }];
+        assert_eq!(decode_events(&encode_events(&ev)).unwrap(), ev);
+        let l = vec![Link {
+            trace_id: TraceId([7; 16]),
+            span_id: SpanId([3; 8]),
+            trace_state: "a=b".into(),
+            attributes: vec![],
+        }];
+        assert_eq!(decode_links(&encode_links(&l)).unwrap(), l);
+    }
+}

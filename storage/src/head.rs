@@ -1,0 +1,179 @@
+//! The head: live traces in memory, keyed by trace ID.
+//!
+//! Records enter the head on the WAL thread, after their WAL record is
+//! durable and in WAL order, so for each trace the head holds a contiguous
+//! run of its WAL records. That is what lets a segment record, per trace, the
+//! last WAL position it contains (`max_pos`) and lets replay skip exactly the
+//! records already flushed.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+
+use crate::model::{LogRecord, Span, TraceId};
+
+/// One trace's records in the head. Log records without trace context are
+/// kept under [`TraceId::ZERO`] and flushed by age.
+#[derive(Debug, Clone)]
+pub struct TraceEntry {
+    pub spans: Vec<Span>,
+    pub logs: Vec<LogRecord>,
+    /// Milliseconds on the head's clock when the first / latest record came.
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// Lowest and highest WAL position of the records held.
+    pub min_pos: u64,
+    pub max_pos: u64,
+    pub bytes: usize,
+}
+
+/// Why traces are cut from the head.
+#[derive(Debug, Clone, Copy)]
+pub struct CutPolicy {
+    pub now_ms: u64,
+    pub idle_ms: u64,
+    pub max_age_ms: u64,
+    /// Cut the least recently updated traces until the head is under this.
+    pub target_bytes: usize,
+    /// Cut everything (shutdown, explicit flush).
+    pub all: bool,
+}
+
+#[derive(Debug)]
+pub struct Head {
+    traces: DashMap<TraceId, TraceEntry>,
+    bytes: AtomicI64,
+    epoch: Instant,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Head { traces: DashMap::new(), bytes: AtomicI64::new(0), epoch: Instant::now() }
+    }
+}
+
+impl Head {
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    pub fn trace_count(&self) -> usize {
+        self.traces.len()
+    }
+
+    fn entry(&self, id: TraceId, pos: u64, now: u64) -> dashmap::mapref::one::RefMut<'_, TraceId, TraceEntry> {
+        let mut e = self.traces.entry(id).or_insert_with(|| TraceEntry {
+            spans: Vec::new(),
+            logs: Vec::new(),
+            first_seen_ms: now,
+            last_seen_ms: now,
+            min_pos: pos,
+            max_pos: pos,
+            bytes: 0,
+        });
+        e.last_seen_ms = now;
+        e.min_pos = e.min_pos.min(pos);
+        e.max_pos = e.max_pos.max(pos);
+        e
+    }
+
+    /// Adds the spans of one WAL record at position `pos`.
+    pub fn insert_spans(&self, pos: u64, spans: Vec<Span>) {
+        let now = self.now_ms();
+        let mut added = 0usize;
+        for s in spans {
+            let size = s.heap_size();
+            added += size;
+            let mut e = self.entry(s.trace_id, pos, now);
+            e.bytes += size;
+            e.spans.push(s);
+        }
+        self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+    }
+
+    /// Adds the log records of one WAL record at position `pos`.
+    pub fn insert_logs(&self, pos: u64, logs: Vec<LogRecord>) {
+        let now = self.now_ms();
+        let mut added = 0usize;
+        for l in logs {
+            let size = l.heap_size();
+            added += size;
+            let mut e = self.entry(l.trace_id, pos, now);
+            e.bytes += size;
+            e.logs.push(l);
+        }
+        self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+    }
+
+    /// Removes and returns the traces the policy selects.
+    pub fn cut(&self, p: CutPolicy) -> Vec<(TraceId, TraceEntry)> {
+        let mut chosen = Vec::new();
+        let mut rest: Vec<(u64, TraceId, usize)> = Vec::new();
+        let mut kept_bytes = 0usize;
+        for e in self.traces.iter() {
+            let t = e.value();
+            if p.all
+                || p.now_ms.saturating_sub(t.last_seen_ms) >= p.idle_ms
+                || p.now_ms.saturating_sub(t.first_seen_ms) >= p.max_age_ms
+            {
+                chosen.push(*e.key());
+            } else {
+                kept_bytes += t.bytes;
+                rest.push((t.last_seen_ms, *e.key(), t.bytes));
+            }
+        }
+        if kept_bytes > p.target_bytes {
+            rest.sort_unstable();
+            for (_, id, b) in rest {
+                if kept_bytes <= p.target_bytes {
+                    break;
+                }
+                kept_bytes -= b;
+                chosen.push(id);
+            }
+        }
+        let mut out = Vec::with_capacity(chosen.len());
+        let mut freed = 0usize;
+        for id in chosen {
+            if let Some((id, e)) = self.traces.remove(&id) {
+                freed += e.bytes;
+                out.push((id, e));
+            }
+        }
+        self.bytes.fetch_sub(freed as i64, Ordering::Relaxed);
+        out
+    }
+
+    /// The lowest WAL position still only in the head, if any.
+    pub fn min_pos(&self) -> Option<u64> {
+        self.traces.iter().map(|e| e.min_pos).min()
+    }
+
+    /// A copy of one trace's records.
+    pub fn get(&self, id: &TraceId) -> Option<(Vec<Span>, Vec<LogRecord>)> {
+        self.traces.get(id).map(|e| (e.spans.clone(), e.logs.clone()))
+    }
+
+    /// Calls `f` with every trace in the head. Holds one shard lock at a
+    /// time; `f` must not call back into the head.
+    pub fn for_each(&self, mut f: impl FnMut(&TraceId, &TraceEntry)) {
+        for e in self.traces.iter() {
+            f(e.key(), e.value());
+        }
+    }
+}
+
+/// Traces cut from the head and being written to a segment: still visible
+/// to queries until the segment is in the catalog.
+#[derive(Debug)]
+pub struct Flushing {
+    pub traces: Vec<(TraceId, TraceEntry)>,
+}
+
+pub type FlushingRef = Arc<Flushing>;

@@ -1,0 +1,596 @@
+//! Skein's storage: the data model, the WAL, the head of live traces,
+//! segments on disk and the catalog that lists them.
+//!
+//! Durability promise: [`Storage::append_traces`] and
+//! [`Storage::append_logs`] return `Ok` only once the request is fsynced in
+//! the WAL and visible to reads. Replay on start restores every such
+//! request that is not yet in a segment, and skips exactly the records that
+//! are, so nothing is lost or duplicated across a crash.
+
+pub mod codec;
+pub mod convert;
+pub mod filter;
+pub mod head;
+pub mod metrics;
+pub mod model;
+pub mod rollup;
+pub mod segment;
+pub mod wal;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use serde::Deserialize;
+
+use crate::filter::{analyzer, LogFilter, SpanFilter};
+use crate::head::{CutPolicy, Flushing, Head, TraceEntry};
+use crate::metrics::StorageMetrics;
+use crate::model::{LogRecord, Span, TraceId};
+use crate::rollup::{Rollup, RollupBuilder};
+use crate::segment::{Segment, SegmentConfig, META_FILE};
+use crate::wal::{RecordKind, Wal, WalConfig, WalError};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    #[error("index: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("metadata: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The head is over its memory limit because flushing is behind; the
+    /// client should retry later.
+    #[error("ingest is over capacity (head holds {0} bytes); retry later")]
+    Overloaded(usize),
+    #[error("storage is not ready (WAL replay in progress)")]
+    NotReady,
+}
+
+impl From<tantivy::query::QueryParserError> for Error {
+    fn from(e: tantivy::query::QueryParserError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Head settings (`[head]` in the config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadConfig {
+    /// A trace with no new data for this long is written to a segment.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A trace (and the bucket of logs without trace context) is written
+    /// out at the latest this long after its first record arrived.
+    #[serde(with = "humantime_serde")]
+    pub max_trace_age: Duration,
+    /// Memory the head may hold; past it the least recently updated traces
+    /// are flushed early.
+    pub max_bytes: usize,
+    /// Past `max_bytes * overload_factor` ingest is refused with a retryable
+    /// error until flushing catches up.
+    pub overload_factor: f64,
+    /// How often the flusher looks for traces to write.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_trace_age: Duration::from_secs(30),
+            max_bytes: 512 << 20,
+            overload_factor: 1.5,
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// All storage settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub head: HeadConfig,
+    pub wal: WalConfig,
+    pub segment: SegmentConfig,
+    /// Segments older than this (counted from when Skein received the data)
+    /// are deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl StorageConfig {
+    pub fn with_retention(mut self, r: Duration) -> Self {
+        self.retention = r;
+        self
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.head.idle_timeout > self.head.max_trace_age {
+            return Err(Error::Config(format!(
+                "head.idle_timeout ({:?}) is longer than head.max_trace_age ({:?}); traces would be cut by age before they go idle",
+                self.head.idle_timeout, self.head.max_trace_age
+            )));
+        }
+        if self.head.overload_factor < 1.0 {
+            return Err(Error::Config("head.overload_factor must be at least 1.0".into()));
+        }
+        if self.retention.is_zero() {
+            return Err(Error::Config("retention must be longer than zero".into()));
+        }
+        Ok(())
+    }
+}
+
+pub fn now_unix_nano() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+#[derive(Debug, Default)]
+struct State {
+    segments: Vec<Arc<Segment>>,
+    flushing: Vec<Arc<Flushing>>,
+}
+
+/// A consistent view for one query: segments and in-flight flushes taken
+/// together, so a trace moving from head to segment is seen once.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub segments: Vec<Arc<Segment>>,
+    pub flushing: Vec<Arc<Flushing>>,
+}
+
+/// What one flush did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlushStats {
+    pub traces: usize,
+    pub spans: u64,
+    pub logs: u64,
+}
+
+/// The storage engine.
+#[derive(Debug)]
+pub struct Storage {
+    cfg: StorageConfig,
+    data_dir: PathBuf,
+    head: Head,
+    wal: OnceLock<Wal>,
+    state: RwLock<State>,
+    flush_lock: Mutex<()>,
+    ready: AtomicBool,
+    pub metrics: Arc<StorageMetrics>,
+}
+
+impl Storage {
+    fn segments_dir(&self) -> PathBuf {
+        self.data_dir.join("segments")
+    }
+
+    fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+
+    /// Opens the data directory and loads the catalog of segments. The
+    /// storage is not ready for ingest until [`Storage::replay`] has run.
+    pub fn open(data_dir: &Path, cfg: StorageConfig) -> Result<Arc<Storage>> {
+        cfg.check()?;
+        let metrics = Arc::new(StorageMetrics::default());
+        let s = Storage {
+            cfg,
+            data_dir: data_dir.to_path_buf(),
+            head: Head::default(),
+            wal: OnceLock::new(),
+            state: RwLock::new(State::default()),
+            flush_lock: Mutex::new(()),
+            ready: AtomicBool::new(false),
+            metrics,
+        };
+        let segdir = s.segments_dir();
+        fs::create_dir_all(&segdir)?;
+        let mut segments = Vec::new();
+        for e in fs::read_dir(&segdir)? {
+            let p = e?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if name.starts_with("tmp-") {
+                // A segment whose write was interrupted; its data is still
+                // in the WAL.
+                tracing::info!(dir = %p.display(), "removing incomplete segment");
+                let _ = fs::remove_dir_all(&p);
+                continue;
+            }
+            if !p.join(META_FILE).exists() {
+                continue;
+            }
+            match Segment::open(&p, s.metrics.clone()) {
+                Ok(seg) => segments.push(Arc::new(seg)),
+                Err(e) => tracing::error!(dir = %p.display(), error = %e, "cannot open segment; skipping it"),
+            }
+        }
+        segments.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+        s.metrics.segments.set(segments.len() as i64);
+        s.metrics.segment_bytes.set(segments.iter().map(|x| x.meta.bytes as i64).sum());
+        s.state.write().segments = segments;
+        Ok(Arc::new(s))
+    }
+
+    /// Replays the WAL into the head, skipping records already in segments,
+    /// then starts the WAL writer. Blocking; run it off the async runtime.
+    pub fn replay(&self) -> Result<()> {
+        let wal_dir = self.wal_dir();
+        let oldest = first_wal_position(&wal_dir)?;
+        // Per trace, the last WAL position already in a segment.
+        let mut flushed: HashMap<TraceId, u64> = HashMap::new();
+        for seg in self.state.read().segments.iter() {
+            if oldest.is_some_and(|o| seg.meta.wal_max_pos >= o) {
+                for e in seg.trace_index() {
+                    let v = flushed.entry(e.trace_id).or_insert(e.wal_pos);
+                    *v = (*v).max(e.wal_pos);
+                }
+            }
+        }
+        let keep = |id: &TraceId, pos: u64| flushed.get(id).is_none_or(|p| pos > *p);
+        let (mut spans_n, mut logs_n, mut skipped) = (0u64, 0u64, 0u64);
+        let next = wal::replay(&wal_dir, |pos, kind, payload| match kind {
+            RecordKind::Traces => match ExportTraceServiceRequest::decode(payload) {
+                Ok(req) => {
+                    let mut c = convert::spans(&req).records;
+                    let before = c.len();
+                    c.retain(|s| keep(&s.trace_id, pos));
+                    skipped += (before - c.len()) as u64;
+                    spans_n += c.len() as u64;
+                    self.head.insert_spans(pos, c);
+                }
+                Err(e) => tracing::error!(pos, error = %e, "WAL: undecodable trace record"),
+            },
+            RecordKind::Logs => match ExportLogsServiceRequest::decode(payload) {
+                Ok(req) => {
+                    let mut c = convert::logs(&req).records;
+                    let before = c.len();
+                    c.retain(|l| keep(&l.trace_id, pos));
+                    skipped += (before - c.len()) as u64;
+                    logs_n += c.len() as u64;
+                    self.head.insert_logs(pos, c);
+                }
+                Err(e) => tracing::error!(pos, error = %e, "WAL: undecodable log record"),
+            },
+        })?;
+        tracing::info!(spans = spans_n, logs = logs_n, already_flushed = skipped, "WAL replay done");
+        let w = Wal::start(&wal_dir, next, self.cfg.wal.clone(), self.metrics.clone())?;
+        let _ = self.wal.set(w);
+        self.update_head_metrics();
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.cfg
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    fn admit(&self) -> Result<&Wal> {
+        let wal = self.wal.get().ok_or(Error::NotReady)?;
+        let limit = (self.cfg.head.max_bytes as f64 * self.cfg.head.overload_factor) as usize;
+        let b = self.head.bytes();
+        if b > limit {
+            return Err(Error::Overloaded(b));
+        }
+        Ok(wal)
+    }
+
+    /// Makes a trace export durable, then visible. `payload` is the request
+    /// as protobuf (what replay decodes), `spans` its validated records.
+    pub async fn append_traces(self: &Arc<Self>, payload: Vec<u8>, spans: Vec<Span>) -> Result<()> {
+        let wal = self.admit()?;
+        let me = self.clone();
+        wal.append(RecordKind::Traces, payload, move |pos| me.head.insert_spans(pos, spans)).await?;
+        Ok(())
+    }
+
+    /// Makes a logs export durable, then visible.
+    pub async fn append_logs(self: &Arc<Self>, payload: Vec<u8>, logs: Vec<LogRecord>) -> Result<()> {
+        let wal = self.admit()?;
+        let me = self.clone();
+        wal.append(RecordKind::Logs, payload, move |pos| me.head.insert_logs(pos, logs)).await?;
+        Ok(())
+    }
+
+    fn update_head_metrics(&self) {
+        self.metrics.head_bytes.set(self.head.bytes() as i64);
+        self.metrics.head_traces.set(self.head.trace_count() as i64);
+    }
+
+    /// Writes traces that are idle, old, or over the memory limit (or all
+    /// of them with `all`) to a new segment, then deletes WAL files whose
+    /// records are all in segments. Blocking.
+    pub fn flush(&self, all: bool) -> Result<FlushStats> {
+        let _guard = self.flush_lock.lock();
+        let t0 = std::time::Instant::now();
+        let h = &self.cfg.head;
+        let mut traces = self.head.cut(CutPolicy {
+            now_ms: self.head.now_ms(),
+            idle_ms: h.idle_timeout.as_millis() as u64,
+            max_age_ms: h.max_trace_age.as_millis() as u64,
+            target_bytes: h.max_bytes,
+            all,
+        });
+        let mut stats = FlushStats::default();
+        if !traces.is_empty() {
+            segment::sort_for_segment(&mut traces);
+            stats.traces = traces.len();
+            stats.spans = traces.iter().map(|t| t.1.spans.len() as u64).sum();
+            stats.logs = traces.iter().map(|t| t.1.logs.len() as u64).sum();
+            let flushing = Arc::new(Flushing { traces });
+            self.state.write().flushing.push(flushing.clone());
+            let written = segment::write_segment(
+                &self.segments_dir(),
+                &self.cfg.segment,
+                &flushing.traces,
+                now_unix_nano(),
+            )
+            .and_then(|(meta, _)| Segment::open(&self.segments_dir().join(&meta.id), self.metrics.clone()));
+            let mut st = self.state.write();
+            st.flushing.retain(|f| !Arc::ptr_eq(f, &flushing));
+            match written {
+                Ok(seg) => {
+                    self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);
+                    st.segments.push(Arc::new(seg));
+                    self.metrics.segments.set(st.segments.len() as i64);
+                    self.metrics.flushed_spans.inc_by(stats.spans);
+                    self.metrics.flushed_logs.inc_by(stats.logs);
+                }
+                Err(e) => {
+                    // Put the traces back; their WAL records are still there.
+                    drop(st);
+                    for (_, t) in &flushing.traces {
+                        self.head.insert_spans(t.min_pos, t.spans.clone());
+                        self.head.insert_logs(t.max_pos, t.logs.clone());
+                    }
+                    self.update_head_metrics();
+                    return Err(e);
+                }
+            }
+            self.metrics.flush_seconds.observe(t0.elapsed().as_secs_f64());
+        }
+        self.reclaim_wal();
+        self.update_head_metrics();
+        Ok(stats)
+    }
+
+    fn reclaim_wal(&self) {
+        let Some(wal) = self.wal.get() else { return };
+        let st = self.state.read();
+        let flushing_min = st
+            .flushing
+            .iter()
+            .flat_map(|f| f.traces.iter().map(|t| t.1.min_pos))
+            .min();
+        let safe = match (self.head.min_pos(), flushing_min) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => u64::MAX,
+        };
+        drop(st);
+        match wal.reclaim(safe) {
+            Ok(n) => {
+                self.metrics.wal_files_reclaimed.inc_by(n as u64);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot delete WAL file"),
+        };
+    }
+
+    /// Deletes segments received longer ago than the retention period.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        let cutoff = now_unix_nano().saturating_sub(self.cfg.retention.as_nanos() as u64);
+        let expired: Vec<Arc<Segment>> = {
+            let mut st = self.state.write();
+            let (old, keep): (Vec<_>, Vec<_>) =
+                st.segments.drain(..).partition(|s| s.meta.created_unix_nano < cutoff);
+            st.segments = keep;
+            self.metrics.segments.set(st.segments.len() as i64);
+            old
+        };
+        for s in &expired {
+            tracing::info!(segment = %s.meta.id, "retention: deleting segment");
+            self.metrics.segment_bytes.dec_by(s.meta.bytes as i64);
+            fs::remove_dir_all(s.dir())?;
+        }
+        Ok(expired.len())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.state.read();
+        Snapshot { segments: st.segments.clone(), flushing: st.flushing.clone() }
+    }
+
+    /// Every span and log of a trace, from the head, in-flight flushes and
+    /// the segments whose trace-ID index lists it. Spans by start time,
+    /// logs by time.
+    pub fn get_trace(&self, id: &TraceId) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
+        // Snapshot before reading the head: a trace cut from the head after
+        // this point is then in `flushing` or in a segment we do not see,
+        // so take the snapshot again after the head read and use the later
+        // one for anything the head no longer had.
+        let snap1 = self.snapshot();
+        let head = self.head.get(id);
+        let snap = if head.is_none() { self.snapshot() } else { snap1 };
+        let (mut spans, mut logs) = head.unwrap_or_default();
+        for f in &snap.flushing {
+            if let Ok(i) = f.traces.binary_search_by(|t| t.0.cmp(id)) {
+                spans.extend(f.traces[i].1.spans.iter().cloned());
+                logs.extend(f.traces[i].1.logs.iter().cloned());
+            }
+        }
+        for seg in &snap.segments {
+            if let Some((s, l)) = seg.lookup(id)? {
+                spans.extend(s);
+                logs.extend(l);
+            }
+        }
+        if spans.is_empty() && logs.is_empty() {
+            return Ok(None);
+        }
+        spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
+        logs.sort_by_key(|l| l.effective_time());
+        Ok(Some((spans, logs)))
+    }
+
+    /// Trace IDs with a span matching `f`, latest matching span first.
+    pub fn search_traces(&self, f: &SpanFilter, limit: usize) -> Result<Vec<TraceId>> {
+        let snap = self.snapshot();
+        let mut best: HashMap<TraceId, u64> = HashMap::new();
+        let mut consider = |id: TraceId, t: u64| {
+            let e = best.entry(id).or_insert(t);
+            *e = (*e).max(t);
+        };
+        let scan = |id: &TraceId, t: &TraceEntry, consider: &mut dyn FnMut(TraceId, u64)| {
+            if let Some(m) = t.spans.iter().filter(|s| f.matches(s)).map(|s| s.start_time_unix_nano).max() {
+                consider(*id, m);
+            }
+        };
+        self.head.for_each(|id, t| scan(id, t, &mut consider));
+        for fl in &snap.flushing {
+            for (id, t) in &fl.traces {
+                scan(id, t, &mut consider);
+            }
+        }
+        for seg in snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
+            for (id, t) in seg.search_spans(f, limit)? {
+                consider(id, t);
+            }
+        }
+        let mut v: Vec<_> = best.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(limit);
+        Ok(v.into_iter().map(|x| x.0).collect())
+    }
+
+    /// Log records matching `f`, latest first.
+    pub fn search_logs(&self, f: &LogFilter, limit: usize) -> Result<Vec<LogRecord>> {
+        let snap = self.snapshot();
+        let mut an = analyzer();
+        let mut out: Vec<LogRecord> = Vec::new();
+        let mut scan = |t: &TraceEntry, out: &mut Vec<LogRecord>| {
+            out.extend(t.logs.iter().filter(|l| f.matches(l, &mut an)).cloned());
+        };
+        match &f.trace_id {
+            Some(id) => {
+                if let Some((_, logs)) = self.head.get(id) {
+                    let mut a = analyzer();
+                    out.extend(logs.into_iter().filter(|l| f.matches(l, &mut a)));
+                }
+            }
+            None => self.head.for_each(|_, t| scan(t, &mut out)),
+        }
+        for fl in &snap.flushing {
+            for (_, t) in &fl.traces {
+                scan(t, &mut out);
+            }
+        }
+        for seg in snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
+            out.extend(seg.search_logs(f, limit)?);
+        }
+        out.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Counts of logs matching `f` per `step`-wide bucket (keyed by bucket
+    /// start, a multiple of `step`).
+    pub fn log_histogram(&self, f: &LogFilter, _start: u64, step: u64) -> Result<HashMap<u64, u64>> {
+        let step = step.max(1);
+        let snap = self.snapshot();
+        let mut an = analyzer();
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        let mut scan = |t: &TraceEntry| {
+            for l in t.logs.iter().filter(|l| f.matches(l, &mut an)) {
+                let ts = l.effective_time();
+                *counts.entry(ts - ts % step).or_insert(0) += 1;
+            }
+        };
+        self.head.for_each(|_, t| scan(t));
+        for fl in &snap.flushing {
+            for (_, t) in &fl.traces {
+                scan(t);
+            }
+        }
+        for seg in snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
+            let c = if f.trace_id.is_some() {
+                let mut c = HashMap::new();
+                for l in seg.search_logs(f, usize::MAX)? {
+                    let ts = l.effective_time();
+                    *c.entry(ts - ts % step).or_insert(0) += 1;
+                }
+                c
+            } else {
+                seg.count_logs(f, step)?
+            };
+            for (k, v) in c {
+                *counts.entry(k).or_insert(0) += v;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Rollups covering `[start, end]`: those stored with segments, plus
+    /// one computed now from the head and in-flight flushes.
+    pub fn rollups(&self, start: Option<u64>, end: Option<u64>) -> Vec<Rollup> {
+        let snap = self.snapshot();
+        let mut out: Vec<Rollup> = snap
+            .segments
+            .iter()
+            .filter(|s| s.overlaps(start, end))
+            .map(|s| s.rollup.clone())
+            .collect();
+        let mut b = RollupBuilder::default();
+        self.head.for_each(|_, t| b.add_trace(&t.spans));
+        for fl in &snap.flushing {
+            for (_, t) in &fl.traces {
+                b.add_trace(&t.spans);
+            }
+        }
+        out.push(b.build());
+        out
+    }
+}
+
+fn first_wal_position(dir: &Path) -> Result<Option<u64>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut min = None;
+    for e in fs::read_dir(dir)? {
+        let name = e?.file_name();
+        if let Some(p) = name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok()) {
+            min = Some(min.map_or(p, |m: u64| m.min(p)));
+        }
+    }
+    Ok(min)
+}

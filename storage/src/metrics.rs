@@ -1,0 +1,68 @@
+//! The storage layer's own metrics, exposed on `/metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug)]
+pub struct StorageMetrics {
+    pub wal_bytes: Counter,
+    pub wal_fsync_seconds: Histogram,
+    pub head_traces: Gauge,
+    pub head_bytes: Gauge,
+    pub segments: Gauge,
+    pub segment_bytes: Gauge,
+    pub flush_seconds: Histogram,
+    pub flushed_spans: Counter,
+    pub flushed_logs: Counter,
+    /// Row reads from segment files: one per segment file opened for rows.
+    pub segment_reads: Counter,
+    pub wal_files_reclaimed: Counter,
+}
+
+impl Default for StorageMetrics {
+    fn default() -> Self {
+        StorageMetrics {
+            wal_bytes: Counter::default(),
+            wal_fsync_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            head_traces: Gauge::default(),
+            head_bytes: Gauge::default(),
+            segments: Gauge::default(),
+            segment_bytes: Gauge::default(),
+            flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            flushed_spans: Counter::default(),
+            flushed_logs: Counter::default(),
+            segment_reads: Counter::default(),
+            wal_files_reclaimed: Counter::default(),
+        }
+    }
+}
+
+impl StorageMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register("skein_wal_written_bytes", "Bytes written to the WAL", self.wal_bytes.clone());
+        r.register(
+            "skein_wal_fsync_seconds",
+            "Latency of one WAL group-commit fsync",
+            self.wal_fsync_seconds.clone(),
+        );
+        r.register("skein_head_traces", "Traces held in the head (memory)", self.head_traces.clone());
+        r.register("skein_head_bytes", "Approximate bytes held in the head", self.head_bytes.clone());
+        r.register("skein_segments", "Segments in the catalog", self.segments.clone());
+        r.register("skein_segment_bytes", "Bytes of all segments on disk", self.segment_bytes.clone());
+        r.register("skein_flush_seconds", "Time to write one segment", self.flush_seconds.clone());
+        r.register("skein_flushed_spans", "Spans written to segments", self.flushed_spans.clone());
+        r.register("skein_flushed_logs", "Log records written to segments", self.flushed_logs.clone());
+        r.register(
+            "skein_segment_reads",
+            "Segment row reads (one per segment file read for rows)",
+            self.segment_reads.clone(),
+        );
+        r.register(
+            "skein_wal_files_reclaimed",
+            "WAL files deleted after their data reached segments",
+            self.wal_files_reclaimed.clone(),
+        );
+    }
+}

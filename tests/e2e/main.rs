@@ -1,0 +1,12 @@
+//! End-to-end tests of the whole `skein` binary with real OTLP clients.
+
+mod support;
+
+/// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.
+mod sdk;
+/// Search by span conditions and time, log search, traces split over segments.
+mod search;
+/// Restart and crash recovery.
+mod durability;
+/// Malformed, oversized and partially invalid requests.
+mod bad_input;
