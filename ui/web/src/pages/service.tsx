@@ -158,8 +158,16 @@ function RedCharts(props: { s: DSeries; stepNs: number; onPick: (tMs: number) =>
         init: [
           (u) => {
             u.over.addEventListener("click", () => {
-              const i = u.cursor.idx;
-              if (i != null) props.onPick(((u.data[0][i] as number) ?? 0) * 1000);
+              let i = u.cursor.idx;
+              if (i == null) return;
+              // an empty bucket has no example: take the nearest one with requests
+              const counts = pts.map((p) => p.request_count);
+              if (!counts[i]) {
+                let best = -1;
+                for (let j = 0; j < counts.length; j++) if (counts[j] && (best < 0 || Math.abs(j - i) < Math.abs(best - i))) best = j;
+                if (best >= 0) i = best;
+              }
+              props.onPick(((u.data[0][i] as number) ?? 0) * 1000);
             });
             u.over.style.cursor = "pointer";
           },
