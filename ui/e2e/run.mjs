@@ -317,7 +317,10 @@ async function main() {
   const page = context.pages()[0] || (await context.newPage());
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(String(e)));
-  const shot = (name) => page.screenshot({ path: path.join(SHOTS, name) });
+  const shot = async (name) => {
+    await page.mouse.move(0, 0); // no hover effects in the pictures
+    await page.screenshot({ path: path.join(SHOTS, name) });
+  };
   const goto = async (p) => {
     await page.goto(base + p, { waitUntil: "domcontentloaded" });
   };
