@@ -18,21 +18,21 @@ use serde_json::{json, Value};
 use crate::support::Server;
 
 #[derive(Clone, Copy, Debug)]
-pub enum Transport {
+pub(crate) enum Transport {
     Grpc,
     HttpProto,
     HttpJson,
 }
 
-pub struct Sdk {
-    pub tracers: SdkTracerProvider,
-    pub loggers: SdkLoggerProvider,
+pub(crate) struct Sdk {
+    pub(crate) tracers: SdkTracerProvider,
+    pub(crate) loggers: SdkLoggerProvider,
     /// tonic's channel needs a Tokio runtime to live on; dropped last.
     _rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Sdk {
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         self.tracers.force_flush().expect("flush spans");
         self.loggers.force_flush().expect("flush logs");
     }
@@ -46,7 +46,7 @@ impl Drop for Sdk {
 }
 
 /// Tracer and logger providers for one service, exporting to `server`.
-pub fn sdk(server: &Server, t: Transport, service: &str) -> Sdk {
+pub(crate) fn sdk(server: &Server, t: Transport, service: &str) -> Sdk {
     let resource = Resource::builder()
         .with_service_name(service.to_string())
         .with_attributes([KeyValue::new("deployment.environment", "e2e"), KeyValue::new("host.cpus", 2i64)])
@@ -89,7 +89,7 @@ pub fn sdk(server: &Server, t: Transport, service: &str) -> Sdk {
     }
 }
 
-pub fn emit_log(sdk: &Sdk, cx: &Context, sev: Severity, body: &str) {
+pub(crate) fn emit_log(sdk: &Sdk, cx: &Context, sev: Severity, body: &str) {
     let _g = cx.clone().attach();
     let logger = sdk.loggers.logger("e2e");
     let mut r = logger.create_log_record();
@@ -101,18 +101,18 @@ pub fn emit_log(sdk: &Sdk, cx: &Context, sev: Severity, body: &str) {
 }
 
 /// What was sent, to compare with what comes back.
-pub struct Sent {
-    pub trace_id: String,
-    pub root_span: String,
-    pub cart_span: String,
-    pub start: SystemTime,
+pub(crate) struct Sent {
+    pub(crate) trace_id: String,
+    pub(crate) root_span: String,
+    pub(crate) cart_span: String,
+    pub(crate) start: SystemTime,
 }
 
 /// Sends: frontend `GET /checkout` (SERVER, error) → frontend `call cart`
 /// (CLIENT) → cart `cart.Get` (SERVER) → cart `SELECT carts` (CLIENT) →
 /// postgres `query` (SERVER); logs inside the root and the cart span.
 /// `base` offsets every timestamp, so tests can place traces in time.
-pub fn send_checkout(server: &Server, t: Transport, base: SystemTime) -> Sent {
+pub(crate) fn send_checkout(server: &Server, t: Transport, base: SystemTime) -> Sent {
     let fe = sdk(server, t, "frontend");
     let cart = sdk(server, t, "cart");
     let pg = sdk(server, t, "postgres");
@@ -190,7 +190,7 @@ pub fn send_checkout(server: &Server, t: Transport, base: SystemTime) -> Sent {
     Sent { trace_id, root_span, cart_span, start: base }
 }
 
-pub fn unix_ns(t: SystemTime) -> u64 {
+pub(crate) fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 

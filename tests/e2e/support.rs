@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
-    pub data_dir: PathBuf,
-    pub grpc: String,
-    pub otlp_http: String,
-    pub http: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) grpc: String,
+    pub(crate) otlp_http: String,
+    pub(crate) http: String,
     env: Vec<(String, String)>,
 }
 
@@ -43,12 +43,12 @@ fn spawn(data_dir: &Path, env: &[(String, String)]) -> (Child, String, String, S
 
 impl Server {
     /// Starts a server on a fresh data directory.
-    pub fn start(data_dir: &Path) -> Server {
+    pub(crate) fn start(data_dir: &Path) -> Server {
         Server::start_with(data_dir, &[])
     }
 
     /// Starts with extra environment (e.g. a config file via SKEIN_CONFIG).
-    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (child, grpc, otlp_http, http) = spawn(data_dir, &env);
         let s = Server { child: Some(child), data_dir: data_dir.to_path_buf(), grpc, otlp_http, http, env };
@@ -56,7 +56,7 @@ impl Server {
         s
     }
 
-    pub fn wait_ready(&self) {
+    pub(crate) fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(r) = client().get(format!("http://{}/readyz", self.http)).send() {
@@ -69,25 +69,25 @@ impl Server {
         }
     }
 
-    pub fn api(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn api(&self, path: &str) -> (u16, Value) {
         let r = client().get(format!("http://{}{}", self.http, path)).send().expect("GET");
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(Value::Null))
     }
 
-    pub fn get_json(&self, path: &str) -> Value {
+    pub(crate) fn get_json(&self, path: &str) -> Value {
         let (s, v) = self.api(path);
         assert_eq!(s, 200, "GET {path}: {v}");
         v
     }
 
-    pub fn flush(&self) -> Value {
+    pub(crate) fn flush(&self) -> Value {
         let r = client().post(format!("http://{}/api/v1/flush", self.http)).send().expect("flush");
         assert!(r.status().is_success());
         r.json().unwrap()
     }
 
-    pub fn metric(&self, name: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str) -> f64 {
         let text = client().get(format!("http://{}/metrics", self.http)).send().unwrap().text().unwrap();
         text.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -100,7 +100,7 @@ impl Server {
     }
 
     /// SIGTERM and wait: the process must exit 0.
-    pub fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
         let mut child = self.child.take().unwrap();
@@ -116,14 +116,14 @@ impl Server {
     }
 
     /// SIGKILL, no chance to flush.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
     }
 
     /// Starts again on the same data directory (new ports).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none());
         let (child, grpc, otlp_http, http) = spawn(&self.data_dir, &self.env);
         self.child = Some(child);
@@ -143,12 +143,12 @@ impl Drop for Server {
     }
 }
 
-pub fn client() -> reqwest::blocking::Client {
+pub(crate) fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// Polls `f` until it returns `Some`, for at most `secs`.
-pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {
@@ -159,7 +159,7 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-pub mod otlp {
+pub(crate) mod otlp {
     //! Hand-built OTLP requests, for tests that need exact control.
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -168,10 +168,11 @@ pub mod otlp {
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
-    pub fn kv(k: &str, v: &str) -> KeyValue {
+    pub(crate) fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
             key: k.into(),
             value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+            ..Default::default()
         }
     }
 
@@ -179,7 +180,7 @@ pub mod otlp {
         Some(Resource { attributes: vec![kv("service.name", service)], ..Default::default() })
     }
 
-    pub fn span(trace: [u8; 16], id: u64, parent: Option<u64>, name: &str, start: u64, end: u64) -> Span {
+    pub(crate) fn span(trace: [u8; 16], id: u64, parent: Option<u64>, name: &str, start: u64, end: u64) -> Span {
         Span {
             trace_id: trace.to_vec(),
             span_id: id.to_be_bytes().to_vec(),
@@ -192,7 +193,7 @@ pub mod otlp {
         }
     }
 
-    pub fn traces(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    pub(crate) fn traces(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: resource(service),
@@ -202,7 +203,7 @@ pub mod otlp {
         }
     }
 
-    pub fn log(trace: [u8; 16], span: u64, time: u64, body: &str) -> LogRecord {
+    pub(crate) fn log(trace: [u8; 16], span: u64, time: u64, body: &str) -> LogRecord {
         LogRecord {
             time_unix_nano: time,
             severity_number: 9,
@@ -214,7 +215,7 @@ pub mod otlp {
         }
     }
 
-    pub fn logs(service: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    pub(crate) fn logs(service: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
         ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 resource: resource(service),
@@ -225,7 +226,7 @@ pub mod otlp {
     }
 
     /// POSTs a protobuf message; returns the status and body.
-    pub fn post(addr: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), reqwest::Error> {
+    pub(crate) fn post(addr: &str, path: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), reqwest::Error> {
         let r = super::client()
             .post(format!("http://{addr}{path}"))
             .header("content-type", "application/x-protobuf")
