@@ -101,7 +101,8 @@ struct Config {
 fn build_config(a: ServeArgs) -> Result<Config> {
     let file: FileConfig = match &a.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?
         }
         None => FileConfig::default(),
@@ -149,10 +150,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let cfg = build_config(args)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(serve(cfg))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
         }
     }
 }

@@ -128,8 +128,7 @@ impl IntoResponse for HttpError {
             (status, [(header::CONTENT_TYPE, "application/x-protobuf")], st.encode_to_vec()).into_response()
         };
         if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         resp
     }

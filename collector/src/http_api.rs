@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use crate::error::HttpError;
-use crate::{IngestError, Ingest};
+use crate::{Ingest, IngestError};
 
 /// OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`.
 pub fn router(ingest: Ingest) -> Router {
@@ -36,10 +36,7 @@ async fn not_found() -> Response {
 
 /// Whether the body is OTLP/JSON (`true`) or protobuf (`false`).
 fn content_kind(headers: &HeaderMap) -> Result<bool, IngestError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let base = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     match base.as_str() {
         "application/x-protobuf" | "application/protobuf" => Ok(false),
@@ -58,8 +55,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(limit + 1);
         // to_bytes fails on a length-limit overrun or a broken stream.
-        if std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
+        if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
             || e.to_string().contains("length limit")
         {
             IngestError::TooLarge { size, limit }
@@ -127,7 +123,12 @@ async fn traces(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Re
     match run.await {
         Ok(partial_success) => ok_response(&ExportTraceServiceResponse { partial_success }, json),
         Err(err) => {
-            if matches!(err, IngestError::Malformed(_) | IngestError::TooLarge { .. } | IngestError::UnsupportedEncoding(_)) {
+            if matches!(
+                err,
+                IngestError::Malformed(_)
+                    | IngestError::TooLarge { .. }
+                    | IngestError::UnsupportedEncoding(_)
+            ) {
                 ing.metrics.refuse(&err);
             }
             HttpError { err, json }.into_response()
@@ -156,7 +157,12 @@ async fn logs(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Resp
     match run.await {
         Ok(partial_success) => ok_response(&ExportLogsServiceResponse { partial_success }, json),
         Err(err) => {
-            if matches!(err, IngestError::Malformed(_) | IngestError::TooLarge { .. } | IngestError::UnsupportedEncoding(_)) {
+            if matches!(
+                err,
+                IngestError::Malformed(_)
+                    | IngestError::TooLarge { .. }
+                    | IngestError::UnsupportedEncoding(_)
+            ) {
                 ing.metrics.refuse(&err);
             }
             HttpError { err, json }.into_response()

@@ -178,9 +178,8 @@ async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> ApiRes
 fn span_filter(p: &Params) -> Result<SpanFilter, ApiError> {
     let mut attrs = Vec::new();
     for a in p.all("attr") {
-        let (k, v) = a
-            .split_once('=')
-            .ok_or_else(|| ApiError::bad(format!("attr {a:?} must be key=value")))?;
+        let (k, v) =
+            a.split_once('=').ok_or_else(|| ApiError::bad(format!("attr {a:?} must be key=value")))?;
         if k.is_empty() {
             return Err(ApiError::bad(format!("attr {a:?} has an empty key")));
         }
@@ -310,7 +309,9 @@ async fn log_histogram(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Api
     let step = step_ns(&p, start, end)?;
     let max_buckets = 10_000u64;
     if (end - start) / step > max_buckets {
-        return Err(ApiError::bad(format!("range/step gives more than {max_buckets} buckets; use a larger step")));
+        return Err(ApiError::bad(format!(
+            "range/step gives more than {max_buckets} buckets; use a larger step"
+        )));
     }
     let counts = blocking(&st, move |s| Ok(s.log_histogram(&f, start, step)?)).await?;
     let first = start - start % step;

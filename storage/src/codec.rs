@@ -149,10 +149,7 @@ impl<'a> Reader<'a> {
         let n = self.varint()?;
         // Every element takes at least one byte, so a count larger than the
         // remaining input is corrupt; this bounds allocation by input size.
-        usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= self.buf.len())
-            .ok_or(DecodeError("count larger than input"))
+        usize::try_from(n).ok().filter(|n| *n <= self.buf.len()).ok_or(DecodeError("count larger than input"))
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {

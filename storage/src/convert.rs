@@ -9,9 +9,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 
-use crate::model::{
-    AttrValue, Attributes, Event, Link, LogRecord, Resource, Scope, Span, SpanId, TraceId,
-};
+use crate::model::{AttrValue, Attributes, Event, Link, LogRecord, Resource, Scope, Span, SpanId, TraceId};
 
 /// Service name used when a resource has no `service.name`, as the OTel SDK
 /// resource semantic conventions prescribe.
@@ -60,12 +58,10 @@ fn any_value_depth(v: Option<&AnyValue>, depth: usize) -> AttrValue {
         Some(any_value::Value::DoubleValue(d)) => AttrValue::Double(*d),
         Some(any_value::Value::BoolValue(b)) => AttrValue::Bool(*b),
         Some(any_value::Value::BytesValue(b)) => AttrValue::Bytes(b.clone()),
-        Some(any_value::Value::ArrayValue(a)) => AttrValue::Array(
-            a.values.iter().map(|v| any_value_depth(Some(v), depth + 1)).collect(),
-        ),
-        Some(any_value::Value::KvlistValue(kv)) => {
-            AttrValue::KvList(attributes_depth(&kv.values, depth + 1))
+        Some(any_value::Value::ArrayValue(a)) => {
+            AttrValue::Array(a.values.iter().map(|v| any_value_depth(Some(v), depth + 1)).collect())
         }
+        Some(any_value::Value::KvlistValue(kv)) => AttrValue::KvList(attributes_depth(&kv.values, depth + 1)),
         // An index into a profiles string dictionary; meaningless for
         // traces and logs, which carry no dictionary.
         Some(any_value::Value::StringValueStrindex(_)) => AttrValue::Empty,
@@ -77,9 +73,7 @@ pub fn attributes(kvs: &[KeyValue]) -> Attributes {
 }
 
 fn attributes_depth(kvs: &[KeyValue], depth: usize) -> Attributes {
-    kvs.iter()
-        .map(|kv| (kv.key.clone(), any_value_depth(kv.value.as_ref(), depth)))
-        .collect()
+    kvs.iter().map(|kv| (kv.key.clone(), any_value_depth(kv.value.as_ref(), depth))).collect()
 }
 
 fn resource(r: Option<&OtlpResource>) -> Arc<Resource> {
@@ -125,8 +119,7 @@ pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
         for ss in &rs.scope_spans {
             let sc = scope(ss.scope.as_ref());
             for s in &ss.spans {
-                let Some(trace_id) = TraceId::from_slice(&s.trace_id).filter(|t| !t.is_zero())
-                else {
+                let Some(trace_id) = TraceId::from_slice(&s.trace_id).filter(|t| !t.is_zero()) else {
                     out.reject(|| {
                         format!("span with invalid trace_id ({} bytes or all zeroes)", s.trace_id.len())
                     });
@@ -212,9 +205,7 @@ pub fn logs(req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
                     }
                 };
                 let Ok(span_id) = optional_span_id(&l.span_id) else {
-                    out.reject(|| {
-                        format!("log record with invalid span_id ({} bytes)", l.span_id.len())
-                    });
+                    out.reject(|| format!("log record with invalid span_id ({} bytes)", l.span_id.len()));
                     continue;
                 };
                 out.records.push(LogRecord {

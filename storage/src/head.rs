@@ -67,7 +67,12 @@ impl Head {
         self.traces.len()
     }
 
-    fn entry(&self, id: TraceId, pos: u64, now: u64) -> dashmap::mapref::one::RefMut<'_, TraceId, TraceEntry> {
+    fn entry(
+        &self,
+        id: TraceId,
+        pos: u64,
+        now: u64,
+    ) -> dashmap::mapref::one::RefMut<'_, TraceId, TraceEntry> {
         let mut e = self.traces.entry(id).or_insert_with(|| TraceEntry {
             spans: Vec::new(),
             logs: Vec::new(),

@@ -387,11 +387,7 @@ impl Storage {
     fn reclaim_wal(&self) {
         let Some(wal) = self.wal.get() else { return };
         let st = self.state.read();
-        let flushing_min = st
-            .flushing
-            .iter()
-            .flat_map(|f| f.traces.iter().map(|t| t.1.min_pos))
-            .min();
+        let flushing_min = st.flushing.iter().flat_map(|f| f.traces.iter().map(|t| t.1.min_pos)).min();
         let safe = match (self.head.min_pos(), flushing_min) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
@@ -563,12 +559,8 @@ impl Storage {
     /// one computed now from the head and in-flight flushes.
     pub fn rollups(&self, start: Option<u64>, end: Option<u64>) -> Vec<Rollup> {
         let snap = self.snapshot();
-        let mut out: Vec<Rollup> = snap
-            .segments
-            .iter()
-            .filter(|s| s.overlaps(start, end))
-            .map(|s| s.rollup.clone())
-            .collect();
+        let mut out: Vec<Rollup> =
+            snap.segments.iter().filter(|s| s.overlaps(start, end)).map(|s| s.rollup.clone()).collect();
         let mut b = RollupBuilder::default();
         self.head.for_each(|_, t| b.add_trace(&t.spans));
         for fl in &snap.flushing {
@@ -588,7 +580,9 @@ fn first_wal_position(dir: &Path) -> Result<Option<u64>> {
     let mut min = None;
     for e in fs::read_dir(dir)? {
         let name = e?.file_name();
-        if let Some(p) = name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(p) =
+            name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok())
+        {
             min = Some(min.map_or(p, |m: u64| m.min(p)));
         }
     }

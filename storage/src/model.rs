@@ -145,9 +145,7 @@ impl Serialize for AttrValue {
             AttrValue::Int(v) => s.serialize_i64(*v),
             AttrValue::Double(v) => s.serialize_f64(*v),
             AttrValue::Bool(v) => s.serialize_bool(*v),
-            AttrValue::Bytes(v) => {
-                s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
-            }
+            AttrValue::Bytes(v) => s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v)),
             AttrValue::Array(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
                 for it in items {
@@ -302,11 +300,7 @@ impl Span {
             + self.trace_state.len()
             + self.status_message.len()
             + attrs_heap_size(&self.attributes)
-            + self
-                .events
-                .iter()
-                .map(|e| 48 + e.name.len() + attrs_heap_size(&e.attributes))
-                .sum::<usize>()
+            + self.events.iter().map(|e| 48 + e.name.len() + attrs_heap_size(&e.attributes)).sum::<usize>()
             + self
                 .links
                 .iter()
@@ -424,10 +418,7 @@ impl Serialize for Span {
         )?;
         m.serialize_entry("attributes", &AttrMap(&self.attributes))?;
         m.serialize_entry("resource", &AttrMap(&self.resource.attributes))?;
-        m.serialize_entry(
-            "scope",
-            &ScopeJson { name: &self.scope.name, version: &self.scope.version },
-        )?;
+        m.serialize_entry("scope", &ScopeJson { name: &self.scope.name, version: &self.scope.version })?;
         m.serialize_entry("events", &Events(&self.events))?;
         m.serialize_entry("links", &Links(&self.links))?;
         if !self.trace_state.is_empty() {

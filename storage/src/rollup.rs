@@ -90,14 +90,11 @@ impl RollupBuilder {
     /// Adds one trace's spans (or the part of it at hand). An edge is a
     /// span whose parent, in the same batch, belongs to another service.
     pub fn add_trace(&mut self, spans: &[Span]) {
-        let by_id: HashMap<SpanId, &str> =
-            spans.iter().map(|s| (s.span_id, s.service_name())).collect();
+        let by_id: HashMap<SpanId, &str> = spans.iter().map(|s| (s.span_id, s.service_name())).collect();
         for s in spans {
             let minute = s.start_time_unix_nano / BUCKET_NS;
-            let r = self
-                .red
-                .entry((minute, s.service_name().to_string(), s.name.clone(), s.kind))
-                .or_default();
+            let r =
+                self.red.entry((minute, s.service_name().to_string(), s.name.clone(), s.kind)).or_default();
             r.0 += 1;
             r.1 += u64::from(s.is_error());
             *r.2.entry(hist_bucket(s.duration_ns())).or_default() += 1;
@@ -136,9 +133,7 @@ impl RollupBuilder {
                 RedBucket { minute, service, operation, kind, count, errors, hist }
             })
             .collect();
-        red.sort_by(|a, b| {
-            (a.minute, &a.service, &a.operation).cmp(&(b.minute, &b.service, &b.operation))
-        });
+        red.sort_by(|a, b| (a.minute, &a.service, &a.operation).cmp(&(b.minute, &b.service, &b.operation)));
         Rollup { edges, red }
     }
 }

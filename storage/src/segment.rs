@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, FixedSizeBinaryBuilder, Int32Builder, StringBuilder, UInt32Builder,
-    UInt64Builder, UInt8Builder,
+    BinaryBuilder, FixedSizeBinaryBuilder, Int32Builder, StringBuilder, UInt32Builder, UInt64Builder,
+    UInt8Builder,
 };
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray,
-    UInt32Array, UInt64Array, UInt8Array,
+    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, UInt32Array,
+    UInt64Array, UInt8Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{
@@ -42,7 +42,9 @@ use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery
 use tantivy::schema::{
     IndexRecordOption, Schema as TSchema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
 };
-use tantivy::{DocId, Index, IndexReader, Order, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
+use tantivy::{
+    DocId, Index, IndexReader, Order, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
+};
 
 use crate::codec;
 use crate::filter::{analyzer, log_text, tokenize, LogFilter, SpanFilter, StatusFilter};
@@ -112,12 +114,7 @@ pub struct SegmentConfig {
 
 impl Default for SegmentConfig {
     fn default() -> Self {
-        SegmentConfig {
-            row_group_rows: 65_536,
-            page_rows: 1024,
-            zstd_level: 3,
-            index_heap_bytes: 64 << 20,
-        }
+        SegmentConfig { row_group_rows: 65_536, page_rows: 1024, zstd_level: 3, index_heap_bytes: 64 << 20 }
     }
 }
 
@@ -227,9 +224,7 @@ struct LogFields {
 fn log_index_schema() -> (TSchema, LogFields) {
     let mut b = TSchema::builder();
     let text_opts = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default()
-            .set_tokenizer(TOKENIZER)
-            .set_index_option(IndexRecordOption::Basic),
+        TextFieldIndexing::default().set_tokenizer(TOKENIZER).set_index_option(IndexRecordOption::Basic),
     );
     let f = LogFields {
         text: b.add_text_field("text", text_opts),
@@ -373,10 +368,9 @@ pub fn write_segment(
         for s in &t.spans {
             min_time = min_time.min(s.start_time_unix_nano);
             max_time = max_time.max(s.start_time_unix_nano);
-            let st = services.entry(s.service_name().to_string()).or_insert_with(|| ServiceStat {
-                name: s.service_name().to_string(),
-                ..Default::default()
-            });
+            let st = services
+                .entry(s.service_name().to_string())
+                .or_insert_with(|| ServiceStat { name: s.service_name().to_string(), ..Default::default() });
             st.span_count += 1;
             st.error_count += u64::from(s.is_error());
             *ops.entry((s.service_name().to_string(), s.name.clone(), s.kind)).or_default() += 1;
@@ -741,10 +735,7 @@ impl Segment {
     }
 
     pub fn find(&self, id: &TraceId) -> Option<&TraceIndexEntry> {
-        self.trace_index
-            .binary_search_by(|e| e.trace_id.cmp(id))
-            .ok()
-            .map(|i| &self.trace_index[i])
+        self.trace_index.binary_search_by(|e| e.trace_id.cmp(id)).ok().map(|i| &self.trace_index[i])
     }
 
     /// Reads the given row ranges of one Parquet file, touching only the row
@@ -934,7 +925,8 @@ impl Segment {
         if f.start_ns.is_some() || f.end_ns.is_some() {
             must.push((Occur::Must, u64_range(sf.start, f.start_ns, f.end_ns)));
         }
-        let q: Box<dyn Query> = if must.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(must)) };
+        let q: Box<dyn Query> =
+            if must.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(must)) };
         let searcher = self.span_reader.searcher();
         let hits = searcher.search(&q, &LatestTraces { limit: limit.max(1) })?;
         Ok(hits)
@@ -954,7 +946,8 @@ impl Segment {
         }
         let q = self.log_query(f)?;
         let searcher = self.log_reader.searcher();
-        let top = searcher.search(&q, &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("time", Order::Desc))?;
+        let top = searcher
+            .search(&q, &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("time", Order::Desc))?;
         let mut rows = Vec::with_capacity(top.len());
         for (_, addr) in top {
             let seg = searcher.segment_reader(addr.segment_ord);
@@ -974,10 +967,19 @@ impl Segment {
         let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let text = field("text")?;
         for w in &f.words {
-            must.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(text, w), IndexRecordOption::Basic))));
+            must.push((
+                Occur::Must,
+                Box::new(TermQuery::new(Term::from_field_text(text, w), IndexRecordOption::Basic)),
+            ));
         }
         if let Some(s) = &f.service {
-            must.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_text(field("service")?, s), IndexRecordOption::Basic))));
+            must.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(field("service")?, s),
+                    IndexRecordOption::Basic,
+                )),
+            ));
         }
         if let Some(m) = f.min_severity {
             must.push((Occur::Must, u64_range(field("severity")?, Some(m.max(0) as u64), None)));
@@ -1125,7 +1127,11 @@ impl Collector for TimeHistogram {
     type Child = TimeHistogramSegment;
 
     fn for_segment(&self, _: SegmentOrdinal, seg: &SegmentReader) -> tantivy::Result<Self::Child> {
-        Ok(TimeHistogramSegment { step: self.step, time: seg.fast_fields().u64("time")?, counts: HashMap::new() })
+        Ok(TimeHistogramSegment {
+            step: self.step,
+            time: seg.fast_fields().u64("time")?,
+            counts: HashMap::new(),
+        })
     }
 
     fn requires_scoring(&self) -> bool {

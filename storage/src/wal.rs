@@ -126,10 +126,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Reads every record in `dir` in order, calling `f(position, kind, payload)`.
 /// Returns the position the next record will have. Stops reading a file at
 /// its first torn or corrupt record.
-pub fn replay(
-    dir: &Path,
-    mut f: impl FnMut(u64, RecordKind, &[u8]),
-) -> Result<u64, WalError> {
+pub fn replay(dir: &Path, mut f: impl FnMut(u64, RecordKind, &[u8])) -> Result<u64, WalError> {
     fs::create_dir_all(dir)?;
     let mut next = 0u64;
     for (start, path) in list_files(dir)? {
@@ -159,7 +156,12 @@ pub fn replay(
 impl Wal {
     /// Starts the writer thread with a fresh file at position `next` (as
     /// returned by [`replay`]).
-    pub fn start(dir: &Path, next: u64, cfg: WalConfig, metrics: Arc<StorageMetrics>) -> Result<Wal, WalError> {
+    pub fn start(
+        dir: &Path,
+        next: u64,
+        cfg: WalConfig,
+        metrics: Arc<StorageMetrics>,
+    ) -> Result<Wal, WalError> {
         fs::create_dir_all(dir)?;
         let mut files = list_files(dir)?;
         // A leftover file starting at or after `next` held only a torn tail.
@@ -186,9 +188,7 @@ impl Wal {
             files: files.clone(),
             metrics,
         };
-        std::thread::Builder::new()
-            .name("skein-wal".into())
-            .spawn(move || w.run(rx))?;
+        std::thread::Builder::new().name("skein-wal".into()).spawn(move || w.run(rx))?;
         Ok(Wal { tx, files, dir: dir.to_path_buf() })
     }
 

@@ -1,7 +1,9 @@
 use std::time::SystemTime;
 
 use bytes::{Buf, BufMut};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
@@ -56,7 +58,11 @@ impl Codec for RawCodec {
 fn grpc_export_raw(addr: &str, body: Vec<u8>) -> Result<ExportTraceServiceResponse, tonic::Status> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         let mut g = tonic::client::Grpc::new(ch);
         g.ready().await.unwrap();
         let path = http::uri::PathAndQuery::from_static(

@@ -2,11 +2,11 @@
 
 mod support;
 
+/// Malformed, oversized and partially invalid requests.
+mod bad_input;
+/// Restart and crash recovery.
+mod durability;
 /// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.
 mod sdk;
 /// Search by span conditions and time, log search, traces split over segments.
 mod search;
-/// Restart and crash recovery.
-mod durability;
-/// Malformed, oversized and partially invalid requests.
-mod bad_input;

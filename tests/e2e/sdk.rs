@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState,
-    Tracer as _, TracerProvider as _,
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Array, Context, KeyValue, Value as OtelValue};
 use opentelemetry_otlp::{LogExporter, Protocol, SpanExporter, WithExportConfig};
@@ -54,7 +54,8 @@ pub(crate) fn sdk(server: &Server, t: Transport, service: &str) -> Sdk {
     let mut rt = None;
     let (spans, logs) = match t {
         Transport::Grpc => {
-            let r = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let r =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
             let _g = r.enter();
             let ep = format!("http://{}", server.grpc);
             let out = (
@@ -83,7 +84,10 @@ pub(crate) fn sdk(server: &Server, t: Transport, service: &str) -> Sdk {
         }
     };
     Sdk {
-        tracers: SdkTracerProvider::builder().with_resource(resource.clone()).with_batch_exporter(spans).build(),
+        tracers: SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_batch_exporter(spans)
+            .build(),
         loggers: SdkLoggerProvider::builder().with_resource(resource).with_batch_exporter(logs).build(),
         _rt: rt,
     }

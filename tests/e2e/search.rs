@@ -64,13 +64,21 @@ fn check_search(server: &Server, id: &str, base: SystemTime) {
         .unwrap()
         .clone();
     assert!(logs.iter().any(|l| l["trace_id"] == id));
-    assert!(server.get_json("/api/v1/search/logs?q=timeout&service=frontend")["logs"].as_array().unwrap().is_empty());
-    assert!(server.get_json("/api/v1/search/logs?q=timeout&severity=ERROR")["logs"].as_array().unwrap().is_empty());
-    let by_trace = server.get_json(&format!("/api/v1/search/logs?trace_id={id}"))["logs"].as_array().unwrap().len();
+    assert!(server.get_json("/api/v1/search/logs?q=timeout&service=frontend")["logs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(server.get_json("/api/v1/search/logs?q=timeout&severity=ERROR")["logs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let by_trace =
+        server.get_json(&format!("/api/v1/search/logs?trace_id={id}"))["logs"].as_array().unwrap().len();
     assert_eq!(by_trace, 2);
 
     let services = server.get_json("/api/v1/services");
-    let names: Vec<&str> = services["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        services["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["cart", "frontend", "postgres"]);
     let ops = server.get_json("/api/v1/services/cart/operations");
     let ops: Vec<(String, String)> = ops["operations"]
@@ -85,7 +93,13 @@ fn check_search(server: &Server, id: &str, base: SystemTime) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["parent"].as_str().unwrap().into(), e["child"].as_str().unwrap().into(), e["call_count"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["parent"].as_str().unwrap().into(),
+                e["child"].as_str().unwrap().into(),
+                e["call_count"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(edges, [("cart".into(), "postgres".into(), 1), ("frontend".into(), "cart".into(), 1)]);
 }
@@ -110,14 +124,9 @@ fn search_from_head_and_from_segments() {
 fn bad_search_parameters_are_explained() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    for q in [
-        "min_duration=fast",
-        "status=maybe",
-        "start=yesterday",
-        "limit=0",
-        "attr=novalue",
-        "start=20&end=10",
-    ] {
+    for q in
+        ["min_duration=fast", "status=maybe", "start=yesterday", "limit=0", "attr=novalue", "start=20&end=10"]
+    {
         let (s, v) = server.api(&format!("/api/v1/search/traces?{q}"));
         assert_eq!(s, 400, "{q}");
         assert!(v["error"].as_str().unwrap().len() > 5, "{q}: {v}");
@@ -154,14 +163,18 @@ fn trace_split_across_segments_comes_back_whole() {
     let t1 = t0 + 180_000_000_000;
     let second = otlp::traces(
         "backend",
-        vec![otlp::span(trace, 2, Some(1), "work", t1, t1 + 1_000), otlp::span(trace, 3, Some(2), "more", t1 + 10, t1 + 20)],
+        vec![
+            otlp::span(trace, 2, Some(1), "work", t1, t1 + 1_000),
+            otlp::span(trace, 3, Some(2), "more", t1 + 10, t1 + 20),
+        ],
     );
     let (s, _) = otlp::post(&server.otlp_http, "/v1/traces", second.encode_to_vec()).unwrap();
     assert_eq!(s, 200);
     let hex = hex::encode(trace);
     let check = |server: &Server| {
         let v = server.get_json(&format!("/api/v1/traces/{hex}"));
-        let names: Vec<&str> = v["spans"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            v["spans"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["GET /", "work", "more"]);
         assert_eq!(v["logs"].as_array().unwrap().len(), 1);
     };

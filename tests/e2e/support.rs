@@ -18,12 +18,20 @@ pub(crate) struct Server {
 
 fn spawn(data_dir: &Path, env: &[(String, String)]) -> (Child, String, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skein"));
-    cmd.args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("SKEIN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "serve",
+        "--otlp-grpc-addr",
+        "127.0.0.1:0",
+        "--otlp-http-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .env("SKEIN_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -180,7 +188,14 @@ pub(crate) mod otlp {
         Some(Resource { attributes: vec![kv("service.name", service)], ..Default::default() })
     }
 
-    pub(crate) fn span(trace: [u8; 16], id: u64, parent: Option<u64>, name: &str, start: u64, end: u64) -> Span {
+    pub(crate) fn span(
+        trace: [u8; 16],
+        id: u64,
+        parent: Option<u64>,
+        name: &str,
+        start: u64,
+        end: u64,
+    ) -> Span {
         Span {
             trace_id: trace.to_vec(),
             span_id: id.to_be_bytes().to_vec(),

@@ -24,7 +24,10 @@ async fn serve(uri: Uri) -> Response {
             let mime = mime_guess::from_path(path).first_or_octet_stream();
             // Built file names are stable, not content-hashed: revalidate.
             return (
-                [(header::CONTENT_TYPE, mime.as_ref().to_string()), (header::CACHE_CONTROL, "no-cache".into())],
+                [
+                    (header::CONTENT_TYPE, mime.as_ref().to_string()),
+                    (header::CACHE_CONTROL, "no-cache".into()),
+                ],
                 f.data,
             )
                 .into_response();
