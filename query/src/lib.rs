@@ -6,6 +6,7 @@
 
 mod params;
 mod summary;
+pub mod traceql;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
