@@ -17,6 +17,8 @@ use skein_storage::{HeadConfig, Storage, StorageConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod loadgen;
+
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "Distributed tracing and log backend for OpenTelemetry")]
 struct Cli {
@@ -28,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the server: OTLP receivers, storage, HTTP API and UI.
     Serve(ServeArgs),
+    /// Replay a gen_workload.py workload against a server and measure it.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -116,7 +120,7 @@ fn build_config(a: ServeArgs) -> Result<Config> {
         let path = url.strip_prefix("file://").with_context(|| {
             format!("--storage-url {url:?}: only file:// URLs are supported by this version")
         })?;
-        if PathBuf::from(path) != data_dir.join("segments") {
+        if data_dir.join("segments") != std::path::Path::new(path) {
             bail!("--storage-url {url:?}: segments are kept under <data-dir>/segments in this version; use --data-dir instead");
         }
     }
@@ -151,6 +155,9 @@ fn main() -> Result<()> {
         Command::Serve(args) => {
             let cfg = build_config(args)?;
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
+        }
+        Command::Loadgen(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(loadgen::run(args))
         }
     }
 }

@@ -169,3 +169,51 @@ async fn logs(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Resp
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_storage::convert;
+    use skein_storage::model::AttrValue;
+
+    /// The OTLP/JSON encoding as the spec describes it: hex IDs, camelCase
+    /// keys, 64-bit integers as strings or numbers, enums as integers.
+    #[test]
+    fn otlp_json_as_the_spec_writes_it() {
+        let body = r#"{"resourceSpans":[{"resource":{"attributes":[
+              {"key":"service.name","value":{"stringValue":"my.service"}}]},
+            "scopeSpans":[{"scope":{"name":"my.library","version":"1.0.0"},
+              "spans":[{"traceId":"5B8EFFF798038103D269B633813FC60C","spanId":"EEE19B7EC3C1B174",
+                "parentSpanId":"EEE19B7EC3C1B173","name":"I'm a server span",
+                "startTimeUnixNano":"1544712660000000000","endTimeUnixNano":1544712661000000000,
+                "kind":2,"status":{"code":2,"message":"boom"},
+                "attributes":[{"key":"n","value":{"intValue":"42"}},{"key":"m","value":{"intValue":7}},
+                  {"key":"d","value":{"doubleValue":1.5}},{"key":"b","value":{"boolValue":true}},
+                  {"key":"a","value":{"arrayValue":{"values":[{"stringValue":"x"}]}}}],
+                "unknownFutureField":{"ignored":true}}]}]}]}"#;
+        let req: ExportTraceServiceRequest = serde_json::from_str(body).unwrap();
+        let c = convert::spans(&req);
+        assert_eq!(c.rejected, 0);
+        let s = &c.records[0];
+        assert_eq!(s.trace_id.to_hex(), "5b8efff798038103d269b633813fc60c");
+        assert_eq!(s.parent_span_id.unwrap().to_hex(), "eee19b7ec3c1b173");
+        assert_eq!(s.service_name(), "my.service");
+        assert_eq!((s.kind, s.status_code), (2, 2));
+        assert_eq!(s.duration_ns(), 1_000_000_000);
+        assert_eq!(s.attributes[0].1, AttrValue::Int(42));
+        assert_eq!(s.attributes[1].1, AttrValue::Int(7));
+        assert_eq!(s.attributes[2].1, AttrValue::Double(1.5));
+        assert_eq!(s.attributes[3].1, AttrValue::Bool(true));
+        assert_eq!(s.attributes[4].1, AttrValue::Array(vec![AttrValue::Str("x".into())]));
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(content_kind(&h).is_err());
+        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        assert!(content_kind(&h).unwrap());
+        h.insert(header::CONTENT_TYPE, "application/x-protobuf".parse().unwrap());
+        assert!(!content_kind(&h).unwrap());
+    }
+}

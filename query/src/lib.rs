@@ -39,11 +39,19 @@ pub struct QueryConfig {
     /// A query still running after this is abandoned with 503.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Traces a TraceQL search evaluates at most (newest first among those
+    /// the index selects); bounds the cost of a broad query.
+    pub max_traceql_candidates: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig { default_limit: 20, max_limit: 1000, timeout: Duration::from_secs(30) }
+        QueryConfig {
+            default_limit: 20,
+            max_limit: 1000,
+            timeout: Duration::from_secs(30),
+            max_traceql_candidates: 5000,
+        }
     }
 }
 
@@ -215,27 +223,62 @@ fn span_filter(p: &Params) -> Result<SpanFilter, ApiError> {
     Ok(f)
 }
 
+/// Longest TraceQL query accepted.
+const MAX_TRACEQL_LEN: usize = 4096;
+
 async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
-    if p.get("q").is_some() {
-        return Err(ApiError::bad(
-            "TraceQL (q) is not supported by this version yet; use service, operation, attr, min_duration, max_duration and status",
-        ));
-    }
     let f = span_filter(&p)?;
     let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
+    let traceql = match p.get("q") {
+        None => None,
+        Some(q) if q.len() > MAX_TRACEQL_LEN => {
+            return Err(ApiError::bad(format!("q is longer than {MAX_TRACEQL_LEN} bytes")));
+        }
+        Some(q) => Some(traceql::TraceQl::parse(q).map_err(|e| ApiError::bad(e.to_string()))?),
+    };
+    let max_candidates = st.cfg.max_traceql_candidates;
     let traces = blocking(&st, move |s| {
-        let ids = s.search_traces(&f, limit)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        let Some(tq) = traceql else {
+            let ids = s.search_traces(&f, limit)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some((spans, _)) = s.get_trace(&id)? {
+                    out.push(summarize(id, &spans));
+                }
+            }
+            return Ok(out);
+        };
+        // TraceQL: the index narrows the candidates with the conditions
+        // every match must meet (the query's own, and the span parameters
+        // if given), then each candidate trace is evaluated whole, newest
+        // first, until `limit` match or the candidate budget is spent.
+        let span_params_given = f.service.is_some()
+            || f.operation.is_some()
+            || !f.attrs.is_empty()
+            || f.min_duration_ns.is_some()
+            || f.max_duration_ns.is_some()
+            || f.status.is_some();
+        let mut cand = if span_params_given { f.clone() } else { tq.candidate_filter() };
+        cand.start_ns = f.start_ns;
+        cand.end_ns = f.end_ns;
+        let mut out = Vec::new();
+        for id in s.search_traces(&cand, max_candidates)? {
+            if out.len() >= limit {
+                break;
+            }
             if let Some((spans, _)) = s.get_trace(&id)? {
-                out.push(summarize(id, &spans));
+                let in_range = spans.iter().any(|sp| f.matches(sp));
+                if in_range && !tq.matching_spans(&spans).is_empty() {
+                    out.push(summarize(id, &spans));
+                }
             }
         }
-        out.sort_by(|a, b| b.start_time_unix_nano.cmp(&a.start_time_unix_nano));
         Ok(out)
     })
     .await?;
+    let mut traces = traces;
+    traces.sort_by_key(|t| std::cmp::Reverse(t.start_time_unix_nano));
     Ok(Json(json!({ "traces": traces })).into_response())
 }
 

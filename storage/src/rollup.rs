@@ -79,11 +79,14 @@ pub fn quantile(hist: &HashMap<u16, u64>, q: f64) -> u64 {
     0
 }
 
+/// (minute, service, operation, kind) -> (count, errors, latency histogram).
+type RedMap = HashMap<(u64, String, String, u8), (u64, u64, HashMap<u16, u32>)>;
+
 /// Accumulates rollups from traces.
 #[derive(Debug, Default)]
 pub struct RollupBuilder {
     edges: HashMap<(u64, String, String), (u64, u64)>,
-    red: HashMap<(u64, String, String, u8), (u64, u64, HashMap<u16, u32>)>,
+    red: RedMap,
 }
 
 impl RollupBuilder {

@@ -130,6 +130,16 @@ pub struct TraceIndexEntry {
     pub wal_pos: u64,
 }
 
+impl TraceIndexEntry {
+    pub fn span_rows(&self) -> std::ops::Range<usize> {
+        self.span_row as usize..(self.span_row + self.span_count) as usize
+    }
+
+    pub fn log_rows(&self) -> std::ops::Range<usize> {
+        self.log_row as usize..(self.log_row + self.log_count) as usize
+    }
+}
+
 const TRACE_ENTRY_BYTES: usize = 16 + 4 * 4 + 8;
 
 fn spans_schema() -> SchemaRef {
@@ -891,8 +901,8 @@ impl Segment {
     /// without reading any file when the trace-ID index says it is not here.
     pub fn lookup(&self, id: &TraceId) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
         let Some(e) = self.find(id).copied() else { return Ok(None) };
-        let spans = self.read_spans(vec![e.span_row as usize..(e.span_row + e.span_count) as usize])?;
-        let logs = self.read_logs(vec![e.log_row as usize..(e.log_row + e.log_count) as usize])?;
+        let spans = self.read_spans(vec![e.span_rows()])?;
+        let logs = self.read_logs(vec![e.log_rows()])?;
         Ok(Some((spans, logs)))
     }
 
@@ -937,7 +947,7 @@ impl Segment {
         if let Some(tid) = &f.trace_id {
             // The trace-ID index is exact and cheaper than the text index.
             let Some(e) = self.find(tid).copied() else { return Ok(Vec::new()) };
-            let logs = self.read_logs(vec![e.log_row as usize..(e.log_row + e.log_count) as usize])?;
+            let logs = self.read_logs(vec![e.log_rows()])?;
             let mut an = analyzer();
             let mut logs: Vec<_> = logs.into_iter().filter(|l| f.matches(l, &mut an)).collect();
             logs.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));

@@ -6,6 +6,15 @@ use serde_json::Value;
 use crate::sdk::{send_checkout, unix_ns, Transport};
 use crate::support::{otlp, Server};
 
+fn form_urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn trace_ids(v: &Value) -> Vec<String> {
     v["traces"].as_array().unwrap().iter().map(|t| t["trace_id"].as_str().unwrap().to_string()).collect()
 }
@@ -41,6 +50,24 @@ fn check_search(server: &Server, id: &str, base: SystemTime) {
             .unwrap()
     };
     assert!(finds(server, &format!("start={}&end={}", rfc(t0 - 1_000_000_000), rfc(t0 + 1_000_000_000)), id));
+
+    // TraceQL, URL-encoded.
+    let tq = |q: &str| format!("q={}", form_urlencode(q));
+    assert!(finds(
+        server,
+        &tq(r#"{ resource.service.name = "frontend" } > { resource.service.name = "cart" }"#),
+        id
+    ));
+    assert!(finds(server, &tq(r#"{ span.http.response.status_code = 500 && status = error }"#), id));
+    assert!(finds(server, &tq(r#"{ name = "query" && duration > 100ms } && { kind = client }"#), id));
+    assert!(finds(server, &tq(r#"{ .cart.items >= 3 } >> { resource.service.name = "postgres" }"#), id));
+    assert!(!finds(server, &tq(r#"{ resource.service.name = "cart" && status = error }"#), id));
+    assert!(!finds(
+        server,
+        &tq(r#"{ resource.service.name = "postgres" } > { resource.service.name = "cart" }"#),
+        id
+    ));
+    assert!(!finds(server, &format!("{}&{range}", tq("{ duration > 10s }")), id));
 
     let summary = server.get_json("/api/v1/search/traces?service=cart&limit=5")["traces"]
         .as_array()
