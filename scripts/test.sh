@@ -27,5 +27,5 @@ if [ -z "${SKEIN_SKIP_UI:-}" ]; then
   step "UI: bundle up to date, browser tests in headless Chromium"
   # Screenshots for docs/ui.md are refreshed only when asked
   # (SCREENSHOT_DIR=docs/ui), so a test run leaves the tree clean.
-  SCREENSHOT_DIR="${SCREENSHOT_DIR:-$(mktemp -d)}" SKEIN_BIN="$root/target/debug/skein" bash ui/e2e/ci.sh
+  SCREENSHOT_DIR="${SCREENSHOT_DIR:-$(mktemp -d)}" SKEIN_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/skein" bash ui/e2e/ci.sh
 fi

@@ -702,6 +702,70 @@ mod tests {
         assert_eq!((n(1), n(2), n(3)), (2, 5, 1));
     }
 
+    async fn append_log(s: &Arc<Storage>, trace: u8, body: &str) {
+        use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpLog, ResourceLogs, ScopeLogs};
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![OtlpLog {
+                        time_unix_nano: 5_000,
+                        severity_number: 17,
+                        body: Some(AnyValue { value: Some(any_value::Value::StringValue(body.into())) }),
+                        trace_id: if trace == 0 { vec![] } else { vec![trace; 16] },
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let rows = convert::logs(&req).records;
+        s.append_logs(req.encode_to_vec(), rows).await.unwrap();
+    }
+
+    /// Segment search maps matching spans back to their traces, also when
+    /// traces with only logs sit between them in the segment.
+    #[tokio::test]
+    async fn segment_search_finds_the_right_traces() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), test_config()).unwrap();
+        s.replay().unwrap();
+        append(&s, 1, 3).await;
+        append_log(&s, 2, "only a log here").await; // trace 2: logs only
+        append(&s, 3, 2).await;
+        append_log(&s, 0, "no trace context, disk full").await;
+        append_log(&s, 3, "disk full while writing").await;
+        s.flush(true).unwrap();
+        assert_eq!(s.head().trace_count(), 0);
+        let find = |f: SpanFilter| s.search_traces(&f, 10).unwrap();
+        let op = |name: &str| SpanFilter { operation: Some(name.into()), ..Default::default() };
+        assert_eq!(find(op("op2")), vec![TraceId([1; 16])]);
+        let mut both = find(op("op1"));
+        both.sort();
+        assert_eq!(both, vec![TraceId([1; 16]), TraceId([3; 16])]);
+        let slow = SpanFilter { min_duration_ns: Some(1_000), start_ns: Some(1_001), ..Default::default() };
+        let mut v = find(slow);
+        v.sort();
+        assert_eq!(v, vec![TraceId([1; 16]), TraceId([3; 16])]);
+        assert!(find(SpanFilter { min_duration_ns: Some(1_001), ..Default::default() }).is_empty());
+        let words = |q: &str| {
+            let mut w = Vec::new();
+            filter::tokenize(&mut analyzer(), q, &mut w);
+            w
+        };
+        let logs = s.search_logs(&LogFilter { words: words("DISK full"), ..Default::default() }, 10).unwrap();
+        assert_eq!(logs.len(), 2);
+        let logs = s
+            .search_logs(
+                &LogFilter { words: words("disk"), trace_id: Some(TraceId([3; 16])), ..Default::default() },
+                10,
+            )
+            .unwrap();
+        assert_eq!(logs.len(), 1);
+        let all = s.search_logs(&LogFilter { min_severity: Some(17), ..Default::default() }, 10).unwrap();
+        assert_eq!(all.len(), 3);
+    }
+
     #[test]
     fn conflicting_settings_are_explained() {
         let mut c = test_config();

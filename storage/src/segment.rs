@@ -54,7 +54,7 @@ use crate::model::{LogRecord, Resource, Scope, Span, SpanId, TraceId};
 use crate::rollup::{Rollup, RollupBuilder};
 use crate::{Error, Result};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const SPANS_FILE: &str = "spans.parquet";
 const LOGS_FILE: &str = "logs.parquet";
 const TRACE_INDEX_FILE: &str = "traces.idx";
@@ -198,8 +198,7 @@ fn writer_props(cfg: &SegmentConfig, no_dict: &[&str]) -> Result<WriterPropertie
 }
 
 struct SpanFields {
-    trace_hi: tantivy::schema::Field,
-    trace_lo: tantivy::schema::Field,
+    row: tantivy::schema::Field,
     service: tantivy::schema::Field,
     name: tantivy::schema::Field,
     attr: tantivy::schema::Field,
@@ -211,14 +210,19 @@ struct SpanFields {
 fn span_index_schema() -> (TSchema, SpanFields) {
     let mut b = TSchema::builder();
     let f = SpanFields {
-        trace_hi: b.add_u64_field("trace_hi", FAST),
-        trace_lo: b.add_u64_field("trace_lo", FAST),
+        // The span's row in spans.parquet: rows are written in document
+        // order, so this column is monotonic and costs almost nothing, and
+        // the trace-ID index maps it to the trace.
+        row: b.add_u64_field("row", FAST),
         service: b.add_text_field("service", STRING),
         name: b.add_text_field("name", STRING),
         attr: b.add_text_field("attr", STRING),
         status: b.add_u64_field("status", INDEXED),
-        duration: b.add_u64_field("duration", INDEXED),
-        start: b.add_u64_field("start", INDEXED | FAST),
+        // Fast fields only: nearly every span has its own start and
+        // duration, so indexing them would add a term per span; range
+        // queries on fast fields scan the (compact) column instead.
+        duration: b.add_u64_field("duration", FAST),
+        start: b.add_u64_field("start", FAST),
     };
     (b.build(), f)
 }
@@ -240,7 +244,7 @@ fn log_index_schema() -> (TSchema, LogFields) {
         text: b.add_text_field("text", text_opts),
         service: b.add_text_field("service", STRING),
         severity: b.add_u64_field("severity", INDEXED),
-        time: b.add_u64_field("time", INDEXED | FAST),
+        time: b.add_u64_field("time", FAST),
         row: b.add_u64_field("row", FAST),
     };
     (b.build(), f)
@@ -365,7 +369,6 @@ pub fn write_segment(
 
     for (tid, t) in traces {
         wal_max = wal_max.max(t.max_pos);
-        let (hi, lo) = tid.halves();
         index_entries.push(TraceIndexEntry {
             trace_id: *tid,
             span_row: span_rows,
@@ -386,8 +389,7 @@ pub fn write_segment(
             *ops.entry((s.service_name().to_string(), s.name.clone(), s.kind)).or_default() += 1;
 
             let mut doc = TantivyDocument::default();
-            doc.add_u64(sf.trace_hi, hi);
-            doc.add_u64(sf.trace_lo, lo);
+            doc.add_u64(sf.row, u64::from(span_rows));
             doc.add_text(sf.service, s.service_name());
             doc.add_text(sf.name, &s.name);
             for (k, v) in s.attributes.iter().chain(s.resource.attributes.iter()) {
@@ -649,7 +651,7 @@ pub struct Segment {
     pub meta: SegmentMeta,
     pub rollup: Rollup,
     dir: PathBuf,
-    trace_index: Vec<TraceIndexEntry>,
+    trace_index: Arc<Vec<TraceIndexEntry>>,
     spans_meta: ArrowReaderMetadata,
     logs_meta: ArrowReaderMetadata,
     span_reader: IndexReader,
@@ -710,7 +712,7 @@ impl Segment {
             )));
         }
         let rollup: Rollup = serde_json::from_slice(&fs::read(dir.join(ROLLUP_FILE))?)?;
-        let trace_index = read_trace_index(&dir.join(TRACE_INDEX_FILE))?;
+        let trace_index = Arc::new(read_trace_index(&dir.join(TRACE_INDEX_FILE))?);
         let opts = ArrowReaderOptions::new()
             .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
         let spans_meta = ArrowReaderMetadata::load(&File::open(dir.join(SPANS_FILE))?, opts.clone())?;
@@ -938,7 +940,8 @@ impl Segment {
         let q: Box<dyn Query> =
             if must.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(must)) };
         let searcher = self.span_reader.searcher();
-        let hits = searcher.search(&q, &LatestTraces { limit: limit.max(1) })?;
+        let hits =
+            searcher.search(&q, &LatestTraces { limit: limit.max(1), traces: self.trace_index.clone() })?;
         Ok(hits)
     }
 
@@ -1045,12 +1048,13 @@ fn read_trace_index(p: &Path) -> Result<Vec<TraceIndexEntry>> {
 /// safe because a trace's value only grows as more of its spans are seen.
 struct LatestTraces {
     limit: usize,
+    traces: Arc<Vec<TraceIndexEntry>>,
 }
 
 struct LatestTracesSegment {
     limit: usize,
-    hi: tantivy::columnar::Column<u64>,
-    lo: tantivy::columnar::Column<u64>,
+    traces: Arc<Vec<TraceIndexEntry>>,
+    row: tantivy::columnar::Column<u64>,
     start: tantivy::columnar::Column<u64>,
     best: HashMap<TraceId, u64>,
 }
@@ -1073,8 +1077,8 @@ impl Collector for LatestTraces {
         let ff = seg.fast_fields();
         Ok(LatestTracesSegment {
             limit: self.limit,
-            hi: ff.u64("trace_hi")?,
-            lo: ff.u64("trace_lo")?,
+            traces: self.traces.clone(),
+            row: ff.u64("row")?,
             start: ff.u64("start")?,
             best: HashMap::new(),
         })
@@ -1103,12 +1107,14 @@ impl SegmentCollector for LatestTracesSegment {
     type Fruit = HashMap<TraceId, u64>;
 
     fn collect(&mut self, doc: DocId, _: Score) {
-        let (Some(hi), Some(lo), Some(start)) =
-            (self.hi.first(doc), self.lo.first(doc), self.start.first(doc))
-        else {
+        let (Some(row), Some(start)) = (self.row.first(doc), self.start.first(doc)) else {
             return;
         };
-        let e = self.best.entry(TraceId::from_halves(hi, lo)).or_insert(start);
+        // Rows are sorted by trace, so the trace is the last index entry
+        // starting at or before the row.
+        let i = self.traces.partition_point(|e| u64::from(e.span_row) <= row);
+        let Some(entry) = i.checked_sub(1).and_then(|i| self.traces.get(i)) else { return };
+        let e = self.best.entry(entry.trace_id).or_insert(start);
         *e = (*e).max(start);
         if self.best.len() > self.limit * 4 + 1024 {
             prune(&mut self.best, self.limit);
