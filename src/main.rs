@@ -19,6 +19,11 @@ use tokio::sync::watch;
 
 mod loadgen;
 
+/// Ingest allocates many small strings per span; glibc's malloc spent about
+/// a third of the CPU in a profile of the load benchmark (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "Distributed tracing and log backend for OpenTelemetry")]
 struct Cli {

@@ -160,7 +160,12 @@ async fn openapi() -> Response {
 }
 
 async fn flush(State(st): State<ApiState>) -> ApiResult {
-    let stats = blocking(&st, |s| Ok(s.flush(true)?)).await?;
+    // Not bounded by the query timeout: a flush is not abandoned halfway,
+    // and the caller wants to know when the data is in segments.
+    let storage = st.storage.clone();
+    let stats = tokio::task::spawn_blocking(move || storage.flush(true))
+        .await
+        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })??;
     Ok(Json(json!({"traces": stats.traces, "spans": stats.spans, "logs": stats.logs})).into_response())
 }
 

@@ -6,6 +6,7 @@
 //! {id}/traces.idx      trace-ID index: sorted IDs with their row ranges
 //! {id}/span_index/     tantivy: one document per span (service, name, attributes, status, duration, start)
 //! {id}/log_index/      tantivy: one document per log (words of body and attribute values, service, severity, time)
+//! {id}/resources.bin   the distinct resources of the segment's spans
 //! {id}/rollup.json     edges and RED buckets per minute
 //! {id}/meta.json       counts, time range, services, operations; written last
 //! ```
@@ -54,13 +55,14 @@ use crate::model::{LogRecord, Resource, Scope, Span, SpanId, TraceId};
 use crate::rollup::{Rollup, RollupBuilder};
 use crate::{Error, Result};
 
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const SPANS_FILE: &str = "spans.parquet";
 const LOGS_FILE: &str = "logs.parquet";
 const TRACE_INDEX_FILE: &str = "traces.idx";
 const SPAN_INDEX_DIR: &str = "span_index";
 const LOG_INDEX_DIR: &str = "log_index";
 const ROLLUP_FILE: &str = "rollup.json";
+const RESOURCES_FILE: &str = "resources.bin";
 pub const META_FILE: &str = "meta.json";
 const TOKENIZER: &str = "skein";
 
@@ -199,6 +201,7 @@ fn writer_props(cfg: &SegmentConfig, no_dict: &[&str]) -> Result<WriterPropertie
 
 struct SpanFields {
     row: tantivy::schema::Field,
+    resource: tantivy::schema::Field,
     service: tantivy::schema::Field,
     name: tantivy::schema::Field,
     attr: tantivy::schema::Field,
@@ -214,6 +217,10 @@ fn span_index_schema() -> (TSchema, SpanFields) {
         // order, so this column is monotonic and costs almost nothing, and
         // the trace-ID index maps it to the trace.
         row: b.add_u64_field("row", FAST),
+        // The ordinal of the span's resource in resources.bin. Resource
+        // attributes (about two thirds of a span's attributes) are indexed
+        // once per segment through it rather than once per span.
+        resource: b.add_u64_field("resource", INDEXED),
         service: b.add_text_field("service", STRING),
         name: b.add_text_field("name", STRING),
         attr: b.add_text_field("attr", STRING),
@@ -362,6 +369,9 @@ pub fn write_segment(
         lidx.writer_with_num_threads(1, cfg.index_heap_bytes.max(15_000_000))?;
 
     let mut span_buf = SpanColumns::default();
+    let mut resources: Vec<Vec<u8>> = Vec::new();
+    let mut resource_ords: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut last_resource = (0usize, 0u64);
     let mut log_buf = LogColumns::default();
     let mut an = analyzer();
     let mut words = Vec::new();
@@ -392,7 +402,18 @@ pub fn write_segment(
             doc.add_u64(sf.row, u64::from(span_rows));
             doc.add_text(sf.service, s.service_name());
             doc.add_text(sf.name, &s.name);
-            for (k, v) in s.attributes.iter().chain(s.resource.attributes.iter()) {
+            let res_key = Arc::as_ptr(&s.resource) as usize;
+            if last_resource.0 != res_key {
+                let enc = codec::encode_attrs(&s.resource.attributes);
+                let next = resources.len() as u64;
+                let ord = *resource_ords.entry(enc.clone()).or_insert_with(|| {
+                    resources.push(enc);
+                    next
+                });
+                last_resource = (res_key, ord);
+            }
+            doc.add_u64(sf.resource, last_resource.1);
+            for (k, v) in &s.attributes {
                 if let Some(text) = v.as_search_text() {
                     doc.add_text(sf.attr, format!("{k}={text}"));
                 }
@@ -459,6 +480,17 @@ pub fn write_segment(
             w.write_all(&e.log_count.to_le_bytes())?;
             w.write_all(&e.wal_pos.to_le_bytes())?;
         }
+        w.flush()?;
+    }
+    {
+        let mut w = BufWriter::new(File::create(tmp.join(RESOURCES_FILE))?);
+        let mut buf = Vec::new();
+        codec::put_varint(&mut buf, resources.len() as u64);
+        for r in &resources {
+            codec::put_varint(&mut buf, r.len() as u64);
+            buf.extend_from_slice(r);
+        }
+        w.write_all(&buf)?;
         w.flush()?;
     }
     let rollup = rollup.build();
@@ -652,6 +684,7 @@ pub struct Segment {
     pub rollup: Rollup,
     dir: PathBuf,
     trace_index: Arc<Vec<TraceIndexEntry>>,
+    resources: Vec<crate::model::Attributes>,
     spans_meta: ArrowReaderMetadata,
     logs_meta: ArrowReaderMetadata,
     span_reader: IndexReader,
@@ -713,6 +746,7 @@ impl Segment {
         }
         let rollup: Rollup = serde_json::from_slice(&fs::read(dir.join(ROLLUP_FILE))?)?;
         let trace_index = Arc::new(read_trace_index(&dir.join(TRACE_INDEX_FILE))?);
+        let resources = read_resources(&dir.join(RESOURCES_FILE))?;
         let opts = ArrowReaderOptions::new()
             .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
         let spans_meta = ArrowReaderMetadata::load(&File::open(dir.join(SPANS_FILE))?, opts.clone())?;
@@ -724,6 +758,7 @@ impl Segment {
             rollup,
             dir: dir.to_path_buf(),
             trace_index,
+            resources,
             spans_meta,
             logs_meta,
             span_reader,
@@ -924,7 +959,22 @@ impl Segment {
             must.push((Occur::Must, term(sf.name, s)));
         }
         for (k, v) in &f.attrs {
-            must.push((Occur::Must, term(sf.attr, &format!("{k}={v}"))));
+            // The span's own attribute, or its resource's.
+            let mut any: Vec<(Occur, Box<dyn Query>)> =
+                vec![(Occur::Should, term(sf.attr, &format!("{k}={v}")))];
+            for (ord, attrs) in self.resources.iter().enumerate() {
+                if attrs.iter().any(|(ak, av)| ak == k && av.as_search_text().as_deref() == Some(v.as_str()))
+                {
+                    any.push((
+                        Occur::Should,
+                        Box::new(TermQuery::new(
+                            Term::from_field_u64(sf.resource, ord as u64),
+                            IndexRecordOption::Basic,
+                        )),
+                    ));
+                }
+            }
+            must.push((Occur::Must, Box::new(BooleanQuery::new(any))));
         }
         if f.min_duration_ns.is_some() || f.max_duration_ns.is_some() {
             must.push((Occur::Must, u64_range(sf.duration, f.min_duration_ns, f.max_duration_ns)));
@@ -1016,6 +1066,18 @@ fn u64_range(field: tantivy::schema::Field, lo: Option<u64>, hi: Option<u64>) ->
     let lo = lo.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_u64(field, v)));
     let hi = hi.map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_u64(field, v)));
     Box::new(RangeQuery::new(lo, hi))
+}
+
+fn read_resources(p: &Path) -> Result<Vec<crate::model::Attributes>> {
+    let b = fs::read(p)?;
+    let mut r = codec::Reader::new(&b);
+    let n = r.varint().map_err(corrupt)?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let len = r.varint().map_err(corrupt)? as usize;
+        out.push(codec::decode_attrs(r.take(len).map_err(corrupt)?).map_err(corrupt)?);
+    }
+    Ok(out)
 }
 
 fn read_trace_index(p: &Path) -> Result<Vec<TraceIndexEntry>> {
