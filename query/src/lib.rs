@@ -4,6 +4,7 @@
 //! says which parameter and why), runs the read on the blocking pool with a
 //! timeout, and answers JSON in snake_case as `API.md` fixes it.
 
+mod jaeger;
 mod params;
 mod summary;
 pub mod traceql;
@@ -127,6 +128,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/logs/histogram", get(log_histogram))
         .route("/api/v1/flush", post(flush))
         .route("/api/v1/openapi.json", get(openapi))
+        .merge(jaeger::routes())
         .route("/api/{*rest}", get(api_not_found).post(api_not_found))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -6,6 +6,8 @@ mod support;
 mod bad_input;
 /// Restart and crash recovery.
 mod durability;
+/// The Jaeger-compatible query API.
+mod jaeger;
 /// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.
 mod sdk;
 /// Search by span conditions and time, log search, traces split over segments.

@@ -1,0 +1,309 @@
+//! `/jaeger/api/...`: Jaeger's query-service HTTP API, so Grafana's Jaeger
+//! data source and Jaeger-API clients work against Skein. Shapes follow
+//! Jaeger's `model/json` (µs timestamps, typed tags, processes per trace);
+//! a trace's log records appear as logs on the span that wrote them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use skein_storage::filter::SpanFilter;
+use skein_storage::model::{kind, status, AttrValue, Attributes, LogRecord, Span, TraceId};
+use skein_storage::rollup::BUCKET_NS;
+
+use crate::{blocking, parse_duration_ns, ApiError, ApiState, Params};
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/jaeger/api/services", get(services))
+        .route("/jaeger/api/services/{service}/operations", get(service_operations))
+        .route("/jaeger/api/operations", get(operations))
+        .route("/jaeger/api/traces", get(find_traces))
+        .route("/jaeger/api/traces/{trace_id}", get(get_trace))
+        .route("/jaeger/api/dependencies", get(dependencies))
+}
+
+/// Jaeger's response envelope.
+fn envelope(data: Value) -> Response {
+    let total = data.as_array().map_or(0, |a| a.len());
+    Json(json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": null})).into_response()
+}
+
+fn tag(key: &str, v: &AttrValue) -> Value {
+    let (ty, value) = match v {
+        AttrValue::Str(s) => ("string", json!(s)),
+        AttrValue::Bool(b) => ("bool", json!(b)),
+        AttrValue::Int(i) => ("int64", json!(i)),
+        AttrValue::Double(d) => ("float64", json!(d)),
+        AttrValue::Bytes(_) => ("binary", serde_json::to_value(v).unwrap_or_default()),
+        // Jaeger has no composite tag type: render as JSON text.
+        other => ("string", json!(serde_json::to_string(other).unwrap_or_default())),
+    };
+    json!({"key": key, "type": ty, "value": value})
+}
+
+fn tags(a: &Attributes) -> Vec<Value> {
+    a.iter().map(|(k, v)| tag(k, v)).collect()
+}
+
+fn us(ns: u64) -> u64 {
+    ns / 1_000
+}
+
+/// One trace in Jaeger's JSON model.
+pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Value {
+    let mut processes: BTreeMap<String, Value> = BTreeMap::new();
+    let mut process_of: HashMap<*const skein_storage::model::Resource, String> = HashMap::new();
+    let mut logs_by_span: HashMap<_, Vec<&LogRecord>> = HashMap::new();
+    for l in logs {
+        if let Some(s) = l.span_id {
+            logs_by_span.entry(s).or_default().push(l);
+        }
+    }
+    let jspans: Vec<Value> = spans
+        .iter()
+        .map(|s| {
+            let key = std::sync::Arc::as_ptr(&s.resource);
+            let pid = process_of
+                .entry(key)
+                .or_insert_with(|| {
+                    let pid = format!("p{}", processes.len() + 1);
+                    let ptags: Vec<Value> = s
+                        .resource
+                        .attributes
+                        .iter()
+                        .filter(|(k, _)| k != "service.name")
+                        .map(|(k, v)| tag(k, v))
+                        .collect();
+                    processes.insert(pid.clone(), json!({"serviceName": s.service_name(), "tags": ptags}));
+                    pid
+                })
+                .clone();
+            let mut t = tags(&s.attributes);
+            if s.kind != kind::UNSPECIFIED {
+                t.push(json!({"key": "span.kind", "type": "string", "value": kind::name(s.kind).to_lowercase()}));
+            }
+            if s.status_code != status::UNSET {
+                t.push(json!({"key": "otel.status_code", "type": "string", "value": status::name(s.status_code)}));
+            }
+            if s.is_error() {
+                t.push(json!({"key": "error", "type": "bool", "value": true}));
+                if !s.status_message.is_empty() {
+                    t.push(json!({"key": "otel.status_description", "type": "string", "value": s.status_message}));
+                }
+            }
+            if !s.scope.name.is_empty() {
+                t.push(json!({"key": "otel.scope.name", "type": "string", "value": s.scope.name}));
+            }
+            let mut jlogs: Vec<Value> = s
+                .events
+                .iter()
+                .map(|e| {
+                    let mut fields = vec![json!({"key": "event", "type": "string", "value": e.name})];
+                    fields.extend(tags(&e.attributes));
+                    json!({"timestamp": us(e.time_unix_nano), "fields": fields})
+                })
+                .collect();
+            for l in logs_by_span.get(&s.span_id).into_iter().flatten() {
+                let body = match &l.body {
+                    AttrValue::Str(b) => b.clone(),
+                    other => serde_json::to_string(other).unwrap_or_default(),
+                };
+                let mut fields = vec![
+                    json!({"key": "message", "type": "string", "value": body}),
+                    json!({"key": "level", "type": "string", "value": l.severity_text}),
+                ];
+                fields.extend(tags(&l.attributes));
+                jlogs.push(json!({"timestamp": us(l.effective_time()), "fields": fields}));
+            }
+            jlogs.sort_by_key(|l| l["timestamp"].as_u64());
+            let mut refs: Vec<Value> = Vec::new();
+            if let Some(p) = s.parent_span_id {
+                refs.push(json!({"refType": "CHILD_OF", "traceID": id.to_hex(), "spanID": p.to_hex()}));
+            }
+            for l in &s.links {
+                refs.push(json!({"refType": "FOLLOWS_FROM", "traceID": l.trace_id.to_hex(), "spanID": l.span_id.to_hex()}));
+            }
+            json!({
+                "traceID": id.to_hex(),
+                "spanID": s.span_id.to_hex(),
+                "operationName": s.name,
+                "references": refs,
+                "startTime": us(s.start_time_unix_nano),
+                "duration": us(s.duration_ns()),
+                "tags": t,
+                "logs": jlogs,
+                "processID": pid,
+                "warnings": null,
+                "flags": s.flags & 0xff,
+            })
+        })
+        .collect();
+    json!({"traceID": id.to_hex(), "spans": jspans, "processes": processes, "warnings": null})
+}
+
+async fn services(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    let names = blocking(&st, |s| {
+        let mut names: Vec<String> = s
+            .snapshot()
+            .segments
+            .iter()
+            .flat_map(|seg| seg.meta.services.iter().map(|x| x.name.clone()))
+            .collect();
+        s.head().for_each(|_, t| names.extend(t.spans.iter().map(|sp| sp.service_name().to_string())));
+        names.sort();
+        names.dedup();
+        Ok(names)
+    })
+    .await?;
+    Ok(envelope(json!(names)))
+}
+
+/// (name, span kind) of a service's operations.
+async fn ops_of(st: &ApiState, service: String) -> Result<Vec<(String, u8)>, ApiError> {
+    blocking(st, move |s| {
+        let mut ops: Vec<(String, u8)> = s
+            .snapshot()
+            .segments
+            .iter()
+            .flat_map(|seg| seg.meta.operations.iter())
+            .filter(|o| o.service == service)
+            .map(|o| (o.name.clone(), o.kind))
+            .collect();
+        s.head().for_each(|_, t| {
+            ops.extend(
+                t.spans.iter().filter(|sp| sp.service_name() == service).map(|sp| (sp.name.clone(), sp.kind)),
+            )
+        });
+        ops.sort();
+        ops.dedup();
+        Ok(ops)
+    })
+    .await
+}
+
+async fn service_operations(
+    State(st): State<ApiState>,
+    Path(service): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut names: Vec<String> = ops_of(&st, service).await?.into_iter().map(|o| o.0).collect();
+    names.dedup();
+    Ok(envelope(json!(names)))
+}
+
+async fn operations(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref());
+    let service = p.get("service").ok_or_else(|| ApiError::bad("service is required"))?.to_string();
+    let want_kind = p.get("spanKind").map(|k| k.to_ascii_lowercase());
+    let ops: Vec<Value> = ops_of(&st, service)
+        .await?
+        .into_iter()
+        .map(|(name, k)| (name, kind::name(k).to_ascii_lowercase()))
+        .filter(|(_, k)| want_kind.as_ref().is_none_or(|w| w == k))
+        .map(|(name, k)| json!({"name": name, "spanKind": k}))
+        .collect();
+    Ok(envelope(json!(ops)))
+}
+
+/// Jaeger durations: Go syntax (`1.5s`, `250ms`, `900us`, `1m`).
+fn jaeger_duration(p: &Params, key: &str) -> Result<Option<u64>, ApiError> {
+    p.get(key).map(|v| parse_duration_ns(v).map_err(|e| ApiError::bad(format!("{key}: {e}")))).transpose()
+}
+
+fn micros(p: &Params, key: &str) -> Result<Option<u64>, ApiError> {
+    p.get(key)
+        .map(|v| {
+            v.parse::<u64>()
+                .map(|us| us.saturating_mul(1_000))
+                .map_err(|_| ApiError::bad(format!("{key}: {v:?} is not Unix microseconds")))
+        })
+        .transpose()
+}
+
+async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref());
+    let mut attrs = Vec::new();
+    if let Some(t) = p.get("tags") {
+        let m: HashMap<String, Value> = serde_json::from_str(t)
+            .map_err(|e| ApiError::bad(format!("tags must be a JSON object of key to value: {e}")))?;
+        for (k, v) in m {
+            let v = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            attrs.push((k, v));
+        }
+    }
+    // Jaeger's UI also sends logfmt-style `tag=k:v` parameters.
+    for t in p.all("tag") {
+        let (k, v) =
+            t.split_once(':').ok_or_else(|| ApiError::bad(format!("tag {t:?} must be key:value")))?;
+        attrs.push((k.to_string(), v.to_string()));
+    }
+    let f = SpanFilter {
+        service: p.get("service").map(String::from),
+        operation: p.get("operation").map(String::from),
+        attrs,
+        min_duration_ns: jaeger_duration(&p, "minDuration")?,
+        max_duration_ns: jaeger_duration(&p, "maxDuration")?,
+        status: None,
+        start_ns: micros(&p, "start")?,
+        end_ns: micros(&p, "end")?,
+    };
+    let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
+    let traces = blocking(&st, move |s| {
+        let mut out = Vec::new();
+        for id in s.search_traces(&f, limit)? {
+            if let Some((spans, logs)) = s.get_trace(&id)? {
+                out.push(trace_json(id, &spans, &logs));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(envelope(json!(traces)))
+}
+
+async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let tid = TraceId::parse_hex(&id).ok_or_else(|| ApiError::bad(format!("trace ID {id:?} is not hex")))?;
+    match blocking(&st, move |s| Ok(s.get_trace(&tid)?)).await? {
+        Some((spans, logs)) => Ok(envelope(json!([trace_json(tid, &spans, &logs)]))),
+        None => Ok((
+            axum::http::StatusCode::NOT_FOUND,
+            Json(json!({"data": null, "total": 0, "limit": 0, "offset": 0,
+                "errors": [{"code": 404, "msg": "trace not found"}]})),
+        )
+            .into_response()),
+    }
+}
+
+/// `endTs` and `lookback` in milliseconds, as Jaeger takes them.
+async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = Params::parse(q.as_deref());
+    let ms = |k: &str| -> Result<Option<u64>, ApiError> {
+        p.get(k)
+            .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad(format!("{k}: {v:?} is not milliseconds"))))
+            .transpose()
+    };
+    let end = ms("endTs")?.map(|v| v.saturating_mul(1_000_000)).unwrap_or_else(skein_storage::now_unix_nano);
+    let start = end.saturating_sub(ms("lookback")?.unwrap_or(86_400_000).saturating_mul(1_000_000));
+    let edges = blocking(&st, move |s| {
+        let mut m: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let (lo, hi) = (start / BUCKET_NS, end / BUCKET_NS);
+        for r in s.rollups(Some(start), Some(end)) {
+            for e in r.edges.into_iter().filter(|e| e.minute >= lo && e.minute <= hi) {
+                *m.entry((e.parent, e.child)).or_default() += e.calls;
+            }
+        }
+        Ok(m)
+    })
+    .await?;
+    let data: Vec<Value> = edges
+        .into_iter()
+        .map(|((parent, child), c)| json!({"parent": parent, "child": child, "callCount": c}))
+        .collect();
+    Ok(envelope(json!(data)))
+}
