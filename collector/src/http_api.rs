@@ -102,26 +102,29 @@ fn ok_response<M: Message + serde::Serialize>(msg: &M, json: bool) -> Response {
     }
 }
 
-async fn traces(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
-    let json = match content_kind(&headers) {
-        Ok(j) => j,
-        Err(err) => return HttpError { err, json: false }.into_response(),
-    };
-    let run = async {
-        let bytes = read_body(&headers, body, ing.config().max_request_bytes).await?;
-        let (req, raw) = if json {
-            let r: ExportTraceServiceRequest = serde_json::from_slice(&bytes)
-                .map_err(|e| IngestError::Malformed(format!("invalid OTLP/JSON trace request: {e}")))?;
-            (r, None)
-        } else {
-            let r = ExportTraceServiceRequest::decode(&bytes[..])
-                .map_err(|e| IngestError::Malformed(format!("invalid OTLP protobuf trace request: {e}")))?;
-            (r, Some(bytes))
-        };
-        ing.export_traces(req, raw).await
-    };
-    match run.await {
-        Ok(partial_success) => ok_response(&ExportTraceServiceResponse { partial_success }, json),
+/// Decodes a body as protobuf or OTLP/JSON. Returns the message and, for
+/// protobuf, the bytes themselves (the WAL stores them as received).
+fn decode<M: Message + Default + serde::de::DeserializeOwned>(
+    bytes: Vec<u8>,
+    json: bool,
+    what: &str,
+) -> Result<(M, Option<Vec<u8>>), IngestError> {
+    if json {
+        let m = serde_json::from_slice(&bytes)
+            .map_err(|e| IngestError::Malformed(format!("invalid OTLP/JSON {what} request: {e}")))?;
+        Ok((m, None))
+    } else {
+        let m = M::decode(&bytes[..])
+            .map_err(|e| IngestError::Malformed(format!("invalid OTLP protobuf {what} request: {e}")))?;
+        Ok((m, Some(bytes)))
+    }
+}
+
+/// Answers an export in the request's encoding; counts requests refused
+/// before reaching the ingest path (the ingest path counts its own).
+fn respond<R: Message + serde::Serialize>(ing: &Ingest, r: Result<R, IngestError>, json: bool) -> Response {
+    match r {
+        Ok(resp) => ok_response(&resp, json),
         Err(err) => {
             if matches!(
                 err,
@@ -136,6 +139,20 @@ async fn traces(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Re
     }
 }
 
+async fn traces(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+    let json = match content_kind(&headers) {
+        Ok(j) => j,
+        Err(err) => return HttpError { err, json: false }.into_response(),
+    };
+    let run = async {
+        let bytes = read_body(&headers, body, ing.config().max_request_bytes).await?;
+        let (req, raw) = decode::<ExportTraceServiceRequest>(bytes, json, "trace")?;
+        let partial_success = ing.export_traces(req, raw).await?;
+        Ok(ExportTraceServiceResponse { partial_success })
+    };
+    respond(&ing, run.await, json)
+}
+
 async fn logs(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let json = match content_kind(&headers) {
         Ok(j) => j,
@@ -143,31 +160,11 @@ async fn logs(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Resp
     };
     let run = async {
         let bytes = read_body(&headers, body, ing.config().max_request_bytes).await?;
-        let (req, raw) = if json {
-            let r: ExportLogsServiceRequest = serde_json::from_slice(&bytes)
-                .map_err(|e| IngestError::Malformed(format!("invalid OTLP/JSON logs request: {e}")))?;
-            (r, None)
-        } else {
-            let r = ExportLogsServiceRequest::decode(&bytes[..])
-                .map_err(|e| IngestError::Malformed(format!("invalid OTLP protobuf logs request: {e}")))?;
-            (r, Some(bytes))
-        };
-        ing.export_logs(req, raw).await
+        let (req, raw) = decode::<ExportLogsServiceRequest>(bytes, json, "logs")?;
+        let partial_success = ing.export_logs(req, raw).await?;
+        Ok(ExportLogsServiceResponse { partial_success })
     };
-    match run.await {
-        Ok(partial_success) => ok_response(&ExportLogsServiceResponse { partial_success }, json),
-        Err(err) => {
-            if matches!(
-                err,
-                IngestError::Malformed(_)
-                    | IngestError::TooLarge { .. }
-                    | IngestError::UnsupportedEncoding(_)
-            ) {
-                ing.metrics.refuse(&err);
-            }
-            HttpError { err, json }.into_response()
-        }
-    }
+    respond(&ing, run.await, json)
 }
 
 #[cfg(test)]
