@@ -8,6 +8,7 @@
 //! are, so nothing is lost or duplicated across a crash.
 
 pub mod codec;
+pub mod compact;
 pub mod convert;
 pub mod filter;
 pub mod head;
@@ -17,7 +18,7 @@ pub mod rollup;
 pub mod segment;
 pub mod wal;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,8 @@ use crate::metrics::StorageMetrics;
 use crate::model::{LogRecord, Span, TraceId};
 use crate::rollup::{Rollup, RollupBuilder};
 use crate::segment::{Segment, SegmentConfig, META_FILE};
+
+pub use crate::compact::{CompactStats, CompactionConfig};
 use crate::wal::{RecordKind, Wal, WalConfig, WalError};
 
 /// Errors of the storage layer.
@@ -118,6 +121,10 @@ pub struct StorageConfig {
     /// are deleted.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// When set, the oldest segments are also deleted while all segments
+    /// together take more bytes than this.
+    pub retention_bytes: Option<u64>,
+    pub compaction: CompactionConfig,
 }
 
 impl StorageConfig {
@@ -139,7 +146,7 @@ impl StorageConfig {
         if self.retention.is_zero() {
             return Err(Error::Config("retention must be longer than zero".into()));
         }
-        Ok(())
+        self.compaction.check()
     }
 }
 
@@ -178,6 +185,12 @@ pub struct Storage {
     wal: OnceLock<Wal>,
     state: RwLock<State>,
     flush_lock: Mutex<()>,
+    /// Held by compaction and retention, which both remove segments from
+    /// the catalog; never by flush (see [`Storage::compact`]).
+    maintenance_lock: Mutex<()>,
+    /// Segments taken out of the catalog whose directories are deleted once
+    /// no query snapshot holds them any more.
+    graveyard: Mutex<Vec<Arc<Segment>>>,
     ready: AtomicBool,
     pub metrics: Arc<StorageMetrics>,
 }
@@ -203,18 +216,22 @@ impl Storage {
             wal: OnceLock::new(),
             state: RwLock::new(State::default()),
             flush_lock: Mutex::new(()),
+            maintenance_lock: Mutex::new(()),
+            graveyard: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             metrics,
         };
         let segdir = s.segments_dir();
         fs::create_dir_all(&segdir)?;
         let mut segments = Vec::new();
+        let mut dirs = Vec::new();
         for e in fs::read_dir(&segdir)? {
             let p = e?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if name.starts_with("tmp-") {
-                // A segment whose write was interrupted; its data is still
-                // in the WAL.
+                // A segment whose write was interrupted (its data is still
+                // in the WAL, or in the inputs of an interrupted
+                // compaction), or one whose deletion was.
                 tracing::info!(dir = %p.display(), "removing incomplete segment");
                 let _ = fs::remove_dir_all(&p);
                 continue;
@@ -222,10 +239,25 @@ impl Storage {
             if !p.join(META_FILE).exists() {
                 continue;
             }
+            dirs.push((name, p.clone()));
             match Segment::open(&p, s.metrics.clone()) {
                 Ok(seg) => segments.push(Arc::new(seg)),
                 Err(e) => tracing::error!(dir = %p.display(), error = %e, "cannot open segment; skipping it"),
             }
+        }
+        // A crash after a compaction output was renamed into place but
+        // before its inputs were deleted leaves both: the output wins.
+        let replaced: HashSet<&str> =
+            segments.iter().flat_map(|x| x.meta.replaces.iter().map(String::as_str)).collect();
+        if !replaced.is_empty() {
+            for (name, p) in dirs.iter().filter(|(n, _)| replaced.contains(n.as_str())) {
+                tracing::info!(segment = %name, "removing segment already replaced by a compaction output");
+                // Failing here would let the segment come back (twice the
+                // data) once its replacement is gone, so it is fatal.
+                remove_segment_dir(&segdir, p)?;
+            }
+            let replaced: HashSet<String> = replaced.into_iter().map(str::to_string).collect();
+            segments.retain(|x| !replaced.contains(&x.meta.id));
         }
         segments.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
         s.metrics.segments.set(segments.len() as i64);
@@ -402,23 +434,83 @@ impl Storage {
         };
     }
 
-    /// Deletes segments received longer ago than the retention period.
+    /// Deletes segments received longer ago than `retention`, then, with
+    /// `retention_bytes`, the oldest segments (by when Skein received their
+    /// data) while all segments together are larger than that. A segment
+    /// holding records still in the WAL is never deleted: replay would
+    /// bring them back. Returns the number of segments deleted.
     pub fn enforce_retention(&self) -> Result<usize> {
+        let _maint = self.maintenance_lock.lock();
         let cutoff = now_unix_nano().saturating_sub(self.cfg.retention.as_nanos() as u64);
+        let wal_oldest = match self.wal.get() {
+            Some(w) => w.oldest_position(),
+            None => first_wal_position(&self.wal_dir())?.unwrap_or(u64::MAX),
+        };
+        let deletable = |s: &Segment| s.meta.wal_max_pos < wal_oldest;
         let expired: Vec<Arc<Segment>> = {
             let mut st = self.state.write();
-            let (old, keep): (Vec<_>, Vec<_>) =
-                st.segments.drain(..).partition(|s| s.meta.created_unix_nano < cutoff);
+            let (mut old, mut keep): (Vec<_>, Vec<_>) =
+                st.segments.drain(..).partition(|s| s.meta.created_unix_nano < cutoff && deletable(s));
+            if let Some(limit) = self.cfg.retention_bytes {
+                let mut total: u64 = keep.iter().map(|s| s.meta.bytes).sum();
+                if total > limit {
+                    keep.sort_by(|a, b| {
+                        (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
+                    });
+                    let mut rest = Vec::with_capacity(keep.len());
+                    for s in keep {
+                        if total > limit && deletable(&s) {
+                            total -= s.meta.bytes;
+                            old.push(s);
+                        } else {
+                            rest.push(s);
+                        }
+                    }
+                    if total > limit {
+                        tracing::warn!(
+                            total,
+                            limit,
+                            "retention: segments exceed retention_bytes but the rest still has data in the WAL"
+                        );
+                    }
+                    keep = rest;
+                    keep.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+                }
+            }
             st.segments = keep;
             self.metrics.segments.set(st.segments.len() as i64);
             old
         };
         for s in &expired {
-            tracing::info!(segment = %s.meta.id, "retention: deleting segment");
+            tracing::info!(segment = %s.meta.id, bytes = s.meta.bytes, "retention: deleting segment");
             self.metrics.segment_bytes.dec_by(s.meta.bytes as i64);
-            fs::remove_dir_all(s.dir())?;
         }
-        Ok(expired.len())
+        self.metrics.retention_deleted_segments.inc_by(expired.len() as u64);
+        let n = expired.len();
+        self.bury(expired);
+        Ok(n)
+    }
+
+    /// Queues segments already out of the catalog for deletion, and deletes
+    /// every queued one no query snapshot holds any more. A snapshot taken
+    /// before the segment left the catalog may still read its files; once
+    /// only the queue holds it, nobody can get it again.
+    fn bury(&self, segments: Vec<Arc<Segment>>) {
+        let mut g = self.graveyard.lock();
+        g.extend(segments);
+        let root = self.segments_dir();
+        g.retain(|s| {
+            if Arc::strong_count(s) > 1 {
+                return true;
+            }
+            if let Err(e) = remove_segment_dir(&root, s.dir()) {
+                // A compaction input is dropped at the next start through
+                // its replacement's `replaces`; an expired segment is
+                // found expired again.
+                tracing::warn!(segment = %s.meta.id, error = %e, "cannot delete segment directory");
+            }
+            false
+        });
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -582,6 +674,17 @@ impl Storage {
     }
 }
 
+/// Deletes a segment directory: renamed to `tmp-del-*` first (one atomic
+/// step, and `tmp-*` leftovers are removed at start), so a half-deleted
+/// segment never looks like a segment.
+fn remove_segment_dir(root: &Path, dir: &Path) -> Result<()> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let tmp = root.join(format!("tmp-del-{name}"));
+    fs::rename(dir, &tmp)?;
+    fs::remove_dir_all(&tmp)?;
+    Ok(())
+}
+
 fn first_wal_position(dir: &Path) -> Result<Option<u64>> {
     if !dir.exists() {
         return Ok(None);
@@ -607,6 +710,12 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
 
     fn request(trace: u8, spans: u64) -> ExportTraceServiceRequest {
+        request_from(trace, 0, spans)
+    }
+
+    /// Spans `first+1 ..= first+spans` of a trace (span IDs unique per trace
+    /// when `first` advances).
+    fn request_from(trace: u8, first: u64, spans: u64) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(OtlpResource {
@@ -618,7 +727,7 @@ mod tests {
                     ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
-                    spans: (0..spans)
+                    spans: (first..first + spans)
                         .map(|i| OtlpSpan {
                             trace_id: vec![trace; 16],
                             span_id: (i + 1).to_be_bytes().to_vec(),
@@ -772,5 +881,273 @@ mod tests {
         c.head.idle_timeout = Duration::from_secs(60);
         let e = c.check().unwrap_err().to_string();
         assert!(e.contains("idle_timeout"), "{e}");
+    }
+
+    fn compact_config(min_inputs: usize, max_inputs: usize) -> StorageConfig {
+        let mut c = test_config();
+        c.compaction.min_inputs = min_inputs;
+        c.compaction.max_inputs = max_inputs;
+        c
+    }
+
+    async fn append_from(s: &Arc<Storage>, trace: u8, first: u64, spans: u64) {
+        let req = request_from(trace, first, spans);
+        let rows = convert::spans(&req).records;
+        s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+    }
+
+    /// What each trace should hold: span IDs and log bodies.
+    type Expected = HashMap<u8, (Vec<u64>, Vec<String>)>;
+
+    /// Every expected span and log comes back exactly once, through
+    /// `get_trace`, trace search and log search.
+    fn check_exactly_once(s: &Storage, want: &Expected) {
+        for t in 1..=8u8 {
+            let got = s.get_trace(&TraceId([t; 16])).unwrap();
+            match want.get(&t) {
+                None => assert!(got.is_none(), "trace {t} should not exist"),
+                Some((spans, logs)) => {
+                    let (gs, gl) = got.unwrap_or_default();
+                    let mut ids: Vec<u64> = gs.iter().map(|x| u64::from_be_bytes(x.span_id.0)).collect();
+                    ids.sort_unstable();
+                    let mut w = spans.clone();
+                    w.sort_unstable();
+                    assert_eq!(ids, w, "spans of trace {t}");
+                    let mut bodies: Vec<String> = gl.iter().map(|l| format!("{:?}", l.body)).collect();
+                    bodies.sort();
+                    let mut w: Vec<String> = logs
+                        .iter()
+                        .map(|b| format!("{:?}", crate::model::AttrValue::Str(b.clone())))
+                        .collect();
+                    w.sort();
+                    assert_eq!(bodies, w, "logs of trace {t}");
+                    let by_trace = s
+                        .search_logs(
+                            &LogFilter { trace_id: Some(TraceId([t; 16])), ..Default::default() },
+                            1000,
+                        )
+                        .unwrap();
+                    assert_eq!(by_trace.len(), logs.len(), "log search by trace {t}");
+                }
+            }
+        }
+        let mut found = s.search_traces(&SpanFilter::default(), 100).unwrap();
+        found.sort();
+        let mut w: Vec<TraceId> =
+            want.iter().filter(|(_, v)| !v.0.is_empty()).map(|(t, _)| TraceId([*t; 16])).collect();
+        w.sort();
+        assert_eq!(found, w, "trace search");
+        let all = s.search_logs(&LogFilter { min_severity: Some(17), ..Default::default() }, 1000).unwrap();
+        assert_eq!(all.len(), want.values().map(|v| v.1.len()).sum::<usize>(), "log search");
+    }
+
+    /// One step of the property test: an append to a trace, then maybe a
+    /// flush.
+    #[derive(Debug, Clone)]
+    struct Step {
+        trace: u8,
+        spans: u64,
+        log: bool,
+        flush: bool,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        (1..=8u8, 0..4u64, any::<bool>(), proptest::bool::weighted(0.3))
+            .prop_map(|(trace, spans, log, flush)| Step { trace, spans, log, flush })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 16, ..Default::default() })]
+
+        /// Compaction keeps every span and log exactly once, also across a
+        /// crash and WAL replay (which must skip exactly what the merged
+        /// segment holds).
+        #[test]
+        fn compaction_keeps_everything_exactly_once(
+            steps in proptest::collection::vec(step(), 1..40),
+            max_inputs in 2..5usize,
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut want: Expected = HashMap::new();
+                {
+                    let s = Storage::open(dir.path(), compact_config(2, max_inputs)).unwrap();
+                    s.replay().unwrap();
+                    for (k, st) in steps.iter().enumerate() {
+                        let e = want.entry(st.trace).or_default();
+                        if st.spans > 0 || !st.log {
+                            let first = e.0.len() as u64;
+                            let n = st.spans.max(1);
+                            append_from(&s, st.trace, first, n).await;
+                            e.0.extend(first + 1..=first + n);
+                        }
+                        if st.log {
+                            let body = format!("log {k} of trace {}", st.trace);
+                            append_log(&s, st.trace, &body).await;
+                            e.1.push(body);
+                        }
+                        if st.flush {
+                            s.flush(true).unwrap();
+                        }
+                    }
+                    let before = s.snapshot().segments.len();
+                    let mut rounds = 0;
+                    while s.compact().unwrap().inputs > 0 {
+                        rounds += 1;
+                        check_exactly_once(&s, &want);
+                    }
+                    let after = s.snapshot().segments.len();
+                    assert!(after <= 1, "{before} segments compacted into {after} in {rounds} rounds");
+                    assert!(before < 2 || rounds > 0);
+                    check_exactly_once(&s, &want);
+                    // Dropped without flushing what is left in the head: a crash.
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                let s = Storage::open(dir.path(), compact_config(2, max_inputs)).unwrap();
+                s.replay().unwrap();
+                check_exactly_once(&s, &want);
+                s.flush(true).unwrap();
+                s.compact().unwrap();
+                check_exactly_once(&s, &want);
+            });
+        }
+    }
+
+    /// A crash after the compaction output is in place but before the
+    /// inputs are deleted: on restart the output replaces the inputs.
+    #[tokio::test]
+    async fn crash_before_inputs_are_deleted_keeps_data_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut input_dirs = Vec::new();
+        {
+            let s = Storage::open(dir.path(), compact_config(2, 8)).unwrap();
+            s.replay().unwrap();
+            for t in 1..=3u8 {
+                append(&s, t, 2).await;
+                append_log(&s, t, "hello").await;
+                s.flush(true).unwrap();
+            }
+            append_from(&s, 1, 2, 3).await; // trace 1: 3 more spans, only in the WAL
+                                            // A query snapshot holding the inputs delays their deletion,
+                                            // which is the state a crash right after the swap leaves.
+            let snap = s.snapshot();
+            input_dirs.extend(snap.segments.iter().map(|x| x.dir().to_path_buf()));
+            let st = s.compact().unwrap();
+            assert_eq!(st.inputs, 3);
+            assert_eq!(s.snapshot().segments.len(), 1);
+            assert!(input_dirs.iter().all(|d| d.exists()), "inputs still on disk");
+            assert_eq!(s.get_trace(&TraceId([1; 16])).unwrap().unwrap().0.len(), 5);
+            assert_eq!(s.metrics.compactions.get(), 1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let s = Storage::open(dir.path(), compact_config(2, 8)).unwrap();
+        assert_eq!(s.snapshot().segments.len(), 1);
+        assert!(input_dirs.iter().all(|d| !d.exists()), "replaced inputs deleted at open");
+        s.replay().unwrap();
+        let n = |t: u8| s.get_trace(&TraceId([t; 16])).unwrap().map(|x| (x.0.len(), x.1.len()));
+        assert_eq!((n(1), n(2), n(3)), (Some((5, 1)), Some((2, 1)), Some((2, 1))));
+        // Without the queued deletion: inputs go as soon as nobody reads them.
+        s.flush(true).unwrap();
+        append(&s, 4, 1).await;
+        s.flush(true).unwrap();
+        let before: Vec<PathBuf> = s.snapshot().segments.iter().map(|x| x.dir().to_path_buf()).collect();
+        assert_eq!(s.compact().unwrap().inputs, 3);
+        assert!(before.iter().all(|d| !d.exists()));
+        assert_eq!(n(1), Some((5, 1)));
+    }
+
+    /// Rewrites a segment's creation time, as if it had been received long
+    /// ago.
+    fn age_segment(dir: &Path, by: Duration) {
+        let p = dir.join(META_FILE);
+        let mut m: segment::SegmentMeta = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+        m.created_unix_nano -= by.as_nanos() as u64;
+        fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
+    fn retention_config() -> StorageConfig {
+        let mut c = test_config();
+        // A WAL file per request, so flushed data leaves the WAL.
+        c.wal.max_file_bytes = 1;
+        c
+    }
+
+    #[tokio::test]
+    async fn retention_by_age_deletes_only_expired_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = {
+            let s = Storage::open(dir.path(), retention_config()).unwrap();
+            s.replay().unwrap();
+            for t in 1..=3u8 {
+                append(&s, t, 2).await;
+                s.flush(true).unwrap();
+            }
+            s.snapshot().segments.iter().map(|x| x.dir().to_path_buf()).collect()
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        age_segment(&dirs[0], Duration::from_secs(7200)); // retention is one hour
+        let s = Storage::open(dir.path(), retention_config()).unwrap();
+        s.replay().unwrap();
+        assert_eq!(s.enforce_retention().unwrap(), 1);
+        assert!(!dirs[0].exists() && dirs[1].exists() && dirs[2].exists());
+        assert!(s.get_trace(&TraceId([1; 16])).unwrap().is_none());
+        assert!(s.get_trace(&TraceId([2; 16])).unwrap().is_some());
+        assert_eq!(s.enforce_retention().unwrap(), 0);
+        // A compaction output keeps its oldest input's age.
+        let mut c = retention_config();
+        c.compaction.min_inputs = 2;
+        drop(s);
+        std::thread::sleep(Duration::from_millis(100));
+        age_segment(&dirs[1], Duration::from_secs(3000));
+        let s = Storage::open(dir.path(), c).unwrap();
+        s.replay().unwrap();
+        assert_eq!(s.compact().unwrap().inputs, 2);
+        assert_eq!(s.enforce_retention().unwrap(), 0, "still under an hour");
+        let seg = s.snapshot().segments[0].clone();
+        assert!(seg.meta.created_unix_nano < now_unix_nano() - 2_900_000_000_000);
+    }
+
+    #[tokio::test]
+    async fn retention_by_size_deletes_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), retention_config()).unwrap();
+        s.replay().unwrap();
+        for t in 1..=5u8 {
+            append(&s, t, 3).await;
+            s.flush(true).unwrap();
+        }
+        let segs = s.snapshot().segments;
+        let sizes: Vec<u64> = segs.iter().map(|x| x.meta.bytes).collect();
+        let limit = sizes[3] + sizes[4];
+        drop(s);
+        drop(segs);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = retention_config();
+        c.retention_bytes = Some(limit);
+        let s = Storage::open(dir.path(), c).unwrap();
+        s.replay().unwrap();
+        assert_eq!(s.enforce_retention().unwrap(), 3);
+        let left = s.snapshot().segments;
+        assert!(left.iter().map(|x| x.meta.bytes).sum::<u64>() <= limit);
+        let alive = |t: u8| s.get_trace(&TraceId([t; 16])).unwrap().is_some();
+        assert_eq!((1..=5).map(alive).collect::<Vec<_>>(), vec![false, false, false, true, true]);
+        assert_eq!(s.metrics.retention_deleted_segments.get(), 3);
+    }
+
+    /// Size retention never deletes a segment whose records are still in
+    /// the WAL: replay would bring them back.
+    #[tokio::test]
+    async fn retention_by_size_keeps_data_still_in_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(); // one WAL file: nothing leaves it
+        c.retention_bytes = Some(1);
+        let s = Storage::open(dir.path(), c).unwrap();
+        s.replay().unwrap();
+        append(&s, 1, 3).await;
+        s.flush(true).unwrap();
+        assert_eq!(s.enforce_retention().unwrap(), 0);
+        assert!(s.get_trace(&TraceId([1; 16])).unwrap().is_some());
     }
 }

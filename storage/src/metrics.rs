@@ -19,6 +19,12 @@ pub struct StorageMetrics {
     /// Row reads from segment files: one per segment file opened for rows.
     pub segment_reads: Counter,
     pub wal_files_reclaimed: Counter,
+    /// Compactions done, and the segment bytes they read and wrote.
+    pub compactions: Counter,
+    pub compaction_bytes_in: Counter,
+    pub compaction_bytes_out: Counter,
+    /// Segments deleted by retention (age or total size).
+    pub retention_deleted_segments: Counter,
 }
 
 impl Default for StorageMetrics {
@@ -35,6 +41,10 @@ impl Default for StorageMetrics {
             flushed_logs: Counter::default(),
             segment_reads: Counter::default(),
             wal_files_reclaimed: Counter::default(),
+            compactions: Counter::default(),
+            compaction_bytes_in: Counter::default(),
+            compaction_bytes_out: Counter::default(),
+            retention_deleted_segments: Counter::default(),
         }
     }
 }
@@ -63,6 +73,22 @@ impl StorageMetrics {
             "skein_wal_files_reclaimed",
             "WAL files deleted after their data reached segments",
             self.wal_files_reclaimed.clone(),
+        );
+        r.register("skein_compactions", "Segment compactions done", self.compactions.clone());
+        r.register(
+            "skein_compaction_read_bytes",
+            "Bytes of segments merged by compaction (inputs)",
+            self.compaction_bytes_in.clone(),
+        );
+        r.register(
+            "skein_compaction_written_bytes",
+            "Bytes of segments written by compaction (outputs)",
+            self.compaction_bytes_out.clone(),
+        );
+        r.register(
+            "skein_retention_deleted_segments",
+            "Segments deleted by retention (age or total size)",
+            self.retention_deleted_segments.clone(),
         );
     }
 }

@@ -99,6 +99,12 @@ pub struct SegmentMeta {
     pub bytes: u64,
     pub services: Vec<ServiceStat>,
     pub operations: Vec<OperationStat>,
+    /// IDs of the segments this one replaces (a compaction output lists its
+    /// inputs). A crash after the output is renamed into place but before
+    /// the inputs are deleted leaves both on disk; opening the storage then
+    /// drops every segment listed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<String>,
 }
 
 /// Segment writing settings (`[segment]` in the config file).
@@ -315,6 +321,20 @@ pub fn write_segment(
     traces: &[(TraceId, TraceEntry)],
     now_unix_nano: u64,
 ) -> Result<(SegmentMeta, Rollup)> {
+    write_segment_replacing(root, cfg, traces, now_unix_nano, Vec::new())
+}
+
+/// [`write_segment`] for a compaction output: `created_unix_nano` is the
+/// oldest input's, and `replaces` lists the input segment IDs (see
+/// [`SegmentMeta::replaces`]).
+pub fn write_segment_replacing(
+    root: &Path,
+    cfg: &SegmentConfig,
+    traces: &[(TraceId, TraceEntry)],
+    created_unix_nano: u64,
+    replaces: Vec<String>,
+) -> Result<(SegmentMeta, Rollup)> {
+    let now_unix_nano = created_unix_nano;
     debug_assert!(traces.windows(2).all(|w| w[0].0 < w[1].0), "traces must be sorted");
     let id = ulid::Ulid::new().to_string();
     let tmp = root.join(format!("tmp-{id}"));
@@ -512,6 +532,7 @@ pub fn write_segment(
             .into_iter()
             .map(|((service, name, kind), span_count)| OperationStat { service, name, kind, span_count })
             .collect(),
+        replaces,
     };
     meta.bytes = dir_size(&tmp);
     fs::write(tmp.join(META_FILE), serde_json::to_vec_pretty(&meta)?)?;

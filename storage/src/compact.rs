@@ -1,0 +1,293 @@
+//! Compaction: merges small segments into bigger ones in the background.
+//!
+//! Flushes write one segment per flush, often small; many small segments
+//! cost a lookup one trace-ID index probe and a search one tantivy query
+//! each, and compress worse. Compaction picks the oldest small segments,
+//! reads every trace they hold, groups the traces' rows by trace ID across
+//! the inputs and writes them as one segment, which replaces the inputs in
+//! the catalog in one step.
+//!
+//! Crash safety: the output is written under `tmp-*` and renamed into place
+//! (like a flush), and its `meta.json` lists the inputs it replaces. The
+//! inputs are deleted only after the output is in the catalog, so after a
+//! crash at any point the disk holds the inputs, or the output, or both;
+//! opening the storage then drops every segment another one replaces.
+//!
+//! WAL replay: per trace, the output records the highest WAL position any
+//! input recorded for it, so replay skips exactly what it skipped before.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::head::TraceEntry;
+use crate::model::TraceId;
+use crate::segment::{self, Segment};
+use crate::{Error, Result, Storage};
+
+/// Compaction settings (`[compaction]` in the config file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    pub enabled: bool,
+    /// How often the background compactor looks for segments to merge.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A compaction runs only when at least this many segments qualify.
+    pub min_inputs: usize,
+    /// At most this many segments are merged at once.
+    pub max_inputs: usize,
+    /// Only segments smaller than this are merged, and their total is at
+    /// most this: it bounds the output size and the memory of one
+    /// compaction (all input rows are held decoded in memory).
+    pub max_segment_bytes: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: true,
+            interval: Duration::from_secs(30),
+            min_inputs: 4,
+            max_inputs: 8,
+            max_segment_bytes: 256 << 20,
+        }
+    }
+}
+
+impl CompactionConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.min_inputs < 2 {
+            return Err(Error::Config("compaction.min_inputs must be at least 2".into()));
+        }
+        if self.max_inputs < self.min_inputs {
+            return Err(Error::Config(format!(
+                "compaction.max_inputs ({}) is smaller than compaction.min_inputs ({})",
+                self.max_inputs, self.min_inputs
+            )));
+        }
+        if self.max_segment_bytes == 0 {
+            return Err(Error::Config("compaction.max_segment_bytes must be larger than zero".into()));
+        }
+        if self.enabled && self.interval.is_zero() {
+            return Err(Error::Config("compaction.interval must be longer than zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What one compaction did (all zero when nothing qualified).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactStats {
+    pub inputs: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub traces: u64,
+    pub spans: u64,
+    pub logs: u64,
+}
+
+/// Chooses the segments to merge from `sizes` (segment bytes, oldest
+/// first): up to `max_inputs` segments each smaller than
+/// `max_segment_bytes`, together at most `max_segment_bytes`, starting from
+/// the oldest segment for which at least `min_inputs` fit. Returns indices
+/// into `sizes`, oldest first.
+pub fn pick_inputs(sizes: &[u64], cfg: &CompactionConfig) -> Option<Vec<usize>> {
+    let max = cfg.max_segment_bytes;
+    let small: Vec<usize> = (0..sizes.len()).filter(|&i| sizes[i] < max).collect();
+    for start in 0..small.len() {
+        if small.len() - start < cfg.min_inputs {
+            break;
+        }
+        let mut chosen = Vec::new();
+        let mut total = 0u64;
+        for &i in &small[start..] {
+            if chosen.len() == cfg.max_inputs {
+                break;
+            }
+            if total + sizes[i] <= max {
+                total += sizes[i];
+                chosen.push(i);
+            }
+        }
+        if chosen.len() >= cfg.min_inputs {
+            return Some(chosen);
+        }
+    }
+    None
+}
+
+impl Storage {
+    /// Merges small segments into one when enough qualify (see
+    /// [`CompactionConfig`]). Blocking; at most one compaction should run
+    /// at a time (a second call waits for the first).
+    ///
+    /// Compaction takes `maintenance_lock`, shared with retention, and not
+    /// `flush_lock`: a compaction may read and write hundreds of MiB, and
+    /// holding the flush lock that long would stall flushing and let the
+    /// head grow into overload. It does not need to exclude flushes: a
+    /// flush only adds new segments, compaction only replaces segments
+    /// already in the catalog, and each changes the catalog under one
+    /// write lock of `state` (compaction removing exactly its inputs by ID).
+    /// WAL reclaim depends only on the head and in-flight flushes, not on
+    /// segments. Retention, which also removes segments, must not delete an
+    /// input while it is being merged (the output would bring the data
+    /// back), hence the shared lock.
+    pub fn compact(&self) -> Result<CompactStats> {
+        let _maint = self.maintenance_lock.lock();
+        // Inputs of an earlier compaction a query was still reading.
+        self.bury(Vec::new());
+        let cfg = &self.cfg.compaction;
+        let mut segs = self.snapshot().segments;
+        segs.sort_by(|a, b| {
+            (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
+        });
+        let sizes: Vec<u64> = segs.iter().map(|s| s.meta.bytes).collect();
+        let Some(picked) = pick_inputs(&sizes, cfg) else { return Ok(CompactStats::default()) };
+        let inputs: Vec<Arc<Segment>> = picked.iter().map(|&i| segs[i].clone()).collect();
+        drop(segs);
+        let t0 = std::time::Instant::now();
+
+        let traces = merge(&inputs)?;
+        let mut stats = CompactStats {
+            inputs: inputs.len(),
+            bytes_in: inputs.iter().map(|s| s.meta.bytes).sum(),
+            traces: traces.len() as u64,
+            spans: traces.iter().map(|t| t.1.spans.len() as u64).sum(),
+            logs: traces.iter().map(|t| t.1.logs.len() as u64).sum(),
+            ..Default::default()
+        };
+        // Retention counts from when Skein received the data: the oldest
+        // input's time (so merged data may go up to the inputs' spread
+        // earlier than its own age alone would say, never later).
+        let created = inputs.iter().map(|s| s.meta.created_unix_nano).min().unwrap_or(0);
+        let replaces: Vec<String> = inputs.iter().map(|s| s.meta.id.clone()).collect();
+        let root = self.segments_dir();
+        let (meta, _) =
+            segment::write_segment_replacing(&root, &self.cfg.segment, &traces, created, replaces)?;
+        drop(traces);
+        let out_dir = root.join(&meta.id);
+        let out = match Segment::open(&out_dir, self.metrics.clone()) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                // Remove the output, or the next start would prefer it.
+                let _ = crate::remove_segment_dir(&root, &out_dir);
+                return Err(e);
+            }
+        };
+        stats.bytes_out = out.meta.bytes;
+
+        let ids: HashSet<&str> = inputs.iter().map(|s| s.meta.id.as_str()).collect();
+        {
+            let mut st = self.state.write();
+            let present = st.segments.iter().filter(|s| ids.contains(s.meta.id.as_str())).count();
+            if present != inputs.len() {
+                // Cannot happen while retention shares our lock; if an input
+                // left the catalog anyway, the output would bring it back.
+                drop(st);
+                let _ = crate::remove_segment_dir(&root, &out_dir);
+                return Err(Error::Corrupt("compaction: an input left the catalog during the merge".into()));
+            }
+            st.segments.retain(|s| !ids.contains(s.meta.id.as_str()));
+            st.segments.push(out);
+            self.metrics.segments.set(st.segments.len() as i64);
+        }
+        self.metrics.segment_bytes.inc_by(stats.bytes_out as i64 - stats.bytes_in as i64);
+        self.metrics.compactions.inc();
+        self.metrics.compaction_bytes_in.inc_by(stats.bytes_in);
+        self.metrics.compaction_bytes_out.inc_by(stats.bytes_out);
+        tracing::info!(
+            output = %meta.id,
+            inputs = stats.inputs,
+            bytes_in = stats.bytes_in,
+            bytes_out = stats.bytes_out,
+            traces = stats.traces,
+            seconds = t0.elapsed().as_secs_f64(),
+            "compacted segments"
+        );
+        self.bury(inputs);
+        Ok(stats)
+    }
+}
+
+/// Reads every trace of every input and groups them by trace ID, in
+/// segment order ([`segment::sort_for_segment`]). Each trace's WAL
+/// positions span the inputs' (`max_pos` is what the output's trace-ID
+/// index records and replay relies on).
+fn merge(inputs: &[Arc<Segment>]) -> Result<Vec<(TraceId, TraceEntry)>> {
+    let mut by_trace: HashMap<TraceId, TraceEntry> = HashMap::new();
+    for seg in inputs {
+        let all = |n: u64| std::iter::once(0..n as usize).collect::<Vec<_>>();
+        let spans = seg.read_spans(all(seg.meta.span_count))?;
+        let logs = seg.read_logs(all(seg.meta.log_count))?;
+        if spans.len() as u64 != seg.meta.span_count || logs.len() as u64 != seg.meta.log_count {
+            return Err(Error::Corrupt(format!(
+                "segment {}: read {} spans and {} logs, meta says {} and {}",
+                seg.meta.id,
+                spans.len(),
+                logs.len(),
+                seg.meta.span_count,
+                seg.meta.log_count
+            )));
+        }
+        let (mut spans, mut logs) = (spans.into_iter(), logs.into_iter());
+        let (mut span_row, mut log_row) = (0usize, 0usize);
+        for e in seg.trace_index() {
+            if e.span_row as usize != span_row || e.log_row as usize != log_row {
+                return Err(Error::Corrupt(format!(
+                    "segment {}: trace-ID index rows are not contiguous",
+                    seg.meta.id
+                )));
+            }
+            span_row += e.span_count as usize;
+            log_row += e.log_count as usize;
+            let t = by_trace.entry(e.trace_id).or_insert_with(|| TraceEntry {
+                spans: Vec::new(),
+                logs: Vec::new(),
+                first_seen_ms: 0,
+                last_seen_ms: 0,
+                min_pos: e.wal_pos,
+                max_pos: e.wal_pos,
+                bytes: 0,
+            });
+            t.min_pos = t.min_pos.min(e.wal_pos);
+            t.max_pos = t.max_pos.max(e.wal_pos);
+            t.spans.extend(spans.by_ref().take(e.span_count as usize));
+            t.logs.extend(logs.by_ref().take(e.log_count as usize));
+        }
+    }
+    let mut traces: Vec<(TraceId, TraceEntry)> = by_trace.into_iter().collect();
+    segment::sort_for_segment(&mut traces);
+    Ok(traces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(min: usize, max: usize, bytes: u64) -> CompactionConfig {
+        CompactionConfig { min_inputs: min, max_inputs: max, max_segment_bytes: bytes, ..Default::default() }
+    }
+
+    #[test]
+    fn picks_oldest_small_segments_within_bounds() {
+        // Too few qualify.
+        assert_eq!(pick_inputs(&[10, 10, 10], &cfg(4, 8, 100)), None);
+        // Oldest first, capped at max_inputs.
+        assert_eq!(pick_inputs(&[10; 10], &cfg(4, 8, 100)), Some((0..8).collect()));
+        // Large segments are skipped; the total stays within the bound.
+        assert_eq!(pick_inputs(&[100, 30, 30, 30, 30, 5], &cfg(2, 8, 100)), Some(vec![1, 2, 3, 5]));
+        // An old segment that leaves no room for enough others is passed over.
+        assert_eq!(pick_inputs(&[90, 20, 20, 20, 20], &cfg(4, 8, 100)), Some(vec![1, 2, 3, 4]));
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(cfg(1, 8, 100).check().is_err());
+        assert!(cfg(4, 3, 100).check().is_err());
+        assert!(cfg(4, 8, 0).check().is_err());
+        assert!(CompactionConfig::default().check().is_ok());
+    }
+}
