@@ -260,7 +260,7 @@ async fn serve(cfg: Config) -> Result<()> {
     replay.await?.context("WAL replay")?;
 
     // Flusher: idle/old/over-limit traces to segments every tick. Retention
-    // (hourly-ish) and compaction (every `compaction.interval`) run in one
+    // (every 60 ticks) and compaction (every `compaction.interval`) run in one
     // maintenance task beside it, one at a time, so a long compaction never
     // delays a flush; a tick whose maintenance is due while the previous
     // one still runs leaves it pending.
