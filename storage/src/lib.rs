@@ -366,6 +366,11 @@ impl Storage {
         let _guard = self.flush_lock.lock();
         let t0 = std::time::Instant::now();
         let h = &self.cfg.head;
+        // Cut from the head and publish as `flushing` under the catalog
+        // lock, which `get_trace` also holds while it reads the head: a
+        // reader sees a trace's records in the head or in `flushing`, never
+        // in neither.
+        let mut st = self.state.write();
         let mut traces = self.head.cut(CutPolicy {
             now_ms: self.head.now_ms(),
             idle_ms: h.idle_timeout.as_millis() as u64,
@@ -374,13 +379,16 @@ impl Storage {
             all,
         });
         let mut stats = FlushStats::default();
-        if !traces.is_empty() {
+        if traces.is_empty() {
+            drop(st);
+        } else {
             segment::sort_for_segment(&mut traces);
             stats.traces = traces.len();
             stats.spans = traces.iter().map(|t| t.1.spans.len() as u64).sum();
             stats.logs = traces.iter().map(|t| t.1.logs.len() as u64).sum();
             let flushing = Arc::new(Flushing { traces });
-            self.state.write().flushing.push(flushing.clone());
+            st.flushing.push(flushing.clone());
+            drop(st);
             let written = segment::write_segment(
                 &self.segments_dir(),
                 &self.cfg.segment,
@@ -399,8 +407,9 @@ impl Storage {
                     self.metrics.flushed_logs.inc_by(stats.logs);
                 }
                 Err(e) => {
-                    // Put the traces back; their WAL records are still there.
-                    drop(st);
+                    // Put the traces back (still under the catalog lock, so
+                    // readers never miss them); their WAL records are still
+                    // there.
                     for (_, t) in &flushing.traces {
                         self.head.insert_spans(t.min_pos, t.spans.clone());
                         self.head.insert_logs(t.max_pos, t.logs.clone());
@@ -522,13 +531,14 @@ impl Storage {
     /// the segments whose trace-ID index lists it. Spans by start time,
     /// logs by time.
     pub fn get_trace(&self, id: &TraceId) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
-        // Snapshot before reading the head: a trace cut from the head after
-        // this point is then in `flushing` or in a segment we do not see,
-        // so take the snapshot again after the head read and use the later
-        // one for anything the head no longer had.
-        let snap1 = self.snapshot();
-        let head = self.head.get(id);
-        let snap = if head.is_none() { self.snapshot() } else { snap1 };
+        // The head and the catalog are read under one catalog read lock;
+        // `flush` cuts and publishes under the write lock, so every record
+        // is seen exactly once (see `flush`).
+        let (head, snap) = {
+            let st = self.state.read();
+            let snap = Snapshot { segments: st.segments.clone(), flushing: st.flushing.clone() };
+            (self.head.get(id), snap)
+        };
         let (mut spans, mut logs) = head.unwrap_or_default();
         for f in &snap.flushing {
             if let Ok(i) = f.traces.binary_search_by(|t| t.0.cmp(id)) {
