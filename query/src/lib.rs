@@ -7,6 +7,7 @@
 mod jaeger;
 mod params;
 mod summary;
+mod tempo;
 pub mod traceql;
 
 use std::collections::{BTreeMap, HashMap};
@@ -129,6 +130,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/flush", post(flush))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(jaeger::routes())
+        .merge(tempo::routes())
         .route("/api/{*rest}", get(api_not_found).post(api_not_found))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

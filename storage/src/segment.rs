@@ -964,6 +964,32 @@ impl Segment {
         Ok(Some((spans, logs)))
     }
 
+    /// The distinct resources (attributes, `service.name` included) of the
+    /// segment's spans, as `resources.bin` lists them.
+    pub fn resources(&self) -> &[crate::model::Attributes] {
+        &self.resources
+    }
+
+    /// Walks the span index's `attr` term dictionary (terms are
+    /// `key=value` of scalar span attributes, sorted) from the first term
+    /// starting with `prefix`, calling `f` with each term that starts with
+    /// it until `f` returns `false`. Callers bound the walk through `f`.
+    pub fn for_each_attr_term(&self, prefix: &str, mut f: impl FnMut(&str) -> bool) -> Result<()> {
+        let (_, sf) = span_index_schema();
+        let searcher = self.span_reader.searcher();
+        for sr in searcher.segment_readers() {
+            let inv = sr.inverted_index(sf.attr)?;
+            let mut stream = inv.terms().range().ge(prefix.as_bytes()).into_stream()?;
+            while stream.advance() {
+                let Ok(term) = std::str::from_utf8(stream.key()) else { continue };
+                if !term.starts_with(prefix) || !f(term) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Traces with at least one span matching `f`, with the latest start
     /// time among their matching spans; at most `limit`, latest first.
     pub fn search_spans(&self, f: &SpanFilter, limit: usize) -> Result<Vec<(TraceId, u64)>> {

@@ -12,3 +12,5 @@ mod jaeger;
 mod sdk;
 /// Search by span conditions and time, log search, traces split over segments.
 mod search;
+/// The Tempo-compatible query API.
+mod tempo;
