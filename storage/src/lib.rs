@@ -562,7 +562,6 @@ impl Storage {
 
     /// Trace IDs with a span matching `f`, latest matching span first.
     pub fn search_traces(&self, f: &SpanFilter, limit: usize) -> Result<Vec<TraceId>> {
-        let snap = self.snapshot();
         let mut best: HashMap<TraceId, u64> = HashMap::new();
         let mut consider = |id: TraceId, t: u64| {
             let e = best.entry(id).or_insert(t);
@@ -574,6 +573,10 @@ impl Storage {
             }
         };
         self.head.for_each(|id, t| scan(id, t, &mut consider));
+        // The catalog is read after the head: a trace cut from the head
+        // meanwhile is then seen in `flushing` or a segment (results are
+        // keyed by trace, so seeing it twice is harmless), never in neither.
+        let snap = self.snapshot();
         for fl in &snap.flushing {
             for (id, t) in &fl.traces {
                 scan(id, t, &mut consider);
