@@ -41,7 +41,8 @@ pub struct CompactionConfig {
     pub max_inputs: usize,
     /// Only segments smaller than this are merged, and their total is at
     /// most this: it bounds the output size and the memory of one
-    /// compaction (all input rows are held decoded in memory).
+    /// compaction (all input rows are held decoded in memory, about 12x
+    /// their size on disk), hence the small default.
     pub max_segment_bytes: u64,
 }
 
@@ -52,7 +53,7 @@ impl Default for CompactionConfig {
             interval: Duration::from_secs(30),
             min_inputs: 4,
             max_inputs: 8,
-            max_segment_bytes: 256 << 20,
+            max_segment_bytes: 32 << 20,
         }
     }
 }
