@@ -147,15 +147,17 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
 
 async fn services(State(st): State<ApiState>) -> Result<Response, ApiError> {
     let names = blocking(&st, |s| {
-        let mut names: Vec<String> = s
+        let mut names: std::collections::BTreeSet<String> = s
             .snapshot()
             .segments
             .iter()
             .flat_map(|seg| seg.meta.services.iter().map(|x| x.name.clone()))
             .collect();
-        s.head().for_each(|_, t| names.extend(t.spans.iter().map(|sp| sp.service_name().to_string())));
-        names.sort();
-        names.dedup();
+        s.for_each_memory_span(|sp| {
+            if !names.contains(sp.service_name()) {
+                names.insert(sp.service_name().to_string());
+            }
+        });
         Ok(names)
     })
     .await?;
@@ -165,7 +167,7 @@ async fn services(State(st): State<ApiState>) -> Result<Response, ApiError> {
 /// (name, span kind) of a service's operations.
 async fn ops_of(st: &ApiState, service: String) -> Result<Vec<(String, u8)>, ApiError> {
     blocking(st, move |s| {
-        let mut ops: Vec<(String, u8)> = s
+        let mut ops: std::collections::BTreeSet<(String, u8)> = s
             .snapshot()
             .segments
             .iter()
@@ -173,14 +175,12 @@ async fn ops_of(st: &ApiState, service: String) -> Result<Vec<(String, u8)>, Api
             .filter(|o| o.service == service)
             .map(|o| (o.name.clone(), o.kind))
             .collect();
-        s.head().for_each(|_, t| {
-            ops.extend(
-                t.spans.iter().filter(|sp| sp.service_name() == service).map(|sp| (sp.name.clone(), sp.kind)),
-            )
+        s.for_each_memory_span(|sp| {
+            if sp.service_name() == service && !ops.contains(&(sp.name.clone(), sp.kind)) {
+                ops.insert((sp.name.clone(), sp.kind));
+            }
         });
-        ops.sort();
-        ops.dedup();
-        Ok(ops)
+        Ok(ops.into_iter().collect())
     })
     .await
 }

@@ -389,19 +389,11 @@ async fn services(State(st): State<ApiState>) -> ApiResult {
                 e.1 += svc.error_count;
             }
         }
-        let mut add = |spans: &[skein_storage::model::Span]| {
-            for sp in spans {
-                let e = m.entry(sp.service_name().to_string()).or_default();
-                e.0 += 1;
-                e.1 += u64::from(sp.is_error());
-            }
-        };
-        s.head().for_each(|_, t| add(&t.spans));
-        for f in &snap.flushing {
-            for (_, t) in &f.traces {
-                add(&t.spans);
-            }
-        }
+        s.for_each_memory_span(|sp| {
+            let e = m.entry(sp.service_name().to_string()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(sp.is_error());
+        });
         Ok(m)
     })
     .await?;
@@ -422,17 +414,11 @@ async fn operations(State(st): State<ApiState>, Path(service): Path<String>) -> 
                 *m.entry((op.name.clone(), op.kind)).or_default() += op.span_count;
             }
         }
-        let mut add = |spans: &[skein_storage::model::Span]| {
-            for sp in spans.iter().filter(|sp| sp.service_name() == svc) {
+        s.for_each_memory_span(|sp| {
+            if sp.service_name() == svc {
                 *m.entry((sp.name.clone(), sp.kind)).or_default() += 1;
             }
-        };
-        s.head().for_each(|_, t| add(&t.spans));
-        for f in &snap.flushing {
-            for (_, t) in &f.traces {
-                add(&t.spans);
-            }
-        }
+        });
         Ok(m)
     })
     .await?;

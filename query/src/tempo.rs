@@ -380,21 +380,11 @@ const MAX_TAG_RESULTS: usize = 1_000;
 /// Index terms walked per segment at most while listing tag names.
 const MAX_TERMS_WALKED: usize = 100_000;
 
-/// Calls `f` with every span in memory (the head and in-flight flushes).
-fn for_each_memory_span(s: &Storage, mut f: impl FnMut(&Span)) {
-    s.head().for_each(|_, t| t.spans.iter().for_each(&mut f));
-    for fl in &s.snapshot().flushing {
-        for (_, t) in &fl.traces {
-            t.spans.iter().for_each(&mut f);
-        }
-    }
-}
-
 /// (span attribute names, resource attribute names).
 fn tag_names(s: &Storage) -> Result<(BTreeSet<String>, BTreeSet<String>), ApiError> {
     let mut span_keys = BTreeSet::new();
     let mut res_keys = BTreeSet::new();
-    for_each_memory_span(s, |sp| {
+    s.for_each_memory_span(|sp| {
         if span_keys.len() < MAX_TAG_RESULTS {
             span_keys.extend(sp.attributes.iter().filter(|a| scalar(&a.1)).map(|a| a.0.clone()));
         }
@@ -491,7 +481,7 @@ fn attr_values(
         }
     };
     let (want_span, want_res) = (scope != TagScope::Resource, scope != TagScope::Span);
-    for_each_memory_span(s, |sp| {
+    s.for_each_memory_span(|sp| {
         if want_span {
             add(&mut out, &sp.attributes);
         }
@@ -534,7 +524,7 @@ fn intrinsic_values(s: &Storage, tag: &str) -> Option<BTreeSet<(&'static str, St
             for seg in &s.snapshot().segments {
                 out.extend(seg.meta.operations.iter().map(|o| ("string", o.name.clone())));
             }
-            for_each_memory_span(s, |sp| {
+            s.for_each_memory_span(|sp| {
                 if out.len() < MAX_TAG_RESULTS {
                     out.insert(("string", sp.name.clone()));
                 }
@@ -544,7 +534,7 @@ fn intrinsic_values(s: &Storage, tag: &str) -> Option<BTreeSet<(&'static str, St
             for seg in &s.snapshot().segments {
                 out.extend(seg.meta.services.iter().map(|x| ("string", x.name.clone())));
             }
-            for_each_memory_span(s, |sp| {
+            s.for_each_memory_span(|sp| {
                 if out.len() < MAX_TAG_RESULTS {
                     out.insert(("string", sp.service_name().to_string()));
                 }

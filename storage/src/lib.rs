@@ -560,6 +560,17 @@ impl Storage {
         Ok(Some((spans, logs)))
     }
 
+    /// Calls `f` with every span held in memory: the head and in-flight
+    /// flushes (for listings that add the segments' metadata to it).
+    pub fn for_each_memory_span(&self, mut f: impl FnMut(&Span)) {
+        self.head.for_each(|_, t| t.spans.iter().for_each(&mut f));
+        for fl in &self.snapshot().flushing {
+            for (_, t) in &fl.traces {
+                t.spans.iter().for_each(&mut f);
+            }
+        }
+    }
+
     /// Trace IDs with a span matching `f`, latest matching span first.
     pub fn search_traces(&self, f: &SpanFilter, limit: usize) -> Result<Vec<TraceId>> {
         let mut best: HashMap<TraceId, u64> = HashMap::new();
