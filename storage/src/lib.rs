@@ -192,6 +192,9 @@ pub struct Storage {
     /// no query snapshot holds them any more.
     graveyard: Mutex<Vec<Arc<Segment>>>,
     ready: AtomicBool,
+    /// An exclusive lock on `data_dir/LOCK`, held while this exists: two
+    /// processes replaying and flushing one WAL would duplicate data.
+    _dir_lock: fs::File,
     pub metrics: Arc<StorageMetrics>,
 }
 
@@ -208,6 +211,20 @@ impl Storage {
     /// storage is not ready for ingest until [`Storage::replay`] has run.
     pub fn open(data_dir: &Path, cfg: StorageConfig) -> Result<Arc<Storage>> {
         cfg.check()?;
+        fs::create_dir_all(data_dir)?;
+        let dir_lock =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(data_dir.join("LOCK"))?;
+        match dir_lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Config(format!(
+                    "data directory {} is in use by another Skein process (it holds {}/LOCK); stop it first or use another --data-dir",
+                    data_dir.display(),
+                    data_dir.display()
+                )))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let metrics = Arc::new(StorageMetrics::default());
         let s = Storage {
             cfg,
@@ -219,6 +236,7 @@ impl Storage {
             maintenance_lock: Mutex::new(()),
             graveyard: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
+            _dir_lock: dir_lock,
             metrics,
         };
         let segdir = s.segments_dir();
@@ -897,6 +915,16 @@ mod tests {
         assert_eq!(logs.len(), 1);
         let all = s.search_logs(&LogFilter { min_severity: Some(17), ..Default::default() }, 10).unwrap();
         assert_eq!(all.len(), 3);
+    }
+
+    #[test]
+    fn a_data_dir_is_used_by_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Storage::open(dir.path(), test_config()).unwrap();
+        let e = Storage::open(dir.path(), test_config()).unwrap_err().to_string();
+        assert!(e.contains("in use by another Skein process"), "{e}");
+        drop(first);
+        Storage::open(dir.path(), test_config()).unwrap();
     }
 
     #[test]
