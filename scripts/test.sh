@@ -14,6 +14,11 @@ if [ -z "${SKEIN_SKIP_UI:-}" ] && ! command -v node >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 
+if ! command -v moto_server >/dev/null 2>&1; then
+  step "pip install moto[server] (the S3 API server object storage tests start)"
+  python3 -m pip install -q 'moto[server]==5.2.1'
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 

@@ -2,7 +2,7 @@
 //! process, and maps the outcome to an exit code.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +70,9 @@ struct ServeArgs {
     /// Which parts this node runs [default: all].
     #[arg(long, env = "SKEIN_ROLE", value_enum)]
     role: Option<Role>,
-    /// Segment storage: file:///path [default: <data-dir>/segments].
+    /// Segment storage: s3://bucket/prefix (AWS_* variables; AWS_ENDPOINT_URL
+    /// for another S3 API) or file:///path; <data-dir> then holds the WAL and
+    /// a cache [default: <data-dir>/segments].
     #[arg(long, env = "SKEIN_STORAGE_URL")]
     storage_url: Option<String>,
 }
@@ -86,6 +88,8 @@ struct FileConfig {
     http_addr: Option<SocketAddr>,
     role: Option<Role>,
     storage_url: Option<String>,
+    /// With object storage: Parquet bytes cached on local disk.
+    cache_bytes: Option<u64>,
     /// How long data is kept, counted from when Skein received it ("7d").
     #[serde(with = "humantime_serde")]
     retention: Option<Duration>,
@@ -122,17 +126,20 @@ fn build_config(a: ServeArgs) -> Result<Config> {
     };
     let role = a.role.or(file.role).unwrap_or(Role::All);
     if role != Role::All {
-        bail!("--role {role:?} needs shared object storage, which this version does not have yet; run with --role all");
+        bail!("--role {role:?}: split roles are not implemented yet; run with --role all");
     }
     let data_dir = a.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("skein-data"));
-    if let Some(url) = a.storage_url.or(file.storage_url) {
-        let path = url.strip_prefix("file://").with_context(|| {
-            format!("--storage-url {url:?}: only file:// URLs are supported by this version")
-        })?;
-        if data_dir.join("segments") != std::path::Path::new(path) {
-            bail!("--storage-url {url:?}: segments are kept under <data-dir>/segments in this version; use --data-dir instead");
+    let storage_url = match a.storage_url.or(file.storage_url) {
+        // The default, spelled out.
+        Some(url)
+            if url.strip_prefix("file://").is_some_and(|p| data_dir.join("segments") == Path::new(p)) =>
+        {
+            None
         }
-    }
+        Some(url) if url.starts_with("s3://") || url.starts_with("file://") => Some(url),
+        Some(url) => bail!("--storage-url {url:?}: expected s3://bucket/prefix or file:///path"),
+        None => None,
+    };
     let storage = StorageConfig {
         head: file.head,
         wal: file.wal,
@@ -140,6 +147,9 @@ fn build_config(a: ServeArgs) -> Result<Config> {
         retention: file.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
         retention_bytes: file.retention_bytes,
         compaction: file.compaction,
+        storage_url,
+        storage_options: Vec::new(),
+        cache_bytes: file.cache_bytes,
     };
     storage.check().context("invalid storage configuration")?;
     Ok(Config {

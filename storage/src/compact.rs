@@ -169,15 +169,8 @@ impl Storage {
         let (meta, _) =
             segment::write_segment_replacing(&root, &self.cfg.segment, &traces, created, replaces)?;
         drop(traces);
-        let out_dir = root.join(&meta.id);
-        let out = match Segment::open(&out_dir, self.metrics.clone()) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                // Remove the output, or the next start would prefer it.
-                let _ = crate::remove_segment_dir(&root, &out_dir);
-                return Err(e);
-            }
-        };
+        // On failure the output is removed, or the next start would prefer it.
+        let out = Arc::new(self.publish_segment(&meta.id)?);
         stats.bytes_out = out.meta.bytes;
 
         let ids: HashSet<&str> = inputs.iter().map(|s| s.meta.id.as_str()).collect();
@@ -188,7 +181,7 @@ impl Storage {
                 // Cannot happen while retention shares our lock; if an input
                 // left the catalog anyway, the output would bring it back.
                 drop(st);
-                let _ = crate::remove_segment_dir(&root, &out_dir);
+                self.bury(vec![out]);
                 return Err(Error::Corrupt("compaction: an input left the catalog during the merge".into()));
             }
             st.segments.retain(|s| !ids.contains(s.meta.id.as_str()));
@@ -209,6 +202,7 @@ impl Storage {
             "compacted segments"
         );
         self.bury(inputs);
+        self.trim_cache();
         Ok(stats)
     }
 }

@@ -14,6 +14,9 @@ pub mod filter;
 pub mod head;
 pub mod metrics;
 pub mod model;
+#[doc(hidden)]
+pub mod moto;
+pub mod remote;
 pub mod rollup;
 pub mod segment;
 pub mod wal;
@@ -56,6 +59,8 @@ pub enum Error {
     Index(#[from] tantivy::TantivyError),
     #[error("metadata: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
     #[error("corrupt data: {0}")]
     Corrupt(String),
     #[error("invalid configuration: {0}")]
@@ -125,7 +130,23 @@ pub struct StorageConfig {
     /// together take more bytes than this.
     pub retention_bytes: Option<u64>,
     pub compaction: CompactionConfig,
+    /// Where segments live: `None` keeps them in `data_dir/segments` only;
+    /// `s3://bucket/prefix` or `file:///dir` keeps them in that object
+    /// store, and `data_dir/segments` is then a cache (see [`remote`]).
+    #[serde(skip)]
+    pub storage_url: Option<String>,
+    /// Object store options on top of the `AWS_*` environment (keys as in
+    /// `object_store`'s S3 builder, e.g. `aws_endpoint`).
+    #[serde(skip)]
+    pub storage_options: Vec<(String, String)>,
+    /// With object storage: Parquet bytes of segments kept on local disk
+    /// (the newest segments'); older ones are read from the store.
+    /// Indexes and footers are always cached. Default 4 GiB.
+    pub cache_bytes: Option<u64>,
 }
+
+/// Default of [`StorageConfig::cache_bytes`].
+pub const DEFAULT_CACHE_BYTES: u64 = 4 << 30;
 
 impl StorageConfig {
     pub fn with_retention(mut self, r: Duration) -> Self {
@@ -195,6 +216,8 @@ pub struct Storage {
     /// An exclusive lock on `data_dir/LOCK`, held while this exists: two
     /// processes replaying and flushing one WAL would duplicate data.
     _dir_lock: fs::File,
+    /// The object store holding the segments, if not only local disk.
+    remote: Option<Arc<remote::Remote>>,
     pub metrics: Arc<StorageMetrics>,
 }
 
@@ -226,6 +249,10 @@ impl Storage {
             Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }
         let metrics = Arc::new(StorageMetrics::default());
+        let remote = match &cfg.storage_url {
+            Some(url) => Some(Arc::new(remote::Remote::open(url, &cfg.storage_options, metrics.clone())?)),
+            None => None,
+        };
         let s = Storage {
             cfg,
             data_dir: data_dir.to_path_buf(),
@@ -237,10 +264,14 @@ impl Storage {
             graveyard: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             _dir_lock: dir_lock,
+            remote,
             metrics,
         };
         let segdir = s.segments_dir();
         fs::create_dir_all(&segdir)?;
+        if let Some(r) = &s.remote {
+            s.sync_cache(r)?;
+        }
         let mut segments = Vec::new();
         let mut dirs = Vec::new();
         for e in fs::read_dir(&segdir)? {
@@ -258,7 +289,7 @@ impl Storage {
                 continue;
             }
             dirs.push((name, p.clone()));
-            match Segment::open(&p, s.metrics.clone()) {
+            match Segment::open(&p, s.metrics.clone(), s.remote.clone()) {
                 Ok(seg) => segments.push(Arc::new(seg)),
                 Err(e) => tracing::error!(dir = %p.display(), error = %e, "cannot open segment; skipping it"),
             }
@@ -272,6 +303,9 @@ impl Storage {
                 tracing::info!(segment = %name, "removing segment already replaced by a compaction output");
                 // Failing here would let the segment come back (twice the
                 // data) once its replacement is gone, so it is fatal.
+                if let Some(r) = &s.remote {
+                    r.delete(name)?;
+                }
                 remove_segment_dir(&segdir, p)?;
             }
             let replaced: HashSet<String> = replaced.into_iter().map(str::to_string).collect();
@@ -281,7 +315,88 @@ impl Storage {
         s.metrics.segments.set(segments.len() as i64);
         s.metrics.segment_bytes.set(segments.iter().map(|x| x.meta.bytes as i64).sum());
         s.state.write().segments = segments;
+        s.trim_cache();
         Ok(Arc::new(s))
+    }
+
+    /// Makes `data_dir/segments` agree with the object store before the
+    /// catalog is loaded: drops local segments the store does not hold (an
+    /// upload interrupted by a crash: their data is still in the WAL), and
+    /// objects of segments whose upload or deletion was interrupted, and
+    /// downloads the indexes of segments not cached yet (their Parquet data
+    /// stays remote and is read on demand).
+    fn sync_cache(&self, r: &remote::Remote) -> Result<()> {
+        let segdir = self.segments_dir();
+        let listing = r.list()?;
+        for id in &listing.incomplete {
+            tracing::info!(segment = %id, store = r.url(), "removing an incomplete segment from the object store");
+            r.delete(id)?;
+        }
+        let committed: HashSet<&str> = listing.committed.iter().map(String::as_str).collect();
+        for e in fs::read_dir(&segdir)? {
+            let p = e?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if !name.starts_with("tmp-") && !committed.contains(name.as_str()) {
+                tracing::info!(segment = %name, "removing a cached segment the object store does not hold");
+                remove_segment_dir(&segdir, &p)?;
+            }
+        }
+        for id in &listing.committed {
+            if segdir.join(id).join(META_FILE).exists() {
+                continue;
+            }
+            let tmp = segdir.join(format!("tmp-dl-{id}"));
+            let _ = fs::remove_dir_all(&tmp);
+            r.download(id, &tmp, |f| f != segment::SPANS_FILE && f != segment::LOGS_FILE)?;
+            fs::rename(&tmp, segdir.join(id))?;
+        }
+        Ok(())
+    }
+
+    /// Puts a segment just written to `data_dir/segments/<id>` into the
+    /// object store (if any) and opens it. On failure nothing of it is left
+    /// behind, locally or remotely, so the caller can simply retry.
+    pub(crate) fn publish_segment(&self, id: &str) -> Result<Segment> {
+        let root = self.segments_dir();
+        let dir = root.join(id);
+        let res = match &self.remote {
+            Some(r) => r.upload(&dir, id),
+            None => Ok(()),
+        }
+        .and_then(|()| Segment::open(&dir, self.metrics.clone(), self.remote.clone()));
+        if res.is_err() {
+            if let Some(r) = &self.remote {
+                if let Err(e) = r.delete(id) {
+                    tracing::warn!(segment = %id, error = %e, "cannot remove a failed upload from the object store");
+                }
+            }
+            let _ = remove_segment_dir(&root, &dir);
+        }
+        res
+    }
+
+    /// With object storage, deletes the local Parquet files of the oldest
+    /// segments while those of all segments take more than `cache_bytes`
+    /// (reads of those segments then go to the object store).
+    pub(crate) fn trim_cache(&self) {
+        if self.remote.is_none() {
+            return;
+        }
+        let limit = self.cfg.cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
+        let mut segs = self.snapshot().segments;
+        segs.sort_by(|a, b| b.meta.id.cmp(&a.meta.id));
+        let mut total = 0u64;
+        for s in segs {
+            let files = [segment::SPANS_FILE, segment::LOGS_FILE].map(|f| s.dir().join(f));
+            let size: u64 = files.iter().filter_map(|p| fs::metadata(p).ok()).map(|m| m.len()).sum();
+            total += size;
+            if total > limit && size > 0 {
+                tracing::debug!(segment = %s.meta.id, "cache: dropping local Parquet files");
+                for f in &files {
+                    let _ = fs::remove_file(f);
+                }
+            }
+        }
     }
 
     /// Replays the WAL into the head, skipping records already in segments,
@@ -326,6 +441,12 @@ impl Storage {
             },
         })?;
         tracing::info!(spans = spans_n, logs = logs_n, already_flushed = skipped, "WAL replay done");
+        // New records must sort after every position a segment recorded,
+        // or replay after a crash would take them for flushed ones. That
+        // matters when the WAL is newer than the segments: a deleted WAL
+        // directory, or a new node on segments in an object store.
+        let floor = self.state.read().segments.iter().map(|s| s.meta.wal_max_pos + 1).max().unwrap_or(0);
+        let next = next.max(floor);
         let w = Wal::start(&wal_dir, next, self.cfg.wal.clone(), self.metrics.clone())?;
         let _ = self.wal.set(w);
         self.update_head_metrics();
@@ -413,7 +534,7 @@ impl Storage {
                 &flushing.traces,
                 now_unix_nano(),
             )
-            .and_then(|(meta, _)| Segment::open(&self.segments_dir().join(&meta.id), self.metrics.clone()));
+            .and_then(|(meta, _)| self.publish_segment(&meta.id));
             let mut st = self.state.write();
             st.flushing.retain(|f| !Arc::ptr_eq(f, &flushing));
             match written {
@@ -440,6 +561,9 @@ impl Storage {
         }
         self.reclaim_wal();
         self.update_head_metrics();
+        if stats.traces > 0 {
+            self.trim_cache();
+        }
         Ok(stats)
     }
 
@@ -529,6 +653,14 @@ impl Storage {
         g.retain(|s| {
             if Arc::strong_count(s) > 1 {
                 return true;
+            }
+            if let Some(r) = &self.remote {
+                if let Err(e) = r.delete(&s.meta.id) {
+                    // Keep it queued: deleting the local copy alone would
+                    // bring the segment back at the next start.
+                    tracing::warn!(segment = %s.meta.id, error = %e, "cannot delete segment from the object store");
+                    return true;
+                }
             }
             if let Err(e) = remove_segment_dir(&root, s.dir()) {
                 // A compaction input is dropped at the next start through
@@ -744,9 +876,13 @@ fn first_wal_position(dir: &Path) -> Result<Option<u64>> {
 }
 
 #[cfg(test)]
+mod s3_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::convert;
+
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
@@ -792,7 +928,7 @@ mod tests {
         c
     }
 
-    async fn append(s: &Arc<Storage>, trace: u8, spans: u64) {
+    pub(crate) async fn append(s: &Arc<Storage>, trace: u8, spans: u64) {
         let req = request(trace, spans);
         let rows = convert::spans(&req).records;
         s.append_traces(req.encode_to_vec(), rows).await.unwrap();
@@ -853,7 +989,7 @@ mod tests {
         assert_eq!((n(1), n(2), n(3)), (2, 5, 1));
     }
 
-    async fn append_log(s: &Arc<Storage>, trace: u8, body: &str) {
+    pub(crate) async fn append_log(s: &Arc<Storage>, trace: u8, body: &str) {
         use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpLog, ResourceLogs, ScopeLogs};
         let req = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
@@ -1119,7 +1255,7 @@ mod tests {
         fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
     }
 
-    fn retention_config() -> StorageConfig {
+    pub(crate) fn retention_config() -> StorageConfig {
         let mut c = test_config();
         // A WAL file per request, so flushed data leaves the WAL.
         c.wal.max_file_bytes = 1;

@@ -25,6 +25,11 @@ pub struct StorageMetrics {
     pub compaction_bytes_out: Counter,
     /// Segments deleted by retention (age or total size).
     pub retention_deleted_segments: Counter,
+    /// Requests to the object store (list, GET, PUT, HEAD, DELETE), and
+    /// the bytes read from and written to it.
+    pub remote_requests: Counter,
+    pub remote_read_bytes: Counter,
+    pub remote_written_bytes: Counter,
 }
 
 impl Default for StorageMetrics {
@@ -45,6 +50,9 @@ impl Default for StorageMetrics {
             compaction_bytes_in: Counter::default(),
             compaction_bytes_out: Counter::default(),
             retention_deleted_segments: Counter::default(),
+            remote_requests: Counter::default(),
+            remote_read_bytes: Counter::default(),
+            remote_written_bytes: Counter::default(),
         }
     }
 }
@@ -89,6 +97,21 @@ impl StorageMetrics {
             "skein_retention_deleted_segments",
             "Segments deleted by retention (age or total size)",
             self.retention_deleted_segments.clone(),
+        );
+        r.register(
+            "skein_object_store_requests",
+            "Requests to the object store (segments on S3 or file://)",
+            self.remote_requests.clone(),
+        );
+        r.register(
+            "skein_object_store_read_bytes",
+            "Bytes read from the object store",
+            self.remote_read_bytes.clone(),
+        );
+        r.register(
+            "skein_object_store_written_bytes",
+            "Bytes written to the object store",
+            self.remote_written_bytes.clone(),
         );
     }
 }

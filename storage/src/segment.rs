@@ -52,12 +52,13 @@ use crate::filter::{analyzer, log_text, tokenize, LogFilter, SpanFilter, StatusF
 use crate::head::TraceEntry;
 use crate::metrics::StorageMetrics;
 use crate::model::{LogRecord, Resource, Scope, Span, SpanId, TraceId};
+use crate::remote::{Remote, RemoteFile};
 use crate::rollup::{Rollup, RollupBuilder};
 use crate::{Error, Result};
 
 pub const FORMAT_VERSION: u32 = 3;
-const SPANS_FILE: &str = "spans.parquet";
-const LOGS_FILE: &str = "logs.parquet";
+pub(crate) const SPANS_FILE: &str = "spans.parquet";
+pub(crate) const LOGS_FILE: &str = "logs.parquet";
 const TRACE_INDEX_FILE: &str = "traces.idx";
 const SPAN_INDEX_DIR: &str = "span_index";
 const LOG_INDEX_DIR: &str = "log_index";
@@ -712,6 +713,12 @@ pub struct Segment {
     log_reader: IndexReader,
     log_index: Index,
     metrics: Arc<StorageMetrics>,
+    /// The object store holding this segment, when it is not only local:
+    /// its Parquet files are read from there when they are not in `dir`.
+    remote: Option<Arc<Remote>>,
+    /// Sizes of the Parquet files (known when they were opened remotely).
+    spans_len: u64,
+    logs_len: u64,
 }
 
 impl std::fmt::Debug for Segment {
@@ -757,7 +764,10 @@ fn corrupt(e: codec::DecodeError) -> Error {
 }
 
 impl Segment {
-    pub fn open(dir: &Path, metrics: Arc<StorageMetrics>) -> Result<Segment> {
+    /// Opens the segment in `dir`. With `remote`, the Parquet files may be
+    /// absent from `dir`: their footers are then read from the object store
+    /// (once, kept in memory) and their rows fetched from it when read.
+    pub fn open(dir: &Path, metrics: Arc<StorageMetrics>, remote: Option<Arc<Remote>>) -> Result<Segment> {
         let meta: SegmentMeta = serde_json::from_slice(&fs::read(dir.join(META_FILE))?)?;
         if meta.format != FORMAT_VERSION {
             return Err(Error::Corrupt(format!(
@@ -770,8 +780,26 @@ impl Segment {
         let resources = read_resources(&dir.join(RESOURCES_FILE))?;
         let opts = ArrowReaderOptions::new()
             .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-        let spans_meta = ArrowReaderMetadata::load(&File::open(dir.join(SPANS_FILE))?, opts.clone())?;
-        let logs_meta = ArrowReaderMetadata::load(&File::open(dir.join(LOGS_FILE))?, opts)?;
+        let load = |file: &'static str| -> Result<(ArrowReaderMetadata, u64)> {
+            match File::open(dir.join(file)) {
+                Ok(f) => {
+                    let len = f.metadata()?.len();
+                    Ok((ArrowReaderMetadata::load(&f, opts.clone())?, len))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && remote.is_some() => {
+                    let remote = remote.clone().expect("checked");
+                    let len = remote.size(&meta.id, file)?;
+                    let mut rf = RemoteFile { remote, id: meta.id.clone(), file, len, pieces: Vec::new() };
+                    // The footer and the page index sit at the end: one GET
+                    // of the tail usually holds both.
+                    rf.prefetch(vec![len.saturating_sub(REMOTE_TAIL_BYTES)..len])?;
+                    Ok((ArrowReaderMetadata::load(&rf, opts.clone())?, len))
+                }
+                Err(e) => Err(e.into()),
+            }
+        };
+        let (spans_meta, spans_len) = load(SPANS_FILE)?;
+        let (logs_meta, logs_len) = load(LOGS_FILE)?;
         let (_sidx, span_reader) = open_index(&dir.join(SPAN_INDEX_DIR))?;
         let (log_index, log_reader) = open_index(&dir.join(LOG_INDEX_DIR))?;
         Ok(Segment {
@@ -786,7 +814,15 @@ impl Segment {
             log_reader,
             log_index,
             metrics,
+            remote,
+            spans_len,
+            logs_len,
         })
+    }
+
+    /// Whether the segment's Parquet files are on local disk.
+    pub fn parquet_is_local(&self) -> bool {
+        self.dir.join(SPANS_FILE).exists() && self.dir.join(LOGS_FILE).exists()
     }
 
     pub fn dir(&self) -> &Path {
@@ -810,7 +846,7 @@ impl Segment {
     /// groups (and, through the page index, the pages) that hold them.
     fn read_rows(
         &self,
-        file: &str,
+        file: &'static str,
         meta: &ArrowReaderMetadata,
         mut ranges: Vec<std::ops::Range<usize>>,
     ) -> Result<Vec<RecordBatch>> {
@@ -845,19 +881,22 @@ impl Segment {
             base = end;
         }
         let sel = RowSelection::from_consecutive_ranges(local.into_iter(), selected_base);
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            File::open(self.dir.join(file))?,
-            meta.clone(),
-        )
-        .with_row_groups(groups)
-        .with_row_selection(sel)
-        .with_batch_size(8192)
-        .build()?;
-        let mut out = Vec::new();
-        for b in reader {
-            out.push(b?);
+        match (File::open(self.dir.join(file)), &self.remote) {
+            (Ok(f), _) => collect_rows(f, meta, groups, sel),
+            (Err(e), Some(remote)) if e.kind() == std::io::ErrorKind::NotFound => {
+                let len = if file == SPANS_FILE { self.spans_len } else { self.logs_len };
+                let mut rf = RemoteFile {
+                    remote: remote.clone(),
+                    id: self.meta.id.clone(),
+                    file,
+                    len,
+                    pieces: Vec::new(),
+                };
+                rf.prefetch(pages_to_fetch(md, &groups, &ranges))?;
+                collect_rows(rf, meta, groups, sel)
+            }
+            (Err(e), _) => Err(e.into()),
         }
-        Ok(out)
     }
 
     pub fn read_spans(&self, ranges: Vec<std::ops::Range<usize>>) -> Result<Vec<Span>> {
@@ -1107,6 +1146,71 @@ impl Segment {
         let searcher = self.log_reader.searcher();
         Ok(searcher.search(&q, &TimeHistogram { step: step.max(1) })?)
     }
+}
+
+/// How much of a remote Parquet file's end is fetched to read its footer.
+const REMOTE_TAIL_BYTES: u64 = 256 << 10;
+
+fn collect_rows<T: parquet::file::reader::ChunkReader + 'static>(
+    input: T,
+    meta: &ArrowReaderMetadata,
+    groups: Vec<usize>,
+    sel: RowSelection,
+) -> Result<Vec<RecordBatch>> {
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(input, meta.clone())
+        .with_row_groups(groups)
+        .with_row_selection(sel)
+        .with_batch_size(8192)
+        .build()?;
+    let mut out = Vec::new();
+    for b in reader {
+        out.push(b?);
+    }
+    Ok(out)
+}
+
+/// The byte ranges a read of rows `ranges` (sorted, file-wide row numbers)
+/// from row groups `groups` needs: per column, its dictionary page and the
+/// data pages holding those rows (from the page index), or the whole column
+/// chunk when the file has no page index.
+fn pages_to_fetch(
+    md: &parquet::file::metadata::ParquetMetaData,
+    groups: &[usize],
+    ranges: &[std::ops::Range<usize>],
+) -> Vec<std::ops::Range<u64>> {
+    let mut starts = Vec::with_capacity(md.num_row_groups());
+    let mut base = 0usize;
+    for rg in md.row_groups() {
+        starts.push(base);
+        base += rg.num_rows() as usize;
+    }
+    let hit = |lo: usize, hi: usize| ranges.iter().any(|r| r.start < hi && lo < r.end);
+    let mut out = Vec::new();
+    for &gi in groups {
+        let rg = md.row_group(gi);
+        let b = starts[gi];
+        let rows = rg.num_rows() as usize;
+        for (ci, c) in rg.columns().iter().enumerate() {
+            let (start, len) = c.byte_range();
+            let pages = md.page_index().and_then(|p| p.offset_index(gi, ci));
+            let Some(locs) = pages.map(|p| p.page_locations()).filter(|l| !l.is_empty()) else {
+                out.push(start..start + len);
+                continue;
+            };
+            let first = locs[0].offset as u64;
+            if first > start {
+                out.push(start..first); // dictionary page
+            }
+            for (i, p) in locs.iter().enumerate() {
+                let lo = b + p.first_row_index as usize;
+                let hi = b + locs.get(i + 1).map_or(rows, |n| n.first_row_index as usize);
+                if hit(lo, hi) {
+                    out.push(p.offset as u64..p.offset as u64 + p.compressed_page_size as u64);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn u64_range(field: tantivy::schema::Field, lo: Option<u64>, hi: Option<u64>) -> Box<dyn Query> {

@@ -8,6 +8,8 @@ mod bad_input;
 mod durability;
 /// The Jaeger-compatible query API.
 mod jaeger;
+/// Segments in S3 (a moto server), read back by a node with an empty cache.
+mod s3;
 /// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.
 mod sdk;
 /// Search by span conditions and time, log search, traces split over segments.

@@ -198,7 +198,7 @@ pub(crate) fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
-fn check_trace(server: &Server, sent: &Sent) {
+pub(crate) fn check_trace(server: &Server, sent: &Sent) {
     let v = crate::support::eventually(20, || {
         let (s, v) = server.api(&format!("/api/v1/traces/{}", sent.trace_id));
         (s == 200 && v["spans"].as_array()?.len() == 5 && v["logs"].as_array()?.len() == 2).then_some(v)

@@ -1,0 +1,399 @@
+//! Segments on object storage (S3 or another `object_store` backend).
+//!
+//! With a storage URL such as `s3://bucket/prefix`, the object store is the
+//! home of every segment and `data_dir/segments` is a cache of it; the WAL
+//! stays on local disk. Layout: `prefix/segments/<id>/<file>`, the same
+//! files as a local segment directory. A segment is committed when its
+//! `meta.json` exists: it is uploaded last and deleted first, so a segment
+//! half uploaded or half deleted is never taken for a whole one.
+//!
+//! What stays local, and why: tantivy reads its index through mmap, and the
+//! trace-ID index, resources and rollups are read on every query, so those
+//! are downloaded when a segment is first opened and kept (the "indexes"
+//! part of the cache). Parquet footers are read once per open and kept in
+//! memory. Parquet data is kept locally after a flush or compaction while
+//! the cache has room (`cache_bytes`, newest segments first); otherwise a
+//! read fetches only the pages it needs with ranged GETs.
+//!
+//! The rest of the storage code is synchronous (it runs on blocking
+//! threads), so requests run on a small runtime of their own and the caller
+//! waits for the answer.
+
+use std::future::Future;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+
+use crate::metrics::StorageMetrics;
+use crate::segment::META_FILE;
+use crate::{Error, Result};
+
+/// Files uploaded at once when a segment is written.
+const UPLOAD_CONCURRENCY: usize = 8;
+
+/// One object store holding segments under `prefix/segments/`.
+pub struct Remote {
+    store: Arc<dyn ObjectStore>,
+    root: ObjPath,
+    url: String,
+    rt: Mutex<Option<tokio::runtime::Runtime>>,
+    handle: tokio::runtime::Handle,
+    metrics: Arc<StorageMetrics>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids inside async code;
+        // nothing is in flight once the last user is gone.
+        if let Some(rt) = self.rt.lock().take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// What a listing of the store found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Segments whose `meta.json` exists.
+    pub committed: Vec<String>,
+    /// Segments with objects but no `meta.json`: an interrupted upload or
+    /// deletion.
+    pub incomplete: Vec<String>,
+}
+
+impl Remote {
+    /// Opens the store of `url`: `s3://bucket/prefix` (credentials, region
+    /// and endpoint from the usual `AWS_*` variables, overridden by
+    /// `options`, whose keys are those of `object_store`'s S3 builder such as
+    /// `aws_endpoint` or `aws_allow_http`), or `file:///dir` (a directory
+    /// used as an object store, e.g. a network mount).
+    pub fn open(url: &str, options: &[(String, String)], metrics: Arc<StorageMetrics>) -> Result<Remote> {
+        let bad = |why: String| Error::Config(format!("storage URL {url:?}: {why}"));
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name (expected s3://bucket/prefix)".into()));
+            }
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            // An explicit http:// endpoint (a local S3 server, MinIO,
+            // moto) is a choice, not an accident: allow it.
+            let endpoint = options
+                .iter()
+                .find(|(k, _)| k == "aws_endpoint" || k == "aws_endpoint_url")
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+                .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+            if let Some(e) = &endpoint {
+                b = b.with_endpoint(e.clone());
+                if e.starts_with("http://") {
+                    b = b.with_allow_http(true);
+                }
+            }
+            for (k, v) in options {
+                let key = k.to_ascii_lowercase().parse().map_err(|e| bad(format!("option {k}: {e}")))?;
+                b = b.with_config(key, v.clone());
+            }
+            (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), prefix.to_string())
+        } else if let Some(path) = url.strip_prefix("file://") {
+            std::fs::create_dir_all(path)?;
+            let fs = LocalFileSystem::new_with_prefix(path).map_err(|e| bad(e.to_string()))?;
+            (Arc::new(fs), String::new())
+        } else {
+            return Err(bad("expected s3://bucket/prefix or file:///path".into()));
+        };
+        let root = ObjPath::parse(prefix.trim_matches('/')).map_err(|e| bad(e.to_string()))?.join("segments");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("skein-objstore")
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        Ok(Remote { store, root, url: url.to_string(), rt: Mutex::new(Some(rt)), handle, metrics })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs `f` on the store's runtime and waits for it. Works from any
+    /// thread, including one of another runtime.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = std::result::Result<T, Error>> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().map_err(|_| Error::Corrupt("object store task was dropped".into()))?
+    }
+
+    fn segment_path(&self, id: &str) -> ObjPath {
+        self.root.clone().join(id)
+    }
+
+    fn file_path(&self, id: &str, file: &str) -> ObjPath {
+        file.split('/').fold(self.segment_path(id), |p, part| p.join(part))
+    }
+
+    /// Segment IDs in the store.
+    pub fn list(&self) -> Result<Listing> {
+        let store = self.store.clone();
+        let root = self.root.clone();
+        self.metrics.remote_requests.inc();
+        let objects: Vec<object_store::ObjectMeta> =
+            self.run(async move { Ok(store.list(Some(&root)).try_collect().await?) })?;
+        let mut committed = std::collections::BTreeSet::new();
+        let mut all = std::collections::BTreeSet::new();
+        let depth = self.root.parts().count();
+        for o in objects {
+            let parts: Vec<String> = o.location.parts().skip(depth).map(|p| p.as_ref().to_string()).collect();
+            let Some(id) = parts.first() else { continue };
+            all.insert(id.clone());
+            if parts.len() == 2 && parts[1] == META_FILE {
+                committed.insert(id.clone());
+            }
+        }
+        let incomplete = all.difference(&committed).cloned().collect();
+        Ok(Listing { committed: committed.into_iter().collect(), incomplete })
+    }
+
+    /// Uploads every file of the segment directory `dir` as segment `id`,
+    /// `meta.json` last.
+    pub fn upload(&self, dir: &Path, id: &str) -> Result<()> {
+        let mut files = Vec::new();
+        walk(dir, dir, &mut files)?;
+        let (meta, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(|(rel, _)| rel == META_FILE);
+        if meta.is_empty() {
+            return Err(Error::Corrupt(format!("segment {id} has no {META_FILE}")));
+        }
+        let bytes: u64 =
+            rest.iter().chain(&meta).map(|(_, p)| p.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+        for batch in [rest, meta] {
+            let jobs: Vec<(ObjPath, std::path::PathBuf)> =
+                batch.into_iter().map(|(rel, p)| (self.file_path(id, &rel), p)).collect();
+            self.metrics.remote_requests.inc_by(jobs.len() as u64);
+            let store = self.store.clone();
+            self.run(async move {
+                futures::stream::iter(jobs)
+                    .map(|(to, from)| {
+                        let store = store.clone();
+                        async move {
+                            let mut f = tokio::fs::File::open(&from).await?;
+                            let mut w = object_store::buffered::BufWriter::new(store, to);
+                            tokio::io::copy(&mut f, &mut w).await?;
+                            w.shutdown().await?;
+                            Ok::<_, Error>(())
+                        }
+                    })
+                    .buffer_unordered(UPLOAD_CONCURRENCY)
+                    .try_collect::<Vec<()>>()
+                    .await?;
+                Ok(())
+            })?;
+        }
+        self.metrics.remote_written_bytes.inc_by(bytes);
+        Ok(())
+    }
+
+    /// Downloads the files of segment `id` for which `want` holds into the
+    /// directory `dir` (created).
+    pub fn download(&self, id: &str, dir: &Path, want: impl Fn(&str) -> bool) -> Result<()> {
+        let store = self.store.clone();
+        let prefix = self.segment_path(id);
+        self.metrics.remote_requests.inc();
+        let objects: Vec<object_store::ObjectMeta> =
+            self.run(async move { Ok(store.list(Some(&prefix)).try_collect().await?) })?;
+        let depth = self.segment_path(id).parts().count();
+        let mut jobs = Vec::new();
+        for o in objects {
+            let rel: Vec<String> = o.location.parts().skip(depth).map(|p| p.as_ref().to_string()).collect();
+            let rel = rel.join("/");
+            if rel.is_empty() || !want(&rel) {
+                continue;
+            }
+            self.metrics.remote_read_bytes.inc_by(o.size);
+            jobs.push((o.location, dir.join(&rel)));
+        }
+        self.metrics.remote_requests.inc_by(jobs.len() as u64);
+        std::fs::create_dir_all(dir)?;
+        let store = self.store.clone();
+        self.run(async move {
+            futures::stream::iter(jobs)
+                .map(|(from, to)| {
+                    let store = store.clone();
+                    async move {
+                        if let Some(parent) = to.parent() {
+                            tokio::fs::create_dir_all(parent).await?;
+                        }
+                        let mut stream = store.get(&from).await?.into_stream();
+                        let mut f = tokio::fs::File::create(&to).await?;
+                        while let Some(chunk) = stream.try_next().await? {
+                            f.write_all(&chunk).await?;
+                        }
+                        f.sync_all().await?;
+                        Ok::<_, Error>(())
+                    }
+                })
+                .buffer_unordered(UPLOAD_CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// Deletes segment `id`: `meta.json` first, so an interrupted deletion
+    /// leaves an incomplete segment, never a partial one that looks whole.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let store = self.store.clone();
+        let meta = self.file_path(id, META_FILE);
+        let prefix = self.segment_path(id);
+        self.metrics.remote_requests.inc();
+        self.run(async move {
+            match store.delete(&meta).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let locations = store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+            store.delete_stream(locations).try_collect::<Vec<ObjPath>>().await?;
+            Ok(())
+        })
+    }
+
+    /// Writes one object of a segment (tests make partial segments with it).
+    #[cfg(test)]
+    pub(crate) fn put(&self, id: &str, file: &str, data: Vec<u8>) -> Result<()> {
+        let store = self.store.clone();
+        let p = self.file_path(id, file);
+        self.run(async move {
+            store.put(&p, data.into()).await?;
+            Ok(())
+        })
+    }
+
+    /// The size of one file of a segment.
+    pub fn size(&self, id: &str, file: &str) -> Result<u64> {
+        let store = self.store.clone();
+        let p = self.file_path(id, file);
+        self.metrics.remote_requests.inc();
+        self.run(async move { Ok(store.head(&p).await?.size) })
+    }
+
+    /// Byte ranges of one file of a segment, fetched together.
+    pub fn get_ranges(&self, id: &str, file: &str, ranges: Vec<Range<u64>>) -> Result<Vec<Bytes>> {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self.store.clone();
+        let p = self.file_path(id, file);
+        self.metrics.remote_requests.inc();
+        self.metrics.remote_read_bytes.inc_by(ranges.iter().map(|r| r.end - r.start).sum());
+        self.run(async move { Ok(store.get_ranges(&p, &ranges).await?) })
+    }
+}
+
+/// Files under `dir`, as (path relative to `root` with `/`, full path).
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::path::PathBuf)>) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(root, &p, out)?;
+        } else {
+            let rel = p.strip_prefix(root).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let rel: Vec<String> =
+                rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            out.push((rel.join("/"), p));
+        }
+    }
+    Ok(())
+}
+
+/// A Parquet file on the object store, read through `parquet`'s
+/// synchronous reader: byte ranges fetched beforehand (the pages a read
+/// needs) are served from memory, anything else with a ranged GET.
+pub(crate) struct RemoteFile {
+    pub(crate) remote: Arc<Remote>,
+    pub(crate) id: String,
+    pub(crate) file: &'static str,
+    pub(crate) len: u64,
+    /// Fetched ranges, sorted by start.
+    pub(crate) pieces: Vec<(u64, Bytes)>,
+}
+
+impl RemoteFile {
+    pub(crate) fn prefetch(&mut self, mut ranges: Vec<Range<u64>>) -> Result<()> {
+        ranges.sort_by_key(|r| r.start);
+        // Merge ranges that touch or nearly touch: fewer, larger requests.
+        let mut merged: Vec<Range<u64>> = Vec::new();
+        for r in ranges {
+            match merged.last_mut() {
+                Some(m) if r.start <= m.end + 4096 => m.end = m.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        let got = self.remote.get_ranges(&self.id, self.file, merged.clone())?;
+        self.pieces = merged.into_iter().map(|r| r.start).zip(got).collect();
+        Ok(())
+    }
+
+    fn piece(&self, start: u64, len: u64) -> Option<Bytes> {
+        let i = self.pieces.partition_point(|(s, _)| *s <= start).checked_sub(1)?;
+        let (s, b) = &self.pieces[i];
+        let off = (start - s) as usize;
+        let end = off.checked_add(len as usize)?;
+        (end <= b.len()).then(|| b.slice(off..end))
+    }
+
+    fn fetch(&self, start: u64, len: u64) -> parquet::errors::Result<Bytes> {
+        self.remote
+            .get_ranges(&self.id, self.file, vec![start..start + len])
+            .map(|mut v| v.pop().unwrap_or_default())
+            .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+    }
+}
+
+impl parquet::file::reader::Length for RemoteFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl parquet::file::reader::ChunkReader for RemoteFile {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        use bytes::Buf;
+        if let Some(i) = self.pieces.partition_point(|(s, _)| *s <= start).checked_sub(1) {
+            let (s, b) = &self.pieces[i];
+            if start < s + b.len() as u64 {
+                return Ok(b.slice((start - s) as usize..).reader());
+            }
+        }
+        // Not fetched beforehand: read up to 1 MiB (a page header and,
+        // usually, its page).
+        let len = (self.len.saturating_sub(start)).min(1 << 20);
+        Ok(self.fetch(start, len)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self.piece(start, length as u64) {
+            Some(b) => Ok(b),
+            None => self.fetch(start, length as u64),
+        }
+    }
+}
