@@ -743,9 +743,20 @@ impl Storage {
                 scan(id, t, &mut consider);
             }
         }
-        for seg in snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
+        // Newest segments first; stop once `limit` traces are known that
+        // are newer than anything an older segment holds (a trace ranks by
+        // its newest matching span, which lies within its segment's time
+        // range), so a search usually reads one or two segments.
+        let mut segs: Vec<&Arc<Segment>> =
+            snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)).collect();
+        segs.sort_by_key(|s| std::cmp::Reverse(s.meta.max_time_unix_nano));
+        for seg in segs {
+            if kth_newest(best.values().copied(), limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
+                break;
+            }
             for (id, t) in seg.search_spans(f, limit)? {
-                consider(id, t);
+                let e = best.entry(id).or_insert(t);
+                *e = (*e).max(t);
             }
         }
         let mut v: Vec<_> = best.into_iter().collect();
@@ -785,8 +796,34 @@ impl Storage {
                 scan(t, &mut out);
             }
         }
-        for seg in snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
-            out.extend(seg.search_logs(f, limit)?);
+        let segs = snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns));
+        if f.trace_id.is_some() {
+            for seg in segs {
+                out.extend(seg.search_logs(f, limit)?);
+            }
+        } else {
+            // The newest `limit` matches over all segments are chosen from
+            // the indexes first (newest segments first, stopping as trace
+            // search does); only their rows are then read.
+            let mut segs: Vec<&Arc<Segment>> = segs.collect();
+            segs.sort_by_key(|s| std::cmp::Reverse(s.meta.max_time_unix_nano));
+            let mut picked: Vec<(u64, usize, usize)> = Vec::new(); // (time, segment, row)
+            for (i, seg) in segs.iter().enumerate() {
+                let times = out.iter().map(LogRecord::effective_time).chain(picked.iter().map(|p| p.0));
+                if kth_newest(times, limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
+                    break;
+                }
+                picked.extend(seg.search_log_rows(f, limit)?.into_iter().map(|(t, r)| (t, i, r)));
+                picked.sort_unstable_by(|a, b| b.cmp(a));
+                picked.truncate(limit);
+            }
+            let mut by_segment: HashMap<usize, Vec<std::ops::Range<usize>>> = HashMap::new();
+            for (_, i, r) in picked {
+                by_segment.entry(i).or_default().push(r..r + 1);
+            }
+            for (i, ranges) in by_segment {
+                out.extend(segs[i].read_logs(ranges)?);
+            }
         }
         out.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));
         out.truncate(limit);
@@ -846,6 +883,16 @@ impl Storage {
         out.push(b.build());
         out
     }
+}
+
+/// The `k`-th largest of `values` (`None` when there are fewer than `k`).
+fn kth_newest(values: impl Iterator<Item = u64>, k: usize) -> Option<u64> {
+    let mut v: Vec<u64> = values.collect();
+    if k == 0 || v.len() < k {
+        return None;
+    }
+    let (_, kth, _) = v.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+    Some(*kth)
 }
 
 /// Deletes a segment directory: renamed to `tmp-del-*` first (one atomic
@@ -963,6 +1010,32 @@ mod tests {
         let before = reads(&s);
         assert!(s.get_trace(&TraceId([9; 16])).unwrap().is_none());
         assert_eq!(reads(&s) - before, 0, "an unknown trace reads nothing");
+    }
+
+    /// Trace search visits segments newest first and stops early, yet
+    /// returns exactly the newest matching traces.
+    #[tokio::test]
+    async fn search_returns_the_newest_traces_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), test_config()).unwrap();
+        s.replay().unwrap();
+        for t in 1..=6u8 {
+            // Trace t's spans start at 1000 + 100 t + i: newer segments hold newer traces.
+            let req = request_from(t, u64::from(t) * 100, 3);
+            let rows = convert::spans(&req).records;
+            s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+            s.flush(true).unwrap();
+        }
+        let ids = |v: Vec<TraceId>| v.into_iter().map(|t| t.0[0]).collect::<Vec<u8>>();
+        assert_eq!(ids(s.search_traces(&SpanFilter::default(), 2).unwrap()), vec![6, 5]);
+        assert_eq!(ids(s.search_traces(&SpanFilter::default(), 10).unwrap()), vec![6, 5, 4, 3, 2, 1]);
+        let oldest = SpanFilter { operation: Some("op101".into()), ..Default::default() };
+        assert_eq!(ids(s.search_traces(&oldest, 2).unwrap()), vec![1]);
+        // A trace in the head that is newer than every segment.
+        let req = request_from(7, 700, 1);
+        let rows = convert::spans(&req).records;
+        s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+        assert_eq!(ids(s.search_traces(&SpanFilter::default(), 3).unwrap()), vec![7, 6, 5]);
     }
 
     /// Replay after a crash restores what is only in the WAL and skips what

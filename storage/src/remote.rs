@@ -361,7 +361,7 @@ impl RemoteFile {
 
     fn fetch(&self, start: u64, len: u64) -> parquet::errors::Result<Bytes> {
         self.remote
-            .get_ranges(&self.id, self.file, vec![start..start + len])
+            .get_ranges(&self.id, self.file, std::iter::once(start..start + len).collect())
             .map(|mut v| v.pop().unwrap_or_default())
             .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
     }

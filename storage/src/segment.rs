@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
-    IndexRecordOption, Schema as TSchema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING,
+    IndexRecordOption, NumericOptions, Schema as TSchema, TextFieldIndexing, TextOptions, FAST,
 };
 use tantivy::{
     DocId, Index, IndexReader, Order, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term,
@@ -206,6 +206,25 @@ fn writer_props(cfg: &SegmentConfig, no_dict: &[&str]) -> Result<WriterPropertie
     Ok(b.build())
 }
 
+// No fieldnorms anywhere: nothing is ranked by relevance (results are
+// ordered by time), and fieldnorms cost a byte per document per field
+// (5 bytes per span, 3 per log record).
+
+/// An exact-match string field (like tantivy's `STRING`), without fieldnorms.
+fn raw_text() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
+    )
+}
+
+/// A searchable integer (like tantivy's `INDEXED`), without fieldnorms.
+fn indexed_u64() -> NumericOptions {
+    NumericOptions::default().set_indexed()
+}
+
 struct SpanFields {
     row: tantivy::schema::Field,
     resource: tantivy::schema::Field,
@@ -227,11 +246,11 @@ fn span_index_schema() -> (TSchema, SpanFields) {
         // The ordinal of the span's resource in resources.bin. Resource
         // attributes (about two thirds of a span's attributes) are indexed
         // once per segment through it rather than once per span.
-        resource: b.add_u64_field("resource", INDEXED),
-        service: b.add_text_field("service", STRING),
-        name: b.add_text_field("name", STRING),
-        attr: b.add_text_field("attr", STRING),
-        status: b.add_u64_field("status", INDEXED),
+        resource: b.add_u64_field("resource", indexed_u64()),
+        service: b.add_text_field("service", raw_text()),
+        name: b.add_text_field("name", raw_text()),
+        attr: b.add_text_field("attr", raw_text()),
+        status: b.add_u64_field("status", indexed_u64()),
         // Fast fields only: nearly every span has its own start and
         // duration, so indexing them would add a term per span; range
         // queries on fast fields scan the (compact) column instead.
@@ -252,12 +271,15 @@ struct LogFields {
 fn log_index_schema() -> (TSchema, LogFields) {
     let mut b = TSchema::builder();
     let text_opts = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer(TOKENIZER).set_index_option(IndexRecordOption::Basic),
+        TextFieldIndexing::default()
+            .set_tokenizer(TOKENIZER)
+            .set_index_option(IndexRecordOption::Basic)
+            .set_fieldnorms(false),
     );
     let f = LogFields {
         text: b.add_text_field("text", text_opts),
-        service: b.add_text_field("service", STRING),
-        severity: b.add_u64_field("severity", INDEXED),
+        service: b.add_text_field("service", raw_text()),
+        severity: b.add_u64_field("severity", indexed_u64()),
         time: b.add_u64_field("time", FAST),
         row: b.add_u64_field("row", FAST),
     };
@@ -792,7 +814,7 @@ impl Segment {
                     let mut rf = RemoteFile { remote, id: meta.id.clone(), file, len, pieces: Vec::new() };
                     // The footer and the page index sit at the end: one GET
                     // of the tail usually holds both.
-                    rf.prefetch(vec![len.saturating_sub(REMOTE_TAIL_BYTES)..len])?;
+                    rf.prefetch(std::iter::once(len.saturating_sub(REMOTE_TAIL_BYTES)..len).collect())?;
                     Ok((ArrowReaderMetadata::load(&rf, opts.clone())?, len))
                 }
                 Err(e) => Err(e.into()),
@@ -1076,12 +1098,70 @@ impl Segment {
         let q: Box<dyn Query> =
             if must.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(must)) };
         let searcher = self.span_reader.searcher();
-        let hits =
-            searcher.search(&q, &LatestTraces { limit: limit.max(1), traces: self.trace_index.clone() })?;
+        let limit = limit.max(1);
+        // The newest matching spans first, through tantivy's top-k by a
+        // fast field (a bounded heap, no per-match allocation); several
+        // may belong to one trace, so ask for more spans than traces, and
+        // more again when that was not enough.
+        let mut k = limit * 4;
+        while k <= SEARCH_TOP_SPANS_MAX {
+            let top = searcher
+                .search(&q, &TopDocs::with_limit(k).order_by_fast_field::<u64>("start", Order::Desc))?;
+            let exhausted = top.len() < k;
+            let mut out: Vec<(TraceId, u64)> = Vec::with_capacity(limit);
+            let mut seen = std::collections::HashSet::with_capacity(limit);
+            let mut rows: HashMap<SegmentOrdinal, tantivy::columnar::Column<u64>> = HashMap::new();
+            for (start, addr) in top {
+                let col = match rows.entry(addr.segment_ord) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64("row")?)
+                    }
+                };
+                let (Some(start), Some(row)) = (start, col.first(addr.doc_id)) else { continue };
+                let Some(entry) = self.trace_of_span_row(row) else { continue };
+                if seen.insert(entry.trace_id) {
+                    out.push((entry.trace_id, start));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(out);
+            }
+            k *= 8;
+        }
+        // Many matching spans in few traces: visit every match.
+        let hits = searcher.search(&q, &LatestTraces { limit, traces: self.trace_index.clone() })?;
         Ok(hits)
     }
 
-    /// Log records matching `f`, latest first, at most `limit`.
+    /// The trace-ID index entry of the trace holding span row `row` (rows
+    /// are sorted by trace).
+    fn trace_of_span_row(&self, row: u64) -> Option<&TraceIndexEntry> {
+        let i = self.trace_index.partition_point(|e| u64::from(e.span_row) <= row);
+        i.checked_sub(1).and_then(|i| self.trace_index.get(i))
+    }
+
+    /// The newest `limit` log records matching `f` (without a trace ID):
+    /// their times and rows, from the index alone.
+    pub fn search_log_rows(&self, f: &LogFilter, limit: usize) -> Result<Vec<(u64, usize)>> {
+        let q = self.log_query(f)?;
+        let searcher = self.log_reader.searcher();
+        let top = searcher
+            .search(&q, &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("time", Order::Desc))?;
+        let mut rows = Vec::with_capacity(top.len());
+        for (time, addr) in top {
+            let seg = searcher.segment_reader(addr.segment_ord);
+            let col = seg.fast_fields().u64("row")?;
+            if let (Some(time), Some(r)) = (time, col.first(addr.doc_id)) {
+                rows.push((time, r as usize));
+            }
+        }
+        Ok(rows)
+    }
+
     pub fn search_logs(&self, f: &LogFilter, limit: usize) -> Result<Vec<LogRecord>> {
         if let Some(tid) = &f.trace_id {
             // The trace-ID index is exact and cheaper than the text index.
@@ -1093,23 +1173,13 @@ impl Segment {
             logs.truncate(limit);
             return Ok(logs);
         }
-        let q = self.log_query(f)?;
-        let searcher = self.log_reader.searcher();
-        let top = searcher
-            .search(&q, &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("time", Order::Desc))?;
-        let mut rows = Vec::with_capacity(top.len());
-        for (_, addr) in top {
-            let seg = searcher.segment_reader(addr.segment_ord);
-            let col = seg.fast_fields().u64("row")?;
-            if let Some(r) = col.first(addr.doc_id) {
-                rows.push(r as usize);
-            }
-        }
+        let mut rows: Vec<usize> = self.search_log_rows(f, limit)?.into_iter().map(|r| r.1).collect();
         rows.sort_unstable();
         let mut logs = self.read_logs(rows.iter().map(|r| *r..*r + 1).collect())?;
         logs.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));
         Ok(logs)
     }
+
     fn log_query(&self, f: &LogFilter) -> Result<Box<dyn Query>> {
         let schema = self.log_index.schema();
         let field = |n: &str| schema.get_field(n).map_err(Error::from);
@@ -1147,6 +1217,10 @@ impl Segment {
         Ok(searcher.search(&q, &TimeHistogram { step: step.max(1) })?)
     }
 }
+
+/// Matching spans a segment's trace search ranks by start time at most
+/// before it visits every match instead.
+const SEARCH_TOP_SPANS_MAX: usize = 1 << 16;
 
 /// How much of a remote Parquet file's end is fetched to read its footer.
 const REMOTE_TAIL_BYTES: u64 = 256 << 10;
