@@ -2,7 +2,8 @@
 //! `shared/workload/gen_workload.py` (its `traces-*.pb` / `logs-*.pb`
 //! files) against an OTLP endpoint over gRPC or HTTP, with several
 //! connections, flat out or at a set rate, and reports accepted spans/s,
-//! refusals, latency percentiles and, given the server's PID, the server's
+//! refusals (retried with backoff, as OTLP exporters do), latency
+//! percentiles and, given the server's PID, the server's
 //! CPU time per span and peak memory. Optionally it then flushes the head,
 //! waits for compaction to settle, and times queries on the HTTP API:
 //! trace by ID (warm, and cold with the page cache dropped before each),
@@ -89,6 +90,16 @@ pub(crate) struct LoadgenArgs {
     #[arg(long)]
     queries_only: bool,
 }
+
+/// How a request went: accepted, refused as retryable, or failed.
+enum Outcome {
+    Ok,
+    Retry,
+    Fail,
+}
+
+/// Attempts per request before a retryable refusal counts as a failure.
+const MAX_ATTEMPTS: u32 = 100;
 
 struct Item {
     traces: bool,
@@ -305,14 +316,15 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
     let spans_ok = Arc::new(AtomicU64::new(0));
     let logs_ok = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let cpu0 = a.pid.and_then(proc_usage);
     let start = Instant::now();
     let deadline = a.duration.map(|d| start + d);
     let span_cap = a.spans.unwrap_or(u64::MAX);
     let mut tasks = Vec::new();
     for _ in 0..a.connections.max(1) {
-        let (items, next, spans_ok, logs_ok, refused) =
-            (items.clone(), next.clone(), spans_ok.clone(), logs_ok.clone(), refused.clone());
+        let (items, next, spans_ok, logs_ok, refused, failed) =
+            (items.clone(), next.clone(), spans_ok.clone(), logs_ok.clone(), refused.clone(), failed.clone());
         let grpc = a.grpc.clone();
         let http = a.http.clone();
         let rate = a.rate;
@@ -344,35 +356,62 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
                     let due = t0 + Duration::from_secs_f64(sent_spans as f64 / (rate as f64 / conns as f64));
                     tokio::time::sleep_until(due.into()).await;
                 }
+                // As OTLP exporters do: a refusal the server marks as
+                // retryable (gRPC UNAVAILABLE, HTTP 429/503) is sent again
+                // after a backoff, so the rate is what the server sustains.
                 let t = Instant::now();
-                let ok = match (&mut g, &http) {
-                    (Some(g), _) => {
-                        g.ready().await?;
-                        let path = if item.traces {
-                            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-                        } else {
-                            "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
-                        };
-                        let r = g
-                            .unary(
-                                tonic::Request::new(bytes::Bytes::from(item.body.clone())),
-                                http::uri::PathAndQuery::from_static(path),
-                                RawCodec,
-                            )
-                            .await;
-                        r.is_ok()
+                let mut backoff = Duration::from_millis(10);
+                let mut attempts = 0;
+                let ok = loop {
+                    attempts += 1;
+                    let outcome = match (&mut g, &http) {
+                        (Some(g), _) => {
+                            g.ready().await?;
+                            let path = if item.traces {
+                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                            } else {
+                                "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+                            };
+                            let r = g
+                                .unary(
+                                    tonic::Request::new(bytes::Bytes::from(item.body.clone())),
+                                    http::uri::PathAndQuery::from_static(path),
+                                    RawCodec,
+                                )
+                                .await;
+                            match r {
+                                Ok(_) => Outcome::Ok,
+                                Err(e) if e.code() == tonic::Code::Unavailable => Outcome::Retry,
+                                Err(_) => Outcome::Fail,
+                            }
+                        }
+                        (None, Some(addr)) => {
+                            let path = if item.traces { "v1/traces" } else { "v1/logs" };
+                            let r = client
+                                .post(format!("http://{addr}/{path}"))
+                                .header("content-type", "application/x-protobuf")
+                                .body(item.body.clone())
+                                .send()
+                                .await;
+                            match r {
+                                Ok(r) if r.status().is_success() => Outcome::Ok,
+                                Ok(r) if matches!(r.status().as_u16(), 429 | 502 | 503 | 504) => {
+                                    Outcome::Retry
+                                }
+                                _ => Outcome::Fail,
+                            }
+                        }
+                        (None, None) => unreachable!("one transport is chosen"),
+                    };
+                    match outcome {
+                        Outcome::Ok => break true,
+                        Outcome::Retry if attempts < MAX_ATTEMPTS => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                        Outcome::Retry | Outcome::Fail => break false,
                     }
-                    (None, Some(addr)) => {
-                        let path = if item.traces { "v1/traces" } else { "v1/logs" };
-                        let r = client
-                            .post(format!("http://{addr}/{path}"))
-                            .header("content-type", "application/x-protobuf")
-                            .body(item.body.clone())
-                            .send()
-                            .await;
-                        matches!(r, Ok(r) if r.status().is_success())
-                    }
-                    (None, None) => unreachable!("one transport is chosen"),
                 };
                 lat.push(t.elapsed().as_micros() as u64);
                 if ok {
@@ -383,7 +422,7 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
                         logs_ok.fetch_add(item.records, Ordering::Relaxed);
                     }
                 } else {
-                    refused.fetch_add(1, Ordering::Relaxed);
+                    failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
             anyhow::Ok(lat)
@@ -401,8 +440,9 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
     let logs = logs_ok.load(Ordering::Relaxed);
     println!("elapsed_s={secs:.2}");
     println!(
-        "spans_accepted={spans} logs_accepted={logs} requests_refused={}",
-        refused.load(Ordering::Relaxed)
+        "spans_accepted={spans} logs_accepted={logs} requests_refused={} requests_failed={}",
+        refused.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
     );
     println!("spans_per_s={:.0} logs_per_s={:.0}", spans as f64 / secs, logs as f64 / secs);
     println!(
