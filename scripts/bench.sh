@@ -13,7 +13,8 @@
 #                  at most SETTLE_MAX (15m)
 #   LOOKUPS SEARCHES LOG_SEARCHES TRACE_LOGS   query counts (1000 200 240 200)
 #   COLD_LOOKUPS   trace-by-ID lookups with the page cache dropped before each (0; needs root)
-#   PERF_DIR       record `perf record -g` of the server during a second, query-only pass
+#   PERF_DIR       record `perf record --call-graph dwarf` of the server during query-only passes,
+#                  one per query kind (PERF_QUERIES each, 100)
 #   SEGMENT_BYTES=1  break bytes down per file and Parquet column (scripts/segment_bytes.py, pyarrow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,8 @@ if [ ! -f "$wl/truth.jsonl" ]; then
 fi
 data=$(mktemp -d)
 pid=
-trap 'if [ -n "$pid" ]; then kill $pid 2>/dev/null || true; fi; rm -rf "$data" "$data.bin"' EXIT
+perf_pid=
+trap 'for p in $perf_pid $pid; do kill $p 2>/dev/null || true; done; rm -rf "$data" "$data.bin"' EXIT
 mkdir "$data.bin"
 if [ -n "${SKEIN_BIN:-}" ]; then
   cp "$SKEIN_BIN" "$data.bin/skein"
@@ -67,14 +69,20 @@ if [ "${SEGMENT_BYTES:-0}" = 1 ]; then
   python3 scripts/segment_bytes.py "$data/segments" "$spans" "$logs" || true
 fi
 if [ -n "${PERF_DIR:-}" ]; then
+  # One profile per query kind, with DWARF call graphs (the release build
+  # has no frame pointers), during a second, query-only pass.
   mkdir -p "$PERF_DIR"
-  perf record -F 999 -g -p "$pid" -o "$PERF_DIR/queries.data" 2>/dev/null &
-  perf_pid=$!
-  sleep 1
-  "$skein" loadgen --data "$wl" --queries-only --api "$http" --lookups "${LOOKUPS:-1000}" \
-    --searches "${SEARCHES:-200}" --log-searches "${LOG_SEARCHES:-240}" --trace-logs "${TRACE_LOGS:-200}"
-  kill -INT "$perf_pid"; wait "$perf_pid" || true
-  echo "perf data: $PERF_DIR/queries.data (server during the query-only pass)"
+  for kind in lookups searches log-searches; do
+    perf record -F 499 --call-graph dwarf,16384 -p "$pid" -o "$PERF_DIR/query-$kind.data" 2>/dev/null &
+    perf_pid=$!
+    sleep 1
+    other=(--lookups 0)
+    [ "$kind" = lookups ] && other=()
+    "$skein" loadgen --data "$wl" --queries-only --api "$http" "${other[@]}" --"$kind" "${PERF_QUERIES:-100}"
+    kill -INT "$perf_pid"; wait "$perf_pid" || true
+    perf_pid=
+  done
+  echo "perf data: $PERF_DIR/query-*.data (server during query-only passes)"
 fi
 kill -TERM "$pid"; wait "$pid" || true
 pid=
