@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # Load benchmark: replays the shared workload over OTLP/gRPC into a release
 # build of Skein on this machine, then reports ingest rate, server CPU per
-# span, bytes on disk, and trace-by-ID latency.
+# span, bytes on disk, and query latencies (trace by ID warm and cold,
+# search by service + attribute + duration, full-text log search, logs of
+# one trace).
 #   scripts/bench.sh [TRACES]      default 70000 traces (about 1.05 M spans, 0.8 M logs)
-# Environment: WORKLOAD_DIR (reuse a generated workload), CONNECTIONS (4).
+# Environment:
+#   WORKLOAD_DIR   reuse a generated workload (default /tmp/skein-workload-s1-TRACES)
+#   SKEIN_BIN      use this binary instead of building one
+#   CONNECTIONS    gRPC connections (4)
+#   SETTLE         after the flush, wait until no compaction ran for this long (70s; 0s = no wait),
+#                  at most SETTLE_MAX (15m)
+#   LOOKUPS SEARCHES LOG_SEARCHES TRACE_LOGS   query counts (1000 200 240 200)
+#   COLD_LOOKUPS   trace-by-ID lookups with the page cache dropped before each (0; needs root)
+#   PERF_DIR       record `perf record --call-graph dwarf` of the server during query-only passes,
+#                  one per query kind (PERF_QUERIES each, 100)
+#   SEGMENT_BYTES=1  break bytes down per file and Parquet column (scripts/segment_bytes.py, pyarrow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces=${1:-70000}
@@ -12,19 +24,34 @@ if [ ! -f "$wl/truth.jsonl" ]; then
   python3 -c 'import opentelemetry.proto, zstandard' 2>/dev/null || pip install -q opentelemetry-proto protobuf zstandard
   python3 ../shared/workload/gen_workload.py --seed 1 --traces "$traces" --out "$wl" --no-zstd
 fi
-cargo build --release --locked -q
 data=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
-target/release/skein serve --data-dir "$data" --otlp-grpc-addr 127.0.0.1:0 \
+pid=
+perf_pid=
+trap 'for p in $perf_pid $pid; do kill $p 2>/dev/null || true; done; rm -rf "$data" "$data.bin"' EXIT
+mkdir "$data.bin"
+if [ -n "${SKEIN_BIN:-}" ]; then
+  cp "$SKEIN_BIN" "$data.bin/skein"
+else
+  cargo build --release --locked -q
+  # A private copy: a build in another worktree sharing CARGO_TARGET_DIR
+  # may replace target/release/skein while this runs.
+  cp "${CARGO_TARGET_DIR:-target}/release/skein" "$data.bin/skein"
+fi
+skein=$data.bin/skein
+echo "binary: $(sha256sum "$skein" | cut -c1-12) ($(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' || echo '+changes'))"
+"$skein" serve --data-dir "$data" --otlp-grpc-addr 127.0.0.1:0 \
   --otlp-http-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 > "$data.ready" &
 pid=$!
 for _ in $(seq 100); do [ -s "$data.ready" ] && break; sleep 0.1; done
 grpc=$(grep -o 'otlp_grpc=[^ ]*' "$data.ready" | cut -d= -f2)
 http=$(grep -o ' http=[^ ]*' "$data.ready" | cut -d= -f2)
 until curl -sf "http://$http/readyz" >/dev/null; do sleep 0.1; done
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB; workload: $wl"
-target/release/skein loadgen --data "$wl" --grpc "http://$grpc" --connections "${CONNECTIONS:-4}" \
-  --pid "$pid" --api "$http" --lookups 1000 | tee "$data.out"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB; load average before: $(cut -d' ' -f1-3 /proc/loadavg); workload: $wl"
+"$skein" loadgen --data "$wl" --grpc "http://$grpc" --connections "${CONNECTIONS:-4}" \
+  --pid "$pid" --api "$http" --settle "${SETTLE:-70s}" --settle-max "${SETTLE_MAX:-15m}" --lookups "${LOOKUPS:-1000}" \
+  --searches "${SEARCHES:-200}" --log-searches "${LOG_SEARCHES:-240}" --trace-logs "${TRACE_LOGS:-200}" \
+  --cold-lookups "${COLD_LOOKUPS:-0}" | tee "$data.out"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 spans=$(grep -o 'spans_accepted=[0-9]*' "$data.out" | cut -d= -f2)
 logs=$(grep -o 'logs_accepted=[0-9]*' "$data.out" | cut -d= -f2)
 sum() { find "$data/segments" "$@" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
@@ -33,9 +60,29 @@ si=$(sum -path '*span_index*'); li=$(sum -path '*log_index*')
 ti=$(sum -name traces.idx); ro=$(sum -name rollup.json -o -name meta.json)
 all=$(sum)
 awk -v s="$spans" -v l="$logs" -v sp="$sp" -v lp="$lp" -v si="$si" -v li="$li" -v ti="$ti" -v ro="$ro" -v all="$all" 'BEGIN {
-  printf "bytes_per_span: spans.parquet=%.1f span_index=%.1f traces.idx=%.1f\n", sp/s, si/s, ti/s
-  printf "bytes_per_log: logs.parquet=%.1f log_index=%.1f\n", lp/l, li/l
+  printf "bytes_per_span: spans.parquet=%.1f span_index=%.1f traces.idx=%.1f total=%.1f\n", sp/s, si/s, ti/s, (sp+si+ti)/s
+  printf "bytes_per_log: logs.parquet=%.1f log_index=%.1f total=%.1f\n", lp/l, li/l, (lp+li)/l
   printf "segments_total_bytes=%d (%.1f per span+log record; rollups+meta %d)\n", all, all/(s+l), ro
 }'
-echo "segments: $(find "$data/segments" -maxdepth 1 -mindepth 1 -type d | wc -l)"
+echo "segments: $(find "$data/segments" -maxdepth 1 -mindepth 1 -type d | wc -l); wal: $(du -sb "$data/wal" | cut -f1) bytes"
+if [ "${SEGMENT_BYTES:-0}" = 1 ]; then
+  python3 scripts/segment_bytes.py "$data/segments" "$spans" "$logs" || true
+fi
+if [ -n "${PERF_DIR:-}" ]; then
+  # One profile per query kind, with DWARF call graphs (the release build
+  # has no frame pointers), during a second, query-only pass.
+  mkdir -p "$PERF_DIR"
+  for kind in lookups searches log-searches; do
+    perf record -F 499 --call-graph dwarf,16384 -p "$pid" -o "$PERF_DIR/query-$kind.data" 2>/dev/null &
+    perf_pid=$!
+    sleep 1
+    other=(--lookups 0)
+    [ "$kind" = lookups ] && other=()
+    "$skein" loadgen --data "$wl" --queries-only --api "$http" "${other[@]}" --"$kind" "${PERF_QUERIES:-100}"
+    kill -INT "$perf_pid"; wait "$perf_pid" || true
+    perf_pid=
+  done
+  echo "perf data: $PERF_DIR/query-*.data (server during query-only passes)"
+fi
 kill -TERM "$pid"; wait "$pid" || true
+pid=

@@ -2,9 +2,14 @@
 //! `shared/workload/gen_workload.py` (its `traces-*.pb` / `logs-*.pb`
 //! files) against an OTLP endpoint over gRPC or HTTP, with several
 //! connections, flat out or at a set rate, and reports accepted spans/s,
-//! refusals, latency percentiles and, given the server's PID, the server's
-//! CPU time per span and peak memory. Optionally it then times trace-by-ID
-//! lookups on the HTTP API with IDs from the workload's `truth.jsonl`.
+//! refusals (retried with backoff, as OTLP exporters do), latency
+//! percentiles and, given the server's PID, the server's
+//! CPU time per span and peak memory. Optionally it then flushes the head,
+//! waits for compaction to settle, and times queries on the HTTP API:
+//! trace by ID (warm, and cold with the page cache dropped before each),
+//! search by service + attribute + duration, full-text log search, and the
+//! logs of one trace, with IDs from the workload's `truth.jsonl` and search
+//! terms taken from the workload's spans and log templates.
 //!
 //! Requests are sent as the pre-encoded bytes of the files, so the
 //! generator spends no CPU re-encoding on the machine it shares with the
@@ -57,7 +62,44 @@ pub(crate) struct LoadgenArgs {
     api: Option<String>,
     #[arg(long, default_value_t = 1000)]
     lookups: usize,
+    /// After the flush, wait until no compaction has run for this long
+    /// (polling `/metrics`), so sizes and latencies are those of compacted
+    /// segments. 0 = do not wait.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    settle: Duration,
+    /// Give up waiting for compaction after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20m")]
+    settle_max: Duration,
+    /// Searches by service + attribute + duration (limit 20), cycling over
+    /// probes taken from the workload's spans.
+    #[arg(long, default_value_t = 0)]
+    searches: usize,
+    /// Full-text log searches (limit 100), cycling over words of the
+    /// workload's log templates.
+    #[arg(long, default_value_t = 0)]
+    log_searches: usize,
+    /// Lookups of the logs of one trace (`search/logs?trace_id=`).
+    #[arg(long, default_value_t = 0)]
+    trace_logs: usize,
+    /// Trace-by-ID lookups with the page cache dropped before each
+    /// (`sync; echo 3 > /proc/sys/vm/drop_caches`; needs root).
+    #[arg(long, default_value_t = 0)]
+    cold_lookups: usize,
+    /// Only run the queries against a server that already holds the
+    /// workload: no ingest, no flush.
+    #[arg(long)]
+    queries_only: bool,
 }
+
+/// How a request went: accepted, refused as retryable, or failed.
+enum Outcome {
+    Ok,
+    Retry,
+    Fail,
+}
+
+/// Attempts per request before a retryable refusal counts as a failure.
+const MAX_ATTEMPTS: u32 = 100;
 
 struct Item {
     traces: bool,
@@ -65,7 +107,83 @@ struct Item {
     records: u64,
 }
 
-fn load(dir: &Path, logs: bool) -> Result<Vec<Item>> {
+/// A trace search that at least the span it was taken from matches:
+/// service, one attribute of the span, and a minimum duration rounded down
+/// to a round figure.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Probe {
+    service: String,
+    key: String,
+    value: String,
+    min_duration: String,
+}
+
+/// Span attributes a user filters on (low cardinality, not IDs or URLs).
+const PROBE_KEYS: &[&str] = &[
+    "rpc.method",
+    "http.route",
+    "db.operation.name",
+    "http.response.status_code",
+    "db.system",
+    "http.request.method",
+    "messaging.operation.type",
+    "app.payment.card_type",
+    "app.loyalty.level",
+];
+
+/// Minimum durations a probe uses: the largest one not above the span's.
+const THRESHOLDS: &[(u64, &str)] = &[
+    (1_000_000_000, "1s"),
+    (500_000_000, "500ms"),
+    (200_000_000, "200ms"),
+    (100_000_000, "100ms"),
+    (50_000_000, "50ms"),
+    (20_000_000, "20ms"),
+    (10_000_000, "10ms"),
+    (5_000_000, "5ms"),
+    (2_000_000, "2ms"),
+    (1_000_000, "1ms"),
+    (100_000, "100us"),
+];
+
+/// Probes from the spans of one decoded request (every 7th span).
+fn probes_of(r: &ExportTraceServiceRequest, out: &mut std::collections::BTreeSet<Probe>) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    for rs in &r.resource_spans {
+        let service =
+            rs.resource.iter().flat_map(|r| &r.attributes).find(|a| a.key == "service.name").and_then(|a| {
+                match a.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                }
+            });
+        let Some(service) = service else { continue };
+        for sp in rs.scope_spans.iter().flat_map(|s| &s.spans).step_by(7) {
+            let dur = sp.end_time_unix_nano.saturating_sub(sp.start_time_unix_nano);
+            let Some(&(_, min_duration)) = THRESHOLDS.iter().find(|(t, _)| dur >= *t) else { continue };
+            for a in &sp.attributes {
+                if !PROBE_KEYS.contains(&a.key.as_str()) {
+                    continue;
+                }
+                let value = match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => s.clone(),
+                    Some(Value::IntValue(i)) => i.to_string(),
+                    _ => continue,
+                };
+                out.insert(Probe {
+                    service: service.clone(),
+                    key: a.key.clone(),
+                    value,
+                    min_duration: min_duration.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// The requests to send, and trace-search probes from every 50th trace
+/// request.
+fn load(dir: &Path, logs: bool) -> Result<(Vec<Item>, Vec<Probe>)> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -73,6 +191,8 @@ fn load(dir: &Path, logs: bool) -> Result<Vec<Item>> {
         .collect();
     names.sort();
     let mut items = Vec::new();
+    let mut probes = std::collections::BTreeSet::new();
+    let mut trace_files = 0usize;
     // Interleave as the generator numbered them: traces-00001, logs-00001, ...
     names.sort_by_key(|p| {
         let n = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
@@ -89,6 +209,10 @@ fn load(dir: &Path, logs: bool) -> Result<Vec<Item>> {
         let body = std::fs::read(&p)?;
         let records = if traces {
             let r = ExportTraceServiceRequest::decode(&body[..])?;
+            if trace_files.is_multiple_of(50) {
+                probes_of(&r, &mut probes);
+            }
+            trace_files += 1;
             r.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
         } else {
             let r = ExportLogsServiceRequest::decode(&body[..])?;
@@ -99,7 +223,7 @@ fn load(dir: &Path, logs: bool) -> Result<Vec<Item>> {
     if items.is_empty() {
         bail!("no traces-*.pb / logs-*.pb files in {}", dir.display());
     }
-    Ok(items)
+    Ok((items, probes.into_iter().collect()))
 }
 
 /// Sends bytes as they are; decodes nothing of the answer but its status.
@@ -168,7 +292,19 @@ fn pct(sorted: &[u64], q: f64) -> u64 {
 }
 
 pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
-    let items = Arc::new(load(&a.data, !a.no_logs)?);
+    if a.cold_lookups > 0 {
+        // Fail before the load, not after it.
+        std::fs::OpenOptions::new().write(true).open(DROP_CACHES).with_context(|| {
+            format!("--cold-lookups drops the page cache through {DROP_CACHES}, which is not writable (run as root)")
+        })?;
+    }
+    if a.queries_only {
+        let api = a.api.as_deref().context("--queries-only needs --api")?;
+        let probes = probes_only(&a.data)?;
+        return queries(api, &a, &probes).await;
+    }
+    let (items, probes) = load(&a.data, !a.no_logs)?;
+    let items = Arc::new(items);
     let total_spans: u64 = items.iter().filter(|i| i.traces).map(|i| i.records).sum();
     let total_logs: u64 = items.iter().filter(|i| !i.traces).map(|i| i.records).sum();
     eprintln!(
@@ -180,14 +316,15 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
     let spans_ok = Arc::new(AtomicU64::new(0));
     let logs_ok = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let cpu0 = a.pid.and_then(proc_usage);
     let start = Instant::now();
     let deadline = a.duration.map(|d| start + d);
     let span_cap = a.spans.unwrap_or(u64::MAX);
     let mut tasks = Vec::new();
     for _ in 0..a.connections.max(1) {
-        let (items, next, spans_ok, logs_ok, refused) =
-            (items.clone(), next.clone(), spans_ok.clone(), logs_ok.clone(), refused.clone());
+        let (items, next, spans_ok, logs_ok, refused, failed) =
+            (items.clone(), next.clone(), spans_ok.clone(), logs_ok.clone(), refused.clone(), failed.clone());
         let grpc = a.grpc.clone();
         let http = a.http.clone();
         let rate = a.rate;
@@ -219,35 +356,62 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
                     let due = t0 + Duration::from_secs_f64(sent_spans as f64 / (rate as f64 / conns as f64));
                     tokio::time::sleep_until(due.into()).await;
                 }
+                // As OTLP exporters do: a refusal the server marks as
+                // retryable (gRPC UNAVAILABLE, HTTP 429/503) is sent again
+                // after a backoff, so the rate is what the server sustains.
                 let t = Instant::now();
-                let ok = match (&mut g, &http) {
-                    (Some(g), _) => {
-                        g.ready().await?;
-                        let path = if item.traces {
-                            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-                        } else {
-                            "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
-                        };
-                        let r = g
-                            .unary(
-                                tonic::Request::new(bytes::Bytes::from(item.body.clone())),
-                                http::uri::PathAndQuery::from_static(path),
-                                RawCodec,
-                            )
-                            .await;
-                        r.is_ok()
+                let mut backoff = Duration::from_millis(10);
+                let mut attempts = 0;
+                let ok = loop {
+                    attempts += 1;
+                    let outcome = match (&mut g, &http) {
+                        (Some(g), _) => {
+                            g.ready().await?;
+                            let path = if item.traces {
+                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+                            } else {
+                                "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+                            };
+                            let r = g
+                                .unary(
+                                    tonic::Request::new(bytes::Bytes::from(item.body.clone())),
+                                    http::uri::PathAndQuery::from_static(path),
+                                    RawCodec,
+                                )
+                                .await;
+                            match r {
+                                Ok(_) => Outcome::Ok,
+                                Err(e) if e.code() == tonic::Code::Unavailable => Outcome::Retry,
+                                Err(_) => Outcome::Fail,
+                            }
+                        }
+                        (None, Some(addr)) => {
+                            let path = if item.traces { "v1/traces" } else { "v1/logs" };
+                            let r = client
+                                .post(format!("http://{addr}/{path}"))
+                                .header("content-type", "application/x-protobuf")
+                                .body(item.body.clone())
+                                .send()
+                                .await;
+                            match r {
+                                Ok(r) if r.status().is_success() => Outcome::Ok,
+                                Ok(r) if matches!(r.status().as_u16(), 429 | 502 | 503 | 504) => {
+                                    Outcome::Retry
+                                }
+                                _ => Outcome::Fail,
+                            }
+                        }
+                        (None, None) => unreachable!("one transport is chosen"),
+                    };
+                    match outcome {
+                        Outcome::Ok => break true,
+                        Outcome::Retry if attempts < MAX_ATTEMPTS => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                        Outcome::Retry | Outcome::Fail => break false,
                     }
-                    (None, Some(addr)) => {
-                        let path = if item.traces { "v1/traces" } else { "v1/logs" };
-                        let r = client
-                            .post(format!("http://{addr}/{path}"))
-                            .header("content-type", "application/x-protobuf")
-                            .body(item.body.clone())
-                            .send()
-                            .await;
-                        matches!(r, Ok(r) if r.status().is_success())
-                    }
-                    (None, None) => unreachable!("one transport is chosen"),
                 };
                 lat.push(t.elapsed().as_micros() as u64);
                 if ok {
@@ -258,7 +422,7 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
                         logs_ok.fetch_add(item.records, Ordering::Relaxed);
                     }
                 } else {
-                    refused.fetch_add(1, Ordering::Relaxed);
+                    failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
             anyhow::Ok(lat)
@@ -269,13 +433,16 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
         lat.extend(t.await??);
     }
     let secs = start.elapsed().as_secs_f64();
+    // The request bodies (the whole workload) are no longer needed.
+    drop(items);
     lat.sort_unstable();
     let spans = spans_ok.load(Ordering::Relaxed);
     let logs = logs_ok.load(Ordering::Relaxed);
     println!("elapsed_s={secs:.2}");
     println!(
-        "spans_accepted={spans} logs_accepted={logs} requests_refused={}",
-        refused.load(Ordering::Relaxed)
+        "spans_accepted={spans} logs_accepted={logs} requests_refused={} requests_failed={}",
+        refused.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
     );
     println!("spans_per_s={:.0} logs_per_s={:.0}", spans as f64 / secs, logs as f64 / secs);
     println!(
@@ -306,44 +473,292 @@ pub(crate) async fn run(a: LoadgenArgs) -> Result<()> {
         let r = client.post(format!("http://{api}/api/v1/flush")).send().await?;
         println!("flush_s={:.2} ({})", t.elapsed().as_secs_f64(), r.text().await?.trim());
         report_cpu("ingest+flush");
-        lookups(api, &a.data, a.lookups).await?;
+        if !a.settle.is_zero() {
+            settle(api, a.settle, a.settle_max).await?;
+            report_cpu("ingest+flush+compaction");
+        }
+        queries(api, &a, &probes).await?;
     }
     Ok(())
 }
 
-/// Times `n` trace-by-ID lookups, sequentially.
-async fn lookups(api: &str, data: &Path, n: usize) -> Result<()> {
+const DROP_CACHES: &str = "/proc/sys/vm/drop_caches";
+
+/// The probes `load` would find, without loading the workload.
+fn probes_only(dir: &Path) -> Result<Vec<Probe>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            n.starts_with("traces-") && n.ends_with(".pb")
+        })
+        .collect();
+    names.sort();
+    let mut probes = std::collections::BTreeSet::new();
+    for p in names.iter().step_by(50) {
+        probes_of(&ExportTraceServiceRequest::decode(&std::fs::read(p)?[..])?, &mut probes);
+    }
+    Ok(probes.into_iter().collect())
+}
+
+/// Waits until the server's compaction counter has not moved for `quiet`.
+async fn settle(api: &str, quiet: Duration, max: Duration) -> Result<()> {
     let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut last: Option<f64> = None;
+    let mut changed = Instant::now();
+    loop {
+        let text = client.get(format!("http://{api}/metrics")).send().await?.text().await?;
+        let n = text
+            .lines()
+            .find_map(|l| l.strip_prefix("skein_compactions_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .context("no skein_compactions_total in /metrics")?;
+        if last != Some(n) {
+            last = Some(n);
+            changed = Instant::now();
+        }
+        if changed.elapsed() >= quiet || t0.elapsed() >= max {
+            println!(
+                "compaction: {n} compactions in all; waited {:.0} s{}",
+                t0.elapsed().as_secs_f64(),
+                if changed.elapsed() >= quiet {
+                    ", then none for the quiet period"
+                } else {
+                    " (gave up: still compacting)"
+                }
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// One trace of `truth.jsonl`.
+struct Truth {
+    id: String,
+    spans: usize,
+    logs: usize,
+}
+
+fn read_truth(data: &Path) -> Result<Vec<Truth>> {
     let truth = std::fs::read_to_string(data.join("truth.jsonl"))?;
-    let ids: Vec<String> = truth
+    let out: Vec<Truth> = truth
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["trace_id"].as_str().map(String::from))
+        .filter_map(|v| {
+            Some(Truth {
+                id: v["trace_id"].as_str()?.to_string(),
+                spans: v["span_count"].as_u64()? as usize,
+                logs: v["log_count"].as_u64()? as usize,
+            })
+        })
         .collect();
-    if ids.is_empty() {
-        bail!("no trace IDs in truth.jsonl");
+    if out.is_empty() {
+        bail!("no traces in truth.jsonl");
     }
+    Ok(out)
+}
+
+/// Index of the `k`th of `n` picks spread over `len` items.
+fn pick(k: usize, n: usize, len: usize) -> usize {
+    if n <= len {
+        k * len / n
+    } else {
+        k % len
+    }
+}
+
+/// Words of the workload's log templates, from common to rare, and the
+/// ClickHouse peer's query ("timeout" at ERROR).
+const LOG_QUERIES: &[&str] = &[
+    "q=timeout",
+    "q=retry",
+    "q=failed",
+    "q=exceeded",
+    "q=confirmation",
+    "q=kafka",
+    "q=GC",
+    "q=health",
+    "q=refresh",
+    "q=transaction",
+    "q=retry+timeout",
+    "q=timeout&severity=ERROR",
+];
+
+fn urlenc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The timed queries, each after the previous one.
+async fn queries(api: &str, a: &LoadgenArgs, probes: &[Probe]) -> Result<()> {
+    let truth = read_truth(&a.data)?;
+    let base = format!("http://{api}");
     // A fixed stride over the IDs: spread over every segment, reproducible.
-    let stride = (ids.len() / n.max(1)).max(1);
-    let mut lat = Vec::with_capacity(n);
-    let mut missing = 0;
-    for k in 0..n {
-        let id = &ids[(k * stride + k / ids.len()) % ids.len()];
-        let t = Instant::now();
-        let r = client.get(format!("http://{api}/api/v1/traces/{id}")).send().await?;
-        let ok = r.status().is_success();
-        let _ = r.bytes().await?;
-        lat.push(t.elapsed().as_micros() as u64);
-        if !ok {
-            missing += 1;
+    let by_id = |n: usize| -> Vec<Query> {
+        (0..n)
+            .map(|k| {
+                let t = &truth[pick(k, n, truth.len())];
+                Query { url: format!("{base}/api/v1/traces/{}", t.id), field: "spans", expect: Some(t.spans) }
+            })
+            .collect()
+    };
+    if a.lookups > 0 {
+        timed("trace_by_id", &by_id(a.lookups), false).await?;
+    }
+    if a.searches > 0 && !probes.is_empty() {
+        // The generator's own search probe (the ClickHouse peer's query)
+        // first, then probes from the workload's spans.
+        let mut qs = Vec::new();
+        if let Ok(sum) = std::fs::read_to_string(a.data.join("summary.json")) {
+            let v: serde_json::Value = serde_json::from_str(&sum)?;
+            let s = &v["search"];
+            if let (Some(svc), Some(k), Some(val), Some(ms)) = (
+                s["service"].as_str(),
+                s["attr"].as_str(),
+                s["value"].as_str(),
+                s["min_duration_ms"].as_f64(),
+            ) {
+                qs.push(format!(
+                    "service={}&attr={}&min_duration={ms}ms",
+                    urlenc(svc),
+                    urlenc(&format!("{k}={val}"))
+                ));
+            }
+        }
+        let n = a.searches.saturating_sub(qs.len()).max(1);
+        for k in 0..n {
+            let p = &probes[pick(k, n, probes.len())];
+            qs.push(format!(
+                "service={}&attr={}&min_duration={}",
+                urlenc(&p.service),
+                urlenc(&format!("{}={}", p.key, p.value)),
+                p.min_duration
+            ));
+        }
+        println!("search_probes: {} distinct from the workload's spans", probes.len());
+        let qs: Vec<Query> = qs
+            .into_iter()
+            .map(|q| Query {
+                url: format!("{base}/api/v1/search/traces?{q}&limit=20"),
+                field: "traces",
+                expect: None,
+            })
+            .collect();
+        timed("search_traces", &qs, false).await?;
+    }
+    if a.log_searches > 0 {
+        let n = a.log_searches;
+        let qs: Vec<Query> = (0..n)
+            .map(|k| Query {
+                url: format!("{base}/api/v1/search/logs?{}&limit=100", LOG_QUERIES[k % LOG_QUERIES.len()]),
+                field: "logs",
+                expect: None,
+            })
+            .collect();
+        let stats = timed("log_search", &qs, false).await?;
+        for (i, q) in LOG_QUERIES.iter().enumerate() {
+            let mut lat: Vec<u64> = stats.iter().skip(i).step_by(LOG_QUERIES.len()).map(|s| s.0).collect();
+            let results = stats.get(i).map_or(0, |s| s.1);
+            lat.sort_unstable();
+            println!(
+                "  log_search {q:<26} n={} p50_ms={:.2} max_ms={:.2} results={results}",
+                lat.len(),
+                pct(&lat, 0.5) as f64 / 1e3,
+                lat.last().copied().unwrap_or(0) as f64 / 1e3
+            );
         }
     }
+    if a.trace_logs > 0 {
+        let with_logs: Vec<&Truth> = truth.iter().filter(|t| t.logs > 0).collect();
+        let n = a.trace_logs;
+        let qs: Vec<Query> = (0..n)
+            .map(|k| {
+                let t = with_logs[pick(k, n, with_logs.len())];
+                Query {
+                    url: format!("{base}/api/v1/search/logs?trace_id={}&limit=1000", t.id),
+                    field: "logs",
+                    expect: Some(t.logs),
+                }
+            })
+            .collect();
+        timed("logs_of_trace", &qs, false).await?;
+    }
+    if a.cold_lookups > 0 {
+        // Other IDs than the warm lookups', at an offset stride.
+        let mut qs = by_id(a.cold_lookups + 1);
+        qs.remove(0);
+        timed("trace_by_id_cold", &qs, true).await?;
+    }
+    Ok(())
+}
+
+struct Query {
+    url: String,
+    /// The array of the JSON answer whose length is the result count.
+    field: &'static str,
+    /// The result count the ground truth expects.
+    expect: Option<usize>,
+}
+
+/// Runs the queries one after another and prints n, p50, p99, max, how
+/// many failed, returned nothing, or returned another count than expected.
+/// With `cold`, the page cache is dropped before each. Returns (latency in
+/// µs, result count) per query.
+async fn timed(name: &str, qs: &[Query], cold: bool) -> Result<Vec<(u64, usize)>> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::with_capacity(qs.len());
+    let (mut errors, mut empty, mut wrong) = (0, 0, 0);
+    let mut slowest: Vec<(u64, &str)> = Vec::new();
+    for q in qs {
+        if cold {
+            let st = std::process::Command::new("sync").status()?;
+            if !st.success() {
+                bail!("sync failed: {st}");
+            }
+            std::fs::write(DROP_CACHES, "3").with_context(|| format!("writing 3 to {DROP_CACHES}"))?;
+        }
+        let t = Instant::now();
+        let r = client.get(&q.url).send().await?;
+        let ok = r.status().is_success();
+        let body = r.bytes().await?;
+        let us = t.elapsed().as_micros() as u64;
+        let n = if ok {
+            serde_json::from_slice::<serde_json::Value>(&body)?[q.field].as_array().map_or(0, |a| a.len())
+        } else {
+            errors += 1;
+            0
+        };
+        if ok && n == 0 {
+            empty += 1;
+        }
+        if ok && q.expect.is_some_and(|e| e != n) {
+            wrong += 1;
+        }
+        out.push((us, n));
+        slowest.push((us, &q.url));
+    }
+    let mut lat: Vec<u64> = out.iter().map(|o| o.0).collect();
     lat.sort_unstable();
+    let results: usize = out.iter().map(|o| o.1).sum();
     println!(
-        "trace_by_id n={n} missing={missing} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        "{name} n={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={errors} nonempty={} empty={empty} wrong_count={wrong} mean_results={:.1}",
+        qs.len(),
         pct(&lat, 0.5) as f64 / 1e3,
         pct(&lat, 0.99) as f64 / 1e3,
-        lat.last().copied().unwrap_or(0) as f64 / 1e3
+        lat.last().copied().unwrap_or(0) as f64 / 1e3,
+        qs.len() - errors - empty,
+        results as f64 / qs.len().max(1) as f64
     );
-    Ok(())
+    slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+    for (us, url) in slowest.iter().take(3) {
+        println!("  slowest {:.2} ms {}", *us as f64 / 1e3, url.split_once("/api/").map_or(*url, |u| u.1));
+    }
+    Ok(out)
 }
