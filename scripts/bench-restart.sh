@@ -17,7 +17,7 @@ wl=${WORKLOAD_DIR:-/tmp/skein-workload-s1-$traces}
 data=$(mktemp -d)
 pid=
 perf_pid=
-trap 'for p in $perf_pid $pid; do kill $p 2>/dev/null || true; done; rm -rf "$data" "$data.bin"' EXIT
+trap 'for p in $perf_pid $pid; do kill $p 2>/dev/null || true; done; rm -rf "$data" "$data.bin" "$data.ready" "$data.log"' EXIT
 mkdir "$data.bin"
 if [ -n "${SKEIN_BIN:-}" ]; then
   cp "$SKEIN_BIN" "$data.bin/skein"

@@ -27,7 +27,7 @@ fi
 data=$(mktemp -d)
 pid=
 perf_pid=
-trap 'for p in $perf_pid $pid; do kill $p 2>/dev/null || true; done; rm -rf "$data" "$data.bin"' EXIT
+trap 'for p in $perf_pid $pid; do kill $p 2>/dev/null || true; done; rm -rf "$data" "$data.bin" "$data.ready" "$data.out"' EXIT
 mkdir "$data.bin"
 if [ -n "${SKEIN_BIN:-}" ]; then
   cp "$SKEIN_BIN" "$data.bin/skein"
