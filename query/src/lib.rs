@@ -252,7 +252,7 @@ async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Api
             let ids = s.search_traces(&f, limit)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some((spans, _)) = s.get_trace(&id)? {
+                if let Some(spans) = s.get_trace_spans(&id)? {
                     out.push(summarize(id, &spans));
                 }
             }
@@ -276,7 +276,7 @@ async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Api
             if out.len() >= limit {
                 break;
             }
-            if let Some((spans, _)) = s.get_trace(&id)? {
+            if let Some(spans) = s.get_trace_spans(&id)? {
                 let in_range = spans.iter().any(|sp| f.matches(sp));
                 if in_range && !tq.matching_spans(&spans).is_empty() {
                     out.push(summarize(id, &spans));

@@ -331,7 +331,7 @@ async fn search(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult 
             if out.len() >= limit {
                 break;
             }
-            let Some((spans, _)) = s.get_trace(&id)? else { continue };
+            let Some(spans) = s.get_trace_spans(&id)? else { continue };
             inspected += 1;
             let matched: Vec<&Span> = match &tq {
                 Some(tq) => {

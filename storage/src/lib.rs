@@ -681,6 +681,16 @@ impl Storage {
     /// the segments whose trace-ID index lists it. Spans by start time,
     /// logs by time.
     pub fn get_trace(&self, id: &TraceId) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
+        self.read_trace(id, true)
+    }
+
+    /// The spans of a trace without its logs (what a search summary needs):
+    /// segments' log rows are not read. `None` when no span is stored.
+    pub fn get_trace_spans(&self, id: &TraceId) -> Result<Option<Vec<Span>>> {
+        Ok(self.read_trace(id, false)?.map(|x| x.0).filter(|s| !s.is_empty()))
+    }
+
+    fn read_trace(&self, id: &TraceId, with_logs: bool) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
         // The head and the catalog are read under one catalog read lock;
         // `flush` cuts and publishes under the write lock, so every record
         // is seen exactly once (see `flush`).
@@ -697,7 +707,7 @@ impl Storage {
             }
         }
         for seg in &snap.segments {
-            if let Some((s, l)) = seg.lookup(id)? {
+            if let Some((s, l)) = seg.lookup(id, with_logs)? {
                 spans.extend(s);
                 logs.extend(l);
             }
