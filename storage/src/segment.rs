@@ -1138,7 +1138,7 @@ impl Segment {
                     }
                 };
                 let (Some(start), Some(row)) = (start, col.first(addr.doc_id)) else { continue };
-                let Some(entry) = self.trace_of_span_row(row) else { continue };
+                let Some(entry) = trace_of_span_row(&self.trace_index, row) else { continue };
                 if seen.insert(entry.trace_id) {
                     out.push((entry.trace_id, start));
                     if out.len() == limit {
@@ -1154,13 +1154,6 @@ impl Segment {
         // Many matching spans in few traces: visit every match.
         let hits = searcher.search(&q, &LatestTraces { limit, traces: self.trace_index.clone() })?;
         Ok(hits)
-    }
-
-    /// The trace-ID index entry of the trace holding span row `row` (rows
-    /// are sorted by trace).
-    fn trace_of_span_row(&self, row: u64) -> Option<&TraceIndexEntry> {
-        let i = self.trace_index.partition_point(|e| u64::from(e.span_row) <= row);
-        i.checked_sub(1).and_then(|i| self.trace_index.get(i))
     }
 
     /// The newest `limit` log records matching `f` (without a trace ID):
@@ -1243,6 +1236,13 @@ const SEARCH_TOP_SPANS_MAX: usize = 1 << 16;
 
 /// How much of a remote Parquet file's end is fetched to read its footer.
 const REMOTE_TAIL_BYTES: u64 = 256 << 10;
+
+/// The trace-ID index entry of the trace holding span row `row`: rows are
+/// sorted by trace, so it is the last entry starting at or before the row.
+fn trace_of_span_row(index: &[TraceIndexEntry], row: u64) -> Option<&TraceIndexEntry> {
+    let i = index.partition_point(|e| u64::from(e.span_row) <= row);
+    i.checked_sub(1).and_then(|i| index.get(i))
+}
 
 fn collect_rows<T: parquet::file::reader::ChunkReader + 'static>(
     input: T,
@@ -1416,10 +1416,7 @@ impl SegmentCollector for LatestTracesSegment {
         let (Some(row), Some(start)) = (self.row.first(doc), self.start.first(doc)) else {
             return;
         };
-        // Rows are sorted by trace, so the trace is the last index entry
-        // starting at or before the row.
-        let i = self.traces.partition_point(|e| u64::from(e.span_row) <= row);
-        let Some(entry) = i.checked_sub(1).and_then(|i| self.traces.get(i)) else { return };
+        let Some(entry) = trace_of_span_row(&self.traces, row) else { return };
         let e = self.best.entry(entry.trace_id).or_insert(start);
         *e = (*e).max(start);
         if self.best.len() > self.limit * 4 + 1024 {
