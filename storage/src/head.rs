@@ -67,51 +67,70 @@ impl Head {
         self.traces.len()
     }
 
-    fn entry(
-        &self,
-        id: TraceId,
-        pos: u64,
-        now: u64,
-    ) -> dashmap::mapref::one::RefMut<'_, TraceId, TraceEntry> {
-        let mut e = self.traces.entry(id).or_insert_with(|| TraceEntry {
-            spans: Vec::new(),
-            logs: Vec::new(),
-            first_seen_ms: now,
-            last_seen_ms: now,
-            min_pos: pos,
-            max_pos: pos,
-            bytes: 0,
-        });
-        e.last_seen_ms = now;
-        e.min_pos = e.min_pos.min(pos);
-        e.max_pos = e.max_pos.max(pos);
-        e
-    }
-
     /// Adds the spans of one WAL record at position `pos`.
     pub fn insert_spans(&self, pos: u64, spans: Vec<Span>) {
-        let now = self.now_ms();
-        let mut added = 0usize;
-        for s in spans {
-            let size = s.heap_size();
-            added += size;
-            let mut e = self.entry(s.trace_id, pos, now);
-            e.bytes += size;
-            e.spans.push(s);
-        }
-        self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+        self.insert(pos, spans, |s| s.trace_id, Span::heap_size, |e| &mut e.spans);
     }
 
     /// Adds the log records of one WAL record at position `pos`.
     pub fn insert_logs(&self, pos: u64, logs: Vec<LogRecord>) {
+        self.insert(pos, logs, |l| l.trace_id, LogRecord::heap_size, |e| &mut e.logs);
+    }
+
+    /// Adds the records of one WAL record at `pos` to their traces' entries
+    /// (the one insert path behind both signals).
+    fn insert<T>(
+        &self,
+        pos: u64,
+        records: Vec<T>,
+        trace_id: impl Fn(&T) -> TraceId,
+        heap_size: impl Fn(&T) -> usize,
+        list: impl Fn(&mut TraceEntry) -> &mut Vec<T>,
+    ) {
         let now = self.now_ms();
         let mut added = 0usize;
-        for l in logs {
-            let size = l.heap_size();
+        for r in records {
+            let size = heap_size(&r);
             added += size;
-            let mut e = self.entry(l.trace_id, pos, now);
+            let mut e = self.traces.entry(trace_id(&r)).or_insert_with(|| TraceEntry {
+                spans: Vec::new(),
+                logs: Vec::new(),
+                first_seen_ms: now,
+                last_seen_ms: now,
+                min_pos: pos,
+                max_pos: pos,
+                bytes: 0,
+            });
+            e.last_seen_ms = now;
+            e.min_pos = e.min_pos.min(pos);
+            e.max_pos = e.max_pos.max(pos);
             e.bytes += size;
-            e.logs.push(l);
+            list(&mut e).push(r);
+        }
+        self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+    }
+
+    /// Puts back a trace cut by [`Head::cut`] whose flush failed, merging it
+    /// with whatever arrived for that trace meanwhile. Both WAL positions
+    /// are kept exactly: `min_pos` keeps WAL reclamation from deleting
+    /// records that now live only in memory, `max_pos` lets a later
+    /// segment tell replay that every record up to it is flushed.
+    pub fn restore(&self, id: TraceId, t: TraceEntry) {
+        let added = t.bytes;
+        match self.traces.entry(id) {
+            dashmap::Entry::Vacant(v) => {
+                v.insert(t);
+            }
+            dashmap::Entry::Occupied(mut o) => {
+                let e = o.get_mut();
+                e.spans.splice(0..0, t.spans);
+                e.logs.splice(0..0, t.logs);
+                e.first_seen_ms = e.first_seen_ms.min(t.first_seen_ms);
+                e.last_seen_ms = e.last_seen_ms.max(t.last_seen_ms);
+                e.min_pos = e.min_pos.min(t.min_pos);
+                e.max_pos = e.max_pos.max(t.max_pos);
+                e.bytes += t.bytes;
+            }
         }
         self.bytes.fetch_add(added as i64, Ordering::Relaxed);
     }

@@ -219,6 +219,9 @@ pub struct Storage {
     /// The object store holding the segments, if not only local disk.
     remote: Option<Arc<remote::Remote>>,
     pub metrics: Arc<StorageMetrics>,
+    /// Test hook: the next flush fails as if its segment write had.
+    #[cfg(test)]
+    fail_next_flush: AtomicBool,
 }
 
 impl Storage {
@@ -266,6 +269,8 @@ impl Storage {
             _dir_lock: dir_lock,
             remote,
             metrics,
+            #[cfg(test)]
+            fail_next_flush: AtomicBool::new(false),
         };
         let segdir = s.segments_dir();
         fs::create_dir_all(&segdir)?;
@@ -528,13 +533,21 @@ impl Storage {
             let flushing = Arc::new(Flushing { traces });
             st.flushing.push(flushing.clone());
             drop(st);
-            let written = segment::write_segment(
+            #[cfg(test)]
+            let injected = self.fail_next_flush.swap(false, Ordering::SeqCst);
+            #[cfg(not(test))]
+            let injected = false;
+            let written = if injected {
+                Err(Error::Io(std::io::Error::other("injected segment write failure")))
+            } else {
+                segment::write_segment(
                 &self.segments_dir(),
                 &self.cfg.segment,
                 &flushing.traces,
-                now_unix_nano(),
-            )
-            .and_then(|(meta, _)| self.publish_segment(&meta.id));
+                    now_unix_nano(),
+                )
+                .and_then(|(meta, _)| self.publish_segment(&meta.id))
+            };
             let mut st = self.state.write();
             st.flushing.retain(|f| !Arc::ptr_eq(f, &flushing));
             match written {
@@ -549,9 +562,8 @@ impl Storage {
                     // Put the traces back (still under the catalog lock, so
                     // readers never miss them); their WAL records are still
                     // there.
-                    for (_, t) in &flushing.traces {
-                        self.head.insert_spans(t.min_pos, t.spans.clone());
-                        self.head.insert_logs(t.max_pos, t.logs.clone());
+                    for (id, t) in &flushing.traces {
+                        self.head.restore(*id, t.clone());
                     }
                     self.update_head_metrics();
                     return Err(e);
@@ -1284,6 +1296,80 @@ mod tests {
                 check_exactly_once(&s, &want);
             });
         }
+    }
+
+    /// A flush that fails puts its traces back with both WAL positions, so
+    /// neither WAL reclamation nor a later flush forgets any record. Before
+    /// the fix, a trace with only logs (and the bucket of logs without trace
+    /// context) came back with `min_pos = max_pos`, so reclamation deleted
+    /// WAL records whose logs were only in memory (lost at a crash); a trace
+    /// with only spans lost `max_pos`, so replay duplicated its newer spans.
+    #[tokio::test]
+    async fn failed_flush_then_reclaim_then_crash_keeps_every_record_once() {
+        // Logs only in memory after the failed flush, then a crash.
+        let dir = tempfile::tempdir().unwrap();
+        let mut want: Expected = HashMap::new();
+        {
+            let s = Storage::open(dir.path(), retention_config()).unwrap();
+            s.replay().unwrap();
+            append_log(&s, 2, "first log of trace 2").await;
+            append_log(&s, 0, "a log without trace context").await;
+            append(&s, 1, 2).await;
+            append_log(&s, 2, "second log of trace 2").await;
+            append_log(&s, 0, "another log without trace context").await;
+            want.insert(1, (vec![1, 2], vec![]));
+            want.insert(2, (vec![], vec!["first log of trace 2".into(), "second log of trace 2".into()]));
+            // Counted by `check_exactly_once`'s log search only.
+            want.insert(0, (vec![], vec!["a log without trace context".into(), "another log without trace context".into()]));
+            s.fail_next_flush.store(true, Ordering::SeqCst);
+            assert!(s.flush(true).is_err());
+            check_exactly_once(&s, &want);
+            // Cuts nothing (nothing is idle yet); reclaims the WAL.
+            s.flush(false).unwrap();
+            check_exactly_once(&s, &want);
+            // Dropped without flushing: a crash.
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let s = Storage::open(dir.path(), retention_config()).unwrap();
+        s.replay().unwrap();
+        check_exactly_once(&s, &want);
+        let bodies = |s: &Storage| {
+            let mut v: Vec<String> = s
+                .search_logs(&LogFilter { min_severity: Some(17), ..Default::default() }, 100)
+                .unwrap()
+                .into_iter()
+                .map(|l| format!("{:?}", l.body))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(bodies(&s).len(), 4, "{:?}", bodies(&s));
+        drop(s);
+
+        // Spans only: the failed flush, then a good one, then a crash.
+        let dir = tempfile::tempdir().unwrap();
+        let mut want: Expected = HashMap::new();
+        {
+            let s = Storage::open(dir.path(), retention_config()).unwrap();
+            s.replay().unwrap();
+            append_from(&s, 3, 0, 2).await;
+            append(&s, 1, 1).await;
+            // The last record: it stays in the WAL file being written.
+            append_from(&s, 3, 2, 2).await;
+            want.insert(1, (vec![1], vec![]));
+            want.insert(3, (vec![1, 2, 3, 4], vec![]));
+            s.fail_next_flush.store(true, Ordering::SeqCst);
+            assert!(s.flush(true).is_err());
+            s.flush(false).unwrap();
+            check_exactly_once(&s, &want);
+            s.flush(true).unwrap();
+            check_exactly_once(&s, &want);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let s = Storage::open(dir.path(), retention_config()).unwrap();
+        s.replay().unwrap();
+        check_exactly_once(&s, &want);
+        assert_eq!(bodies(&s).len(), 0);
     }
 
     /// A crash after the compaction output is in place but before the
