@@ -32,7 +32,8 @@ use skein_storage::filter::{analyzer, tokenize, LogFilter, SpanFilter};
 use skein_storage::head::{CutPolicy, Head, TraceEntry};
 use skein_storage::model::TraceId;
 use skein_storage::segment::{self, SegmentConfig};
-use skein_storage::{convert, Storage, StorageConfig};
+use skein_otlp::decode as convert;
+use skein_storage::{Storage, StorageConfig};
 use std::hint::black_box;
 
 // ---------------------------------------------------------------------------

@@ -13,9 +13,16 @@ pub enum IngestError {
     Malformed(String),
     /// The body, or its decompressed form, is over `max_request_bytes`.
     #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The body's size in bytes, as declared or as decompressed so far.
+        size: usize,
+        /// `max_request_bytes`.
+        limit: usize,
+    },
+    /// The HTTP `Content-Type` is neither OTLP protobuf nor OTLP/JSON.
     #[error("unsupported content type {0:?}; use application/x-protobuf or application/json")]
     UnsupportedMediaType(String),
+    /// The HTTP `Content-Encoding` is not gzip, zstd or identity.
     #[error("unsupported content encoding {0:?}; use gzip, zstd or none")]
     UnsupportedEncoding(String),
     /// Too much in flight at once; retryable.
@@ -54,45 +61,49 @@ impl From<StorageError> for IngestError {
     }
 }
 
-/// The OTLP spec's table: RESOURCE_EXHAUSTED for a request too large
-/// (permanent for that request), UNAVAILABLE for transient conditions the
-/// client should retry.
-impl From<IngestError> for tonic::Status {
-    fn from(e: IngestError) -> Self {
-        let msg = e.to_string();
-        match e {
-            IngestError::Malformed(_)
-            | IngestError::UnsupportedMediaType(_)
-            | IngestError::UnsupportedEncoding(_) => tonic::Status::invalid_argument(msg),
-            IngestError::TooLarge { .. } => tonic::Status::resource_exhausted(msg),
-            IngestError::Overloaded | IngestError::NotReady | IngestError::Unavailable(_) => {
-                tonic::Status::unavailable(msg)
-            }
-        }
-    }
+/// How a refusal is answered on each wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WireStatus {
+    /// The OTLP/gRPC status code.
+    pub grpc: tonic::Code,
+    /// The OTLP/HTTP response status.
+    pub http: StatusCode,
+    /// Whether the client should retry; the HTTP answer then carries
+    /// `Retry-After`.
+    pub retryable: bool,
 }
 
 impl IngestError {
-    pub(crate) fn http_status(&self) -> StatusCode {
-        match self {
-            IngestError::Malformed(_) | IngestError::UnsupportedEncoding(_) => StatusCode::BAD_REQUEST,
-            IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            IngestError::NotReady | IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    pub(crate) fn grpc_code(&self) -> i32 {
-        match self {
-            IngestError::Malformed(_)
-            | IngestError::UnsupportedMediaType(_)
-            | IngestError::UnsupportedEncoding(_) => tonic::Code::InvalidArgument as i32,
-            IngestError::TooLarge { .. } => tonic::Code::ResourceExhausted as i32,
-            IngestError::Overloaded | IngestError::NotReady | IngestError::Unavailable(_) => {
-                tonic::Code::Unavailable as i32
+    /// The one table from refusal to wire, after the OTLP spec's
+    /// retryable codes: for gRPC, UNAVAILABLE is retryable, and
+    /// RESOURCE_EXHAUSTED only with a `RetryInfo` (which we never send,
+    /// so a request too large is not retried); INVALID_ARGUMENT is not
+    /// (<https://opentelemetry.io/docs/specs/otlp/#failures>). For HTTP,
+    /// 429, 502, 503 and 504 are retryable and every other 4xx/5xx is not
+    /// (<https://opentelemetry.io/docs/specs/otlp/#retryable-response-codes>);
+    /// bad data is 400 (<https://opentelemetry.io/docs/specs/otlp/#bad-data>).
+    pub(crate) fn wire(&self) -> WireStatus {
+        use tonic::Code;
+        let (grpc, http, retryable) = match self {
+            IngestError::Malformed(_) | IngestError::UnsupportedEncoding(_) => {
+                (Code::InvalidArgument, StatusCode::BAD_REQUEST, false)
             }
-        }
+            IngestError::UnsupportedMediaType(_) => {
+                (Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE, false)
+            }
+            IngestError::TooLarge { .. } => (Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, false),
+            IngestError::Overloaded => (Code::Unavailable, StatusCode::TOO_MANY_REQUESTS, true),
+            IngestError::NotReady | IngestError::Unavailable(_) => {
+                (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, true)
+            }
+        };
+        WireStatus { grpc, http, retryable }
+    }
+}
+
+impl From<IngestError> for tonic::Status {
+    fn from(e: IngestError) -> Self {
+        tonic::Status::new(e.wire().grpc, e.to_string())
     }
 }
 
@@ -114,22 +125,50 @@ pub(crate) struct HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = self.err.http_status();
-        let st = RpcStatus { code: self.err.grpc_code(), message: self.err.to_string() };
+        let wire = self.err.wire();
+        let st = RpcStatus { code: wire.grpc as i32, message: self.err.to_string() };
         let mut resp = if self.json {
             (
-                status,
+                wire.http,
                 [(header::CONTENT_TYPE, "application/json")],
                 serde_json::json!({"code": st.code, "message": st.message}).to_string(),
             )
                 .into_response()
         } else {
             use prost::Message;
-            (status, [(header::CONTENT_TYPE, "application/x-protobuf")], st.encode_to_vec()).into_response()
+            (wire.http, [(header::CONTENT_TYPE, "application/x-protobuf")], st.encode_to_vec())
+                .into_response()
         };
-        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        if wire.retryable {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table agrees with itself and with the OTLP spec's retryable
+    /// codes on both wires.
+    #[test]
+    fn test_wire_table_follows_the_spec() {
+        let all = [
+            IngestError::Malformed("x".into()),
+            IngestError::TooLarge { size: 2, limit: 1 },
+            IngestError::UnsupportedMediaType("text/plain".into()),
+            IngestError::UnsupportedEncoding("br".into()),
+            IngestError::Overloaded,
+            IngestError::NotReady,
+            IngestError::Unavailable("disk full".into()),
+        ];
+        for e in all {
+            let w = e.wire();
+            let http_retryable = matches!(w.http.as_u16(), 429 | 502 | 503 | 504);
+            assert_eq!(w.retryable, http_retryable, "{e}");
+            assert_eq!(w.retryable, w.grpc == tonic::Code::Unavailable, "{e}");
+            assert_eq!(tonic::Status::from(e).code(), w.grpc);
+        }
     }
 }

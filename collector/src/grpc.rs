@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::Ingest;
+use crate::{Ingest, IngestError, Logs, Signal, Traces};
 
 #[tonic::async_trait]
 impl TraceService for Ingest {
@@ -17,8 +17,8 @@ impl TraceService for Ingest {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let partial_success = self.export_traces(request.into_inner(), None).await?;
-        Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+        let partial_success = self.export::<Traces>(request.into_inner(), None).await?;
+        Ok(Response::new(Traces::response(partial_success)))
     }
 }
 
@@ -28,8 +28,8 @@ impl LogsService for Ingest {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let partial_success = self.export_logs(request.into_inner(), None).await?;
-        Ok(Response::new(ExportLogsServiceResponse { partial_success }))
+        let partial_success = self.export::<Logs>(request.into_inner(), None).await?;
+        Ok(Response::new(Logs::response(partial_success)))
     }
 }
 
@@ -51,13 +51,16 @@ pub fn grpc_routes(ingest: Ingest) -> tonic::service::Routes {
     tonic::service::Routes::new(traces).add_service(logs)
 }
 
-/// Rewrites two of tonic's own answers to the codes the OTLP spec gives:
-/// a message over the size limit is OUT_OF_RANGE in tonic when sent
-/// uncompressed (RESOURCE_EXHAUSTED when compressed) and should always be
+/// Rewrites two of tonic's own answers to the codes the OTLP spec gives,
+/// by reading them as the [`IngestError`] they are and taking that error's
+/// code from the one table ([`IngestError::wire`]): a message over the size
+/// limit is OUT_OF_RANGE in tonic when sent uncompressed
+/// (RESOURCE_EXHAUSTED when compressed) and should always be
 /// RESOURCE_EXHAUSTED; an undecodable message is INTERNAL in tonic-prost
 /// and should be INVALID_ARGUMENT, which clients do not retry. Both errors
 /// happen before a handler runs, so tonic sends them in the headers
-/// (trailers-only response), where this layer can see them.
+/// (trailers-only response), where this layer can see them. Other
+/// responses pass unchanged.
 pub fn normalize_grpc_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let h = resp.headers_mut();
     let msg = h
@@ -66,13 +69,51 @@ pub fn normalize_grpc_status<B>(mut resp: http::Response<B>) -> http::Response<B
         .map(|m| m.replace("%20", " "))
         .unwrap_or_default();
     let code = h.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let new = match code {
-        "11" if msg.contains("too large") => Some("8"),
-        "13" if msg.contains("failed to decode Protobuf message") => Some("3"),
-        _ => None,
-    };
-    if let Some(c) = new {
-        h.insert("grpc-status", http::HeaderValue::from_static(c));
+    if let Some(err) = tonic_refusal(code, msg) {
+        h.insert("grpc-status", http::HeaderValue::from(err.wire().grpc as i32));
     }
     resp
+}
+
+/// The refusal behind a status tonic answered itself, if it is one of the
+/// two it gets wrong (see [`normalize_grpc_status`]).
+fn tonic_refusal(code: &str, msg: String) -> Option<IngestError> {
+    match code {
+        // tonic: "Error, decoded message length too large: found {len}
+        // bytes, the limit is: {limit} bytes".
+        "11" if msg.contains("too large") => {
+            let mut n = msg.split(|c: char| !c.is_ascii_digit()).filter_map(|t| t.parse().ok());
+            Some(IngestError::TooLarge { size: n.next().unwrap_or(0), limit: n.next().unwrap_or(0) })
+        }
+        "13" if msg.contains("failed to decode Protobuf message") => Some(IngestError::Malformed(msg)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normalized(code: &str, msg: &str) -> String {
+        let resp = http::Response::builder()
+            .header("grpc-status", code)
+            .header("grpc-message", msg)
+            .body(())
+            .unwrap();
+        let resp = normalize_grpc_status(resp);
+        resp.headers()["grpc-status"].to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn test_tonic_answers_take_the_spec_codes() {
+        let too_large = "Error,%20decoded%20message%20length%20too%20large:%20found%2020%20bytes,%20the%20limit%20is:%2010%20bytes";
+        assert_eq!(normalized("11", too_large), "8");
+        assert_eq!(normalized("13", "failed%20to%20decode%20Protobuf%20message:%20x"), "3");
+        assert_eq!(normalized("13", "something%20else"), "13");
+        assert_eq!(normalized("14", "too%20large"), "14");
+        assert_eq!(
+            tonic_refusal("11", "found 20 bytes, the limit is: 10 bytes, too large".into()).unwrap().to_string(),
+            "request of 20 bytes exceeds the limit of 10 bytes"
+        );
+    }
 }

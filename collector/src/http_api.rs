@@ -6,20 +6,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use prost::Message;
 
 use crate::error::HttpError;
-use crate::{Ingest, IngestError};
+use crate::{Ingest, IngestError, Logs, Signal, Traces};
 
 /// OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`.
 pub fn router(ingest: Ingest) -> Router {
     Router::new()
-        .route("/v1/traces", post(traces))
-        .route("/v1/logs", post(logs))
+        .route("/v1/traces", post(export::<Traces>))
+        .route("/v1/logs", post(export::<Logs>))
         .route("/v1/metrics", post(unsupported_signal))
         .fallback(not_found)
         .with_state(ingest)
@@ -139,30 +135,18 @@ fn respond<R: Message + serde::Serialize>(ing: &Ingest, r: Result<R, IngestError
     }
 }
 
-async fn traces(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+/// `POST /v1/traces` and `POST /v1/logs`: an export of signal `S`,
+/// answered in the request's encoding.
+async fn export<S: Signal>(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let json = match content_kind(&headers) {
         Ok(j) => j,
         Err(err) => return HttpError { err, json: false }.into_response(),
     };
     let run = async {
         let bytes = read_body(&headers, body, ing.config().max_request_bytes).await?;
-        let (req, raw) = decode::<ExportTraceServiceRequest>(bytes, json, "trace")?;
-        let partial_success = ing.export_traces(req, raw).await?;
-        Ok(ExportTraceServiceResponse { partial_success })
-    };
-    respond(&ing, run.await, json)
-}
-
-async fn logs(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
-    let json = match content_kind(&headers) {
-        Ok(j) => j,
-        Err(err) => return HttpError { err, json: false }.into_response(),
-    };
-    let run = async {
-        let bytes = read_body(&headers, body, ing.config().max_request_bytes).await?;
-        let (req, raw) = decode::<ExportLogsServiceRequest>(bytes, json, "logs")?;
-        let partial_success = ing.export_logs(req, raw).await?;
-        Ok(ExportLogsServiceResponse { partial_success })
+        let (req, raw) = decode::<S::Request>(bytes, json, S::REQUEST)?;
+        let partial_success = ing.export::<S>(req, raw).await?;
+        Ok(S::response(partial_success))
     };
     respond(&ing, run.await, json)
 }
@@ -170,7 +154,7 @@ async fn logs(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skein_storage::convert;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use skein_storage::model::AttrValue;
 
     /// The OTLP/JSON encoding as the spec describes it: hex IDs, camelCase
@@ -189,7 +173,7 @@ mod tests {
                   {"key":"a","value":{"arrayValue":{"values":[{"stringValue":"x"}]}}}],
                 "unknownFutureField":{"ignored":true}}]}]}]}"#;
         let req: ExportTraceServiceRequest = serde_json::from_str(body).unwrap();
-        let c = convert::spans(&req);
+        let c = skein_otlp::decode::spans(&req);
         assert_eq!(c.rejected, 0);
         let s = &c.records[0];
         assert_eq!(s.trace_id.to_hex(), "5b8efff798038103d269b633813fc60c");

@@ -1,32 +1,34 @@
 //! Skein's OTLP receivers: gRPC (`TraceService`, `LogsService`) and HTTP
 //! (`POST /v1/traces`, `POST /v1/logs`), protobuf and JSON, gzip and zstd.
 //!
-//! Every request is decoded and validated here, then handed to storage,
-//! which answers only once it is durable. Errors map to the wire in one
-//! place each ([`IngestError`] → `tonic::Status`, → HTTP response), using
-//! the retryable codes of the OTLP spec for transient faults.
+//! Every request is decoded and validated here (the mapping itself is
+//! `skein_otlp::decode`), then handed to storage, which answers only once
+//! it is durable. Both signals take one path, [`Ingest::export`], over a
+//! [`Signal`]. Errors map to the wire from one table ([`IngestError`] →
+//! gRPC code, HTTP status, retryable), using the retryable codes of the
+//! OTLP spec for transient faults.
+
+#![warn(missing_docs)]
 
 mod error;
 mod grpc;
 mod http_api;
+mod signal;
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest,
-};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use serde::Deserialize;
-use skein_storage::{convert, Storage};
+use skein_storage::Storage;
 use tokio::sync::Semaphore;
 
 pub use error::IngestError;
 pub use grpc::{grpc_routes, normalize_grpc_status};
 pub use http_api::router;
+pub use signal::{Logs, Signal, Traces};
 
 /// Receiver settings (`[collector]` in the config file).
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +48,8 @@ impl Default for CollectorConfig {
     }
 }
 
+/// The receivers' Prometheus counters, labelled by signal (`spans`,
+/// `logs`) or by refusal reason.
 #[derive(Debug, Default)]
 pub struct CollectorMetrics {
     /// Records accepted, by signal (`spans`, `logs`).
@@ -57,6 +61,8 @@ pub struct CollectorMetrics {
 }
 
 impl CollectorMetrics {
+    /// Adds the counters to `r` as `skein_received_records`,
+    /// `skein_rejected_records` and `skein_refused_requests`.
     pub fn register(&self, r: &mut Registry) {
         r.register("skein_received_records", "Records accepted (durable)", self.accepted.clone());
         r.register(
@@ -72,12 +78,14 @@ impl CollectorMetrics {
     }
 }
 
-/// The shared ingest path behind both receivers.
+/// The shared ingest path behind both receivers: admission under the
+/// in-flight budget, validation, and the durable append to storage.
 #[derive(Debug, Clone)]
 pub struct Ingest {
     storage: Arc<Storage>,
     cfg: CollectorConfig,
     inflight: Arc<Semaphore>,
+    /// Counters of accepted, rejected and refused data.
     pub metrics: Arc<CollectorMetrics>,
 }
 
@@ -88,6 +96,8 @@ fn kib(bytes: usize) -> u32 {
 }
 
 impl Ingest {
+    /// An ingest path over `storage`, admitting at most
+    /// `max(max_inflight_bytes, max_request_bytes)` of requests at once.
     pub fn new(storage: Arc<Storage>, cfg: CollectorConfig) -> Self {
         let permits = kib(cfg.max_inflight_bytes.max(cfg.max_request_bytes)) as usize;
         Ingest {
@@ -98,6 +108,7 @@ impl Ingest {
         }
     }
 
+    /// The settings this path was built with.
     pub fn config(&self) -> &CollectorConfig {
         &self.cfg
     }
@@ -109,79 +120,50 @@ impl Ingest {
         self.inflight.try_acquire_many(kib(size)).map_err(|_| IngestError::Overloaded)
     }
 
-    /// Validates, stores durably and reports partial success. `raw` is the
-    /// request's protobuf encoding if the caller has it (HTTP protobuf), to
-    /// spare a re-encode for the WAL.
-    pub async fn export_traces(
+    /// Validates one export request of signal `S`, stores its valid
+    /// records durably and reports the invalid ones: `Ok(None)` when every
+    /// record was kept (the OTLP spec: leave `partial_success` unset on
+    /// full success), `Ok(Some(_))` with the count and first reason
+    /// otherwise. When this returns `Ok`, the records are in the WAL.
+    /// `raw` is the request's protobuf encoding if the caller has it (HTTP
+    /// protobuf), to spare a re-encode for the WAL.
+    ///
+    /// # Errors
+    /// [`IngestError::NotReady`] during WAL replay,
+    /// [`IngestError::Overloaded`] past the in-flight budget, and
+    /// [`IngestError::Unavailable`] when storage cannot make the records
+    /// durable; nothing was stored then. Each is counted as refused.
+    pub async fn export<S: Signal>(
         &self,
-        req: ExportTraceServiceRequest,
+        req: S::Request,
         raw: Option<Vec<u8>>,
-    ) -> Result<Option<ExportTracePartialSuccess>, IngestError> {
-        let r = self.export_traces_inner(req, raw).await;
+    ) -> Result<Option<S::PartialSuccess>, IngestError> {
+        let r = self.export_inner::<S>(req, raw).await;
         if let Err(e) = &r {
             self.metrics.refuse(e);
         }
         r
     }
 
-    async fn export_traces_inner(
+    async fn export_inner<S: Signal>(
         &self,
-        req: ExportTraceServiceRequest,
+        req: S::Request,
         raw: Option<Vec<u8>>,
-    ) -> Result<Option<ExportTracePartialSuccess>, IngestError> {
+    ) -> Result<Option<S::PartialSuccess>, IngestError> {
         let payload = raw.unwrap_or_else(|| req.encode_to_vec());
         let _permit = self.admit(payload.len())?;
-        let c = convert::spans(&req);
+        let c = S::convert(&req);
         drop(req);
         let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
         if n > 0 {
-            self.storage.append_traces(payload, c.records).await?;
+            S::store(&self.storage, payload, c.records).await?;
         }
-        self.metrics.accepted.get_or_create(&vec![("signal", "spans")]).inc_by(n);
-        if rejected == 0 {
-            // The spec: leave partial_success unset on full success.
-            return Ok(None);
-        }
-        self.metrics.rejected.get_or_create(&vec![("signal", "spans")]).inc_by(rejected);
-        Ok(Some(ExportTracePartialSuccess {
-            rejected_spans: rejected as i64,
-            error_message: error.unwrap_or_default(),
-        }))
-    }
-
-    pub async fn export_logs(
-        &self,
-        req: ExportLogsServiceRequest,
-        raw: Option<Vec<u8>>,
-    ) -> Result<Option<ExportLogsPartialSuccess>, IngestError> {
-        let r = self.export_logs_inner(req, raw).await;
-        if let Err(e) = &r {
-            self.metrics.refuse(e);
-        }
-        r
-    }
-
-    async fn export_logs_inner(
-        &self,
-        req: ExportLogsServiceRequest,
-        raw: Option<Vec<u8>>,
-    ) -> Result<Option<ExportLogsPartialSuccess>, IngestError> {
-        let payload = raw.unwrap_or_else(|| req.encode_to_vec());
-        let _permit = self.admit(payload.len())?;
-        let c = convert::logs(&req);
-        drop(req);
-        let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
-        if n > 0 {
-            self.storage.append_logs(payload, c.records).await?;
-        }
-        self.metrics.accepted.get_or_create(&vec![("signal", "logs")]).inc_by(n);
+        let label = vec![("signal", S::RECORDS)];
+        self.metrics.accepted.get_or_create(&label).inc_by(n);
         if rejected == 0 {
             return Ok(None);
         }
-        self.metrics.rejected.get_or_create(&vec![("signal", "logs")]).inc_by(rejected);
-        Ok(Some(ExportLogsPartialSuccess {
-            rejected_log_records: rejected as i64,
-            error_message: error.unwrap_or_default(),
-        }))
+        self.metrics.rejected.get_or_create(&label).inc_by(rejected);
+        Ok(Some(S::partial_success(rejected as i64, error.unwrap_or_default())))
     }
 }
