@@ -112,7 +112,9 @@ mod tests {
         assert_eq!(normalized("13", "something%20else"), "13");
         assert_eq!(normalized("14", "too%20large"), "14");
         assert_eq!(
-            tonic_refusal("11", "found 20 bytes, the limit is: 10 bytes, too large".into()).unwrap().to_string(),
+            tonic_refusal("11", "found 20 bytes, the limit is: 10 bytes, too large".into())
+                .unwrap()
+                .to_string(),
             "request of 20 bytes exceeds the limit of 10 bytes"
         );
     }

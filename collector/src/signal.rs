@@ -71,7 +71,11 @@ impl Signal for Traces {
         decode::spans(req)
     }
 
-    async fn store(storage: &Arc<Storage>, payload: Vec<u8>, records: Vec<Span>) -> skein_storage::Result<()> {
+    async fn store(
+        storage: &Arc<Storage>,
+        payload: Vec<u8>,
+        records: Vec<Span>,
+    ) -> skein_storage::Result<()> {
         storage.append_traces(payload, records).await
     }
 
@@ -96,7 +100,11 @@ impl Signal for Logs {
         decode::logs(req)
     }
 
-    async fn store(storage: &Arc<Storage>, payload: Vec<u8>, records: Vec<LogRecord>) -> skein_storage::Result<()> {
+    async fn store(
+        storage: &Arc<Storage>,
+        payload: Vec<u8>,
+        records: Vec<LogRecord>,
+    ) -> skein_storage::Result<()> {
         storage.append_logs(payload, records).await
     }
 

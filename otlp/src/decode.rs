@@ -9,7 +9,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 
-use skein_storage::model::{AttrValue, Attributes, Event, Link, LogRecord, Resource, Scope, Span, SpanId, TraceId};
+use skein_storage::model::{
+    AttrValue, Attributes, Event, Link, LogRecord, Resource, Scope, Span, SpanId, TraceId,
+};
 
 /// Service name used when a resource has no `service.name`, as the OTel SDK
 /// resource semantic conventions prescribe.
@@ -293,7 +295,8 @@ mod tests {
     /// logs example, with one attribute of each value type.
     #[test]
     fn test_spec_logs_example() {
-        let req: ExportLogsServiceRequest = serde_json::from_str(include_str!("../tests/data/logs.json")).unwrap();
+        let req: ExportLogsServiceRequest =
+            serde_json::from_str(include_str!("../tests/data/logs.json")).unwrap();
         let c = logs(&req);
         assert_eq!((c.rejected, c.error), (0, None));
         let (resource, scope) = example_resource_and_scope();

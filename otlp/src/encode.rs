@@ -198,7 +198,8 @@ mod tests {
         }
     }
 
-    /// Model → OTLP → protobuf bytes → OTLP → model gives the spans back,
+    /// Model → OTLP → protobuf bytes or OTLP/JSON (what the Tempo API
+    /// serves) → OTLP → model gives the spans back,
     /// every field kind included: each `AttrValue` variant in span, event,
     /// link and resource attributes, events, links, status, kind, flags,
     /// trace state, two resources and two scopes. (Scope attributes and
@@ -225,10 +226,14 @@ mod tests {
         let req = ExportTraceServiceRequest { resource_spans: batches(&spans) };
         assert_eq!(req.resource_spans.len(), 2);
         assert_eq!(req.resource_spans[0].scope_spans.len(), 2);
-        let wire = ExportTraceServiceRequest::decode(&req.encode_to_vec()[..]).unwrap();
-        let back = decode::spans(&wire);
-        assert_eq!((back.rejected, back.error), (0, None));
-        assert_eq!(back.records, spans);
+        let protobuf = ExportTraceServiceRequest::decode(&req.encode_to_vec()[..]).unwrap();
+        let json: ExportTraceServiceRequest =
+            serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+        for wire in [protobuf, json] {
+            let back = decode::spans(&wire);
+            assert_eq!((back.rejected, back.error), (0, None));
+            assert_eq!(back.records, spans);
+        }
     }
 
     /// A resource stored without a `service.name` attribute (the service
