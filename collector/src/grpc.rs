@@ -53,7 +53,7 @@ pub fn grpc_routes(ingest: Ingest) -> tonic::service::Routes {
 
 /// Rewrites two of tonic's own answers to the codes the OTLP spec gives,
 /// by reading them as the [`IngestError`] they are and taking that error's
-/// code from the one table ([`IngestError::wire`]): a message over the size
+/// code from the one table (`IngestError::wire`): a message over the size
 /// limit is OUT_OF_RANGE in tonic when sent uncompressed
 /// (RESOURCE_EXHAUSTED when compressed) and should always be
 /// RESOURCE_EXHAUSTED; an undecodable message is INTERNAL in tonic-prost
