@@ -170,7 +170,7 @@ async fn logs(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skein_storage::convert;
+    use crate::convert;
     use skein_storage::model::AttrValue;
 
     /// The OTLP/JSON encoding as the spec describes it: hex IDs, camelCase

@@ -6,6 +6,7 @@
 //! place each ([`IngestError`] → `tonic::Status`, → HTTP response), using
 //! the retryable codes of the OTLP spec for transient faults.
 
+pub mod convert;
 mod error;
 mod grpc;
 mod http_api;
@@ -21,7 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use serde::Deserialize;
-use skein_storage::{convert, Storage};
+use skein_storage::Storage;
 use tokio::sync::Semaphore;
 
 pub use error::IngestError;
@@ -129,13 +130,13 @@ impl Ingest {
         req: ExportTraceServiceRequest,
         raw: Option<Vec<u8>>,
     ) -> Result<Option<ExportTracePartialSuccess>, IngestError> {
-        let payload = raw.unwrap_or_else(|| req.encode_to_vec());
-        let _permit = self.admit(payload.len())?;
+        let size = raw.as_ref().map_or_else(|| req.encoded_len(), Vec::len);
+        let _permit = self.admit(size)?;
         let c = convert::spans(&req);
         drop(req);
         let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
         if n > 0 {
-            self.storage.append_traces(payload, c.records).await?;
+            self.storage.append_spans(c.records).await?;
         }
         self.metrics.accepted.get_or_create(&vec![("signal", "spans")]).inc_by(n);
         if rejected == 0 {
@@ -166,13 +167,13 @@ impl Ingest {
         req: ExportLogsServiceRequest,
         raw: Option<Vec<u8>>,
     ) -> Result<Option<ExportLogsPartialSuccess>, IngestError> {
-        let payload = raw.unwrap_or_else(|| req.encode_to_vec());
-        let _permit = self.admit(payload.len())?;
+        let size = raw.as_ref().map_or_else(|| req.encoded_len(), Vec::len);
+        let _permit = self.admit(size)?;
         let c = convert::logs(&req);
         drop(req);
         let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
         if n > 0 {
-            self.storage.append_logs(payload, c.records).await?;
+            self.storage.append_logs(c.records).await?;
         }
         self.metrics.accepted.get_or_create(&vec![("signal", "logs")]).inc_by(n);
         if rejected == 0 {

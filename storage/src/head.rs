@@ -184,6 +184,14 @@ impl Head {
         self.traces.get(id).map(|e| (e.spans.clone(), e.logs.clone()))
     }
 
+    /// Calls `f` with trace `id`'s entry, if the head holds it, under its
+    /// shard lock; `f` must not call back into the head.
+    pub fn with_trace(&self, id: &TraceId, f: impl FnOnce(&TraceEntry)) {
+        if let Some(e) = self.traces.get(id) {
+            f(e.value());
+        }
+    }
+
     /// Calls `f` with every trace in the head. Holds one shard lock at a
     /// time; `f` must not call back into the head.
     pub fn for_each(&self, mut f: impl FnMut(&TraceId, &TraceEntry)) {

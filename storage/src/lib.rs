@@ -1,21 +1,19 @@
 //! Skein's storage: the data model, the WAL, the head of live traces,
 //! segments on disk and the catalog that lists them.
 //!
-//! Durability promise: [`Storage::append_traces`] and
-//! [`Storage::append_logs`] return `Ok` only once the request is fsynced in
+//! Durability promise: [`Storage::append_spans`] and
+//! [`Storage::append_logs`] return `Ok` only once the batch is fsynced in
 //! the WAL and visible to reads. Replay on start restores every such
 //! request that is not yet in a segment, and skips exactly the records that
 //! are, so nothing is lost or duplicated across a crash.
 
+pub mod batch;
 pub mod codec;
 pub mod compact;
-pub mod convert;
 pub mod filter;
 pub mod head;
 pub mod metrics;
 pub mod model;
-#[doc(hidden)]
-pub mod moto;
 pub mod remote;
 pub mod rollup;
 pub mod segment;
@@ -28,10 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use parking_lot::{Mutex, RwLock};
-use prost::Message;
 use serde::Deserialize;
 
 use crate::filter::{analyzer, LogFilter, SpanFilter};
@@ -408,7 +403,7 @@ impl Storage {
     /// then starts the WAL writer. Blocking; run it off the async runtime.
     pub fn replay(&self) -> Result<()> {
         let wal_dir = self.wal_dir();
-        let oldest = first_wal_position(&wal_dir)?;
+        let oldest = wal::list_files(&wal_dir)?.first().map(|f| f.0);
         // Per trace, the last WAL position already in a segment.
         let mut flushed: HashMap<TraceId, u64> = HashMap::new();
         for seg in self.state.read().segments.iter() {
@@ -422,27 +417,25 @@ impl Storage {
         let keep = |id: &TraceId, pos: u64| flushed.get(id).is_none_or(|p| pos > *p);
         let (mut spans_n, mut logs_n, mut skipped) = (0u64, 0u64, 0u64);
         let next = wal::replay(&wal_dir, |pos, kind, payload| match kind {
-            RecordKind::Traces => match ExportTraceServiceRequest::decode(payload) {
-                Ok(req) => {
-                    let mut c = convert::spans(&req).records;
+            RecordKind::SpanBatch => match batch::decode_spans(payload) {
+                Ok(mut c) => {
                     let before = c.len();
                     c.retain(|s| keep(&s.trace_id, pos));
                     skipped += (before - c.len()) as u64;
                     spans_n += c.len() as u64;
                     self.head.insert_spans(pos, c);
                 }
-                Err(e) => tracing::error!(pos, error = %e, "WAL: undecodable trace record"),
+                Err(e) => tracing::error!(pos, error = %e, "WAL: undecodable span batch"),
             },
-            RecordKind::Logs => match ExportLogsServiceRequest::decode(payload) {
-                Ok(req) => {
-                    let mut c = convert::logs(&req).records;
+            RecordKind::LogBatch => match batch::decode_logs(payload) {
+                Ok(mut c) => {
                     let before = c.len();
                     c.retain(|l| keep(&l.trace_id, pos));
                     skipped += (before - c.len()) as u64;
                     logs_n += c.len() as u64;
                     self.head.insert_logs(pos, c);
                 }
-                Err(e) => tracing::error!(pos, error = %e, "WAL: undecodable log record"),
+                Err(e) => tracing::error!(pos, error = %e, "WAL: undecodable log batch"),
             },
         })?;
         tracing::info!(spans = spans_n, logs = logs_n, already_flushed = skipped, "WAL replay done");
@@ -481,20 +474,30 @@ impl Storage {
         Ok(wal)
     }
 
-    /// Makes a trace export durable, then visible. `payload` is the request
-    /// as protobuf (what replay decodes), `spans` its validated records.
-    pub async fn append_traces(self: &Arc<Self>, payload: Vec<u8>, spans: Vec<Span>) -> Result<()> {
+    /// Makes spans durable, then visible: encodes them as one WAL record
+    /// ([`batch::encode_spans`]), and resolves once that record is fsynced
+    /// (group commit) and the spans are in the head. Validation is the
+    /// caller's (the collector's); storage keeps what it is given.
+    ///
+    /// # Errors
+    /// [`Error::NotReady`] before [`Storage::replay`] finished,
+    /// [`Error::Overloaded`] while the head is over its limit (retryable),
+    /// [`Error::Wal`] when the record could not be made durable (nothing of
+    /// it is visible then).
+    pub async fn append_spans(self: &Arc<Self>, spans: Vec<Span>) -> Result<()> {
         let wal = self.admit()?;
+        let payload = batch::encode_spans(&spans);
         let me = self.clone();
-        wal.append(RecordKind::Traces, payload, move |pos| me.head.insert_spans(pos, spans)).await?;
+        wal.append(RecordKind::SpanBatch, payload, move |pos| me.head.insert_spans(pos, spans)).await?;
         Ok(())
     }
 
-    /// Makes a logs export durable, then visible.
-    pub async fn append_logs(self: &Arc<Self>, payload: Vec<u8>, logs: Vec<LogRecord>) -> Result<()> {
+    /// Makes log records durable, then visible; as [`Storage::append_spans`].
+    pub async fn append_logs(self: &Arc<Self>, logs: Vec<LogRecord>) -> Result<()> {
         let wal = self.admit()?;
+        let payload = batch::encode_logs(&logs);
         let me = self.clone();
-        wal.append(RecordKind::Logs, payload, move |pos| me.head.insert_logs(pos, logs)).await?;
+        wal.append(RecordKind::LogBatch, payload, move |pos| me.head.insert_logs(pos, logs)).await?;
         Ok(())
     }
 
@@ -607,7 +610,7 @@ impl Storage {
         let cutoff = now_unix_nano().saturating_sub(self.cfg.retention.as_nanos() as u64);
         let wal_oldest = match self.wal.get() {
             Some(w) => w.oldest_position(),
-            None => first_wal_position(&self.wal_dir())?.unwrap_or(u64::MAX),
+            None => wal::list_files(&self.wal_dir())?.first().map_or(u64::MAX, |f| f.0),
         };
         let deletable = |s: &Segment| s.meta.wal_max_pos < wal_oldest;
         let expired: Vec<Arc<Segment>> = {
@@ -928,79 +931,19 @@ fn remove_segment_dir(root: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn first_wal_position(dir: &Path) -> Result<Option<u64>> {
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let mut min = None;
-    for e in fs::read_dir(dir)? {
-        let name = e?.file_name();
-        if let Some(p) =
-            name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok())
-        {
-            min = Some(min.map_or(p, |m: u64| m.min(p)));
-        }
-    }
-    Ok(min)
-}
-
 #[cfg(test)]
 mod s3_tests;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert;
-
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-    use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
-
-    fn request(trace: u8, spans: u64) -> ExportTraceServiceRequest {
-        request_from(trace, 0, spans)
-    }
-
-    /// Spans `first+1 ..= first+spans` of a trace (span IDs unique per trace
-    /// when `first` advances).
-    fn request_from(trace: u8, first: u64, spans: u64) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(OtlpResource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue { value: Some(any_value::Value::StringValue("svc".into())) }),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans: (first..first + spans)
-                        .map(|i| OtlpSpan {
-                            trace_id: vec![trace; 16],
-                            span_id: (i + 1).to_be_bytes().to_vec(),
-                            name: format!("op{i}"),
-                            start_time_unix_nano: 1_000 + i,
-                            end_time_unix_nano: 2_000 + i,
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-    }
-
-    fn test_config() -> StorageConfig {
-        let mut c = StorageConfig::default().with_retention(Duration::from_secs(3600));
-        c.wal.fsync = false;
-        c
-    }
+    pub(crate) use crate::testsuite::test_config;
+    use crate::testsuite::{append_log_of, append_spans_of, spans_of_trace};
 
     pub(crate) async fn append(s: &Arc<Storage>, trace: u8, spans: u64) {
-        let req = request(trace, spans);
-        let rows = convert::spans(&req).records;
-        s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+        append_spans_of(s, trace, 0, spans).await;
     }
 
     /// A trace-by-ID lookup reads only the segments whose trace-ID index
@@ -1043,9 +986,7 @@ mod tests {
         s.replay().unwrap();
         for t in 1..=6u8 {
             // Trace t's spans start at 1000 + 100 t + i: newer segments hold newer traces.
-            let req = request_from(t, u64::from(t) * 100, 3);
-            let rows = convert::spans(&req).records;
-            s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+            s.append_spans(spans_of_trace(t, u64::from(t) * 100, 3)).await.unwrap();
             s.flush(true).unwrap();
         }
         let ids = |v: Vec<TraceId>| v.into_iter().map(|t| t.0[0]).collect::<Vec<u8>>();
@@ -1054,9 +995,7 @@ mod tests {
         let oldest = SpanFilter { operation: Some("op101".into()), ..Default::default() };
         assert_eq!(ids(s.search_traces(&oldest, 2).unwrap()), vec![1]);
         // A trace in the head that is newer than every segment.
-        let req = request_from(7, 700, 1);
-        let rows = convert::spans(&req).records;
-        s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+        s.append_spans(spans_of_trace(7, 700, 1)).await.unwrap();
         assert_eq!(ids(s.search_traces(&SpanFilter::default(), 3).unwrap()), vec![7, 6, 5]);
     }
 
@@ -1085,24 +1024,7 @@ mod tests {
     }
 
     pub(crate) async fn append_log(s: &Arc<Storage>, trace: u8, body: &str) {
-        use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpLog, ResourceLogs, ScopeLogs};
-        let req = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![OtlpLog {
-                        time_unix_nano: 5_000,
-                        severity_number: 17,
-                        body: Some(AnyValue { value: Some(any_value::Value::StringValue(body.into())) }),
-                        trace_id: if trace == 0 { vec![] } else { vec![trace; 16] },
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        let rows = convert::logs(&req).records;
-        s.append_logs(req.encode_to_vec(), rows).await.unwrap();
+        append_log_of(s, trace, body).await;
     }
 
     /// Segment search maps matching spans back to their traces, also when
@@ -1148,6 +1070,23 @@ mod tests {
         assert_eq!(all.len(), 3);
     }
 
+    /// A data directory whose WAL was written by a build that stored raw
+    /// OTLP requests is refused at start, with the way to migrate.
+    #[test]
+    fn an_old_format_wal_is_refused_with_the_migration_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        fs::create_dir_all(&wal_dir).unwrap();
+        // Kind 1: a protobuf ExportTraceServiceRequest (here an empty one).
+        fs::write(wal_dir.join(format!("{:020}.wal", 0)), wal::tests::frame(1, &[])).unwrap();
+        let s = Storage::open(dir.path(), test_config()).unwrap();
+        let e = s.replay().unwrap_err().to_string();
+        assert!(e.contains("older Skein build"), "{e}");
+        assert!(e.contains("start the previous Skein build on this data directory, stop it with SIGTERM"), "{e}");
+        assert!(e.contains(&format!("delete the WAL directory {}", wal_dir.display())), "{e}");
+        assert!(!s.is_ready());
+    }
+
     #[test]
     fn a_data_dir_is_used_by_one_process_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
@@ -1174,9 +1113,7 @@ mod tests {
     }
 
     async fn append_from(s: &Arc<Storage>, trace: u8, first: u64, spans: u64) {
-        let req = request_from(trace, first, spans);
-        let rows = convert::spans(&req).records;
-        s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+        append_spans_of(s, trace, first, spans).await;
     }
 
     /// What each trace should hold: span IDs and log bodies.

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::head::CutPolicy;
-use crate::moto::Moto;
+use crate::testsuite::Moto;
 use crate::tests::{append, append_log, retention_config};
 
 const BUCKET: &str = "skein-test";
