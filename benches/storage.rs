@@ -28,11 +28,11 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpLog, ResourceLogs, S
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status};
 use prost::Message;
+use skein_collector::convert;
 use skein_storage::filter::{analyzer, tokenize, LogFilter, SpanFilter};
 use skein_storage::head::{CutPolicy, Head, TraceEntry};
 use skein_storage::model::TraceId;
 use skein_storage::segment::{self, SegmentConfig};
-use skein_collector::convert;
 use skein_storage::{Storage, StorageConfig};
 use std::hint::black_box;
 

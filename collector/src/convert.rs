@@ -9,7 +9,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 
-use skein_storage::model::{AttrValue, Attributes, Event, Link, LogRecord, Resource, Scope, Span, SpanId, TraceId};
+use skein_storage::model::{
+    AttrValue, Attributes, Event, Link, LogRecord, Resource, Scope, Span, SpanId, TraceId,
+};
 
 /// Service name used when a resource has no `service.name`, as the OTel SDK
 /// resource semantic conventions prescribe.

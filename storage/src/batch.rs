@@ -237,7 +237,11 @@ fn put_refs(
     codec::put_varint(out, scopes[&Arc::as_ptr(s)]);
 }
 
-fn read_refs(r: &mut Reader<'_>, resources: &[Arc<Resource>], scopes: &[Arc<Scope>]) -> Result<(Arc<Resource>, Arc<Scope>)> {
+fn read_refs(
+    r: &mut Reader<'_>,
+    resources: &[Arc<Resource>],
+    scopes: &[Arc<Scope>],
+) -> Result<(Arc<Resource>, Arc<Scope>)> {
     let res = usize::try_from(r.varint()?).ok().and_then(|i| resources.get(i));
     let res = res.ok_or(BatchError::Corrupt("resource index out of range"))?.clone();
     let sc = usize::try_from(r.varint()?).ok().and_then(|i| scopes.get(i));
@@ -394,7 +398,10 @@ mod tests {
     }
 
     fn scopes() -> (Arc<Scope>, Arc<Scope>) {
-        (Arc::new(Scope { name: "io.opentelemetry.jdbc".into(), version: "1.2".into() }), Arc::new(Scope::default()))
+        (
+            Arc::new(Scope { name: "io.opentelemetry.jdbc".into(), version: "1.2".into() }),
+            Arc::new(Scope::default()),
+        )
     }
 
     #[test]

@@ -170,7 +170,8 @@ mod tests {
         assert_eq!(seen(&c, 1), (3, 0), "in flight");
         assert_eq!(c.oldest_unflushed_pos(), Some(1));
         let (meta, _) = segment::write_segment(dir.path(), &SegmentConfig::default(), &f.traces, 1).unwrap();
-        let seg = Segment::open(&dir.path().join(&meta.id), Arc::new(StorageMetrics::default()), None).unwrap();
+        let seg =
+            Segment::open(&dir.path().join(&meta.id), Arc::new(StorageMetrics::default()), None).unwrap();
         assert_eq!(c.finish_flush(&f, Some(Arc::new(seg))), 1);
         assert_eq!(seen(&c, 1), (0, 1), "in its segment only");
         assert_eq!(c.oldest_unflushed_pos(), None);

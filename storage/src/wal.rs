@@ -77,8 +77,8 @@ pub enum WalError {
          which this build cannot read. To migrate without losing data: start the previous Skein \
          build on this data directory, stop it with SIGTERM (a clean stop flushes every WAL record \
          into segments), delete the WAL directory {}, then start this build",
-        file.display(),
-        file.parent().unwrap_or(file).display()
+        .file.display(),
+        .file.parent().unwrap_or(.file).display()
     )]
     OldFormat {
         /// The first WAL file found holding an old record.
@@ -283,6 +283,7 @@ impl Wal {
         self.files.lock().first().map(|f| f.0).unwrap_or(0)
     }
 
+    /// The WAL directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
