@@ -375,8 +375,8 @@ fn filled_storage(dir: &Path, segments: u64, requests_per_segment: u64) -> (Arc<
             let spans = convert::spans(&g.traces).records;
             let logs = convert::logs(&g.logs).records;
             rt.block_on(async {
-                s.append_traces(g.traces.encode_to_vec(), spans).await.expect("append traces");
-                s.append_logs(g.logs.encode_to_vec(), logs).await.expect("append logs");
+                s.append_spans(spans).await.expect("append spans");
+                s.append_logs(logs).await.expect("append logs");
             });
         }
         s.flush(true).expect("flush");
@@ -435,7 +435,6 @@ fn decode(c: &mut Criterion) {
 fn wal_append(c: &mut Criterion) {
     let rt = runtime();
     let g = generate(2);
-    let payload = g.traces.encode_to_vec();
     let spans = convert::spans(&g.traces).records;
     let mut grp = c.benchmark_group("wal_append");
     grp.throughput(Throughput::Elements(spans.len() as u64));
@@ -453,11 +452,11 @@ fn wal_append(c: &mut Criterion) {
                         drop(cut_all(s.head()));
                         s.flush(true).expect("flush");
                     }
-                    (payload.clone(), spans.clone())
+                    spans.clone()
                 },
-                |(p, sp)| {
+                |sp| {
                     let s = s.clone();
-                    async move { s.append_traces(p, sp).await.expect("append") }
+                    async move { s.append_spans(sp).await.expect("append") }
                 },
                 BatchSize::NumIterations(16),
             )

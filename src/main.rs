@@ -269,72 +269,8 @@ async fn serve(cfg: Config) -> Result<()> {
 
     replay.await?.context("WAL replay")?;
 
-    // Flusher: idle/old/over-limit traces to segments every tick. Retention
-    // (every 60 ticks) and compaction (every `compaction.interval`) run in one
-    // maintenance task beside it, one at a time, so a long compaction never
-    // delays a flush; a tick whose maintenance is due while the previous
-    // one still runs leaves it pending.
-    let flusher = {
-        let s = storage.clone();
-        let rx = stop_rx.clone();
-        let interval = cfg.storage.head.flush_interval;
-        let compaction = cfg.storage.compaction.clone();
-        let compact_every =
-            (compaction.interval.as_secs_f64() / interval.as_secs_f64().max(1e-3)).ceil().max(1.0) as u64;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut n: u64 = 0;
-            let (mut retention_due, mut compaction_due) = (false, false);
-            let mut maintenance: Option<tokio::task::JoinHandle<()>> = None;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stopped(rx.clone()) => break,
-                }
-                n += 1;
-                retention_due |= n % 60 == 1;
-                compaction_due |= compaction.enabled && n.is_multiple_of(compact_every);
-                if (retention_due || compaction_due) && maintenance.as_ref().is_none_or(|h| h.is_finished()) {
-                    let (r, c) = (std::mem::take(&mut retention_due), std::mem::take(&mut compaction_due));
-                    let s2 = s.clone();
-                    maintenance = Some(tokio::task::spawn_blocking(move || {
-                        if r {
-                            if let Err(e) = s2.enforce_retention() {
-                                tracing::error!(error = %e, "retention failed");
-                            }
-                        }
-                        if c {
-                            match s2.compact() {
-                                Ok(st) if st.inputs > 0 => tracing::debug!(
-                                    inputs = st.inputs,
-                                    bytes_in = st.bytes_in,
-                                    bytes_out = st.bytes_out,
-                                    "compacted"
-                                ),
-                                Ok(_) => {}
-                                Err(e) => tracing::error!(error = %e, "compaction failed; will retry"),
-                            }
-                        }
-                    }));
-                }
-                let s2 = s.clone();
-                let r = tokio::task::spawn_blocking(move || s2.flush(false)).await;
-                match r {
-                    Ok(Ok(st)) if st.traces > 0 => {
-                        tracing::debug!(traces = st.traces, spans = st.spans, logs = st.logs, "flushed")
-                    }
-                    Ok(Err(e)) => tracing::error!(error = %e, "flush failed; will retry"),
-                    _ => {}
-                }
-            }
-            // A compaction is safe to interrupt, but letting it finish keeps
-            // its work.
-            if let Some(h) = maintenance {
-                let _ = h.await;
-            }
-        })
-    };
+    // Flush, retention and compaction in the background until stopped.
+    let flusher = tokio::spawn(storage.clone().run_maintenance(stop_rx.clone()));
 
     let (g, h1, h2) = tokio::join!(grpc, otlp_http, http);
     g?.context("OTLP/gRPC server")?;

@@ -17,7 +17,7 @@ impl TraceService for Ingest {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let partial_success = self.export::<Traces>(request.into_inner(), None).await?;
+        let partial_success = self.export::<Traces>(request.into_inner()).await?;
         Ok(Response::new(Traces::response(partial_success)))
     }
 }
@@ -28,7 +28,7 @@ impl LogsService for Ingest {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let partial_success = self.export::<Logs>(request.into_inner(), None).await?;
+        let partial_success = self.export::<Logs>(request.into_inner()).await?;
         Ok(Response::new(Logs::response(partial_success)))
     }
 }

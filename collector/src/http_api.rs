@@ -98,21 +98,18 @@ fn ok_response<M: Message + serde::Serialize>(msg: &M, json: bool) -> Response {
     }
 }
 
-/// Decodes a body as protobuf or OTLP/JSON. Returns the message and, for
-/// protobuf, the bytes themselves (the WAL stores them as received).
+/// Decodes a body as protobuf or OTLP/JSON.
 fn decode<M: Message + Default + serde::de::DeserializeOwned>(
-    bytes: Vec<u8>,
+    bytes: &[u8],
     json: bool,
     what: &str,
-) -> Result<(M, Option<Vec<u8>>), IngestError> {
+) -> Result<M, IngestError> {
     if json {
-        let m = serde_json::from_slice(&bytes)
-            .map_err(|e| IngestError::Malformed(format!("invalid OTLP/JSON {what} request: {e}")))?;
-        Ok((m, None))
+        serde_json::from_slice(bytes)
+            .map_err(|e| IngestError::Malformed(format!("invalid OTLP/JSON {what} request: {e}")))
     } else {
-        let m = M::decode(&bytes[..])
-            .map_err(|e| IngestError::Malformed(format!("invalid OTLP protobuf {what} request: {e}")))?;
-        Ok((m, Some(bytes)))
+        M::decode(bytes)
+            .map_err(|e| IngestError::Malformed(format!("invalid OTLP protobuf {what} request: {e}")))
     }
 }
 
@@ -144,8 +141,9 @@ async fn export<S: Signal>(State(ing): State<Ingest>, headers: HeaderMap, body: 
     };
     let run = async {
         let bytes = read_body(&headers, body, ing.config().max_request_bytes).await?;
-        let (req, raw) = decode::<S::Request>(bytes, json, S::REQUEST)?;
-        let partial_success = ing.export::<S>(req, raw).await?;
+        let req = decode::<S::Request>(&bytes, json, S::REQUEST)?;
+        drop(bytes);
+        let partial_success = ing.export::<S>(req).await?;
         Ok(S::response(partial_success))
     };
     respond(&ing, run.await, json)

@@ -125,8 +125,6 @@ impl Ingest {
     /// record was kept (the OTLP spec: leave `partial_success` unset on
     /// full success), `Ok(Some(_))` with the count and first reason
     /// otherwise. When this returns `Ok`, the records are in the WAL.
-    /// `raw` is the request's protobuf encoding if the caller has it (HTTP
-    /// protobuf), to spare a re-encode for the WAL.
     ///
     /// # Errors
     /// [`IngestError::NotReady`] during WAL replay,
@@ -136,9 +134,8 @@ impl Ingest {
     pub async fn export<S: Signal>(
         &self,
         req: S::Request,
-        raw: Option<Vec<u8>>,
     ) -> Result<Option<S::PartialSuccess>, IngestError> {
-        let r = self.export_inner::<S>(req, raw).await;
+        let r = self.export_inner::<S>(req).await;
         if let Err(e) = &r {
             self.metrics.refuse(e);
         }
@@ -148,15 +145,15 @@ impl Ingest {
     async fn export_inner<S: Signal>(
         &self,
         req: S::Request,
-        raw: Option<Vec<u8>>,
     ) -> Result<Option<S::PartialSuccess>, IngestError> {
-        let payload = raw.unwrap_or_else(|| req.encode_to_vec());
-        let _permit = self.admit(payload.len())?;
+        // Admission counts the request's protobuf size (what it was on the
+        // wire for protobuf, about that for JSON).
+        let _permit = self.admit(req.encoded_len())?;
         let c = S::convert(&req);
         drop(req);
         let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
         if n > 0 {
-            S::store(&self.storage, payload, c.records).await?;
+            S::store(&self.storage, c.records).await?;
         }
         let label = vec![("signal", S::RECORDS)];
         self.metrics.accepted.get_or_create(&label).inc_by(n);

@@ -35,11 +35,10 @@ pub trait Signal: Send + Sync + 'static {
     /// The request's valid records and the count of invalid ones.
     fn convert(req: &Self::Request) -> Converted<Self::Record>;
 
-    /// Appends `records` to storage; durable in the WAL once this returns
-    /// `Ok`. `payload` is the request's protobuf encoding, the WAL record.
+    /// Appends `records` to storage; durable in the WAL (in storage's own
+    /// batch encoding) and visible to reads once this returns `Ok`.
     fn store(
         storage: &Arc<Storage>,
-        payload: Vec<u8>,
         records: Vec<Self::Record>,
     ) -> impl Future<Output = skein_storage::Result<()>> + Send;
 
@@ -71,12 +70,8 @@ impl Signal for Traces {
         decode::spans(req)
     }
 
-    async fn store(
-        storage: &Arc<Storage>,
-        payload: Vec<u8>,
-        records: Vec<Span>,
-    ) -> skein_storage::Result<()> {
-        storage.append_traces(payload, records).await
+    async fn store(storage: &Arc<Storage>, records: Vec<Span>) -> skein_storage::Result<()> {
+        storage.append_spans(records).await
     }
 
     fn partial_success(rejected_spans: i64, error_message: String) -> Self::PartialSuccess {
@@ -100,12 +95,8 @@ impl Signal for Logs {
         decode::logs(req)
     }
 
-    async fn store(
-        storage: &Arc<Storage>,
-        payload: Vec<u8>,
-        records: Vec<LogRecord>,
-    ) -> skein_storage::Result<()> {
-        storage.append_logs(payload, records).await
+    async fn store(storage: &Arc<Storage>, records: Vec<LogRecord>) -> skein_storage::Result<()> {
+        storage.append_logs(records).await
     }
 
     fn partial_success(rejected_log_records: i64, error_message: String) -> Self::PartialSuccess {

@@ -31,6 +31,7 @@ use crate::{Error, Result, Storage};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompactionConfig {
+    /// Whether the background compactor runs ([`Storage::run_maintenance`]).
     pub enabled: bool,
     /// How often the background compactor looks for segments to merge.
     #[serde(with = "humantime_serde")]
@@ -59,6 +60,10 @@ impl Default for CompactionConfig {
 }
 
 impl CompactionConfig {
+    /// Refuses settings that cannot work, saying which and why.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting.
     pub fn check(&self) -> Result<()> {
         if self.min_inputs < 2 {
             return Err(Error::Config("compaction.min_inputs must be at least 2".into()));
@@ -82,11 +87,17 @@ impl CompactionConfig {
 /// What one compaction did (all zero when nothing qualified).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CompactStats {
+    /// Segments merged.
     pub inputs: usize,
+    /// Their bytes.
     pub bytes_in: u64,
+    /// Bytes of the output segment.
     pub bytes_out: u64,
+    /// Traces in the output.
     pub traces: u64,
+    /// Spans in the output.
     pub spans: u64,
+    /// Log records in the output.
     pub logs: u64,
 }
 
@@ -131,11 +142,19 @@ impl Storage {
     /// head grow into overload. It does not need to exclude flushes: a
     /// flush only adds new segments, compaction only replaces segments
     /// already in the catalog, and each changes the catalog under one
-    /// write lock of `state` (compaction removing exactly its inputs by ID).
+    /// step ([`crate::catalog::Catalog::edit_segments`]; compaction removes
+    /// exactly its inputs by ID).
     /// WAL reclaim depends only on the head and in-flight flushes, not on
     /// segments. Retention, which also removes segments, must not delete an
     /// input while it is being merged (the output would bring the data
     /// back), hence the shared lock.
+    ///
+    /// When it returns, the output is in the catalog (and the object store)
+    /// and the inputs are out of it; their files go once no query reads them.
+    ///
+    /// # Errors
+    /// An input cannot be read or the output cannot be written or published;
+    /// the catalog is then unchanged.
     pub fn compact(&self) -> Result<CompactStats> {
         let _maint = self.maintenance_lock.lock();
         // Inputs of an earlier compaction a query was still reading.
@@ -174,19 +193,21 @@ impl Storage {
         stats.bytes_out = out.meta.bytes;
 
         let ids: HashSet<&str> = inputs.iter().map(|s| s.meta.id.as_str()).collect();
-        {
-            let mut st = self.state.write();
-            let present = st.segments.iter().filter(|s| ids.contains(s.meta.id.as_str())).count();
+        let swapped = self.catalog.edit_segments(|segments| {
+            let present = segments.iter().filter(|s| ids.contains(s.meta.id.as_str())).count();
             if present != inputs.len() {
-                // Cannot happen while retention shares our lock; if an input
-                // left the catalog anyway, the output would bring it back.
-                drop(st);
-                self.bury(vec![out]);
-                return Err(Error::Corrupt("compaction: an input left the catalog during the merge".into()));
+                return Err(out);
             }
-            st.segments.retain(|s| !ids.contains(s.meta.id.as_str()));
-            st.segments.push(out);
-            self.metrics.segments.set(st.segments.len() as i64);
+            segments.retain(|s| !ids.contains(s.meta.id.as_str()));
+            segments.push(out);
+            self.metrics.segments.set(segments.len() as i64);
+            Ok(())
+        });
+        if let Err(out) = swapped {
+            // Cannot happen while retention shares our lock; if an input
+            // left the catalog anyway, the output would bring it back.
+            self.bury(vec![out]);
+            return Err(Error::Corrupt("compaction: an input left the catalog during the merge".into()));
         }
         self.metrics.segment_bytes.inc_by(stats.bytes_out as i64 - stats.bytes_in as i64);
         self.metrics.compactions.inc();

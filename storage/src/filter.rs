@@ -9,19 +9,26 @@ use crate::model::{status, LogRecord, Span};
 /// its spans meets all of them.
 #[derive(Debug, Clone, Default)]
 pub struct SpanFilter {
+    /// The span's `service.name` equals this.
     pub service: Option<String>,
+    /// The span's name equals this.
     pub operation: Option<String>,
     /// `key=value` pairs; a span matches when its own or its resource's
     /// attribute `key` has the scalar value `value` (compared as text).
     pub attrs: Vec<(String, String)>,
+    /// The span lasts at least this long (ns, inclusive).
     pub min_duration_ns: Option<u64>,
+    /// The span lasts at most this long (ns, inclusive).
     pub max_duration_ns: Option<u64>,
+    /// The span's status is (not) ERROR.
     pub status: Option<StatusFilter>,
-    /// Bounds on the span's start time, inclusive, Unix ns.
+    /// Lower bound on the span's start time, inclusive, Unix ns.
     pub start_ns: Option<u64>,
+    /// Upper bound on the span's start time, inclusive, Unix ns.
     pub end_ns: Option<u64>,
 }
 
+/// A condition on a span's status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusFilter {
     /// Status code ERROR.
@@ -31,6 +38,7 @@ pub enum StatusFilter {
 }
 
 impl SpanFilter {
+    /// Whether span `s` meets every condition.
     pub fn matches(&self, s: &Span) -> bool {
         if let Some(svc) = &self.service {
             if s.service_name() != svc {
@@ -89,11 +97,16 @@ pub struct LogFilter {
     /// Words that must all appear in the body or in an attribute value,
     /// case-insensitively (already tokenized with [`analyzer`]).
     pub words: Vec<String>,
+    /// The record's resource `service.name` equals this.
     pub service: Option<String>,
     /// Minimum severity number.
     pub min_severity: Option<i32>,
+    /// The record belongs to this trace.
     pub trace_id: Option<crate::model::TraceId>,
+    /// Lower bound on the record's time ([`LogRecord::effective_time`]),
+    /// inclusive, Unix ns.
     pub start_ns: Option<u64>,
+    /// Upper bound on the record's time, inclusive, Unix ns.
     pub end_ns: Option<u64>,
 }
 
@@ -105,6 +118,7 @@ pub fn analyzer() -> TextAnalyzer {
         .build()
 }
 
+/// Appends the tokens of `text` (as analyzer `a` cuts them) to `out`.
 pub fn tokenize(a: &mut TextAnalyzer, text: &str, out: &mut Vec<String>) {
     let mut ts = a.token_stream(text);
     while ts.advance() {
@@ -135,6 +149,8 @@ pub fn log_text(l: &LogRecord, mut f: impl FnMut(&str)) {
 }
 
 impl LogFilter {
+    /// Whether record `l` meets every condition; `a` is an [`analyzer`],
+    /// passed in so a scan reuses one.
     pub fn matches(&self, l: &LogRecord, a: &mut TextAnalyzer) -> bool {
         if let Some(svc) = &self.service {
             if l.service_name() != svc {

@@ -18,22 +18,33 @@ use crate::model::{LogRecord, Span, TraceId};
 /// kept under [`TraceId::ZERO`] and flushed by age.
 #[derive(Debug, Clone)]
 pub struct TraceEntry {
+    /// The trace's spans, in arrival order.
     pub spans: Vec<Span>,
+    /// The trace's log records, in arrival order.
     pub logs: Vec<LogRecord>,
-    /// Milliseconds on the head's clock when the first / latest record came.
+    /// Milliseconds on the head's clock ([`Head::now_ms`]) when the first
+    /// record came.
     pub first_seen_ms: u64,
+    /// Milliseconds on the head's clock when the latest record came.
     pub last_seen_ms: u64,
-    /// Lowest and highest WAL position of the records held.
+    /// Lowest WAL position of the records held: WAL files from it on are
+    /// kept.
     pub min_pos: u64,
+    /// Highest WAL position of the records held: what a segment records
+    /// for replay to skip.
     pub max_pos: u64,
+    /// Approximate heap bytes of the records ([`Span::heap_size`]).
     pub bytes: usize,
 }
 
 /// Why traces are cut from the head.
 #[derive(Debug, Clone, Copy)]
 pub struct CutPolicy {
+    /// Now, on the head's clock ([`Head::now_ms`]).
     pub now_ms: u64,
+    /// Cut traces with no new record for this many ms.
     pub idle_ms: u64,
+    /// Cut traces whose first record came this many ms ago.
     pub max_age_ms: u64,
     /// Cut the least recently updated traces until the head is under this.
     pub target_bytes: usize,
@@ -41,6 +52,7 @@ pub struct CutPolicy {
     pub all: bool,
 }
 
+/// Live traces in memory, keyed by trace ID (concurrent: a sharded map).
 #[derive(Debug)]
 pub struct Head {
     traces: DashMap<TraceId, TraceEntry>,
@@ -55,14 +67,17 @@ impl Default for Head {
 }
 
 impl Head {
+    /// Milliseconds since the head was created (a monotonic clock).
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Approximate heap bytes of every record held.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed).max(0) as usize
     }
 
+    /// Traces held (the bucket of logs without trace context counts as one).
     pub fn trace_count(&self) -> usize {
         self.traces.len()
     }
@@ -179,9 +194,12 @@ impl Head {
         self.traces.iter().map(|e| e.min_pos).min()
     }
 
-    /// A copy of one trace's records.
-    pub fn get(&self, id: &TraceId) -> Option<(Vec<Span>, Vec<LogRecord>)> {
-        self.traces.get(id).map(|e| (e.spans.clone(), e.logs.clone()))
+    /// Calls `f` with trace `id`'s entry, if the head holds it, under its
+    /// shard lock; `f` must not call back into the head.
+    pub fn with_trace(&self, id: &TraceId, f: impl FnOnce(&TraceEntry)) {
+        if let Some(e) = self.traces.get(id) {
+            f(e.value());
+        }
     }
 
     /// Calls `f` with every trace in the head. Holds one shard lock at a
@@ -197,7 +215,10 @@ impl Head {
 /// to queries until the segment is in the catalog.
 #[derive(Debug)]
 pub struct Flushing {
+    /// The traces, in segment order ([`crate::segment::sort_for_segment`]:
+    /// by trace ID), so a lookup by ID is a binary search.
     pub traces: Vec<(TraceId, TraceEntry)>,
 }
 
+/// A shared in-flight flush.
 pub type FlushingRef = Arc<Flushing>;

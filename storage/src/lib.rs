@@ -1,74 +1,99 @@
 //! Skein's storage: the data model, the WAL, the head of live traces,
-//! segments on disk and the catalog that lists them.
+//! segments on disk and the catalog that lists them. It knows no wire
+//! format: the collector hands it validated model records.
 //!
-//! Durability promise: [`Storage::append_traces`] and
-//! [`Storage::append_logs`] return `Ok` only once the request is fsynced in
+//! Durability promise: [`Storage::append_spans`] and
+//! [`Storage::append_logs`] return `Ok` only once the batch is fsynced in
 //! the WAL and visible to reads. Replay on start restores every such
-//! request that is not yet in a segment, and skips exactly the records that
+//! batch that is not yet in a segment, and skips exactly the records that
 //! are, so nothing is lost or duplicated across a crash.
+//!
+//! Where things are: this file holds the settings, the error type and
+//! [`Storage::open`]; [`Storage`]'s operations are split by what they do:
+//! `ingest.rs` (admission, append, WAL replay), `lifecycle.rs` (flush,
+//! retention and the background schedule), [`compact`], `read.rs` (the read
+//! API). [`catalog`] is the one owner of "head, then in-flight flushes, then
+//! segments" and their lock; [`wal`] and [`batch`] are the WAL and its
+//! record encoding.
 
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod catalog;
+// Being split into `segment/` by another change, which documents it.
+#[allow(missing_docs)]
 pub mod codec;
 pub mod compact;
-pub mod convert;
 pub mod filter;
 pub mod head;
+mod ingest;
+mod lifecycle;
 pub mod metrics;
+// The shared data model; its JSON serialization is moving to the query crate,
+// which documents what stays.
+#[allow(missing_docs)]
 pub mod model;
-#[doc(hidden)]
-pub mod moto;
+mod read;
+#[allow(missing_docs)]
 pub mod remote;
 pub mod rollup;
+#[allow(missing_docs)]
 pub mod segment;
 pub mod wal;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use parking_lot::{Mutex, RwLock};
-use prost::Message;
+use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::filter::{analyzer, LogFilter, SpanFilter};
-use crate::head::{CutPolicy, Flushing, Head, TraceEntry};
+use crate::catalog::Catalog;
+use crate::head::{Flushing, Head};
 use crate::metrics::StorageMetrics;
-use crate::model::{LogRecord, Span, TraceId};
-use crate::rollup::{Rollup, RollupBuilder};
 use crate::segment::{Segment, SegmentConfig, META_FILE};
 
 pub use crate::compact::{CompactStats, CompactionConfig};
-use crate::wal::{RecordKind, Wal, WalConfig, WalError};
+use crate::wal::{Wal, WalConfig, WalError};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file of the data directory could not be read or written.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The WAL failed (see [`WalError`]; includes an old-format WAL).
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// A segment's Parquet file could not be read or written.
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    /// Segment rows did not fit their Arrow schema.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    /// A segment's search index failed.
     #[error("index: {0}")]
     Index(#[from] tantivy::TantivyError),
+    /// A segment's metadata file is not valid JSON.
     #[error("metadata: {0}")]
     Json(#[from] serde_json::Error),
+    /// The object store refused or failed a request.
     #[error("object store: {0}")]
     ObjectStore(#[from] object_store::Error),
+    /// Stored data contradicts itself (a bug or a damaged file).
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// Settings that cannot work, or a data directory in use.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The head is over its memory limit because flushing is behind; the
     /// client should retry later.
     #[error("ingest is over capacity (head holds {0} bytes); retry later")]
     Overloaded(usize),
+    /// WAL replay has not finished; retry later.
     #[error("storage is not ready (WAL replay in progress)")]
     NotReady,
 }
@@ -79,6 +104,7 @@ impl From<tantivy::query::QueryParserError> for Error {
     }
 }
 
+/// The result of storage operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Head settings (`[head]` in the config file).
@@ -119,8 +145,11 @@ impl Default for HeadConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// `[head]`.
     pub head: HeadConfig,
+    /// `[wal]`.
     pub wal: WalConfig,
+    /// `[segment]`.
     pub segment: SegmentConfig,
     /// Segments older than this (counted from when Skein received the data)
     /// are deleted.
@@ -129,6 +158,7 @@ pub struct StorageConfig {
     /// When set, the oldest segments are also deleted while all segments
     /// together take more bytes than this.
     pub retention_bytes: Option<u64>,
+    /// `[compaction]`.
     pub compaction: CompactionConfig,
     /// Where segments live: `None` keeps them in `data_dir/segments` only;
     /// `s3://bucket/prefix` or `file:///dir` keeps them in that object
@@ -149,11 +179,17 @@ pub struct StorageConfig {
 pub const DEFAULT_CACHE_BYTES: u64 = 4 << 30;
 
 impl StorageConfig {
+    /// The same settings with retention `r`.
     pub fn with_retention(mut self, r: Duration) -> Self {
         self.retention = r;
         self
     }
 
+    /// Refuses settings that cannot work or contradict each other, saying
+    /// which and why.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the settings.
     pub fn check(&self) -> Result<()> {
         if self.head.idle_timeout > self.head.max_trace_age {
             return Err(Error::Config(format!(
@@ -171,29 +207,30 @@ impl StorageConfig {
     }
 }
 
+/// The wall clock in Unix ns (0 before 1970).
 pub fn now_unix_nano() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-#[derive(Debug, Default)]
-struct State {
-    segments: Vec<Arc<Segment>>,
-    flushing: Vec<Arc<Flushing>>,
 }
 
 /// A consistent view for one query: segments and in-flight flushes taken
 /// together, so a trace moving from head to segment is seen once.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The segments in the catalog, oldest first as loaded (flushes and
+    /// compactions append).
     pub segments: Vec<Arc<Segment>>,
+    /// Flushes being written.
     pub flushing: Vec<Arc<Flushing>>,
 }
 
 /// What one flush did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FlushStats {
+    /// Traces written to the new segment (0: nothing to flush).
     pub traces: usize,
+    /// Their spans.
     pub spans: u64,
+    /// Their log records.
     pub logs: u64,
 }
 
@@ -202,9 +239,9 @@ pub struct FlushStats {
 pub struct Storage {
     cfg: StorageConfig,
     data_dir: PathBuf,
-    head: Head,
+    /// Head, in-flight flushes and segments: the only holder of their lock.
+    catalog: Catalog,
     wal: OnceLock<Wal>,
-    state: RwLock<State>,
     flush_lock: Mutex<()>,
     /// Held by compaction and retention, which both remove segments from
     /// the catalog; never by flush (see [`Storage::compact`]).
@@ -218,6 +255,7 @@ pub struct Storage {
     _dir_lock: fs::File,
     /// The object store holding the segments, if not only local disk.
     remote: Option<Arc<remote::Remote>>,
+    /// The storage's metrics (register them with [`StorageMetrics::register`]).
     pub metrics: Arc<StorageMetrics>,
     /// Test hook: the next flush fails as if its segment write had.
     #[cfg(test)]
@@ -233,8 +271,15 @@ impl Storage {
         self.data_dir.join("wal")
     }
 
-    /// Opens the data directory and loads the catalog of segments. The
+    /// Opens the data directory and loads the catalog of segments (with an
+    /// object store: first makes the local cache agree with it). The
     /// storage is not ready for ingest until [`Storage::replay`] has run.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for bad settings or a data directory another
+    /// process holds; I/O and object store errors while loading (a segment
+    /// that cannot be opened is logged and skipped).
     pub fn open(data_dir: &Path, cfg: StorageConfig) -> Result<Arc<Storage>> {
         cfg.check()?;
         fs::create_dir_all(data_dir)?;
@@ -259,9 +304,8 @@ impl Storage {
         let s = Storage {
             cfg,
             data_dir: data_dir.to_path_buf(),
-            head: Head::default(),
+            catalog: Catalog::default(),
             wal: OnceLock::new(),
-            state: RwLock::new(State::default()),
             flush_lock: Mutex::new(()),
             maintenance_lock: Mutex::new(()),
             graveyard: Mutex::new(Vec::new()),
@@ -319,7 +363,7 @@ impl Storage {
         segments.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
         s.metrics.segments.set(segments.len() as i64);
         s.metrics.segment_bytes.set(segments.iter().map(|x| x.meta.bytes as i64).sum());
-        s.state.write().segments = segments;
+        s.catalog.edit_segments(|segs| *segs = segments);
         s.trim_cache();
         Ok(Arc::new(s))
     }
@@ -404,517 +448,20 @@ impl Storage {
         }
     }
 
-    /// Replays the WAL into the head, skipping records already in segments,
-    /// then starts the WAL writer. Blocking; run it off the async runtime.
-    pub fn replay(&self) -> Result<()> {
-        let wal_dir = self.wal_dir();
-        let oldest = first_wal_position(&wal_dir)?;
-        // Per trace, the last WAL position already in a segment.
-        let mut flushed: HashMap<TraceId, u64> = HashMap::new();
-        for seg in self.state.read().segments.iter() {
-            if oldest.is_some_and(|o| seg.meta.wal_max_pos >= o) {
-                for e in seg.trace_index() {
-                    let v = flushed.entry(e.trace_id).or_insert(e.wal_pos);
-                    *v = (*v).max(e.wal_pos);
-                }
-            }
-        }
-        let keep = |id: &TraceId, pos: u64| flushed.get(id).is_none_or(|p| pos > *p);
-        let (mut spans_n, mut logs_n, mut skipped) = (0u64, 0u64, 0u64);
-        let next = wal::replay(&wal_dir, |pos, kind, payload| match kind {
-            RecordKind::Traces => match ExportTraceServiceRequest::decode(payload) {
-                Ok(req) => {
-                    let mut c = convert::spans(&req).records;
-                    let before = c.len();
-                    c.retain(|s| keep(&s.trace_id, pos));
-                    skipped += (before - c.len()) as u64;
-                    spans_n += c.len() as u64;
-                    self.head.insert_spans(pos, c);
-                }
-                Err(e) => tracing::error!(pos, error = %e, "WAL: undecodable trace record"),
-            },
-            RecordKind::Logs => match ExportLogsServiceRequest::decode(payload) {
-                Ok(req) => {
-                    let mut c = convert::logs(&req).records;
-                    let before = c.len();
-                    c.retain(|l| keep(&l.trace_id, pos));
-                    skipped += (before - c.len()) as u64;
-                    logs_n += c.len() as u64;
-                    self.head.insert_logs(pos, c);
-                }
-                Err(e) => tracing::error!(pos, error = %e, "WAL: undecodable log record"),
-            },
-        })?;
-        tracing::info!(spans = spans_n, logs = logs_n, already_flushed = skipped, "WAL replay done");
-        // New records must sort after every position a segment recorded,
-        // or replay after a crash would take them for flushed ones. That
-        // matters when the WAL is newer than the segments: a deleted WAL
-        // directory, or a new node on segments in an object store.
-        let floor = self.state.read().segments.iter().map(|s| s.meta.wal_max_pos + 1).max().unwrap_or(0);
-        let next = next.max(floor);
-        let w = Wal::start(&wal_dir, next, self.cfg.wal.clone(), self.metrics.clone())?;
-        let _ = self.wal.set(w);
-        self.update_head_metrics();
-        self.ready.store(true, Ordering::SeqCst);
-        Ok(())
-    }
-
+    /// Whether [`Storage::replay`] has finished: ingest is accepted.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// The settings it was opened with.
     pub fn config(&self) -> &StorageConfig {
         &self.cfg
     }
 
+    /// The head, for its statistics (reads go through the read API).
     pub fn head(&self) -> &Head {
-        &self.head
+        self.catalog.head()
     }
-
-    fn admit(&self) -> Result<&Wal> {
-        let wal = self.wal.get().ok_or(Error::NotReady)?;
-        let limit = (self.cfg.head.max_bytes as f64 * self.cfg.head.overload_factor) as usize;
-        let b = self.head.bytes();
-        if b > limit {
-            return Err(Error::Overloaded(b));
-        }
-        Ok(wal)
-    }
-
-    /// Makes a trace export durable, then visible. `payload` is the request
-    /// as protobuf (what replay decodes), `spans` its validated records.
-    pub async fn append_traces(self: &Arc<Self>, payload: Vec<u8>, spans: Vec<Span>) -> Result<()> {
-        let wal = self.admit()?;
-        let me = self.clone();
-        wal.append(RecordKind::Traces, payload, move |pos| me.head.insert_spans(pos, spans)).await?;
-        Ok(())
-    }
-
-    /// Makes a logs export durable, then visible.
-    pub async fn append_logs(self: &Arc<Self>, payload: Vec<u8>, logs: Vec<LogRecord>) -> Result<()> {
-        let wal = self.admit()?;
-        let me = self.clone();
-        wal.append(RecordKind::Logs, payload, move |pos| me.head.insert_logs(pos, logs)).await?;
-        Ok(())
-    }
-
-    fn update_head_metrics(&self) {
-        self.metrics.head_bytes.set(self.head.bytes() as i64);
-        self.metrics.head_traces.set(self.head.trace_count() as i64);
-    }
-
-    /// Writes traces that are idle, old, or over the memory limit (or all
-    /// of them with `all`) to a new segment, then deletes WAL files whose
-    /// records are all in segments. Blocking.
-    pub fn flush(&self, all: bool) -> Result<FlushStats> {
-        let _guard = self.flush_lock.lock();
-        let t0 = std::time::Instant::now();
-        let h = &self.cfg.head;
-        // Cut from the head and publish as `flushing` under the catalog
-        // lock, which `get_trace` also holds while it reads the head: a
-        // reader sees a trace's records in the head or in `flushing`, never
-        // in neither.
-        let mut st = self.state.write();
-        let mut traces = self.head.cut(CutPolicy {
-            now_ms: self.head.now_ms(),
-            idle_ms: h.idle_timeout.as_millis() as u64,
-            max_age_ms: h.max_trace_age.as_millis() as u64,
-            target_bytes: h.max_bytes,
-            all,
-        });
-        let mut stats = FlushStats::default();
-        if traces.is_empty() {
-            drop(st);
-        } else {
-            segment::sort_for_segment(&mut traces);
-            stats.traces = traces.len();
-            stats.spans = traces.iter().map(|t| t.1.spans.len() as u64).sum();
-            stats.logs = traces.iter().map(|t| t.1.logs.len() as u64).sum();
-            let flushing = Arc::new(Flushing { traces });
-            st.flushing.push(flushing.clone());
-            drop(st);
-            #[cfg(test)]
-            let injected = self.fail_next_flush.swap(false, Ordering::SeqCst);
-            #[cfg(not(test))]
-            let injected = false;
-            let written = if injected {
-                Err(Error::Io(std::io::Error::other("injected segment write failure")))
-            } else {
-                segment::write_segment(
-                &self.segments_dir(),
-                &self.cfg.segment,
-                &flushing.traces,
-                    now_unix_nano(),
-                )
-                .and_then(|(meta, _)| self.publish_segment(&meta.id))
-            };
-            let mut st = self.state.write();
-            st.flushing.retain(|f| !Arc::ptr_eq(f, &flushing));
-            match written {
-                Ok(seg) => {
-                    self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);
-                    st.segments.push(Arc::new(seg));
-                    self.metrics.segments.set(st.segments.len() as i64);
-                    self.metrics.flushed_spans.inc_by(stats.spans);
-                    self.metrics.flushed_logs.inc_by(stats.logs);
-                }
-                Err(e) => {
-                    // Put the traces back (still under the catalog lock, so
-                    // readers never miss them); their WAL records are still
-                    // there.
-                    for (id, t) in &flushing.traces {
-                        self.head.restore(*id, t.clone());
-                    }
-                    self.update_head_metrics();
-                    return Err(e);
-                }
-            }
-            self.metrics.flush_seconds.observe(t0.elapsed().as_secs_f64());
-        }
-        self.reclaim_wal();
-        self.update_head_metrics();
-        if stats.traces > 0 {
-            self.trim_cache();
-        }
-        Ok(stats)
-    }
-
-    fn reclaim_wal(&self) {
-        let Some(wal) = self.wal.get() else { return };
-        let st = self.state.read();
-        let flushing_min = st.flushing.iter().flat_map(|f| f.traces.iter().map(|t| t.1.min_pos)).min();
-        let safe = match (self.head.min_pos(), flushing_min) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => u64::MAX,
-        };
-        drop(st);
-        match wal.reclaim(safe) {
-            Ok(n) => {
-                self.metrics.wal_files_reclaimed.inc_by(n as u64);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot delete WAL file"),
-        };
-    }
-
-    /// Deletes segments received longer ago than `retention`, then, with
-    /// `retention_bytes`, the oldest segments (by when Skein received their
-    /// data) while all segments together are larger than that. A segment
-    /// holding records still in the WAL is never deleted: replay would
-    /// bring them back. Returns the number of segments deleted.
-    pub fn enforce_retention(&self) -> Result<usize> {
-        let _maint = self.maintenance_lock.lock();
-        let cutoff = now_unix_nano().saturating_sub(self.cfg.retention.as_nanos() as u64);
-        let wal_oldest = match self.wal.get() {
-            Some(w) => w.oldest_position(),
-            None => first_wal_position(&self.wal_dir())?.unwrap_or(u64::MAX),
-        };
-        let deletable = |s: &Segment| s.meta.wal_max_pos < wal_oldest;
-        let expired: Vec<Arc<Segment>> = {
-            let mut st = self.state.write();
-            let (mut old, mut keep): (Vec<_>, Vec<_>) =
-                st.segments.drain(..).partition(|s| s.meta.created_unix_nano < cutoff && deletable(s));
-            if let Some(limit) = self.cfg.retention_bytes {
-                let mut total: u64 = keep.iter().map(|s| s.meta.bytes).sum();
-                if total > limit {
-                    keep.sort_by(|a, b| {
-                        (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
-                    });
-                    let mut rest = Vec::with_capacity(keep.len());
-                    for s in keep {
-                        if total > limit && deletable(&s) {
-                            total -= s.meta.bytes;
-                            old.push(s);
-                        } else {
-                            rest.push(s);
-                        }
-                    }
-                    if total > limit {
-                        tracing::warn!(
-                            total,
-                            limit,
-                            "retention: segments exceed retention_bytes but the rest still has data in the WAL"
-                        );
-                    }
-                    keep = rest;
-                    keep.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-                }
-            }
-            st.segments = keep;
-            self.metrics.segments.set(st.segments.len() as i64);
-            old
-        };
-        for s in &expired {
-            tracing::info!(segment = %s.meta.id, bytes = s.meta.bytes, "retention: deleting segment");
-            self.metrics.segment_bytes.dec_by(s.meta.bytes as i64);
-        }
-        self.metrics.retention_deleted_segments.inc_by(expired.len() as u64);
-        let n = expired.len();
-        self.bury(expired);
-        Ok(n)
-    }
-
-    /// Queues segments already out of the catalog for deletion, and deletes
-    /// every queued one no query snapshot holds any more. A snapshot taken
-    /// before the segment left the catalog may still read its files; once
-    /// only the queue holds it, nobody can get it again.
-    fn bury(&self, segments: Vec<Arc<Segment>>) {
-        let mut g = self.graveyard.lock();
-        g.extend(segments);
-        let root = self.segments_dir();
-        g.retain(|s| {
-            if Arc::strong_count(s) > 1 {
-                return true;
-            }
-            if let Some(r) = &self.remote {
-                if let Err(e) = r.delete(&s.meta.id) {
-                    // Keep it queued: deleting the local copy alone would
-                    // bring the segment back at the next start.
-                    tracing::warn!(segment = %s.meta.id, error = %e, "cannot delete segment from the object store");
-                    return true;
-                }
-            }
-            if let Err(e) = remove_segment_dir(&root, s.dir()) {
-                // A compaction input is dropped at the next start through
-                // its replacement's `replaces`; an expired segment is
-                // found expired again.
-                tracing::warn!(segment = %s.meta.id, error = %e, "cannot delete segment directory");
-            }
-            false
-        });
-    }
-
-    pub fn snapshot(&self) -> Snapshot {
-        let st = self.state.read();
-        Snapshot { segments: st.segments.clone(), flushing: st.flushing.clone() }
-    }
-
-    /// Every span and log of a trace, from the head, in-flight flushes and
-    /// the segments whose trace-ID index lists it. Spans by start time,
-    /// logs by time.
-    pub fn get_trace(&self, id: &TraceId) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
-        self.read_trace(id, true)
-    }
-
-    /// The spans of a trace without its logs (what a search summary needs):
-    /// segments' log rows are not read. `None` when no span is stored.
-    pub fn get_trace_spans(&self, id: &TraceId) -> Result<Option<Vec<Span>>> {
-        Ok(self.read_trace(id, false)?.map(|x| x.0).filter(|s| !s.is_empty()))
-    }
-
-    fn read_trace(&self, id: &TraceId, with_logs: bool) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
-        // The head and the catalog are read under one catalog read lock;
-        // `flush` cuts and publishes under the write lock, so every record
-        // is seen exactly once (see `flush`).
-        let (head, snap) = {
-            let st = self.state.read();
-            let snap = Snapshot { segments: st.segments.clone(), flushing: st.flushing.clone() };
-            (self.head.get(id), snap)
-        };
-        let (mut spans, mut logs) = head.unwrap_or_default();
-        for f in &snap.flushing {
-            if let Ok(i) = f.traces.binary_search_by(|t| t.0.cmp(id)) {
-                spans.extend(f.traces[i].1.spans.iter().cloned());
-                logs.extend(f.traces[i].1.logs.iter().cloned());
-            }
-        }
-        for seg in &snap.segments {
-            if let Some((s, l)) = seg.lookup(id, with_logs)? {
-                spans.extend(s);
-                logs.extend(l);
-            }
-        }
-        if spans.is_empty() && logs.is_empty() {
-            return Ok(None);
-        }
-        spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
-        logs.sort_by_key(|l| l.effective_time());
-        Ok(Some((spans, logs)))
-    }
-
-    /// Calls `f` with every span held in memory: the head and in-flight
-    /// flushes (for listings that add the segments' metadata to it).
-    pub fn for_each_memory_span(&self, mut f: impl FnMut(&Span)) {
-        self.head.for_each(|_, t| t.spans.iter().for_each(&mut f));
-        for fl in &self.snapshot().flushing {
-            for (_, t) in &fl.traces {
-                t.spans.iter().for_each(&mut f);
-            }
-        }
-    }
-
-    /// Trace IDs with a span matching `f`, latest matching span first.
-    pub fn search_traces(&self, f: &SpanFilter, limit: usize) -> Result<Vec<TraceId>> {
-        let mut best: HashMap<TraceId, u64> = HashMap::new();
-        let mut consider = |id: TraceId, t: u64| {
-            let e = best.entry(id).or_insert(t);
-            *e = (*e).max(t);
-        };
-        let scan = |id: &TraceId, t: &TraceEntry, consider: &mut dyn FnMut(TraceId, u64)| {
-            if let Some(m) = t.spans.iter().filter(|s| f.matches(s)).map(|s| s.start_time_unix_nano).max() {
-                consider(*id, m);
-            }
-        };
-        self.head.for_each(|id, t| scan(id, t, &mut consider));
-        // The catalog is read after the head: a trace cut from the head
-        // meanwhile is then seen in `flushing` or a segment (results are
-        // keyed by trace, so seeing it twice is harmless), never in neither.
-        let snap = self.snapshot();
-        for fl in &snap.flushing {
-            for (id, t) in &fl.traces {
-                scan(id, t, &mut consider);
-            }
-        }
-        // Newest segments first; stop once `limit` traces are known that
-        // are newer than anything an older segment holds (a trace ranks by
-        // its newest matching span, which lies within its segment's time
-        // range), so a search usually reads one or two segments.
-        let mut segs: Vec<&Arc<Segment>> =
-            snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)).collect();
-        segs.sort_by_key(|s| std::cmp::Reverse(s.meta.max_time_unix_nano));
-        for seg in segs {
-            if kth_newest(best.values().copied(), limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
-                break;
-            }
-            for (id, t) in seg.search_spans(f, limit)? {
-                let e = best.entry(id).or_insert(t);
-                *e = (*e).max(t);
-            }
-        }
-        let mut v: Vec<_> = best.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        v.truncate(limit);
-        Ok(v.into_iter().map(|x| x.0).collect())
-    }
-
-    /// Log records matching `f`, latest first.
-    pub fn search_logs(&self, f: &LogFilter, limit: usize) -> Result<Vec<LogRecord>> {
-        let snap = self.snapshot();
-        let mut an = analyzer();
-        let mut out: Vec<LogRecord> = Vec::new();
-        // Keep at most ~2x limit candidates while scanning memory, so a
-        // broad query over a large head stays bounded.
-        let bound = |out: &mut Vec<LogRecord>| {
-            if out.len() > limit.saturating_mul(2).max(1024) {
-                out.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));
-                out.truncate(limit);
-            }
-        };
-        let mut scan = |t: &TraceEntry, out: &mut Vec<LogRecord>| {
-            out.extend(t.logs.iter().filter(|l| f.matches(l, &mut an)).cloned());
-            bound(out);
-        };
-        match &f.trace_id {
-            Some(id) => {
-                if let Some((_, logs)) = self.head.get(id) {
-                    let mut a = analyzer();
-                    out.extend(logs.into_iter().filter(|l| f.matches(l, &mut a)));
-                }
-            }
-            None => self.head.for_each(|_, t| scan(t, &mut out)),
-        }
-        for fl in &snap.flushing {
-            for (_, t) in &fl.traces {
-                scan(t, &mut out);
-            }
-        }
-        let segs = snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns));
-        if f.trace_id.is_some() {
-            for seg in segs {
-                out.extend(seg.search_logs(f, limit)?);
-            }
-        } else {
-            // The newest `limit` matches over all segments are chosen from
-            // the indexes first (newest segments first, stopping as trace
-            // search does); only their rows are then read.
-            let mut segs: Vec<&Arc<Segment>> = segs.collect();
-            segs.sort_by_key(|s| std::cmp::Reverse(s.meta.max_time_unix_nano));
-            let mut picked: Vec<(u64, usize, usize)> = Vec::new(); // (time, segment, row)
-            for (i, seg) in segs.iter().enumerate() {
-                let times = out.iter().map(LogRecord::effective_time).chain(picked.iter().map(|p| p.0));
-                if kth_newest(times, limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
-                    break;
-                }
-                picked.extend(seg.search_log_rows(f, limit)?.into_iter().map(|(t, r)| (t, i, r)));
-                picked.sort_unstable_by(|a, b| b.cmp(a));
-                picked.truncate(limit);
-            }
-            let mut by_segment: HashMap<usize, Vec<std::ops::Range<usize>>> = HashMap::new();
-            for (_, i, r) in picked {
-                by_segment.entry(i).or_default().push(r..r + 1);
-            }
-            for (i, ranges) in by_segment {
-                out.extend(segs[i].read_logs(ranges)?);
-            }
-        }
-        out.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));
-        out.truncate(limit);
-        Ok(out)
-    }
-
-    /// Counts of logs matching `f` per `step`-wide bucket (keyed by bucket
-    /// start, a multiple of `step`).
-    pub fn log_histogram(&self, f: &LogFilter, _start: u64, step: u64) -> Result<HashMap<u64, u64>> {
-        let step = step.max(1);
-        let snap = self.snapshot();
-        let mut an = analyzer();
-        let mut counts: HashMap<u64, u64> = HashMap::new();
-        let mut scan = |t: &TraceEntry| {
-            for l in t.logs.iter().filter(|l| f.matches(l, &mut an)) {
-                let ts = l.effective_time();
-                *counts.entry(ts - ts % step).or_insert(0) += 1;
-            }
-        };
-        self.head.for_each(|_, t| scan(t));
-        for fl in &snap.flushing {
-            for (_, t) in &fl.traces {
-                scan(t);
-            }
-        }
-        for seg in snap.segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
-            let c = if f.trace_id.is_some() {
-                let mut c = HashMap::new();
-                for l in seg.search_logs(f, usize::MAX)? {
-                    let ts = l.effective_time();
-                    *c.entry(ts - ts % step).or_insert(0) += 1;
-                }
-                c
-            } else {
-                seg.count_logs(f, step)?
-            };
-            for (k, v) in c {
-                *counts.entry(k).or_insert(0) += v;
-            }
-        }
-        Ok(counts)
-    }
-
-    /// Rollups covering `[start, end]`: those stored with segments, plus
-    /// one computed now from the head and in-flight flushes.
-    pub fn rollups(&self, start: Option<u64>, end: Option<u64>) -> Vec<Rollup> {
-        let snap = self.snapshot();
-        let mut out: Vec<Rollup> =
-            snap.segments.iter().filter(|s| s.overlaps(start, end)).map(|s| s.rollup.clone()).collect();
-        let mut b = RollupBuilder::default();
-        self.head.for_each(|_, t| b.add_trace(&t.spans));
-        for fl in &snap.flushing {
-            for (_, t) in &fl.traces {
-                b.add_trace(&t.spans);
-            }
-        }
-        out.push(b.build());
-        out
-    }
-}
-
-/// The `k`-th largest of `values` (`None` when there are fewer than `k`).
-fn kth_newest(values: impl Iterator<Item = u64>, k: usize) -> Option<u64> {
-    let mut v: Vec<u64> = values.collect();
-    if k == 0 || v.len() < k {
-        return None;
-    }
-    let (_, kth, _) = v.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-    Some(*kth)
 }
 
 /// Deletes a segment directory: renamed to `tmp-del-*` first (one atomic
@@ -928,79 +475,22 @@ fn remove_segment_dir(root: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn first_wal_position(dir: &Path) -> Result<Option<u64>> {
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let mut min = None;
-    for e in fs::read_dir(dir)? {
-        let name = e?.file_name();
-        if let Some(p) =
-            name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok())
-        {
-            min = Some(min.map_or(p, |m: u64| m.min(p)));
-        }
-    }
-    Ok(min)
-}
-
 #[cfg(test)]
 mod s3_tests;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::convert;
-
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-    use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
-
-    fn request(trace: u8, spans: u64) -> ExportTraceServiceRequest {
-        request_from(trace, 0, spans)
-    }
-
-    /// Spans `first+1 ..= first+spans` of a trace (span IDs unique per trace
-    /// when `first` advances).
-    fn request_from(trace: u8, first: u64, spans: u64) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(OtlpResource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue { value: Some(any_value::Value::StringValue("svc".into())) }),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans: (first..first + spans)
-                        .map(|i| OtlpSpan {
-                            trace_id: vec![trace; 16],
-                            span_id: (i + 1).to_be_bytes().to_vec(),
-                            name: format!("op{i}"),
-                            start_time_unix_nano: 1_000 + i,
-                            end_time_unix_nano: 2_000 + i,
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-    }
-
-    fn test_config() -> StorageConfig {
-        let mut c = StorageConfig::default().with_retention(Duration::from_secs(3600));
-        c.wal.fsync = false;
-        c
-    }
+    use crate::filter::{self, analyzer, LogFilter, SpanFilter};
+    use crate::model::TraceId;
+    pub(crate) use crate::testsuite::test_config;
+    use crate::testsuite::{append_log_of, append_spans_of, spans_of_trace};
+    use std::collections::HashMap;
 
     pub(crate) async fn append(s: &Arc<Storage>, trace: u8, spans: u64) {
-        let req = request(trace, spans);
-        let rows = convert::spans(&req).records;
-        s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+        append_spans_of(s, trace, 0, spans).await;
     }
 
     /// A trace-by-ID lookup reads only the segments whose trace-ID index
@@ -1043,9 +533,7 @@ mod tests {
         s.replay().unwrap();
         for t in 1..=6u8 {
             // Trace t's spans start at 1000 + 100 t + i: newer segments hold newer traces.
-            let req = request_from(t, u64::from(t) * 100, 3);
-            let rows = convert::spans(&req).records;
-            s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+            s.append_spans(spans_of_trace(t, u64::from(t) * 100, 3)).await.unwrap();
             s.flush(true).unwrap();
         }
         let ids = |v: Vec<TraceId>| v.into_iter().map(|t| t.0[0]).collect::<Vec<u8>>();
@@ -1054,9 +542,7 @@ mod tests {
         let oldest = SpanFilter { operation: Some("op101".into()), ..Default::default() };
         assert_eq!(ids(s.search_traces(&oldest, 2).unwrap()), vec![1]);
         // A trace in the head that is newer than every segment.
-        let req = request_from(7, 700, 1);
-        let rows = convert::spans(&req).records;
-        s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+        s.append_spans(spans_of_trace(7, 700, 1)).await.unwrap();
         assert_eq!(ids(s.search_traces(&SpanFilter::default(), 3).unwrap()), vec![7, 6, 5]);
     }
 
@@ -1085,24 +571,7 @@ mod tests {
     }
 
     pub(crate) async fn append_log(s: &Arc<Storage>, trace: u8, body: &str) {
-        use opentelemetry_proto::tonic::logs::v1::{LogRecord as OtlpLog, ResourceLogs, ScopeLogs};
-        let req = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![OtlpLog {
-                        time_unix_nano: 5_000,
-                        severity_number: 17,
-                        body: Some(AnyValue { value: Some(any_value::Value::StringValue(body.into())) }),
-                        trace_id: if trace == 0 { vec![] } else { vec![trace; 16] },
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        let rows = convert::logs(&req).records;
-        s.append_logs(req.encode_to_vec(), rows).await.unwrap();
+        append_log_of(s, trace, body).await;
     }
 
     /// Segment search maps matching spans back to their traces, also when
@@ -1148,6 +617,26 @@ mod tests {
         assert_eq!(all.len(), 3);
     }
 
+    /// A data directory whose WAL was written by a build that stored raw
+    /// OTLP requests is refused at start, with the way to migrate.
+    #[test]
+    fn an_old_format_wal_is_refused_with_the_migration_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        fs::create_dir_all(&wal_dir).unwrap();
+        // Kind 1: a protobuf ExportTraceServiceRequest (here an empty one).
+        fs::write(wal_dir.join(format!("{:020}.wal", 0)), wal::tests::frame(1, &[])).unwrap();
+        let s = Storage::open(dir.path(), test_config()).unwrap();
+        let e = s.replay().unwrap_err().to_string();
+        assert!(e.contains("older Skein build"), "{e}");
+        assert!(
+            e.contains("start the previous Skein build on this data directory, stop it with SIGTERM"),
+            "{e}"
+        );
+        assert!(e.contains(&format!("delete the WAL directory {}", wal_dir.display())), "{e}");
+        assert!(!s.is_ready());
+    }
+
     #[test]
     fn a_data_dir_is_used_by_one_process_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
@@ -1174,9 +663,7 @@ mod tests {
     }
 
     async fn append_from(s: &Arc<Storage>, trace: u8, first: u64, spans: u64) {
-        let req = request_from(trace, first, spans);
-        let rows = convert::spans(&req).records;
-        s.append_traces(req.encode_to_vec(), rows).await.unwrap();
+        append_spans_of(s, trace, first, spans).await;
     }
 
     /// What each trace should hold: span IDs and log bodies.
@@ -1320,7 +807,13 @@ mod tests {
             want.insert(1, (vec![1, 2], vec![]));
             want.insert(2, (vec![], vec!["first log of trace 2".into(), "second log of trace 2".into()]));
             // Counted by `check_exactly_once`'s log search only.
-            want.insert(0, (vec![], vec!["a log without trace context".into(), "another log without trace context".into()]));
+            want.insert(
+                0,
+                (
+                    vec![],
+                    vec!["a log without trace context".into(), "another log without trace context".into()],
+                ),
+            );
             s.fail_next_flush.store(true, Ordering::SeqCst);
             assert!(s.flush(true).is_err());
             check_exactly_once(&s, &want);

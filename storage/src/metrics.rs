@@ -5,30 +5,46 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// Counters and gauges of the storage layer; names and help texts are in
+/// [`StorageMetrics::register`].
 #[derive(Debug)]
 pub struct StorageMetrics {
+    /// Bytes written to the WAL.
     pub wal_bytes: Counter,
+    /// Latency of one group-commit fsync, seconds.
     pub wal_fsync_seconds: Histogram,
+    /// Traces in the head.
     pub head_traces: Gauge,
+    /// Approximate bytes held by the head.
     pub head_bytes: Gauge,
+    /// Segments in the catalog.
     pub segments: Gauge,
+    /// Bytes of all segments in the catalog.
     pub segment_bytes: Gauge,
+    /// Duration of one flush that wrote a segment, seconds.
     pub flush_seconds: Histogram,
+    /// Spans written to segments by flushes.
     pub flushed_spans: Counter,
+    /// Log records written to segments by flushes.
     pub flushed_logs: Counter,
     /// Row reads from segment files: one per segment file opened for rows.
     pub segment_reads: Counter,
+    /// WAL files deleted because their records are all in segments.
     pub wal_files_reclaimed: Counter,
     /// Compactions done, and the segment bytes they read and wrote.
     pub compactions: Counter,
+    /// Segment bytes read by compactions.
     pub compaction_bytes_in: Counter,
+    /// Segment bytes written by compactions.
     pub compaction_bytes_out: Counter,
     /// Segments deleted by retention (age or total size).
     pub retention_deleted_segments: Counter,
     /// Requests to the object store (list, GET, PUT, HEAD, DELETE), and
     /// the bytes read from and written to it.
     pub remote_requests: Counter,
+    /// Bytes read from the object store.
     pub remote_read_bytes: Counter,
+    /// Bytes written to the object store.
     pub remote_written_bytes: Counter,
 }
 
@@ -58,6 +74,7 @@ impl Default for StorageMetrics {
 }
 
 impl StorageMetrics {
+    /// Registers every metric in `r` under its `skein_` name.
     pub fn register(&self, r: &mut Registry) {
         r.register("skein_wal_written_bytes", "Bytes written to the WAL", self.wal_bytes.clone());
         r.register(

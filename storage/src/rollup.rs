@@ -8,34 +8,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Span, SpanId};
 
+/// Width of a rollup bucket: one minute, in ns.
 pub const BUCKET_NS: u64 = 60_000_000_000;
 
 /// Calls from one service to another within one minute.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EdgeBucket {
+    /// Start of the minute, Unix ns (a multiple of [`BUCKET_NS`]).
     pub minute: u64,
+    /// The calling service.
     pub parent: String,
+    /// The called service.
     pub child: String,
+    /// Calls: child spans whose parent span is in `parent`.
     pub calls: u64,
+    /// Of those, calls whose child span has status ERROR.
     pub errors: u64,
 }
 
 /// Spans of one operation within one minute, with a latency histogram.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RedBucket {
+    /// Start of the minute, Unix ns (a multiple of [`BUCKET_NS`]).
     pub minute: u64,
+    /// The span's service.
     pub service: String,
+    /// The span's name.
     pub operation: String,
+    /// The span's kind ([`crate::model::kind`]).
     pub kind: u8,
+    /// Spans (requests).
     pub count: u64,
+    /// Spans with status ERROR.
     pub errors: u64,
     /// Sparse latency histogram: (bucket index, count); see [`hist_bucket`].
     pub hist: Vec<(u16, u32)>,
 }
 
+/// The rollups of a segment (or of the head).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Rollup {
+    /// Service-to-service calls per minute.
     pub edges: Vec<EdgeBucket>,
+    /// Rate, errors and duration per operation and minute.
     pub red: Vec<RedBucket>,
 }
 
@@ -114,6 +129,7 @@ impl RollupBuilder {
         }
     }
 
+    /// The rollup of everything added.
     pub fn build(self) -> Rollup {
         let mut edges: Vec<EdgeBucket> = self
             .edges

@@ -2,9 +2,11 @@
 //! write, read from a cold cache, compaction and retention.
 
 use super::*;
+use crate::filter::{LogFilter, SpanFilter};
 use crate::head::CutPolicy;
-use crate::moto::Moto;
+use crate::model::TraceId;
 use crate::tests::{append, append_log, retention_config};
+use crate::testsuite::Moto;
 
 const BUCKET: &str = "skein-test";
 
@@ -134,7 +136,7 @@ async fn interrupted_upload_is_dropped_and_replayed() {
         append(&s, 2, 4).await;
         // "Crash" while flushing trace 2: written locally, partly uploaded.
         let policy = CutPolicy { now_ms: 0, idle_ms: 0, max_age_ms: 0, target_bytes: 0, all: true };
-        let traces = s.head.cut(policy);
+        let traces = s.head().cut(policy);
         let (meta, _) =
             segment::write_segment(&s.segments_dir(), &s.cfg.segment, &traces, now_unix_nano()).unwrap();
         let r = s.remote.clone().unwrap();

@@ -10,6 +10,12 @@
 //! of the file's first record; a record's position is its global offset.
 //! Record: `len: u32 LE | crc32(kind ‖ payload): u32 LE | kind: u8 | payload`.
 //! A torn or corrupt tail (crash mid-write) ends replay of that file.
+//!
+//! The payload is one of storage's own batches ([`crate::batch`]): the
+//! validated model, so replay decodes once and no wire format is involved.
+//! Builds before issue 8 wrote raw OTLP requests (kinds 1 and 2); a WAL
+//! holding those is refused at replay with [`WalError::OldFormat`], which
+//! says how to migrate.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -30,30 +36,54 @@ const HEADER: usize = 9;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RecordKind {
-    /// An `ExportTraceServiceRequest`, protobuf-encoded.
-    Traces = 1,
-    /// An `ExportLogsServiceRequest`, protobuf-encoded.
-    Logs = 2,
+    /// Spans, encoded by [`crate::batch::encode_spans`].
+    SpanBatch = 3,
+    /// Log records, encoded by [`crate::batch::encode_logs`].
+    LogBatch = 4,
 }
+
+/// Record kinds of the WAL format before issue 8: a protobuf
+/// `ExportTraceServiceRequest` (1) or `ExportLogsServiceRequest` (2).
+const OLD_KINDS: [u8; 2] = [1, 2];
 
 impl RecordKind {
     fn from_u8(b: u8) -> Option<Self> {
         match b {
-            1 => Some(RecordKind::Traces),
-            2 => Some(RecordKind::Logs),
+            3 => Some(RecordKind::SpanBatch),
+            4 => Some(RecordKind::LogBatch),
             _ => None,
         }
     }
 }
 
+/// Errors of the WAL.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
+    /// Reading, writing, syncing or deleting a WAL file failed.
     #[error("WAL I/O error: {0}")]
     Io(#[from] io::Error),
+    /// A record's payload does not fit the 32-bit length of the format.
     #[error("WAL record of {0} bytes is larger than the limit")]
     TooLarge(usize),
+    /// The writer thread is gone (the storage is shutting down).
     #[error("WAL writer has stopped")]
     Closed,
+    /// The WAL was written by a build that stored raw OTLP requests. A
+    /// clean stop of that build flushes every record into segments but
+    /// leaves its last WAL file in place (the file being written is never
+    /// reclaimed), hence the step that removes the WAL directory.
+    #[error(
+        "WAL file {} holds records in the format of an older Skein build (raw OTLP requests), \
+         which this build cannot read. To migrate without losing data: start the previous Skein \
+         build on this data directory, stop it with SIGTERM (a clean stop flushes every WAL record \
+         into segments), delete the WAL directory {}, then start this build",
+        .file.display(),
+        .file.parent().unwrap_or(.file).display()
+    )]
+    OldFormat {
+        /// The first WAL file found holding an old record.
+        file: PathBuf,
+    },
 }
 
 /// WAL settings (`[wal]` in the config file).
@@ -102,8 +132,13 @@ fn file_path(dir: &Path, start: u64) -> PathBuf {
     dir.join(format!("{start:020}.wal"))
 }
 
-fn list_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+/// The WAL files in `dir` as `(start position, path)`, oldest first; none
+/// when `dir` does not exist.
+pub(crate) fn list_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
     for e in fs::read_dir(dir)? {
         let p = e?.path();
         let start = p
@@ -126,6 +161,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Reads every record in `dir` in order, calling `f(position, kind, payload)`.
 /// Returns the position the next record will have. Stops reading a file at
 /// its first torn or corrupt record.
+///
+/// # Errors
+/// [`WalError::OldFormat`] when a record of the pre-issue-8 format is found
+/// (before `f` sees any record of that file's later part), [`WalError::Io`]
+/// when a file cannot be read.
 pub fn replay(dir: &Path, mut f: impl FnMut(u64, RecordKind, &[u8])) -> Result<u64, WalError> {
     fs::create_dir_all(dir)?;
     let mut next = 0u64;
@@ -140,6 +180,9 @@ pub fn replay(dir: &Path, mut f: impl FnMut(u64, RecordKind, &[u8])) -> Result<u
             if end > buf.len() || crc32fast::hash(&buf[off + 8..end]) != crc {
                 tracing::warn!(file = %path.display(), offset = off, "WAL: torn or corrupt record, ignoring the rest of the file");
                 break;
+            }
+            if OLD_KINDS.contains(&buf[off + 8]) {
+                return Err(WalError::OldFormat { file: path });
             }
             let Some(kind) = RecordKind::from_u8(buf[off + 8]) else {
                 tracing::warn!(file = %path.display(), offset = off, "WAL: unknown record kind");
@@ -240,6 +283,7 @@ impl Wal {
         self.files.lock().first().map(|f| f.0).unwrap_or(0)
     }
 
+    /// The WAL directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -340,7 +384,7 @@ impl Writer {
 pub const BACKPRESSURE_HINT: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -358,7 +402,7 @@ mod tests {
         for i in 0..10u8 {
             let a = applied.clone();
             let pos = wal
-                .append(RecordKind::Traces, vec![i; 40], move |_| {
+                .append(RecordKind::SpanBatch, vec![i; 40], move |_| {
                     a.fetch_add(1, Ordering::SeqCst);
                 })
                 .await
@@ -376,7 +420,7 @@ mod tests {
         f.write_all(&[1, 2, 3]).unwrap();
         let mut seen = Vec::new();
         let next = replay(dir.path(), |pos, kind, p| {
-            assert_eq!(kind, RecordKind::Traces);
+            assert_eq!(kind, RecordKind::SpanBatch);
             seen.push((pos, p[0]));
         })
         .unwrap();
@@ -385,7 +429,7 @@ mod tests {
         assert_eq!(next, positions[9] + 49);
         // Restart writes after the torn tail and replay stays consistent.
         let wal = Wal::start(dir.path(), next, cfg, metrics()).unwrap();
-        let p = wal.append(RecordKind::Logs, vec![9; 5], |_| {}).await.unwrap();
+        let p = wal.append(RecordKind::LogBatch, vec![9; 5], |_| {}).await.unwrap();
         assert_eq!(p, next);
         let safe = positions[5];
         wal.reclaim(safe).unwrap();
@@ -395,5 +439,32 @@ mod tests {
         replay(dir.path(), |pos, _, _| after.push(pos)).unwrap();
         assert!(after.contains(&positions[5]) && after.contains(&p));
         assert!(!after.contains(&positions[0]));
+    }
+
+    /// A record as the writer frames it, for tests that forge WAL files.
+    pub(crate) fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[kind]);
+        h.update(payload);
+        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&h.finalize().to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn old_format_records_are_refused_with_the_migration_steps() {
+        for old in OLD_KINDS {
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(file_path(dir.path(), 0), frame(old, b"\x0a\x00")).unwrap();
+            let e = replay(dir.path(), |_, _, _| panic!("no record is handed out")).unwrap_err();
+            assert!(matches!(e, WalError::OldFormat { .. }), "{e}");
+            let msg = e.to_string();
+            for want in ["older Skein build", "previous Skein build", "SIGTERM", "delete the WAL directory"] {
+                assert!(msg.contains(want), "{want:?} missing in: {msg}");
+            }
+            assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use skein_storage::moto::Moto;
+use skein_storage::testsuite::Moto;
 
 use crate::sdk::{check_trace, send_checkout, Transport};
 use crate::support::Server;

@@ -1,0 +1,146 @@
+//! Ingest: admission, appending batches (durable, then visible) and WAL
+//! replay at start.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::batch::{self, BatchError};
+use crate::head::Head;
+use crate::model::{LogRecord, Span, TraceId};
+use crate::wal::{self, RecordKind, Wal};
+use crate::{Error, Result, Storage};
+
+impl Storage {
+    /// Replays the WAL into the head, skipping records already in segments,
+    /// then starts the WAL writer; the storage is ready for ingest once this
+    /// returns `Ok`. Blocking; run it off the async runtime.
+    ///
+    /// # Errors
+    /// [`Error::Wal`] when the WAL cannot be read or the writer cannot
+    /// start, including [`wal::WalError::OldFormat`] for a WAL written by a
+    /// build before issue 8 (its message says how to migrate). An
+    /// undecodable batch inside a record whose checksum holds is logged and
+    /// skipped.
+    pub fn replay(&self) -> Result<()> {
+        let wal_dir = self.wal_dir();
+        let oldest = wal::list_files(&wal_dir)?.first().map(|f| f.0);
+        let segments = self.catalog.snapshot().segments;
+        // Per trace, the last WAL position already in a segment.
+        let mut flushed: HashMap<TraceId, u64> = HashMap::new();
+        for seg in segments.iter().filter(|s| oldest.is_some_and(|o| s.meta.wal_max_pos >= o)) {
+            for e in seg.trace_index() {
+                let v = flushed.entry(e.trace_id).or_insert(e.wal_pos);
+                *v = (*v).max(e.wal_pos);
+            }
+        }
+        let head = self.catalog.head();
+        let (mut spans, mut logs, mut skipped) = (0u64, 0u64, 0u64);
+        let next = wal::replay(&wal_dir, |pos, kind, payload| match kind {
+            RecordKind::SpanBatch => {
+                if let Some(r) =
+                    unflushed(pos, batch::decode_spans(payload), &flushed, &mut skipped, |s| s.trace_id)
+                {
+                    spans += r.len() as u64;
+                    head.insert_spans(pos, r);
+                }
+            }
+            RecordKind::LogBatch => {
+                if let Some(r) =
+                    unflushed(pos, batch::decode_logs(payload), &flushed, &mut skipped, |l| l.trace_id)
+                {
+                    logs += r.len() as u64;
+                    head.insert_logs(pos, r);
+                }
+            }
+        })?;
+        tracing::info!(spans, logs, already_flushed = skipped, "WAL replay done");
+        // New records must sort after every position a segment recorded,
+        // or replay after a crash would take them for flushed ones. That
+        // matters when the WAL is newer than the segments: a deleted WAL
+        // directory, or a new node on segments in an object store.
+        let floor = segments.iter().map(|s| s.meta.wal_max_pos + 1).max().unwrap_or(0);
+        let w = Wal::start(&wal_dir, next.max(floor), self.cfg.wal.clone(), self.metrics.clone())?;
+        let _ = self.wal.set(w);
+        self.update_head_metrics();
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The WAL, if ingest may proceed: replay is done and the head is under
+    /// `max_bytes * overload_factor`.
+    fn admit(&self) -> Result<&Wal> {
+        let wal = self.wal.get().ok_or(Error::NotReady)?;
+        let limit = (self.cfg.head.max_bytes as f64 * self.cfg.head.overload_factor) as usize;
+        let b = self.catalog.head().bytes();
+        if b > limit {
+            return Err(Error::Overloaded(b));
+        }
+        Ok(wal)
+    }
+
+    /// Makes spans durable, then visible: encodes them as one WAL record
+    /// ([`batch::encode_spans`]) and resolves once that record is fsynced
+    /// (group commit with concurrent appends) and the spans are in the head,
+    /// readable by every query. Validation is the caller's (the
+    /// collector's); storage keeps what it is given.
+    ///
+    /// # Errors
+    /// [`Error::NotReady`] before [`Storage::replay`] finished,
+    /// [`Error::Overloaded`] while the head is over its limit (retryable),
+    /// [`Error::Wal`] when the record could not be made durable (nothing of
+    /// it is visible then).
+    pub async fn append_spans(self: &Arc<Self>, spans: Vec<Span>) -> Result<()> {
+        self.append(RecordKind::SpanBatch, spans, batch::encode_spans, Head::insert_spans).await
+    }
+
+    /// Makes log records durable, then visible; as [`Storage::append_spans`]
+    /// (records without trace context carry [`TraceId::ZERO`]).
+    ///
+    /// # Errors
+    /// As [`Storage::append_spans`].
+    pub async fn append_logs(self: &Arc<Self>, logs: Vec<LogRecord>) -> Result<()> {
+        self.append(RecordKind::LogBatch, logs, batch::encode_logs, Head::insert_logs).await
+    }
+
+    /// Writes `records` to the WAL as one batch and, once it is durable,
+    /// inserts them into the head on the WAL thread (records enter the head
+    /// in WAL order, which replay relies on).
+    async fn append<T: Send + 'static>(
+        self: &Arc<Self>,
+        kind: RecordKind,
+        records: Vec<T>,
+        encode: fn(&[T]) -> Vec<u8>,
+        insert: fn(&Head, u64, Vec<T>),
+    ) -> Result<()> {
+        let wal = self.admit()?;
+        let payload = encode(&records);
+        let me = self.clone();
+        wal.append(kind, payload, move |pos| insert(me.catalog.head(), pos, records)).await?;
+        Ok(())
+    }
+}
+
+/// The records of the batch at WAL position `pos` that no segment holds
+/// yet (`flushed`: per trace, the last position in a segment); counts the
+/// others in `skipped`. `None`, logged, for a batch that does not decode.
+fn unflushed<T>(
+    pos: u64,
+    decoded: Result<Vec<T>, BatchError>,
+    flushed: &HashMap<TraceId, u64>,
+    skipped: &mut u64,
+    trace: impl Fn(&T) -> TraceId,
+) -> Option<Vec<T>> {
+    match decoded {
+        Ok(mut records) => {
+            let before = records.len();
+            records.retain(|r| flushed.get(&trace(r)).is_none_or(|p| pos > *p));
+            *skipped += (before - records.len()) as u64;
+            Some(records)
+        }
+        Err(e) => {
+            tracing::error!(pos, error = %e, "WAL: undecodable batch");
+            None
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The life of data after ingest: flush (head to segment, then WAL
+//! reclamation), retention, and the background schedule that runs them and
+//! compaction ([`Storage::run_maintenance`]). Compaction itself is in
+//! [`crate::compact`].
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::head::CutPolicy;
+use crate::segment::{self, Segment};
+use crate::{now_unix_nano, remove_segment_dir, wal, Error, FlushStats, Result, Storage};
+
+/// Retention runs every this many flush ticks (once a minute with the
+/// default one-second `head.flush_interval`).
+const RETENTION_EVERY_TICKS: u64 = 60;
+
+impl Storage {
+    /// Writes traces that are idle, old, or over the memory limit (or all
+    /// of them with `all`) to a new segment, then deletes WAL files whose
+    /// records are all in segments. Blocking; one flush runs at a time.
+    ///
+    /// When it returns `Ok`, the flushed records are in a segment in the
+    /// catalog (uploaded first, with an object store) and readable from
+    /// there; the WAL no longer needs them.
+    ///
+    /// # Errors
+    /// The segment could not be written or published. Its traces are then
+    /// back in the head with their WAL positions and their WAL records are
+    /// kept: the next flush retries them and a crash replays them.
+    pub fn flush(&self, all: bool) -> Result<FlushStats> {
+        let _guard = self.flush_lock.lock();
+        let t0 = std::time::Instant::now();
+        let h = &self.cfg.head;
+        let head = self.catalog.head();
+        let policy = CutPolicy {
+            now_ms: head.now_ms(),
+            idle_ms: h.idle_timeout.as_millis() as u64,
+            max_age_ms: h.max_trace_age.as_millis() as u64,
+            target_bytes: h.max_bytes,
+            all,
+        };
+        let mut stats = FlushStats::default();
+        if let Some(flushing) = self.catalog.cut(policy) {
+            let traces = &flushing.traces;
+            stats.traces = traces.len();
+            stats.spans = traces.iter().map(|t| t.1.spans.len() as u64).sum();
+            stats.logs = traces.iter().map(|t| t.1.logs.len() as u64).sum();
+            #[cfg(test)]
+            let injected = self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst);
+            #[cfg(not(test))]
+            let injected = false;
+            let written = if injected {
+                Err(Error::Io(std::io::Error::other("injected segment write failure")))
+            } else {
+                segment::write_segment(&self.segments_dir(), &self.cfg.segment, traces, now_unix_nano())
+                    .and_then(|(meta, _)| self.publish_segment(&meta.id))
+            };
+            match written {
+                Ok(seg) => {
+                    self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);
+                    let n = self.catalog.finish_flush(&flushing, Some(Arc::new(seg)));
+                    self.metrics.segments.set(n as i64);
+                    self.metrics.flushed_spans.inc_by(stats.spans);
+                    self.metrics.flushed_logs.inc_by(stats.logs);
+                }
+                Err(e) => {
+                    self.catalog.finish_flush(&flushing, None);
+                    self.update_head_metrics();
+                    return Err(e);
+                }
+            }
+            self.metrics.flush_seconds.observe(t0.elapsed().as_secs_f64());
+        }
+        self.reclaim_wal();
+        self.update_head_metrics();
+        if stats.traces > 0 {
+            self.trim_cache();
+        }
+        Ok(stats)
+    }
+
+    pub(crate) fn update_head_metrics(&self) {
+        let head = self.catalog.head();
+        self.metrics.head_bytes.set(head.bytes() as i64);
+        self.metrics.head_traces.set(head.trace_count() as i64);
+    }
+
+    /// Deletes the WAL files before the oldest record not in a segment.
+    fn reclaim_wal(&self) {
+        let Some(wal) = self.wal.get() else { return };
+        let safe = self.catalog.oldest_unflushed_pos().unwrap_or(u64::MAX);
+        match wal.reclaim(safe) {
+            Ok(n) => {
+                self.metrics.wal_files_reclaimed.inc_by(n as u64);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot delete WAL file"),
+        };
+    }
+
+    /// Deletes segments received longer ago than `retention`, then, with
+    /// `retention_bytes`, the oldest segments (by when Skein received their
+    /// data) while all segments together are larger than that. A segment
+    /// holding records still in the WAL is never deleted: replay would
+    /// bring them back. Returns the number of segments deleted (out of the
+    /// catalog at return; their files go once no query reads them).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The WAL directory cannot be listed (before replay).
+    pub fn enforce_retention(&self) -> Result<usize> {
+        let _maint = self.maintenance_lock.lock();
+        let cutoff = now_unix_nano().saturating_sub(self.cfg.retention.as_nanos() as u64);
+        let wal_oldest = match self.wal.get() {
+            Some(w) => w.oldest_position(),
+            None => wal::list_files(&self.wal_dir())?.first().map_or(u64::MAX, |f| f.0),
+        };
+        let deletable = |s: &Segment| s.meta.wal_max_pos < wal_oldest;
+        let expired: Vec<Arc<Segment>> = self.catalog.edit_segments(|segments| {
+            let (mut old, mut keep): (Vec<_>, Vec<_>) =
+                segments.drain(..).partition(|s| s.meta.created_unix_nano < cutoff && deletable(s));
+            if let Some(limit) = self.cfg.retention_bytes {
+                let mut total: u64 = keep.iter().map(|s| s.meta.bytes).sum();
+                if total > limit {
+                    keep.sort_by(|a, b| {
+                        (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
+                    });
+                    let mut rest = Vec::with_capacity(keep.len());
+                    for s in keep {
+                        if total > limit && deletable(&s) {
+                            total -= s.meta.bytes;
+                            old.push(s);
+                        } else {
+                            rest.push(s);
+                        }
+                    }
+                    if total > limit {
+                        tracing::warn!(
+                            total,
+                            limit,
+                            "retention: segments exceed retention_bytes but the rest still has data in the WAL"
+                        );
+                    }
+                    keep = rest;
+                    keep.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+                }
+            }
+            *segments = keep;
+            self.metrics.segments.set(segments.len() as i64);
+            old
+        });
+        for s in &expired {
+            tracing::info!(segment = %s.meta.id, bytes = s.meta.bytes, "retention: deleting segment");
+            self.metrics.segment_bytes.dec_by(s.meta.bytes as i64);
+        }
+        self.metrics.retention_deleted_segments.inc_by(expired.len() as u64);
+        let n = expired.len();
+        self.bury(expired);
+        Ok(n)
+    }
+
+    /// Queues segments already out of the catalog for deletion, and deletes
+    /// every queued one no query snapshot holds any more. A snapshot taken
+    /// before the segment left the catalog may still read its files; once
+    /// only the queue holds it, nobody can get it again.
+    pub(crate) fn bury(&self, segments: Vec<Arc<Segment>>) {
+        let mut g = self.graveyard.lock();
+        g.extend(segments);
+        let root = self.segments_dir();
+        g.retain(|s| {
+            if Arc::strong_count(s) > 1 {
+                return true;
+            }
+            if let Some(r) = &self.remote {
+                if let Err(e) = r.delete(&s.meta.id) {
+                    // Keep it queued: deleting the local copy alone would
+                    // bring the segment back at the next start.
+                    tracing::warn!(segment = %s.meta.id, error = %e, "cannot delete segment from the object store");
+                    return true;
+                }
+            }
+            if let Err(e) = remove_segment_dir(&root, s.dir()) {
+                // A compaction input is dropped at the next start through
+                // its replacement's `replaces`; an expired segment is
+                // found expired again.
+                tracing::warn!(segment = %s.meta.id, error = %e, "cannot delete segment directory");
+            }
+            false
+        });
+    }
+
+    /// Runs flush, retention and compaction in the background until `stop`
+    /// turns `true` (or its sender is dropped), then waits for a running
+    /// retention or compaction to finish. It does not flush what is left:
+    /// the caller does that with `flush(true)` once ingest has stopped.
+    ///
+    /// Every `head.flush_interval` a flush writes idle, old or excess
+    /// traces. Retention (every 60 ticks, starting with the first) and
+    /// compaction (every `compaction.interval`, when enabled) run in one
+    /// maintenance task beside it, one at a time, so a long compaction never
+    /// delays a flush; a tick whose maintenance is due while the previous
+    /// one still runs leaves it pending. Failures are logged and retried at
+    /// the next turn. Call after [`Storage::replay`].
+    pub async fn run_maintenance(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let interval = self.cfg.head.flush_interval;
+        let compaction = self.cfg.compaction.clone();
+        let compact_every =
+            (compaction.interval.as_secs_f64() / interval.as_secs_f64().max(1e-3)).ceil().max(1.0) as u64;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        let (mut retention_due, mut compaction_due) = (false, false);
+        let mut maintenance: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            n += 1;
+            retention_due |= n % RETENTION_EVERY_TICKS == 1;
+            compaction_due |= compaction.enabled && n.is_multiple_of(compact_every);
+            if (retention_due || compaction_due) && maintenance.as_ref().is_none_or(|h| h.is_finished()) {
+                let (r, c) = (std::mem::take(&mut retention_due), std::mem::take(&mut compaction_due));
+                let s = self.clone();
+                maintenance = Some(tokio::task::spawn_blocking(move || s.maintain(r, c)));
+            }
+            let s = self.clone();
+            match tokio::task::spawn_blocking(move || s.flush(false)).await {
+                Ok(Ok(st)) if st.traces > 0 => {
+                    tracing::debug!(traces = st.traces, spans = st.spans, logs = st.logs, "flushed")
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "flush failed; will retry"),
+                _ => {}
+            }
+        }
+        // A compaction is safe to interrupt, but letting it finish keeps
+        // its work.
+        if let Some(h) = maintenance {
+            let _ = h.await;
+        }
+    }
+
+    /// One maintenance turn: retention and/or compaction. Blocking.
+    fn maintain(&self, retention: bool, compaction: bool) {
+        if retention {
+            if let Err(e) = self.enforce_retention() {
+                tracing::error!(error = %e, "retention failed");
+            }
+        }
+        if compaction {
+            match self.compact() {
+                Ok(st) if st.inputs > 0 => tracing::debug!(
+                    inputs = st.inputs,
+                    bytes_in = st.bytes_in,
+                    bytes_out = st.bytes_out,
+                    "compacted"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "compaction failed; will retry"),
+            }
+        }
+    }
+}

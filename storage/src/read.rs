@@ -1,0 +1,211 @@
+//! The public read API: a trace by ID, trace and log search, log counts
+//! over time, rollups. Each read sees the head, in-flight flushes and
+//! segments through one [`Catalog::walk`](crate::catalog::Catalog::walk),
+//! so a record moving between them meanwhile is seen exactly once.
+//!
+//! Every read is blocking (segment reads touch disk or the object store):
+//! call them off the async runtime.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::filter::{analyzer, LogFilter, SpanFilter};
+use crate::model::{LogRecord, Span, TraceId};
+use crate::rollup::{Rollup, RollupBuilder};
+use crate::segment::Segment;
+use crate::{Result, Snapshot, Storage};
+
+impl Storage {
+    /// The segments and in-flight flushes as of now (for listings over
+    /// segment metadata). Holding it keeps its segments' files from being
+    /// deleted by compaction or retention.
+    pub fn snapshot(&self) -> Snapshot {
+        self.catalog.snapshot()
+    }
+
+    /// Every span and log of a trace, from the head, in-flight flushes and
+    /// the segments whose trace-ID index lists it. Spans by start time,
+    /// logs by time. `None` when nothing of the trace is stored.
+    ///
+    /// # Errors
+    /// A segment that cannot be read (I/O, object store, corrupt file).
+    pub fn get_trace(&self, id: &TraceId) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
+        self.read_trace(id, true)
+    }
+
+    /// The spans of a trace without its logs (what a search summary needs):
+    /// segments' log rows are not read. `None` when no span is stored.
+    ///
+    /// # Errors
+    /// As [`Storage::get_trace`].
+    pub fn get_trace_spans(&self, id: &TraceId) -> Result<Option<Vec<Span>>> {
+        Ok(self.read_trace(id, false)?.map(|x| x.0).filter(|s| !s.is_empty()))
+    }
+
+    fn read_trace(&self, id: &TraceId, with_logs: bool) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
+        let (mut spans, mut logs) = (Vec::new(), Vec::new());
+        let segments = self.catalog.walk(Some(id), |_, t| {
+            spans.extend(t.spans.iter().cloned());
+            logs.extend(t.logs.iter().cloned());
+        });
+        for seg in &segments {
+            if let Some((s, l)) = seg.lookup(id, with_logs)? {
+                spans.extend(s);
+                logs.extend(l);
+            }
+        }
+        if spans.is_empty() && logs.is_empty() {
+            return Ok(None);
+        }
+        spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
+        logs.sort_by_key(|l| l.effective_time());
+        Ok(Some((spans, logs)))
+    }
+
+    /// Calls `f` with every span held in memory: the head and in-flight
+    /// flushes (for listings that add the segments' metadata to it). `f`
+    /// runs under the catalog lock for the head's spans: keep it quick.
+    pub fn for_each_memory_span(&self, mut f: impl FnMut(&Span)) {
+        self.catalog.walk(None, |_, t| t.spans.iter().for_each(&mut f));
+    }
+
+    /// IDs of at most `limit` traces with a span matching `f`, the trace
+    /// whose newest matching span is latest first.
+    ///
+    /// # Errors
+    /// A segment whose index or rows cannot be read.
+    pub fn search_traces(&self, f: &SpanFilter, limit: usize) -> Result<Vec<TraceId>> {
+        let mut best: HashMap<TraceId, u64> = HashMap::new();
+        let segments = self.catalog.walk(None, |id, t| {
+            if let Some(m) = t.spans.iter().filter(|s| f.matches(s)).map(|s| s.start_time_unix_nano).max() {
+                let e = best.entry(*id).or_insert(m);
+                *e = (*e).max(m);
+            }
+        });
+        // Newest segments first; stop once `limit` traces are known that
+        // are newer than anything an older segment holds (a trace ranks by
+        // its newest matching span, which lies within its segment's time
+        // range), so a search usually reads one or two segments.
+        for seg in newest_first(&segments, f.start_ns, f.end_ns) {
+            if kth_newest(best.values().copied(), limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
+                break;
+            }
+            for (id, t) in seg.search_spans(f, limit)? {
+                let e = best.entry(id).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
+        let mut v: Vec<_> = best.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(limit);
+        Ok(v.into_iter().map(|x| x.0).collect())
+    }
+
+    /// At most `limit` log records matching `f`, latest first.
+    ///
+    /// # Errors
+    /// A segment whose index or rows cannot be read.
+    pub fn search_logs(&self, f: &LogFilter, limit: usize) -> Result<Vec<LogRecord>> {
+        let mut an = analyzer();
+        let mut out: Vec<LogRecord> = Vec::new();
+        // Keep at most ~2x limit candidates while scanning memory, so a
+        // broad query over a large head stays bounded.
+        let cap = limit.saturating_mul(2).max(1024);
+        let segments = self.catalog.walk(f.trace_id.as_ref(), |_, t| {
+            out.extend(t.logs.iter().filter(|l| f.matches(l, &mut an)).cloned());
+            if out.len() > cap {
+                out.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));
+                out.truncate(limit);
+            }
+        });
+        if f.trace_id.is_some() {
+            for seg in segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
+                out.extend(seg.search_logs(f, limit)?);
+            }
+        } else {
+            // The newest `limit` matches over all segments are chosen from
+            // the indexes first (newest segments first, stopping as trace
+            // search does); only their rows are then read.
+            let segs = newest_first(&segments, f.start_ns, f.end_ns);
+            let mut picked: Vec<(u64, usize, usize)> = Vec::new(); // (time, segment, row)
+            for (i, seg) in segs.iter().enumerate() {
+                let times = out.iter().map(LogRecord::effective_time).chain(picked.iter().map(|p| p.0));
+                if kth_newest(times, limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
+                    break;
+                }
+                picked.extend(seg.search_log_rows(f, limit)?.into_iter().map(|(t, r)| (t, i, r)));
+                picked.sort_unstable_by(|a, b| b.cmp(a));
+                picked.truncate(limit);
+            }
+            let mut by_segment: HashMap<usize, Vec<std::ops::Range<usize>>> = HashMap::new();
+            for (_, i, r) in picked {
+                by_segment.entry(i).or_default().push(r..r + 1);
+            }
+            for (i, ranges) in by_segment {
+                out.extend(segs[i].read_logs(ranges)?);
+            }
+        }
+        out.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Counts of logs matching `f` per `step`-wide bucket (in ns, at least
+    /// 1), keyed by bucket start (a multiple of `step`, in Unix ns).
+    ///
+    /// # Errors
+    /// A segment whose index or rows cannot be read.
+    pub fn log_histogram(&self, f: &LogFilter, _start: u64, step: u64) -> Result<HashMap<u64, u64>> {
+        let step = step.max(1);
+        let mut an = analyzer();
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        let mut count = |ts: u64, n: u64| *counts.entry(ts - ts % step).or_insert(0) += n;
+        let segments = self.catalog.walk(f.trace_id.as_ref(), |_, t| {
+            for l in t.logs.iter().filter(|l| f.matches(l, &mut an)) {
+                count(l.effective_time(), 1);
+            }
+        });
+        for seg in segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
+            if f.trace_id.is_some() {
+                for l in seg.search_logs(f, usize::MAX)? {
+                    count(l.effective_time(), 1);
+                }
+            } else {
+                // Bucket starts are multiples of `step` already.
+                for (k, v) in seg.count_logs(f, step)? {
+                    count(k, v);
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Rollups covering `[start, end]` (Unix ns, open when `None`): those
+    /// stored with segments, plus one computed now from the head and
+    /// in-flight flushes.
+    pub fn rollups(&self, start: Option<u64>, end: Option<u64>) -> Vec<Rollup> {
+        let mut b = RollupBuilder::default();
+        let segments = self.catalog.walk(None, |_, t| b.add_trace(&t.spans));
+        let mut out: Vec<Rollup> =
+            segments.iter().filter(|s| s.overlaps(start, end)).map(|s| s.rollup.clone()).collect();
+        out.push(b.build());
+        out
+    }
+}
+
+/// The segments overlapping `[start, end]`, newest data first.
+fn newest_first(segments: &[Arc<Segment>], start: Option<u64>, end: Option<u64>) -> Vec<&Arc<Segment>> {
+    let mut segs: Vec<&Arc<Segment>> = segments.iter().filter(|s| s.overlaps(start, end)).collect();
+    segs.sort_by_key(|s| std::cmp::Reverse(s.meta.max_time_unix_nano));
+    segs
+}
+
+/// The `k`-th largest of `values` (`None` when there are fewer than `k`).
+fn kth_newest(values: impl Iterator<Item = u64>, k: usize) -> Option<u64> {
+    let mut v: Vec<u64> = values.collect();
+    if k == 0 || v.len() < k {
+        return None;
+    }
+    let (_, kth, _) = v.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+    Some(*kth)
+}
