@@ -17,8 +17,6 @@ use skein_storage::{CompactionConfig, HeadConfig, Storage, StorageConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-mod loadgen;
-
 /// Ingest allocates many small strings per span; glibc's malloc spent about
 /// a third of the CPU in a profile of the load benchmark (docs/benchmarks.md).
 #[global_allocator]
@@ -36,7 +34,7 @@ enum Command {
     /// Run the server: OTLP receivers, storage, HTTP API and UI.
     Serve(ServeArgs),
     /// Replay a gen_workload.py workload against a server and measure it.
-    Loadgen(loadgen::LoadgenArgs),
+    Loadgen(skein_loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -177,9 +175,10 @@ fn main() -> Result<()> {
             let cfg = build_config(args)?;
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
         }
-        Command::Loadgen(args) => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(loadgen::run(args))
-        }
+        Command::Loadgen(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(skein_loadgen::run(args)),
     }
 }
 

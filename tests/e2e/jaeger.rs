@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::sdk::{send_checkout, unix_ns, Transport};
-use crate::support::{eventually, Server};
+use crate::support::{eventually, query, Server};
 
 /// Jaeger-API clients (Grafana's Jaeger data source) read the same data.
 #[test]
@@ -26,10 +26,17 @@ fn jaeger_api_serves_the_trace() {
         assert_eq!(ops["data"], serde_json::json!([{"name": "cart.Get", "spanKind": "server"}]));
 
         let t0 = unix_ns(base) / 1_000;
+        let (start, end) = ((t0 - 1_000_000).to_string(), (t0 + 1_000_000).to_string());
         let q = format!(
-            "/jaeger/api/traces?service=cart&tags=%7B%22cart.items%22%3A%223%22%7D&minDuration=100ms&start={}&end={}&limit=5",
-            t0 - 1_000_000,
-            t0 + 1_000_000
+            "/jaeger/api/traces?{}",
+            query(&[
+                ("service", "cart"),
+                ("tags", r#"{"cart.items":"3"}"#),
+                ("minDuration", "100ms"),
+                ("start", &start),
+                ("end", &end),
+                ("limit", "5"),
+            ])
         );
         let found = server.get_json(&q);
         let trace = &found["data"][0];

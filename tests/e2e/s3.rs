@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use skein_storage::testsuite::Moto;
 
 use crate::sdk::{check_trace, send_checkout, Transport};
-use crate::support::Server;
+use crate::support::{query, Server};
 
 #[test]
 fn segments_in_s3_outlive_the_local_data_directory() {
@@ -37,7 +37,7 @@ fn segments_in_s3_outlive_the_local_data_directory() {
     let ids: Vec<&str> =
         found["traces"].as_array().unwrap().iter().filter_map(|t| t["trace_id"].as_str()).collect();
     assert_eq!(ids, vec![sent.trace_id.as_str()]);
-    let logs = b.get_json("/api/v1/search/logs?q=checkout%20alice");
+    let logs = b.get_json(&format!("/api/v1/search/logs?{}", query(&[("q", "checkout alice")])));
     assert_eq!(logs["logs"].as_array().unwrap().len(), 1);
 
     // A bucket that does not exist is a clear error at start, not a panic.

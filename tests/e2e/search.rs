@@ -4,16 +4,7 @@ use prost::Message;
 use serde_json::Value;
 
 use crate::sdk::{send_checkout, unix_ns, Transport};
-use crate::support::{otlp, Server};
-
-fn form_urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use crate::support::{otlp, query, Server};
 
 fn trace_ids(v: &Value) -> Vec<String> {
     v["traces"].as_array().unwrap().iter().map(|t| t["trace_id"].as_str().unwrap().to_string()).collect()
@@ -52,7 +43,7 @@ fn check_search(server: &Server, id: &str, base: SystemTime) {
     assert!(finds(server, &format!("start={}&end={}", rfc(t0 - 1_000_000_000), rfc(t0 + 1_000_000_000)), id));
 
     // TraceQL, URL-encoded.
-    let tq = |q: &str| format!("q={}", form_urlencode(q));
+    let tq = |q: &str| query(&[("q", q)]);
     assert!(finds(
         server,
         &tq(r#"{ resource.service.name = "frontend" } > { resource.service.name = "cart" }"#),
@@ -86,7 +77,10 @@ fn check_search(server: &Server, id: &str, base: SystemTime) {
     // Logs: a word of the body finds the log and its trace.
     let logs = server.get_json("/api/v1/search/logs?q=timeout")["logs"].as_array().unwrap().clone();
     assert!(logs.iter().any(|l| l["trace_id"] == id && l["service_name"] == "cart"), "{logs:?}");
-    let logs = server.get_json("/api/v1/search/logs?q=TIMEOUT%20retried&service=cart&severity=WARN")["logs"]
+    let logs = server.get_json(&format!(
+        "/api/v1/search/logs?{}",
+        query(&[("q", "TIMEOUT retried"), ("service", "cart"), ("severity", "WARN")])
+    ))["logs"]
         .as_array()
         .unwrap()
         .clone();

@@ -167,6 +167,12 @@ pub(crate) fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// `pairs` as a URL query string (`application/x-www-form-urlencoded`, as
+/// the server's parameter parser reads it).
+pub(crate) fn query(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
 pub(crate) mod otlp {
     //! Hand-built OTLP requests, for tests that need exact control.
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;

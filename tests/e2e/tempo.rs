@@ -5,7 +5,7 @@ use prost::Message as _;
 use serde_json::Value;
 
 use crate::sdk::{send_checkout, unix_ns, Transport};
-use crate::support::{client, eventually, Server};
+use crate::support::{client, eventually, query, Server};
 
 /// Tempo's `tempopb.Trace`, to decode the protobuf answer.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -64,10 +64,11 @@ fn tempo_api_serves_the_trace() {
         assert_eq!(hex::encode(&pb.batches[0].scope_spans[0].spans[0].trace_id), sent.trace_id);
 
         let t0 = unix_ns(base) / 1_000_000_000;
+        let (start, end) = ((t0 - 60).to_string(), (t0 + 60).to_string());
         for q in [
-            "q=%7B%20resource.service.name%20%3D%20%22cart%22%20%7D".to_string(),
-            "tags=service.name%3Dcart".to_string(),
-            format!("tags=service.name%3Dcart&start={}&end={}&limit=5", t0 - 60, t0 + 60),
+            query(&[("q", r#"{ resource.service.name = "cart" }"#)]),
+            query(&[("tags", "service.name=cart")]),
+            query(&[("tags", "service.name=cart"), ("start", &start), ("end", &end), ("limit", "5")]),
         ] {
             let found = server.get_json(&format!("/tempo/api/search?{q}"));
             let tr = &found["traces"][0];
@@ -77,7 +78,7 @@ fn tempo_api_serves_the_trace() {
             assert!(tr["spanSet"]["matched"].as_u64().unwrap() >= 1);
             assert!(tr["startTimeUnixNano"].is_string());
         }
-        let none = server.get_json("/tempo/api/search?tags=service.name%3Dnope");
+        let none = server.get_json(&format!("/tempo/api/search?{}", query(&[("tags", "service.name=nope")])));
         assert!(none["traces"].as_array().unwrap().is_empty());
 
         let names = strings(&server.get_json("/tempo/api/search/tags")["tagNames"]);

@@ -1,6 +1,8 @@
 //! The web UI: a single-page app built from `ui/web` into `ui/dist` and
 //! embedded in the binary, so running Skein needs no Node.js.
 
+#![warn(missing_docs)]
+
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;

@@ -1,4 +1,4 @@
-import { useEffect, useState, useRef, useCallback } from "preact/hooks";
+import { useEffect, useMemo, useState, useRef, useCallback } from "preact/hooks";
 import type { AttrValue } from "./api";
 
 // ---------------------------------------------------------------- router ----
@@ -30,6 +30,42 @@ export function useLocation(): Loc {
     return () => void routeListeners.delete(l);
   }, []);
   return loc;
+}
+
+export interface UrlState<F> {
+  /** The form as the user is editing it, not yet in the URL. */
+  form: F;
+  setForm: (f: F | ((prev: F) => F)) => void;
+  /** The form as the URL holds it: what the page shows results for. */
+  applied: F;
+  /** Puts `f` in the URL as a new history entry; if the URL already says `f`, runs the search again instead. */
+  submit: (f: F) => void;
+  /** Changes whenever the search should run: a new URL, or the same one submitted again. A fetch key. */
+  runKey: string;
+}
+
+/**
+ * Form fields held in the URL query, so a shared link or Back reproduces a
+ * search. `fromQuery` and `toUrl` must be inverse: `fromQuery` of the query
+ * of `toUrl(f)` is `f` up to defaults. Back/forward reset the edited form to
+ * the URL. Submitting the URL already shown runs the search again, because a
+ * relative range ("last hour") means newer results by then.
+ */
+export function useUrlState<F>(
+  loc: Loc,
+  fromQuery: (q: URLSearchParams) => F,
+  toUrl: (f: F) => string,
+): UrlState<F> {
+  const applied = useMemo(() => fromQuery(loc.query), [loc.search]);
+  const [form, setForm] = useState<F>(applied);
+  useEffect(() => setForm(applied), [applied]);
+  const [runs, setRuns] = useState(0);
+  const submit = (f: F) => {
+    const url = toUrl(f);
+    if (url === location.pathname + location.search) setRuns((n) => n + 1);
+    else navigate(url);
+  };
+  return { form, setForm, applied, submit, runKey: `${loc.search}#${runs}` };
 }
 
 /** Click handler for in-app links: keeps modifier clicks (new tab) working. */

@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useMemo, useState } from "preact/hooks";
 import uPlot from "uplot";
 import { api, type Log } from "../api";
 import { Busy, Empty, ErrorState, Link, Loading, TimeRangePicker, TimeText, UChart, axisStyle, timeAxis } from "../components";
@@ -10,7 +10,6 @@ import {
   buildUrl,
   cssVar,
   fmtNum,
-  navigate,
   nsToMs,
   msToNs,
   rangeFromQuery,
@@ -19,6 +18,7 @@ import {
   serviceColor,
   stepFor,
   useFetch,
+  useUrlState,
   utcStore,
 } from "../util";
 
@@ -50,12 +50,10 @@ const toUrl = (f: LForm) =>
 
 export function LogsPage(props: { loc: Loc }) {
   const q = props.loc.query;
-  const [form, setForm] = useState<LForm>(() => fromQuery(q));
-  useEffect(() => setForm(fromQuery(q)), [props.loc.search]);
-  const applied = useMemo(() => fromQuery(q), [props.loc.search]);
+  const { form, setForm, applied, submit, runKey } = useUrlState(props.loc, fromQuery, toUrl);
   // a trace's logs are found by ID whatever their time, unless a range was chosen explicitly
   const traceOnly = !!applied.trace_id && !q.get("range") && !q.get("start") && !q.get("end");
-  const bounds = useMemo(() => resolveRange(applied.range), [props.loc.search]);
+  const bounds = useMemo(() => resolveRange(applied.range), [applied]);
   const services = useFetch("services", (s) => api.services(s));
   const filters = {
     q: applied.q,
@@ -65,17 +63,10 @@ export function LogsPage(props: { loc: Loc }) {
     start: traceOnly ? undefined : bounds.start,
     end: traceOnly ? undefined : bounds.end,
   };
-  const res = useFetch(`logs:${props.loc.search}`, (s) => api.searchLogs({ ...filters, limit: applied.limit }, s));
-  const hist = useFetch(traceOnly ? null : `hist:${props.loc.search}`, (s) =>
+  const res = useFetch(`logs:${runKey}`, (s) => api.searchLogs({ ...filters, limit: applied.limit }, s));
+  const hist = useFetch(traceOnly ? null : `hist:${runKey}`, (s) =>
     api.logHistogram({ ...filters, step: stepFor(bounds.startMs, bounds.endMs, 80) }, s),
   );
-  const submit = (f: LForm) => {
-    const url = toUrl(f);
-    if (url === location.pathname + location.search) {
-      res.reload();
-      hist.reload();
-    } else navigate(url);
-  };
   return (
     <div class="page logs-page" data-testid="page-logs">
       <form

@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useMemo, useState } from "preact/hooks";
 import { api, type TraceSummary } from "../api";
 import { Busy, Empty, ErrorState, Link, Loading, ServiceChip, TimeRangePicker, TimeText } from "../components";
 import {
@@ -16,6 +16,7 @@ import {
   resolveRange,
   serviceColor as svcColor,
   useFetch,
+  useUrlState,
   utcStore,
 } from "../util";
 
@@ -61,9 +62,7 @@ function formToUrl(f: Form): string {
 }
 
 export function SearchPage(props: { loc: Loc }) {
-  const q = props.loc.query;
-  const [form, setForm] = useState<Form>(() => formFromQuery(q));
-  useEffect(() => setForm(formFromQuery(q)), [props.loc.search]);
+  const { form, setForm, applied, submit: apply, runKey } = useUrlState(props.loc, formFromQuery, formToUrl);
   const set = (patch: Partial<Form>) => setForm((f) => ({ ...f, ...patch }));
 
   const services = useFetch("services", (s) => api.services(s));
@@ -81,16 +80,12 @@ export function SearchPage(props: { loc: Loc }) {
     const p = validate(f);
     setProblems(p);
     if (p.length) return;
-    const url = formToUrl(f);
-    // same URL: search again (relative ranges move with the clock)
-    if (url === location.pathname + location.search) res.reload();
-    else navigate(url);
+    apply(f);
   };
 
   // The search itself follows the URL, so a shared link reproduces it.
-  const applied = useMemo(() => formFromQuery(q), [props.loc.search]);
-  const bounds = useMemo(() => resolveRange(applied.range), [props.loc.search]);
-  const res = useFetch(`search:${props.loc.search}`, (s) =>
+  const bounds = useMemo(() => resolveRange(applied.range), [applied]);
+  const res = useFetch(`search:${runKey}`, (s) =>
     api.searchTraces(
       {
         service: applied.service,

@@ -1,0 +1,273 @@
+//! The query half of a run: wait for compaction to settle, then time trace
+//! lookups, trace searches and log searches on the HTTP API, one after
+//! another, checking result counts against the workload's ground truth.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::stats::pct;
+use crate::workload::{read_truth, Probe, Truth};
+use crate::LoadgenArgs;
+
+/// Written "3" to drop the page cache before a cold lookup (proc(5)).
+pub(crate) const DROP_CACHES: &str = "/proc/sys/vm/drop_caches";
+
+/// Waits until the server's compaction counter (`skein_compactions_total`
+/// on `/metrics`) has not moved for `quiet`, or `max` has passed.
+pub(crate) async fn settle(api: &str, quiet: Duration, max: Duration) -> Result<()> {
+    let client = reqwest::Client::new();
+    let t0 = Instant::now();
+    let mut last: Option<f64> = None;
+    let mut changed = Instant::now();
+    loop {
+        let text = client.get(format!("http://{api}/metrics")).send().await?.text().await?;
+        let n = text
+            .lines()
+            .find_map(|l| l.strip_prefix("skein_compactions_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .context("no skein_compactions_total in /metrics")?;
+        if last != Some(n) {
+            last = Some(n);
+            changed = Instant::now();
+        }
+        if changed.elapsed() >= quiet || t0.elapsed() >= max {
+            println!(
+                "compaction: {n} compactions in all; waited {:.0} s{}",
+                t0.elapsed().as_secs_f64(),
+                if changed.elapsed() >= quiet {
+                    ", then none for the quiet period"
+                } else {
+                    " (gave up: still compacting)"
+                }
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Index of the `k`th of `n` picks spread over `len` items.
+fn pick(k: usize, n: usize, len: usize) -> usize {
+    if n <= len {
+        k * len / n
+    } else {
+        k % len
+    }
+}
+
+/// Words of the workload's log templates, from common to rare, and the
+/// ClickHouse peer's query ("timeout" at ERROR).
+const LOG_QUERIES: &[&[(&str, &str)]] = &[
+    &[("q", "timeout")],
+    &[("q", "retry")],
+    &[("q", "failed")],
+    &[("q", "exceeded")],
+    &[("q", "confirmation")],
+    &[("q", "kafka")],
+    &[("q", "GC")],
+    &[("q", "health")],
+    &[("q", "refresh")],
+    &[("q", "transaction")],
+    &[("q", "retry timeout")],
+    &[("q", "timeout"), ("severity", "ERROR")],
+];
+
+/// `pairs` as a query string (`application/x-www-form-urlencoded`).
+fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
+/// A search by service, one `key=value` attribute and a minimum duration.
+fn trace_search(base: &str, service: &str, key: &str, value: &str, min_duration: &str) -> Query {
+    let q = query_string([
+        ("service", service),
+        ("attr", &format!("{key}={value}")),
+        ("min_duration", min_duration),
+        ("limit", "20"),
+    ]);
+    Query { url: format!("{base}/api/v1/search/traces?{q}"), field: "traces", expect: None }
+}
+
+/// The timed queries, each after the previous one.
+pub(crate) async fn queries(api: &str, a: &LoadgenArgs, probes: &[Probe]) -> Result<()> {
+    let truth = read_truth(&a.data)?;
+    let base = format!("http://{api}");
+    // A fixed stride over the IDs: spread over every segment, reproducible.
+    let by_id = |n: usize| -> Vec<Query> {
+        (0..n)
+            .map(|k| {
+                let t = &truth[pick(k, n, truth.len())];
+                Query { url: format!("{base}/api/v1/traces/{}", t.id), field: "spans", expect: Some(t.spans) }
+            })
+            .collect()
+    };
+    if a.lookups > 0 {
+        timed("trace_by_id", &by_id(a.lookups), false).await?;
+    }
+    if a.searches > 0 && !probes.is_empty() {
+        // The generator's own search probe (the ClickHouse peer's query)
+        // first, then probes from the workload's spans.
+        let mut qs = Vec::new();
+        if let Ok(sum) = std::fs::read_to_string(a.data.join("summary.json")) {
+            let v: serde_json::Value = serde_json::from_str(&sum)?;
+            let s = &v["search"];
+            if let (Some(svc), Some(k), Some(val), Some(ms)) = (
+                s["service"].as_str(),
+                s["attr"].as_str(),
+                s["value"].as_str(),
+                s["min_duration_ms"].as_f64(),
+            ) {
+                qs.push(trace_search(&base, svc, k, val, &format!("{ms}ms")));
+            }
+        }
+        let n = a.searches.saturating_sub(qs.len()).max(1);
+        for k in 0..n {
+            let p = &probes[pick(k, n, probes.len())];
+            qs.push(trace_search(&base, &p.service, &p.key, &p.value, &p.min_duration));
+        }
+        println!("search_probes: {} distinct from the workload's spans", probes.len());
+        timed("search_traces", &qs, false).await?;
+    }
+    if a.log_searches > 0 {
+        let n = a.log_searches;
+        let log_queries: Vec<String> = LOG_QUERIES.iter().map(|q| query_string(q.iter().copied())).collect();
+        let qs: Vec<Query> = (0..n)
+            .map(|k| Query {
+                url: format!("{base}/api/v1/search/logs?{}&limit=100", log_queries[k % log_queries.len()]),
+                field: "logs",
+                expect: None,
+            })
+            .collect();
+        let stats = timed("log_search", &qs, false).await?;
+        for (i, q) in log_queries.iter().enumerate() {
+            let mut lat: Vec<u64> = stats.iter().skip(i).step_by(log_queries.len()).map(|s| s.0).collect();
+            let results = stats.get(i).map_or(0, |s| s.1);
+            lat.sort_unstable();
+            println!(
+                "  log_search {q:<26} n={} p50_ms={:.2} max_ms={:.2} results={results}",
+                lat.len(),
+                pct(&lat, 0.5) as f64 / 1e3,
+                lat.last().copied().unwrap_or(0) as f64 / 1e3
+            );
+        }
+    }
+    if a.trace_logs > 0 {
+        let with_logs: Vec<&Truth> = truth.iter().filter(|t| t.logs > 0).collect();
+        let n = a.trace_logs;
+        let qs: Vec<Query> = (0..n)
+            .map(|k| {
+                let t = with_logs[pick(k, n, with_logs.len())];
+                Query {
+                    url: format!("{base}/api/v1/search/logs?trace_id={}&limit=1000", t.id),
+                    field: "logs",
+                    expect: Some(t.logs),
+                }
+            })
+            .collect();
+        timed("logs_of_trace", &qs, false).await?;
+    }
+    if a.cold_lookups > 0 {
+        // Other IDs than the warm lookups', at an offset stride.
+        let mut qs = by_id(a.cold_lookups + 1);
+        qs.remove(0);
+        timed("trace_by_id_cold", &qs, true).await?;
+    }
+    Ok(())
+}
+
+struct Query {
+    url: String,
+    /// The array of the JSON answer whose length is the result count.
+    field: &'static str,
+    /// The result count the ground truth expects.
+    expect: Option<usize>,
+}
+
+/// Runs the queries one after another and prints n, p50, p99, max, how
+/// many failed, returned nothing, or returned another count than expected.
+/// With `cold`, the page cache is dropped before each. Returns (latency in
+/// µs, result count) per query.
+async fn timed(name: &str, qs: &[Query], cold: bool) -> Result<Vec<(u64, usize)>> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::with_capacity(qs.len());
+    let (mut errors, mut empty, mut wrong) = (0, 0, 0);
+    let mut slowest: Vec<(u64, &str)> = Vec::new();
+    for q in qs {
+        if cold {
+            let st = std::process::Command::new("sync").status()?;
+            if !st.success() {
+                bail!("sync failed: {st}");
+            }
+            std::fs::write(DROP_CACHES, "3").with_context(|| format!("writing 3 to {DROP_CACHES}"))?;
+        }
+        let t = Instant::now();
+        let r = client.get(&q.url).send().await?;
+        let ok = r.status().is_success();
+        let body = r.bytes().await?;
+        let us = t.elapsed().as_micros() as u64;
+        let n = if ok {
+            serde_json::from_slice::<serde_json::Value>(&body)?[q.field].as_array().map_or(0, |a| a.len())
+        } else {
+            errors += 1;
+            0
+        };
+        if ok && n == 0 {
+            empty += 1;
+        }
+        if ok && q.expect.is_some_and(|e| e != n) {
+            wrong += 1;
+        }
+        out.push((us, n));
+        slowest.push((us, &q.url));
+    }
+    let mut lat: Vec<u64> = out.iter().map(|o| o.0).collect();
+    lat.sort_unstable();
+    let results: usize = out.iter().map(|o| o.1).sum();
+    println!(
+        "{name} n={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={errors} nonempty={} empty={empty} wrong_count={wrong} mean_results={:.1}",
+        qs.len(),
+        pct(&lat, 0.5) as f64 / 1e3,
+        pct(&lat, 0.99) as f64 / 1e3,
+        lat.last().copied().unwrap_or(0) as f64 / 1e3,
+        qs.len() - errors - empty,
+        results as f64 / qs.len().max(1) as f64
+    );
+    slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+    for (us, url) in slowest.iter().take(3) {
+        println!("  slowest {:.2} ms {}", *us as f64 / 1e3, url.split_once("/api/").map_or(*url, |u| u.1));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_pick_spreads_then_cycles() {
+        assert_eq!((0..4).map(|k| pick(k, 4, 100)).collect::<Vec<_>>(), [0, 25, 50, 75]);
+        assert_eq!((0..5).map(|k| pick(k, 5, 3)).collect::<Vec<_>>(), [0, 1, 2, 0, 1]);
+    }
+
+    #[test]
+    fn test_log_queries_encode_as_before() {
+        let qs: Vec<String> = LOG_QUERIES.iter().map(|q| query_string(q.iter().copied())).collect();
+        assert_eq!(qs[0], "q=timeout");
+        assert_eq!(qs[10], "q=retry+timeout");
+        assert_eq!(qs[11], "q=timeout&severity=ERROR");
+    }
+
+    #[test]
+    fn test_trace_search_encodes_attribute_and_service() {
+        let q = trace_search("http://h", "a b&c", "http.route", "/x?y=1", "20ms");
+        assert_eq!(
+            q.url,
+            "http://h/api/v1/search/traces?service=a+b%26c&attr=http.route%3D%2Fx%3Fy%3D1&min_duration=20ms&limit=20"
+        );
+        let back: Vec<(String, String)> =
+            form_urlencoded::parse(q.url.split_once('?').unwrap().1.as_bytes()).into_owned().collect();
+        assert_eq!(back[0], ("service".into(), "a b&c".into()));
+        assert_eq!(back[1], ("attr".into(), "http.route=/x?y=1".into()));
+    }
+}
