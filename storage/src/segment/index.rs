@@ -453,7 +453,11 @@ impl Collector for TimeHistogram {
     type Child = TimeHistogramSegment;
 
     fn for_segment(&self, _: SegmentOrdinal, seg: &SegmentReader) -> tantivy::Result<Self::Child> {
-        Ok(TimeHistogramSegment { step: self.step, time: seg.fast_fields().u64(fast::TIME)?, counts: HashMap::new() })
+        Ok(TimeHistogramSegment {
+            step: self.step,
+            time: seg.fast_fields().u64(fast::TIME)?,
+            counts: HashMap::new(),
+        })
     }
 
     fn requires_scoring(&self) -> bool {
@@ -500,9 +504,27 @@ mod tests {
         let t = traces(
             vec![
                 span(1, 1, &web, "GET /", 1_000, 50_000, 2, vec![("http.code".into(), AttrValue::Int(500))]),
-                span(1, 2, &cart, "get", 2_000, 2_000, 1, vec![("user".into(), AttrValue::Str("alice".into()))]),
+                span(
+                    1,
+                    2,
+                    &cart,
+                    "get",
+                    2_000,
+                    2_000,
+                    1,
+                    vec![("user".into(), AttrValue::Str("alice".into()))],
+                ),
                 span(2, 1, &web, "GET /", 3_000, 10_000, 0, vec![("http.code".into(), AttrValue::Int(200))]),
-                span(3, 1, &cart, "put", 4_000, 1_000, 0, vec![("user".into(), AttrValue::Str("bob".into()))]),
+                span(
+                    3,
+                    1,
+                    &cart,
+                    "put",
+                    4_000,
+                    1_000,
+                    0,
+                    vec![("user".into(), AttrValue::Str("bob".into()))],
+                ),
             ],
             vec![
                 log(1, &web, 1_500, 17, "Payment DECLINED for order"),
@@ -544,7 +566,8 @@ mod tests {
         let time = SpanFilter { start_ns: Some(1_500), end_ns: Some(3_000), ..Default::default() };
         assert_eq!(tids(seg.search_spans(&time, 10).unwrap()), vec![2, 1]);
         // Conditions hold on one span: web spans are not "get".
-        let both = SpanFilter { service: Some("web".into()), operation: Some("get".into()), ..Default::default() };
+        let both =
+            SpanFilter { service: Some("web".into()), operation: Some("get".into()), ..Default::default() };
         assert!(search(both).is_empty());
         assert_eq!(tids(seg.search_spans(&SpanFilter::default(), 2).unwrap()), vec![3, 2]);
         assert_eq!(tids(seg.search_spans(&SpanFilter::default(), 0).unwrap()), vec![3]);
@@ -564,7 +587,8 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let words = |w: &[&str]| LogFilter { words: w.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let words =
+            |w: &[&str]| LogFilter { words: w.iter().map(|s| s.to_string()).collect(), ..Default::default() };
         assert_eq!(bodies(words(&["declined"])), vec!["Payment DECLINED for order"]);
         assert_eq!(bodies(words(&["order"])), vec!["order shipped", "Payment DECLINED for order"]);
         // Attribute values are searchable too.

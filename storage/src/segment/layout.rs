@@ -44,7 +44,7 @@ pub(crate) const RESOURCES_FILE: &str = "resources.bin";
 /// The segment's [`super::SegmentMeta`] (JSON), written last: a directory
 /// (or a stored segment) that has it is complete. It is also the object
 /// store's commit marker, so the name is the one the store protocol uses.
-pub const META_FILE: &str = "meta.json";
+pub const META_FILE: &str = crate::remote::COMMIT_FILE;
 /// The name the log index's word analyzer ([`crate::filter::analyzer`]) is
 /// registered under.
 pub(crate) const TOKENIZER: &str = "skein";
@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(SPAN_COLUMNS.len(), usize::from(SpanCol::Links) + 1);
         assert_eq!(LOG_COLUMNS[usize::from(LogCol::EventName)].name, "event_name");
         assert_eq!(LOG_COLUMNS.len(), usize::from(LogCol::EventName) + 1);
-        assert_eq!(schema(SPAN_COLUMNS).field(2).is_nullable(), true);
+        assert!(schema(SPAN_COLUMNS).field(2).is_nullable());
     }
 
     #[test]
@@ -439,7 +439,14 @@ mod tests {
     #[test]
     fn trace_index_round_trip_and_corruption() {
         let entries = vec![
-            TraceIndexEntry { trace_id: TraceId([0; 16]), span_row: 0, span_count: 0, log_row: 0, log_count: 3, wal_pos: 0 },
+            TraceIndexEntry {
+                trace_id: TraceId([0; 16]),
+                span_row: 0,
+                span_count: 0,
+                log_row: 0,
+                log_count: 3,
+                wal_pos: 0,
+            },
             TraceIndexEntry {
                 trace_id: TraceId([0xff; 16]),
                 span_row: u32::MAX - 1,

@@ -31,14 +31,19 @@ const REMOTE_TAIL_BYTES: u64 = 256 << 10;
 #[derive(Debug)]
 pub(crate) struct ParquetFile {
     pub(crate) name: &'static str,
-    meta: ArrowReaderMetadata,
+    pub(crate) meta: ArrowReaderMetadata,
     len: u64,
 }
 
 impl ParquetFile {
     /// Reads the footer of `dir/name`, or, when that file is absent and the
     /// segment is on `remote`, of the stored object (one GET of the tail).
-    pub(crate) fn open(dir: &Path, name: &'static str, id: &str, remote: Option<&Arc<Remote>>) -> Result<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        name: &'static str,
+        id: &str,
+        remote: Option<&Arc<Remote>>,
+    ) -> Result<Self> {
         let opts = ArrowReaderOptions::new()
             .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
         let (meta, len) = match (File::open(dir.join(name)), remote) {
@@ -48,7 +53,13 @@ impl ParquetFile {
             }
             (Err(e), Some(remote)) if e.kind() == std::io::ErrorKind::NotFound => {
                 let len = remote.size(id, name)?;
-                let mut rf = RemoteFile { remote: remote.clone(), id: id.to_string(), file: name, len, pieces: Vec::new() };
+                let mut rf = RemoteFile {
+                    remote: remote.clone(),
+                    id: id.to_string(),
+                    file: name,
+                    len,
+                    pieces: Vec::new(),
+                };
                 // The footer and the page index sit at the end: one GET of
                 // the tail usually holds both.
                 rf.prefetch(vec![len.saturating_sub(REMOTE_TAIL_BYTES)..len])?;

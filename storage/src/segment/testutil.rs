@@ -88,7 +88,11 @@ pub(super) fn max_span(trace: u8, span: u8) -> Span {
         status_message: "m".repeat(70_000),
         attributes,
         events: (0..100)
-            .map(|i| Event { time_unix_nano: u64::MAX - i, name: format!("ev{i}"), attributes: every_value() })
+            .map(|i| Event {
+                time_unix_nano: u64::MAX - i,
+                name: format!("ev{i}"),
+                attributes: every_value(),
+            })
             .collect(),
         links: (0..50)
             .map(|i| Link {

@@ -478,7 +478,8 @@ mod tests {
             ],
             vec![log(1, &cart, 50, 9, "a"), log(0, &web, 400, 9, "b")],
         );
-        let (meta, _) = write_segment_replacing(dir.path(), &small_cfg(), &t, 77, vec!["old".into()]).unwrap();
+        let (meta, _) =
+            write_segment_replacing(dir.path(), &small_cfg(), &t, 77, vec!["old".into()]).unwrap();
         assert_eq!(meta.format, FORMAT_VERSION);
         assert_eq!((meta.span_count, meta.log_count, meta.trace_count), (3, 2, 3));
         assert_eq!((meta.min_time_unix_nano, meta.max_time_unix_nano), (50, 400));
@@ -490,10 +491,13 @@ mod tests {
         assert_eq!(meta.operations.len(), 2);
         assert!(meta.bytes > 0);
         // Renamed into place, the meta on disk equal to the one returned.
-        let names: Vec<_> =
-            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         assert_eq!(names, vec![meta.id.clone()]);
-        let seg = Segment::open(&dir.path().join(&meta.id), Arc::new(StorageMetrics::default()), None).unwrap();
+        let seg =
+            Segment::open(&dir.path().join(&meta.id), Arc::new(StorageMetrics::default()), None).unwrap();
         assert_eq!(seg.meta, meta);
         assert_eq!(seg.trace_index().len(), 3);
     }
