@@ -9,6 +9,8 @@
 
 use crate::model::{AttrValue, Attributes, Event, Link, SpanId, TraceId};
 
+/// Input that is not a valid encoding: truncated, an unknown tag, invalid
+/// UTF-8, a count larger than the input, or nesting deeper than 32.
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt encoded value: {0}")]
 pub struct DecodeError(&'static str);
@@ -22,6 +24,7 @@ const T_BYTES: u8 = 5;
 const T_ARRAY: u8 = 6;
 const T_KVLIST: u8 = 7;
 
+/// Appends `v` as an unsigned LEB128 varint (1 to 10 bytes).
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -35,6 +38,9 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Appends one value: a tag byte, then strings and bytes with a varint
+/// length, integers zigzag varints, doubles 8 bytes LE, booleans one byte,
+/// arrays and maps a varint count and their items.
 pub fn encode_value(out: &mut Vec<u8>, v: &AttrValue) {
     match v {
         AttrValue::Empty => out.push(T_EMPTY),
@@ -72,6 +78,8 @@ pub fn encode_value(out: &mut Vec<u8>, v: &AttrValue) {
     }
 }
 
+/// Appends an attribute list: a varint count, then each key (varint length
+/// and UTF-8) and value ([`encode_value`]), in order.
 pub fn encode_attrs_into(out: &mut Vec<u8>, attrs: &Attributes) {
     put_varint(out, attrs.len() as u64);
     for (k, v) in attrs {
@@ -80,36 +88,47 @@ pub fn encode_attrs_into(out: &mut Vec<u8>, attrs: &Attributes) {
     }
 }
 
+/// [`encode_attrs_into`] a new buffer.
 pub fn encode_attrs(attrs: &Attributes) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * attrs.len() + 1);
     encode_attrs_into(&mut out, attrs);
     out
 }
 
+/// Encodes span events: a varint count, then per event its time (varint,
+/// Unix ns), name and attributes. An empty slice encodes to one byte.
 pub fn encode_events(events: &[Event]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_varint(&mut out, events.len() as u64);
-    for e in events {
-        put_varint(&mut out, e.time_unix_nano);
-        put_bytes(&mut out, e.name.as_bytes());
-        encode_attrs_into(&mut out, &e.attributes);
-    }
-    out
+    encode_list(events, |out, e| {
+        put_varint(out, e.time_unix_nano);
+        put_bytes(out, e.name.as_bytes());
+        encode_attrs_into(out, &e.attributes);
+    })
 }
 
+/// Encodes span links: a varint count, then per link its trace ID (16
+/// bytes), span ID (8 bytes), trace state and attributes.
 pub fn encode_links(links: &[Link]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_varint(&mut out, links.len() as u64);
-    for l in links {
+    encode_list(links, |out, l| {
         out.extend_from_slice(&l.trace_id.0);
         out.extend_from_slice(&l.span_id.0);
-        put_bytes(&mut out, l.trace_state.as_bytes());
-        encode_attrs_into(&mut out, &l.attributes);
+        put_bytes(out, l.trace_state.as_bytes());
+        encode_attrs_into(out, &l.attributes);
+    })
+}
+
+/// A varint count, then each item as `item` writes it.
+fn encode_list<T>(items: &[T], mut item: impl FnMut(&mut Vec<u8>, &T)) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, items.len() as u64);
+    for i in items {
+        item(&mut out, i);
     }
     out
 }
 
-/// A cursor over encoded bytes.
+/// A cursor over encoded bytes. Every read checks the bytes that remain,
+/// so corrupt input gives a [`DecodeError`], never a panic or an
+/// allocation larger than the input.
 #[derive(Debug)]
 pub struct Reader<'a> {
     buf: &'a [u8],
@@ -119,10 +138,12 @@ pub struct Reader<'a> {
 const MAX_DEPTH: usize = 32;
 
 impl<'a> Reader<'a> {
+    /// A cursor at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, depth: 0 }
     }
 
+    /// Reads an unsigned LEB128 varint.
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -136,6 +157,7 @@ impl<'a> Reader<'a> {
         Err(DecodeError("varint too long"))
     }
 
+    /// Reads the next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.buf.len() {
             return Err(DecodeError("length past end"));
@@ -162,6 +184,7 @@ impl<'a> Reader<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| DecodeError("invalid utf-8"))
     }
 
+    /// Reads one [`encode_value`] value.
     pub fn value(&mut self) -> Result<AttrValue, DecodeError> {
         let tag = *self.take(1)?.first().ok_or(DecodeError("empty"))?;
         Ok(match tag {
@@ -199,6 +222,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Reads one [`encode_attrs_into`] list.
     pub fn attrs(&mut self) -> Result<Attributes, DecodeError> {
         let n = self.len()?;
         let mut out = Vec::with_capacity(n);
@@ -210,10 +234,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Decodes one [`encode_value`] value from the start of `b`.
 pub fn decode_value(b: &[u8]) -> Result<AttrValue, DecodeError> {
     Reader::new(b).value()
 }
 
+/// Decodes [`encode_attrs`] output; empty input is no attributes.
 pub fn decode_attrs(b: &[u8]) -> Result<Attributes, DecodeError> {
     if b.is_empty() {
         return Ok(Vec::new());
@@ -221,33 +247,39 @@ pub fn decode_attrs(b: &[u8]) -> Result<Attributes, DecodeError> {
     Reader::new(b).attrs()
 }
 
+/// Decodes [`encode_events`] output; empty input is no events.
 pub fn decode_events(b: &[u8]) -> Result<Vec<Event>, DecodeError> {
-    if b.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut r = Reader::new(b);
-    let n = r.len()?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
+    decode_list(b, |r| {
         let time_unix_nano = r.varint()?;
         let name = r.string()?;
-        out.push(Event { time_unix_nano, name, attributes: r.attrs()? });
-    }
-    Ok(out)
+        Ok(Event { time_unix_nano, name, attributes: r.attrs()? })
+    })
 }
 
+/// Decodes [`encode_links`] output; empty input is no links.
 pub fn decode_links(b: &[u8]) -> Result<Vec<Link>, DecodeError> {
-    if b.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut r = Reader::new(b);
-    let n = r.len()?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
+    decode_list(b, |r| {
         let trace_id = TraceId::from_slice(r.take(16)?).expect("16 bytes");
         let span_id = SpanId::from_slice(r.take(8)?).expect("8 bytes");
         let trace_state = r.string()?;
-        out.push(Link { trace_id, span_id, trace_state, attributes: r.attrs()? });
+        Ok(Link { trace_id, span_id, trace_state, attributes: r.attrs()? })
+    })
+}
+
+/// The inverse of [`encode_list`]; empty input (a column written before
+/// the list existed) is an empty list.
+fn decode_list<'a, T>(
+    b: &'a [u8],
+    mut item: impl FnMut(&mut Reader<'a>) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    if b.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut r = Reader::new(b);
+    let n = r.len()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(item(&mut r)?);
     }
     Ok(out)
 }
@@ -305,5 +337,22 @@ mod tests {
             attributes: vec![],
         }];
         assert_eq!(decode_links(&encode_links(&l)).unwrap(), l);
+    }
+
+    #[test]
+    fn empty_lists_and_truncated_lists() {
+        assert_eq!(encode_events(&[]), vec![0]);
+        assert!(decode_events(&[]).unwrap().is_empty());
+        assert!(decode_links(&encode_links(&[])).unwrap().is_empty());
+        let l = encode_links(&[Link {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            trace_state: String::new(),
+            attributes: vec![],
+        }]);
+        assert!(decode_links(&l[..l.len() - 1]).is_err());
+        let e = encode_events(&[Event { time_unix_nano: u64::MAX, name: "x".into(), attributes: vec![] }]);
+        assert_eq!(decode_events(&e).unwrap()[0].time_unix_nano, u64::MAX);
+        assert!(decode_events(&e[..3]).is_err());
     }
 }

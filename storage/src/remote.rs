@@ -21,24 +21,34 @@
 
 use std::future::Future;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::metrics::StorageMetrics;
-use crate::segment::META_FILE;
 use crate::{Error, Result};
 
-/// Files uploaded at once when a segment is written.
-const UPLOAD_CONCURRENCY: usize = 8;
+/// The object that commits a segment in the store: uploaded last, deleted
+/// first, so a segment is whole exactly when it has one. It is the
+/// segment's `meta.json`; the segment layout takes the name from here
+/// (`crate::segment::META_FILE`) so that this module, plain object-store
+/// access, depends on nothing of the segment code.
+pub const COMMIT_FILE: &str = "meta.json";
+
+/// Files copied at once by an upload or download.
+const TRANSFER_CONCURRENCY: usize = 8;
+
+/// Bytes read from a local file per chunk of an upload.
+const UPLOAD_CHUNK_BYTES: usize = 256 << 10;
 
 /// One object store holding segments under `prefix/segments/`.
 pub struct Remote {
@@ -126,6 +136,7 @@ impl Remote {
         Ok(Remote { store, root, url: url.to_string(), rt: Mutex::new(Some(rt)), handle, metrics })
     }
 
+    /// The storage URL the store was opened with.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -151,7 +162,8 @@ impl Remote {
         file.split('/').fold(self.segment_path(id), |p, part| p.join(part))
     }
 
-    /// Segment IDs in the store.
+    /// Segment IDs in the store, committed or not (one LIST request).
+    /// Errors: object-store errors.
     pub fn list(&self) -> Result<Listing> {
         let store = self.store.clone();
         let root = self.root.clone();
@@ -165,7 +177,7 @@ impl Remote {
             let parts: Vec<String> = o.location.parts().skip(depth).map(|p| p.as_ref().to_string()).collect();
             let Some(id) = parts.first() else { continue };
             all.insert(id.clone());
-            if parts.len() == 2 && parts[1] == META_FILE {
+            if parts.len() == 2 && parts[1] == COMMIT_FILE {
                 committed.insert(id.clone());
             }
         }
@@ -174,45 +186,37 @@ impl Remote {
     }
 
     /// Uploads every file of the segment directory `dir` as segment `id`,
-    /// `meta.json` last.
+    /// `meta.json` last: when this returns `Ok`, every object is stored
+    /// (each upload completed), so the segment is committed in the store.
+    /// On `Err` the segment may be partly uploaded without its `meta.json`
+    /// ([`Listing::incomplete`]). Errors: [`Error::Corrupt`] when `dir` has
+    /// no `meta.json`, I/O and object-store errors.
     pub fn upload(&self, dir: &Path, id: &str) -> Result<()> {
         let mut files = Vec::new();
         walk(dir, dir, &mut files)?;
-        let (meta, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(|(rel, _)| rel == META_FILE);
+        let (meta, rest): (Vec<_>, Vec<_>) = files.into_iter().partition(|(rel, _)| rel == COMMIT_FILE);
         if meta.is_empty() {
-            return Err(Error::Corrupt(format!("segment {id} has no {META_FILE}")));
+            return Err(Error::Corrupt(format!("segment {id} has no {COMMIT_FILE}")));
         }
         let bytes: u64 =
             rest.iter().chain(&meta).map(|(_, p)| p.metadata().map(|m| m.len()).unwrap_or(0)).sum();
         for batch in [rest, meta] {
-            let jobs: Vec<(ObjPath, std::path::PathBuf)> =
-                batch.into_iter().map(|(rel, p)| (self.file_path(id, &rel), p)).collect();
-            self.metrics.remote_requests.inc_by(jobs.len() as u64);
-            let store = self.store.clone();
-            self.run(async move {
-                futures::stream::iter(jobs)
-                    .map(|(to, from)| {
-                        let store = store.clone();
-                        async move {
-                            let mut f = tokio::fs::File::open(&from).await?;
-                            let mut w = object_store::buffered::BufWriter::new(store, to);
-                            tokio::io::copy(&mut f, &mut w).await?;
-                            w.shutdown().await?;
-                            Ok::<_, Error>(())
-                        }
-                    })
-                    .buffer_unordered(UPLOAD_CONCURRENCY)
-                    .try_collect::<Vec<()>>()
-                    .await?;
-                Ok(())
-            })?;
+            self.transfer(
+                batch
+                    .into_iter()
+                    .map(|(rel, p)| Transfer::Upload { from: p, to: self.file_path(id, &rel) })
+                    .collect(),
+            )?;
         }
         self.metrics.remote_written_bytes.inc_by(bytes);
         Ok(())
     }
 
-    /// Downloads the files of segment `id` for which `want` holds into the
-    /// directory `dir` (created).
+    /// Downloads the files of segment `id` for which `want` holds (given
+    /// the file's path within the segment, `/`-separated) into the
+    /// directory `dir` (created). When this returns `Ok`, each downloaded
+    /// file is fsynced (the directory entries are not). Errors: I/O and
+    /// object-store errors.
     pub fn download(&self, id: &str, dir: &Path, want: impl Fn(&str) -> bool) -> Result<()> {
         let store = self.store.clone();
         let prefix = self.segment_path(id);
@@ -228,29 +232,21 @@ impl Remote {
                 continue;
             }
             self.metrics.remote_read_bytes.inc_by(o.size);
-            jobs.push((o.location, dir.join(&rel)));
+            jobs.push(Transfer::Download { from: o.location, to: dir.join(&rel) });
         }
-        self.metrics.remote_requests.inc_by(jobs.len() as u64);
         std::fs::create_dir_all(dir)?;
+        self.transfer(jobs)
+    }
+
+    /// Runs the copies `jobs`, [`TRANSFER_CONCURRENCY`] at a time, and
+    /// waits for all of them; the first error ends the batch.
+    fn transfer(&self, jobs: Vec<Transfer>) -> Result<()> {
+        self.metrics.remote_requests.inc_by(jobs.len() as u64);
         let store = self.store.clone();
         self.run(async move {
             futures::stream::iter(jobs)
-                .map(|(from, to)| {
-                    let store = store.clone();
-                    async move {
-                        if let Some(parent) = to.parent() {
-                            tokio::fs::create_dir_all(parent).await?;
-                        }
-                        let mut stream = store.get(&from).await?.into_stream();
-                        let mut f = tokio::fs::File::create(&to).await?;
-                        while let Some(chunk) = stream.try_next().await? {
-                            f.write_all(&chunk).await?;
-                        }
-                        f.sync_all().await?;
-                        Ok::<_, Error>(())
-                    }
-                })
-                .buffer_unordered(UPLOAD_CONCURRENCY)
+                .map(|job| job.run(store.clone()))
+                .buffer_unordered(TRANSFER_CONCURRENCY)
                 .try_collect::<Vec<()>>()
                 .await?;
             Ok(())
@@ -259,9 +255,11 @@ impl Remote {
 
     /// Deletes segment `id`: `meta.json` first, so an interrupted deletion
     /// leaves an incomplete segment, never a partial one that looks whole.
+    /// When this returns `Ok`, no object of the segment is left (a missing
+    /// segment is not an error). Errors: object-store errors.
     pub fn delete(&self, id: &str) -> Result<()> {
         let store = self.store.clone();
-        let meta = self.file_path(id, META_FILE);
+        let meta = self.file_path(id, COMMIT_FILE);
         let prefix = self.segment_path(id);
         self.metrics.remote_requests.inc();
         self.run(async move {
@@ -286,7 +284,8 @@ impl Remote {
         })
     }
 
-    /// The size of one file of a segment.
+    /// The size in bytes of one file of a segment (one HEAD request).
+    /// Errors: object-store errors (`NotFound` for a missing file).
     pub fn size(&self, id: &str, file: &str) -> Result<u64> {
         let store = self.store.clone();
         let p = self.file_path(id, file);
@@ -294,7 +293,8 @@ impl Remote {
         self.run(async move { Ok(store.head(&p).await?.size) })
     }
 
-    /// Byte ranges of one file of a segment, fetched together.
+    /// Byte ranges of one file of a segment, fetched together; the result
+    /// holds one buffer per range, in order. Errors: object-store errors.
     pub fn get_ranges(&self, id: &str, file: &str, ranges: Vec<Range<u64>>) -> Result<Vec<Bytes>> {
         if ranges.is_empty() {
             return Ok(Vec::new());
@@ -308,7 +308,7 @@ impl Remote {
 }
 
 /// Files under `dir`, as (path relative to `root` with `/`, full path).
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::path::PathBuf)>) -> Result<()> {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
         if p.is_dir() {
@@ -321,6 +321,75 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, std::path::PathBuf)>) ->
         }
     }
     Ok(())
+}
+
+/// One file copied between local disk and the store. Both directions
+/// stream chunks into a buffered sink and then make the copy durable.
+#[derive(Debug)]
+enum Transfer {
+    /// A local file to an object (multipart when large, through
+    /// `object_store`'s buffered writer).
+    Upload { from: PathBuf, to: ObjPath },
+    /// An object to a local file (one streaming GET).
+    Download { from: ObjPath, to: PathBuf },
+}
+
+impl Transfer {
+    async fn run(self, store: Arc<dyn ObjectStore>) -> Result<()> {
+        let (mut chunks, mut sink) = match self {
+            Transfer::Upload { from, to } => {
+                let f = tokio::fs::File::open(&from).await?;
+                (file_chunks(f), Sink::Object(object_store::buffered::BufWriter::new(store, to)))
+            }
+            Transfer::Download { from, to } => {
+                if let Some(parent) = to.parent() {
+                    tokio::fs::create_dir_all(parent).await?;
+                }
+                let chunks = store.get(&from).await?.into_stream().map_err(Error::from).boxed();
+                (chunks, Sink::File(tokio::fs::File::create(&to).await?))
+            }
+        };
+        while let Some(chunk) = chunks.try_next().await? {
+            sink.write(&chunk).await?;
+        }
+        sink.finish().await
+    }
+}
+
+/// A local file as a stream of chunks.
+fn file_chunks(f: tokio::fs::File) -> BoxStream<'static, Result<Bytes>> {
+    futures::stream::try_unfold(f, |mut f| async move {
+        let mut buf = bytes::BytesMut::with_capacity(UPLOAD_CHUNK_BYTES);
+        let n = f.read_buf(&mut buf).await?;
+        Ok::<_, Error>((n > 0).then(|| (buf.freeze(), f)))
+    })
+    .boxed()
+}
+
+/// Where a [`Transfer`] writes.
+enum Sink {
+    Object(object_store::buffered::BufWriter),
+    File(tokio::fs::File),
+}
+
+impl Sink {
+    async fn write(&mut self, b: &[u8]) -> Result<()> {
+        match self {
+            Sink::Object(w) => w.write_all(b).await?,
+            Sink::File(f) => f.write_all(b).await?,
+        }
+        Ok(())
+    }
+
+    /// Completes the upload (the object exists once this returns), or
+    /// fsyncs the downloaded file.
+    async fn finish(self) -> Result<()> {
+        match self {
+            Sink::Object(mut w) => w.shutdown().await?,
+            Sink::File(f) => f.sync_all().await?,
+        }
+        Ok(())
+    }
 }
 
 /// A Parquet file on the object store, read through `parquet`'s

@@ -1,0 +1,545 @@
+//! Writing a segment: the Parquet files through one table-driven column
+//! builder, the indexes (through [`super::index`]), the small files, then
+//! fsync and rename into place.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, FixedSizeBinaryBuilder, Int32Builder, StringBuilder, UInt32Builder, UInt64Builder,
+    UInt8Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+
+use super::index::IndexBuilder;
+use super::layout::{
+    self, ColumnDef, ColumnKind, LogCol, SpanCol, TraceIndexEntry, FORMAT_VERSION, LOGS_FILE, LOG_COLUMNS,
+    META_FILE, RESOURCES_FILE, ROLLUP_FILE, SPANS_FILE, SPAN_COLUMNS, TRACE_INDEX_FILE,
+};
+use super::{OperationStat, SegmentConfig, SegmentMeta, ServiceStat};
+use crate::codec;
+use crate::head::TraceEntry;
+use crate::model::{LogRecord, Resource, Span, TraceId};
+use crate::rollup::{Rollup, RollupBuilder};
+use crate::Result;
+
+/// Puts traces in segment order: by trace ID, spans by start time (then
+/// span ID), logs by effective time. [`write_segment`] expects this order.
+pub fn sort_for_segment(traces: &mut [(TraceId, TraceEntry)]) {
+    traces.sort_unstable_by_key(|t| t.0);
+    for (_, t) in traces.iter_mut() {
+        t.spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
+        t.logs.sort_by_key(|l| l.effective_time());
+    }
+}
+
+/// Writes `traces` (ordered by [`sort_for_segment`], each trace ID once) as
+/// a new segment directory `root/{ulid}` and returns its meta and rollup.
+/// `now_unix_nano` becomes [`SegmentMeta::created_unix_nano`].
+///
+/// Durability: when this returns `Ok`, every file of the segment and the
+/// directory itself are fsynced, the directory has been renamed from
+/// `root/tmp-{ulid}` to its final name and `root` is fsynced, so the
+/// segment survives a crash. On `Err` (I/O, Parquet, tantivy, or
+/// [`crate::Error::Config`] for an invalid zstd level) nothing is in place
+/// under the final name; a `tmp-*` directory may be left for the caller
+/// to remove.
+pub fn write_segment(
+    root: &Path,
+    cfg: &SegmentConfig,
+    traces: &[(TraceId, TraceEntry)],
+    now_unix_nano: u64,
+) -> Result<(SegmentMeta, Rollup)> {
+    write_segment_replacing(root, cfg, traces, now_unix_nano, Vec::new())
+}
+
+/// [`write_segment`] for a compaction output: `created_unix_nano` is the
+/// oldest input's, and `replaces` lists the input segment IDs (see
+/// [`SegmentMeta::replaces`]). Same durability promise.
+pub fn write_segment_replacing(
+    root: &Path,
+    cfg: &SegmentConfig,
+    traces: &[(TraceId, TraceEntry)],
+    created_unix_nano: u64,
+    replaces: Vec<String>,
+) -> Result<(SegmentMeta, Rollup)> {
+    debug_assert!(traces.windows(2).all(|w| w[0].0 < w[1].0), "traces must be sorted");
+    let id = ulid::Ulid::new().to_string();
+    let tmp = root.join(format!("tmp-{id}"));
+    fs::create_dir_all(&tmp)?;
+
+    let mut min_time = u64::MAX;
+    let mut max_time = 0u64;
+    let mut services: BTreeMap<String, ServiceStat> = BTreeMap::new();
+    let mut ops: BTreeMap<(String, String, u8), u64> = BTreeMap::new();
+    let mut rollup = RollupBuilder::default();
+    let mut index_entries = Vec::with_capacity(traces.len());
+    let (mut span_rows, mut log_rows) = (0u32, 0u32);
+    let mut wal_max = 0u64;
+
+    let mut spans = ParquetSink::<Span>::create(&tmp, cfg)?;
+    let mut logs = ParquetSink::<LogRecord>::create(&tmp, cfg)?;
+    let mut index = IndexBuilder::create(&tmp, cfg)?;
+
+    for (tid, t) in traces {
+        wal_max = wal_max.max(t.max_pos);
+        index_entries.push(TraceIndexEntry {
+            trace_id: *tid,
+            span_row: span_rows,
+            span_count: t.spans.len() as u32,
+            log_row: log_rows,
+            log_count: t.logs.len() as u32,
+            wal_pos: t.max_pos,
+        });
+        rollup.add_trace(&t.spans);
+        for s in &t.spans {
+            min_time = min_time.min(s.start_time_unix_nano);
+            max_time = max_time.max(s.start_time_unix_nano);
+            let st = services
+                .entry(s.service_name().to_string())
+                .or_insert_with(|| ServiceStat { name: s.service_name().to_string(), ..Default::default() });
+            st.span_count += 1;
+            st.error_count += u64::from(s.is_error());
+            *ops.entry((s.service_name().to_string(), s.name.clone(), s.kind)).or_default() += 1;
+            index.add_span(s, span_rows)?;
+            spans.push(s)?;
+            span_rows += 1;
+        }
+        for l in &t.logs {
+            let time = l.effective_time();
+            min_time = min_time.min(time);
+            max_time = max_time.max(time);
+            index.add_log(l, log_rows)?;
+            logs.push(l)?;
+            log_rows += 1;
+        }
+    }
+    spans.close()?;
+    logs.close()?;
+    let resources = index.commit()?;
+
+    fs::write(tmp.join(TRACE_INDEX_FILE), layout::encode_trace_index(&index_entries))?;
+    fs::write(tmp.join(RESOURCES_FILE), layout::encode_resources(&resources))?;
+    let rollup = rollup.build();
+    fs::write(tmp.join(ROLLUP_FILE), serde_json::to_vec(&rollup)?)?;
+
+    let mut meta = SegmentMeta {
+        format: FORMAT_VERSION,
+        id: id.clone(),
+        created_unix_nano,
+        min_time_unix_nano: if min_time == u64::MAX { 0 } else { min_time },
+        max_time_unix_nano: max_time,
+        span_count: u64::from(span_rows),
+        log_count: u64::from(log_rows),
+        trace_count: index_entries.len() as u64,
+        wal_max_pos: wal_max,
+        bytes: 0,
+        services: services.into_values().collect(),
+        operations: ops
+            .into_iter()
+            .map(|((service, name, kind), span_count)| OperationStat { service, name, kind, span_count })
+            .collect(),
+        replaces,
+    };
+    meta.bytes = dir_size(&tmp);
+    // meta.json last: a directory that has it is complete.
+    fs::write(tmp.join(META_FILE), serde_json::to_vec_pretty(&meta)?)?;
+    fsync_tree(&tmp)?;
+    fs::rename(&tmp, root.join(&id))?;
+    File::open(root)?.sync_all()?;
+    Ok((meta, rollup))
+}
+
+fn fsync_tree(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            fsync_tree(&p)?;
+        } else {
+            File::open(&p)?.sync_all()?;
+        }
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_size(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
+/// Rows buffered before they are handed to the Parquet writer as one batch.
+const CHUNK: usize = 16_384;
+
+/// A row type stored in a segment Parquet file: its file and columns, and
+/// how one row fills them.
+pub(crate) trait WriteRow {
+    const FILE: &'static str;
+    const TABLE: &'static [ColumnDef];
+    fn write_row(&self, b: &mut BatchBuilder, resources: &mut ResourceBlobs);
+}
+
+impl WriteRow for Span {
+    const FILE: &'static str = SPANS_FILE;
+    const TABLE: &'static [ColumnDef] = SPAN_COLUMNS;
+
+    fn write_row(&self, b: &mut BatchBuilder, resources: &mut ResourceBlobs) {
+        b.id(SpanCol::TraceId, Some(&self.trace_id.0));
+        b.id(SpanCol::SpanId, Some(&self.span_id.0));
+        b.id(SpanCol::ParentSpanId, self.parent_span_id.as_ref().map(|p| &p.0[..]));
+        b.str(SpanCol::TraceState, &self.trace_state);
+        b.u32(SpanCol::Flags, self.flags);
+        b.str(SpanCol::Name, &self.name);
+        b.u8(SpanCol::Kind, self.kind);
+        b.str(SpanCol::ServiceName, self.service_name());
+        b.u64(SpanCol::StartTime, self.start_time_unix_nano);
+        b.u64(SpanCol::Duration, self.duration_ns());
+        b.u8(SpanCol::StatusCode, self.status_code);
+        b.str(SpanCol::StatusMessage, &self.status_message);
+        b.bytes(SpanCol::Attributes, &codec::encode_attrs(&self.attributes));
+        b.bytes(SpanCol::Resource, resources.get(&self.resource));
+        b.str(SpanCol::ScopeName, &self.scope.name);
+        b.str(SpanCol::ScopeVersion, &self.scope.version);
+        b.bytes(SpanCol::Events, &codec::encode_events(&self.events));
+        b.bytes(SpanCol::Links, &codec::encode_links(&self.links));
+    }
+}
+
+impl WriteRow for LogRecord {
+    const FILE: &'static str = LOGS_FILE;
+    const TABLE: &'static [ColumnDef] = LOG_COLUMNS;
+
+    fn write_row(&self, b: &mut BatchBuilder, resources: &mut ResourceBlobs) {
+        b.id(LogCol::TraceId, Some(&self.trace_id.0));
+        b.id(LogCol::SpanId, self.span_id.as_ref().map(|p| &p.0[..]));
+        b.u64(LogCol::Time, self.time_unix_nano);
+        b.u64(LogCol::ObservedTime, self.observed_time_unix_nano);
+        b.i32(LogCol::SeverityNumber, self.severity_number);
+        b.str(LogCol::SeverityText, &self.severity_text);
+        let mut body = Vec::new();
+        codec::encode_value(&mut body, &self.body);
+        b.bytes(LogCol::Body, &body);
+        b.bytes(LogCol::Attributes, &codec::encode_attrs(&self.attributes));
+        b.bytes(LogCol::Resource, resources.get(&self.resource));
+        b.str(LogCol::ServiceName, self.service_name());
+        b.str(LogCol::ScopeName, &self.scope.name);
+        b.str(LogCol::ScopeVersion, &self.scope.version);
+        b.u32(LogCol::Flags, self.flags);
+        b.str(LogCol::EventName, &self.event_name);
+    }
+}
+
+/// Encodes a resource's attributes once for consecutive rows that share it
+/// (records of one request share one `Arc<Resource>`).
+#[derive(Debug, Default)]
+pub(crate) struct ResourceBlobs(Option<(*const Resource, Vec<u8>)>);
+
+impl ResourceBlobs {
+    fn get(&mut self, r: &Arc<Resource>) -> &[u8] {
+        let key = Arc::as_ptr(r);
+        if self.0.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.0 = Some((key, codec::encode_attrs(&r.attributes)));
+        }
+        &self.0.as_ref().expect("just set").1
+    }
+}
+
+/// One Parquet file of a segment being written, `CHUNK` rows at a time.
+struct ParquetSink<T: WriteRow> {
+    writer: ArrowWriter<BufWriter<File>>,
+    batch: BatchBuilder,
+    resources: ResourceBlobs,
+    row: PhantomData<fn(&T)>,
+}
+
+impl<T: WriteRow> ParquetSink<T> {
+    fn create(dir: &Path, cfg: &SegmentConfig) -> Result<Self> {
+        let batch = BatchBuilder::new(T::TABLE);
+        let writer = ArrowWriter::try_new(
+            BufWriter::new(File::create(dir.join(T::FILE))?),
+            batch.schema.clone(),
+            Some(layout::writer_props(cfg, T::TABLE)?),
+        )?;
+        Ok(ParquetSink { writer, batch, resources: ResourceBlobs::default(), row: PhantomData })
+    }
+
+    fn push(&mut self, row: &T) -> Result<()> {
+        row.write_row(&mut self.batch, &mut self.resources);
+        self.batch.rows += 1;
+        if self.batch.rows >= CHUNK {
+            self.writer.write(&self.batch.finish()?)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the last rows and the footer (not fsynced: the caller syncs
+    /// the whole directory).
+    fn close(mut self) -> Result<()> {
+        if self.batch.rows > 0 {
+            self.writer.write(&self.batch.finish()?)?;
+        }
+        self.writer.close()?;
+        Ok(())
+    }
+}
+
+/// An Arrow builder of the kind a [`ColumnDef`] says.
+#[derive(Debug)]
+enum Builder {
+    Id(FixedSizeBinaryBuilder),
+    Utf8(StringBuilder),
+    Binary(BinaryBuilder),
+    U8(UInt8Builder),
+    U32(UInt32Builder),
+    U64(UInt64Builder),
+    I32(Int32Builder),
+}
+
+impl Builder {
+    fn new(kind: ColumnKind) -> Builder {
+        match kind {
+            ColumnKind::Id16 => Builder::Id(FixedSizeBinaryBuilder::new(16)),
+            ColumnKind::Id8 => Builder::Id(FixedSizeBinaryBuilder::new(8)),
+            ColumnKind::Utf8 => Builder::Utf8(StringBuilder::new()),
+            ColumnKind::Binary => Builder::Binary(BinaryBuilder::new()),
+            ColumnKind::U8 => Builder::U8(UInt8Builder::new()),
+            ColumnKind::U32 => Builder::U32(UInt32Builder::new()),
+            ColumnKind::U64 => Builder::U64(UInt64Builder::new()),
+            ColumnKind::I32 => Builder::I32(Int32Builder::new()),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::Id(b) => Arc::new(b.finish()),
+            Builder::Utf8(b) => Arc::new(b.finish()),
+            Builder::Binary(b) => Arc::new(b.finish()),
+            Builder::U8(b) => Arc::new(b.finish()),
+            Builder::U32(b) => Arc::new(b.finish()),
+            Builder::U64(b) => Arc::new(b.finish()),
+            Builder::I32(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Column builders for one file's table. A row sets every column once
+/// through the typed setters; setting a column with a setter of another
+/// kind than its table entry is a bug in this module and panics (the
+/// round-trip tests set every column).
+#[derive(Debug)]
+pub(crate) struct BatchBuilder {
+    table: &'static [ColumnDef],
+    schema: SchemaRef,
+    cols: Vec<Builder>,
+    rows: usize,
+}
+
+macro_rules! setter {
+    ($fn:ident, $variant:ident, $t:ty) => {
+        fn $fn(&mut self, c: impl Into<usize>, v: $t) {
+            let c = c.into();
+            match &mut self.cols[c] {
+                Builder::$variant(b) => b.append_value(v),
+                _ => self.wrong_kind(c, stringify!($variant)),
+            }
+        }
+    };
+}
+
+impl BatchBuilder {
+    fn new(table: &'static [ColumnDef]) -> BatchBuilder {
+        let cols = table.iter().map(|c| Builder::new(c.kind)).collect();
+        BatchBuilder { table, schema: layout::schema(table), cols, rows: 0 }
+    }
+
+    fn wrong_kind(&self, c: usize, kind: &str) -> ! {
+        panic!("column {} is {:?}, not {kind}", self.table[c].name, self.table[c].kind)
+    }
+
+    /// A trace or span ID, or null (a nullable ID column).
+    fn id(&mut self, c: impl Into<usize>, v: Option<&[u8]>) {
+        let c = c.into();
+        match (&mut self.cols[c], v) {
+            (Builder::Id(b), Some(v)) => b.append_value(v).expect("ID width from the table"),
+            (Builder::Id(b), None) => b.append_null(),
+            _ => self.wrong_kind(c, "Id"),
+        }
+    }
+
+    setter!(str, Utf8, &str);
+    setter!(bytes, Binary, &[u8]);
+    setter!(u8, U8, u8);
+    setter!(u32, U32, u32);
+    setter!(u64, U64, u64);
+    setter!(i32, I32, i32);
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        self.rows = 0;
+        let cols = self.cols.iter_mut().map(Builder::finish).collect();
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::testutil::*;
+    use super::super::{layout, Segment};
+    use super::*;
+    use crate::metrics::StorageMetrics;
+    use crate::model::AttrValue;
+
+    fn all_spans(t: &[(TraceId, TraceEntry)]) -> Vec<Span> {
+        t.iter().flat_map(|(_, e)| e.spans.clone()).collect()
+    }
+
+    fn all_logs(t: &[(TraceId, TraceEntry)]) -> Vec<LogRecord> {
+        t.iter().flat_map(|(_, e)| e.logs.clone()).collect()
+    }
+
+    #[test]
+    fn every_span_and_log_column_round_trips_with_empty_and_maximal_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = resource("cart", vec![("host".into(), AttrValue::Str("h1".into()))]);
+        let spans = vec![
+            empty_span(1, 1),
+            max_span(2, 2),
+            span(3, 1, &res, "GET /", 1_000, 5_000, 2, vec![("http.status".into(), AttrValue::Int(500))]),
+            span(3, 2, &res, "db", 2_000, 1, 1, every_value()),
+        ];
+        let logs = vec![empty_log(), max_log(2), log(3, &res, 1_500, 9, "hello world")];
+        let t = traces(spans, logs);
+        for cfg in [small_cfg(), SegmentConfig::default()] {
+            let seg = write_and_open(dir.path(), &cfg, &t);
+            for (tid, e) in &t {
+                let (s, l) = seg.lookup(tid, true).unwrap().expect("trace in segment");
+                assert_eq!(s, e.spans);
+                assert_eq!(l, e.logs);
+            }
+            let n = seg.meta.span_count as usize;
+            assert_eq!(seg.read_spans(vec![0..n]).unwrap(), all_spans(&t));
+            let n = seg.meta.log_count as usize;
+            assert_eq!(seg.read_logs(vec![0..n]).unwrap(), all_logs(&t));
+        }
+    }
+
+    #[test]
+    fn files_carry_the_layout_schema_and_dictionary_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = traces(vec![max_span(1, 1)], vec![max_log(1)]);
+        let seg = write_and_open(dir.path(), &SegmentConfig::default(), &t);
+        for (file, table) in [(&seg.spans, layout::SPAN_COLUMNS), (&seg.logs, layout::LOG_COLUMNS)] {
+            assert_eq!(file.meta.schema().fields(), layout::schema(table).fields());
+            let rg = file.meta.metadata().row_group(0);
+            for (c, def) in rg.columns().iter().zip(table) {
+                let dict = c.dictionary_page_offset().is_some();
+                assert_eq!(dict, def.dictionary, "{}: {}", file.name, def.name);
+            }
+        }
+    }
+
+    #[test]
+    fn an_end_before_the_start_is_stored_as_zero_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = empty_span(1, 1);
+        s.start_time_unix_nano = 10;
+        s.end_time_unix_nano = 5;
+        let seg = write_and_open(dir.path(), &SegmentConfig::default(), &traces(vec![s], vec![]));
+        let back = seg.read_spans(vec![0..1]).unwrap();
+        assert_eq!((back[0].start_time_unix_nano, back[0].end_time_unix_nano), (10, 10));
+    }
+
+    #[test]
+    fn meta_counts_times_services_and_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let cart = resource("cart", vec![]);
+        let web = resource("web", vec![]);
+        let t = traces(
+            vec![
+                span(1, 1, &web, "GET /", 100, 10, 2, vec![]),
+                span(1, 2, &cart, "get", 200, 10, 0, vec![]),
+                span(2, 1, &web, "GET /", 300, 10, 0, vec![]),
+            ],
+            vec![log(1, &cart, 50, 9, "a"), log(0, &web, 400, 9, "b")],
+        );
+        let (meta, _) =
+            write_segment_replacing(dir.path(), &small_cfg(), &t, 77, vec!["old".into()]).unwrap();
+        assert_eq!(meta.format, FORMAT_VERSION);
+        assert_eq!((meta.span_count, meta.log_count, meta.trace_count), (3, 2, 3));
+        assert_eq!((meta.min_time_unix_nano, meta.max_time_unix_nano), (50, 400));
+        assert_eq!(meta.created_unix_nano, 77);
+        assert_eq!(meta.replaces, vec!["old".to_string()]);
+        assert_eq!(meta.wal_max_pos, t.iter().map(|(_, e)| e.max_pos).max().unwrap());
+        let web_stat = meta.services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!((web_stat.span_count, web_stat.error_count), (2, 1));
+        assert_eq!(meta.operations.len(), 2);
+        assert!(meta.bytes > 0);
+        // Renamed into place, the meta on disk equal to the one returned.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec![meta.id.clone()]);
+        let seg =
+            Segment::open(&dir.path().join(&meta.id), Arc::new(StorageMetrics::default()), None).unwrap();
+        assert_eq!(seg.meta, meta);
+        assert_eq!(seg.trace_index().len(), 3);
+    }
+
+    #[test]
+    fn an_empty_segment_opens_and_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = write_and_open(dir.path(), &SegmentConfig::default(), &[]);
+        assert_eq!((seg.meta.min_time_unix_nano, seg.meta.max_time_unix_nano), (0, 0));
+        assert!(seg.lookup(&TraceId([1; 16]), true).unwrap().is_none());
+        assert!(seg.read_spans(vec![0..10]).unwrap().is_empty());
+        assert!(seg.resources().is_empty());
+    }
+
+    #[test]
+    fn a_bad_config_leaves_no_segment_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SegmentConfig { zstd_level: 1000, ..Default::default() };
+        let t = traces(vec![empty_span(1, 1)], vec![]);
+        assert!(matches!(write_segment(dir.path(), &cfg, &t, 1), Err(crate::Error::Config(_))));
+        for e in fs::read_dir(dir.path()).unwrap() {
+            assert!(e.unwrap().file_name().to_string_lossy().starts_with("tmp-"));
+        }
+    }
+
+    #[test]
+    fn sort_for_segment_orders_traces_spans_and_logs() {
+        let res = resource("a", vec![]);
+        let mut observed_only = log(1, &res, 0, 9, "observed only");
+        observed_only.observed_time_unix_nano = 99;
+        let mut t = traces(
+            vec![span(2, 2, &res, "a", 10, 1, 0, vec![]), span(2, 3, &res, "b", 20, 1, 0, vec![])],
+            vec![log(1, &res, 5, 9, "x"), observed_only],
+        );
+        t.reverse();
+        for (_, e) in &mut t {
+            e.spans.reverse();
+            e.logs.reverse();
+        }
+        sort_for_segment(&mut t);
+        assert_eq!(t[0].0, TraceId([1; 16]));
+        assert_eq!(t[0].1.logs.iter().map(|l| l.effective_time()).collect::<Vec<_>>(), vec![5, 99]);
+        assert_eq!(t[1].1.spans.iter().map(|s| s.start_time_unix_nano).collect::<Vec<_>>(), vec![10, 20]);
+    }
+}
