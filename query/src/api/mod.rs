@@ -68,7 +68,7 @@ mod tests {
     use crate::engine::TraceQuery;
     use crate::QueryConfig;
 
-    fn app(s: &Arc<skein_storage::Storage>, cfg: QueryConfig) -> Router {
+    fn app_with(s: &Arc<skein_storage::Storage>, cfg: QueryConfig) -> Router {
         router(ApiState { storage: s.clone(), registry: Arc::new(Default::default()), cfg })
     }
 
@@ -111,7 +111,7 @@ mod tests {
     async fn each_adapter_answers_through_the_router() {
         let (_d, s) = storage();
         append(&s, three_traces()).await;
-        let app = app(&s, QueryConfig::default());
+        let app = app_with(&s, QueryConfig::default());
         let (st, v) = get(&app, "/api/v1/services").await;
         assert_eq!(st, StatusCode::OK);
         assert_eq!(v["services"][0], serde_json::json!({"name": "cart", "span_count": 2, "error_count": 1}));
@@ -137,7 +137,7 @@ mod tests {
     async fn errors_map_to_statuses_once() {
         let (_d, s) = storage();
         append(&s, three_traces()).await;
-        let app = app(&s, QueryConfig::default());
+        let app = app_with(&s, QueryConfig::default());
         for uri in [
             "/api/v1/search/traces?limit=0",
             "/api/v1/search/traces?start=20&end=10",
@@ -161,7 +161,7 @@ mod tests {
 
         // A zero timeout abandons every query: 504, with a message that
         // says what to change.
-        let slow = app(&s, QueryConfig { timeout: Duration::ZERO, ..Default::default() });
+        let slow = app_with(&s, QueryConfig { timeout: Duration::ZERO, ..Default::default() });
         let (st, v) = get(&slow, "/api/v1/search/traces?service=cart").await;
         assert_eq!(st, StatusCode::GATEWAY_TIMEOUT, "{v}");
         assert!(v["error"].as_str().unwrap().contains("narrow the time range"), "{v}");
@@ -171,7 +171,7 @@ mod tests {
     async fn readyz_is_503_until_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let s = skein_storage::Storage::open(dir.path(), skein_storage::StorageConfig::default()).unwrap();
-        let app = app(&s, QueryConfig::default());
+        let app = app_with(&s, QueryConfig::default());
         let r = app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
