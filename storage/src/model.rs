@@ -1,12 +1,10 @@
 //! The data model every crate shares: IDs, attribute values, spans and log
-//! records as Skein keeps them, and their JSON form in the native API.
+//! records as Skein keeps them. Their JSON form in the native API lives in
+//! the query crate (`skein_query::api::native::json`).
 
 use std::fmt;
 use std::sync::Arc;
 
-use base64::Engine as _;
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
 
 /// A 16-byte trace ID. All zeroes is invalid for spans; for logs it means
 /// "no trace context".
@@ -88,16 +86,6 @@ impl fmt::Debug for SpanId {
         f.write_str(&self.to_hex())
     }
 }
-impl Serialize for TraceId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-impl Serialize for SpanId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
 
 /// An attribute value with its OTLP type kept.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,47 +125,12 @@ impl AttrValue {
     }
 }
 
-impl Serialize for AttrValue {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            AttrValue::Empty => s.serialize_none(),
-            AttrValue::Str(v) => s.serialize_str(v),
-            AttrValue::Int(v) => s.serialize_i64(*v),
-            AttrValue::Double(v) => s.serialize_f64(*v),
-            AttrValue::Bool(v) => s.serialize_bool(*v),
-            AttrValue::Bytes(v) => s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v)),
-            AttrValue::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for it in items {
-                    seq.serialize_element(it)?;
-                }
-                seq.end()
-            }
-            AttrValue::KvList(kv) => AttrMap(kv).serialize(s),
-        }
-    }
-}
-
 /// Attributes in their received order. A vector, not a map: most spans have
 /// a handful, and order is preserved for display.
 pub type Attributes = Vec<(String, AttrValue)>;
 
 pub fn attrs_heap_size(a: &Attributes) -> usize {
     a.iter().map(|(k, v)| k.len() + v.heap_size() + 48).sum()
-}
-
-/// Serializes attributes as a JSON object `{key: value}`.
-#[derive(Debug)]
-pub struct AttrMap<'a>(pub &'a Attributes);
-
-impl Serialize for AttrMap<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
 }
 
 /// The resource a span or log came from. Shared by every record of one
@@ -352,103 +305,6 @@ impl LogRecord {
     }
 }
 
-fn nanos_str(v: u64) -> String {
-    v.to_string()
-}
-
-impl Serialize for Span {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct StatusJson<'a> {
-            code: &'static str,
-            message: &'a str,
-        }
-        #[derive(Serialize)]
-        struct ScopeJson<'a> {
-            name: &'a str,
-            version: &'a str,
-        }
-        struct Events<'a>(&'a [Event]);
-        impl Serialize for Events<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut seq = s.serialize_seq(Some(self.0.len()))?;
-                for e in self.0 {
-                    let mut m = serde_json::Map::new();
-                    m.insert("name".into(), e.name.clone().into());
-                    m.insert("time_unix_nano".into(), nanos_str(e.time_unix_nano).into());
-                    m.insert(
-                        "attributes".into(),
-                        serde_json::to_value(AttrMap(&e.attributes)).unwrap_or_default(),
-                    );
-                    seq.serialize_element(&m)?;
-                }
-                seq.end()
-            }
-        }
-        struct Links<'a>(&'a [Link]);
-        impl Serialize for Links<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut seq = s.serialize_seq(Some(self.0.len()))?;
-                for l in self.0 {
-                    let mut m = serde_json::Map::new();
-                    m.insert("trace_id".into(), l.trace_id.to_hex().into());
-                    m.insert("span_id".into(), l.span_id.to_hex().into());
-                    m.insert(
-                        "attributes".into(),
-                        serde_json::to_value(AttrMap(&l.attributes)).unwrap_or_default(),
-                    );
-                    seq.serialize_element(&m)?;
-                }
-                seq.end()
-            }
-        }
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("trace_id", &self.trace_id)?;
-        m.serialize_entry("span_id", &self.span_id)?;
-        m.serialize_entry("parent_span_id", &self.parent_span_id)?;
-        m.serialize_entry("name", &self.name)?;
-        m.serialize_entry("kind", kind::name(self.kind))?;
-        m.serialize_entry("service_name", self.service_name())?;
-        m.serialize_entry("start_time_unix_nano", &nanos_str(self.start_time_unix_nano))?;
-        m.serialize_entry("end_time_unix_nano", &nanos_str(self.end_time_unix_nano))?;
-        m.serialize_entry("duration_ns", &self.duration_ns())?;
-        m.serialize_entry(
-            "status",
-            &StatusJson { code: status::name(self.status_code), message: &self.status_message },
-        )?;
-        m.serialize_entry("attributes", &AttrMap(&self.attributes))?;
-        m.serialize_entry("resource", &AttrMap(&self.resource.attributes))?;
-        m.serialize_entry("scope", &ScopeJson { name: &self.scope.name, version: &self.scope.version })?;
-        m.serialize_entry("events", &Events(&self.events))?;
-        m.serialize_entry("links", &Links(&self.links))?;
-        if !self.trace_state.is_empty() {
-            m.serialize_entry("trace_state", &self.trace_state)?;
-        }
-        m.end()
-    }
-}
-
-impl Serialize for LogRecord {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("time_unix_nano", &nanos_str(self.time_unix_nano))?;
-        m.serialize_entry("observed_time_unix_nano", &nanos_str(self.observed_time_unix_nano))?;
-        m.serialize_entry("severity_number", &self.severity_number)?;
-        m.serialize_entry("severity_text", &self.severity_text)?;
-        m.serialize_entry("body", &self.body)?;
-        m.serialize_entry("attributes", &AttrMap(&self.attributes))?;
-        m.serialize_entry("resource", &AttrMap(&self.resource.attributes))?;
-        m.serialize_entry("service_name", self.service_name())?;
-        let tid = (!self.trace_id.is_zero()).then_some(self.trace_id);
-        m.serialize_entry("trace_id", &tid)?;
-        m.serialize_entry("span_id", &self.span_id)?;
-        if !self.event_name.is_empty() {
-            m.serialize_entry("event_name", &self.event_name)?;
-        }
-        m.end()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,23 +319,5 @@ mod tests {
         assert!(TraceId::parse_hex(&"1".repeat(33)).is_none());
         let (hi, lo) = t.halves();
         assert_eq!(TraceId::from_halves(hi, lo), t);
-    }
-
-    #[test]
-    fn attr_values_keep_their_json_type() {
-        let attrs: Attributes = vec![
-            ("s".into(), AttrValue::Str("x".into())),
-            ("i".into(), AttrValue::Int(7)),
-            ("d".into(), AttrValue::Double(1.5)),
-            ("b".into(), AttrValue::Bool(true)),
-            ("a".into(), AttrValue::Array(vec![AttrValue::Int(1), AttrValue::Str("y".into())])),
-            ("kv".into(), AttrValue::KvList(vec![("k".into(), AttrValue::Int(2))])),
-            ("bytes".into(), AttrValue::Bytes(vec![1, 2, 3])),
-        ];
-        let j = serde_json::to_value(AttrMap(&attrs)).unwrap();
-        assert_eq!(
-            j,
-            serde_json::json!({"s":"x","i":7,"d":1.5,"b":true,"a":[1,"y"],"kv":{"k":2},"bytes":"AQID"})
-        );
     }
 }

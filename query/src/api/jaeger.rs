@@ -3,7 +3,7 @@
 //! Jaeger's `model/json` (µs timestamps, typed tags, processes per trace);
 //! a trace's log records appear as logs on the span that wrote them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -12,9 +12,15 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use skein_storage::filter::SpanFilter;
 use skein_storage::model::{kind, status, AttrValue, Attributes, LogRecord, Span, TraceId};
-use skein_storage::rollup::BUCKET_NS;
 
-use crate::{blocking, parse_duration_ns, ApiError, ApiState, Params};
+use super::native::json::attr_value;
+use crate::engine::{Trace, TraceQuery, TraceSearch};
+use crate::error::{Error, Result};
+use crate::params::{parse_trace_id, Params, TimeUnit};
+use crate::ApiState;
+
+/// Range of `/dependencies` without `lookback`: one day, in ms.
+const DEFAULT_LOOKBACK_MS: u64 = 86_400_000;
 
 pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
@@ -38,9 +44,9 @@ fn tag(key: &str, v: &AttrValue) -> Value {
         AttrValue::Bool(b) => ("bool", json!(b)),
         AttrValue::Int(i) => ("int64", json!(i)),
         AttrValue::Double(d) => ("float64", json!(d)),
-        AttrValue::Bytes(_) => ("binary", serde_json::to_value(v).unwrap_or_default()),
+        AttrValue::Bytes(_) => ("binary", attr_value(v)),
         // Jaeger has no composite tag type: render as JSON text.
-        other => ("string", json!(serde_json::to_string(other).unwrap_or_default())),
+        other => ("string", json!(attr_value(other).to_string())),
     };
     json!({"key": key, "type": ty, "value": value})
 }
@@ -110,7 +116,7 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
             for l in logs_by_span.get(&s.span_id).into_iter().flatten() {
                 let body = match &l.body {
                     AttrValue::Str(b) => b.clone(),
-                    other => serde_json::to_string(other).unwrap_or_default(),
+                    other => attr_value(other).to_string(),
                 };
                 let mut fields = vec![
                     json!({"key": "message", "type": "string", "value": body}),
@@ -145,90 +151,44 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
     json!({"traceID": id.to_hex(), "spans": jspans, "processes": processes, "warnings": null})
 }
 
-async fn services(State(st): State<ApiState>) -> Result<Response, ApiError> {
-    let names = blocking(&st, |s| {
-        let mut names: std::collections::BTreeSet<String> = s
-            .snapshot()
-            .segments
-            .iter()
-            .flat_map(|seg| seg.meta.services.iter().map(|x| x.name.clone()))
-            .collect();
-        s.for_each_memory_span(|sp| {
-            if !names.contains(sp.service_name()) {
-                names.insert(sp.service_name().to_string());
-            }
-        });
-        Ok(names)
-    })
-    .await?;
+/// Jaeger's answer of a trace search: the whole traces, in the engine's
+/// order (newest start first).
+pub(crate) fn search_json(r: &TraceSearch) -> Vec<Value> {
+    r.traces.iter().filter_map(|t| t.trace.as_ref()).map(|t| trace_json(t.id, &t.spans, &t.logs)).collect()
+}
+
+async fn services(State(st): State<ApiState>) -> Result<Response> {
+    let names: Vec<String> = st.engine().services().await?.into_iter().map(|s| s.name).collect();
     Ok(envelope(json!(names)))
 }
 
-/// (name, span kind) of a service's operations.
-async fn ops_of(st: &ApiState, service: String) -> Result<Vec<(String, u8)>, ApiError> {
-    blocking(st, move |s| {
-        let mut ops: std::collections::BTreeSet<(String, u8)> = s
-            .snapshot()
-            .segments
-            .iter()
-            .flat_map(|seg| seg.meta.operations.iter())
-            .filter(|o| o.service == service)
-            .map(|o| (o.name.clone(), o.kind))
-            .collect();
-        s.for_each_memory_span(|sp| {
-            if sp.service_name() == service && !ops.contains(&(sp.name.clone(), sp.kind)) {
-                ops.insert((sp.name.clone(), sp.kind));
-            }
-        });
-        Ok(ops.into_iter().collect())
-    })
-    .await
-}
-
-async fn service_operations(
-    State(st): State<ApiState>,
-    Path(service): Path<String>,
-) -> Result<Response, ApiError> {
-    let mut names: Vec<String> = ops_of(&st, service).await?.into_iter().map(|o| o.0).collect();
-    names.dedup();
+async fn service_operations(State(st): State<ApiState>, Path(service): Path<String>) -> Result<Response> {
+    let names: BTreeSet<String> = st.engine().operations(Some(service)).await?.into_iter().map(|o| o.name).collect();
     Ok(envelope(json!(names)))
 }
 
-async fn operations(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn operations(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
     let p = Params::parse(q.as_deref());
-    let service = p.get("service").ok_or_else(|| ApiError::bad("service is required"))?.to_string();
+    let service = p.get("service").ok_or_else(|| Error::bad("service is required"))?.to_string();
     let want_kind = p.get("spanKind").map(|k| k.to_ascii_lowercase());
-    let ops: Vec<Value> = ops_of(&st, service)
+    let ops: Vec<Value> = st
+        .engine()
+        .operations(Some(service))
         .await?
         .into_iter()
-        .map(|(name, k)| (name, kind::name(k).to_ascii_lowercase()))
+        .map(|o| (o.name, kind::name(o.kind).to_ascii_lowercase()))
         .filter(|(_, k)| want_kind.as_ref().is_none_or(|w| w == k))
         .map(|(name, k)| json!({"name": name, "spanKind": k}))
         .collect();
     Ok(envelope(json!(ops)))
 }
 
-/// Jaeger durations: Go syntax (`1.5s`, `250ms`, `900us`, `1m`).
-fn jaeger_duration(p: &Params, key: &str) -> Result<Option<u64>, ApiError> {
-    p.get(key).map(|v| parse_duration_ns(v).map_err(|e| ApiError::bad(format!("{key}: {e}")))).transpose()
-}
-
-fn micros(p: &Params, key: &str) -> Result<Option<u64>, ApiError> {
-    p.get(key)
-        .map(|v| {
-            v.parse::<u64>()
-                .map(|us| us.saturating_mul(1_000))
-                .map_err(|_| ApiError::bad(format!("{key}: {v:?} is not Unix microseconds")))
-        })
-        .transpose()
-}
-
-async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
     let p = Params::parse(q.as_deref());
     let mut attrs = Vec::new();
     if let Some(t) = p.get("tags") {
         let m: HashMap<String, Value> = serde_json::from_str(t)
-            .map_err(|e| ApiError::bad(format!("tags must be a JSON object of key to value: {e}")))?;
+            .map_err(|e| Error::bad(format!("tags must be a JSON object of key to value: {e}")))?;
         for (k, v) in m {
             let v = match v {
                 Value::String(s) => s,
@@ -239,38 +199,30 @@ async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resul
     }
     // Jaeger's UI also sends logfmt-style `tag=k:v` parameters.
     for t in p.all("tag") {
-        let (k, v) =
-            t.split_once(':').ok_or_else(|| ApiError::bad(format!("tag {t:?} must be key:value")))?;
+        let (k, v) = t.split_once(':').ok_or_else(|| Error::bad(format!("tag {t:?} must be key:value")))?;
         attrs.push((k.to_string(), v.to_string()));
     }
-    let f = SpanFilter {
+    let range = p.range("start", "end", TimeUnit::Micros)?;
+    let filter = SpanFilter {
         service: p.get("service").map(String::from),
         operation: p.get("operation").map(String::from),
         attrs,
-        min_duration_ns: jaeger_duration(&p, "minDuration")?,
-        max_duration_ns: jaeger_duration(&p, "maxDuration")?,
+        min_duration_ns: p.duration("minDuration")?,
+        max_duration_ns: p.duration("maxDuration")?,
         status: None,
-        start_ns: micros(&p, "start")?,
-        end_ns: micros(&p, "end")?,
+        start_ns: range.start_ns,
+        end_ns: range.end_ns,
     };
     let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
-    let traces = blocking(&st, move |s| {
-        let mut out = Vec::new();
-        for id in s.search_traces(&f, limit)? {
-            if let Some((spans, logs)) = s.get_trace(&id)? {
-                out.push(trace_json(id, &spans, &logs));
-            }
-        }
-        Ok(out)
-    })
-    .await?;
-    Ok(envelope(json!(traces)))
+    let q = TraceQuery { filter, limit, with_trace: true, ..Default::default() };
+    let r = st.engine().search_traces(q).await?;
+    Ok(envelope(json!(search_json(&r))))
 }
 
-async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let tid = TraceId::parse_hex(&id).ok_or_else(|| ApiError::bad(format!("trace ID {id:?} is not hex")))?;
-    match blocking(&st, move |s| Ok(s.get_trace(&tid)?)).await? {
-        Some((spans, logs)) => Ok(envelope(json!([trace_json(tid, &spans, &logs)]))),
+async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response> {
+    let tid = parse_trace_id(&id)?;
+    match st.engine().trace(tid).await? {
+        Some(Trace { id, spans, logs }) => Ok(envelope(json!([trace_json(id, &spans, &logs)]))),
         None => Ok((
             axum::http::StatusCode::NOT_FOUND,
             Json(json!({"data": null, "total": 0, "limit": 0, "offset": 0,
@@ -280,30 +232,22 @@ async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result
     }
 }
 
-/// `endTs` and `lookback` in milliseconds, as Jaeger takes them.
-async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+/// `endTs` (Unix ms, default now) and `lookback` (ms, default a day).
+async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
     let p = Params::parse(q.as_deref());
-    let ms = |k: &str| -> Result<Option<u64>, ApiError> {
-        p.get(k)
-            .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad(format!("{k}: {v:?} is not milliseconds"))))
-            .transpose()
-    };
-    let end = ms("endTs")?.map(|v| v.saturating_mul(1_000_000)).unwrap_or_else(skein_storage::now_unix_nano);
-    let start = end.saturating_sub(ms("lookback")?.unwrap_or(86_400_000).saturating_mul(1_000_000));
-    let edges = blocking(&st, move |s| {
-        let mut m: BTreeMap<(String, String), u64> = BTreeMap::new();
-        let (lo, hi) = (start / BUCKET_NS, end / BUCKET_NS);
-        for r in s.rollups(Some(start), Some(end)) {
-            for e in r.edges.into_iter().filter(|e| e.minute >= lo && e.minute <= hi) {
-                *m.entry((e.parent, e.child)).or_default() += e.calls;
-            }
-        }
-        Ok(m)
-    })
-    .await?;
-    let data: Vec<Value> = edges
+    let end = p.time_in("endTs", TimeUnit::Millis)?.unwrap_or_else(skein_storage::now_unix_nano);
+    let lookback = p
+        .get("lookback")
+        .map(|v| v.parse::<u64>().map_err(|_| Error::bad(format!("lookback: {v:?} is not milliseconds"))))
+        .transpose()?
+        .unwrap_or(DEFAULT_LOOKBACK_MS);
+    let start = end.saturating_sub(lookback.saturating_mul(1_000_000));
+    let data: Vec<Value> = st
+        .engine()
+        .dependencies(Some(start), Some(end))
+        .await?
         .into_iter()
-        .map(|((parent, child), c)| json!({"parent": parent, "child": child, "callCount": c}))
+        .map(|e| json!({"parent": e.parent, "child": e.child, "callCount": e.call_count}))
         .collect();
     Ok(envelope(json!(data)))
 }

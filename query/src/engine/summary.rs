@@ -2,32 +2,38 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde::Serialize;
 use skein_storage::model::{Span, TraceId};
 
-#[derive(Debug, Serialize, PartialEq)]
+/// Spans of one service within a trace.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceCount {
+    /// `service.name`.
     pub name: String,
+    /// Spans of the service in the trace.
     pub span_count: u64,
+    /// Those with status ERROR.
     pub error_count: u64,
 }
 
-/// `TraceSummary` of API.md.
-#[derive(Debug, Serialize, PartialEq)]
+/// What a search result says about a trace (`TraceSummary` of API.md).
+#[derive(Debug, Clone, PartialEq)]
 pub struct TraceSummary {
+    /// The trace's ID.
     pub trace_id: TraceId,
+    /// Service of the root span (see [`summarize`]).
     pub root_service: String,
+    /// Name of the root span.
     pub root_name: String,
-    #[serde(serialize_with = "as_string")]
+    /// Earliest span start, Unix ns.
     pub start_time_unix_nano: u64,
+    /// Earliest start to latest end, ns.
     pub duration_ns: u64,
+    /// Spans in the trace.
     pub span_count: u64,
+    /// Spans with status ERROR.
     pub error_count: u64,
+    /// Span counts per service, sorted by name.
     pub services: Vec<ServiceCount>,
-}
-
-fn as_string<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&v.to_string())
 }
 
 /// Summarizes a trace. The root is the earliest span without a parent in

@@ -1,0 +1,286 @@
+//! `/api/v1/...`: Skein's own JSON API (API.md), snake_case, times as Unix
+//! ns strings, IDs as hex. Parameters are parsed here into the engine's
+//! input types; [`json`] renders the model.
+
+pub mod json;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use skein_storage::filter::{analyzer, parse_severity, tokenize, LogFilter, SpanFilter, StatusFilter};
+use skein_storage::model::kind;
+use skein_storage::rollup::BUCKET_NS;
+
+use crate::engine::traceql::TraceQl;
+use crate::engine::{RedQuery, TraceQuery, TraceSearch};
+use crate::error::{Error, Result};
+use crate::params::{parse_trace_id, Params, TimeRange, TimeUnit};
+use crate::ApiState;
+
+/// Longest TraceQL query accepted.
+pub const MAX_TRACEQL_LEN: usize = 4096;
+/// Most buckets a histogram or RED series may have.
+const MAX_BUCKETS: u64 = 10_000;
+/// Range of a histogram or RED query without `start`: the last hour.
+const DEFAULT_LOOKBACK_NS: u64 = 3600 * 1_000_000_000;
+
+type ApiResult = Result<Response>;
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/traces/{trace_id}", get(get_trace))
+        .route("/api/v1/search/traces", get(search_traces))
+        .route("/api/v1/search/logs", get(search_logs))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{service}/operations", get(operations))
+        .route("/api/v1/dependencies", get(dependencies))
+        .route("/api/v1/metrics/red", get(red))
+        .route("/api/v1/logs/histogram", get(log_histogram))
+        .route("/api/v1/flush", post(flush))
+        .route("/api/v1/openapi.json", get(openapi))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json")).into_response()
+}
+
+async fn flush(State(st): State<ApiState>) -> ApiResult {
+    // Not bounded by the query timeout: a flush is not abandoned halfway,
+    // and the caller wants to know when the data is in segments.
+    let storage = st.storage.clone();
+    let stats = tokio::task::spawn_blocking(move || storage.flush(true))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    Ok(Json(json!({"traces": stats.traces, "spans": stats.spans, "logs": stats.logs})).into_response())
+}
+
+async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+    let tid = parse_trace_id(&id)?;
+    match st.engine().trace(tid).await? {
+        None => Err(Error::not_found(format!("trace {} not found", tid.to_hex()))),
+        Some(t) => Ok(Json(json!({
+            "trace_id": tid.to_hex(),
+            "spans": t.spans.iter().map(json::span).collect::<Vec<_>>(),
+            "logs": t.logs.iter().map(json::log).collect::<Vec<_>>(),
+        }))
+        .into_response()),
+    }
+}
+
+/// A TraceQL query from `q`, bounded in length; `None` without `q`.
+pub(crate) fn traceql(p: &Params) -> Result<Option<TraceQl>> {
+    match p.get("q") {
+        None => Ok(None),
+        Some(q) if q.len() > MAX_TRACEQL_LEN => Err(Error::bad(format!("q is longer than {MAX_TRACEQL_LEN} bytes"))),
+        Some(q) => TraceQl::parse(q).map(Some).map_err(|e| Error::bad(e.to_string())),
+    }
+}
+
+/// `status=error|ok`.
+pub(crate) fn status_filter(s: &str) -> Result<StatusFilter> {
+    if s.eq_ignore_ascii_case("error") {
+        Ok(StatusFilter::Error)
+    } else if s.eq_ignore_ascii_case("ok") {
+        Ok(StatusFilter::Ok)
+    } else {
+        Err(Error::bad(format!("status {s:?} must be error or ok")))
+    }
+}
+
+/// The span filter of trace search, from `service`, `operation`, `attr`,
+/// `min_duration`, `max_duration`, `status`, `start`, `end`.
+fn span_filter(p: &Params) -> Result<SpanFilter> {
+    let mut attrs = Vec::new();
+    for a in p.all("attr") {
+        let (k, v) = a.split_once('=').ok_or_else(|| Error::bad(format!("attr {a:?} must be key=value")))?;
+        if k.is_empty() {
+            return Err(Error::bad(format!("attr {a:?} has an empty key")));
+        }
+        attrs.push((k.to_string(), v.to_string()));
+    }
+    let range = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
+    let f = SpanFilter {
+        service: p.get("service").map(String::from),
+        operation: p.get("operation").map(String::from),
+        attrs,
+        min_duration_ns: p.duration("min_duration")?,
+        max_duration_ns: p.duration("max_duration")?,
+        status: p.get("status").map(status_filter).transpose()?,
+        start_ns: range.start_ns,
+        end_ns: range.end_ns,
+    };
+    if let (Some(a), Some(b)) = (f.min_duration_ns, f.max_duration_ns) {
+        if a > b {
+            return Err(Error::bad("min_duration is larger than max_duration"));
+        }
+    }
+    Ok(f)
+}
+
+/// The native answer of a trace search: `{"traces": [TraceSummary]}`.
+pub(crate) fn search_json(r: &TraceSearch) -> Value {
+    json!({ "traces": r.traces.iter().map(|t| json::summary(&t.summary)).collect::<Vec<_>>() })
+}
+
+async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = Params::parse(q.as_deref());
+    let q = TraceQuery {
+        filter: span_filter(&p)?,
+        limit: p.limit(st.cfg.default_limit, st.cfg.max_limit)?,
+        traceql: traceql(&p)?,
+        ..Default::default()
+    };
+    let r = st.engine().search_traces(q).await?;
+    Ok(Json(search_json(&r)).into_response())
+}
+
+fn log_filter(p: &Params) -> Result<LogFilter> {
+    let mut words = Vec::new();
+    if let Some(q) = p.get("q") {
+        tokenize(&mut analyzer(), q, &mut words);
+        if words.is_empty() {
+            return Err(Error::bad(format!("q {q:?} has no searchable words")));
+        }
+    }
+    let min_severity = p
+        .get("severity")
+        .map(|s| {
+            parse_severity(s).ok_or_else(|| {
+                Error::bad(format!("severity {s:?}: use TRACE, DEBUG, INFO, WARN, ERROR, FATAL or 1-24"))
+            })
+        })
+        .transpose()?;
+    let range = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
+    Ok(LogFilter {
+        words,
+        service: p.get("service").map(String::from),
+        min_severity,
+        trace_id: p.trace_id("trace_id")?,
+        start_ns: range.start_ns,
+        end_ns: range.end_ns,
+    })
+}
+
+async fn search_logs(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = Params::parse(q.as_deref());
+    let f = log_filter(&p)?;
+    let limit = p.limit(100.min(st.cfg.max_limit), st.cfg.max_limit)?;
+    let logs = st.engine().search_logs(f, limit).await?;
+    Ok(Json(json!({ "logs": logs.iter().map(json::log).collect::<Vec<_>>() })).into_response())
+}
+
+/// `start`/`end` defaulting to the last hour, and `step`: a duration,
+/// defaulting to range/60, never finer than the one-minute rollup buckets,
+/// giving at most [`MAX_BUCKETS`] buckets.
+fn bucketed(p: &Params) -> Result<(u64, u64, u64)> {
+    let (start, end) = p.range("start", "end", TimeUnit::NanosOrRfc3339)?.or_last(DEFAULT_LOOKBACK_NS);
+    if start > end {
+        return Err(Error::bad("start is after end"));
+    }
+    let step = match p.duration("step")? {
+        Some(s) => s,
+        None => (end.saturating_sub(start) / 60).max(1),
+    };
+    if step == 0 {
+        return Err(Error::bad("step must be positive"));
+    }
+    let step = step.div_ceil(BUCKET_NS).max(1) * BUCKET_NS;
+    if (end - start) / step > MAX_BUCKETS {
+        return Err(Error::bad(format!("range/step gives more than {MAX_BUCKETS} buckets; use a larger step")));
+    }
+    Ok((start, end, step))
+}
+
+async fn log_histogram(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = Params::parse(q.as_deref());
+    let mut f = log_filter(&p)?;
+    let (start, end, step) = bucketed(&p)?;
+    f.start_ns = Some(start);
+    f.end_ns = Some(end);
+    let counts = st.engine().log_histogram(f, step).await?;
+    let first = start - start % step;
+    let n = (end - first) / step + 1;
+    let buckets: Vec<Value> = (0..n)
+        .map(|i| {
+            let t = first + i * step;
+            json!({"time_unix_nano": t.to_string(), "count": counts.get(&t).copied().unwrap_or(0)})
+        })
+        .collect();
+    Ok(Json(json!({"step_ns": step, "buckets": buckets})).into_response())
+}
+
+async fn services(State(st): State<ApiState>) -> ApiResult {
+    let services: Vec<Value> = st
+        .engine()
+        .services()
+        .await?
+        .into_iter()
+        .map(|s| json!({"name": s.name, "span_count": s.span_count, "error_count": s.error_count}))
+        .collect();
+    Ok(Json(json!({ "services": services })).into_response())
+}
+
+async fn operations(State(st): State<ApiState>, Path(service): Path<String>) -> ApiResult {
+    let ops = st.engine().operations(Some(service.clone())).await?;
+    if ops.is_empty() {
+        return Err(Error::not_found(format!("service {service:?} not found")));
+    }
+    let operations: Vec<Value> = ops
+        .into_iter()
+        .map(|o| json!({"name": o.name, "span_kind": kind::name(o.kind), "span_count": o.span_count}))
+        .collect();
+    Ok(Json(json!({ "operations": operations })).into_response())
+}
+
+async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = Params::parse(q.as_deref());
+    let TimeRange { start_ns, end_ns } = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
+    let edges: Vec<Value> = st
+        .engine()
+        .dependencies(start_ns, end_ns)
+        .await?
+        .into_iter()
+        .map(|e| json!({"parent": e.parent, "child": e.child, "call_count": e.call_count, "error_count": e.error_count}))
+        .collect();
+    Ok(Json(json!({ "edges": edges })).into_response())
+}
+
+/// Rate, errors and latency percentiles per step, from the rollups.
+async fn red(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = Params::parse(q.as_deref());
+    let (start_ns, end_ns, step_ns) = bucketed(&p)?;
+    let q = RedQuery {
+        start_ns,
+        end_ns,
+        step_ns,
+        service: p.get("service").map(String::from),
+        operation: p.get("operation").map(String::from),
+    };
+    let series: Vec<Value> = st
+        .engine()
+        .red(q)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let points: Vec<Value> = s
+                .points
+                .iter()
+                .map(|pt| {
+                    json!({
+                        "time_unix_nano": pt.time_unix_nano.to_string(),
+                        "request_count": pt.request_count,
+                        "error_count": pt.error_count,
+                        "p50_ns": pt.p50_ns,
+                        "p95_ns": pt.p95_ns,
+                        "p99_ns": pt.p99_ns,
+                    })
+                })
+                .collect();
+            json!({"service": s.service, "operation": s.operation, "points": points})
+        })
+        .collect();
+    Ok(Json(json!({"step_ns": step_ns, "series": series})).into_response())
+}

@@ -1,0 +1,240 @@
+//! `/tempo/api/...`: Grafana Tempo's HTTP API, so Grafana's Tempo data
+//! source works against Skein. Traces are Tempo's `tempopb.Trace` (OTLP
+//! `ResourceSpans` as `batches`) in OTLP/JSON or, when the client accepts
+//! `application/protobuf`, in protobuf; search takes TraceQL (`q`) or
+//! logfmt tags (`tags`), and tag names and values come from the engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use prost::Message as _;
+use serde_json::{json, Value};
+use skein_storage::filter::SpanFilter;
+use skein_storage::model::Span;
+
+use super::native::{status_filter, traceql};
+use super::tempo_otlp::batches;
+use crate::engine::{TagScope, TraceQuery, TraceSearch};
+use crate::error::{Error, Result};
+use crate::params::{parse_trace_id, Params, TimeUnit};
+use crate::ApiState;
+
+type ApiResult = Result<Response>;
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/tempo/api/echo", get(|| async { ([(header::CONTENT_TYPE, "text/plain")], "echo") }))
+        .route("/tempo/api/traces/{trace_id}", get(trace_v1))
+        .route("/tempo/api/v2/traces/{trace_id}", get(trace_v2))
+        .route("/tempo/api/search", get(search))
+        .route("/tempo/api/search/tags", get(tags_v1))
+        .route("/tempo/api/v2/search/tags", get(tags_v2))
+        .route("/tempo/api/search/tag/{tag}/values", get(values_v1))
+        .route("/tempo/api/v2/search/tag/{tag}/values", get(values_v2))
+}
+
+/// Tempo's `tempopb.Trace`: the trace's spans as OTLP batches.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct TempoTrace {
+    #[prost(message, repeated, tag = "1")]
+    pub batches: Vec<ResourceSpans>,
+}
+
+/// Tempo's `tempopb.TraceByIDResponse` (v2 API).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct TraceByIdResponse {
+    #[prost(message, optional, tag = "1")]
+    pub trace: Option<TempoTrace>,
+}
+
+fn wants_protobuf(h: &HeaderMap) -> bool {
+    h.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("application/protobuf")))
+}
+
+fn protobuf(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/protobuf")], bytes).into_response()
+}
+
+async fn load(st: &ApiState, id: &str) -> Result<Vec<ResourceSpans>> {
+    let tid = parse_trace_id(id)?;
+    match st.engine().trace(tid).await? {
+        Some(t) if !t.spans.is_empty() => Ok(batches(&t.spans)),
+        _ => Err(Error::not_found(format!("trace {} not found", tid.to_hex()))),
+    }
+}
+
+async fn trace_v1(State(st): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    let batches = load(&st, &id).await?;
+    if wants_protobuf(&headers) {
+        return Ok(protobuf(TempoTrace { batches }.encode_to_vec()));
+    }
+    Ok(Json(json!({ "batches": batches })).into_response())
+}
+
+async fn trace_v2(State(st): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
+    let batches = load(&st, &id).await?;
+    if wants_protobuf(&headers) {
+        return Ok(protobuf(TraceByIdResponse { trace: Some(TempoTrace { batches }) }.encode_to_vec()));
+    }
+    Ok(Json(json!({ "trace": { "resourceSpans": batches } })).into_response())
+}
+
+/// Splits logfmt (`k=v k2="v 2"`) into pairs.
+fn logfmt(s: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.next() != Some('=') || key.is_empty() {
+            return Err(Error::bad(format!("tags {s:?} must be logfmt key=value pairs")));
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(Error::bad(format!("tags {s:?} has an unterminated quote"))),
+                    Some('"') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+/// Spans listed per trace in `spanSet`, as Tempo's default `spss`.
+const SPANS_PER_SPANSET: usize = 3;
+
+fn span_set(matched: &[Span], matched_count: usize) -> Value {
+    let spans: Vec<Value> = matched
+        .iter()
+        .take(SPANS_PER_SPANSET)
+        .map(|s| {
+            json!({
+                "spanID": s.span_id.to_hex(),
+                "name": s.name,
+                "startTimeUnixNano": s.start_time_unix_nano.to_string(),
+                "durationNanos": s.duration_ns().to_string(),
+                "attributes": [],
+            })
+        })
+        .collect();
+    json!({ "spans": spans, "matched": matched_count })
+}
+
+/// Tempo's search answer: per trace its root, start, duration and up to
+/// [`SPANS_PER_SPANSET`] matched spans.
+pub(crate) fn search_json(r: &TraceSearch) -> Value {
+    let traces: Vec<Value> = r
+        .traces
+        .iter()
+        .map(|t| {
+            let sum = &t.summary;
+            let set = span_set(&t.matched, t.matched_count);
+            json!({
+                "traceID": sum.trace_id.to_hex(),
+                "rootServiceName": sum.root_service,
+                "rootTraceName": sum.root_name,
+                "startTimeUnixNano": sum.start_time_unix_nano.to_string(),
+                "durationMs": sum.duration_ns / 1_000_000,
+                "spanSet": set,
+                "spanSets": [set],
+            })
+        })
+        .collect();
+    json!({ "traces": traces, "metrics": { "inspectedTraces": r.inspected } })
+}
+
+async fn search(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    let p = Params::parse(q.as_deref());
+    let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
+    let range = p.range("start", "end", TimeUnit::Seconds)?;
+    let mut f = SpanFilter { start_ns: range.start_ns, end_ns: range.end_ns, ..Default::default() };
+    if let Some(tags) = p.get("tags") {
+        for (k, v) in logfmt(tags)? {
+            match k.as_str() {
+                "service.name" => f.service = Some(v),
+                "name" => f.operation = Some(v),
+                "status" if status_filter(&v).is_ok() => f.status = status_filter(&v).ok(),
+                _ => f.attrs.push((k, v)),
+            }
+        }
+    }
+    let q = TraceQuery {
+        filter: f,
+        traceql: traceql(&p)?,
+        // Tempo's minDuration and maxDuration bound the trace's duration.
+        min_trace_duration_ns: p.duration("minDuration")?,
+        max_trace_duration_ns: p.duration("maxDuration")?,
+        limit,
+        keep_matched: SPANS_PER_SPANSET,
+        with_trace: false,
+    };
+    let r = st.engine().search_traces(q).await?;
+    Ok(Json(search_json(&r)).into_response())
+}
+
+const INTRINSICS: [&str; 8] =
+    ["duration", "kind", "name", "status", "statusMessage", "rootServiceName", "rootName", "traceDuration"];
+
+async fn tags_v1(State(st): State<ApiState>) -> ApiResult {
+    let (span, res) = st.engine().tag_names().await?;
+    let names: BTreeSet<String> = span.into_iter().chain(res).collect();
+    Ok(Json(json!({ "tagNames": names })).into_response())
+}
+
+async fn tags_v2(State(st): State<ApiState>) -> ApiResult {
+    let (span, res) = st.engine().tag_names().await?;
+    Ok(Json(json!({ "scopes": [
+        {"name": "span", "tags": span},
+        {"name": "resource", "tags": res},
+        {"name": "intrinsic", "tags": INTRINSICS},
+    ] }))
+    .into_response())
+}
+
+async fn values_v1(State(st): State<ApiState>, Path(tag): Path<String>) -> ApiResult {
+    let vals = st.engine().tag_values(TagScope::Any, tag).await?;
+    let vals: BTreeSet<String> = vals.into_iter().map(|v| v.value).collect();
+    Ok(Json(json!({ "tagValues": vals })).into_response())
+}
+
+async fn values_v2(State(st): State<ApiState>, Path(tag): Path<String>) -> ApiResult {
+    let (scope, key) = TagScope::parse(&tag);
+    let vals = st.engine().tag_values(scope, key.to_string()).await?;
+    // One entry per value: a value seen with two types keeps the first.
+    let mut by_value: BTreeMap<String, &'static str> = BTreeMap::new();
+    for v in vals {
+        by_value.entry(v.value).or_insert(v.ty.as_str());
+    }
+    let vals: Vec<Value> = by_value.into_iter().map(|(v, ty)| json!({"type": ty, "value": v})).collect();
+    Ok(Json(json!({ "tagValues": vals })).into_response())
+}

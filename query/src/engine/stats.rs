@@ -1,0 +1,247 @@
+//! Services, operations, dependencies and RED, from the segments' catalog
+//! stats and rollups plus the spans still in memory.
+
+use std::collections::{BTreeMap, HashMap};
+
+use skein_storage::rollup::{quantile, BUCKET_NS};
+use skein_storage::Storage;
+
+/// A service and how many spans (and error spans) it has sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStat {
+    /// `service.name`.
+    pub name: String,
+    /// Spans of the service.
+    pub span_count: u64,
+    /// Those with status ERROR.
+    pub error_count: u64,
+}
+
+/// An operation (span name) of a service, per span kind.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Operation {
+    /// The service's name.
+    pub service: String,
+    /// The span name.
+    pub name: String,
+    /// The span kind (`skein_storage::model::kind`).
+    pub kind: u8,
+    /// Spans with this service, name and kind.
+    pub span_count: u64,
+}
+
+/// A service-to-service call edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    /// The calling service.
+    pub parent: String,
+    /// The called service.
+    pub child: String,
+    /// Calls in the range.
+    pub call_count: u64,
+    /// Calls that ended in an error.
+    pub error_count: u64,
+}
+
+/// A RED query over the per-minute rollups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedQuery {
+    /// Range start, Unix ns (minute precision).
+    pub start_ns: u64,
+    /// Range end, Unix ns, inclusive (minute precision).
+    pub end_ns: u64,
+    /// Bucket width, ns: a positive multiple of one minute.
+    pub step_ns: u64,
+    /// Only this service; with it, a series per operation is added.
+    pub service: Option<String>,
+    /// Only this operation.
+    pub operation: Option<String>,
+}
+
+/// One step of a RED series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedPoint {
+    /// Bucket start, Unix ns, a multiple of the step.
+    pub time_unix_nano: u64,
+    /// Spans counted (requests).
+    pub request_count: u64,
+    /// Those with status ERROR.
+    pub error_count: u64,
+    /// Latency percentiles, ns, from the rollups' histograms.
+    pub p50_ns: u64,
+    /// 95th percentile, ns.
+    pub p95_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+}
+
+/// RED points of one service, or of one of its operations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedSeries {
+    /// The service.
+    pub service: String,
+    /// The operation, or `None` for the service as a whole.
+    pub operation: Option<String>,
+    /// Points in time order; steps without spans are absent.
+    pub points: Vec<RedPoint>,
+}
+
+pub(super) fn services(s: &Storage) -> Vec<ServiceStat> {
+    let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for seg in &s.snapshot().segments {
+        for svc in &seg.meta.services {
+            let e = m.entry(svc.name.clone()).or_default();
+            e.0 += svc.span_count;
+            e.1 += svc.error_count;
+        }
+    }
+    s.for_each_memory_span(|sp| {
+        // Look up before inserting: most spans belong to a known service.
+        match m.get_mut(sp.service_name()) {
+            Some(e) => {
+                e.0 += 1;
+                e.1 += u64::from(sp.is_error());
+            }
+            None => {
+                m.insert(sp.service_name().to_string(), (1, u64::from(sp.is_error())));
+            }
+        }
+    });
+    m.into_iter().map(|(name, (span_count, error_count))| ServiceStat { name, span_count, error_count }).collect()
+}
+
+pub(super) fn operations(s: &Storage, service: Option<&str>) -> Vec<Operation> {
+    let want = |svc: &str| service.is_none_or(|w| w == svc);
+    let mut m: BTreeMap<(String, String, u8), u64> = BTreeMap::new();
+    for seg in &s.snapshot().segments {
+        for op in seg.meta.operations.iter().filter(|o| want(&o.service)) {
+            *m.entry((op.service.clone(), op.name.clone(), op.kind)).or_default() += op.span_count;
+        }
+    }
+    s.for_each_memory_span(|sp| {
+        if want(sp.service_name()) {
+            *m.entry((sp.service_name().to_string(), sp.name.clone(), sp.kind)).or_default() += 1;
+        }
+    });
+    m.into_iter()
+        .map(|((service, name, kind), span_count)| Operation { service, name, kind, span_count })
+        .collect()
+}
+
+pub(super) fn dependencies(s: &Storage, start: Option<u64>, end: Option<u64>) -> Vec<Edge> {
+    let mut m: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let (lo, hi) = (start.map(|t| t / BUCKET_NS), end.map(|t| t / BUCKET_NS));
+    for r in s.rollups(start, end) {
+        for e in r.edges {
+            if lo.is_some_and(|l| e.minute < l) || hi.is_some_and(|h| e.minute > h) {
+                continue;
+            }
+            let v = m.entry((e.parent, e.child)).or_default();
+            v.0 += e.calls;
+            v.1 += e.errors;
+        }
+    }
+    m.into_iter()
+        .map(|((parent, child), (call_count, error_count))| Edge { parent, child, call_count, error_count })
+        .collect()
+}
+
+pub(super) fn red(s: &Storage, q: &RedQuery) -> Vec<RedSeries> {
+    type Acc = (u64, u64, HashMap<u16, u64>);
+    let step = q.step_ns.max(1);
+    // (service, operation or None) -> bucket start -> accumulators
+    let mut m: BTreeMap<(String, Option<String>), BTreeMap<u64, Acc>> = BTreeMap::new();
+    let (lo, hi) = (q.start_ns / BUCKET_NS, q.end_ns / BUCKET_NS);
+    for r in s.rollups(Some(q.start_ns), Some(q.end_ns)) {
+        for b in r.red {
+            if b.minute < lo || b.minute > hi {
+                continue;
+            }
+            if q.service.as_ref().is_some_and(|x| *x != b.service)
+                || q.operation.as_ref().is_some_and(|x| *x != b.operation)
+            {
+                continue;
+            }
+            let t = b.minute * BUCKET_NS;
+            let t = t - t % step;
+            let mut keys = vec![(b.service.clone(), None)];
+            if q.service.is_some() {
+                keys.push((b.service.clone(), Some(b.operation.clone())));
+            }
+            for k in keys {
+                let acc = m.entry(k).or_default().entry(t).or_default();
+                acc.0 += b.count;
+                acc.1 += b.errors;
+                for (i, c) in &b.hist {
+                    *acc.2.entry(*i).or_default() += u64::from(*c);
+                }
+            }
+        }
+    }
+    m.into_iter()
+        .map(|((service, operation), points)| RedSeries {
+            service,
+            operation,
+            points: points
+                .into_iter()
+                .map(|(t, (count, errors, hist))| RedPoint {
+                    time_unix_nano: t,
+                    request_count: count,
+                    error_count: errors,
+                    p50_ns: quantile(&hist, 0.50),
+                    p95_ns: quantile(&hist, 0.95),
+                    p99_ns: quantile(&hist, 0.99),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use skein_storage::model::kind;
+
+    use super::*;
+    use crate::engine::testutil::{append, engine, storage, three_traces};
+
+    #[tokio::test]
+    async fn services_and_operations_count_head_and_segments_alike() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let e = engine(&s);
+        let mut seen = Vec::new();
+        for flushed in [false, true] {
+            if flushed {
+                s.flush(true).unwrap();
+            }
+            let svcs = e.services().await.unwrap();
+            let names: Vec<_> = svcs.iter().map(|x| (x.name.as_str(), x.span_count, x.error_count)).collect();
+            assert_eq!(names, [("cart", 2, 1), ("db", 1, 0), ("frontend", 2, 0)]);
+            let ops = e.operations(Some("cart".into())).await.unwrap();
+            let ops: Vec<_> = ops.iter().map(|o| (o.name.as_str(), o.kind, o.span_count)).collect();
+            assert_eq!(ops, [("cart.Get", kind::CLIENT, 1), ("cart.Put", kind::SERVER, 1)]);
+            assert!(e.operations(Some("nope".into())).await.unwrap().is_empty());
+            seen.push(e.operations(None).await.unwrap().len());
+        }
+        assert_eq!(seen, [5, 5]);
+    }
+
+    #[tokio::test]
+    async fn dependencies_and_red_come_from_rollups() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        s.flush(true).unwrap();
+        let e = engine(&s);
+        let edges = e.dependencies(None, None).await.unwrap();
+        let edges: Vec<_> = edges.iter().map(|x| (x.parent.as_str(), x.child.as_str(), x.call_count, x.error_count)).collect();
+        assert_eq!(edges, [("cart", "db", 1, 0), ("frontend", "cart", 1, 1)]);
+        // Minute bounds: the edges lie in the first minute after the epoch.
+        assert!(e.dependencies(Some(120 * BUCKET_NS), None).await.unwrap().is_empty());
+
+        let q = RedQuery { start_ns: 0, end_ns: BUCKET_NS, step_ns: BUCKET_NS, service: Some("cart".into()), operation: None };
+        let series = e.red(q).await.unwrap();
+        let keys: Vec<_> = series.iter().map(|x| (x.service.as_str(), x.operation.as_deref())).collect();
+        assert_eq!(keys, [("cart", None), ("cart", Some("cart.Get")), ("cart", Some("cart.Put"))]);
+        assert_eq!((series[0].points[0].request_count, series[0].points[0].error_count), (2, 1));
+    }
+}
