@@ -131,10 +131,7 @@ impl Ingest {
     /// [`IngestError::Overloaded`] past the in-flight budget, and
     /// [`IngestError::Unavailable`] when storage cannot make the records
     /// durable; nothing was stored then. Each is counted as refused.
-    pub async fn export<S: Signal>(
-        &self,
-        req: S::Request,
-    ) -> Result<Option<S::PartialSuccess>, IngestError> {
+    pub async fn export<S: Signal>(&self, req: S::Request) -> Result<Option<S::PartialSuccess>, IngestError> {
         let r = self.export_inner::<S>(req).await;
         if let Err(e) = &r {
             self.metrics.refuse(e);

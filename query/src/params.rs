@@ -82,9 +82,7 @@ impl Params {
     /// `key` as a duration (see [`parse_duration_ns`]), in ns; 400 if
     /// malformed.
     pub fn duration(&self, key: &str) -> Result<Option<u64>> {
-        self.get(key)
-            .map(|v| parse_duration_ns(v).map_err(|e| Error::bad(format!("{key}: {e}"))))
-            .transpose()
+        self.get(key).map(|v| parse_duration_ns(v).map_err(|e| Error::bad(format!("{key}: {e}")))).transpose()
     }
 
     /// `key` as a trace ID (see [`parse_trace_id`]).

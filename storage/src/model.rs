@@ -5,7 +5,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-
 /// A 16-byte trace ID. All zeroes is invalid for spans; for logs it means
 /// "no trace context".
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

@@ -163,7 +163,8 @@ async fn services(State(st): State<ApiState>) -> Result<Response> {
 }
 
 async fn service_operations(State(st): State<ApiState>, Path(service): Path<String>) -> Result<Response> {
-    let names: BTreeSet<String> = st.engine().operations(Some(service)).await?.into_iter().map(|o| o.name).collect();
+    let names: BTreeSet<String> =
+        st.engine().operations(Some(service)).await?.into_iter().map(|o| o.name).collect();
     Ok(envelope(json!(names)))
 }
 

@@ -18,11 +18,11 @@ use skein_storage::filter::SpanFilter;
 use skein_storage::model::Span;
 
 use super::native::{status_filter, traceql};
-use super::tempo_otlp::batches;
 use crate::engine::{TagScope, TraceQuery, TraceSearch};
 use crate::error::{Error, Result};
 use crate::params::{parse_trace_id, Params, TimeUnit};
 use crate::ApiState;
+use skein_otlp::encode::batches;
 
 type ApiResult = Result<Response>;
 

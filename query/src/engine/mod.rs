@@ -182,8 +182,6 @@ pub(crate) mod testutil {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use prost::Message as _;
     use skein_storage::model::{kind, status, AttrValue, Resource, Scope, Span, SpanId, TraceId};
     use skein_storage::{Storage, StorageConfig};
 
@@ -201,10 +199,8 @@ pub(crate) mod testutil {
     }
 
     /// The one way tests put spans into storage.
-    // At merge this becomes `s.append_spans(spans).await.unwrap()`.
     pub(crate) async fn append(s: &Arc<Storage>, spans: Vec<Span>) {
-        let req = ExportTraceServiceRequest { resource_spans: crate::api::tempo_otlp::batches(&spans) };
-        s.append_traces(req.encode_to_vec(), spans).await.unwrap();
+        s.append_spans(spans).await.unwrap();
     }
 
     /// An engine over `s` with default limits.

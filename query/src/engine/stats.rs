@@ -107,7 +107,9 @@ pub(super) fn services(s: &Storage) -> Vec<ServiceStat> {
             }
         }
     });
-    m.into_iter().map(|(name, (span_count, error_count))| ServiceStat { name, span_count, error_count }).collect()
+    m.into_iter()
+        .map(|(name, (span_count, error_count))| ServiceStat { name, span_count, error_count })
+        .collect()
 }
 
 pub(super) fn operations(s: &Storage, service: Option<&str>) -> Vec<Operation> {
@@ -233,12 +235,21 @@ mod tests {
         s.flush(true).unwrap();
         let e = engine(&s);
         let edges = e.dependencies(None, None).await.unwrap();
-        let edges: Vec<_> = edges.iter().map(|x| (x.parent.as_str(), x.child.as_str(), x.call_count, x.error_count)).collect();
+        let edges: Vec<_> = edges
+            .iter()
+            .map(|x| (x.parent.as_str(), x.child.as_str(), x.call_count, x.error_count))
+            .collect();
         assert_eq!(edges, [("cart", "db", 1, 0), ("frontend", "cart", 1, 1)]);
         // Minute bounds: the edges lie in the first minute after the epoch.
         assert!(e.dependencies(Some(120 * BUCKET_NS), None).await.unwrap().is_empty());
 
-        let q = RedQuery { start_ns: 0, end_ns: BUCKET_NS, step_ns: BUCKET_NS, service: Some("cart".into()), operation: None };
+        let q = RedQuery {
+            start_ns: 0,
+            end_ns: BUCKET_NS,
+            step_ns: BUCKET_NS,
+            service: Some("cart".into()),
+            operation: None,
+        };
         let series = e.red(q).await.unwrap();
         let keys: Vec<_> = series.iter().map(|x| (x.service.as_str(), x.operation.as_deref())).collect();
         assert_eq!(keys, [("cart", None), ("cart", Some("cart.Get")), ("cart", Some("cart.Put"))]);

@@ -48,11 +48,17 @@ pub struct TraceQl {
     needs_tree: bool,
 }
 
+/// Why a TraceQL query was refused (answered as 400 by every API).
 #[derive(Debug, thiserror::Error)]
 pub enum TraceQlError {
-    /// `pos` is the byte offset in the query where the problem was found.
+    /// The query does not parse.
     #[error("TraceQL: {msg} at position {pos}")]
-    Parse { msg: String, pos: usize },
+    Parse {
+        /// What was expected or found.
+        msg: String,
+        /// The byte offset in the query where the problem was found.
+        pos: usize,
+    },
 }
 
 type Result<T> = std::result::Result<T, TraceQlError>;

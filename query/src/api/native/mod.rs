@@ -74,7 +74,9 @@ async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> ApiRes
 pub(crate) fn traceql(p: &Params) -> Result<Option<TraceQl>> {
     match p.get("q") {
         None => Ok(None),
-        Some(q) if q.len() > MAX_TRACEQL_LEN => Err(Error::bad(format!("q is longer than {MAX_TRACEQL_LEN} bytes"))),
+        Some(q) if q.len() > MAX_TRACEQL_LEN => {
+            Err(Error::bad(format!("q is longer than {MAX_TRACEQL_LEN} bytes")))
+        }
         Some(q) => TraceQl::parse(q).map(Some).map_err(|e| Error::bad(e.to_string())),
     }
 }
@@ -189,7 +191,9 @@ fn bucketed(p: &Params) -> Result<(u64, u64, u64)> {
     }
     let step = step.div_ceil(BUCKET_NS).max(1) * BUCKET_NS;
     if (end - start) / step > MAX_BUCKETS {
-        return Err(Error::bad(format!("range/step gives more than {MAX_BUCKETS} buckets; use a larger step")));
+        return Err(Error::bad(format!(
+            "range/step gives more than {MAX_BUCKETS} buckets; use a larger step"
+        )));
     }
     Ok((start, end, step))
 }
