@@ -210,7 +210,10 @@ fn shared<'a>(
     (res, sc)
 }
 
-fn read_shared(r: &mut Reader<'_>, input: usize) -> Result<(Vec<Arc<Resource>>, Vec<Arc<Scope>>)> {
+/// The resources and scopes a batch's records refer to by index.
+type Shared = (Vec<Arc<Resource>>, Vec<Arc<Scope>>);
+
+fn read_shared(r: &mut Reader<'_>, input: usize) -> Result<Shared> {
     let n = count(r, input)?;
     let mut resources = Vec::with_capacity(n);
     for _ in 0..n {
@@ -347,7 +350,7 @@ mod tests {
         Span {
             trace_id: TraceId([i; 16]),
             span_id: SpanId([i.wrapping_add(1); 8]),
-            parent_span_id: (i % 2 == 0).then_some(SpanId([9; 8])),
+            parent_span_id: i.is_multiple_of(2).then_some(SpanId([9; 8])),
             trace_state: "rojo=00f067aa0ba902b7".into(),
             flags: 0x301,
             name: format!("GET /item/{i}"),

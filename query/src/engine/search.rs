@@ -129,7 +129,7 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
         }
         let matched_count = matched.len();
         let matched = matched.into_iter().take(q.keep_matched).cloned().collect();
-        let trace = q.with_trace.then(|| Trace { id, spans, logs });
+        let trace = q.with_trace.then_some(Trace { id, spans, logs });
         out.traces.push(TraceHit { summary, matched_count, matched, trace });
     }
     out.traces.sort_by_key(|t| std::cmp::Reverse(t.summary.start_time_unix_nano));

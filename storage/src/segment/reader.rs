@@ -62,7 +62,7 @@ impl ParquetFile {
                 };
                 // The footer and the page index sit at the end: one GET of
                 // the tail usually holds both.
-                rf.prefetch(vec![len.saturating_sub(REMOTE_TAIL_BYTES)..len])?;
+                rf.prefetch(std::iter::once(len.saturating_sub(REMOTE_TAIL_BYTES)..len).collect())?;
                 (ArrowReaderMetadata::load(&rf, opts)?, len)
             }
             (Err(e), _) => return Err(e.into()),

@@ -122,7 +122,7 @@ pub(super) fn span(
     Span {
         trace_id: TraceId([trace; 16]),
         span_id: SpanId([span; 8]),
-        parent_span_id: (span > 1).then(|| SpanId([1; 8])),
+        parent_span_id: (span > 1).then_some(SpanId([1; 8])),
         trace_state: "k=v".into(),
         flags: 1,
         name: name.into(),
