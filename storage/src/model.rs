@@ -1,6 +1,15 @@
 //! The data model every crate shares: IDs, attribute values, spans and log
 //! records as Skein keeps them. Their JSON form in the native API lives in
 //! the query crate (`skein_query::api::native::json`).
+//!
+//! The model follows OTLP (opentelemetry-proto `trace/v1/trace.proto`,
+//! `logs/v1/logs.proto`, `common/v1/common.proto`) field for field, minus
+//! what Skein does not keep (dropped-count fields, scope attributes).
+//! Conventions throughout: every time is Unix epoch nanoseconds in a `u64`
+//! (0 means "not set", the proto3 default); every size is in bytes. Records
+//! reach storage already validated by the collector (`skein_otlp::decode`),
+//! so the invariants stated on the fields hold for ingested data, while the
+//! types themselves do not enforce them.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,8 +24,15 @@ pub struct TraceId(pub [u8; 16]);
 pub struct SpanId(pub [u8; 8]);
 
 impl TraceId {
+    /// The all-zero ID. Invalid as a span's trace ID (W3C Trace Context: "All
+    /// bytes as zero ... is considered an invalid value"; OTLP `trace.proto`
+    /// says the same), so storage uses it on log records to mean "no trace
+    /// context" instead of wrapping the field in an `Option`.
     pub const ZERO: TraceId = TraceId([0; 16]);
 
+    /// Whether this is [`TraceId::ZERO`]: the invalid ID per W3C Trace Context
+    /// and OTLP. The collector rejects spans carrying it; on a log it means the
+    /// record has no trace context.
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 16]
     }
@@ -33,10 +49,14 @@ impl TraceId {
         Some(TraceId(out))
     }
 
+    /// The ID from raw OTLP bytes; `None` unless `b` is exactly 16 bytes long.
+    /// An all-zero slice is accepted: checking validity is the caller's call.
     pub fn from_slice(b: &[u8]) -> Option<TraceId> {
         <[u8; 16]>::try_from(b).ok().map(TraceId)
     }
 
+    /// 32 lowercase hex digits, the W3C `traceparent` form and the one every
+    /// query API prints. Also what `Debug` and `Display` show.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -48,6 +68,8 @@ impl TraceId {
         (hi, lo)
     }
 
+    /// Inverse of [`TraceId::halves`]: `hi` becomes bytes 0..8 and `lo` bytes
+    /// 8..16, both big-endian, so index order matches byte order.
     pub fn from_halves(hi: u64, lo: u64) -> TraceId {
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&hi.to_be_bytes());
@@ -57,14 +79,22 @@ impl TraceId {
 }
 
 impl SpanId {
+    /// Whether all 8 bytes are zero, which OTLP `trace.proto` ("An ID with all
+    /// zeroes OR of length other than 8 bytes is considered invalid") and W3C
+    /// Trace Context (`parent-id`) treat as invalid. The collector rejects spans
+    /// with such a `span_id` and reads a zero parent or log span ID as absent.
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 8]
     }
 
+    /// The ID from raw OTLP bytes; `None` unless `b` is exactly 8 bytes long.
+    /// Zero is accepted here; see [`SpanId::is_zero`].
     pub fn from_slice(b: &[u8]) -> Option<SpanId> {
         <[u8; 8]>::try_from(b).ok().map(SpanId)
     }
 
+    /// 16 lowercase hex digits, the W3C `traceparent` `parent-id` form; also
+    /// what `Debug` shows.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -89,13 +119,25 @@ impl fmt::Debug for SpanId {
 /// An attribute value with its OTLP type kept.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {
+    /// OTLP `AnyValue` with no value set. The collector also stores this for
+    /// values nested deeper than 16 levels and for profiles-only
+    /// `string_value_strindex`, which means nothing without its dictionary.
     Empty,
+    /// `string_value`: UTF-8 text (protobuf guarantees valid UTF-8).
     Str(String),
+    /// `int_value`: a signed 64-bit integer (OTLP/JSON sends it as a string).
     Int(i64),
+    /// `double_value`: an IEEE 754 double; NaN and infinities are kept as sent.
     Double(f64),
+    /// `bool_value`.
     Bool(bool),
+    /// `bytes_value`: raw bytes, not text (OTLP/JSON carries them base64).
     Bytes(Vec<u8>),
+    /// `array_value`: elements in order; OTLP allows them to mix types, and
+    /// they may nest.
     Array(Vec<AttrValue>),
+    /// `kvlist_value`: a nested map, kept like [`Attributes`] (received order,
+    /// duplicate keys as sent).
     KvList(Attributes),
 }
 
@@ -128,6 +170,9 @@ impl AttrValue {
 /// a handful, and order is preserved for display.
 pub type Attributes = Vec<(String, AttrValue)>;
 
+/// Estimated heap bytes of an attribute list, for the head's memory limit:
+/// key and value bytes plus a flat 48 per pair for the tuple and vector slot.
+/// An estimate to bound memory, not an exact count.
 pub fn attrs_heap_size(a: &Attributes) -> usize {
     a.iter().map(|(k, v)| k.len() + v.heap_size() + 48).sum()
 }
@@ -136,25 +181,53 @@ pub fn attrs_heap_size(a: &Attributes) -> usize {
 /// `ResourceSpans`/`ResourceLogs`, so it is reference-counted in the head.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Resource {
+    /// The resource's `service.name` string attribute, or `unknown_service`
+    /// when it is missing, empty or not a string (the fallback the resource
+    /// semantic conventions prescribe, without the optional `:<executable>`
+    /// suffix). Pulled out because nearly every query filters or groups by it;
+    /// never empty for collector-ingested data.
     pub service_name: String,
+    /// Every resource attribute as received, `service.name` included.
     pub attributes: Attributes,
 }
 
 /// The instrumentation scope.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Scope {
+    /// The scope's name, conventionally the instrumentation library or module
+    /// (e.g. `io.opentelemetry.contrib.mongodb`); empty when the request sent no
+    /// scope.
     pub name: String,
+    /// The scope's version string, free-form (often semver); empty when unset.
     pub version: String,
 }
 
+/// Span kind numbers, exactly OTLP `Span.SpanKind` in opentelemetry-proto
+/// `opentelemetry/proto/trace/v1/trace.proto`, so they convert to and from the
+/// wire without a table. Stored in [`Span::kind`].
 pub mod kind {
+    /// `SPAN_KIND_UNSPECIFIED`: the sender set no kind. The collector also maps
+    /// numbers outside 0..=5 here. `trace.proto` lets receivers treat it as
+    /// [`INTERNAL`].
     pub const UNSPECIFIED: u8 = 0;
+    /// `SPAN_KIND_INTERNAL`: an operation inside an application, with no remote
+    /// parent or child; what SDKs default to.
     pub const INTERNAL: u8 = 1;
+    /// `SPAN_KIND_SERVER`: handling a synchronous request from a remote client
+    /// (e.g. an incoming HTTP or gRPC call).
     pub const SERVER: u8 = 2;
+    /// `SPAN_KIND_CLIENT`: a synchronous request to a remote service, usually the
+    /// parent of that service's [`SERVER`] span.
     pub const CLIENT: u8 = 3;
+    /// `SPAN_KIND_PRODUCER`: initiating asynchronous work (e.g. enqueuing a
+    /// message); the span often ends before its [`CONSUMER`] starts.
     pub const PRODUCER: u8 = 4;
+    /// `SPAN_KIND_CONSUMER`: processing work a [`PRODUCER`] initiated.
     pub const CONSUMER: u8 = 5;
 
+    /// The upper-case proto name without its `SPAN_KIND_` prefix, as the
+    /// native API prints it (Jaeger lower-cases it). Any number outside 1..=5
+    /// prints as `UNSPECIFIED`, so this never fails.
     pub fn name(k: u8) -> &'static str {
         match k {
             INTERNAL => "INTERNAL",
@@ -166,6 +239,9 @@ pub mod kind {
         }
     }
 
+    /// Inverse of [`name`] for query input: accepts the short or the full
+    /// `SPAN_KIND_`-prefixed proto name in any case (`server`,
+    /// `SPAN_KIND_SERVER`); `None` for anything else.
     pub fn parse(s: &str) -> Option<u8> {
         Some(match s.to_ascii_uppercase().trim_start_matches("SPAN_KIND_") {
             "UNSPECIFIED" => UNSPECIFIED,
@@ -179,11 +255,23 @@ pub mod kind {
     }
 }
 
+/// Span status codes, exactly OTLP `Status.StatusCode` in opentelemetry-proto
+/// `opentelemetry/proto/trace/v1/trace.proto`. Stored in
+/// [`Span::status_code`].
 pub mod status {
+    /// `STATUS_CODE_UNSET`: the default; the instrumentation made no call, which
+    /// is not an error. The collector also maps numbers outside 0..=2 here.
     pub const UNSET: u8 = 0;
+    /// `STATUS_CODE_OK`: explicitly marked successful, which the trace API
+    /// reserves for the application developer or operator.
     pub const OK: u8 = 1;
+    /// `STATUS_CODE_ERROR`: the operation failed; the one code
+    /// [`Span::is_error`](super::Span::is_error) counts.
     pub const ERROR: u8 = 2;
 
+    /// The upper-case proto name without its `STATUS_CODE_` prefix (`UNSET`,
+    /// `OK`, `ERROR`), as the native API and Jaeger's `otel.status_code` tag
+    /// print it; numbers outside 0..=2 print as `UNSET`.
     pub fn name(c: u8) -> &'static str {
         match c {
             OK => "OK",
@@ -193,43 +281,87 @@ pub mod status {
     }
 }
 
+/// A span event (OTLP `Span.Event`): a timestamped annotation inside a span,
+/// such as an exception record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// When it happened, in Unix epoch nanoseconds; 0 if the sender left it
+    /// unset. Not checked to fall within the span.
     pub time_unix_nano: u64,
+    /// The event name, e.g. `exception` for the semantic conventions' exception
+    /// events; may be empty.
     pub name: String,
+    /// The event's attributes, in received order.
     pub attributes: Attributes,
 }
 
+/// A link from a span to another span context (OTLP `Span.Link`), e.g. the
+/// messages a batch consumer processed. The target may be in another trace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Link {
+    /// The linked span's trace. Only the length is checked on ingest (links
+    /// with a wrong-length ID are dropped); it may be all zeroes.
     pub trace_id: TraceId,
+    /// The linked span; length-checked like `trace_id`, not zero-checked.
     pub span_id: SpanId,
+    /// The linked context's W3C `tracestate` header value, verbatim; empty when
+    /// none.
     pub trace_state: String,
+    /// The link's attributes, in received order.
     pub attributes: Attributes,
 }
 
 /// A span as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Span {
+    /// The trace this span belongs to; never [`TraceId::ZERO`] (the collector
+    /// rejects such spans, per OTLP `trace.proto`).
     pub trace_id: TraceId,
+    /// This span's ID; never all zeroes (rejected on ingest, per OTLP
+    /// `trace.proto`). Unique within its trace only by the sender's promise.
     pub span_id: SpanId,
+    /// The parent's span ID; `None` for a root span, which OTLP sends as an
+    /// empty (or all-zero) `parent_span_id`. Never `Some` of zero.
     pub parent_span_id: Option<SpanId>,
+    /// The W3C `tracestate` header value, verbatim; empty when none.
     pub trace_state: String,
+    /// OTLP `Span.flags` (`SpanFlags`): bits 0-7 are the W3C trace flags (bit 0
+    /// = sampled); bit 8 says whether bit 9 is known, bit 9 that the parent was
+    /// remote. 0 when the sender set none.
     pub flags: u32,
+    /// The operation name, e.g. `GET /users/{id}`; may be empty.
     pub name: String,
+    /// One of the [`kind`] constants (0..=5, OTLP `Span.SpanKind` numbering).
     pub kind: u8,
+    /// Start time in Unix epoch nanoseconds.
     pub start_time_unix_nano: u64,
+    /// End time in Unix epoch nanoseconds. Kept as sent even when before the
+    /// start; [`Span::duration_ns`] copes.
     pub end_time_unix_nano: u64,
+    /// One of the [`status`] constants (0..=2, OTLP `Status.StatusCode`
+    /// numbering).
     pub status_code: u8,
+    /// OTLP `Status.message`: a developer-facing description, usually set only
+    /// with [`status::ERROR`]; empty when none.
     pub status_message: String,
+    /// The span's attributes, in received order.
     pub attributes: Attributes,
+    /// Events in received order (not sorted by time).
     pub events: Vec<Event>,
+    /// Links in received order; those with a wrong-length ID were dropped on
+    /// ingest.
     pub links: Vec<Link>,
+    /// The emitting resource, shared with every span of the same OTLP
+    /// `ResourceSpans`.
     pub resource: Arc<Resource>,
+    /// The instrumentation scope, shared with every span of the same
+    /// `ScopeSpans`.
     pub scope: Arc<Scope>,
 }
 
 impl Span {
+    /// The resource's service name; `unknown_service` rather than empty when
+    /// the sender set no `service.name` (see [`Resource::service_name`]).
     pub fn service_name(&self) -> &str {
         &self.resource.service_name
     }
@@ -240,6 +372,9 @@ impl Span {
         self.end_time_unix_nano.saturating_sub(self.start_time_unix_nano)
     }
 
+    /// True only for [`status::ERROR`]. An `UNSET` status is not an error even
+    /// when attributes suggest one (e.g. an HTTP 500): the status is what the
+    /// instrumentation decided.
     pub fn is_error(&self) -> bool {
         self.status_code == status::ERROR
     }
@@ -265,21 +400,48 @@ impl Span {
 /// trace context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRecord {
+    /// When the event happened per the source, in Unix epoch nanoseconds; 0
+    /// when the source gave none (see [`LogRecord::effective_time`]).
     pub time_unix_nano: u64,
+    /// When the collection pipeline (SDK or agent) saw the record, in Unix epoch
+    /// nanoseconds; 0 if unset.
     pub observed_time_unix_nano: u64,
+    /// OTel logs data model `SeverityNumber`: 0 unspecified, then four steps per
+    /// level: 1-4 TRACE, 5-8 DEBUG, 9-12 INFO, 13-16 WARN, 17-20 ERROR, 21-24
+    /// FATAL; higher is more severe, so filters compare numerically. Stored as
+    /// sent, not range-checked: any `i32` may appear.
     pub severity_number: i32,
+    /// The source's own severity label (e.g. `Information`, `warn`), verbatim;
+    /// empty when none. Not normalized against `severity_number`.
     pub severity_text: String,
+    /// The log body: usually [`AttrValue::Str`] but any `AnyValue` is allowed
+    /// (structured logs send a `KvList`); [`AttrValue::Empty`] when absent.
     pub body: AttrValue,
+    /// The record's attributes, in received order.
     pub attributes: Attributes,
+    /// The trace the record was emitted in, or [`TraceId::ZERO`] when it has no
+    /// trace context (an empty or all-zero OTLP `trace_id`).
     pub trace_id: TraceId,
+    /// The span the record was emitted in; `None` when absent, all zeroes, or
+    /// when `trace_id` is zero (a span ID means nothing without its trace).
     pub span_id: Option<SpanId>,
+    /// OTLP `LogRecord.flags`: bits 0-7 are the W3C trace flags of the trace
+    /// context (bit 0 = sampled); the rest are reserved. 0 when unset.
     pub flags: u32,
+    /// OTLP `LogRecord.event_name`: set when the record is an event (names the
+    /// event's type); empty for ordinary logs.
     pub event_name: String,
+    /// The emitting resource, shared with every record of the same OTLP
+    /// `ResourceLogs`.
     pub resource: Arc<Resource>,
+    /// The instrumentation scope, shared with every record of the same
+    /// `ScopeLogs`.
     pub scope: Arc<Scope>,
 }
 
 impl LogRecord {
+    /// The resource's service name; `unknown_service` rather than empty when
+    /// the sender set no `service.name` (see [`Resource::service_name`]).
     pub fn service_name(&self) -> &str {
         &self.resource.service_name
     }
@@ -295,6 +457,9 @@ impl LogRecord {
         }
     }
 
+    /// Rough memory footprint in bytes, for the head's size limit: the struct
+    /// plus its strings, body and attributes. The shared resource and scope are
+    /// left to the caller, as for [`Span::heap_size`].
     pub fn heap_size(&self) -> usize {
         std::mem::size_of::<LogRecord>()
             + self.severity_text.len()
