@@ -32,7 +32,6 @@ mod lifecycle;
 pub mod metrics;
 // The shared data model; its JSON serialization is moving to the query crate,
 // which documents what stays.
-#[allow(missing_docs)] // documented in the next commit
 pub mod model;
 mod read;
 pub mod remote;
