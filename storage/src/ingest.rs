@@ -19,9 +19,13 @@ impl Storage {
     /// # Errors
     /// [`Error::Wal`] when the WAL cannot be read or the writer cannot
     /// start, including [`wal::WalError::OldFormat`] for a WAL written by a
-    /// build before issue 8 (its message says how to migrate). An
-    /// undecodable batch inside a record whose checksum holds is logged and
-    /// skipped.
+    /// build before issue 8 (its message says how to migrate). Damaged WAL
+    /// records are skipped and replay goes on at the next good one
+    /// ([`wal::replay`]): each damaged stretch is logged and counted in
+    /// `skein_wal_corrupt_records_total` / `skein_wal_corrupt_bytes_total`,
+    /// as is an undecodable batch inside a record whose checksum holds. A
+    /// torn tail of the newest file (a crash mid-write) is cut off, so it is
+    /// not taken for damage once newer files follow it.
     pub fn replay(&self) -> Result<()> {
         let wal_dir = self.wal_dir();
         let oldest = wal::list_files(&wal_dir)?.first().map(|f| f.0);
@@ -36,13 +40,16 @@ impl Storage {
         }
         let head = self.catalog.head();
         let (mut spans, mut logs, mut skipped) = (0u64, 0u64, 0u64);
-        let next = wal::replay(&wal_dir, |pos, kind, payload| match kind {
+        let mut undecodable = 0u64;
+        let replayed = wal::replay(&wal_dir, |pos, kind, payload| match kind {
             RecordKind::SpanBatch => {
                 if let Some(r) =
                     unflushed(pos, batch::decode_spans(payload), &flushed, &mut skipped, |s| s.trace_id)
                 {
                     spans += r.len() as u64;
                     head.insert_spans(pos, r);
+                } else {
+                    undecodable += 1;
                 }
             }
             RecordKind::LogBatch => {
@@ -51,9 +58,31 @@ impl Storage {
                 {
                     logs += r.len() as u64;
                     head.insert_logs(pos, r);
+                } else {
+                    undecodable += 1;
                 }
             }
         })?;
+        let (mut corrupt, mut corrupt_bytes) = (undecodable, 0u64);
+        for d in &replayed.damaged {
+            if d.torn_tail {
+                cut_torn_tail(d)?;
+            } else {
+                corrupt += 1;
+                corrupt_bytes += d.bytes;
+            }
+        }
+        self.metrics.wal_corrupt_records.inc_by(corrupt);
+        self.metrics.wal_corrupt_bytes.inc_by(corrupt_bytes);
+        if corrupt > 0 {
+            tracing::error!(
+                damaged = corrupt,
+                bytes = corrupt_bytes,
+                undecodable,
+                "WAL replay skipped damaged records (see the errors above for file and offset); every undamaged record was replayed"
+            );
+        }
+        let next = replayed.next;
         tracing::info!(spans, logs, already_flushed = skipped, "WAL replay done");
         // New records must sort after every position a segment recorded,
         // or replay after a crash would take them for flushed ones. That
@@ -143,4 +172,14 @@ fn unflushed<T>(
             None
         }
     }
+}
+
+/// Cuts a torn tail off the newest WAL file (those bytes were never
+/// acknowledged), so that once the writer starts a newer file the stretch
+/// is not reported as damage at every later start.
+fn cut_torn_tail(d: &wal::Damage) -> Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(&d.file).map_err(wal::WalError::from)?;
+    f.set_len(d.offset).map_err(wal::WalError::from)?;
+    f.sync_all().map_err(wal::WalError::from)?;
+    Ok(())
 }

@@ -31,6 +31,11 @@ pub struct StorageMetrics {
     pub segment_reads: Counter,
     /// WAL files deleted because their records are all in segments.
     pub wal_files_reclaimed: Counter,
+    /// Damaged stretches of acknowledged WAL records that replay skipped
+    /// (each holds one record or more; torn tails of a crash not counted).
+    pub wal_corrupt_records: Counter,
+    /// Bytes of those damaged stretches.
+    pub wal_corrupt_bytes: Counter,
     /// Compactions done, and the segment bytes they read and wrote.
     pub compactions: Counter,
     /// Segment bytes read by compactions.
@@ -62,6 +67,8 @@ impl Default for StorageMetrics {
             flushed_logs: Counter::default(),
             segment_reads: Counter::default(),
             wal_files_reclaimed: Counter::default(),
+            wal_corrupt_records: Counter::default(),
+            wal_corrupt_bytes: Counter::default(),
             compactions: Counter::default(),
             compaction_bytes_in: Counter::default(),
             compaction_bytes_out: Counter::default(),
@@ -98,6 +105,16 @@ impl StorageMetrics {
             "skein_wal_files_reclaimed",
             "WAL files deleted after their data reached segments",
             self.wal_files_reclaimed.clone(),
+        );
+        r.register(
+            "skein_wal_corrupt_records",
+            "Damaged stretches of acknowledged WAL records skipped at replay (one or more records each)",
+            self.wal_corrupt_records.clone(),
+        );
+        r.register(
+            "skein_wal_corrupt_bytes",
+            "Bytes of damaged WAL records skipped at replay",
+            self.wal_corrupt_bytes.clone(),
         );
         r.register("skein_compactions", "Segment compactions done", self.compactions.clone());
         r.register(

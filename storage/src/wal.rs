@@ -9,7 +9,14 @@
 //! Layout: `wal/{start:020}.wal` files, `start` being the global byte offset
 //! of the file's first record; a record's position is its global offset.
 //! Record: `len: u32 LE | crc32(kind ‖ payload): u32 LE | kind: u8 | payload`.
-//! A torn or corrupt tail (crash mid-write) ends replay of that file.
+//! Replay resynchronises past damage: after a record whose frame or
+//! checksum does not hold, it looks for the next offset where a whole
+//! record with a valid checksum starts and goes on from there, so damage in
+//! the middle of a file costs only the damaged records (as PostgreSQL and
+//! etcd report what they drop instead of stopping at the first bad byte).
+//! Damage with no good record after it in the newest file is a torn tail (a
+//! crash mid-write of records that were never acknowledged); anywhere else
+//! it is corruption, reported as [`Damage`].
 //!
 //! The payload is one of storage's own batches ([`crate::batch`]): the
 //! validated model, so replay decodes once and no wire format is involved.
@@ -158,42 +165,113 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads every record in `dir` in order, calling `f(position, kind, payload)`.
-/// Returns the position the next record will have. Stops reading a file at
-/// its first torn or corrupt record.
+/// A stretch of a WAL file that replay skipped because no record with a
+/// valid checksum starts in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The WAL file.
+    pub file: PathBuf,
+    /// Byte offset of the stretch in `file`.
+    pub offset: u64,
+    /// Length of the stretch, bytes.
+    pub bytes: u64,
+    /// `true` for the end of the newest file with no good record after it:
+    /// a crash mid-write, whose records were never acknowledged. `false`
+    /// for damage to records that were acknowledged (the middle of a file,
+    /// or the end of a file a newer one follows).
+    pub torn_tail: bool,
+}
+
+/// What [`replay`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The position the next record will have.
+    pub next: u64,
+    /// Every damaged stretch skipped, in WAL order.
+    pub damaged: Vec<Damage>,
+}
+
+impl Replayed {
+    /// The damaged stretches that held acknowledged records (torn tails
+    /// left out).
+    pub fn corrupt(&self) -> impl Iterator<Item = &Damage> {
+        self.damaged.iter().filter(|d| !d.torn_tail)
+    }
+}
+
+/// The record starting at `off` of `buf` if its frame fits in `buf` and its
+/// checksum holds: `(kind byte, end offset)`. Kinds this build cannot read
+/// are returned too (the caller decides); only the checksum and the frame
+/// decide what is a record.
+fn record_at(buf: &[u8], off: usize) -> Option<(u8, usize)> {
+    let header = buf.get(off..off + HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4"));
+    let end = (off + HEADER).checked_add(len).filter(|e| *e <= buf.len())?;
+    (crc32fast::hash(&buf[off + 8..end]) == crc).then_some((header[8], end))
+}
+
+/// Whether `kind` is a kind any Skein build wrote: resynchronisation only
+/// stops at those, which also skips the checksum of most garbage offsets.
+fn known_kind(kind: u8) -> bool {
+    RecordKind::from_u8(kind).is_some() || OLD_KINDS.contains(&kind)
+}
+
+/// The first offset at or after `from` where a record of a known kind
+/// starts, or `buf.len()`. A false match needs a 32-bit checksum to hold by
+/// chance.
+fn resync(buf: &[u8], from: usize) -> usize {
+    (from..buf.len())
+        .find(|&o| buf.get(o + 8).copied().is_some_and(known_kind) && record_at(buf, o).is_some())
+        .unwrap_or(buf.len())
+}
+
+/// Reads every record in `dir` in order, calling `f(position, kind, payload)`,
+/// and returns the position the next record will have and the damaged
+/// stretches it skipped (each also logged: file, offset, bytes). A damaged
+/// record does not end replay: every undamaged record after it, in its file
+/// and the following ones, is read (see the module comment).
 ///
 /// # Errors
 /// [`WalError::OldFormat`] when a record of the pre-issue-8 format is found
 /// (before `f` sees any record of that file's later part), [`WalError::Io`]
 /// when a file cannot be read.
-pub fn replay(dir: &Path, mut f: impl FnMut(u64, RecordKind, &[u8])) -> Result<u64, WalError> {
+pub fn replay(dir: &Path, mut f: impl FnMut(u64, RecordKind, &[u8])) -> Result<Replayed, WalError> {
     fs::create_dir_all(dir)?;
-    let mut next = 0u64;
-    for (start, path) in list_files(dir)? {
+    let mut out = Replayed::default();
+    let files = list_files(dir)?;
+    let newest = files.last().map(|x| x.0);
+    for (start, path) in files {
         let mut buf = Vec::new();
         File::open(&path)?.read_to_end(&mut buf)?;
-        let mut off = 0usize;
-        while off + HEADER <= buf.len() {
-            let len = u32::from_le_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
-            let crc = u32::from_le_bytes(buf[off + 4..off + 8].try_into().expect("4"));
-            let end = off + HEADER + len;
-            if end > buf.len() || crc32fast::hash(&buf[off + 8..end]) != crc {
-                tracing::warn!(file = %path.display(), offset = off, "WAL: torn or corrupt record, ignoring the rest of the file");
-                break;
-            }
-            if OLD_KINDS.contains(&buf[off + 8]) {
+        let (mut off, mut good_end) = (0usize, 0usize);
+        while off < buf.len() {
+            let record = record_at(&buf, off).filter(|(k, _)| known_kind(*k));
+            let Some((kind, end)) = record else {
+                let next = resync(&buf, off + 1);
+                let torn_tail = next == buf.len() && Some(start) == newest;
+                let d =
+                    Damage { file: path.clone(), offset: off as u64, bytes: (next - off) as u64, torn_tail };
+                if torn_tail {
+                    tracing::warn!(file = %path.display(), offset = off, bytes = d.bytes, "WAL: torn tail (a crash mid-write; those records were never acknowledged), ignored");
+                } else {
+                    tracing::error!(file = %path.display(), offset = off, bytes = d.bytes, "WAL: damaged records skipped; replay goes on at the next good record");
+                }
+                out.damaged.push(d);
+                off = next;
+                continue;
+            };
+            if OLD_KINDS.contains(&kind) {
                 return Err(WalError::OldFormat { file: path });
             }
-            let Some(kind) = RecordKind::from_u8(buf[off + 8]) else {
-                tracing::warn!(file = %path.display(), offset = off, "WAL: unknown record kind");
-                break;
-            };
+            let kind = RecordKind::from_u8(kind).expect("known_kind");
             f(start + off as u64, kind, &buf[off + HEADER..end]);
             off = end;
+            good_end = end;
         }
-        next = next.max(start + off as u64);
+        out.next = out.next.max(start + good_end as u64);
     }
-    Ok(next)
+    Ok(out)
 }
 
 impl Wal {
@@ -419,11 +497,15 @@ pub(crate) mod tests {
         let mut f = OpenOptions::new().append(true).open(&last).unwrap();
         f.write_all(&[1, 2, 3]).unwrap();
         let mut seen = Vec::new();
-        let next = replay(dir.path(), |pos, kind, p| {
+        let replayed = replay(dir.path(), |pos, kind, p| {
             assert_eq!(kind, RecordKind::SpanBatch);
             seen.push((pos, p[0]));
         })
         .unwrap();
+        let next = replayed.next;
+        assert_eq!(replayed.damaged.len(), 1);
+        assert!(replayed.damaged[0].torn_tail && replayed.damaged[0].bytes == 3);
+        assert_eq!(replayed.corrupt().count(), 0);
         assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), positions);
         assert_eq!(seen.iter().map(|s| s.1).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
         assert_eq!(next, positions[9] + 49);
@@ -451,6 +533,113 @@ pub(crate) mod tests {
         out.push(kind);
         out.extend_from_slice(payload);
         out
+    }
+
+    /// Writes `records` framed, `per_file` to a file, as the writer would
+    /// have; returns each record's (file index, offset in file, position).
+    fn forge(dir: &Path, records: &[Vec<u8>], per_file: usize) -> Vec<(usize, usize, u64)> {
+        let (mut out, mut pos) = (Vec::new(), 0u64);
+        for (fi, chunk) in records.chunks(per_file.max(1)).enumerate() {
+            let mut buf = Vec::new();
+            let start = pos;
+            for r in chunk {
+                out.push((fi, buf.len(), pos));
+                let framed = frame(RecordKind::SpanBatch as u8, r);
+                pos += framed.len() as u64;
+                buf.extend_from_slice(&framed);
+            }
+            fs::write(file_path(dir, start), buf).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn garbage_in_the_middle_of_the_oldest_file_costs_only_the_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<Vec<u8>> = (0..70u8).map(|i| vec![i; 30 + usize::from(i)]).collect();
+        let at = forge(dir.path(), &records, 30);
+        // Overwrite the middle of record 10 (file 0) with garbage.
+        let file0 = list_files(dir.path()).unwrap()[0].1.clone();
+        let mut bytes = fs::read(&file0).unwrap();
+        let off = at[10].1 + 12;
+        bytes[off..off + 20].fill(0xA5);
+        fs::write(&file0, bytes).unwrap();
+
+        let mut seen = Vec::new();
+        let replayed = replay(dir.path(), |pos, _, p| seen.push((pos, p[0]))).unwrap();
+        let want: Vec<_> = (0..70u8).filter(|i| *i != 10).map(|i| (at[usize::from(i)].2, i)).collect();
+        assert_eq!(seen, want, "every undamaged record, in order, once");
+        let corrupt: Vec<_> = replayed.corrupt().collect();
+        assert_eq!(corrupt.len(), 1);
+        assert_eq!((corrupt[0].file.clone(), corrupt[0].offset), (file0, at[10].1 as u64));
+        assert_eq!(corrupt[0].bytes as usize, at[11].1 - at[10].1);
+        let last = records.last().unwrap().len() + HEADER;
+        assert_eq!(replayed.next, at[69].2 + last as u64);
+    }
+
+    #[test]
+    fn the_end_of_an_older_file_is_damage_and_the_end_of_the_newest_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 40]).collect();
+        forge(dir.path(), &records, 3);
+        let files = list_files(dir.path()).unwrap();
+        for (_, p) in &files {
+            let mut f = OpenOptions::new().append(true).open(p).unwrap();
+            f.write_all(&[7; 11]).unwrap();
+        }
+        let mut seen = 0;
+        let r = replay(dir.path(), |_, _, _| seen += 1).unwrap();
+        assert_eq!(seen, 6);
+        let kinds: Vec<_> = r.damaged.iter().map(|d| (d.bytes, d.torn_tail)).collect();
+        assert_eq!(kinds, vec![(11, false), (11, true)]);
+    }
+
+    proptest::proptest! {
+        /// Whatever stretch of whichever file is overwritten, replay hands
+        /// out exactly the records it did not touch (plus, rarely, a
+        /// touched one the garbage left intact), in order, each once.
+        #[test]
+        fn replay_keeps_every_undamaged_record(
+            sizes in proptest::collection::vec(0usize..300, 1..60),
+            per_file in 1usize..20,
+            file_pick in 0usize..100,
+            start_pick in 0usize..10_000,
+            len in 1usize..200,
+            fill in proptest::prelude::any::<u8>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let records: Vec<Vec<u8>> = sizes.iter().enumerate()
+                .map(|(i, n)| { let mut v = vec![i as u8; *n]; v.extend_from_slice(&(i as u32).to_le_bytes()); v })
+                .collect();
+            let at = forge(dir.path(), &records, per_file);
+            let files = list_files(dir.path()).unwrap();
+            let fi = file_pick % files.len();
+            let mut bytes = fs::read(&files[fi].1).unwrap();
+            let s = start_pick % bytes.len();
+            let e = (s + len).min(bytes.len());
+            bytes[s..e].fill(fill);
+            fs::write(&files[fi].1, &bytes).unwrap();
+
+            let mut seen = Vec::new();
+            replay(dir.path(), |pos, _, p| seen.push((pos, p.to_vec()))).unwrap();
+            let mut expected_untouched = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                let (f, off, pos) = at[i];
+                let end = off + HEADER + r.len();
+                if f != fi || end <= s || off >= e {
+                    expected_untouched.push((pos, r.clone()));
+                }
+            }
+            // Seen is in WAL order, holds only real records, and every untouched one.
+            proptest::prop_assert!(seen.windows(2).all(|w| w[0].0 < w[1].0));
+            for (pos, p) in &seen {
+                let i = at.iter().position(|a| a.2 == *pos);
+                proptest::prop_assert!(i.is_some_and(|i| &records[i] == p), "record at {} is not one written", pos);
+            }
+            for u in &expected_untouched {
+                proptest::prop_assert!(seen.contains(u), "untouched record at {} lost", u.0);
+            }
+        }
     }
 
     #[test]
