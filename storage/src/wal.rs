@@ -27,6 +27,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,11 +122,21 @@ struct Append {
     done: oneshot::Sender<Result<u64, WalError>>,
 }
 
+/// What the writer thread is asked to do.
+enum Msg {
+    Append(Append),
+    /// Start a new file if the current one holds records, so that
+    /// [`Wal::reclaim`] can delete it once they are all in segments.
+    Roll,
+}
+
 /// Handle to the WAL writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
-    tx: mpsc::SyncSender<Append>,
+    tx: mpsc::SyncSender<Msg>,
     files: Arc<Mutex<Vec<(u64, PathBuf)>>>,
+    /// The position after the last durable record.
+    end: Arc<AtomicU64>,
     dir: PathBuf,
 }
 
@@ -299,7 +310,8 @@ impl Wal {
         sync_dir(dir)?;
         files.push((next, path));
         let files = Arc::new(Mutex::new(files));
-        let (tx, rx) = mpsc::sync_channel::<Append>(4096);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(4096);
+        let end = Arc::new(AtomicU64::new(next));
         let mut w = Writer {
             dir: dir.to_path_buf(),
             file,
@@ -307,10 +319,11 @@ impl Wal {
             file_len: 0,
             cfg,
             files: files.clone(),
+            end: end.clone(),
             metrics,
         };
         std::thread::Builder::new().name("skein-wal".into()).spawn(move || w.run(rx))?;
-        Ok(Wal { tx, files, dir: dir.to_path_buf() })
+        Ok(Wal { tx, files, end, dir: dir.to_path_buf() })
     }
 
     /// Appends a record. When the returned future resolves with `Ok(pos)`,
@@ -326,7 +339,7 @@ impl Wal {
             return Err(WalError::TooLarge(payload.len()));
         }
         let (done, rx) = oneshot::channel();
-        let msg = Append { kind, payload, apply: Box::new(apply), done };
+        let msg = Msg::Append(Append { kind, payload, apply: Box::new(apply), done });
         // The channel is bounded; a full channel means the disk is behind.
         // Block in a blocking-safe way rather than queueing unboundedly.
         let tx = self.tx.clone();
@@ -344,7 +357,14 @@ impl Wal {
     }
 
     /// Deletes WAL files all of whose records are before `safe_pos`, i.e.
-    /// already in segments. The file being written is never deleted.
+    /// already in segments, and returns how many. The file being written is
+    /// never deleted; when every record written so far is before
+    /// `safe_pos`, the writer is asked to start a new file, so the next call
+    /// deletes this one too and a full disk gets its space back without
+    /// waiting for the file to reach `max_file_bytes` (issue 10).
+    ///
+    /// # Errors
+    /// A file that cannot be deleted (the files before it are deleted).
     pub fn reclaim(&self, safe_pos: u64) -> io::Result<usize> {
         let mut files = self.files.lock();
         let mut removed = 0;
@@ -352,6 +372,13 @@ impl Wal {
             let (_, p) = files.remove(0);
             fs::remove_file(&p)?;
             removed += 1;
+        }
+        let current_start = files.last().map_or(0, |f| f.0);
+        let end = self.end.load(Ordering::Acquire);
+        if end > current_start && end <= safe_pos {
+            // Full channel: the writer is busy with appends, which will
+            // move the end past `safe_pos` anyway.
+            let _ = self.tx.try_send(Msg::Roll);
         }
         Ok(removed)
     }
@@ -374,21 +401,31 @@ struct Writer {
     file_len: u64,
     cfg: WalConfig,
     files: Arc<Mutex<Vec<(u64, PathBuf)>>>,
+    end: Arc<AtomicU64>,
     metrics: Arc<StorageMetrics>,
 }
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Append>) {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
         let mut buf = Vec::with_capacity(1 << 20);
+        let mut roll = false;
         while let Ok(first) = rx.recv() {
+            let first = match first {
+                Msg::Append(a) => a,
+                Msg::Roll => {
+                    self.roll();
+                    continue;
+                }
+            };
             let mut batch = vec![first];
             let mut bytes = batch[0].payload.len();
             while bytes < self.cfg.max_batch_bytes {
                 match rx.try_recv() {
-                    Ok(a) => {
+                    Ok(Msg::Append(a)) => {
                         bytes += a.payload.len();
                         batch.push(a);
                     }
+                    Ok(Msg::Roll) => roll = true,
                     Err(_) => break,
                 }
             }
@@ -408,6 +445,7 @@ impl Writer {
             match self.write_durable(&buf) {
                 Ok(()) => {
                     self.file_len += buf.len() as u64;
+                    self.end.store(self.file_start + self.file_len, Ordering::Release);
                     self.metrics.wal_bytes.inc_by(buf.len() as u64);
                     for (a, pos) in batch.into_iter().zip(positions) {
                         (a.apply)(pos);
@@ -429,8 +467,20 @@ impl Writer {
                     }
                 }
             }
+            if std::mem::take(&mut roll) {
+                self.roll();
+            }
         }
         let _ = self.file.sync_all();
+    }
+
+    /// [`Msg::Roll`]: a new file if the current one holds records.
+    fn roll(&mut self) {
+        if self.file_len > 0 {
+            if let Err(e) = self.rotate() {
+                tracing::error!(error = %e, "WAL: cannot start a new file");
+            }
+        }
     }
 
     fn write_durable(&mut self, buf: &[u8]) -> io::Result<()> {
@@ -521,6 +571,45 @@ pub(crate) mod tests {
         replay(dir.path(), |pos, _, _| after.push(pos)).unwrap();
         assert!(after.contains(&positions[5]) && after.contains(&p));
         assert!(!after.contains(&positions[0]));
+    }
+
+    /// Once every record is in segments, reclaim rolls the current file and
+    /// the next reclaim deletes it, whatever its size (issue 10: a 49 MiB
+    /// file on a full disk was kept until it reached `max_file_bytes`).
+    #[tokio::test]
+    async fn reclaim_rolls_a_fully_flushed_current_file_then_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path(), 0, WalConfig::default(), metrics()).unwrap();
+        let mut last = 0;
+        for i in 0..5u8 {
+            last = wal.append(RecordKind::SpanBatch, vec![i; 1000], |_| {}).await.unwrap();
+        }
+        let end = last + 1000 + HEADER as u64;
+        // Not everything flushed: no roll, nothing deleted.
+        assert_eq!(wal.reclaim(last).unwrap(), 0);
+        // Everything flushed: the writer starts a new file ...
+        assert_eq!(wal.reclaim(u64::MAX).unwrap(), 0);
+        let files = eventually(|| Some(list_files(dir.path()).unwrap()).filter(|f| f.len() == 2));
+        assert_eq!(files[1].0, end);
+        // ... and the next reclaim deletes the old one.
+        assert_eq!(wal.reclaim(u64::MAX).unwrap(), 1);
+        assert_eq!(list_files(dir.path()).unwrap().iter().map(|f| f.0).collect::<Vec<_>>(), vec![end]);
+        // An empty current file is not rolled again.
+        assert_eq!(wal.reclaim(u64::MAX).unwrap(), 0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(list_files(dir.path()).unwrap().len(), 1);
+        // Appends go on at the right position.
+        assert_eq!(wal.append(RecordKind::LogBatch, vec![1], |_| {}).await.unwrap(), end);
+    }
+
+    fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..500 {
+            if let Some(v) = f() {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("condition not reached in 5 s");
     }
 
     /// A record as the writer frames it, for tests that forge WAL files.

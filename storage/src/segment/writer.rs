@@ -48,8 +48,8 @@ pub fn sort_for_segment(traces: &mut [(TraceId, TraceEntry)]) {
 /// `root/tmp-{ulid}` to its final name and `root` is fsynced, so the
 /// segment survives a crash. On `Err` (I/O, Parquet, tantivy, or
 /// [`crate::Error::Config`] for an invalid zstd level) nothing is in place
-/// under the final name; a `tmp-*` directory may be left for the caller
-/// to remove.
+/// under the final name and the `tmp-*` directory is already removed, so a
+/// write that failed on a full disk gives its space back at once.
 pub fn write_segment(
     root: &Path,
     cfg: &SegmentConfig,
@@ -72,6 +72,25 @@ pub fn write_segment_replacing(
     debug_assert!(traces.windows(2).all(|w| w[0].0 < w[1].0), "traces must be sorted");
     let id = ulid::Ulid::new().to_string();
     let tmp = root.join(format!("tmp-{id}"));
+    let written = write_into(root, &tmp, &id, cfg, traces, created_unix_nano, replaces);
+    if written.is_err() {
+        // Best effort: what cannot be removed now goes at the next start.
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    written
+}
+
+/// [`write_segment_replacing`] into `tmp`, renamed to `root/{id}` at the end.
+fn write_into(
+    root: &Path,
+    tmp: &Path,
+    id: &str,
+    cfg: &SegmentConfig,
+    traces: &[(TraceId, TraceEntry)],
+    created_unix_nano: u64,
+    replaces: Vec<String>,
+) -> Result<(SegmentMeta, Rollup)> {
+    let (tmp, id) = (tmp.to_path_buf(), id.to_string());
     fs::create_dir_all(&tmp)?;
 
     let mut min_time = u64::MAX;
@@ -437,6 +456,19 @@ mod tests {
             let n = seg.meta.log_count as usize;
             assert_eq!(seg.read_logs(vec![0..n]).unwrap(), all_logs(&t));
         }
+    }
+
+    /// A failed write leaves nothing behind: on a full disk each failed
+    /// flush used to keep its `tmp-*` directory until the next start, and
+    /// six of them took back all the space freed meanwhile (issue 10).
+    #[test]
+    fn a_failed_write_removes_its_temporary_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = traces(vec![max_span(1, 1)], vec![max_log(1)]);
+        let bad = SegmentConfig { zstd_level: 99, ..Default::default() };
+        assert!(write_segment(dir.path(), &bad, &t, 1).is_err());
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]
