@@ -14,7 +14,7 @@ use skein_storage::filter::SpanFilter;
 use skein_storage::model::{kind, status, AttrValue, Attributes, LogRecord, Span, TraceId};
 
 use super::native::json::attr_value;
-use crate::engine::{Trace, TraceQuery, TraceSearch};
+use crate::engine::{SpanCondition, Trace, TraceQuery, TraceSearch};
 use crate::error::{Error, Result};
 use crate::params::{parse_trace_id, Params, TimeUnit};
 use crate::ApiState;
@@ -104,6 +104,9 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
             if !s.scope.name.is_empty() {
                 t.push(json!({"key": "otel.scope.name", "type": "string", "value": s.scope.name}));
             }
+            if !s.scope.version.is_empty() {
+                t.push(json!({"key": "otel.scope.version", "type": "string", "value": s.scope.version}));
+            }
             let mut jlogs: Vec<Value> = s
                 .events
                 .iter()
@@ -184,9 +187,39 @@ async fn operations(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result
     Ok(envelope(json!(ops)))
 }
 
+/// The condition a tag that Skein synthesises in the Jaeger view (see
+/// [`trace_json`]) stands for, named as Jaeger's OTLP translator names
+/// them (`otel.library.*` is their name before semantic conventions
+/// 1.x); `None` for any other tag, which is an attribute. A value outside
+/// the tag's vocabulary is a 400 naming it.
+fn synthesized_tag(key: &str, value: &str) -> Result<Option<SpanCondition>> {
+    let bad = |what: &str| Err(Error::bad(format!("tag {key}={value:?}: {key} is {what}")));
+    Ok(Some(match key {
+        "error" => match value.to_ascii_lowercase().as_str() {
+            "true" => SpanCondition::Error(true),
+            "false" => SpanCondition::Error(false),
+            _ => return bad("true or false"),
+        },
+        "otel.status_code" => match value.to_ascii_uppercase().trim_start_matches("STATUS_CODE_") {
+            "OK" => SpanCondition::StatusCode(status::OK),
+            "ERROR" => SpanCondition::StatusCode(status::ERROR),
+            "UNSET" => SpanCondition::StatusCode(status::UNSET),
+            _ => return bad("OK, ERROR or UNSET"),
+        },
+        "otel.status_description" => SpanCondition::StatusMessage(value.to_string()),
+        "span.kind" => match kind::parse(value) {
+            Some(k) => SpanCondition::Kind(k),
+            None => return bad("server, client, producer, consumer or internal"),
+        },
+        "otel.scope.name" | "otel.library.name" => SpanCondition::ScopeName(value.to_string()),
+        "otel.scope.version" | "otel.library.version" => SpanCondition::ScopeVersion(value.to_string()),
+        _ => return Ok(None),
+    }))
+}
+
 async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
     let p = Params::parse(q.as_deref());
-    let mut attrs = Vec::new();
+    let mut tags = Vec::new();
     if let Some(t) = p.get("tags") {
         let m: HashMap<String, Value> = serde_json::from_str(t)
             .map_err(|e| Error::bad(format!("tags must be a JSON object of key to value: {e}")))?;
@@ -195,13 +228,20 @@ async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resul
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            attrs.push((k, v));
+            tags.push((k, v));
         }
     }
     // Jaeger's UI also sends logfmt-style `tag=k:v` parameters.
     for t in p.all("tag") {
         let (k, v) = t.split_once(':').ok_or_else(|| Error::bad(format!("tag {t:?} must be key:value")))?;
-        attrs.push((k.to_string(), v.to_string()));
+        tags.push((k.to_string(), v.to_string()));
+    }
+    let (mut attrs, mut conditions) = (Vec::new(), Vec::new());
+    for (k, v) in tags {
+        match synthesized_tag(&k, &v)? {
+            Some(c) => conditions.push(c),
+            None => attrs.push((k, v)),
+        }
     }
     let range = p.range("start", "end", TimeUnit::Micros)?;
     let filter = SpanFilter {
@@ -215,7 +255,7 @@ async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resul
         end_ns: range.end_ns,
     };
     let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
-    let q = TraceQuery { filter, limit, with_trace: true, ..Default::default() };
+    let q = TraceQuery { filter, conditions, limit, with_trace: true, ..Default::default() };
     let r = st.engine().search_traces(q).await?;
     Ok(envelope(json!(search_json(&r))))
 }
