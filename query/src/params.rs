@@ -54,7 +54,9 @@ impl Params {
     /// 400 if malformed, or if the digits cannot be a time in `unit` (see
     /// [`parse_time_in`]).
     pub fn time_in(&self, key: &str, unit: TimeUnit) -> Result<Option<u64>> {
-        self.get(key).map(|v| parse_time_in(v, unit).map_err(|e| Error::bad(format!("{key}: {e}")))).transpose()
+        self.get(key)
+            .map(|v| parse_time_in(v, unit).map_err(|e| Error::bad(format!("{key}: {e}"))))
+            .transpose()
     }
 
     /// The optional bounds `start_key` and `end_key` in `unit`, as Unix ns;
@@ -160,7 +162,8 @@ impl TimeRange {
 /// records without trace context under it, so serving it would show them
 /// as one "trace"; those records are found through log search.
 pub fn parse_trace_id(s: &str) -> Result<TraceId> {
-    let id = TraceId::parse_hex(s).ok_or_else(|| Error::bad(format!("trace ID {s:?} is not 1-32 hex digits")))?;
+    let id =
+        TraceId::parse_hex(s).ok_or_else(|| Error::bad(format!("trace ID {s:?} is not 1-32 hex digits")))?;
     if id.is_zero() {
         return Err(Error::bad(format!(
             "trace ID {s:?} is all zeroes, which no trace has (W3C Trace Context); \
@@ -260,7 +263,11 @@ pub fn parse_duration_ns(v: &str) -> Result<u64, String> {
     let n: f64 = num.parse().map_err(|_| format!("{v:?} is not a duration like 250ms or 1.5s"))?;
     let mult = match unit.trim() {
         "" if n == 0.0 => 1.0,
-        "" => return Err(format!("{v:?} has no unit; write it with one of {DURATION_UNITS} (e.g. 250ms, 1.5s)")),
+        "" => {
+            return Err(format!(
+                "{v:?} has no unit; write it with one of {DURATION_UNITS} (e.g. 250ms, 1.5s)"
+            ))
+        }
         "ns" => 1.0,
         "us" | "µs" => 1e3,
         "ms" => 1e6,
@@ -342,7 +349,11 @@ mod tests {
         assert!(e.ends_with("accepted: service, operation, limit"), "{e}");
         let e = Params::parse(Some("zzz=")).only(&known).unwrap_err().to_string();
         assert!(e.starts_with(r#"unknown parameter "zzz"; accepted"#), "{e}");
-        assert!(Params::parse(Some("x=1")).only(&[]).unwrap_err().to_string().contains("takes no parameters"));
+        assert!(Params::parse(Some("x=1"))
+            .only(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("takes no parameters"));
     }
 
     #[test]
@@ -357,10 +368,17 @@ mod tests {
     fn ranges_in_every_unit() {
         let p = Params::parse(Some("start=1731000000&end=1731000060&bad=x&ts=2024-11-07T17:20:00Z"));
         let r = p.range("start", "end", TimeUnit::Seconds).unwrap();
-        assert_eq!((r.start_ns, r.end_ns), (Some(1_731_000_000_000_000_000), Some(1_731_000_060_000_000_000)));
-        let p = Params::parse(Some("start=1731000000000000&end=1731000060000000&bad=x&ts=2024-11-07T17:20:00Z"));
+        assert_eq!(
+            (r.start_ns, r.end_ns),
+            (Some(1_731_000_000_000_000_000), Some(1_731_000_060_000_000_000))
+        );
+        let p =
+            Params::parse(Some("start=1731000000000000&end=1731000060000000&bad=x&ts=2024-11-07T17:20:00Z"));
         let r = p.range("start", "end", TimeUnit::Micros).unwrap();
-        assert_eq!((r.start_ns, r.end_ns), (Some(1_731_000_000_000_000_000), Some(1_731_000_060_000_000_000)));
+        assert_eq!(
+            (r.start_ns, r.end_ns),
+            (Some(1_731_000_000_000_000_000), Some(1_731_000_060_000_000_000))
+        );
         assert_eq!(p.time_in("ts", TimeUnit::Millis).ok(), None);
         assert_eq!(p.time("ts").unwrap(), Some(1_731_000_000_000_000_000));
         let ms = Params::parse(Some("endTs=1731000000000"));

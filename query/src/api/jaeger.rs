@@ -292,3 +292,146 @@ async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resu
         .collect();
     Ok(envelope(json!(data)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use skein_storage::model::{Scope, SpanId};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::engine::testutil::{append, span, storage};
+    use crate::QueryConfig;
+
+    /// Two requests as the workload sends them: `frontend` serves
+    /// `GET /cart` (SERVER, HTTP instrumentation) and calls `cart` (CLIENT);
+    /// in trace 1 `cart`'s SERVER span fails with a message, and a
+    /// database CLIENT span sits under it; trace 2's root is marked OK and
+    /// calls nothing.
+    fn workload() -> Vec<Span> {
+        let http = Arc::new(Scope { name: "io.opentelemetry.http".into(), version: "2.1.0".into() });
+        let grpc = Arc::new(Scope { name: "io.opentelemetry.grpc".into(), version: "1.9.0".into() });
+        let s = 1_000_000_000;
+        let with = |mut sp: Span, k: u8, scope: &Arc<Scope>| {
+            sp.kind = k;
+            sp.scope = scope.clone();
+            sp
+        };
+        let mut failed =
+            with(span(1, 3, Some(2), "cart", "cart.Add", s + 20, 80_000_000, true), kind::SERVER, &grpc);
+        failed.status_message = "connection refused".into();
+        let mut ok_root =
+            with(span(2, 1, None, "frontend", "GET /cart", 2 * s, 30_000_000, false), kind::SERVER, &http);
+        ok_root.status_code = status::OK;
+        vec![
+            with(span(1, 1, None, "frontend", "GET /cart", s, 100_000_000, false), kind::SERVER, &http),
+            with(span(1, 2, Some(1), "frontend", "cart.Add", s + 10, 90_000_000, false), kind::CLIENT, &grpc),
+            failed,
+            with(span(1, 4, Some(3), "cart", "SELECT", s + 30, 10_000_000, false), kind::CLIENT, &grpc),
+            ok_root,
+        ]
+    }
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+        let r = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// Issue 9 item 4: every tag Skein synthesises in the Jaeger view is
+    /// searchable, on the same span as the other conditions, with `tags`
+    /// JSON and the `tag=k:v` form, in the head and in segments.
+    #[tokio::test]
+    async fn synthesised_tags_are_searchable() {
+        let (_d, s) = storage();
+        append(&s, workload()).await;
+        let app = crate::router(crate::ApiState {
+            storage: s.clone(),
+            registry: Arc::new(Default::default()),
+            cfg: QueryConfig::default(),
+        });
+        let t1 = TraceId([1; 16]).to_hex();
+        let t2 = TraceId([2; 16]).to_hex();
+        for flushed in [false, true] {
+            if flushed {
+                s.flush(true).unwrap();
+            }
+            let find = |q: &'static str| {
+                let app = app.clone();
+                async move {
+                    let q = q.replace('{', "%7B").replace('}', "%7D").replace('"', "%22").replace(' ', "%20");
+                    let (st, v) = get(&app, &format!("/jaeger/api/traces?{q}")).await;
+                    assert_eq!(st, StatusCode::OK, "{q}: {v}");
+                    let mut ids: Vec<String> = v["data"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t["traceID"].as_str().unwrap().into())
+                        .collect();
+                    ids.sort();
+                    ids
+                }
+            };
+            let one = vec![t1.clone()];
+            let both = vec![t1.clone(), t2.clone()];
+            assert_eq!(find(r#"service=cart&tags={"error":"true"}"#).await, one);
+            assert_eq!(find(r#"service=cart&tags={"error":true}"#).await, one);
+            assert_eq!(find("service=cart&tag=error:true").await, one);
+            // On the same span: no frontend span failed.
+            assert!(find(r#"service=frontend&tags={"error":"true"}"#).await.is_empty());
+            assert_eq!(find(r#"service=frontend&tags={"error":"false"}"#).await, both);
+            assert_eq!(find(r#"service=cart&tags={"otel.status_code":"ERROR"}"#).await, one);
+            assert_eq!(find(r#"tags={"otel.status_code":"OK"}"#).await, vec![t2.clone()]);
+            assert_eq!(find(r#"tags={"otel.status_description":"connection refused"}"#).await, one);
+            assert!(find(r#"tags={"otel.status_description":"timeout"}"#).await.is_empty());
+            assert_eq!(find(r#"service=frontend&tags={"span.kind":"client"}"#).await, one);
+            assert_eq!(find("service=frontend&tag=span.kind:server").await, both);
+            assert!(find(r#"service=cart&tags={"span.kind":"consumer"}"#).await.is_empty());
+            assert_eq!(find(r#"tags={"otel.scope.name":"io.opentelemetry.http"}"#).await, both);
+            assert_eq!(
+                find(r#"tags={"otel.scope.name":"io.opentelemetry.grpc","otel.scope.version":"1.9.0"}"#)
+                    .await,
+                one
+            );
+            // With an attribute and an operation, all on cart's SERVER span.
+            assert_eq!(
+                find(r#"service=cart&operation=cart.Add&tags={"span.kind":"server","error":"true","http.status":"500"}"#)
+                    .await,
+                one
+            );
+            assert!(find(r#"service=cart&tags={"span.kind":"client","error":"true"}"#).await.is_empty());
+        }
+        let (st, v) = get(&app, "/jaeger/api/traces?tag=span.kind:sideways").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("server, client, producer, consumer or internal"),
+            "{v}"
+        );
+
+        // Each tag searched above is one the view shows on cart's span.
+        let (_, v) = get(&app, &format!("/jaeger/api/traces/{t1}")).await;
+        let cart = v["data"][0]["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|sp| sp["spanID"] == SpanId([3; 8]).to_hex())
+            .unwrap();
+        let tags: HashMap<&str, &Value> = cart["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["key"].as_str().unwrap(), &t["value"]))
+            .collect();
+        assert_eq!(tags["error"], &json!(true));
+        assert_eq!(tags["otel.status_code"], &json!("ERROR"));
+        assert_eq!(tags["otel.status_description"], &json!("connection refused"));
+        assert_eq!(tags["span.kind"], &json!("server"));
+        assert_eq!(tags["otel.scope.name"], &json!("io.opentelemetry.grpc"));
+        assert_eq!(tags["otel.scope.version"], &json!("1.9.0"));
+    }
+}

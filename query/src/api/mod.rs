@@ -61,7 +61,10 @@ async fn not_found(uri: Uri) -> Error {
 /// A 405 for a known endpoint asked with another method; axum adds the
 /// `Allow` header listing the methods it takes.
 async fn method_not_allowed(method: Method, uri: Uri) -> Error {
-    Error::MethodNotAllowed(format!("{} does not take {method}; the Allow header lists what it takes", uri.path()))
+    Error::MethodNotAllowed(format!(
+        "{} does not take {method}; the Allow header lists what it takes",
+        uri.path()
+    ))
 }
 
 async fn readyz(axum::extract::State(st): axum::extract::State<ApiState>) -> Response {
@@ -279,10 +282,22 @@ mod tests {
             ("/api/v1/search/traces?start=1731000000", "looks like Unix seconds (2024-11-07T17:20:00Z)"),
             ("/api/v1/search/logs?end=1731000000000", "looks like Unix milliseconds"),
             ("/api/v1/dependencies?start=1731000000000000", "looks like Unix microseconds"),
-            ("/jaeger/api/traces?service=cart&start=1731000000", "read as Unix microseconds; it looks like Unix seconds"),
-            ("/jaeger/api/dependencies?endTs=1731000000", "read as Unix milliseconds; it looks like Unix seconds"),
-            ("/tempo/api/search?start=1731000000000", "read as Unix seconds; it looks like Unix milliseconds"),
-            ("/api/v1/search/traces?serivce=cart", r#"unknown parameter "serivce" (did you mean "service"?)"#),
+            (
+                "/jaeger/api/traces?service=cart&start=1731000000",
+                "read as Unix microseconds; it looks like Unix seconds",
+            ),
+            (
+                "/jaeger/api/dependencies?endTs=1731000000",
+                "read as Unix milliseconds; it looks like Unix seconds",
+            ),
+            (
+                "/tempo/api/search?start=1731000000000",
+                "read as Unix seconds; it looks like Unix milliseconds",
+            ),
+            (
+                "/api/v1/search/traces?serivce=cart",
+                r#"unknown parameter "serivce" (did you mean "service"?)"#,
+            ),
             ("/api/v1/search/traces?services=cart", "accepted: service, operation, attr, min_duration"),
             ("/api/v1/search/logs?severty=WARN", r#"(did you mean "severity"?)"#),
             ("/api/v1/logs/histogram?stp=1m", r#"(did you mean "step"?)"#),
@@ -309,7 +324,11 @@ mod tests {
         }
 
         let (st, v) = get(&app, "/api/v1/search/traces?limit=100000").await;
-        assert_eq!((st, &v["limit"], &v["limit_capped"]), (StatusCode::OK, &json!(1000), &json!(true)), "{v}");
+        assert_eq!(
+            (st, &v["limit"], &v["limit_capped"]),
+            (StatusCode::OK, &json!(1000), &json!(true)),
+            "{v}"
+        );
         assert_eq!(v["traces"].as_array().map(Vec::len), Some(3));
         let (_, v) = get(&app, "/api/v1/search/traces").await;
         assert_eq!((&v["limit"], &v["limit_capped"]), (&json!(20), &json!(false)), "{v}");
@@ -323,7 +342,8 @@ mod tests {
     #[tokio::test]
     async fn unknown_paths_and_methods_answer_json_on_every_api_prefix() {
         let (_d, s) = storage();
-        let ui = Router::new().fallback(|| async { axum::response::Html("<!doctype html><title>Skein</title>") });
+        let ui =
+            Router::new().fallback(|| async { axum::response::Html("<!doctype html><title>Skein</title>") });
         let app = app_with(&s, QueryConfig::default()).merge(ui);
         let json_error = |uri: &str, h: &axum::http::HeaderMap, v: &Value| {
             assert_eq!(h[header::CONTENT_TYPE], "application/json", "{uri}");

@@ -103,7 +103,10 @@ mod tests {
 
     #[test]
     fn status_conditions_narrow_the_index_query() {
-        let f = narrowed(&SpanFilter::default(), &[SpanCondition::Kind(kind::SERVER), SpanCondition::Error(true)]);
+        let f = narrowed(
+            &SpanFilter::default(),
+            &[SpanCondition::Kind(kind::SERVER), SpanCondition::Error(true)],
+        );
         assert_eq!(f.status, Some(StatusFilter::Error));
         let f = narrowed(&SpanFilter::default(), &[SpanCondition::StatusCode(status::OK)]);
         assert_eq!(f.status, Some(StatusFilter::Ok));

@@ -73,7 +73,10 @@ impl TraceQuery {
                 cand.end_ns = f.end_ns;
                 (cand, max_candidates)
             }
-            None if !exact || self.min_trace_duration_ns.is_some() || self.max_trace_duration_ns.is_some() => {
+            None if !exact
+                || self.min_trace_duration_ns.is_some()
+                || self.max_trace_duration_ns.is_some() =>
+            {
                 (f.clone(), max_candidates)
             }
             None => (f.clone(), self.limit),

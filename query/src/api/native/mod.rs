@@ -270,7 +270,11 @@ async fn services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResul
     Ok(Json(json!({ "services": services })).into_response())
 }
 
-async fn operations(State(st): State<ApiState>, Path(service): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+async fn operations(
+    State(st): State<ApiState>,
+    Path(service): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     no_params(q.as_deref())?;
     let ops = st.engine().operations(Some(service.clone())).await?;
     if ops.is_empty() {
