@@ -336,6 +336,19 @@ mod tests {
         assert_eq!((&v["limit"], &v["limit_capped"]), (&json!(1000), &json!(true)), "{v}");
     }
 
+    /// Issue 9 item 5: RED's percentiles come from histogram buckets and
+    /// the answer says so.
+    #[tokio::test]
+    async fn red_labels_its_percentiles_approximate() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let app = app_with(&s, QueryConfig::default());
+        let (st, v) = get(&app, "/api/v1/metrics/red?start=0&end=1970-01-01T00:01:00Z&step=1m").await;
+        assert_eq!((st, &v["percentiles_approximate"]), (StatusCode::OK, &json!(true)), "{v}");
+        let frontend = &v["series"].as_array().unwrap().iter().find(|x| x["service"] == "frontend").unwrap();
+        assert_eq!(frontend["points"][0]["request_count"], 2, "{v}");
+    }
+
     /// Issue 9 item 11: the UI, merged in as in `src/main.rs`, answers
     /// every other path with HTML and 200; under an API prefix an unknown
     /// path is a JSON 404 and a wrong method a JSON 405 with `Allow`.

@@ -301,7 +301,8 @@ async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiR
     Ok(Json(json!({ "edges": edges })).into_response())
 }
 
-/// Rate, errors and latency percentiles per step, from the rollups.
+/// Rate, errors and latency percentiles of entry spans per step, from the
+/// rollups (see [`RedQuery`]).
 async fn red(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(RED_PARAMS)?;
@@ -336,5 +337,7 @@ async fn red(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
             json!({"service": s.service, "operation": s.operation, "points": points})
         })
         .collect();
-    Ok(Json(json!({"step_ns": step_ns, "series": series})).into_response())
+    // Percentiles come from histogram buckets: say so, so no one reads
+    // them as exact.
+    Ok(Json(json!({"step_ns": step_ns, "percentiles_approximate": true, "series": series})).into_response())
 }
