@@ -21,6 +21,10 @@ pub enum Error {
     /// The trace, service or endpoint does not exist (404).
     #[error("{0}")]
     NotFound(String),
+    /// The endpoint exists but not with the request's method (405; the
+    /// router adds `Allow`).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// Storage is still replaying its WAL (503 with `Retry-After`).
     #[error("storage is not ready (WAL replay in progress); retry later")]
     NotReady,
@@ -60,6 +64,7 @@ impl Error {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotReady | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

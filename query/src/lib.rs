@@ -25,7 +25,9 @@ pub use api::router;
 pub use engine::traceql;
 pub use engine::{summarize, Engine, TraceSummary};
 pub use error::{Error, Result, RETRY_AFTER_SECS};
-pub use params::{parse_duration_ns, parse_time, parse_trace_id, Params, TimeRange, TimeUnit};
+pub use params::{
+    parse_duration_ns, parse_time, parse_time_in, parse_trace_id, Limit, Params, TimeRange, TimeUnit,
+};
 
 /// Query settings (`[query]` in the config file).
 #[derive(Debug, Clone, Deserialize)]

@@ -50,21 +50,13 @@ impl Params {
         self.time_in(key, TimeUnit::NanosOrRfc3339)
     }
 
-    /// `key` as a point in time spelled in `unit`, converted to Unix ns
-    /// (saturating); 400 if malformed.
+    /// `key` as a point in time spelled in `unit`, converted to Unix ns;
+    /// 400 if malformed, or if the digits cannot be a time in `unit` (see
+    /// [`parse_time_in`]).
     pub fn time_in(&self, key: &str, unit: TimeUnit) -> Result<Option<u64>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
-        let (mult, what) = match unit {
-            TimeUnit::NanosOrRfc3339 => {
-                return parse_time(v).map(Some).map_err(|e| Error::bad(format!("{key}: {e}")));
-            }
-            TimeUnit::Micros => (1_000, "Unix microseconds"),
-            TimeUnit::Millis => (1_000_000, "Unix milliseconds"),
-            TimeUnit::Seconds => (1_000_000_000, "Unix seconds"),
-        };
-        v.parse::<u64>()
-            .map(|n| Some(n.saturating_mul(mult)))
-            .map_err(|_| Error::bad(format!("{key}: {v:?} is not {what}")))
+        self.get(key)
+            .map(|v| parse_time_in(v, unit).map_err(|e| Error::bad(format!("{key}: {e}"))))
+            .transpose()
     }
 
     /// The optional bounds `start_key` and `end_key` in `unit`, as Unix ns;
@@ -93,18 +85,56 @@ impl Params {
     /// `limit`, defaulting to `default` and capped at `max`; 400 unless a
     /// positive integer.
     pub fn limit(&self, default: usize, max: usize) -> Result<usize> {
+        self.capped_limit(default, max).map(|l| l.value)
+    }
+
+    /// `limit` as [`Params::limit`] applies it, saying whether the cap
+    /// cut it, so an answer can report that it holds fewer results than
+    /// asked for.
+    pub fn capped_limit(&self, default: usize, max: usize) -> Result<Limit> {
         match self.get("limit") {
-            None => Ok(default.min(max)),
+            None => Ok(Limit { value: default.min(max), capped: default > max }),
             Some(v) => {
                 let n: usize =
                     v.parse().map_err(|_| Error::bad(format!("limit: {v:?} is not a positive integer")))?;
                 if n == 0 {
                     return Err(Error::bad("limit: must be at least 1"));
                 }
-                Ok(n.min(max))
+                Ok(Limit { value: n.min(max), capped: n > max })
             }
         }
     }
+
+    /// 400 unless every parameter's name is in `known`. A misspelt name
+    /// (`serivce=`) would otherwise be ignored and widen the query without
+    /// a sign; the message names the parameter, the closest accepted name
+    /// and every accepted one. Only the native API checks: Jaeger's and
+    /// Tempo's clients send parameters of their own that Skein has no use
+    /// for.
+    pub fn only(&self, known: &[&str]) -> Result<()> {
+        let Some((k, _)) = self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) else { return Ok(()) };
+        if known.is_empty() {
+            return Err(Error::bad(format!("unknown parameter {k:?}: this endpoint takes no parameters")));
+        }
+        let closest = known
+            .iter()
+            .map(|c| (strsim::damerau_levenshtein(k, c), *c))
+            .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+            .min()
+            .map(|(_, c)| format!(" (did you mean {c:?}?)"))
+            .unwrap_or_default();
+        Err(Error::bad(format!("unknown parameter {k:?}{closest}; accepted: {}", known.join(", "))))
+    }
+}
+
+/// A `limit` as applied to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Results returned at most.
+    pub value: usize,
+    /// Whether the request asked for more than `query.max_limit` (or the
+    /// default exceeds it), so `value` is the cap.
+    pub capped: bool,
 }
 
 /// Optional inclusive bounds in Unix ns, `start_ns <= end_ns` when both
@@ -127,36 +157,124 @@ impl TimeRange {
 }
 
 /// A trace ID of 1-32 hex digits (shorter IDs are left-padded with zeroes,
-/// as Jaeger sends 64-bit IDs); 400 otherwise.
+/// as Jaeger sends 64-bit IDs); 400 otherwise. The all-zero ID is a 400
+/// too: W3C Trace Context and OTLP call it invalid, and storage keeps log
+/// records without trace context under it, so serving it would show them
+/// as one "trace"; those records are found through log search.
 pub fn parse_trace_id(s: &str) -> Result<TraceId> {
-    TraceId::parse_hex(s).ok_or_else(|| Error::bad(format!("trace ID {s:?} is not 1-32 hex digits")))
+    let id =
+        TraceId::parse_hex(s).ok_or_else(|| Error::bad(format!("trace ID {s:?} is not 1-32 hex digits")))?;
+    if id.is_zero() {
+        return Err(Error::bad(format!(
+            "trace ID {s:?} is all zeroes, which no trace has (W3C Trace Context); \
+             log records without trace context are found through log search"
+        )));
+    }
+    Ok(id)
 }
 
-/// Unix nanoseconds as decimal digits, or an RFC 3339 timestamp.
+/// 1971-01-01T00:00:00Z in Unix ns. Digits that, read in an API's unit,
+/// give an earlier time are taken for a unit mix-up rather than a query
+/// about 1970 (0 excepted: "since the epoch" is the same in every unit).
+const EARLIEST_NS: u64 = 365 * 86_400 * 1_000_000_000;
+
+/// The digit-only spellings of a point in time: ns per unit and its name.
+const DIGIT_UNITS: [(u64, &str); 4] = [
+    (1_000_000_000, "Unix seconds"),
+    (1_000_000, "Unix milliseconds"),
+    (1_000, "Unix microseconds"),
+    (1, "Unix nanoseconds"),
+];
+
+/// `n` in the unit of `ns_per` as Unix ns, if that lies between 1971 and
+/// the end of u64 nanoseconds (2554).
+fn plausible(n: u64, ns_per: u64) -> Option<u64> {
+    n.checked_mul(ns_per).filter(|&ns| ns >= EARLIEST_NS)
+}
+
+fn rfc3339(ns: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A point in time spelled in `unit`, as Unix ns. Digits that are not a
+/// time after 1970 in `unit` but are one in another unit (`start` in
+/// seconds where the native API takes nanoseconds, say) are refused with
+/// the unit they look like, since the query would otherwise find nothing
+/// and say nothing.
+pub fn parse_time_in(v: &str, unit: TimeUnit) -> Result<u64, String> {
+    let (ns_per, what) = match unit {
+        TimeUnit::NanosOrRfc3339 => return parse_time(v),
+        TimeUnit::Micros => DIGIT_UNITS[2],
+        TimeUnit::Millis => DIGIT_UNITS[1],
+        TimeUnit::Seconds => DIGIT_UNITS[0],
+    };
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{v:?} is not {what}"));
+    }
+    digits_in(v, ns_per, what, &format!("give {what}"))
+}
+
+/// Digits `v` in the unit of `ns_per` (named `what`), as Unix ns; `give`
+/// says what to write instead of a value that cannot be a time in it.
+fn digits_in(v: &str, ns_per: u64, what: &str, give: &str) -> Result<u64, String> {
+    let n: u64 = v.parse().map_err(|_| format!("{v:?} is out of range for {what}"))?;
+    if n == 0 {
+        return Ok(0);
+    }
+    if let Some(ns) = plausible(n, ns_per) {
+        return Ok(ns);
+    }
+    let when = if n.checked_mul(ns_per).is_some() { "before 1971" } else { "after 2554" };
+    let guess = DIGIT_UNITS
+        .iter()
+        .filter(|(p, _)| *p != ns_per)
+        .find_map(|(p, name)| plausible(n, *p).map(|ns| format!("; it looks like {name} ({})", rfc3339(ns))))
+        .unwrap_or_default();
+    Err(format!("{v} is {when} read as {what}{guess}: {give}"))
+}
+
+/// Unix nanoseconds as decimal digits, or an RFC 3339 timestamp. Digits
+/// before 1971 as nanoseconds (other than 0) are refused with the unit
+/// they look like (see [`parse_time_in`]).
 pub fn parse_time(v: &str) -> Result<u64, String> {
-    if v.bytes().all(|b| b.is_ascii_digit()) {
-        return v.parse::<u64>().map_err(|_| format!("{v:?} is out of range"));
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return digits_in(v, 1, "Unix nanoseconds", "give Unix nanoseconds or an RFC 3339 time");
     }
     let t = OffsetDateTime::parse(v, &Rfc3339)
         .map_err(|_| format!("{v:?} is neither Unix nanoseconds nor an RFC 3339 time"))?;
     u64::try_from(t.unix_timestamp_nanos()).map_err(|_| format!("{v:?} is before 1970"))
 }
 
-/// `250ms`, `1.5s`, `900us`, `2m`, `1h`, `100ns`; a bare number is
-/// nanoseconds.
+/// The units a duration takes, as its 400 message lists them.
+const DURATION_UNITS: &str = "ns, us (or µs), ms, s, m or h";
+
+/// `250ms`, `1.5s`, `900us`, `2m`, `1h`, `100ns`. A number without a unit
+/// is a 400 naming the units (a bare `5` was once read as 5 ns, so
+/// `min_duration=5` matched everything); `0` alone is accepted, as Go's
+/// `time.ParseDuration` (the syntax of Jaeger's and Tempo's durations)
+/// does.
 pub fn parse_duration_ns(v: &str) -> Result<u64, String> {
     let v = v.trim();
     let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{v:?} is not a duration like 250ms or 1.5s"))?;
     let mult = match unit.trim() {
-        "" | "ns" => 1.0,
+        "" if n == 0.0 => 1.0,
+        "" => {
+            return Err(format!(
+                "{v:?} has no unit; write it with one of {DURATION_UNITS} (e.g. 250ms, 1.5s)"
+            ))
+        }
+        "ns" => 1.0,
         "us" | "µs" => 1e3,
         "ms" => 1e6,
         "s" => 1e9,
         "m" => 60e9,
         "h" => 3600e9,
-        u => return Err(format!("unknown unit {u:?} in {v:?} (use ns, us, ms, s, m or h)")),
+        u => return Err(format!("unknown unit {u:?} in {v:?} (use {DURATION_UNITS})")),
     };
     let ns = n * mult;
     if !ns.is_finite() || ns < 0.0 || ns > u64::MAX as f64 {
@@ -174,7 +292,8 @@ mod tests {
         assert_eq!(parse_duration_ns("250ms").unwrap(), 250_000_000);
         assert_eq!(parse_duration_ns("1.5s").unwrap(), 1_500_000_000);
         assert_eq!(parse_duration_ns("900us").unwrap(), 900_000);
-        assert_eq!(parse_duration_ns("42").unwrap(), 42);
+        assert_eq!(parse_duration_ns("42ns").unwrap(), 42);
+        assert_eq!(parse_duration_ns("0").unwrap(), 0);
         assert!(parse_duration_ns("fast").is_err());
         assert!(parse_duration_ns("5 parsecs").is_err());
     }
@@ -184,20 +303,91 @@ mod tests {
         assert_eq!(parse_time("1731000000123456789").unwrap(), 1_731_000_000_123_456_789);
         assert_eq!(parse_time("2024-11-07T17:20:00Z").unwrap(), 1_731_000_000_000_000_000);
         assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_time("0").unwrap(), 0);
+    }
+
+    /// A number without a unit is refused with the units to use.
+    #[test]
+    fn a_duration_needs_a_unit() {
+        let e = parse_duration_ns("5").unwrap_err();
+        assert!(e.contains("no unit") && e.contains("ms") && e.contains("250ms"), "{e}");
+        let e = Params::parse(Some("min_duration=5")).duration("min_duration").unwrap_err().to_string();
+        assert!(e.starts_with("min_duration: ") && e.contains("no unit"), "{e}");
+        assert!(parse_duration_ns("1.5").is_err());
+    }
+
+    /// Digits that are only a time in another unit name that unit, in
+    /// whichever unit the API takes.
+    #[test]
+    fn times_in_the_wrong_unit_say_which_unit_they_look_like() {
+        let looks = |v: &str, unit: TimeUnit| parse_time_in(v, unit).unwrap_err();
+        let e = looks("1731000000", TimeUnit::NanosOrRfc3339);
+        assert!(e.contains("before 1971 read as Unix nanoseconds"), "{e}");
+        assert!(e.contains("looks like Unix seconds (2024-11-07T17:20:00Z)"), "{e}");
+        assert!(looks("1731000000123", TimeUnit::NanosOrRfc3339).contains("looks like Unix milliseconds"));
+        assert!(looks("1731000000123456", TimeUnit::NanosOrRfc3339).contains("looks like Unix microseconds"));
+        // Jaeger takes µs: seconds and ms are too early, ns too late.
+        assert!(looks("1731000000", TimeUnit::Micros).contains("looks like Unix seconds"));
+        let e = looks("1731000000123456789", TimeUnit::Micros);
+        assert!(e.contains("after 2554") && e.contains("looks like Unix nanoseconds"), "{e}");
+        // Tempo takes seconds.
+        assert!(looks("1731000000123", TimeUnit::Seconds).contains("looks like Unix milliseconds"));
+        assert!(looks("17", TimeUnit::NanosOrRfc3339).contains("give Unix nanoseconds or an RFC 3339 time"));
+        assert_eq!(parse_time_in("1731000000", TimeUnit::Seconds).unwrap(), 1_731_000_000_000_000_000);
+        assert_eq!(parse_time_in("1731000000123456", TimeUnit::Micros).unwrap(), 1_731_000_000_123_456_000);
+        assert_eq!(parse_time_in("0", TimeUnit::Micros).unwrap(), 0);
+        let e = Params::parse(Some("end=1731000000")).time("end").unwrap_err().to_string();
+        assert!(e.starts_with("end: 1731000000 is before 1971"), "{e}");
+    }
+
+    #[test]
+    fn unknown_parameters_are_named_with_the_accepted_ones() {
+        let known = ["service", "operation", "limit"];
+        assert!(Params::parse(Some("service=a&limit=5&service=")).only(&known).is_ok());
+        let e = Params::parse(Some("serivce=cart&limit=5")).only(&known).unwrap_err().to_string();
+        assert!(e.contains(r#"unknown parameter "serivce" (did you mean "service"?)"#), "{e}");
+        assert!(e.ends_with("accepted: service, operation, limit"), "{e}");
+        let e = Params::parse(Some("zzz=")).only(&known).unwrap_err().to_string();
+        assert!(e.starts_with(r#"unknown parameter "zzz"; accepted"#), "{e}");
+        assert!(Params::parse(Some("x=1"))
+            .only(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("takes no parameters"));
+    }
+
+    #[test]
+    fn a_capped_limit_says_so() {
+        let l = |q: &str| Params::parse(Some(q)).capped_limit(20, 1000).unwrap();
+        assert_eq!(l("limit=100000"), Limit { value: 1000, capped: true });
+        assert_eq!(l("limit=1000"), Limit { value: 1000, capped: false });
+        assert_eq!(l(""), Limit { value: 20, capped: false });
     }
 
     #[test]
     fn ranges_in_every_unit() {
-        let p = Params::parse(Some("start=10&end=20&bad=x&ts=2024-11-07T17:20:00Z"));
+        let p = Params::parse(Some("start=1731000000&end=1731000060&bad=x&ts=2024-11-07T17:20:00Z"));
         let r = p.range("start", "end", TimeUnit::Seconds).unwrap();
-        assert_eq!((r.start_ns, r.end_ns), (Some(10_000_000_000), Some(20_000_000_000)));
+        assert_eq!(
+            (r.start_ns, r.end_ns),
+            (Some(1_731_000_000_000_000_000), Some(1_731_000_060_000_000_000))
+        );
+        let p =
+            Params::parse(Some("start=1731000000000000&end=1731000060000000&bad=x&ts=2024-11-07T17:20:00Z"));
         let r = p.range("start", "end", TimeUnit::Micros).unwrap();
-        assert_eq!((r.start_ns, r.end_ns), (Some(10_000), Some(20_000)));
-        assert_eq!(p.time_in("start", TimeUnit::Millis).unwrap(), Some(10_000_000));
+        assert_eq!(
+            (r.start_ns, r.end_ns),
+            (Some(1_731_000_000_000_000_000), Some(1_731_000_060_000_000_000))
+        );
+        assert_eq!(p.time_in("ts", TimeUnit::Millis).ok(), None);
         assert_eq!(p.time("ts").unwrap(), Some(1_731_000_000_000_000_000));
-        assert!(p.range("end", "start", TimeUnit::NanosOrRfc3339).is_err());
+        let ms = Params::parse(Some("endTs=1731000000000"));
+        assert_eq!(ms.time_in("endTs", TimeUnit::Millis).unwrap(), Some(1_731_000_000_000_000_000));
+        let ns = Params::parse(Some("a=1731000000000000001&b=1731000000000000000"));
+        let e = ns.range("a", "b", TimeUnit::NanosOrRfc3339).unwrap_err().to_string();
+        assert_eq!(e, "a is after b");
         assert!(p.time_in("bad", TimeUnit::Seconds).is_err());
-        assert_eq!(p.range("none", "end", TimeUnit::Seconds).unwrap().start_ns, None);
+        assert_eq!(p.range("none", "end", TimeUnit::Micros).unwrap().start_ns, None);
     }
 
     #[test]
@@ -205,6 +395,10 @@ mod tests {
         assert_eq!(parse_trace_id("abc").unwrap().to_hex(), format!("{:0>32}", "abc"));
         assert!(parse_trace_id("xyz").is_err());
         assert!(parse_trace_id(&"1".repeat(33)).is_err());
+        for zero in ["0", "0000000000000000", &"0".repeat(32)] {
+            let e = parse_trace_id(zero).unwrap_err();
+            assert!(matches!(&e, Error::BadRequest(m) if m.contains("all zeroes")), "{e}");
+        }
     }
 
     #[test]

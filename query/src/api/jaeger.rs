@@ -14,7 +14,7 @@ use skein_storage::filter::SpanFilter;
 use skein_storage::model::{kind, status, AttrValue, Attributes, LogRecord, Span, TraceId};
 
 use super::native::json::attr_value;
-use crate::engine::{Trace, TraceQuery, TraceSearch};
+use crate::engine::{SpanCondition, Trace, TraceQuery, TraceSearch};
 use crate::error::{Error, Result};
 use crate::params::{parse_trace_id, Params, TimeUnit};
 use crate::ApiState;
@@ -104,6 +104,9 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
             if !s.scope.name.is_empty() {
                 t.push(json!({"key": "otel.scope.name", "type": "string", "value": s.scope.name}));
             }
+            if !s.scope.version.is_empty() {
+                t.push(json!({"key": "otel.scope.version", "type": "string", "value": s.scope.version}));
+            }
             let mut jlogs: Vec<Value> = s
                 .events
                 .iter()
@@ -184,9 +187,39 @@ async fn operations(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result
     Ok(envelope(json!(ops)))
 }
 
+/// The condition a tag that Skein synthesises in the Jaeger view (see
+/// [`trace_json`]) stands for, named as Jaeger's OTLP translator names
+/// them (`otel.library.*` is their name before semantic conventions
+/// 1.x); `None` for any other tag, which is an attribute. A value outside
+/// the tag's vocabulary is a 400 naming it.
+fn synthesized_tag(key: &str, value: &str) -> Result<Option<SpanCondition>> {
+    let bad = |what: &str| Err(Error::bad(format!("tag {key}={value:?}: {key} is {what}")));
+    Ok(Some(match key {
+        "error" => match value.to_ascii_lowercase().as_str() {
+            "true" => SpanCondition::Error(true),
+            "false" => SpanCondition::Error(false),
+            _ => return bad("true or false"),
+        },
+        "otel.status_code" => match value.to_ascii_uppercase().trim_start_matches("STATUS_CODE_") {
+            "OK" => SpanCondition::StatusCode(status::OK),
+            "ERROR" => SpanCondition::StatusCode(status::ERROR),
+            "UNSET" => SpanCondition::StatusCode(status::UNSET),
+            _ => return bad("OK, ERROR or UNSET"),
+        },
+        "otel.status_description" => SpanCondition::StatusMessage(value.to_string()),
+        "span.kind" => match kind::parse(value) {
+            Some(k) => SpanCondition::Kind(k),
+            None => return bad("server, client, producer, consumer or internal"),
+        },
+        "otel.scope.name" | "otel.library.name" => SpanCondition::ScopeName(value.to_string()),
+        "otel.scope.version" | "otel.library.version" => SpanCondition::ScopeVersion(value.to_string()),
+        _ => return Ok(None),
+    }))
+}
+
 async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
     let p = Params::parse(q.as_deref());
-    let mut attrs = Vec::new();
+    let mut tags = Vec::new();
     if let Some(t) = p.get("tags") {
         let m: HashMap<String, Value> = serde_json::from_str(t)
             .map_err(|e| Error::bad(format!("tags must be a JSON object of key to value: {e}")))?;
@@ -195,13 +228,20 @@ async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resul
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            attrs.push((k, v));
+            tags.push((k, v));
         }
     }
     // Jaeger's UI also sends logfmt-style `tag=k:v` parameters.
     for t in p.all("tag") {
         let (k, v) = t.split_once(':').ok_or_else(|| Error::bad(format!("tag {t:?} must be key:value")))?;
-        attrs.push((k.to_string(), v.to_string()));
+        tags.push((k.to_string(), v.to_string()));
+    }
+    let (mut attrs, mut conditions) = (Vec::new(), Vec::new());
+    for (k, v) in tags {
+        match synthesized_tag(&k, &v)? {
+            Some(c) => conditions.push(c),
+            None => attrs.push((k, v)),
+        }
     }
     let range = p.range("start", "end", TimeUnit::Micros)?;
     let filter = SpanFilter {
@@ -215,7 +255,7 @@ async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resul
         end_ns: range.end_ns,
     };
     let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
-    let q = TraceQuery { filter, limit, with_trace: true, ..Default::default() };
+    let q = TraceQuery { filter, conditions, limit, with_trace: true, ..Default::default() };
     let r = st.engine().search_traces(q).await?;
     Ok(envelope(json!(search_json(&r))))
 }
@@ -251,4 +291,147 @@ async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resu
         .map(|e| json!({"parent": e.parent, "child": e.child, "callCount": e.call_count}))
         .collect();
     Ok(envelope(json!(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use skein_storage::model::{Scope, SpanId};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::engine::testutil::{append, span, storage};
+    use crate::QueryConfig;
+
+    /// Two requests as the workload sends them: `frontend` serves
+    /// `GET /cart` (SERVER, HTTP instrumentation) and calls `cart` (CLIENT);
+    /// in trace 1 `cart`'s SERVER span fails with a message, and a
+    /// database CLIENT span sits under it; trace 2's root is marked OK and
+    /// calls nothing.
+    fn workload() -> Vec<Span> {
+        let http = Arc::new(Scope { name: "io.opentelemetry.http".into(), version: "2.1.0".into() });
+        let grpc = Arc::new(Scope { name: "io.opentelemetry.grpc".into(), version: "1.9.0".into() });
+        let s = 1_000_000_000;
+        let with = |mut sp: Span, k: u8, scope: &Arc<Scope>| {
+            sp.kind = k;
+            sp.scope = scope.clone();
+            sp
+        };
+        let mut failed =
+            with(span(1, 3, Some(2), "cart", "cart.Add", s + 20, 80_000_000, true), kind::SERVER, &grpc);
+        failed.status_message = "connection refused".into();
+        let mut ok_root =
+            with(span(2, 1, None, "frontend", "GET /cart", 2 * s, 30_000_000, false), kind::SERVER, &http);
+        ok_root.status_code = status::OK;
+        vec![
+            with(span(1, 1, None, "frontend", "GET /cart", s, 100_000_000, false), kind::SERVER, &http),
+            with(span(1, 2, Some(1), "frontend", "cart.Add", s + 10, 90_000_000, false), kind::CLIENT, &grpc),
+            failed,
+            with(span(1, 4, Some(3), "cart", "SELECT", s + 30, 10_000_000, false), kind::CLIENT, &grpc),
+            ok_root,
+        ]
+    }
+
+    async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+        let r = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// Issue 9 item 4: every tag Skein synthesises in the Jaeger view is
+    /// searchable, on the same span as the other conditions, with `tags`
+    /// JSON and the `tag=k:v` form, in the head and in segments.
+    #[tokio::test]
+    async fn synthesised_tags_are_searchable() {
+        let (_d, s) = storage();
+        append(&s, workload()).await;
+        let app = crate::router(crate::ApiState {
+            storage: s.clone(),
+            registry: Arc::new(Default::default()),
+            cfg: QueryConfig::default(),
+        });
+        let t1 = TraceId([1; 16]).to_hex();
+        let t2 = TraceId([2; 16]).to_hex();
+        for flushed in [false, true] {
+            if flushed {
+                s.flush(true).unwrap();
+            }
+            let find = |q: &'static str| {
+                let app = app.clone();
+                async move {
+                    let q = q.replace('{', "%7B").replace('}', "%7D").replace('"', "%22").replace(' ', "%20");
+                    let (st, v) = get(&app, &format!("/jaeger/api/traces?{q}")).await;
+                    assert_eq!(st, StatusCode::OK, "{q}: {v}");
+                    let mut ids: Vec<String> = v["data"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t["traceID"].as_str().unwrap().into())
+                        .collect();
+                    ids.sort();
+                    ids
+                }
+            };
+            let one = vec![t1.clone()];
+            let both = vec![t1.clone(), t2.clone()];
+            assert_eq!(find(r#"service=cart&tags={"error":"true"}"#).await, one);
+            assert_eq!(find(r#"service=cart&tags={"error":true}"#).await, one);
+            assert_eq!(find("service=cart&tag=error:true").await, one);
+            // On the same span: no frontend span failed.
+            assert!(find(r#"service=frontend&tags={"error":"true"}"#).await.is_empty());
+            assert_eq!(find(r#"service=frontend&tags={"error":"false"}"#).await, both);
+            assert_eq!(find(r#"service=cart&tags={"otel.status_code":"ERROR"}"#).await, one);
+            assert_eq!(find(r#"tags={"otel.status_code":"OK"}"#).await, vec![t2.clone()]);
+            assert_eq!(find(r#"tags={"otel.status_description":"connection refused"}"#).await, one);
+            assert!(find(r#"tags={"otel.status_description":"timeout"}"#).await.is_empty());
+            assert_eq!(find(r#"service=frontend&tags={"span.kind":"client"}"#).await, one);
+            assert_eq!(find("service=frontend&tag=span.kind:server").await, both);
+            assert!(find(r#"service=cart&tags={"span.kind":"consumer"}"#).await.is_empty());
+            assert_eq!(find(r#"tags={"otel.scope.name":"io.opentelemetry.http"}"#).await, both);
+            assert_eq!(
+                find(r#"tags={"otel.scope.name":"io.opentelemetry.grpc","otel.scope.version":"1.9.0"}"#)
+                    .await,
+                one
+            );
+            // With an attribute and an operation, all on cart's SERVER span.
+            assert_eq!(
+                find(r#"service=cart&operation=cart.Add&tags={"span.kind":"server","error":"true","http.status":"500"}"#)
+                    .await,
+                one
+            );
+            assert!(find(r#"service=cart&tags={"span.kind":"client","error":"true"}"#).await.is_empty());
+        }
+        let (st, v) = get(&app, "/jaeger/api/traces?tag=span.kind:sideways").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("server, client, producer, consumer or internal"),
+            "{v}"
+        );
+
+        // Each tag searched above is one the view shows on cart's span.
+        let (_, v) = get(&app, &format!("/jaeger/api/traces/{t1}")).await;
+        let cart = v["data"][0]["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|sp| sp["spanID"] == SpanId([3; 8]).to_hex())
+            .unwrap();
+        let tags: HashMap<&str, &Value> = cart["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["key"].as_str().unwrap(), &t["value"]))
+            .collect();
+        assert_eq!(tags["error"], &json!(true));
+        assert_eq!(tags["otel.status_code"], &json!("ERROR"));
+        assert_eq!(tags["otel.status_description"], &json!("connection refused"));
+        assert_eq!(tags["span.kind"], &json!("server"));
+        assert_eq!(tags["otel.scope.name"], &json!("io.opentelemetry.grpc"));
+        assert_eq!(tags["otel.scope.version"], &json!("1.9.0"));
+    }
 }

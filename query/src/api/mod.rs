@@ -6,30 +6,65 @@ pub mod jaeger;
 pub mod native;
 pub mod tempo;
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 
 use crate::error::Error;
 use crate::ApiState;
 
 /// Every API (native, Jaeger, Tempo) plus `/healthz`, `/readyz`,
-/// `/metrics`; any other `/api/...` path is a 404 in the native error shape.
+/// `/metrics`. Any other path under `/api/`, `/jaeger/` or `/tempo/` is a
+/// 404, and a known path asked with a method it does not take a 405 with
+/// `Allow`, both as `{"error": ...}`: the web UI, merged in beside this
+/// router, answers every other path with its HTML, which an API client
+/// would take for an answer.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(native::routes())
         .merge(jaeger::routes())
         .merge(tempo::routes())
-        .route("/api/{*rest}", get(api_not_found).post(api_not_found))
+        .route("/api", any(not_found))
+        .route("/api/", any(not_found))
+        .route("/api/{*rest}", any(not_found))
+        .route("/jaeger", any(not_found))
+        .route("/jaeger/", any(not_found))
+        .route("/jaeger/{*rest}", any(not_found))
+        .route("/tempo", any(not_found))
+        .route("/tempo/", any(not_found))
+        .route("/tempo/{*rest}", any(not_found))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // Last: it applies to the routes added so far.
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-async fn api_not_found() -> Error {
-    Error::not_found("no such API endpoint; see /api/v1/openapi.json")
+/// A 404 for a path under an API prefix that no endpoint serves, pointing
+/// at where that API's endpoints are listed.
+async fn not_found(uri: Uri) -> Error {
+    let path = uri.path();
+    let see = if path.starts_with("/jaeger") {
+        "the Jaeger API is /jaeger/api/{services, services/{service}/operations, operations, traces, \
+         traces/{trace_id}, dependencies}"
+    } else if path.starts_with("/tempo") {
+        "the Tempo API is /tempo/api/{echo, traces/{trace_id}, v2/traces/{trace_id}, search, search/tags, \
+         v2/search/tags, search/tag/{tag}/values, v2/search/tag/{tag}/values}"
+    } else {
+        "see /api/v1/openapi.json"
+    };
+    Error::not_found(format!("no such API endpoint {path}; {see}"))
+}
+
+/// A 405 for a known endpoint asked with another method; axum adds the
+/// `Allow` header listing the methods it takes.
+async fn method_not_allowed(method: Method, uri: Uri) -> Error {
+    Error::MethodNotAllowed(format!(
+        "{} does not take {method}; the Allow header lists what it takes",
+        uri.path()
+    ))
 }
 
 async fn readyz(axum::extract::State(st): axum::extract::State<ApiState>) -> Response {
@@ -57,7 +92,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt as _;
-    use serde_json::Value;
+    use serde_json::{json, Value};
     use skein_storage::model::TraceId;
     use tower::ServiceExt as _;
 
@@ -171,6 +206,204 @@ mod tests {
         assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
         let v: Value = serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert!(v["error"].as_str().unwrap().contains("narrow the time range"), "{v}");
+    }
+
+    /// `(status, headers, JSON body or null)` of `method uri`.
+    async fn send(app: &Router, method: &str, uri: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let req = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let r = app.clone().oneshot(req).await.unwrap();
+        let (status, headers) = (r.status(), r.headers().clone());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    fn untraced_log() -> skein_storage::model::LogRecord {
+        use skein_storage::model::{AttrValue, LogRecord, Resource, Scope};
+        LogRecord {
+            time_unix_nano: 1_500_000_000,
+            observed_time_unix_nano: 1_500_000_000,
+            severity_number: 9,
+            severity_text: "INFO".into(),
+            body: AttrValue::Str("untraced housekeeping done".into()),
+            attributes: Vec::new(),
+            trace_id: TraceId::default(),
+            span_id: None,
+            flags: 0,
+            event_name: String::new(),
+            resource: Arc::new(Resource {
+                service_name: "cart".into(),
+                attributes: vec![("service.name".into(), AttrValue::Str("cart".into()))],
+            }),
+            scope: Arc::new(Scope::default()),
+        }
+    }
+
+    /// Issue 9 item 3: storage keeps log records without trace context
+    /// under the all-zero trace ID, which no trace has; every API refuses
+    /// it as invalid, and log search still finds those records.
+    #[tokio::test]
+    async fn the_all_zero_trace_id_is_invalid_on_every_api() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        s.append_logs(vec![untraced_log()]).await.unwrap();
+        let app = app_with(&s, QueryConfig::default());
+        let zero = "0".repeat(32);
+        for uri in [
+            format!("/api/v1/traces/{zero}"),
+            "/api/v1/traces/0".into(),
+            format!("/jaeger/api/traces/{zero}"),
+            "/jaeger/api/traces/0000000000000000".into(),
+            format!("/tempo/api/traces/{zero}"),
+            format!("/tempo/api/v2/traces/{zero}"),
+            format!("/api/v1/search/logs?trace_id={zero}"),
+            "/api/v1/logs/histogram?trace_id=0".into(),
+        ] {
+            let (st, v) = get(&app, &uri).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {v}");
+            assert!(v["error"].as_str().is_some_and(|e| e.contains("all zeroes")), "{uri}: {v}");
+        }
+        let (st, v) = get(&app, "/api/v1/search/logs?q=housekeeping").await;
+        assert_eq!((st, v["logs"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{v}");
+        assert_eq!(v["logs"][0]["trace_id"], Value::Null);
+    }
+
+    /// Issue 9 item 6: units, unknown parameters and capped limits.
+    #[tokio::test]
+    async fn wrong_units_unknown_parameters_and_capped_limits_are_reported() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let app = app_with(&s, QueryConfig::default());
+        for (uri, says) in [
+            ("/api/v1/search/traces?min_duration=5", "no unit"),
+            ("/api/v1/search/traces?max_duration=250", "ns, us (or µs), ms, s, m or h"),
+            ("/api/v1/metrics/red?step=60", "no unit"),
+            ("/jaeger/api/traces?service=cart&minDuration=5", "no unit"),
+            ("/tempo/api/search?minDuration=100", "no unit"),
+            ("/api/v1/search/traces?start=1731000000", "looks like Unix seconds (2024-11-07T17:20:00Z)"),
+            ("/api/v1/search/logs?end=1731000000000", "looks like Unix milliseconds"),
+            ("/api/v1/dependencies?start=1731000000000000", "looks like Unix microseconds"),
+            (
+                "/jaeger/api/traces?service=cart&start=1731000000",
+                "read as Unix microseconds; it looks like Unix seconds",
+            ),
+            (
+                "/jaeger/api/dependencies?endTs=1731000000",
+                "read as Unix milliseconds; it looks like Unix seconds",
+            ),
+            (
+                "/tempo/api/search?start=1731000000000",
+                "read as Unix seconds; it looks like Unix milliseconds",
+            ),
+            (
+                "/api/v1/search/traces?serivce=cart",
+                r#"unknown parameter "serivce" (did you mean "service"?)"#,
+            ),
+            ("/api/v1/search/traces?services=cart", "accepted: service, operation, attr, min_duration"),
+            ("/api/v1/search/logs?severty=WARN", r#"(did you mean "severity"?)"#),
+            ("/api/v1/logs/histogram?stp=1m", r#"(did you mean "step"?)"#),
+            ("/api/v1/metrics/red?servce=cart", "accepted: service, operation, start, end, step"),
+            ("/api/v1/dependencies?lookback=1h", "accepted: start, end"),
+            ("/api/v1/services?service=cart", "takes no parameters"),
+            ("/api/v1/services/cart/operations?kind=server", "takes no parameters"),
+            ("/api/v1/traces/0101?pretty=1", "takes no parameters"),
+        ] {
+            let (st, v) = get(&app, uri).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {v}");
+            let e = v["error"].as_str().unwrap_or_default();
+            assert!(e.contains(says), "{uri}: {e:?} lacks {says:?}");
+        }
+        // `sort` is known; the compatible APIs take their clients' extra
+        // parameters; `0` is the epoch in any unit.
+        for uri in [
+            "/api/v1/search/traces?service=cart&sort=duration&start=0",
+            "/jaeger/api/traces?service=cart&lookback=1h&prettyPrint=true&maxDuration=",
+            "/tempo/api/search?tags=service.name%3Dcart&spss=3&foo=bar",
+        ] {
+            let (st, v) = get(&app, uri).await;
+            assert_eq!(st, StatusCode::OK, "{uri}: {v}");
+        }
+
+        let (st, v) = get(&app, "/api/v1/search/traces?limit=100000").await;
+        assert_eq!(
+            (st, &v["limit"], &v["limit_capped"]),
+            (StatusCode::OK, &json!(1000), &json!(true)),
+            "{v}"
+        );
+        assert_eq!(v["traces"].as_array().map(Vec::len), Some(3));
+        let (_, v) = get(&app, "/api/v1/search/traces").await;
+        assert_eq!((&v["limit"], &v["limit_capped"]), (&json!(20), &json!(false)), "{v}");
+        let (_, v) = get(&app, "/api/v1/search/logs?limit=1001").await;
+        assert_eq!((&v["limit"], &v["limit_capped"]), (&json!(1000), &json!(true)), "{v}");
+    }
+
+    /// Issue 9 item 5: RED's percentiles come from histogram buckets and
+    /// the answer says so.
+    #[tokio::test]
+    async fn red_labels_its_percentiles_approximate() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let app = app_with(&s, QueryConfig::default());
+        let (st, v) = get(&app, "/api/v1/metrics/red?start=0&end=1970-01-01T00:01:00Z&step=1m").await;
+        assert_eq!((st, &v["percentiles_approximate"]), (StatusCode::OK, &json!(true)), "{v}");
+        let frontend = &v["series"].as_array().unwrap().iter().find(|x| x["service"] == "frontend").unwrap();
+        assert_eq!(frontend["points"][0]["request_count"], 2, "{v}");
+    }
+
+    /// Issue 9 item 11: the UI, merged in as in `src/main.rs`, answers
+    /// every other path with HTML and 200; under an API prefix an unknown
+    /// path is a JSON 404 and a wrong method a JSON 405 with `Allow`.
+    #[tokio::test]
+    async fn unknown_paths_and_methods_answer_json_on_every_api_prefix() {
+        let (_d, s) = storage();
+        let ui =
+            Router::new().fallback(|| async { axum::response::Html("<!doctype html><title>Skein</title>") });
+        let app = app_with(&s, QueryConfig::default()).merge(ui);
+        let json_error = |uri: &str, h: &axum::http::HeaderMap, v: &Value| {
+            assert_eq!(h[header::CONTENT_TYPE], "application/json", "{uri}");
+            assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{uri}: {v}");
+        };
+        for (method, uri) in [
+            ("GET", "/jaeger/api/nope"),
+            ("GET", "/jaeger/api/services/cart/nope"),
+            ("GET", "/jaeger/search"),
+            ("GET", "/jaeger/"),
+            ("GET", "/jaeger"),
+            ("POST", "/jaeger/api/v2/nope"),
+            ("GET", "/tempo/api/nope"),
+            ("GET", "/tempo/api/v2/search/nope"),
+            ("GET", "/tempo/"),
+            ("GET", "/tempo"),
+            ("GET", "/api/v1/nope"),
+            ("PUT", "/api/v1/nope"),
+            ("GET", "/api/"),
+        ] {
+            let (st, h, v) = send(&app, method, uri).await;
+            assert_eq!(st, StatusCode::NOT_FOUND, "{method} {uri}: {v}");
+            json_error(uri, &h, &v);
+        }
+        let (_, _, v) = send(&app, "GET", "/jaeger/api/nope").await;
+        assert!(v["error"].as_str().unwrap().contains("/jaeger/api/{services"), "{v}");
+        for (method, uri, allow) in [
+            ("POST", "/api/v1/services", "GET,HEAD"),
+            ("DELETE", "/api/v1/search/traces", "GET,HEAD"),
+            ("GET", "/api/v1/flush", "POST"),
+            ("POST", "/jaeger/api/traces", "GET,HEAD"),
+            ("PUT", "/jaeger/api/traces/0101", "GET,HEAD"),
+            ("POST", "/tempo/api/search", "GET,HEAD"),
+            ("DELETE", "/tempo/api/v2/traces/0101", "GET,HEAD"),
+            ("POST", "/metrics", "GET,HEAD"),
+        ] {
+            let (st, h, v) = send(&app, method, uri).await;
+            assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}: {v}");
+            json_error(uri, &h, &v);
+            assert_eq!(h[header::ALLOW], allow, "{method} {uri}");
+            assert!(v["error"].as_str().unwrap().contains(method), "{v}");
+        }
+        // The UI keeps its paths.
+        let r = app.clone().oneshot(Request::get("/search?service=cart").body(Body::empty()).unwrap()).await;
+        let r = r.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
     }
 
     #[tokio::test]

@@ -190,6 +190,7 @@ async fn search(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult 
     }
     let q = TraceQuery {
         filter: f,
+        conditions: Vec::new(),
         traceql: traceql(&p)?,
         // Tempo's minDuration and maxDuration bound the trace's duration.
         min_trace_duration_ns: p.duration("minDuration")?,

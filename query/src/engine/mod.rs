@@ -7,6 +7,7 @@
 //! object storage) and is abandoned with [`Error::Deadline`] after
 //! `query.timeout`.
 
+mod conditions;
 mod search;
 mod stats;
 mod summary;
@@ -20,6 +21,7 @@ use skein_storage::filter::LogFilter;
 use skein_storage::model::{LogRecord, Span, TraceId};
 use skein_storage::Storage;
 
+pub use conditions::SpanCondition;
 pub use search::{TraceHit, TraceQuery, TraceSearch};
 pub use stats::{Edge, Operation, RedPoint, RedQuery, RedSeries, ServiceStat};
 pub use summary::{summarize, ServiceCount, TraceSummary};

@@ -6,6 +6,7 @@ use skein_storage::filter::SpanFilter;
 use skein_storage::model::Span;
 use skein_storage::Storage;
 
+use super::conditions::{self, SpanCondition};
 use super::summary::{summarize, TraceSummary};
 use super::traceql::TraceQl;
 use super::Trace;
@@ -18,6 +19,9 @@ pub struct TraceQuery {
     /// Conditions one span of a returned trace meets (Jaeger semantics), and
     /// the range of that span's start time.
     pub filter: SpanFilter,
+    /// Conditions on status, kind and scope that the span meeting `filter`
+    /// also meets (Jaeger's synthesised tags).
+    pub conditions: Vec<SpanCondition>,
     /// A TraceQL query every returned trace matches as a whole.
     pub traceql: Option<TraceQl>,
     /// Least duration of the whole trace (first span start to last span
@@ -35,10 +39,16 @@ pub struct TraceQuery {
 }
 
 impl TraceQuery {
+    /// Whether span `s` meets the filter and every condition.
+    fn span_matches(&self, s: &Span) -> bool {
+        self.filter.matches(s) && self.conditions.iter().all(|c| c.matches(s))
+    }
+
     /// Whether the filter holds span conditions besides the time range.
     fn has_span_conditions(&self) -> bool {
         let f = &self.filter;
-        f.service.is_some()
+        !self.conditions.is_empty()
+            || f.service.is_some()
             || f.operation.is_some()
             || !f.attrs.is_empty()
             || f.min_duration_ns.is_some()
@@ -52,7 +62,10 @@ impl TraceQuery {
     /// find `limit` matches; TraceQL's own conditions narrow the index
     /// query when the filter has no span conditions of its own.
     fn plan(&self, max_candidates: usize) -> (SpanFilter, usize) {
-        let f = &self.filter;
+        let f = &conditions::narrowed(&self.filter, &self.conditions);
+        // Conditions the index checks only in part are checked on the
+        // spans read, so they may reject candidates as TraceQL does.
+        let exact = self.conditions.iter().all(|c| c.exact_in_index(f.status));
         match &self.traceql {
             Some(tq) => {
                 let mut cand = if self.has_span_conditions() { f.clone() } else { tq.candidate_filter() };
@@ -60,7 +73,10 @@ impl TraceQuery {
                 cand.end_ns = f.end_ns;
                 (cand, max_candidates)
             }
-            None if self.min_trace_duration_ns.is_some() || self.max_trace_duration_ns.is_some() => {
+            None if !exact
+                || self.min_trace_duration_ns.is_some()
+                || self.max_trace_duration_ns.is_some() =>
+            {
                 (f.clone(), max_candidates)
             }
             None => (f.clone(), self.limit),
@@ -92,7 +108,6 @@ pub struct TraceSearch {
 }
 
 pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<TraceSearch> {
-    let f = &q.filter;
     let (cand, budget) = q.plan(cfg.max_traceql_candidates);
     let mut out = TraceSearch::default();
     for id in s.search_traces(&cand, budget)? {
@@ -111,12 +126,12 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
         // the time range); TraceQL then selects the spans it matches.
         let matched: Vec<&Span> = match &q.traceql {
             Some(tq) => {
-                if !spans.iter().any(|sp| f.matches(sp)) {
+                if !spans.iter().any(|sp| q.span_matches(sp)) {
                     continue;
                 }
                 tq.matching_spans(&spans)
             }
-            None => spans.iter().filter(|sp| f.matches(sp)).collect(),
+            None => spans.iter().filter(|sp| q.span_matches(sp)).collect(),
         };
         if matched.is_empty() {
             continue;

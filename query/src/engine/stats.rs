@@ -43,7 +43,11 @@ pub struct Edge {
     pub error_count: u64,
 }
 
-/// A RED query over the per-minute rollups.
+/// A RED query over the per-minute rollups. Rate, errors and latency are
+/// those of the service's entry spans (SERVER, CONSUMER, and roots of any
+/// kind: see [`skein_storage::rollup::RedBucket::is_entry`]), so a service
+/// that records client and internal spans around each request still
+/// counts one request per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedQuery {
     /// Range start, Unix ns (minute precision).
@@ -63,11 +67,14 @@ pub struct RedQuery {
 pub struct RedPoint {
     /// Bucket start, Unix ns, a multiple of the step.
     pub time_unix_nano: u64,
-    /// Spans counted (requests).
+    /// Entry spans (requests).
     pub request_count: u64,
     /// Those with status ERROR.
     pub error_count: u64,
-    /// Latency percentiles, ns, from the rollups' histograms.
+    /// Latency percentiles of the entry spans, ns. Approximate: read from
+    /// the rollups' log-linear histograms as the upper bound of the bucket
+    /// holding the percentile, so at most 25% above the exact value
+    /// ([`skein_storage::rollup::hist_bucket`]).
     pub p50_ns: u64,
     /// 95th percentile, ns.
     pub p95_ns: u64,
@@ -156,7 +163,7 @@ pub(super) fn red(s: &Storage, q: &RedQuery) -> Vec<RedSeries> {
     let (lo, hi) = (q.start_ns / BUCKET_NS, q.end_ns / BUCKET_NS);
     for r in s.rollups(Some(q.start_ns), Some(q.end_ns)) {
         for b in r.red {
-            if b.minute < lo || b.minute > hi {
+            if !b.is_entry() || b.minute < lo || b.minute > hi {
                 continue;
             }
             if q.service.as_ref().is_some_and(|x| *x != b.service)
@@ -204,7 +211,7 @@ mod tests {
     use skein_storage::model::kind;
 
     use super::*;
-    use crate::engine::testutil::{append, engine, storage, three_traces};
+    use crate::engine::testutil::{append, engine, span, storage, three_traces};
 
     #[tokio::test]
     async fn services_and_operations_count_head_and_segments_alike() {
@@ -252,7 +259,74 @@ mod tests {
         };
         let series = e.red(q).await.unwrap();
         let keys: Vec<_> = series.iter().map(|x| (x.service.as_str(), x.operation.as_deref())).collect();
-        assert_eq!(keys, [("cart", None), ("cart", Some("cart.Get")), ("cart", Some("cart.Put"))]);
-        assert_eq!((series[0].points[0].request_count, series[0].points[0].error_count), (2, 1));
+        // `cart.Get` is a CLIENT span under another: not a request to cart.
+        assert_eq!(keys, [("cart", None), ("cart", Some("cart.Put"))]);
+        assert_eq!((series[0].points[0].request_count, series[0].points[0].error_count), (1, 0));
+    }
+
+    /// Issue 9 item 5: `frontend` serves 3 requests, each one SERVER span
+    /// with INTERNAL and CLIENT spans inside it and two calls to `cart`;
+    /// a root INTERNAL job runs once. RED counts requests (entry spans),
+    /// not spans, in the head and in segments; edges count the calls.
+    #[tokio::test]
+    async fn red_counts_requests_from_entry_spans() {
+        let (_d, s) = storage();
+        let sec = 1_000_000_000;
+        let mut spans = Vec::new();
+        for t in 1..=3u8 {
+            let at = u64::from(t) * sec;
+            let failed = t == 3;
+            let mut root = span(t, 1, None, "frontend", "GET /", at, 400_000_000, failed);
+            root.kind = kind::SERVER;
+            let mut render = span(t, 2, Some(1), "frontend", "render", at + 1, 10_000_000, false);
+            render.kind = kind::INTERNAL;
+            spans.extend([root, render]);
+            for (c, srv) in [(3u8, 4u8), (5, 6)] {
+                spans.push(span(t, c, Some(1), "frontend", "cart.Get", at + 2, 50_000_000, failed));
+                let mut server = span(t, srv, Some(c), "cart", "cart.Get", at + 3, 40_000_000, failed);
+                server.kind = kind::SERVER;
+                let mut db = span(t, srv + 10, Some(srv), "cart", "SELECT", at + 4, 5_000_000, false);
+                db.kind = kind::CLIENT;
+                spans.extend([server, db]);
+            }
+        }
+        let mut job = span(9, 1, None, "frontend", "sweep", 5 * sec, 1_000_000, false);
+        job.kind = kind::INTERNAL;
+        spans.push(job);
+        append(&s, spans).await;
+        let e = engine(&s);
+        for flushed in [false, true] {
+            if flushed {
+                s.flush(true).unwrap();
+            }
+            let q = |service: &str| RedQuery {
+                start_ns: 0,
+                end_ns: BUCKET_NS,
+                step_ns: BUCKET_NS,
+                service: Some(service.into()),
+                operation: None,
+            };
+            let got = |series: Vec<RedSeries>| -> Vec<(Option<String>, u64, u64)> {
+                series
+                    .into_iter()
+                    .map(|x| (x.operation, x.points[0].request_count, x.points[0].error_count))
+                    .collect()
+            };
+            assert_eq!(
+                got(e.red(q("frontend")).await.unwrap()),
+                [(None, 4, 1), (Some("GET /".into()), 3, 1), (Some("sweep".into()), 1, 0)],
+                "flushed: {flushed}"
+            );
+            assert_eq!(got(e.red(q("cart")).await.unwrap()), [(None, 6, 2), (Some("cart.Get".into()), 6, 2)]);
+            let frontend = &e.red(q("frontend")).await.unwrap()[1].points[0];
+            // Latency of the requests (400 ms), not of the spans inside them.
+            assert!((400_000_000..=500_000_000).contains(&frontend.p50_ns), "{frontend:?}");
+            let edges = e.dependencies(None, None).await.unwrap();
+            let edges: Vec<_> = edges
+                .iter()
+                .map(|x| (x.parent.as_str(), x.child.as_str(), x.call_count, x.error_count))
+                .collect();
+            assert_eq!(edges, [("frontend", "cart", 6, 2)]);
+        }
     }
 }

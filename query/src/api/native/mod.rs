@@ -17,7 +17,7 @@ use skein_storage::rollup::BUCKET_NS;
 use crate::engine::traceql::TraceQl;
 use crate::engine::{RedQuery, TraceQuery, TraceSearch};
 use crate::error::{Error, Result};
-use crate::params::{parse_trace_id, Params, TimeRange, TimeUnit};
+use crate::params::{parse_trace_id, Limit, Params, TimeRange, TimeUnit};
 use crate::ApiState;
 
 /// Longest TraceQL query accepted.
@@ -28,6 +28,40 @@ const MAX_BUCKETS: u64 = 10_000;
 const DEFAULT_LOOKBACK_NS: u64 = 3600 * 1_000_000_000;
 
 type ApiResult = Result<Response>;
+
+// The parameters each endpoint accepts; any other is a 400 naming these
+// (see `Params::only`).
+const SEARCH_TRACES_PARAMS: &[&str] = &[
+    "service",
+    "operation",
+    "attr",
+    "min_duration",
+    "max_duration",
+    "status",
+    "q",
+    "start",
+    "end",
+    "limit",
+    "sort",
+];
+const SEARCH_LOGS_PARAMS: &[&str] = &["q", "service", "severity", "trace_id", "start", "end", "limit"];
+const LOG_HISTOGRAM_PARAMS: &[&str] = &["q", "service", "severity", "trace_id", "start", "end", "step"];
+const DEPENDENCIES_PARAMS: &[&str] = &["start", "end"];
+const RED_PARAMS: &[&str] = &["service", "operation", "start", "end", "step"];
+
+/// 400 if an endpoint that takes no parameters was given one.
+fn no_params(q: Option<&str>) -> Result<()> {
+    Params::parse(q).only(&[])
+}
+
+/// `limit` as applied, added to a search answer: `limit` (the number of
+/// results asked for at most) and `limit_capped` (whether the request
+/// asked for more than `query.max_limit`, which then applies).
+fn with_limit(mut v: Value, l: Limit) -> Value {
+    v["limit"] = json!(l.value);
+    v["limit_capped"] = json!(l.capped);
+    v
+}
 
 pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
@@ -43,11 +77,13 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/api/v1/openapi.json", get(openapi))
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json")).into_response()
+async fn openapi(RawQuery(q): RawQuery) -> ApiResult {
+    no_params(q.as_deref())?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json")).into_response())
 }
 
-async fn flush(State(st): State<ApiState>) -> ApiResult {
+async fn flush(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    no_params(q.as_deref())?;
     // Not bounded by the query timeout: a flush is not abandoned halfway,
     // and the caller wants to know when the data is in segments.
     let storage = st.storage.clone();
@@ -57,8 +93,9 @@ async fn flush(State(st): State<ApiState>) -> ApiResult {
     Ok(Json(json!({"traces": stats.traces, "spans": stats.spans, "logs": stats.logs})).into_response())
 }
 
-async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
     let tid = parse_trace_id(&id)?;
+    no_params(q.as_deref())?;
     match st.engine().trace(tid).await? {
         None => Err(Error::not_found(format!("trace {} not found", tid.to_hex()))),
         Some(t) => Ok(Json(json!({
@@ -129,14 +166,16 @@ pub(crate) fn search_json(r: &TraceSearch) -> Value {
 
 async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
+    p.only(SEARCH_TRACES_PARAMS)?;
+    let limit = p.capped_limit(st.cfg.default_limit, st.cfg.max_limit)?;
     let q = TraceQuery {
         filter: span_filter(&p)?,
-        limit: p.limit(st.cfg.default_limit, st.cfg.max_limit)?,
+        limit: limit.value,
         traceql: traceql(&p)?,
         ..Default::default()
     };
     let r = st.engine().search_traces(q).await?;
-    Ok(Json(search_json(&r)).into_response())
+    Ok(Json(with_limit(search_json(&r), limit)).into_response())
 }
 
 fn log_filter(p: &Params) -> Result<LogFilter> {
@@ -168,10 +207,12 @@ fn log_filter(p: &Params) -> Result<LogFilter> {
 
 async fn search_logs(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
+    p.only(SEARCH_LOGS_PARAMS)?;
     let f = log_filter(&p)?;
-    let limit = p.limit(100.min(st.cfg.max_limit), st.cfg.max_limit)?;
-    let logs = st.engine().search_logs(f, limit).await?;
-    Ok(Json(json!({ "logs": logs.iter().map(json::log).collect::<Vec<_>>() })).into_response())
+    let limit = p.capped_limit(100.min(st.cfg.max_limit), st.cfg.max_limit)?;
+    let logs = st.engine().search_logs(f, limit.value).await?;
+    let v = json!({ "logs": logs.iter().map(json::log).collect::<Vec<_>>() });
+    Ok(Json(with_limit(v, limit)).into_response())
 }
 
 /// `start`/`end` defaulting to the last hour, and `step`: a duration,
@@ -200,6 +241,7 @@ fn bucketed(p: &Params) -> Result<(u64, u64, u64)> {
 
 async fn log_histogram(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
+    p.only(LOG_HISTOGRAM_PARAMS)?;
     let mut f = log_filter(&p)?;
     let (start, end, step) = bucketed(&p)?;
     f.start_ns = Some(start);
@@ -216,7 +258,8 @@ async fn log_histogram(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Api
     Ok(Json(json!({"step_ns": step, "buckets": buckets})).into_response())
 }
 
-async fn services(State(st): State<ApiState>) -> ApiResult {
+async fn services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+    no_params(q.as_deref())?;
     let services: Vec<Value> = st
         .engine()
         .services()
@@ -227,7 +270,12 @@ async fn services(State(st): State<ApiState>) -> ApiResult {
     Ok(Json(json!({ "services": services })).into_response())
 }
 
-async fn operations(State(st): State<ApiState>, Path(service): Path<String>) -> ApiResult {
+async fn operations(
+    State(st): State<ApiState>,
+    Path(service): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    no_params(q.as_deref())?;
     let ops = st.engine().operations(Some(service.clone())).await?;
     if ops.is_empty() {
         return Err(Error::not_found(format!("service {service:?} not found")));
@@ -241,6 +289,7 @@ async fn operations(State(st): State<ApiState>, Path(service): Path<String>) -> 
 
 async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
+    p.only(DEPENDENCIES_PARAMS)?;
     let TimeRange { start_ns, end_ns } = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
     let edges: Vec<Value> = st
         .engine()
@@ -252,9 +301,11 @@ async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiR
     Ok(Json(json!({ "edges": edges })).into_response())
 }
 
-/// Rate, errors and latency percentiles per step, from the rollups.
+/// Rate, errors and latency percentiles of entry spans per step, from the
+/// rollups (see [`RedQuery`]).
 async fn red(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
+    p.only(RED_PARAMS)?;
     let (start_ns, end_ns, step_ns) = bucketed(&p)?;
     let q = RedQuery {
         start_ns,
@@ -286,5 +337,7 @@ async fn red(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
             json!({"service": s.service, "operation": s.operation, "points": points})
         })
         .collect();
-    Ok(Json(json!({"step_ns": step_ns, "series": series})).into_response())
+    // Percentiles come from histogram buckets: say so, so no one reads
+    // them as exact.
+    Ok(Json(json!({"step_ns": step_ns, "percentiles_approximate": true, "series": series})).into_response())
 }
