@@ -25,6 +25,10 @@ pub enum Error {
     /// router adds `Allow`).
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A state-changing request that a browser sent on behalf of another
+    /// site (403): see `api::native::refuse_cross_site`.
+    #[error("{0}")]
+    Forbidden(String),
     /// Storage is still replaying its WAL (503 with `Retry-After`).
     #[error("storage is not ready (WAL replay in progress); retry later")]
     NotReady,
@@ -65,6 +69,7 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotReady | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -406,6 +406,43 @@ mod tests {
         assert!(r.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
     }
 
+    /// `POST /api/v1/flush` refuses what a page of another site can make a
+    /// browser send, and accepts scripts, `curl` and the UI's own origin
+    /// (issue 10: no simple-request CSRF on state-changing endpoints).
+    #[tokio::test]
+    async fn flush_refuses_cross_site_requests() {
+        let (_d, s) = storage();
+        let app = app_with(&s, QueryConfig::default());
+        let post = |headers: &[(&str, &str)]| {
+            let mut r = Request::post("/api/v1/flush").header("host", "skein.local:16686");
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            let app = app.clone();
+            let req = r.body(Body::empty()).unwrap();
+            async move { app.oneshot(req).await.unwrap().status() }
+        };
+        for refused in [
+            vec![("sec-fetch-site", "cross-site")],
+            vec![("sec-fetch-site", "same-site")],
+            vec![("origin", "https://evil.example")],
+            vec![("origin", "null")],
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            vec![("content-type", "multipart/form-data; boundary=x")],
+            vec![("content-type", "text/plain;charset=UTF-8")],
+        ] {
+            assert_eq!(post(&refused).await, StatusCode::FORBIDDEN, "{refused:?}");
+        }
+        for accepted in [
+            vec![],
+            vec![("sec-fetch-site", "same-origin"), ("origin", "http://skein.local:16686")],
+            vec![("sec-fetch-site", "none")],
+            vec![("content-type", "application/json")],
+        ] {
+            assert_eq!(post(&accepted).await, StatusCode::OK, "{accepted:?}");
+        }
+    }
+
     #[tokio::test]
     async fn readyz_is_503_until_replayed() {
         let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 pub mod json;
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -82,7 +82,41 @@ async fn openapi(RawQuery(q): RawQuery) -> ApiResult {
     Ok(([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json")).into_response())
 }
 
-async fn flush(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+/// Refuses a state-changing request a browser sends for another site (a
+/// cross-site request forgery): one whose `Sec-Fetch-Site` is `cross-site`
+/// or `same-site`, whose `Origin` is not this host, or whose body type is
+/// one an HTML form can send (`application/x-www-form-urlencoded`,
+/// `multipart/form-data`, `text/plain`). Scripts and `curl` send none of
+/// these, so they are unaffected. Rules from the OWASP CSRF Prevention
+/// Cheat Sheet ("Fetch Metadata headers", "Verifying origin with standard
+/// headers") and the Fetch standard's CORS-safelisted request headers.
+fn refuse_cross_site(headers: &HeaderMap) -> Result<()> {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(site) = get("sec-fetch-site") {
+        if matches!(site, "cross-site" | "same-site") {
+            return Err(Error::Forbidden(format!("refused: a {site} request may not change state")));
+        }
+    }
+    if let (Some(origin), Some(host)) = (get("origin"), get("host")) {
+        let origin_host = origin.split_once("://").map_or(origin, |x| x.1);
+        if origin == "null" || !origin_host.eq_ignore_ascii_case(host) {
+            return Err(Error::Forbidden(format!("refused: Origin {origin} is not this host ({host})")));
+        }
+    }
+    if let Some(ct) = get("content-type") {
+        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if matches!(mime.as_str(), "application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain")
+        {
+            return Err(Error::Forbidden(format!(
+                "refused: Content-Type {mime} is what an HTML form sends; send no body or application/json"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn flush(State(st): State<ApiState>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+    refuse_cross_site(&headers)?;
     no_params(q.as_deref())?;
     // Not bounded by the query timeout: a flush is not abandoned halfway,
     // and the caller wants to know when the data is in segments.
