@@ -35,14 +35,14 @@ impl Storage {
             }
         }
         let head = self.catalog.head();
-        let (mut spans, mut logs, mut skipped) = (0u64, 0u64, 0u64);
+        let (mut spans, mut logs, mut skipped, mut copies) = (0u64, 0u64, 0u64, 0u64);
         let next = wal::replay(&wal_dir, |pos, kind, payload| match kind {
             RecordKind::SpanBatch => {
                 if let Some(r) =
                     unflushed(pos, batch::decode_spans(payload), &flushed, &mut skipped, |s| s.trace_id)
                 {
                     spans += r.len() as u64;
-                    head.insert_spans(pos, r);
+                    copies += head.insert_spans(pos, r) as u64;
                 }
             }
             RecordKind::LogBatch => {
@@ -54,7 +54,8 @@ impl Storage {
                 }
             }
         })?;
-        tracing::info!(spans, logs, already_flushed = skipped, "WAL replay done");
+        tracing::info!(spans, logs, already_flushed = skipped, copies_dropped = copies, "WAL replay done");
+        self.metrics.duplicate_spans.inc_by(copies);
         // New records must sort after every position a segment recorded,
         // or replay after a crash would take them for flushed ones. That
         // matters when the WAL is newer than the segments: a deleted WAL
@@ -83,7 +84,10 @@ impl Storage {
     /// ([`batch::encode_spans`]) and resolves once that record is fsynced
     /// (group commit with concurrent appends) and the spans are in the head,
     /// readable by every query. Validation is the caller's (the
-    /// collector's); storage keeps what it is given.
+    /// collector's); storage keeps what it is given, except copies of spans
+    /// the head already holds (a retried batch), which are dropped
+    /// ([`crate::model::dedup_spans`]) and counted in
+    /// `skein_duplicate_spans_dropped`.
     ///
     /// # Errors
     /// [`Error::NotReady`] before [`Storage::replay`] finished,
@@ -111,12 +115,16 @@ impl Storage {
         kind: RecordKind,
         records: Vec<T>,
         encode: fn(&[T]) -> Vec<u8>,
-        insert: fn(&Head, u64, Vec<T>),
+        insert: fn(&Head, u64, Vec<T>) -> usize,
     ) -> Result<()> {
         let wal = self.admit()?;
         let payload = encode(&records);
         let me = self.clone();
-        wal.append(kind, payload, move |pos| insert(me.catalog.head(), pos, records)).await?;
+        wal.append(kind, payload, move |pos| {
+            let copies = insert(me.catalog.head(), pos, records);
+            me.metrics.duplicate_spans.inc_by(copies as u64);
+        })
+        .await?;
         Ok(())
     }
 }
