@@ -4,6 +4,8 @@ mod support;
 
 /// Malformed, oversized and partially invalid requests.
 mod bad_input;
+/// Retried batches: one copy of each span in every answer and count.
+mod dedup;
 /// Restart and crash recovery.
 mod durability;
 /// The Jaeger-compatible query API.
