@@ -114,7 +114,8 @@ impl Head {
     }
 
     /// Adds the log records of one WAL record at position `pos`. Logs have
-    /// no ID: every record is kept as sent.
+    /// no ID: every record is kept as sent, so this returns 0 (the count
+    /// only mirrors [`Head::insert_spans`] for the signal-generic append).
     pub fn insert_logs(&self, pos: u64, logs: Vec<LogRecord>) -> usize {
         self.insert(
             pos,
