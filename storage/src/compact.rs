@@ -15,6 +15,10 @@
 //!
 //! WAL replay: per trace, the output records the highest WAL position any
 //! input recorded for it, so replay skips exactly what it skipped before.
+//!
+//! Copies: a span sent twice (a retried batch) may sit in two inputs, one
+//! copy each; the output keeps the first received (the oldest input's)
+//! and its counts and rollups count it once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -99,6 +103,9 @@ pub struct CompactStats {
     pub spans: u64,
     /// Log records in the output.
     pub logs: u64,
+    /// Copies of a span dropped: spans whose (trace ID, span ID) an older
+    /// input (or the same one) already held.
+    pub duplicate_spans: u64,
 }
 
 /// Chooses the segments to merge from `sizes` (segment bytes, oldest
@@ -170,8 +177,9 @@ impl Storage {
         drop(segs);
         let t0 = std::time::Instant::now();
 
-        let traces = merge(&inputs)?;
+        let (traces, duplicate_spans) = merge(&inputs)?;
         let mut stats = CompactStats {
+            duplicate_spans,
             inputs: inputs.len(),
             bytes_in: inputs.iter().map(|s| s.meta.bytes).sum(),
             traces: traces.len() as u64,
@@ -211,6 +219,7 @@ impl Storage {
         }
         self.metrics.segment_bytes.inc_by(stats.bytes_out as i64 - stats.bytes_in as i64);
         self.metrics.compactions.inc();
+        self.metrics.duplicate_spans.inc_by(stats.duplicate_spans);
         self.metrics.compaction_bytes_in.inc_by(stats.bytes_in);
         self.metrics.compaction_bytes_out.inc_by(stats.bytes_out);
         tracing::info!(
@@ -219,6 +228,7 @@ impl Storage {
             bytes_in = stats.bytes_in,
             bytes_out = stats.bytes_out,
             traces = stats.traces,
+            duplicate_spans = stats.duplicate_spans,
             seconds = t0.elapsed().as_secs_f64(),
             "compacted segments"
         );
@@ -228,12 +238,15 @@ impl Storage {
     }
 }
 
-/// Reads every trace of every input and groups them by trace ID, in
-/// segment order ([`segment::sort_for_segment`]). Each trace's WAL
-/// positions span the inputs' (`max_pos` is what the output's trace-ID
-/// index records and replay relies on).
-fn merge(inputs: &[Arc<Segment>]) -> Result<Vec<(TraceId, TraceEntry)>> {
+/// Reads every trace of every input (given oldest first) and groups them
+/// by trace ID, in segment order ([`segment::sort_for_segment`]), dropping
+/// copies of a span after the first (the oldest input's); returns the
+/// traces and the number of copies dropped. Each trace's WAL positions span
+/// the inputs' (`max_pos` is what the output's trace-ID index records and
+/// replay relies on).
+fn merge(inputs: &[Arc<Segment>]) -> Result<(Vec<(TraceId, TraceEntry)>, u64)> {
     let mut by_trace: HashMap<TraceId, TraceEntry> = HashMap::new();
+    let mut copies = 0u64;
     for seg in inputs {
         let all = |n: u64| std::iter::once(0..n as usize).collect::<Vec<_>>();
         let spans = seg.read_spans(all(seg.meta.span_count))?;
@@ -260,23 +273,21 @@ fn merge(inputs: &[Arc<Segment>]) -> Result<Vec<(TraceId, TraceEntry)>> {
             span_row += e.span_count as usize;
             log_row += e.log_count as usize;
             let t = by_trace.entry(e.trace_id).or_insert_with(|| TraceEntry {
-                spans: Vec::new(),
-                logs: Vec::new(),
-                first_seen_ms: 0,
-                last_seen_ms: 0,
                 min_pos: e.wal_pos,
                 max_pos: e.wal_pos,
-                bytes: 0,
+                ..TraceEntry::default()
             });
             t.min_pos = t.min_pos.min(e.wal_pos);
             t.max_pos = t.max_pos.max(e.wal_pos);
-            t.spans.extend(spans.by_ref().take(e.span_count as usize));
+            for s in spans.by_ref().take(e.span_count as usize) {
+                copies += u64::from(!t.add_span(s));
+            }
             t.logs.extend(logs.by_ref().take(e.log_count as usize));
         }
     }
     let mut traces: Vec<(TraceId, TraceEntry)> = by_trace.into_iter().collect();
     segment::sort_for_segment(&mut traces);
-    Ok(traces)
+    Ok((traces, copies))
 }
 
 #[cfg(test)]

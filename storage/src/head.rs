@@ -5,21 +5,31 @@
 //! run of its WAL records. That is what lets a segment record, per trace, the
 //! last WAL position it contains (`max_pos`) and lets replay skip exactly the
 //! records already flushed.
+//!
+//! Copies of a span (a batch an exporter sent again) are dropped on insert,
+//! the first copy kept ([`crate::model::dedup_spans`] states the rule); the
+//! WAL positions of the dropped copy's record still count, so a segment
+//! tells replay that the copy needs no replaying either.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
 
-use crate::model::{LogRecord, Span, TraceId};
+use crate::model::{LogRecord, Span, SpanId, TraceId};
 
 /// One trace's records in the head. Log records without trace context are
 /// kept under [`TraceId::ZERO`] and flushed by age.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TraceEntry {
-    /// The trace's spans, in arrival order.
+    /// The trace's spans, in arrival order, each span ID once when added
+    /// through [`TraceEntry::add_span`].
     pub spans: Vec<Span>,
+    /// The span IDs of `spans` added through [`TraceEntry::add_span`]: what
+    /// finds a copy of a span in O(1). Not counted in `bytes`.
+    pub span_ids: HashSet<SpanId>,
     /// The trace's log records, in arrival order.
     pub logs: Vec<LogRecord>,
     /// Milliseconds on the head's clock ([`Head::now_ms`]) when the first
@@ -35,6 +45,20 @@ pub struct TraceEntry {
     pub max_pos: u64,
     /// Approximate heap bytes of the records ([`Span::heap_size`]).
     pub bytes: usize,
+}
+
+impl TraceEntry {
+    /// Adds `span` unless the entry already holds a span with its span ID
+    /// (a copy: the first one stays, see [`crate::model::dedup_spans`]);
+    /// returns whether it was added. The entry's WAL positions and `bytes`
+    /// are the caller's.
+    pub fn add_span(&mut self, span: Span) -> bool {
+        let added = self.span_ids.insert(span.span_id);
+        if added {
+            self.spans.push(span);
+        }
+        added
+    }
 }
 
 /// Why traces are cut from the head.
@@ -82,47 +106,65 @@ impl Head {
         self.traces.len()
     }
 
-    /// Adds the spans of one WAL record at position `pos`.
-    pub fn insert_spans(&self, pos: u64, spans: Vec<Span>) {
-        self.insert(pos, spans, |s| s.trace_id, Span::heap_size, |e| &mut e.spans);
+    /// Adds the spans of one WAL record at position `pos`, dropping copies
+    /// of spans the trace's entry already holds (a retried batch). Returns
+    /// the number of copies dropped.
+    pub fn insert_spans(&self, pos: u64, spans: Vec<Span>) -> usize {
+        self.insert(pos, spans, |s| s.trace_id, Span::heap_size, TraceEntry::add_span)
     }
 
-    /// Adds the log records of one WAL record at position `pos`.
-    pub fn insert_logs(&self, pos: u64, logs: Vec<LogRecord>) {
-        self.insert(pos, logs, |l| l.trace_id, LogRecord::heap_size, |e| &mut e.logs);
+    /// Adds the log records of one WAL record at position `pos`. Logs have
+    /// no ID: every record is kept as sent, so this returns 0 (the count
+    /// only mirrors [`Head::insert_spans`] for the signal-generic append).
+    pub fn insert_logs(&self, pos: u64, logs: Vec<LogRecord>) -> usize {
+        self.insert(
+            pos,
+            logs,
+            |l| l.trace_id,
+            LogRecord::heap_size,
+            |e, l| {
+                e.logs.push(l);
+                true
+            },
+        )
     }
 
     /// Adds the records of one WAL record at `pos` to their traces' entries
-    /// (the one insert path behind both signals).
+    /// (the one insert path behind both signals) and returns how many `add`
+    /// refused. A refused record still moves the entry's WAL positions
+    /// (its record is in the WAL like any other, and a segment must tell
+    /// replay to skip it) but adds no bytes.
     fn insert<T>(
         &self,
         pos: u64,
         records: Vec<T>,
         trace_id: impl Fn(&T) -> TraceId,
         heap_size: impl Fn(&T) -> usize,
-        list: impl Fn(&mut TraceEntry) -> &mut Vec<T>,
-    ) {
+        add: impl Fn(&mut TraceEntry, T) -> bool,
+    ) -> usize {
         let now = self.now_ms();
-        let mut added = 0usize;
+        let (mut added, mut refused) = (0usize, 0usize);
         for r in records {
             let size = heap_size(&r);
-            added += size;
             let mut e = self.traces.entry(trace_id(&r)).or_insert_with(|| TraceEntry {
-                spans: Vec::new(),
-                logs: Vec::new(),
                 first_seen_ms: now,
                 last_seen_ms: now,
                 min_pos: pos,
                 max_pos: pos,
-                bytes: 0,
+                ..TraceEntry::default()
             });
             e.last_seen_ms = now;
             e.min_pos = e.min_pos.min(pos);
             e.max_pos = e.max_pos.max(pos);
-            e.bytes += size;
-            list(&mut e).push(r);
+            if add(&mut e, r) {
+                e.bytes += size;
+                added += size;
+            } else {
+                refused += 1;
+            }
         }
         self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+        refused
     }
 
     /// Puts back a trace cut by [`Head::cut`] whose flush failed, merging it
@@ -130,14 +172,28 @@ impl Head {
     /// are kept exactly: `min_pos` keeps WAL reclamation from deleting
     /// records that now live only in memory, `max_pos` lets a later
     /// segment tell replay that every record up to it is flushed.
+    ///
+    /// Spans that arrived meanwhile and are copies of the restored ones are
+    /// dropped: the restored copies came first.
     pub fn restore(&self, id: TraceId, t: TraceEntry) {
-        let added = t.bytes;
+        let mut added = t.bytes as i64;
         match self.traces.entry(id) {
             dashmap::Entry::Vacant(v) => {
                 v.insert(t);
             }
             dashmap::Entry::Occupied(mut o) => {
                 let e = o.get_mut();
+                let mut dropped = 0usize;
+                e.spans.retain(|s| {
+                    let copy = t.span_ids.contains(&s.span_id);
+                    if copy {
+                        dropped += s.heap_size();
+                    }
+                    !copy
+                });
+                e.bytes -= dropped;
+                added -= dropped as i64;
+                e.span_ids.extend(t.span_ids);
                 e.spans.splice(0..0, t.spans);
                 e.logs.splice(0..0, t.logs);
                 e.first_seen_ms = e.first_seen_ms.min(t.first_seen_ms);
@@ -147,7 +203,7 @@ impl Head {
                 e.bytes += t.bytes;
             }
         }
-        self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+        self.bytes.fetch_add(added, Ordering::Relaxed);
     }
 
     /// Removes and returns the traces the policy selects.
@@ -222,3 +278,76 @@ pub struct Flushing {
 
 /// A shared in-flight flush.
 pub type FlushingRef = Arc<Flushing>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testsuite::{spans_of_trace, trace_id};
+
+    const CUT_ALL: CutPolicy = CutPolicy { now_ms: 0, idle_ms: 0, max_age_ms: 0, target_bytes: 0, all: true };
+
+    fn entry(h: &Head, t: u8) -> TraceEntry {
+        let mut out = None;
+        h.with_trace(&trace_id(t), |e| out = Some(e.clone()));
+        out.expect("trace in the head")
+    }
+
+    fn heap(spans: &[Span]) -> usize {
+        spans.iter().map(Span::heap_size).sum()
+    }
+
+    /// A batch sent again (an exporter's retry) adds no span and no bytes,
+    /// but its WAL position counts: a segment must tell replay to skip it.
+    #[test]
+    fn a_resent_batch_adds_no_span_but_moves_the_wal_position() {
+        let h = Head::default();
+        assert_eq!(h.insert_spans(10, spans_of_trace(1, 0, 3)), 0);
+        let bytes = h.bytes();
+        assert_eq!(bytes, heap(&spans_of_trace(1, 0, 3)));
+        assert_eq!(h.insert_spans(20, spans_of_trace(1, 0, 3)), 3);
+        assert_eq!(h.bytes(), bytes, "dropped copies add no bytes");
+        let e = entry(&h, 1);
+        assert_eq!(e.spans.len(), 3);
+        assert_eq!((e.min_pos, e.max_pos, e.bytes), (10, 20, bytes));
+        // A batch overlapping the trace: only the new span is added.
+        let mut later = spans_of_trace(1, 2, 2);
+        later[0].name = "a different copy of span 3".into();
+        assert_eq!(h.insert_spans(30, later.clone()), 1);
+        let e = entry(&h, 1);
+        let names: Vec<&str> = e.spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["op0", "op1", "op2", "op3"], "the first copy received stays");
+        assert_eq!(e.max_pos, 30);
+        assert_eq!(h.bytes(), heap(&e.spans));
+        // The same span ID in another trace is another span; logs have no ID.
+        assert_eq!(h.insert_spans(40, spans_of_trace(2, 0, 3)), 0);
+        let log = crate::testsuite::log_of_trace(1, "same log twice");
+        assert_eq!(h.insert_logs(50, vec![log.clone(), log]), 0);
+        assert_eq!(entry(&h, 1).logs.len(), 2);
+    }
+
+    /// A failed flush puts its traces back; copies that arrived meanwhile
+    /// are dropped in favour of the restored (earlier) ones, and the bytes
+    /// stay those of the spans held.
+    #[test]
+    fn restoring_a_trace_drops_copies_that_arrived_meanwhile() {
+        let h = Head::default();
+        h.insert_spans(1, spans_of_trace(1, 0, 2));
+        let cut = h.cut(CUT_ALL);
+        assert_eq!(h.bytes(), 0);
+        let mut again = spans_of_trace(1, 0, 3); // spans 1 and 2 again, and 3
+        again[0].name = "copy".into();
+        h.insert_spans(2, again);
+        for (id, t) in cut {
+            h.restore(id, t);
+        }
+        let e = entry(&h, 1);
+        let names: Vec<&str> = e.spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["op0", "op1", "op2"]);
+        assert_eq!((e.min_pos, e.max_pos), (1, 2));
+        assert_eq!(e.bytes, heap(&e.spans));
+        assert_eq!(h.bytes(), e.bytes);
+        // Still one copy per span ID after the merge.
+        assert_eq!(h.insert_spans(3, spans_of_trace(1, 0, 3)), 3);
+        assert_eq!(h.bytes(), e.bytes);
+    }
+}

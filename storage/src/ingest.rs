@@ -39,7 +39,7 @@ impl Storage {
             }
         }
         let head = self.catalog.head();
-        let (mut spans, mut logs, mut skipped) = (0u64, 0u64, 0u64);
+        let (mut spans, mut logs, mut skipped, mut copies) = (0u64, 0u64, 0u64, 0u64);
         let mut undecodable = 0u64;
         let replayed = wal::replay(&wal_dir, |pos, kind, payload| match kind {
             RecordKind::SpanBatch => {
@@ -47,7 +47,7 @@ impl Storage {
                     unflushed(pos, batch::decode_spans(payload), &flushed, &mut skipped, |s| s.trace_id)
                 {
                     spans += r.len() as u64;
-                    head.insert_spans(pos, r);
+                    copies += head.insert_spans(pos, r) as u64;
                 } else {
                     undecodable += 1;
                 }
@@ -83,7 +83,8 @@ impl Storage {
             );
         }
         let next = replayed.next;
-        tracing::info!(spans, logs, already_flushed = skipped, "WAL replay done");
+        tracing::info!(spans, logs, already_flushed = skipped, copies_dropped = copies, "WAL replay done");
+        self.metrics.duplicate_spans.inc_by(copies);
         // New records must sort after every position a segment recorded,
         // or replay after a crash would take them for flushed ones. That
         // matters when the WAL is newer than the segments: a deleted WAL
@@ -112,7 +113,10 @@ impl Storage {
     /// ([`batch::encode_spans`]) and resolves once that record is fsynced
     /// (group commit with concurrent appends) and the spans are in the head,
     /// readable by every query. Validation is the caller's (the
-    /// collector's); storage keeps what it is given.
+    /// collector's); storage keeps what it is given, except copies of spans
+    /// the head already holds (a retried batch), which are dropped
+    /// ([`crate::model::dedup_spans`]) and counted in
+    /// `skein_duplicate_spans_dropped`.
     ///
     /// # Errors
     /// [`Error::NotReady`] before [`Storage::replay`] finished,
@@ -140,12 +144,16 @@ impl Storage {
         kind: RecordKind,
         records: Vec<T>,
         encode: fn(&[T]) -> Vec<u8>,
-        insert: fn(&Head, u64, Vec<T>),
+        insert: fn(&Head, u64, Vec<T>) -> usize,
     ) -> Result<()> {
         let wal = self.admit()?;
         let payload = encode(&records);
         let me = self.clone();
-        wal.append(kind, payload, move |pos| insert(me.catalog.head(), pos, records)).await?;
+        wal.append(kind, payload, move |pos| {
+            let copies = insert(me.catalog.head(), pos, records);
+            me.metrics.duplicate_spans.inc_by(copies as u64);
+        })
+        .await?;
         Ok(())
     }
 }

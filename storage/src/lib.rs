@@ -503,7 +503,7 @@ mod tests {
             if t == 3 {
                 // Trace 3 gets a second part in a later segment.
                 s.flush(true).unwrap();
-                append(&s, 3, 2).await;
+                append_spans_of(&s, 3, 3, 2).await;
             }
             s.flush(true).unwrap();
         }
@@ -555,7 +555,7 @@ mod tests {
             append(&s, 1, 2).await;
             append(&s, 2, 2).await;
             s.flush(true).unwrap();
-            append(&s, 2, 3).await; // trace 2: 2 spans in a segment, 3 only in the WAL
+            append_spans_of(&s, 2, 2, 3).await; // trace 2: 2 spans in a segment, 3 only in the WAL
             append(&s, 3, 1).await;
             // Dropped without a final flush: a crash, as far as disk goes.
         }
@@ -940,6 +940,211 @@ mod tests {
         assert_eq!(s.compact().unwrap().inputs, 3);
         assert!(before.iter().all(|d| !d.exists()));
         assert_eq!(n(1), Some((5, 1)));
+    }
+
+    /// Spans 1..=3 of trace `t`, every one named `name`: one export
+    /// request, sent again by a retrying exporter (a different name marks
+    /// which copy an answer shows).
+    fn copies(t: u8, name: &str) -> Vec<crate::model::Span> {
+        let mut v = spans_of_trace(t, 0, 3);
+        v.iter_mut().for_each(|x| x.name = name.into());
+        v
+    }
+
+    fn names(s: &Storage, t: u8) -> Vec<String> {
+        let spans = s.get_trace(&TraceId([t; 16])).unwrap().unwrap_or_default().0;
+        assert_eq!(spans.len(), s.get_trace_spans(&TraceId([t; 16])).unwrap().unwrap_or_default().len());
+        spans.into_iter().map(|x| x.name).collect()
+    }
+
+    fn red_count(rollups: &[crate::rollup::Rollup]) -> u64 {
+        rollups.iter().flat_map(|r| &r.red).map(|b| b.count).sum()
+    }
+
+    /// Copies of a span in two segments, an in-flight flush and the head
+    /// are read as one span, the first received; compaction then keeps one
+    /// copy on disk and counts it once in the meta and rollups.
+    #[tokio::test]
+    async fn copies_in_segments_in_flight_and_head_are_one_span() {
+        let all = crate::head::CutPolicy { now_ms: 0, idle_ms: 0, max_age_ms: 0, target_bytes: 0, all: true };
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), compact_config(2, 8)).unwrap();
+        s.replay().unwrap();
+        let first = ["first"; 3];
+        s.append_spans(copies(1, "first")).await.unwrap();
+        s.append_spans(copies(1, "dropped in the head")).await.unwrap();
+        assert_eq!(names(&s, 1), first);
+        assert_eq!(red_count(&s.rollups(None, None)), 3, "head rollup counts once");
+        assert_eq!(s.metrics.duplicate_spans.get(), 3);
+        s.flush(true).unwrap();
+        s.append_spans(copies(1, "second segment")).await.unwrap();
+        assert_eq!(names(&s, 1), first, "one in a segment, one in the head");
+        s.flush(true).unwrap();
+        assert_eq!(names(&s, 1), first, "two segments");
+        s.append_spans(copies(1, "in flight")).await.unwrap();
+        let flushing = s.catalog.cut(all).unwrap();
+        s.append_spans(copies(1, "head")).await.unwrap();
+        assert_eq!(names(&s, 1), first, "two segments, in flight and head");
+        // The flush fails: the in-flight copy goes back, the head's is dropped.
+        s.catalog.finish_flush(&flushing, None);
+        assert_eq!(names(&s, 1), first);
+        let mut held = Vec::new();
+        s.head().with_trace(&TraceId([1; 16]), |e| held = e.spans.iter().map(|x| x.name.clone()).collect());
+        assert_eq!(held, ["in flight"; 3]);
+        assert_eq!(s.head().bytes(), copies(1, "in flight").iter().map(|x| x.heap_size()).sum::<usize>());
+        s.flush(true).unwrap();
+        assert_eq!(s.snapshot().segments.len(), 3);
+        assert_eq!(names(&s, 1), first, "three segments");
+        let st = s.compact().unwrap();
+        assert_eq!((st.inputs, st.spans, st.duplicate_spans), (3, 3, 6));
+        let segs = s.snapshot().segments;
+        assert_eq!(segs.len(), 1);
+        assert_eq!(segs[0].meta.span_count, 3);
+        assert_eq!(segs[0].meta.services.iter().map(|x| x.span_count).sum::<u64>(), 3);
+        assert_eq!(red_count(&s.rollups(None, None)), 3, "compacted rollup counts once");
+        assert_eq!(names(&s, 1), first, "after compaction");
+    }
+
+    /// A batch sent twice, then again after a flush, then again after
+    /// that copy was flushed, with crashes between: replay neither
+    /// reintroduces a copy the head dropped (its WAL position is in the
+    /// segment) nor loses one, and the trace always reads as one span each.
+    #[tokio::test]
+    async fn a_retried_batch_is_one_copy_across_crashes_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            std::thread::sleep(Duration::from_millis(50));
+            let s = Storage::open(dir.path(), compact_config(2, 8)).unwrap();
+            s.replay().unwrap();
+            s
+        };
+        {
+            let s = open();
+            s.append_spans(copies(1, "a")).await.unwrap();
+            s.append_spans(copies(1, "b")).await.unwrap();
+            // A crash: both copies only in the WAL.
+        }
+        {
+            let s = open();
+            assert_eq!(names(&s, 1), ["a"; 3]);
+            assert_eq!(s.metrics.duplicate_spans.get(), 3, "replay dropped the copy");
+            assert_eq!(s.head().bytes(), copies(1, "a").iter().map(|x| x.heap_size()).sum::<usize>());
+            s.flush(true).unwrap();
+        }
+        {
+            let s = open();
+            assert_eq!(s.head().trace_count(), 0, "the dropped copy's record is known flushed");
+            s.append_spans(copies(1, "c")).await.unwrap();
+            assert_eq!(names(&s, 1), ["a"; 3]);
+        }
+        {
+            let s = open();
+            assert_eq!(s.head().trace_count(), 1, "the copy sent after the flush is replayed");
+            assert_eq!(names(&s, 1), ["a"; 3]);
+            s.flush(true).unwrap();
+            assert_eq!(s.snapshot().segments.len(), 2);
+            assert_eq!(names(&s, 1), ["a"; 3]);
+        }
+        {
+            let s = open();
+            assert_eq!(s.head().trace_count(), 0);
+            assert_eq!(s.compact().unwrap().duplicate_spans, 3);
+            assert_eq!(names(&s, 1), ["a"; 3]);
+        }
+        let s = open();
+        assert_eq!(s.head().trace_count(), 0);
+        let segs = s.snapshot().segments;
+        assert_eq!((segs.len(), segs[0].meta.span_count), (1, 3));
+        assert_eq!(names(&s, 1), ["a"; 3]);
+    }
+
+    /// One step of the retry property test.
+    #[derive(Debug, Clone)]
+    enum RetryStep {
+        /// Appends `n` new spans to trace `t`, as one batch.
+        Send {
+            t: u8,
+            n: u64,
+        },
+        /// Appends again the batch sent at (index modulo batches sent).
+        Resend(usize),
+        Flush,
+        Compact,
+        /// Drops the storage without flushing and opens it again.
+        Crash,
+    }
+
+    fn retry_step() -> impl proptest::strategy::Strategy<Value = RetryStep> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (1..=4u8, 1..4u64).prop_map(|(t, n)| RetryStep::Send { t, n }),
+            3 => any::<usize>().prop_map(RetryStep::Resend),
+            2 => Just(RetryStep::Flush),
+            1 => Just(RetryStep::Compact),
+            1 => Just(RetryStep::Crash),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+        /// Batches sent again at any point (in the head, after a flush,
+        /// after a compaction, across crashes) are stored and answered as
+        /// one copy of each span; once everything is compacted, the
+        /// segment's counts and rollups count each span once.
+        #[test]
+        fn retried_batches_are_stored_once(steps in proptest::collection::vec(retry_step(), 1..30)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let open = || {
+                    let s = Storage::open(dir.path(), compact_config(2, 8)).unwrap();
+                    s.replay().unwrap();
+                    s
+                };
+                let mut s = open();
+                let mut want: Expected = HashMap::new();
+                let mut sent: Vec<(u8, u64, u64)> = Vec::new();
+                for st in &steps {
+                    match st {
+                        RetryStep::Send { t, n } => {
+                            let e = want.entry(*t).or_default();
+                            let first = e.0.len() as u64;
+                            append_from(&s, *t, first, *n).await;
+                            e.0.extend(first + 1..=first + n);
+                            sent.push((*t, first, *n));
+                        }
+                        RetryStep::Resend(k) => {
+                            if !sent.is_empty() {
+                                let (t, first, n) = sent[k % sent.len()];
+                                append_from(&s, t, first, n).await;
+                            }
+                        }
+                        RetryStep::Flush => {
+                            s.flush(true).unwrap();
+                        }
+                        RetryStep::Compact => {
+                            s.compact().unwrap();
+                        }
+                        RetryStep::Crash => {
+                            drop(s);
+                            std::thread::sleep(Duration::from_millis(50));
+                            s = open();
+                        }
+                    }
+                    check_exactly_once(&s, &want);
+                }
+                s.flush(true).unwrap();
+                while s.compact().unwrap().inputs > 0 {}
+                check_exactly_once(&s, &want);
+                let spans: u64 = want.values().map(|v| v.0.len() as u64).sum();
+                let segs = s.snapshot().segments;
+                assert_eq!(segs.iter().map(|x| x.meta.span_count).sum::<u64>(), spans);
+                if segs.len() == 1 {
+                    assert_eq!(red_count(&s.rollups(None, None)), spans);
+                }
+            });
+        }
     }
 
     /// Rewrites a segment's creation time, as if it had been received long

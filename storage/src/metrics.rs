@@ -27,6 +27,10 @@ pub struct StorageMetrics {
     pub flushed_spans: Counter,
     /// Log records written to segments by flushes.
     pub flushed_logs: Counter,
+    /// Copies of a span dropped (a retried batch; see
+    /// [`crate::model::dedup_spans`]): on ingest and replay when the head
+    /// holds the span, and by compaction across its inputs.
+    pub duplicate_spans: Counter,
     /// Row reads from segment files: one per segment file opened for rows.
     pub segment_reads: Counter,
     /// WAL files deleted because their records are all in segments.
@@ -65,6 +69,7 @@ impl Default for StorageMetrics {
             flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             flushed_spans: Counter::default(),
             flushed_logs: Counter::default(),
+            duplicate_spans: Counter::default(),
             segment_reads: Counter::default(),
             wal_files_reclaimed: Counter::default(),
             wal_corrupt_records: Counter::default(),
@@ -96,6 +101,11 @@ impl StorageMetrics {
         r.register("skein_flush_seconds", "Time to write one segment", self.flush_seconds.clone());
         r.register("skein_flushed_spans", "Spans written to segments", self.flushed_spans.clone());
         r.register("skein_flushed_logs", "Log records written to segments", self.flushed_logs.clone());
+        r.register(
+            "skein_duplicate_spans_dropped",
+            "Copies of a stored span dropped (retried batches), on ingest, replay and compaction",
+            self.duplicate_spans.clone(),
+        );
         r.register(
             "skein_segment_reads",
             "Segment row reads (one per segment file read for rows)",

@@ -396,6 +396,41 @@ impl Span {
     }
 }
 
+/// Removes in place, keeping the order of the rest, every span whose
+/// (trace ID, span ID) an earlier span of `spans` already has; returns how
+/// many were removed. This is the one rule for copies of a span, used
+/// wherever spans from several places meet (the head, a segment being
+/// written, a compaction, a trace read from several segments).
+///
+/// Why: an OTLP exporter resends a whole batch after a timeout, a 429 or a
+/// 503 (OTLP/HTTP "Retryable Response Codes"; it cannot know whether the
+/// first attempt was stored), so one span may arrive twice or more. A span
+/// is its trace ID and span ID (OTLP `trace.proto`: `span_id` is "a unique
+/// identifier for a span within a trace"), so the first copy received is
+/// kept. Copies of a retried batch are identical; a sender that reuses a
+/// span ID for another span of the same trace loses the later one.
+pub fn dedup_spans(spans: &mut Vec<Span>) -> usize {
+    if !has_duplicate_spans(spans) {
+        return 0;
+    }
+    let before = spans.len();
+    let mut seen = std::collections::HashSet::with_capacity(before);
+    spans.retain(|s| seen.insert((s.trace_id, s.span_id)));
+    before - spans.len()
+}
+
+/// Whether two spans of `spans` share a (trace ID, span ID): see
+/// [`dedup_spans`]. Sorts a copy of the IDs: no hashing, no allocation for
+/// fewer than two spans.
+pub fn has_duplicate_spans(spans: &[Span]) -> bool {
+    if spans.len() < 2 {
+        return false;
+    }
+    let mut ids: Vec<(TraceId, SpanId)> = spans.iter().map(|s| (s.trace_id, s.span_id)).collect();
+    ids.sort_unstable();
+    ids.windows(2).any(|w| w[0] == w[1])
+}
+
 /// A log record as stored. `trace_id` is zero when the record carries no
 /// trace context.
 #[derive(Debug, Clone, PartialEq)]
@@ -472,6 +507,32 @@ impl LogRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// `dedup_spans` keeps the first span of each (trace ID, span ID),
+        /// in order, and nothing else: the same as a naive scan.
+        #[test]
+        fn dedup_keeps_the_first_of_each_id_in_order(keys in proptest::collection::vec((0..3u8, 0..6u8), 0..40)) {
+            let mut spans: Vec<Span> = crate::testsuite::spans_of_trace(1, 0, keys.len() as u64);
+            for (i, (s, (t, id))) in spans.iter_mut().zip(&keys).enumerate() {
+                s.trace_id = TraceId([*t + 1; 16]);
+                s.span_id = SpanId([*id; 8]);
+                s.name = i.to_string();
+            }
+            let mut want: Vec<Span> = Vec::new();
+            for s in &spans {
+                if !want.iter().any(|w| (w.trace_id, w.span_id) == (s.trace_id, s.span_id)) {
+                    want.push(s.clone());
+                }
+            }
+            let had = has_duplicate_spans(&spans);
+            let mut got = spans.clone();
+            let removed = dedup_spans(&mut got);
+            proptest::prop_assert_eq!(removed, spans.len() - want.len());
+            proptest::prop_assert_eq!(had, removed > 0);
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn trace_id_hex_round_trip_and_padding() {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::filter::{analyzer, LogFilter, SpanFilter};
-use crate::model::{LogRecord, Span, TraceId};
+use crate::model::{dedup_spans, LogRecord, Span, TraceId};
 use crate::rollup::{Rollup, RollupBuilder};
 use crate::segment::Segment;
 use crate::{Result, Snapshot, Storage};
@@ -25,7 +25,11 @@ impl Storage {
 
     /// Every span and log of a trace, from the head, in-flight flushes and
     /// the segments whose trace-ID index lists it. Spans by start time,
-    /// logs by time. `None` when nothing of the trace is stored.
+    /// each span ID once: copies of a span (a retried batch) stored in
+    /// several of those places are dropped here, the first received kept
+    /// ([`crate::model::dedup_spans`]), so every API and the search summary
+    /// see one copy. Logs by time, as sent (they have no ID). `None` when
+    /// nothing of the trace is stored.
     ///
     /// # Errors
     /// A segment that cannot be read (I/O, object store, corrupt file).
@@ -43,20 +47,32 @@ impl Storage {
     }
 
     fn read_trace(&self, id: &TraceId, with_logs: bool) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
-        let (mut spans, mut logs) = (Vec::new(), Vec::new());
+        // Spans in the order they were received, so that dropping later
+        // copies keeps the first: segments oldest first, then memory. The
+        // walk visits the head before the in-flight flush (one runs at a
+        // time), which holds older records, hence the reversal.
+        let mut memory: Vec<Vec<Span>> = Vec::new();
+        let mut logs = Vec::new();
         let segments = self.catalog.walk(Some(id), |_, t| {
-            spans.extend(t.spans.iter().cloned());
+            memory.push(t.spans.clone());
             logs.extend(t.logs.iter().cloned());
         });
-        for seg in &segments {
+        let mut holding: Vec<&Arc<Segment>> = segments.iter().filter(|s| s.find(id).is_some()).collect();
+        holding.sort_by(|a, b| {
+            (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
+        });
+        let mut spans = Vec::new();
+        for seg in holding {
             if let Some((s, l)) = seg.lookup(id, with_logs)? {
                 spans.extend(s);
                 logs.extend(l);
             }
         }
+        spans.extend(memory.into_iter().rev().flatten());
         if spans.is_empty() && logs.is_empty() {
             return Ok(None);
         }
+        dedup_spans(&mut spans);
         spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
         logs.sort_by_key(|l| l.effective_time());
         Ok(Some((spans, logs)))

@@ -214,15 +214,7 @@ pub(super) fn traces(spans: Vec<Span>, logs: Vec<LogRecord>) -> Vec<(TraceId, Tr
 }
 
 fn entry() -> TraceEntry {
-    TraceEntry {
-        spans: vec![],
-        logs: vec![],
-        first_seen_ms: 0,
-        last_seen_ms: 0,
-        min_pos: 0,
-        max_pos: 0,
-        bytes: 0,
-    }
+    TraceEntry::default()
 }
 
 /// Writes `traces` as a segment under `root` and opens it.

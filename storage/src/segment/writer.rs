@@ -2,6 +2,7 @@
 //! builder, the indexes (through [`super::index`]), the small files, then
 //! fsync and rename into place.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -25,7 +26,7 @@ use super::layout::{
 use super::{OperationStat, SegmentConfig, SegmentMeta, ServiceStat};
 use crate::codec;
 use crate::head::TraceEntry;
-use crate::model::{LogRecord, Resource, Span, TraceId};
+use crate::model::{dedup_spans, has_duplicate_spans, LogRecord, Resource, Span, TraceId};
 use crate::rollup::{Rollup, RollupBuilder};
 use crate::Result;
 
@@ -41,6 +42,8 @@ pub fn sort_for_segment(traces: &mut [(TraceId, TraceEntry)]) {
 
 /// Writes `traces` (ordered by [`sort_for_segment`], each trace ID once) as
 /// a new segment directory `root/{ulid}` and returns its meta and rollup.
+/// Of spans sharing a span ID within a trace only the first is written
+/// ([`crate::model::dedup_spans`]).
 /// `now_unix_nano` becomes [`SegmentMeta::created_unix_nano`].
 ///
 /// Durability: when this returns `Ok`, every file of the segment and the
@@ -107,17 +110,27 @@ fn write_into(
     let mut index = IndexBuilder::create(&tmp, cfg)?;
 
     for (tid, t) in traces {
+        // A segment holds each span once, whatever its input: its counts,
+        // index and rollup then count each span once. The head and
+        // compaction drop copies already, so this only checks.
+        let unique: Cow<'_, [Span]> = if has_duplicate_spans(&t.spans) {
+            let mut v = t.spans.clone();
+            dedup_spans(&mut v);
+            Cow::Owned(v)
+        } else {
+            Cow::Borrowed(&t.spans)
+        };
         wal_max = wal_max.max(t.max_pos);
         index_entries.push(TraceIndexEntry {
             trace_id: *tid,
             span_row: span_rows,
-            span_count: t.spans.len() as u32,
+            span_count: unique.len() as u32,
             log_row: log_rows,
             log_count: t.logs.len() as u32,
             wal_pos: t.max_pos,
         });
-        rollup.add_trace(&t.spans);
-        for s in &t.spans {
+        rollup.add_trace(&unique);
+        for s in unique.iter() {
             min_time = min_time.min(s.start_time_unix_nano);
             max_time = max_time.max(s.start_time_unix_nano);
             let st = services
@@ -553,6 +566,36 @@ mod tests {
         for e in fs::read_dir(dir.path()).unwrap() {
             assert!(e.unwrap().file_name().to_string_lossy().starts_with("tmp-"));
         }
+    }
+
+    /// Copies of a span (a retried batch) given to the writer are written
+    /// once: rows, trace-ID index, meta counts and rollup count one.
+    #[test]
+    fn copies_of_a_span_are_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = resource("web", vec![]);
+        let db = resource("db", vec![]);
+        let root = span(1, 1, &web, "GET /", 100, 10, 2, vec![]);
+        let child = span(1, 2, &db, "query", 101, 5, 0, vec![]);
+        let other = span(2, 1, &web, "GET /", 100, 10, 0, vec![]);
+        let t = traces(
+            vec![root.clone(), child.clone(), root.clone(), other.clone(), child.clone(), root],
+            vec![log(1, &web, 100, 9, "same"), log(1, &web, 100, 9, "same")],
+        );
+        let (meta, rollup) = write_segment(dir.path(), &small_cfg(), &t, 1).unwrap();
+        assert_eq!((meta.span_count, meta.log_count, meta.trace_count), (3, 2, 2), "logs kept as sent");
+        let web_stat = meta.services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!((web_stat.span_count, web_stat.error_count), (2, 1));
+        assert_eq!(meta.operations.iter().map(|o| o.span_count).sum::<u64>(), 3);
+        assert_eq!(rollup.red.iter().map(|r| r.count).sum::<u64>(), 3);
+        assert_eq!(rollup.red.iter().map(|r| r.errors).sum::<u64>(), 1);
+        assert_eq!(rollup.edges.iter().map(|e| e.calls).sum::<u64>(), 1);
+        let seg =
+            Segment::open(&dir.path().join(&meta.id), Arc::new(StorageMetrics::default()), None).unwrap();
+        let (spans, logs) = seg.lookup(&TraceId([1; 16]), true).unwrap().unwrap();
+        assert_eq!(spans.iter().map(|s| s.span_id.0[0]).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(logs.len(), 2);
+        assert_eq!(seg.lookup(&TraceId([2; 16]), false).unwrap().unwrap().0, [other]);
     }
 
     #[test]
