@@ -190,7 +190,7 @@ function Graph(props: { edges: Edge[]; stats: Map<string, NodeStat>; secs: numbe
                     {fmtNum(st.requests / props.secs)} req/s · {errPct.toFixed(errPct < 10 ? 1 : 0)}% err
                   </text>
                   <text x="14" y="56" class="node-stat">
-                    p95 {fmtDuration(st.p95)} · {fmtNum(st.requests)} spans
+                    p95 ≈ {fmtDuration(st.p95)} · {fmtNum(st.requests)} req
                   </text>
                 </>
               ) : (
@@ -203,7 +203,8 @@ function Graph(props: { edges: Edge[]; stats: Map<string, NodeStat>; secs: numbe
         })}
       </svg>
       <div class="small muted">
-        Node: request rate, error rate and p95 latency of the service's spans in the range. Edge: calls from one service to
+        Node: requests to the service per second (its entry spans: server and consumer spans, and roots), the share of
+        them that failed, and their p95 latency (≈: estimated from histogram buckets) over the range. Edge: calls from one service to
         another (thicker = more). Click a node for its overview, an edge to search the traces that cross it.
       </div>
     </div>
