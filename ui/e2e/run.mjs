@@ -728,12 +728,12 @@ async function main() {
       await page.setViewportSize({ width, height: 900 });
       await goto(`/trace/${T.trace_id}?span=${T.spans[0].span_id}`);
       await page.waitForSelector('[data-testid="span-detail"]');
-      await page.waitForSelector('[data-testid="span-duration"]');
+      await page.waitForSelector('[data-testid="span-row"] .wf-dur');
       const bad = await page.$$eval('[data-testid="span-row"]', (rows) =>
         rows
           .map((r) => {
             const tl = r.querySelector(".wf-tl").getBoundingClientRect();
-            const d = r.querySelector('[data-testid="span-duration"]').getBoundingClientRect();
+            const d = r.querySelector(".wf-dur").getBoundingClientRect();
             return { id: r.dataset.spanId, ok: d.left >= tl.left - 1 && d.right <= tl.right + 1, d: [d.left, d.right], tl: [tl.left, tl.right] };
           })
           .filter((x) => !x.ok),
@@ -750,18 +750,19 @@ async function main() {
         await page.waitForSelector(sel);
         await waitNoLoading();
         const m = await page.evaluate((sel) => {
-          const t = document.querySelector(sel).getBoundingClientRect();
+          // the table's box: the table itself may be wider and scroll inside it
+          const t = document.querySelector(sel).parentElement.getBoundingClientRect();
           return { doc: document.documentElement.scrollWidth, vw: document.documentElement.clientWidth, right: t.right };
         }, sel);
         assert(m.doc <= m.vw + 1, `${what}: the page is ${m.doc} px wide at a ${m.vw} px viewport`);
         assert(m.right <= m.vw + 1, `${what}: the table's box ends at ${m.right} px`);
       };
       await goto(`/service/${T.root_service}?${range}`);
-      await noOverflow("service overview", '[data-testid="ops-scroll"]');
+      await noOverflow("service overview", '[data-testid="ops-table"]');
       const q = new URLSearchParams({ service: T.root_service, operation: T.root_name, start: String(startNs), end: String(endNs), limit: "5" });
       const other = (await getJson(`${base}/api/v1/search/traces?${q}`)).traces.map((t) => t.trace_id).find((id) => id !== T.trace_id);
       await goto(`/compare?a=${T.trace_id}&b=${other}`);
-      await noOverflow("compare", '[data-testid="compare-scroll"]');
+      await noOverflow("compare", '[data-testid="compare-table"]');
     } finally {
       await page.setViewportSize({ width: 1440, height: 900 });
     }

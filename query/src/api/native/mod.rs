@@ -3,6 +3,8 @@
 //! input types; [`json`] renders the model.
 
 pub mod json;
+#[cfg(test)]
+mod sort_tests;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
@@ -133,6 +135,7 @@ async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Api
         filter: span_filter(&p)?,
         limit: p.limit(st.cfg.default_limit, st.cfg.max_limit)?,
         traceql: traceql(&p)?,
+        sort: p.get("sort").map(str::parse).transpose()?.unwrap_or_default(),
         ..Default::default()
     };
     let r = st.engine().search_traces(q).await?;

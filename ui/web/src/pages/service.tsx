@@ -181,7 +181,10 @@ function RedCharts(props: { s: DSeries; stepNs: number; onPick: (tMs: number) =>
     <div class="red-grid">
       <div class="card">
         <div class="card-title">
-          Requests <span class="muted small" data-testid="rate-label">to the service (entry spans: server, consumer, roots), per second · {fmtNum(total)} in all</span>
+          Requests{" "}
+          <span class="muted small" data-testid="rate-label">
+            requests to the service per second (its entry spans: server, consumer, roots) · {fmtNum(total)} in all
+          </span>
         </div>
         <UChart
           testid="chart-rate"
