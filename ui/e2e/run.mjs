@@ -866,12 +866,15 @@ async function main() {
     // sorted by total, longest first
     const totals = got.map((r) => Number(r.total));
     assert(totals.every((t, i) => !i || totals[i - 1] >= t), "rows are not sorted by total time");
+    await shot("trace-stats.png");
   });
 
   await test("flame graph: one box per span, each a level under its parent; a click opens the span (#14)", async () => {
     await goto(`/trace/${T.trace_id}`);
     await page.waitForSelector('[data-testid="span-row"]');
     await page.click('[data-testid="view-flame"]');
+    await page.waitForURL((u) => u.searchParams.get("view") === "flame");
+    await page.reload({ waitUntil: "domcontentloaded" });
     await page.waitForSelector('[data-testid="flame-node"]');
     const nodes = await page.$$eval('[data-testid="flame-node"]', (els) =>
       els.map((e) => {
@@ -890,6 +893,7 @@ async function main() {
       const inside = spanNs(s).a >= spanNs(T.spans.find((x) => x.span_id === s.parent_span_id)).a;
       if (inside) assert(n.left >= p.left - 1, `span ${s.span_id} starts left of its parent`);
     }
+    await shot("trace-flame.png");
     const leaf = T.spans.find((s) => s.service !== T.root_service) || T.spans[0];
     // concurrent siblings may overlap: click this box itself, not what covers its centre
     await page.locator(`[data-testid="flame-node"][data-span-id="${leaf.span_id}"]`).dispatchEvent("click");

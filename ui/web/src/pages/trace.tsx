@@ -19,6 +19,7 @@ import {
   copyText,
   downloadJson,
   fmtDuration,
+  navigate,
   nsDiff,
   nsToMs,
   parseDuration,
@@ -62,14 +63,16 @@ export function TracePage(props: { id: string; loc: Loc }) {
         <Empty title="This trace has no spans yet">Its spans may still be arriving; reload in a moment.</Empty>
       </div>
     );
-  return <TraceView key={model.trace.trace_id} model={model} raw={res.data!} initialSpan={props.loc.query.get("span")} busy={res.loading} />;
+  return <TraceView key={model.trace.trace_id} model={model} raw={res.data!} initialSpan={props.loc.query.get("span")} initialView={props.loc.query.get("view")} busy={res.loading} />;
 }
 
 type Row = { kind: "span"; node: SpanNode; dim: boolean } | { kind: "log"; item: LogItem; node: SpanNode };
 
 const ROW_H = 24;
 
-function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string | null; busy: boolean }) {
+type View = "timeline" | "stats" | "flame";
+
+function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string | null; initialView: string | null; busy: boolean }) {
   const m = props.model;
   const [collapsed, setCollapsed] = useState<Set<string>>(() => new Set());
   const [selected, setSelected] = useState<string | null>(() =>
@@ -83,7 +86,16 @@ function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string |
   const [showCrit, setShowCrit] = useState(true);
   const [win, setWin] = useState<[number, number]>([0, m.total]);
   const [logsOnlySel, setLogsOnlySel] = useState(false);
-  const [view, setView] = useState<"timeline" | "stats" | "flame">("timeline");
+  const [view, setViewState] = useState<View>(props.initialView === "stats" || props.initialView === "flame" ? props.initialView : "timeline");
+  // the view is part of the URL (`?view=stats|flame`), so a shared link opens it
+  const setView = (v: View) => {
+    setViewState(v);
+    const q = new URLSearchParams(location.search);
+    if (v === "timeline") q.delete("view");
+    else q.set("view", v);
+    const qs = q.toString();
+    navigate(location.pathname + (qs ? `?${qs}` : ""), true);
+  };
   const [fService, setFService] = useState("");
   const [fStatus, setFStatus] = useState("");
   const [fMin, setFMin] = useState("");
@@ -280,7 +292,7 @@ function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string |
           <input
             class="dur-filter"
             aria-label="Minimum span duration"
-            placeholder="min e.g. 5ms"
+            placeholder="min, 5ms"
             data-testid="filter-min-duration"
             value={fMin}
             onInput={(e) => setFMin((e.target as HTMLInputElement).value)}
@@ -288,7 +300,7 @@ function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string |
           <input
             class="dur-filter"
             aria-label="Maximum span duration"
-            placeholder="max"
+            placeholder="max, 1s"
             data-testid="filter-max-duration"
             value={fMax}
             onInput={(e) => setFMax((e.target as HTMLInputElement).value)}
@@ -785,10 +797,9 @@ function Waterfall(props: {
       style={{ "--name-w": `${nameW}%` }}
     >
       <div class="wf-header">
-        <div class="wf-name">
+        <div class="wf-name" title={`${rows.length} rows; keys: ↑ ↓ ← → Enter Esc Home End`}>
           <strong>Service: operation</strong>
           <span class="muted small offset-label"> · times since trace start</span>
-          <span class="muted small"> ({rows.length} rows; ↑↓←→ Enter)</span>
           <span class="col-resize" title="Drag to resize the name column" onMouseDown={startResize} />
         </div>
         <div class="wf-tl">
