@@ -178,7 +178,11 @@ function Graph(props: { edges: Edge[]; stats: Map<string, NodeStat>; secs: numbe
               onMouseEnter={() => setHover(n.name)}
               onMouseLeave={() => setHover(null)}
             >
-              <title>Open the overview of {n.name}</title>
+              <title>
+                {st
+                  ? `${n.name}: ${fmtNum(st.requests / props.secs)} requests to the service per second (entry spans), ${errPct.toFixed(1)}% failed, p95 ≈ ${fmtDuration(st.p95)} (estimated from histogram buckets). Click to open its overview.`
+                  : `Open the overview of ${n.name}`}
+              </title>
               <rect width={NW} height={NH} rx="8" class="node-box" />
               <rect width="6" height={NH} rx="3" fill={serviceColor(n.name)} />
               <text x="14" y="22" class="node-name">
