@@ -160,15 +160,26 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
                 n = n.saturating_mul(4);
             };
             // Spans only while ranking; logs only for the traces returned.
+            // The hits kept stay under twice the limit, however many are read.
+            let rank = |hits: &mut Vec<TraceHit>| {
+                hits.sort_by_key(|t| {
+                    (
+                        Reverse(t.summary.duration_ns),
+                        Reverse(t.summary.start_time_unix_nano),
+                        t.summary.trace_id,
+                    )
+                });
+                hits.truncate(q.limit);
+            };
             for id in ids {
                 if let Some(hit) = evaluate(s, q, id, false, &mut out.inspected)? {
                     out.traces.push(hit);
+                    if out.traces.len() >= q.limit.saturating_mul(2).max(64) {
+                        rank(&mut out.traces);
+                    }
                 }
             }
-            out.traces.sort_by_key(|t| {
-                (Reverse(t.summary.duration_ns), Reverse(t.summary.start_time_unix_nano), t.summary.trace_id)
-            });
-            out.traces.truncate(q.limit);
+            rank(&mut out.traces);
             if q.with_trace {
                 for hit in &mut out.traces {
                     let id = hit.summary.trace_id;
@@ -345,6 +356,27 @@ mod tests {
         assert_eq!(ids(&r), [TraceId([1; 16])]);
         assert_eq!("duration".parse::<TraceSort>().unwrap(), TraceSort::Duration);
         assert!("longest".parse::<TraceSort>().is_err());
+    }
+
+    /// More matches than the hits kept while ranking: the longest still win.
+    #[tokio::test]
+    async fn sort_by_duration_ranks_many_traces_in_bounded_memory() {
+        use crate::engine::testutil::span;
+        let (_d, s) = storage();
+        // trace n (10..=209) lasts n µs, except that trace 20 is the longest
+        let spans = (10u8..210)
+            .map(|n| {
+                let dur = if n == 20 { 1_000_000 } else { u64::from(n) * 1_000 };
+                span(n, 1, None, "svc", "op", u64::from(n) * 1_000_000_000, dur, false)
+            })
+            .collect();
+        append(&s, spans).await;
+        let r = engine(&s)
+            .search_traces(TraceQuery { limit: 3, sort: TraceSort::Duration, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(ids(&r), [20, 209, 208].map(|b| TraceId([b; 16])));
+        assert_eq!(r.inspected, 200);
     }
 
     #[test]
