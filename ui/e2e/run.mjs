@@ -9,7 +9,7 @@
 //   WORKLOAD_GEN   generator (default ../shared/workload/gen_workload.py, relative to the repo root)
 //   CHROMIUM       browser binary (default /usr/bin/chromium)
 //   SCREENSHOT_DIR where page screenshots go (default docs/ui)
-//   E2E_TIMEOUT_S  global timeout in seconds (default 300)
+//   E2E_TIMEOUT_S  global timeout in seconds (default 420)
 //   SKEIN_URL      test an already running Skein instead (it must hold the
 //                  --seed 1 --traces 300 --traces-per-second 0.2 workload); nothing is
 //                  started or loaded
@@ -30,7 +30,7 @@ const SKEIN_BIN = path.resolve(REPO, process.env.SKEIN_BIN || "target/debug/skei
 const GEN = path.resolve(REPO, process.env.WORKLOAD_GEN || "../shared/workload/gen_workload.py");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SHOTS = path.resolve(REPO, process.env.SCREENSHOT_DIR || "docs/ui");
-const TIMEOUT_S = Number(process.env.E2E_TIMEOUT_S || 300);
+const TIMEOUT_S = Number(process.env.E2E_TIMEOUT_S || 420);
 const EXTERNAL = process.env.SKEIN_URL || "";
 
 const require = createRequire(path.join(REPO, "ui/web/package.json"));
@@ -599,6 +599,356 @@ async function main() {
     log(`10k-span trace: opened in ${openMs} ms; scroll step median ${perf.median.toFixed(0)} ms, p95 ${perf.p95.toFixed(0)} ms (2 frames each)`);
     assert(perf.last >= perf.rows - 3, `scrolled to the bottom but the last rendered row is ${perf.last} of ${perf.rows}`);
     assert(perf.median < 250, `scrolling is slow: median ${perf.median.toFixed(0)} ms per step`);
+  });
+
+  // ------------------------------------------------------------ issue 9 --
+
+  /** Requests the page makes to `pathPart` while `fn` runs. */
+  const requestsDuring = async (pathPart, fn) => {
+    const seen = [];
+    const on = (r) => {
+      if (r.url().includes(pathPart)) seen.push(new URL(r.url()));
+    };
+    page.on("request", on);
+    try {
+      await fn();
+    } finally {
+      page.off("request", on);
+    }
+    return seen;
+  };
+
+  await test("search: the range's slowest traces are in the scatter at default settings, one click away (#7)", async () => {
+    await goto(`/search?${range}`);
+    await page.waitForSelector('[data-testid="trace-result"]');
+    await waitNoLoading();
+    const listed = new Set(await page.$$eval('[data-testid="trace-result"]', (els) => els.map((e) => e.dataset.traceId)));
+    assert(listed.size === 50, `default page lists ${listed.size} traces, expected 50`);
+    const hidden = truth.slowest.find((t) => !listed.has(t.trace_id));
+    assert(hidden, "every one of the workload's slowest traces is among the newest 50: the test needs one that is not");
+    for (const t of truth.slowest)
+      await page.waitForSelector(`[data-testid="scatter-dot"][data-trace-id="${t.trace_id}"]`, { timeout: 5000 });
+    const extra = await page.getAttribute(`[data-testid="scatter-dot"][data-trace-id="${hidden.trace_id}"]`, "data-extra");
+    assert(extra === "slowest", `the ${hidden.duration_ns / 1e6} ms trace's dot is not marked as one of the slowest (${extra})`);
+    await page.click(`[data-testid="scatter-dot"][data-trace-id="${hidden.trace_id}"]`);
+    await page.waitForURL(new RegExp(`/trace/${hidden.trace_id}`));
+    await page.waitForSelector('[data-testid="span-row"]');
+  });
+
+  await test("search: sort is part of the query and the URL, and the server sorts the whole range (#7)", async () => {
+    await goto(`/search?${range}&limit=20`);
+    await page.waitForSelector('[data-testid="trace-result"]');
+    await waitNoLoading();
+    const reqs = await requestsDuring("/api/v1/search/traces", async () => {
+      await page.selectOption('[data-testid="sort-select"]', "duration");
+      await page.waitForURL((u) => u.searchParams.get("sort") === "duration");
+      await page.waitForFunction(
+        (id) => document.querySelector('[data-testid="trace-result"]')?.dataset.traceId === id,
+        truth.slowest[0].trace_id,
+      );
+    });
+    assert(
+      reqs.some((u) => u.searchParams.get("sort") === "duration" && u.searchParams.get("limit") === "20"),
+      `no search request with sort=duration&limit=20: ${reqs.map(String).join(" ")}`,
+    );
+    const check = async () => {
+      await waitNoLoading();
+      const ids = await page.$$eval('[data-testid="trace-result"]', (els) => els.map((e) => e.dataset.traceId));
+      const want = truth.slowest.map((t) => t.trace_id);
+      assert(JSON.stringify(ids.slice(0, want.length)) === JSON.stringify(want), `longest first gave ${ids.slice(0, 5)}, the workload's longest are ${want}`);
+    };
+    await check();
+    await page.reload({ waitUntil: "domcontentloaded" });
+    await page.waitForSelector('[data-testid="trace-result"]');
+    assert((await page.inputValue('[data-testid="sort-select"]')) === "duration", "the sort is not restored from the URL");
+    await check();
+  });
+
+  await test("compare: an operation run once in A and eight times in B shows count, total and mean per call (#8)", async () => {
+    if (!otlpHttp) return log("skipped: needs a Skein started by this script (not SKEIN_URL)");
+    const t0n = BigInt(truth.end_unix_nano) + 7_200_000_000_000n;
+    const ms = 1_000_000n;
+    const mk = (traceId, at, n, callNs) => {
+      const root = { traceId, spanId: "a0".repeat(8), name: "GET /orders", kind: 2, startTimeUnixNano: String(at), endTimeUnixNano: String(at + 100n * ms) };
+      const calls = [];
+      for (let i = 0; i < n; i++) {
+        const s = at + 5n * ms + BigInt(i) * 10n * ms;
+        calls.push({ traceId, spanId: (i + 1).toString(16).padStart(16, "0"), parentSpanId: root.spanId, name: "SELECT orders", kind: 3, startTimeUnixNano: String(s), endTimeUnixNano: String(s + callNs) });
+      }
+      const rs = (svc, spans) => ({ resource: { attributes: [{ key: "service.name", value: { stringValue: svc } }] }, scopeSpans: [{ scope: { name: "e2e" }, spans }] });
+      return { resourceSpans: [rs("cmp-api", [root]), rs("cmp-db", calls)] };
+    };
+    const A = "c0a0".repeat(8),
+      B = "c0b0".repeat(8);
+    await postJson(`http://${otlpHttp}/v1/traces`, mk(A, t0n, 1, 10n * ms));
+    await postJson(`http://${otlpHttp}/v1/traces`, mk(B, t0n + 1_000_000_000n, 8, 8n * ms));
+    for (const id of [A, B]) {
+      const until = Date.now() + 20000;
+      while (Date.now() < until) {
+        const r = await fetch(`${base}/api/v1/traces/${id}`).then((r) => (r.ok ? r.json() : null)).catch(() => null);
+        if (r && r.spans.length >= 2) break;
+        await sleep(300);
+      }
+    }
+    await goto(`/compare?a=${A}&b=${B}`);
+    const row = page.locator('[data-testid="compare-row"][data-operation="SELECT orders"]');
+    await row.waitFor();
+    const cell = async (id) => (await row.locator(`[data-testid="${id}"]`).textContent()).trim();
+    assert((await cell("a-count")) === "1" && (await cell("b-count")) === "8", `counts ${await cell("a-count")} / ${await cell("b-count")}, expected 1 / 8`);
+    assert((await cell("a-total")) === "10.0 ms" && (await cell("b-total")) === "64.0 ms", `totals ${await cell("a-total")} / ${await cell("b-total")}`);
+    assert((await cell("a-mean")) === "10.0 ms" && (await cell("b-mean")) === "8.00 ms", `per call ${await cell("a-mean")} / ${await cell("b-mean")}`);
+    const change = row.locator('[data-testid="compare-change"]');
+    const text = (await change.textContent()).trim();
+    const cls = await change.getAttribute("class");
+    assert(text.includes("−2.00 ms") && text.includes("-20%"), `per-call change reads "${text}", expected −2.00 ms (-20%)`);
+    assert(cls.split(" ").includes("ok") && !cls.split(" ").includes("err"), `per-call change is coloured "${cls}": a faster call must be green, not red`);
+    const total = (await row.locator('[data-testid="compare-total-change"]').textContent()).trim();
+    assert(total.includes("+54.0 ms"), `total change reads "${total}"`);
+  });
+
+  await test("trace page: log offsets are all since the trace start, and say so (#13)", async () => {
+    const l0 = T.logs[0];
+    await goto(`/trace/${T.trace_id}?span=${l0.span_id}`);
+    await page.waitForSelector('[data-testid="span-detail-log"]');
+    const label = await page.textContent('[data-testid="span-detail"] [data-testid="offset-label"]');
+    assert(/since trace start/.test(label), `span panel's log times are labelled "${label}"`);
+    assert(/since trace start/.test(await page.textContent('[data-testid="log-pane-offset-label"]')), "log pane's times have no label");
+    const panel = await page.$$eval('[data-testid="span-detail-log"]', (els) =>
+      els.map((e) => ({ idx: e.dataset.logIdx, t: e.querySelector('[data-testid="log-offset"]').textContent })),
+    );
+    assert(panel.length > 0, "no logs in the span panel");
+    for (const p of panel) {
+      const pane = await page.textContent(`[data-testid="log-pane-row"][data-log-idx="${p.idx}"] [data-testid="log-offset"]`);
+      assert(pane === p.t, `log ${p.idx}: span panel says ${p.t}, log pane says ${pane}`);
+    }
+  });
+
+  await test("trace page: duration labels are not clipped with the span panel open (#13)", async () => {
+    for (const width of [1440, 1000]) {
+      await page.setViewportSize({ width, height: 900 });
+      await goto(`/trace/${T.trace_id}?span=${T.spans[0].span_id}`);
+      await page.waitForSelector('[data-testid="span-detail"]');
+      await page.waitForSelector('[data-testid="span-row"] .wf-dur');
+      const bad = await page.$$eval('[data-testid="span-row"]', (rows) =>
+        rows
+          .map((r) => {
+            const tl = r.querySelector(".wf-tl").getBoundingClientRect();
+            const d = r.querySelector(".wf-dur").getBoundingClientRect();
+            return { id: r.dataset.spanId, ok: d.left >= tl.left - 1 && d.right <= tl.right + 1, d: [d.left, d.right], tl: [tl.left, tl.right] };
+          })
+          .filter((x) => !x.ok),
+      );
+      assert(!bad.length, `at ${width} px, ${bad.length} duration labels stick out of the timeline: ${JSON.stringify(bad.slice(0, 3))}`);
+    }
+    await page.setViewportSize({ width: 1440, height: 900 });
+  });
+
+  await test("at 800 px the service overview and compare tables do not overflow the page (#13)", async () => {
+    await page.setViewportSize({ width: 800, height: 900 });
+    try {
+      const noOverflow = async (what, sel) => {
+        await page.waitForSelector(sel);
+        await waitNoLoading();
+        const m = await page.evaluate((sel) => {
+          // the table's box: the table itself may be wider and scroll inside it
+          const t = document.querySelector(sel).parentElement.getBoundingClientRect();
+          return { doc: document.documentElement.scrollWidth, vw: document.documentElement.clientWidth, right: t.right };
+        }, sel);
+        assert(m.doc <= m.vw + 1, `${what}: the page is ${m.doc} px wide at a ${m.vw} px viewport`);
+        assert(m.right <= m.vw + 1, `${what}: the table's box ends at ${m.right} px`);
+      };
+      await goto(`/service/${T.root_service}?${range}`);
+      await noOverflow("service overview", '[data-testid="ops-table"]');
+      const q = new URLSearchParams({ service: T.root_service, operation: T.root_name, start: String(startNs), end: String(endNs), limit: "5" });
+      const other = (await getJson(`${base}/api/v1/search/traces?${q}`)).traces.map((t) => t.trace_id).find((id) => id !== T.trace_id);
+      await goto(`/compare?a=${T.trace_id}&b=${other}`);
+      await noOverflow("compare", '[data-testid="compare-table"]');
+    } finally {
+      await page.setViewportSize({ width: 1440, height: 900 });
+    }
+  });
+
+  await test("result checkboxes name their trace and a skip link leads to the waterfall (#13)", async () => {
+    const q = new URLSearchParams({ service: T.root_service, operation: T.root_name, start: String(startNs), end: String(endNs), limit: "100" });
+    await goto(`/search?${q}`);
+    await page.waitForSelector(`[data-testid="trace-result"][data-trace-id="${T.trace_id}"]`);
+    const boxes = await page.locator('[data-testid="trace-result"] input[type="checkbox"]').count();
+    const named = await page.getByRole("checkbox", { name: /select trace .* to compare/i }).count();
+    assert(boxes > 0 && named === boxes, `${named} of ${boxes} result checkboxes have an accessible name`);
+    assert((await page.getByRole("checkbox", { name: new RegExp(T.trace_id) }).count()) === 1, "no checkbox is named after the known trace");
+    await goto(`/trace/${T.trace_id}`);
+    await page.waitForSelector('[data-testid="span-row"]');
+    await page.keyboard.press("Tab");
+    const first = await page.evaluate(() => document.activeElement?.dataset?.testid);
+    assert(first === "skip-to-waterfall", `the first Tab stop is ${first}, not the skip link`);
+    await page.keyboard.press("Enter");
+    const focused = await page.evaluate(() => document.activeElement?.id);
+    assert(focused === "waterfall", `the skip link focused ${focused}`);
+  });
+
+  await test("search scatter: last x label inside the plot, y ticks on 1-2-5 steps (#13)", async () => {
+    await goto(`/search?${range}&limit=200`);
+    await page.waitForSelector('[data-testid="scatter-dot"]');
+    await waitNoLoading();
+    const m = await page.evaluate(() => {
+      const svg = document.querySelector('[data-testid="scatter"]').getBoundingClientRect();
+      const xs = [...document.querySelectorAll('[data-testid="scatter-xtick"]')].map((e) => e.getBoundingClientRect());
+      const ys = [...document.querySelectorAll('[data-testid="scatter-ytick"]')].map((e) => Number(e.dataset.value));
+      return { svgL: svg.left, svgR: svg.right, firstL: xs[0].left, lastR: xs[xs.length - 1].right, ys };
+    });
+    assert(m.lastR <= m.svgR + 0.5 && m.firstL >= m.svgL - 0.5, `x labels run from ${m.firstL} to ${m.lastR}, the plot from ${m.svgL} to ${m.svgR}`);
+    const ys = m.ys;
+    assert(ys.length >= 3 && ys[0] === 0, `y ticks ${ys}`);
+    const step = ys[1] - ys[0];
+    const mant = step / 10 ** Math.floor(Math.log10(step));
+    assert([1, 2, 5].some((x) => Math.abs(mant - x) < 1e-9), `y tick step ${step} is not 1, 2 or 5 times a power of ten`);
+    assert(ys.every((v, i) => Math.abs(v - i * step) < 1e-6 * step), `y ticks are not multiples of the step: ${ys}`);
+  });
+
+  await test("?range=any shows its range in the picker and searches the whole range (#13)", async () => {
+    const reqs = await requestsDuring("/api/v1/search/traces", async () => {
+      await goto(`/search?range=any`);
+      await page.waitForSelector('[data-testid="trace-result"]');
+    });
+    const label = await page.$eval('[data-testid="time-preset"]', (s) => s.selectedOptions[0]?.textContent ?? "");
+    assert(/any time/i.test(label), `the picker shows "${label}"`);
+    const yearAgo = (BigInt(Date.now()) - 365n * 86400000n) * 1_000_000n;
+    const starts = reqs.map((u) => u.searchParams.get("start")).filter(Boolean);
+    assert(starts.length && starts.every((s) => BigInt(s) < yearAgo), `searched from ${starts} (more than a year back expected)`);
+    const ids = await page.$$eval('[data-testid="trace-result"]', (els) => els.map((e) => e.dataset.traceId));
+    assert(ids.some((id) => truth.newest.includes(id)), "no workload trace found with range=any");
+  });
+
+  const spanNs = (s) => ({ a: BigInt(s.start_unix_nano), b: BigInt(s.end_unix_nano) });
+
+  await test("trace statistics: count, total and self time per service and operation (#14)", async () => {
+    await goto(`/trace/${T.trace_id}`);
+    await page.waitForSelector('[data-testid="span-row"]');
+    await page.click('[data-testid="view-stats"]');
+    await page.waitForSelector('[data-testid="stats-row"]');
+    // expected, from the workload files: self = duration less the union of the children clipped to the span
+    const byId = new Map(T.spans.map((s) => [s.span_id, s]));
+    const want = new Map();
+    for (const s of T.spans) {
+      const { a, b } = spanNs(s);
+      const kids = T.spans
+        .filter((c) => c.parent_span_id === s.span_id)
+        .map((c) => spanNs(c))
+        .map(({ a: x, b: y }) => [x > a ? x : a, y < b ? y : b])
+        .filter(([x, y]) => y > x)
+        .sort((p, q) => (p[0] < q[0] ? -1 : 1));
+      let covered = 0n,
+        cur = null;
+      for (const [x, y] of kids) {
+        if (!cur || x > cur[1]) {
+          if (cur) covered += cur[1] - cur[0];
+          cur = [x, y];
+        } else if (y > cur[1]) cur[1] = y;
+      }
+      if (cur) covered += cur[1] - cur[0];
+      const k = `${s.service}\u0001${s.name}`;
+      const g = want.get(k) ?? { count: 0, total: 0n, self: 0n };
+      g.count++;
+      g.total += b - a;
+      g.self += b - a - covered;
+      want.set(k, g);
+    }
+    void byId;
+    const got = await page.$$eval('[data-testid="stats-row"]', (els) =>
+      els.map((e) => ({ k: `${e.dataset.service}\u0001${e.dataset.operation}`, count: Number(e.dataset.count), total: e.dataset.totalNs, self: e.dataset.selfNs })),
+    );
+    assert(got.length === want.size, `${got.length} rows, the trace has ${want.size} (service, operation) pairs`);
+    for (const r of got) {
+      const w = want.get(r.k);
+      assert(w, `unexpected row ${r.k}`);
+      assert(r.count === w.count && r.total === String(w.total) && r.self === String(w.self), `${r.k.replace("\u0001", ": ")}: got ${r.count} / ${r.total} / ${r.self}, want ${w.count} / ${w.total} / ${w.self}`);
+    }
+    // sorted by total, longest first
+    const totals = got.map((r) => Number(r.total));
+    assert(totals.every((t, i) => !i || totals[i - 1] >= t), "rows are not sorted by total time");
+    await shot("trace-stats.png");
+  });
+
+  await test("flame graph: one box per span, each a level under its parent; a click opens the span (#14)", async () => {
+    await goto(`/trace/${T.trace_id}`);
+    await page.waitForSelector('[data-testid="span-row"]');
+    await page.click('[data-testid="view-flame"]');
+    await page.waitForURL((u) => u.searchParams.get("view") === "flame");
+    await page.reload({ waitUntil: "domcontentloaded" });
+    await page.waitForSelector('[data-testid="flame-node"]');
+    const nodes = await page.$$eval('[data-testid="flame-node"]', (els) =>
+      els.map((e) => {
+        const r = e.getBoundingClientRect();
+        return { id: e.dataset.spanId, depth: Number(e.dataset.depth), top: r.top, left: r.left, right: r.right };
+      }),
+    );
+    assert(nodes.length === T.span_count, `${nodes.length} boxes, the trace has ${T.span_count} spans`);
+    const by = new Map(nodes.map((n) => [n.id, n]));
+    for (const s of T.spans) {
+      const n = by.get(s.span_id);
+      assert(n, `span ${s.span_id} has no box`);
+      const p = by.get(s.parent_span_id);
+      if (!p) continue;
+      assert(n.depth === p.depth + 1 && n.top > p.top, `span ${s.span_id} is not drawn one level under its parent`);
+      const inside = spanNs(s).a >= spanNs(T.spans.find((x) => x.span_id === s.parent_span_id)).a;
+      if (inside) assert(n.left >= p.left - 1, `span ${s.span_id} starts left of its parent`);
+    }
+    await shot("trace-flame.png");
+    const leaf = T.spans.find((s) => s.service !== T.root_service) || T.spans[0];
+    // concurrent siblings may overlap: click this box itself, not what covers its centre
+    await page.locator(`[data-testid="flame-node"][data-span-id="${leaf.span_id}"]`).dispatchEvent("click");
+    await page.waitForSelector(`[data-testid="span-detail"][data-span-id="${leaf.span_id}"]`);
+  });
+
+  await test("span filters: service, status and duration narrow the waterfall (#14)", async () => {
+    await goto(`/trace/${T.trace_id}`);
+    await page.waitForSelector('[data-testid="span-row"]');
+    await page.click('[data-testid="toggle-inline-logs"]'); // span rows only
+    const svc = T.spans.find((s) => s.service !== T.root_service).service;
+    await page.selectOption('[data-testid="filter-service"]', svc);
+    const nSvc = T.spans.filter((s) => s.service === svc).length;
+    await page.waitForFunction((t) => document.querySelector('[data-testid="find-count"]')?.textContent.startsWith(t), `${nSvc} of ${T.span_count}`);
+    const shown = await page.$$eval('[data-testid="span-row"]:not(.dim)', (els) => els.map((e) => e.dataset.service));
+    assert(shown.length === nSvc && shown.every((s) => s === svc), `bright rows: ${shown}`);
+    await page.selectOption('[data-testid="filter-status"]', "error");
+    await page.waitForFunction((t) => document.querySelector('[data-testid="find-count"]')?.textContent.startsWith(t), `${T.spans.filter((s) => s.service === svc && s.error).length} of`);
+    await page.click('[data-testid="filter-clear"]');
+    await page.fill('[data-testid="filter-min-duration"]', "1ms");
+    const nSlow = T.spans.filter((s) => spanNs(s).b - spanNs(s).a >= 1_000_000n).length;
+    await page.waitForFunction((t) => document.querySelector('[data-testid="find-count"]')?.textContent.startsWith(t), `${nSlow} of ${T.span_count}`);
+    await page.fill('[data-testid="filter-max-duration"]', "1ms");
+    const nExact = T.spans.filter((s) => spanNs(s).b - spanNs(s).a === 1_000_000n).length;
+    await page.waitForFunction((t) => document.querySelector('[data-testid="find-count"]')?.textContent.startsWith(t), `${nExact} of ${T.span_count}`);
+  });
+
+  await test("Open trace ID refuses 0 and the all-zero ID with a clear message (#3)", async () => {
+    await goto(`/search?${range}`);
+    await page.waitForSelector('[data-testid="page-search"]');
+    for (const bad of ["0", "0".repeat(32)]) {
+      await page.fill('[data-testid="goto-trace"]', bad);
+      await page.press('[data-testid="goto-trace"]', "Enter");
+      const msg = await page.textContent('[data-testid="goto-error"]');
+      assert(/not a valid trace ID/i.test(msg), `typing ${bad} says "${msg}"`);
+      assert(new URL(page.url()).pathname === "/search", `typing ${bad} navigated to ${page.url()}`);
+    }
+    const reqs = await requestsDuring("/api/v1/traces/", async () => {
+      await goto(`/trace/${"0".repeat(32)}`);
+      await page.waitForSelector('[data-testid="error"]');
+    });
+    assert(/not a valid trace ID/i.test(await page.textContent('[data-testid="error"]')), "the all-zero trace page does not say the ID is invalid");
+    assert(!reqs.length, `the all-zero trace was requested: ${reqs.map(String)}`);
+  });
+
+  await test("percentiles from buckets are labelled approximate; the rate counts requests to the service (#5)", async () => {
+    await goto(`/service/${T.root_service}?${range}`);
+    await page.waitForSelector('[data-testid="op-row"]');
+    assert((await page.textContent('[data-testid="latency-label"]')).includes("p95 ≈"), "latency card lacks p95 ≈");
+    assert((await page.textContent('[data-testid="ops-table"] thead')).includes("p95 ≈"), "operations table lacks p95 ≈");
+    assert(/requests? to the service/i.test(await page.textContent('[data-testid="rate-label"]')), "the rate does not say it counts requests to the service");
+    await goto(`/map?${range}`);
+    await page.waitForSelector('[data-testid="map-node"]');
+    await waitNoLoading();
+    assert((await page.textContent(`[data-testid="map-node"][data-service="${T.root_service}"]`)).includes("p95 ≈"), "map node lacks p95 ≈");
   });
 
   await test("no uncaught errors in the pages", async () => {

@@ -4,6 +4,7 @@
 usage: truth.py WORKLOAD_DIR  ->  JSON on stdout:
   trace: a known trace (from truth.jsonl) with its spans and logs (span_id, body)
   error_trace: a trace with an error
+  slowest: the five longest traces, longest first; newest: every trace ID, newest first
   word: a word from one of the known trace's logs that few other logs contain
   edges, start_unix_nano, end_unix_nano: from summary.json / truth.jsonl
 Needs: pip install opentelemetry-proto protobuf
@@ -42,7 +43,9 @@ for f in sorted(glob.glob(os.path.join(wl, "traces-*.pb"))):
         for ss in rs.scope_spans:
             for s in ss.spans:
                 if s.trace_id.hex() == tid:
-                    spans.append({"span_id": s.span_id.hex(), "parent_span_id": s.parent_span_id.hex(), "name": s.name, "service": svc})
+                    spans.append({"span_id": s.span_id.hex(), "parent_span_id": s.parent_span_id.hex(), "name": s.name, "service": svc,
+                                  "start_unix_nano": str(s.start_time_unix_nano), "end_unix_nano": str(s.end_time_unix_nano),
+                                  "error": s.status.code == 2})
 
 logs = []
 words = {}
@@ -67,6 +70,10 @@ word = min(sorted(own), key=lambda w: (words[w], w)) if own else "timeout"
 print(json.dumps({
     "trace": {**known, "spans": spans, "logs": logs},
     "error_trace": errs[0] if errs else None,
+    # the longest traces of the workload, longest first (ties: newest first, as sort=duration)
+    "slowest": sorted(rows, key=lambda r: (-r["duration_ns"], -r["start_unix_nano"]))[:5],
+    # trace IDs newest first (by trace start)
+    "newest": [r["trace_id"] for r in sorted(rows, key=lambda r: -r["start_unix_nano"])],
     "word": word,
     "word_count": words.get(word, 0),
     "edges": summary["edges"],

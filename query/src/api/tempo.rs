@@ -198,6 +198,7 @@ async fn search(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult 
         limit,
         keep_matched: SPANS_PER_SPANSET,
         with_trace: false,
+        ..Default::default()
     };
     let r = st.engine().search_traces(q).await?;
     Ok(Json(search_json(&r)).into_response())

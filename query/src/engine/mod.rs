@@ -22,7 +22,7 @@ use skein_storage::model::{LogRecord, Span, TraceId};
 use skein_storage::Storage;
 
 pub use conditions::SpanCondition;
-pub use search::{TraceHit, TraceQuery, TraceSearch};
+pub use search::{TraceHit, TraceQuery, TraceSearch, TraceSort};
 pub use stats::{Edge, Operation, RedPoint, RedQuery, RedSeries, ServiceStat};
 pub use summary::{summarize, ServiceCount, TraceSummary};
 pub use tags::{TagScope, TagValue, TagValueType, MAX_TAG_RESULTS};
@@ -78,8 +78,8 @@ impl Engine {
         }
     }
 
-    /// Traces matching `q`, newest trace start first (see [`TraceQuery`]
-    /// for how the index and TraceQL share the work).
+    /// Traces matching `q`, newest first or longest first as `q.sort` says
+    /// (see [`TraceQuery`] for how the index and TraceQL share the work).
     pub async fn search_traces(&self, q: TraceQuery) -> Result<TraceSearch> {
         self.run(move |s, cfg| search::run(s, cfg, &q)).await
     }

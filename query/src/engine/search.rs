@@ -1,16 +1,20 @@
 //! Trace search: the index picks candidate traces, each candidate is then
 //! read whole and checked against the span conditions, the TraceQL query
-//! and the trace-duration bounds.
+//! and the trace-duration bounds. Results come newest first, or longest
+//! first ([`TraceSort`]).
+
+use std::cmp::Reverse;
+use std::str::FromStr;
 
 use skein_storage::filter::SpanFilter;
-use skein_storage::model::Span;
+use skein_storage::model::{Span, TraceId};
 use skein_storage::Storage;
 
 use super::conditions::{self, SpanCondition};
 use super::summary::{summarize, TraceSummary};
 use super::traceql::TraceQl;
 use super::Trace;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::QueryConfig;
 
 /// A trace search, as every adapter builds it from its own parameters.
@@ -36,6 +40,42 @@ pub struct TraceQuery {
     pub keep_matched: usize,
     /// Whether each hit carries the whole trace with its log records.
     pub with_trace: bool,
+    /// Which `limit` traces are returned, and in which order.
+    pub sort: TraceSort,
+}
+
+/// The order of a trace search's answer, which also decides which traces
+/// make the limit (the native API's `sort=start|duration`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TraceSort {
+    /// Newest first: by the start of the trace's newest matching span, the
+    /// order in which the index hands out candidates (so the search stops
+    /// after the newest segments); the answer is then ordered by trace
+    /// start, newest first.
+    #[default]
+    Start,
+    /// Longest first: the `limit` matching traces of the whole range with
+    /// the longest trace duration (first span start to last span end),
+    /// ties newest first. No stored statistic bounds a trace's duration
+    /// (its spans may lie in several segments and the head), so every
+    /// trace with a matching span in the range is read: exact, and as
+    /// costly as the range is busy (bounded by the query timeout).
+    Duration,
+}
+
+impl FromStr for TraceSort {
+    type Err = Error;
+
+    /// `start` or `duration`; anything else is a 400 naming both.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "start" => Ok(TraceSort::Start),
+            "duration" => Ok(TraceSort::Duration),
+            _ => Err(Error::bad(format!(
+                "sort {s:?} must be start (newest first) or duration (longest first)"
+            ))),
+        }
+    }
 }
 
 impl TraceQuery {
@@ -101,7 +141,7 @@ pub struct TraceHit {
 /// The answer of a trace search.
 #[derive(Debug, Clone, Default)]
 pub struct TraceSearch {
-    /// Matching traces, newest trace start first, at most the limit.
+    /// Matching traces in [`TraceQuery::sort`] order, at most the limit.
     pub traces: Vec<TraceHit>,
     /// Candidate traces read and evaluated.
     pub inspected: u64,
@@ -110,45 +150,105 @@ pub struct TraceSearch {
 pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<TraceSearch> {
     let (cand, budget) = q.plan(cfg.max_traceql_candidates);
     let mut out = TraceSearch::default();
-    for id in s.search_traces(&cand, budget)? {
-        if out.traces.len() >= q.limit {
-            break;
-        }
-        let (spans, logs) = if q.with_trace {
-            let Some(t) = s.get_trace(&id)? else { continue };
-            t
-        } else {
-            let Some(spans) = s.get_trace_spans(&id)? else { continue };
-            (spans, Vec::new())
-        };
-        out.inspected += 1;
-        // The span conditions hold on some span in every case (they carry
-        // the time range); TraceQL then selects the spans it matches.
-        let matched: Vec<&Span> = match &q.traceql {
-            Some(tq) => {
-                if !spans.iter().any(|sp| q.span_matches(sp)) {
-                    continue;
+    match q.sort {
+        TraceSort::Start => {
+            for id in s.search_traces(&cand, budget)? {
+                if out.traces.len() >= q.limit {
+                    break;
                 }
-                tq.matching_spans(&spans)
+                if let Some(hit) = evaluate(s, q, id, q.with_trace, &mut out.inspected)? {
+                    out.traces.push(hit);
+                }
             }
-            None => spans.iter().filter(|sp| q.span_matches(sp)).collect(),
-        };
-        if matched.is_empty() {
-            continue;
+            out.traces.sort_by_key(|t| Reverse(t.summary.start_time_unix_nano));
         }
-        let summary = summarize(id, &spans);
-        if q.min_trace_duration_ns.is_some_and(|m| summary.duration_ns < m)
-            || q.max_trace_duration_ns.is_some_and(|m| summary.duration_ns > m)
-        {
-            continue;
+        TraceSort::Duration => {
+            // Every candidate of the range, not only the newest `budget`:
+            // ask the index again with a larger budget until it returns
+            // fewer than asked for.
+            let mut n = budget.max(q.limit).max(1);
+            let ids = loop {
+                let ids = s.search_traces(&cand, n)?;
+                // Stops: `n` grows past the number of stored traces.
+                if ids.len() < n {
+                    break ids;
+                }
+                n = n.saturating_mul(4);
+            };
+            // Spans only while ranking; logs only for the traces returned.
+            // The hits kept stay under twice the limit, however many are read.
+            let rank = |hits: &mut Vec<TraceHit>| {
+                hits.sort_by_key(|t| {
+                    (
+                        Reverse(t.summary.duration_ns),
+                        Reverse(t.summary.start_time_unix_nano),
+                        t.summary.trace_id,
+                    )
+                });
+                hits.truncate(q.limit);
+            };
+            for id in ids {
+                if let Some(hit) = evaluate(s, q, id, false, &mut out.inspected)? {
+                    out.traces.push(hit);
+                    if out.traces.len() >= q.limit.saturating_mul(2).max(64) {
+                        rank(&mut out.traces);
+                    }
+                }
+            }
+            rank(&mut out.traces);
+            if q.with_trace {
+                for hit in &mut out.traces {
+                    let id = hit.summary.trace_id;
+                    hit.trace = s.get_trace(&id)?.map(|(spans, logs)| Trace { id, spans, logs });
+                }
+            }
         }
-        let matched_count = matched.len();
-        let matched = matched.into_iter().take(q.keep_matched).cloned().collect();
-        let trace = q.with_trace.then_some(Trace { id, spans, logs });
-        out.traces.push(TraceHit { summary, matched_count, matched, trace });
     }
-    out.traces.sort_by_key(|t| std::cmp::Reverse(t.summary.start_time_unix_nano));
     Ok(out)
+}
+
+/// Reads candidate `id` (counting it in `inspected` when it is still
+/// stored) and checks it against `q`: `None` when it is gone or does not
+/// match.
+fn evaluate(
+    s: &Storage,
+    q: &TraceQuery,
+    id: TraceId,
+    with_trace: bool,
+    inspected: &mut u64,
+) -> Result<Option<TraceHit>> {
+    let (spans, logs) = if with_trace {
+        let Some(t) = s.get_trace(&id)? else { return Ok(None) };
+        t
+    } else {
+        let Some(spans) = s.get_trace_spans(&id)? else { return Ok(None) };
+        (spans, Vec::new())
+    };
+    *inspected += 1;
+    // The span conditions hold on some span in every case (they carry
+    // the time range); TraceQL then selects the spans it matches.
+    let matched: Vec<&Span> = match &q.traceql {
+        Some(tq) => {
+            if !spans.iter().any(|sp| q.span_matches(sp)) {
+                return Ok(None);
+            }
+            tq.matching_spans(&spans)
+        }
+        None => spans.iter().filter(|sp| q.span_matches(sp)).collect(),
+    };
+    if matched.is_empty() {
+        return Ok(None);
+    }
+    let summary = summarize(id, &spans);
+    if q.min_trace_duration_ns.is_some_and(|m| summary.duration_ns < m)
+        || q.max_trace_duration_ns.is_some_and(|m| summary.duration_ns > m)
+    {
+        return Ok(None);
+    }
+    let matched_count = matched.len();
+    let matched = matched.into_iter().take(q.keep_matched).cloned().collect();
+    let trace = with_trace.then_some(Trace { id, spans, logs });
+    Ok(Some(TraceHit { summary, matched_count, matched, trace }))
 }
 
 #[cfg(test)]
@@ -206,6 +306,92 @@ mod tests {
         let q = TraceQuery { limit: 1, with_trace: true, ..Default::default() };
         let r = e.search_traces(q).await.unwrap();
         assert_eq!(r.traces[0].trace.as_ref().unwrap().spans.len(), 2);
+    }
+
+    /// The longest traces of the whole range, not the longest of the
+    /// newest page: an old long trace in a segment beats newer short ones
+    /// in the head, and a trace's duration counts its spans in every part
+    /// of storage.
+    #[tokio::test]
+    async fn sort_by_duration_is_an_exact_top_n_over_head_and_segments() {
+        use crate::engine::testutil::span;
+        let (_d, s) = storage();
+        let e = engine(&s);
+        let sec = 1_000_000_000;
+        // trace 1: old and long (300 ms), then flushed to a segment
+        append(&s, three_traces().into_iter().filter(|sp| sp.trace_id == TraceId([1; 16])).collect()).await;
+        // trace 4: a 10 ms root in the same segment whose 900 ms child
+        // arrives later, into the head
+        append(&s, vec![span(4, 1, None, "frontend", "GET /slow", 4 * sec, 10_000_000, false)]).await;
+        s.flush(true).unwrap();
+        append(&s, three_traces().into_iter().filter(|sp| sp.trace_id != TraceId([1; 16])).collect()).await;
+        append(&s, vec![span(4, 2, Some(1), "worker", "job", 4 * sec + 100, 900_000_000, false)]).await;
+
+        let q = |limit, sort| TraceQuery { limit, sort, ..Default::default() };
+        let r = e.search_traces(q(1, TraceSort::Start)).await.unwrap();
+        assert_eq!(ids(&r), [TraceId([4; 16])], "newest first");
+        let r = e.search_traces(q(2, TraceSort::Duration)).await.unwrap();
+        assert_eq!(ids(&r), [TraceId([4; 16]), TraceId([1; 16])], "longest first");
+        assert_eq!(r.traces[0].summary.duration_ns, 900_000_100);
+        let r = e.search_traces(q(10, TraceSort::Duration)).await.unwrap();
+        assert_eq!(ids(&r), [4, 1, 3, 2].map(|b| TraceId([b; 16])));
+
+        // The filter picks spans, the sort ranks whole traces: only the
+        // 10 ms root of trace 4 is from frontend.
+        let mut fq = q(1, TraceSort::Duration);
+        fq.filter.service = Some("frontend".into());
+        fq.filter.start_ns = Some(2 * sec);
+        let r = e.search_traces(fq).await.unwrap();
+        assert_eq!(ids(&r), [TraceId([4; 16])], "trace 1 starts before the range");
+
+        // More candidates than the newest-first budget: still exact.
+        let cfg = crate::QueryConfig { max_traceql_candidates: 1, ..Default::default() };
+        let small = crate::engine::Engine::new(s.clone(), cfg);
+        let tq = TraceQl::parse(r#"{ duration > 5ms }"#).unwrap();
+        let r = small
+            .search_traces(TraceQuery {
+                traceql: Some(tq),
+                limit: 1,
+                sort: TraceSort::Duration,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&r), [TraceId([4; 16])]);
+        let tq = TraceQl::parse(r#"{ resource.service.name = "cart" }"#).unwrap();
+        let r = small
+            .search_traces(TraceQuery {
+                traceql: Some(tq),
+                limit: 1,
+                sort: TraceSort::Duration,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&r), [TraceId([1; 16])]);
+        assert_eq!("duration".parse::<TraceSort>().unwrap(), TraceSort::Duration);
+        assert!("longest".parse::<TraceSort>().is_err());
+    }
+
+    /// More matches than the hits kept while ranking: the longest still win.
+    #[tokio::test]
+    async fn sort_by_duration_ranks_many_traces_in_bounded_memory() {
+        use crate::engine::testutil::span;
+        let (_d, s) = storage();
+        // trace n (10..=209) lasts n µs, except that trace 20 is the longest
+        let spans = (10u8..210)
+            .map(|n| {
+                let dur = if n == 20 { 1_000_000 } else { u64::from(n) * 1_000 };
+                span(n, 1, None, "svc", "op", u64::from(n) * 1_000_000_000, dur, false)
+            })
+            .collect();
+        append(&s, spans).await;
+        let r = engine(&s)
+            .search_traces(TraceQuery { limit: 3, sort: TraceSort::Duration, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(ids(&r), [20, 209, 208].map(|b| TraceId([b; 16])));
+        assert_eq!(r.inspected, 200);
     }
 
     #[test]

@@ -150,6 +150,9 @@ export function TimeRangePicker(props: { value: TimeRange; onChange: (r: TimeRan
           {PRESETS.map((p) => (
             <option value={p.key}>{p.label}</option>
           ))}
+          {!custom && props.value.range && !PRESETS.some((p) => p.key === props.value.range) && (
+            <option value={props.value.range}>{describeRange(props.value, utc)}</option>
+          )}
           <option value="custom">Custom…</option>
         </select>
       </label>

@@ -2,7 +2,7 @@ import { render } from "preact";
 import { useState } from "preact/hooks";
 import "./style.css";
 import { Link } from "./components";
-import { navigate, setUtc, useLocation, utcStore } from "./util";
+import { navigate, setUtc, traceIdProblem, useLocation, utcStore } from "./util";
 import { SearchPage } from "./pages/search";
 import { TracePage } from "./pages/trace";
 import { ComparePage } from "./pages/compare";
@@ -13,6 +13,7 @@ import { LogsPage } from "./pages/logs";
 function Nav(props: { path: string }) {
   const utc = utcStore.use();
   const [tid, setTid] = useState("");
+  const [tidError, setTidError] = useState<string | null>(null);
   const item = (href: string, label: string, active: boolean, testid: string) => (
     <Link href={href} class={active ? "nav-item active" : "nav-item"} testid={testid}>
       {label}
@@ -39,16 +40,29 @@ function Nav(props: { path: string }) {
         onSubmit={(e) => {
           e.preventDefault();
           const id = tid.trim().toLowerCase();
-          if (id) navigate(`/trace/${encodeURIComponent(id)}`);
+          if (!id) return;
+          const problem = traceIdProblem(id);
+          setTidError(problem);
+          if (!problem) navigate(`/trace/${encodeURIComponent(id)}`);
         }}
       >
         <input
           placeholder="Open trace ID…"
           value={tid}
           aria-label="Trace ID"
+          aria-invalid={tidError ? true : undefined}
+          aria-describedby={tidError ? "goto-error" : undefined}
           data-testid="goto-trace"
-          onInput={(e) => setTid((e.target as HTMLInputElement).value)}
+          onInput={(e) => {
+            setTid((e.target as HTMLInputElement).value);
+            setTidError(null);
+          }}
         />
+        {tidError && (
+          <div class="goto-error" id="goto-error" role="alert" data-testid="goto-error">
+            {tidError}
+          </div>
+        )}
       </form>
       <label class="utc-toggle" title="Show times in UTC instead of the browser's time zone">
         <input
@@ -89,8 +103,26 @@ function App() {
   else if ((m = p.match(/^\/service\/([^/]+)$/))) page = <ServicePage name={decodeURIComponent(m[1])} loc={loc} />;
   else if (p === "/logs") page = <LogsPage loc={loc} />;
   else page = <NotFound path={p} />;
+  const onTrace = p.startsWith("/trace/");
   return (
     <>
+      {onTrace && (
+        <a
+          class="skip-link"
+          href="#waterfall"
+          data-testid="skip-to-waterfall"
+          onClick={(e) => {
+            const wf = document.getElementById("waterfall");
+            if (wf) {
+              e.preventDefault();
+              wf.focus();
+              wf.scrollIntoView({ block: "nearest" });
+            }
+          }}
+        >
+          Skip to the waterfall
+        </a>
+      )}
       <Nav path={p} />
       <main>{page}</main>
     </>

@@ -191,6 +191,60 @@ function criticalPath(root: SpanNode, limit: number) {
   }
 }
 
+/**
+ * A span's self time, ns: its duration less the time covered by at least
+ * one child (children clipped to the span, overlaps counted once), as in
+ * Jaeger UI's trace statistics.
+ */
+export function selfTime(n: SpanNode): number {
+  const iv = n.children
+    .map((c) => [Math.max(c.start, n.start), Math.min(c.end, n.end)] as [number, number])
+    .filter(([a, b]) => b > a)
+    .sort((x, y) => x[0] - y[0]);
+  let covered = 0;
+  let curA = -Infinity,
+    curB = -Infinity;
+  for (const [a, b] of iv) {
+    if (a > curB) {
+      if (curB > curA) covered += curB - curA;
+      curA = a;
+      curB = b;
+    } else curB = Math.max(curB, b);
+  }
+  if (curB > curA) covered += curB - curA;
+  return Math.max(0, n.dur - covered);
+}
+
+/** One row of the trace statistics: the spans of one service and operation. */
+export interface OpStat {
+  service: string;
+  name: string;
+  count: number;
+  /** sums of durations and of self times, ns */
+  total: number;
+  self: number;
+  min: number;
+  max: number;
+  errors: number;
+}
+
+/** Per (service, operation): count, total, self time, min, max and errors of the trace's spans. */
+export function traceStats(m: TraceModel): OpStat[] {
+  const by = new Map<string, OpStat>();
+  for (const n of m.nodes) {
+    const k = n.span.service_name + "\u0001" + n.span.name;
+    let g = by.get(k);
+    if (!g) by.set(k, (g = { service: n.span.service_name, name: n.span.name, count: 0, total: 0, self: 0, min: Infinity, max: 0, errors: 0 }));
+    g.count++;
+    g.total += n.dur;
+    g.self += selfTime(n);
+    g.min = Math.min(g.min, n.dur);
+    g.max = Math.max(g.max, n.dur);
+    if (n.error) g.errors++;
+  }
+  return [...by.values()];
+}
+
 export function severityClass(l: Log): string {
   const n = l.severity_number || 0;
   const t = (l.severity_text || "").toUpperCase();

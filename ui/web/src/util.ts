@@ -191,6 +191,18 @@ export function parseDuration(s: string): number | null {
   return parseFloat(m[1]) * mul[m[2]];
 }
 
+/**
+ * Why `s` is not a trace ID, or null when it is one: 1 to 32 hex digits
+ * (shorter IDs are left-padded with zeros, as the API does) and not all
+ * zero, which W3C Trace Context and OTLP define as invalid.
+ */
+export function traceIdProblem(s: string): string | null {
+  const v = s.trim().toLowerCase();
+  if (!/^[0-9a-f]{1,32}$/.test(v)) return `"${s.trim()}" is not a trace ID: a trace ID is up to 32 hexadecimal digits.`;
+  if (/^0+$/.test(v)) return `"${s.trim()}" is not a valid trace ID: the all-zero ID means "no trace". Logs without a trace are found on the Logs page.`;
+  return null;
+}
+
 // ------------------------------------------------------------ time range ----
 
 export const PRESETS: { key: string; label: string }[] = [
@@ -202,6 +214,8 @@ export const PRESETS: { key: string; label: string }[] = [
   { key: "30d", label: "Last 30 days" },
   { key: "all", label: "Any time (10 years)" },
 ];
+/** Other spellings of a preset that links and users type (`range=any`). */
+const PRESET_ALIASES: Record<string, string> = { any: "all", anytime: "all", "any-time": "all", "10y": "all" };
 export const DEFAULT_RANGE = "1h";
 
 export interface TimeRange {
@@ -214,7 +228,19 @@ export function rangeFromQuery(q: URLSearchParams): TimeRange {
   const start = q.get("start") || undefined;
   const end = q.get("end") || undefined;
   if (start || end) return { start, end };
-  return { range: q.get("range") || DEFAULT_RANGE };
+  return { range: normalizeRange(q.get("range")) };
+}
+/**
+ * A `range` from a URL as a key the picker and `resolveRange` agree on: a
+ * preset, an alias of one (`any` → `all`), or any duration (`2h`); anything
+ * else is the default, so the picker never shows a range it does not search.
+ */
+export function normalizeRange(r: string | null): string {
+  const v = (r ?? "").trim().toLowerCase();
+  if (!v) return DEFAULT_RANGE;
+  if (PRESETS.some((p) => p.key === v)) return v;
+  if (PRESET_ALIASES[v]) return PRESET_ALIASES[v];
+  return parseDuration(v) != null ? v : DEFAULT_RANGE;
 }
 export function rangeToQuery(r: TimeRange): Record<string, string | undefined> {
   return r.range ? { range: r.range === DEFAULT_RANGE ? undefined : r.range } : { start: r.start, end: r.end };

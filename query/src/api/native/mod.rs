@@ -3,6 +3,8 @@
 //! input types; [`json`] renders the model.
 
 pub mod json;
+#[cfg(test)]
+mod sort_tests;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap};
@@ -206,6 +208,7 @@ async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Api
         filter: span_filter(&p)?,
         limit: limit.value,
         traceql: traceql(&p)?,
+        sort: p.get("sort").map(str::parse).transpose()?.unwrap_or_default(),
         ..Default::default()
     };
     let r = st.engine().search_traces(q).await?;

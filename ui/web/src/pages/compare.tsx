@@ -19,6 +19,21 @@ interface CRow {
   b: Agg | null;
 }
 
+/** Mean duration of one call, ns. */
+const mean = (g: Agg) => g.total / g.count;
+
+/**
+ * Per-call change from A to B: an operation called once in A and eight
+ * times in B is judged on its mean time per call, not on the sum, which
+ * grows with the number of calls. Over 10 % slower is red, over 10 %
+ * faster green.
+ */
+export function perCallChange(a: Agg, b: Agg): { d: number; pct: number; cls: "err" | "ok" | "muted" } {
+  const d = mean(b) - mean(a);
+  const pct = mean(a) ? (d / mean(a)) * 100 : 0;
+  return { d, pct, cls: pct > 10 ? "err" : pct < -10 ? "ok" : "muted" };
+}
+
 function add(map: Map<string, Agg>, key: string, n: SpanNode) {
   let g = map.get(key);
   if (!g) map.set(key, (g = { count: 0, total: 0, first: n.start, errors: 0 }));
@@ -74,7 +89,7 @@ function mergedRows(a: TraceModel, b: TraceModel, mode: string): CRow[] {
     walk("");
     return out;
   }
-  const delta = (r: CRow) => (r.a && r.b ? Math.abs(r.b.total - r.a.total) : (r.a ?? r.b)!.total);
+  const delta = (r: CRow) => (r.a && r.b ? Math.abs(mean(r.b) - mean(r.a)) * Math.max(r.a.count, r.b.count) : (r.a ?? r.b)!.total);
   return rows.sort((x, y) => delta(y) - delta(x));
 }
 
@@ -136,7 +151,7 @@ function CompareView(props: { a: TraceModel; b: TraceModel; mode: string }) {
   const scale = Math.max(a.total, b.total);
   const onlyA = rows.filter((r) => !r.b).length;
   const onlyB = rows.filter((r) => !r.a).length;
-  const slower = rows.filter((r) => r.a && r.b && r.b.total > r.a.total * 1.1).length;
+  const slower = rows.filter((r) => r.a && r.b && perCallChange(r.a, r.b).cls === "err").length;
   const head = (m: TraceModel, label: string) => {
     const root = m.roots.length ? m.roots.reduce((x, y) => (y.dur > x.dur ? y : x)) : null;
     return (
@@ -172,8 +187,8 @@ function CompareView(props: { a: TraceModel; b: TraceModel; mode: string }) {
           {b.total >= a.total ? "+" : "−"}
           {fmtDuration(Math.abs(b.total - a.total))}
         </span>
-        ) · <span class="cmp-tag a">only in A</span> {onlyA} · <span class="cmp-tag b">only in B</span> {onlyB} · {slower} slower by
-        more than 10%
+        ) · <span class="cmp-tag a">only in A</span> {onlyA} · <span class="cmp-tag b">only in B</span> {onlyB} · {slower} slower per
+        call by more than 10%
         <span class="spacer" />
         <span class="seg">
           <Link class={mode === "flat" ? "button active" : "button"} href={buildUrl("/compare", { a: a.trace.trace_id, b: b.trace.trace_id })}>
@@ -187,15 +202,20 @@ function CompareView(props: { a: TraceModel; b: TraceModel; mode: string }) {
           </Link>
         </span>
       </div>
+      <div class="table-scroll" data-testid="compare-scroll">
       <table class="cmp-table" data-testid="compare-table">
         <thead>
           <tr>
             <th>Service: operation</th>
-            <th class="num">A spans</th>
-            <th class="num">A time</th>
-            <th class="num">B spans</th>
-            <th class="num">B time</th>
-            <th class="num">Change</th>
+            <th class="num" title="Spans of this operation in trace A">A calls</th>
+            <th class="num" title="Sum of their durations">A total</th>
+            <th class="num" title="Mean duration of one call">A per call</th>
+            <th class="num" title="Spans of this operation in trace B">B calls</th>
+            <th class="num" title="Sum of their durations">B total</th>
+            <th class="num" title="Mean duration of one call">B per call</th>
+            <th class="num" title="Change of the mean time per call from A to B (red: over 10 % slower, green: over 10 % faster); the change of the total is below it">
+              Change per call
+            </th>
             <th class="cmp-bars-col">A / B on a shared axis (first start, mean duration)</th>
           </tr>
         </thead>
@@ -210,27 +230,37 @@ function CompareView(props: { a: TraceModel; b: TraceModel; mode: string }) {
               change = <span class="cmp-tag b">only in B</span>;
               cls = "only-b";
             } else {
-              const d = r.b.total - r.a.total;
-              const p = r.a.total ? (d / r.a.total) * 100 : 0;
-              cls = p > 10 ? "slower" : p < -10 ? "faster" : "";
+              const c = perCallChange(r.a, r.b);
+              const dt = r.b.total - r.a.total;
+              cls = c.cls === "err" ? "slower" : c.cls === "ok" ? "faster" : "";
               change = (
-                <span class={p > 10 ? "err" : p < -10 ? "ok" : "muted"}>
-                  {d >= 0 ? "+" : "−"}
-                  {fmtDuration(Math.abs(d))} ({p >= 0 ? "+" : ""}
-                  {p.toFixed(0)}%)
-                </span>
+                <>
+                  <span class={c.cls} data-testid="compare-change">
+                    {c.d >= 0 ? "+" : "−"}
+                    {fmtDuration(Math.abs(c.d))} ({c.pct >= 0 ? "+" : ""}
+                    {c.pct.toFixed(0)}%)
+                  </span>
+                  {r.a.count !== r.b.count && (
+                    <div class="muted small" data-testid="compare-total-change">
+                      total {dt >= 0 ? "+" : "−"}
+                      {fmtDuration(Math.abs(dt))}
+                    </div>
+                  )}
+                </>
               );
             }
             return (
-              <tr class={cls} data-testid="compare-row">
+              <tr class={cls} data-testid="compare-row" data-service={r.service} data-operation={r.name}>
                 <td style={{ paddingLeft: 6 + r.depth * 14 }}>
                   <span class="svc-dot" style={{ background: serviceColor(r.service) }} />
                   <strong>{r.service}</strong>: {r.name}
                 </td>
-                <td class="num">{r.a?.count ?? "–"}</td>
-                <td class="num">{r.a ? fmtDuration(r.a.total) : "–"}</td>
-                <td class="num">{r.b?.count ?? "–"}</td>
-                <td class="num">{r.b ? fmtDuration(r.b.total) : "–"}</td>
+                <td class="num" data-testid="a-count">{r.a?.count ?? "–"}</td>
+                <td class="num" data-testid="a-total">{r.a ? fmtDuration(r.a.total) : "–"}</td>
+                <td class="num" data-testid="a-mean">{r.a ? fmtDuration(mean(r.a)) : "–"}</td>
+                <td class="num" data-testid="b-count">{r.b?.count ?? "–"}</td>
+                <td class="num" data-testid="b-total">{r.b ? fmtDuration(r.b.total) : "–"}</td>
+                <td class="num" data-testid="b-mean">{r.b ? fmtDuration(mean(r.b)) : "–"}</td>
                 <td class="num">{change}</td>
                 <td class="cmp-bars-col">
                   {bar(r.a, "a")}
@@ -241,6 +271,7 @@ function CompareView(props: { a: TraceModel; b: TraceModel; mode: string }) {
           })}
         </tbody>
       </table>
+      </div>
     </>
   );
 }

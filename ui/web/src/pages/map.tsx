@@ -178,7 +178,11 @@ function Graph(props: { edges: Edge[]; stats: Map<string, NodeStat>; secs: numbe
               onMouseEnter={() => setHover(n.name)}
               onMouseLeave={() => setHover(null)}
             >
-              <title>Open the overview of {n.name}</title>
+              <title>
+                {st
+                  ? `${n.name}: ${fmtNum(st.requests / props.secs)} requests to the service per second (entry spans), ${errPct.toFixed(1)}% failed, p95 ≈ ${fmtDuration(st.p95)} (estimated from histogram buckets). Click to open its overview.`
+                  : `Open the overview of ${n.name}`}
+              </title>
               <rect width={NW} height={NH} rx="8" class="node-box" />
               <rect width="6" height={NH} rx="3" fill={serviceColor(n.name)} />
               <text x="14" y="22" class="node-name">
@@ -190,7 +194,7 @@ function Graph(props: { edges: Edge[]; stats: Map<string, NodeStat>; secs: numbe
                     {fmtNum(st.requests / props.secs)} req/s · {errPct.toFixed(errPct < 10 ? 1 : 0)}% err
                   </text>
                   <text x="14" y="56" class="node-stat">
-                    p95 {fmtDuration(st.p95)} · {fmtNum(st.requests)} spans
+                    p95 ≈ {fmtDuration(st.p95)} · {fmtNum(st.requests)} req
                   </text>
                 </>
               ) : (
@@ -203,7 +207,8 @@ function Graph(props: { edges: Edge[]; stats: Map<string, NodeStat>; secs: numbe
         })}
       </svg>
       <div class="small muted">
-        Node: request rate, error rate and p95 latency of the service's spans in the range. Edge: calls from one service to
+        Node: requests to the service per second (its entry spans: server and consumer spans, and roots), the share of
+        them that failed, and their p95 latency (≈: estimated from histogram buckets) over the range. Edge: calls from one service to
         another (thicker = more). Click a node for its overview, an edge to search the traces that cross it.
       </div>
     </div>

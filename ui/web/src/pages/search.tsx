@@ -29,6 +29,8 @@ interface Form {
   status: string;
   q: string;
   limit: string;
+  /** `start` (newest first) or `duration` (longest first): sorted by the server over the whole range. */
+  sort: string;
   range: TimeRange;
 }
 
@@ -43,6 +45,7 @@ function formFromQuery(q: URLSearchParams): Form {
     status: q.get("status") ?? "",
     q: q.get("q") ?? "",
     limit: q.get("limit") ?? "50",
+    sort: q.get("sort") === "duration" ? "duration" : "start",
     range: rangeFromQuery(q),
   };
 }
@@ -57,6 +60,7 @@ function formToUrl(f: Form): string {
     status: f.status,
     q: f.q.trim(),
     limit: f.limit === "50" ? "" : f.limit,
+    sort: f.sort === "duration" ? "duration" : "",
     ...rangeToQuery(f.range),
   });
 }
@@ -85,22 +89,26 @@ export function SearchPage(props: { loc: Loc }) {
 
   // The search itself follows the URL, so a shared link reproduces it.
   const bounds = useMemo(() => resolveRange(applied.range), [applied]);
+  const params = {
+    service: applied.service,
+    operation: applied.service ? applied.operation : "",
+    attr: applied.attrs.map((a) => a.trim()).filter(Boolean),
+    min_duration: applied.min_duration,
+    max_duration: applied.max_duration,
+    status: applied.status,
+    q: applied.q,
+    start: bounds.start,
+    end: bounds.end,
+  };
   const res = useFetch(`search:${runKey}`, (s) =>
-    api.searchTraces(
-      {
-        service: applied.service,
-        operation: applied.service ? applied.operation : "",
-        attr: applied.attrs.map((a) => a.trim()).filter(Boolean),
-        min_duration: applied.min_duration,
-        max_duration: applied.max_duration,
-        status: applied.status,
-        q: applied.q,
-        limit: applied.limit,
-        start: bounds.start,
-        end: bounds.end,
-      },
-      s,
-    ),
+    api.searchTraces({ ...params, limit: applied.limit, sort: applied.sort === "duration" ? "duration" : "" }, s),
+  );
+  // The scatter shows the range's distribution, not only the page: the
+  // other order's top traces (the slowest of the range beside the newest
+  // page, or the newest beside the slowest) are drawn with the results.
+  const otherSort = applied.sort === "duration" ? "" : "duration";
+  const other = useFetch(`search-other:${runKey}`, (s) =>
+    api.searchTraces({ ...params, limit: String(SCATTER_EXTRA), sort: otherSort }, s),
   );
 
   const [selected, setSelected] = useState<string[]>([]);
@@ -287,9 +295,13 @@ export function SearchPage(props: { loc: Loc }) {
         {res.data && res.data.traces.length > 0 && (
           <SearchResults
             traces={res.data.traces}
+            extra={other.data?.traces ?? []}
+            extraKind={applied.sort === "duration" ? "newest" : "slowest"}
             selected={selected}
             toggle={toggleSel}
             limit={parseInt(applied.limit) || 50}
+            sort={applied.sort}
+            setSort={(sort) => submit({ ...applied, sort })}
           />
         )}
       </section>
@@ -304,24 +316,21 @@ function describeBounds(s: number, e: number) {
 
 function SearchResults(props: {
   traces: TraceSummary[];
+  /** Traces of the other order, drawn in the scatter only. */
+  extra: TraceSummary[];
+  extraKind: "slowest" | "newest";
   selected: string[];
   toggle: (id: string) => void;
   limit: number;
+  sort: string;
+  setSort: (sort: string) => void;
 }) {
-  const [sort, setSort] = useState("newest");
-  const traces = useMemo(() => {
-    const t = props.traces.slice();
-    if (sort === "slowest") t.sort((a, b) => b.duration_ns - a.duration_ns);
-    else if (sort === "fastest") t.sort((a, b) => a.duration_ns - b.duration_ns);
-    else if (sort === "spans") t.sort((a, b) => b.span_count - a.span_count);
-    else if (sort === "oldest") t.sort((a, b) => (BigInt(a.start_time_unix_nano) < BigInt(b.start_time_unix_nano) ? -1 : 1));
-    return t;
-  }, [props.traces, sort]);
+  const traces = props.traces;
   const maxDur = Math.max(1, ...props.traces.map((t) => t.duration_ns));
   const now = Date.now();
   return (
     <>
-      <Scatter traces={props.traces} />
+      <Scatter traces={props.traces} extra={props.extra} extraKind={props.extraKind} />
       <div class="results-head">
         <strong data-testid="result-count">
           {props.traces.length} trace{props.traces.length === 1 ? "" : "s"}
@@ -341,14 +350,11 @@ function SearchResults(props: {
         ) : (
           <span class="muted small">Tick two traces to compare them</span>
         )}
-        <label class="small">
+        <label class="small" title="Sorted by the server over the whole time range">
           Sort{" "}
-          <select value={sort} onChange={(e) => setSort((e.target as HTMLSelectElement).value)}>
-            <option value="newest">Most recent</option>
-            <option value="oldest">Oldest</option>
-            <option value="slowest">Longest first</option>
-            <option value="fastest">Shortest first</option>
-            <option value="spans">Most spans</option>
+          <select value={props.sort} data-testid="sort-select" onChange={(e) => props.setSort((e.target as HTMLSelectElement).value)}>
+            <option value="start">Most recent</option>
+            <option value="duration">Longest first</option>
           </select>
         </label>
       </div>
@@ -360,6 +366,7 @@ function SearchResults(props: {
               <input
                 type="checkbox"
                 title="Select to compare"
+                aria-label={`Select trace ${t.root_service}: ${t.root_name} (${t.trace_id}) to compare`}
                 checked={props.selected.includes(t.trace_id)}
                 onChange={() => props.toggle(t.trace_id)}
               />
@@ -407,27 +414,51 @@ function SearchResults(props: {
   );
 }
 
-/** Duration-over-time scatter: one dot per trace; click opens the trace. */
-function Scatter(props: { traces: TraceSummary[] }) {
+/** Traces of the other order drawn in the scatter beside the results. */
+const SCATTER_EXTRA = 20;
+
+/** Round tick values 0, s, 2s, ... covering `max`, with s in 1-2-5 steps (so 200 ms, not 183 ms). */
+export function niceTicks(max: number, target = 4): number[] {
+  if (!(max > 0)) return [0];
+  const raw = max / target;
+  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((v) => v >= raw) ?? 10 * mag;
+  const n = Math.max(1, Math.ceil(max / step - 1e-9));
+  const out: number[] = [];
+  // integer multiples of `mag`, so no floating-point residue in the labels
+  for (let i = 0; i <= n; i++) out.push(Math.round((i * step) / mag) * mag);
+  return out;
+}
+
+/**
+ * Duration-over-time scatter: one dot per trace; click opens the trace.
+ * Besides the results it draws `extra` (the range's slowest, or newest,
+ * traces) as ringed dots, so an outlier of the range is one click away
+ * whatever the list shows.
+ */
+function Scatter(props: { traces: TraceSummary[]; extra: TraceSummary[]; extraKind: "slowest" | "newest" }) {
   const utc = utcStore.use();
   const [hover, setHover] = useState<TraceSummary | null>(null);
   const W = 1000,
     H = 180,
-    L = 56,
-    R = 12,
+    L = 64,
+    R = 16,
     T = 10,
     B = 24;
-  const pts = props.traces.map((t) => ({ t, x: nsToMs(t.start_time_unix_nano), y: t.duration_ns }));
+  const inList = new Set(props.traces.map((t) => t.trace_id));
+  const extra = props.extra.filter((t) => !inList.has(t.trace_id));
+  const all = [...props.traces.map((t) => ({ t, extra: false })), ...extra.map((t) => ({ t, extra: true }))];
+  const pts = all.map(({ t, extra }) => ({ t, extra, x: nsToMs(t.start_time_unix_nano), y: t.duration_ns }));
   let x0 = Math.min(...pts.map((p) => p.x)),
     x1 = Math.max(...pts.map((p) => p.x));
   if (x1 - x0 < 1) {
     x0 -= 500;
     x1 += 500;
   }
-  const yMax = Math.max(...pts.map((p) => p.y)) * 1.1 || 1;
+  const yTicks = niceTicks(Math.max(1, ...pts.map((p) => p.y)));
+  const yMax = yTicks[yTicks.length - 1] || 1;
   const sx = (x: number) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y: number) => T + (1 - y / yMax) * (H - T - B);
-  const yTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => f * yMax);
   const xTicks = [0, 0.25, 0.5, 0.75, 1].map((f) => x0 + f * (x1 - x0));
   const span = x1 - x0;
   const maxSpans = Math.max(...pts.map((p) => p.t.span_count));
@@ -437,13 +468,19 @@ function Scatter(props: { traces: TraceSummary[] }) {
         {yTicks.map((v) => (
           <g>
             <line x1={L} x2={W - R} y1={sy(v)} y2={sy(v)} class="gridline" />
-            <text x={L - 6} y={sy(v) + 4} class="axis-label" text-anchor="end">
+            <text x={L - 6} y={sy(v) + 4} class="axis-label" text-anchor="end" data-testid="scatter-ytick" data-value={v}>
               {fmtDuration(v)}
             </text>
           </g>
         ))}
-        {xTicks.map((v) => (
-          <text x={sx(v)} y={H - 6} class="axis-label" text-anchor="middle">
+        {xTicks.map((v, i) => (
+          <text
+            x={sx(v)}
+            y={H - 6}
+            class="axis-label"
+            text-anchor={i === 0 ? "start" : i === xTicks.length - 1 ? "end" : "middle"}
+            data-testid="scatter-xtick"
+          >
             {fmtTime(v, utc, { date: span > 86400e3, ms: span < 10e3 }).replace(" UTC", "")}
           </text>
         ))}
@@ -452,8 +489,9 @@ function Scatter(props: { traces: TraceSummary[] }) {
             cx={sx(p.x)}
             cy={sy(p.y)}
             r={3 + (5 * p.t.span_count) / maxSpans}
-            class={p.t.error_count ? "dot err" : "dot"}
+            class={`${p.t.error_count ? "dot err" : "dot"}${p.extra ? " extra" : ""}`}
             data-testid="scatter-dot"
+            data-extra={p.extra ? props.extraKind : undefined}
             data-trace-id={p.t.trace_id}
             onMouseEnter={() => setHover(p.t)}
             onMouseLeave={() => setHover(null)}
@@ -461,18 +499,23 @@ function Scatter(props: { traces: TraceSummary[] }) {
           >
             <title>
               {p.t.root_service}: {p.t.root_name} — {fmtDuration(p.t.duration_ns)}, {p.t.span_count} spans
+              {p.extra ? ` (one of the ${props.extraKind} of the range, not in the list)` : ""}
             </title>
           </circle>
         ))}
       </svg>
-      <div class="scatter-info small muted">
+      <div class="scatter-info small muted" data-testid="scatter-info">
         {hover ? (
           <>
             <strong>{hover.root_service}</strong>: {hover.root_name} · {fmtDuration(hover.duration_ns)} ·{" "}
             {hover.span_count} spans{hover.error_count ? ` · ${hover.error_count} errors` : ""} (click to open)
           </>
         ) : (
-          "Duration over time; dot size = span count, red = has errors. Click a dot to open the trace."
+          <>
+            Duration over time; dot size = span count, red = has errors. Click a dot to open the trace.
+            {extra.length > 0 &&
+              ` Ringed: ${extra.length} of the ${props.extraKind === "slowest" ? "slowest" : "newest"} traces of the whole range that are not in the list.`}
+          </>
         )}
       </div>
     </div>

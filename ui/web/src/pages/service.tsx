@@ -181,13 +181,16 @@ function RedCharts(props: { s: DSeries; stepNs: number; onPick: (tMs: number) =>
     <div class="red-grid">
       <div class="card">
         <div class="card-title">
-          Requests <span class="muted small">{fmtNum(total)} spans, per second</span>
+          Requests{" "}
+          <span class="muted small" data-testid="rate-label">
+            requests to the service per second (its entry spans: server, consumer, roots) · {fmtNum(total)} in all
+          </span>
         </div>
         <UChart
           testid="chart-rate"
           data={data.rate}
           depKey={String(utc)}
-          opts={(w) => base(w, [{ label: "req/s", stroke: c1, fill: c1 + "33", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtNum(v)) }], (v) => fmtNum(v))}
+          opts={(w) => base(w, [{ label: "requests/s", stroke: c1, fill: c1 + "33", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtNum(v)) }], (v) => fmtNum(v))}
         />
       </div>
       <div class="card">
@@ -214,7 +217,7 @@ function RedCharts(props: { s: DSeries; stepNs: number; onPick: (tMs: number) =>
       </div>
       <div class="card">
         <div class="card-title">
-          Latency <span class="muted small">p95 up to {fmtDuration(p95)}</span>
+          Latency <span class="muted small" data-testid="latency-label">p95 ≈ up to {fmtDuration(p95)} (percentiles ≈: estimated from histogram buckets)</span>
         </div>
         <UChart
           testid="chart-latency"
@@ -224,9 +227,9 @@ function RedCharts(props: { s: DSeries; stepNs: number; onPick: (tMs: number) =>
             base(
               w,
               [
-                { label: "p50", spanGaps: true, points: { show: true, size: 4 }, stroke: "#10b981", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
-                { label: "p95", spanGaps: true, points: { show: true, size: 4 }, stroke: "#f59e0b", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
-                { label: "p99", spanGaps: true, points: { show: true, size: 4 }, stroke: cErr, width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
+                { label: "p50 ≈", spanGaps: true, points: { show: true, size: 4 }, stroke: "#10b981", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
+                { label: "p95 ≈", spanGaps: true, points: { show: true, size: 4 }, stroke: "#f59e0b", width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
+                { label: "p99 ≈", spanGaps: true, points: { show: true, size: 4 }, stroke: cErr, width: 1.5, value: (_u, v) => (v == null ? "–" : fmtDuration(v * 1e6)) },
               ],
               (v) => fmtDuration(v * 1e6),
             )
@@ -319,15 +322,16 @@ function OperationTable(props: {
   return (
     <div class="card">
       <div class="card-title">Operations ({rows.length}) <span class="muted small">click one to chart it</span></div>
+      <div class="table-scroll" data-testid="ops-scroll">
       <table class="data ops-table" data-testid="ops-table">
         <thead>
           <tr>
             <th>Operation</th>
             <th>Kind</th>
-            <th class="num">Spans</th>
+            <th class="num" title="Requests to the operation (entry spans)">Requests</th>
             <th class="num">Errors</th>
-            <th class="num">p50 (max)</th>
-            <th class="num">p95 (max)</th>
+            <th class="num" title="Estimated from histogram buckets; the highest over the range">p50 ≈ (max)</th>
+            <th class="num" title="Estimated from histogram buckets; the highest over the range">p95 ≈ (max)</th>
             <th>Requests over time</th>
           </tr>
         </thead>
@@ -349,6 +353,7 @@ function OperationTable(props: {
           ))}
         </tbody>
       </table>
+      </div>
     </div>
   );
 }

@@ -1,7 +1,17 @@
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
 import { api, type Attrs, type Trace } from "../api";
 import { Busy, Empty, ErrorState, Link, Loading, ServiceChip, TimeText } from "../components";
-import { type LogItem, type SpanNode, type TraceModel, buildModel, severityClass, severityLabel } from "../tracemodel";
+import {
+  type LogItem,
+  type OpStat,
+  type SpanNode,
+  type TraceModel,
+  buildModel,
+  selfTime,
+  severityClass,
+  severityLabel,
+  traceStats,
+} from "../tracemodel";
 import {
   type Loc,
   attrText,
@@ -9,21 +19,25 @@ import {
   copyText,
   downloadJson,
   fmtDuration,
+  navigate,
   nsDiff,
   nsToMs,
+  parseDuration,
   serviceColor,
+  traceIdProblem,
   useFetch,
 } from "../util";
 
 export function TracePage(props: { id: string; loc: Loc }) {
   const id = props.id.toLowerCase();
-  const res = useFetch(`trace:${id}`, (s) => api.trace(id, s));
+  const res = useFetch(traceIdProblem(id) ? null : `trace:${id}`, (s) => api.trace(id, s));
   const model = useMemo(() => (res.data ? buildModel(res.data) : null), [res.data]);
-  if (!/^[0-9a-f]{1,32}$/.test(id))
+  const problem = traceIdProblem(id);
+  if (problem)
     return (
       <div class="page">
-        <Empty title={`"${props.id}" is not a trace ID`} testid="error">
-          A trace ID is 32 hexadecimal characters. Find the trace on the <Link href="/search">search page</Link>.
+        <Empty title={`"${props.id}" is not a valid trace ID`} testid="error">
+          {problem} Find the trace on the <Link href="/search">search page</Link>.
         </Empty>
       </div>
     );
@@ -49,14 +63,16 @@ export function TracePage(props: { id: string; loc: Loc }) {
         <Empty title="This trace has no spans yet">Its spans may still be arriving; reload in a moment.</Empty>
       </div>
     );
-  return <TraceView key={model.trace.trace_id} model={model} raw={res.data!} initialSpan={props.loc.query.get("span")} busy={res.loading} />;
+  return <TraceView key={model.trace.trace_id} model={model} raw={res.data!} initialSpan={props.loc.query.get("span")} initialView={props.loc.query.get("view")} busy={res.loading} />;
 }
 
 type Row = { kind: "span"; node: SpanNode; dim: boolean } | { kind: "log"; item: LogItem; node: SpanNode };
 
 const ROW_H = 24;
 
-function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string | null; busy: boolean }) {
+type View = "timeline" | "stats" | "flame";
+
+function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string | null; initialView: string | null; busy: boolean }) {
   const m = props.model;
   const [collapsed, setCollapsed] = useState<Set<string>>(() => new Set());
   const [selected, setSelected] = useState<string | null>(() =>
@@ -70,15 +86,42 @@ function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string |
   const [showCrit, setShowCrit] = useState(true);
   const [win, setWin] = useState<[number, number]>([0, m.total]);
   const [logsOnlySel, setLogsOnlySel] = useState(false);
+  const [view, setViewState] = useState<View>(props.initialView === "stats" || props.initialView === "flame" ? props.initialView : "timeline");
+  // the view is part of the URL (`?view=stats|flame`), so a shared link opens it
+  const setView = (v: View) => {
+    setViewState(v);
+    const q = new URLSearchParams(location.search);
+    if (v === "timeline") q.delete("view");
+    else q.set("view", v);
+    const qs = q.toString();
+    navigate(location.pathname + (qs ? `?${qs}` : ""), true);
+  };
+  const [fService, setFService] = useState("");
+  const [fStatus, setFStatus] = useState("");
+  const [fMin, setFMin] = useState("");
+  const [fMax, setFMax] = useState("");
   const waterfallRef = useRef<HTMLDivElement>(null);
 
   const findLc = find.trim().toLowerCase();
+  const minNs = fMin.trim() ? parseDuration(fMin) : null;
+  const maxNs = fMax.trim() ? parseDuration(fMax) : null;
+  const badDur = (fMin.trim() && minNs == null) || (fMax.trim() && maxNs == null);
+  // Find-in-trace and the span filters (as Grafana's): a span matches when
+  // it meets every one given; the others are dimmed or hidden.
   const matches = useMemo(() => {
-    if (!findLc) return null;
+    if (!findLc && !fService && !fStatus && minNs == null && maxNs == null) return null;
     const set = new Set<SpanNode>();
-    for (const n of m.nodes) if (n.text.includes(findLc)) set.add(n);
+    for (const n of m.nodes) {
+      if (findLc && !n.text.includes(findLc)) continue;
+      if (fService && n.span.service_name !== fService) continue;
+      if (fStatus === "error" && !n.error) continue;
+      if (fStatus === "ok" && n.error) continue;
+      if (minNs != null && n.dur < minNs) continue;
+      if (maxNs != null && n.dur > maxNs) continue;
+      set.add(n);
+    }
     return set;
-  }, [m, findLc]);
+  }, [m, findLc, fService, fStatus, minNs, maxNs]);
 
   const rows = useMemo(() => {
     const out: Row[] = [];
@@ -224,12 +267,87 @@ function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string |
           data-testid="find-in-trace"
           onInput={(e) => setFind((e.target as HTMLInputElement).value)}
         />
+        <span class="span-filters" role="group" aria-label="Span filters">
+          <select
+            aria-label="Filter spans by service"
+            data-testid="filter-service"
+            value={fService}
+            onChange={(e) => setFService((e.target as HTMLSelectElement).value)}
+          >
+            <option value="">All services</option>
+            {m.services.map((x) => (
+              <option value={x.name}>{x.name}</option>
+            ))}
+          </select>
+          <select
+            aria-label="Filter spans by status"
+            data-testid="filter-status"
+            value={fStatus}
+            onChange={(e) => setFStatus((e.target as HTMLSelectElement).value)}
+          >
+            <option value="">Any status</option>
+            <option value="error">Error</option>
+            <option value="ok">Not error</option>
+          </select>
+          <input
+            class="dur-filter"
+            aria-label="Minimum span duration"
+            placeholder="min, 5ms"
+            data-testid="filter-min-duration"
+            value={fMin}
+            onInput={(e) => setFMin((e.target as HTMLInputElement).value)}
+          />
+          <input
+            class="dur-filter"
+            aria-label="Maximum span duration"
+            placeholder="max, 1s"
+            data-testid="filter-max-duration"
+            value={fMax}
+            onInput={(e) => setFMax((e.target as HTMLInputElement).value)}
+          />
+          {(fService || fStatus || fMin || fMax) && (
+            <button
+              type="button"
+              class="link small"
+              data-testid="filter-clear"
+              onClick={() => {
+                setFService("");
+                setFStatus("");
+                setFMin("");
+                setFMax("");
+              }}
+            >
+              clear filters
+            </button>
+          )}
+        </span>
+        {badDur && <span class="err small">durations look like 250ms, 1.5s, 900us</span>}
         {matches && (
           <span class="small" data-testid="find-count">
             {matches.size} of {m.nodes.length} spans match
           </span>
         )}
         <span class="spacer" />
+        <span class="seg" role="tablist" aria-label="Trace view">
+          {(
+            [
+              ["timeline", "Timeline"],
+              ["stats", "Statistics"],
+              ["flame", "Flame graph"],
+            ] as const
+          ).map(([k, label]) => (
+            <button
+              type="button"
+              role="tab"
+              aria-selected={view === k}
+              class={view === k ? "button active" : "button"}
+              data-testid={`view-${k}`}
+              onClick={() => setView(k)}
+            >
+              {label}
+            </button>
+          ))}
+        </span>
         <label class="small">
           <input type="checkbox" checked={showLogs} data-testid="toggle-inline-logs" onChange={() => setShowLogs(!showLogs)} /> Logs
           in timeline
@@ -250,6 +368,11 @@ function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string |
       </div>
       <Minimap m={m} win={win} setWin={setWin} selected={sel} />
       <div class={detailOpen && sel ? "trace-main with-detail" : "trace-main"}>
+        {view === "stats" && <TraceStatsTable m={m} />}
+        {view === "flame" && (
+          <FlameGraph m={m} matches={matches} selected={selected} onPick={(id) => selectSpan(id, { open: true })} />
+        )}
+        {view === "timeline" && (
         <Waterfall
           m={m}
           rows={rows}
@@ -272,6 +395,7 @@ function TraceView(props: { model: TraceModel; raw: Trace; initialSpan: string |
             } else selectSpan(r.node.id, { log: r.item.idx, open: true });
           }}
         />
+        )}
         {detailOpen && sel && (
           <SpanDetail
             m={m}
@@ -494,6 +618,7 @@ function Waterfall(props: {
   const { m, rows } = props;
   const [scroll, setScroll] = useState(0);
   const [height, setHeight] = useState(600);
+  const [wfWidth, setWfWidth] = useState(1000);
   const [nameW, setNameW] = useState(36); // % of the width for the span names
   const startResize = (e: MouseEvent) => {
     e.preventDefault();
@@ -509,9 +634,13 @@ function Waterfall(props: {
   };
   useEffect(() => {
     const el = props.refEl.current!;
-    const ro = new ResizeObserver(() => setHeight(el.clientHeight));
+    const ro = new ResizeObserver(() => {
+      setHeight(el.clientHeight);
+      setWfWidth(el.clientWidth);
+    });
     ro.observe(el);
     setHeight(el.clientHeight);
+    setWfWidth(el.clientWidth);
     return () => ro.disconnect();
   }, []);
   const [w0, w1] = props.win;
@@ -533,7 +662,13 @@ function Waterfall(props: {
       const isCol = props.collapsed.has(n.id) && !props.matches;
       const left = pct(n.start);
       const width = Math.max(0.15, (n.dur / ww) * 100);
-      const labelRight = left + width < 80;
+      // The duration label goes right of the bar, else left of it, else
+      // inside the bar at its right end: wherever it fits in the timeline
+      // column, whose width changes when the span panel opens.
+      const durText = fmtDuration(n.dur);
+      const tlPx = Math.max(1, wfWidth * (1 - nameW / 100));
+      const needPct = ((durText.length * 7 + 10) / tlPx) * 100;
+      const place = left + width + needPct <= 100 ? "right" : left - needPct >= 0 ? "left" : "inside";
       items.push(
         <div
           key={"s" + n.id}
@@ -603,10 +738,17 @@ function Waterfall(props: {
               />
             ))}
             <span
-              class="wf-dur"
-              style={labelRight ? { left: `calc(${left + width}% + 4px)` } : { right: `calc(${100 - left}% + 4px)` }}
+              class={place === "inside" ? "wf-dur inside" : "wf-dur"}
+              data-testid="span-duration"
+              style={
+                place === "right"
+                  ? { left: `calc(${left + width}% + 4px)` }
+                  : place === "left"
+                    ? { right: `calc(${100 - left}% + 4px)` }
+                    : { right: `calc(${Math.max(0, 100 - left - width)}% + 4px)` }
+              }
             >
-              {fmtDuration(n.dur)}
+              {durText}
             </span>
           </div>
         </div>,
@@ -644,6 +786,7 @@ function Waterfall(props: {
   return (
     <div
       class="waterfall"
+      id="waterfall"
       ref={props.refEl}
       tabIndex={0}
       role="tree"
@@ -654,9 +797,9 @@ function Waterfall(props: {
       style={{ "--name-w": `${nameW}%` }}
     >
       <div class="wf-header">
-        <div class="wf-name">
+        <div class="wf-name" title={`${rows.length} rows; keys: ↑ ↓ ← → Enter Esc Home End`}>
           <strong>Service: operation</strong>
-          <span class="muted small"> ({rows.length} rows; ↑↓←→ Enter)</span>
+          <span class="muted small offset-label"> · times since trace start</span>
           <span class="col-resize" title="Drag to resize the name column" onMouseDown={startResize} />
         </div>
         <div class="wf-tl">
@@ -729,8 +872,11 @@ function SpanDetail(props: { m: TraceModel; n: SpanNode; onClose: () => void; on
         <dd>{fmtDuration(n.dur)}</dd>
         <dt>Start</dt>
         <dd>
-          +{fmtDuration(n.start)} · <TimeText ms={nsToMs(s.start_time_unix_nano)} ms3 />
+          <span data-testid="span-start-offset">+{fmtDuration(n.start)}</span> <span class="muted small">since trace start</span> ·{" "}
+          <TimeText ms={nsToMs(s.start_time_unix_nano)} ms3 />
         </dd>
+        <dt>Self time</dt>
+        <dd data-testid="span-self-time">{fmtDuration(selfTime(n))}</dd>
         <dt>Kind</dt>
         <dd>{s.kind}</dd>
         <dt>Status</dt>
@@ -757,23 +903,27 @@ function SpanDetail(props: { m: TraceModel; n: SpanNode; onClose: () => void; on
         <AttrTable attrs={s.attributes} testid="span-attributes" />
       </details>
       <details open={n.logs.length > 0}>
-        <summary>Logs ({n.logs.length})</summary>
+        <summary>
+          Logs ({n.logs.length}) <span class="muted small offset-label" data-testid="offset-label">times since trace start</span>
+        </summary>
         {n.logs.length === 0 && <div class="muted small">This span wrote no logs.</div>}
         <ul class="sd-logs">
           {n.logs.map((l) => (
-            <li class="clickable" onClick={() => props.onLog(l)}>
-              <span class="muted small">+{fmtDuration(l.t - n.start)}</span> <span class={`sev ${severityClass(l.log)}`}>{severityLabel(l.log)}</span>{" "}
+            <li class="clickable" data-testid="span-detail-log" data-log-idx={l.idx} onClick={() => props.onLog(l)}>
+              <span class="muted small" data-testid="log-offset">+{fmtDuration(l.t)}</span> <span class={`sev ${severityClass(l.log)}`}>{severityLabel(l.log)}</span>{" "}
               {attrText(l.log.body)}
             </li>
           ))}
         </ul>
       </details>
       <details open={(s.events?.length ?? 0) > 0}>
-        <summary>Events ({s.events?.length ?? 0})</summary>
+        <summary>
+          Events ({s.events?.length ?? 0}) <span class="muted small offset-label">times since trace start</span>
+        </summary>
         {(s.events ?? []).map((ev) => (
           <div class="sd-event">
             <div>
-              <span class="muted small">+{fmtDuration(nsDiff(ev.time_unix_nano, s.start_time_unix_nano))}</span> <strong>{ev.name}</strong>
+              <span class="muted small">+{fmtDuration(nsDiff(ev.time_unix_nano, m.startNs))}</span> <strong>{ev.name}</strong>
             </div>
             <AttrTable attrs={ev.attributes} />
           </div>
@@ -831,7 +981,11 @@ function LogPane(props: {
   return (
     <section class="log-pane" data-testid="log-pane">
       <div class="lp-head">
-        <strong>Logs of this trace</strong> <span class="muted small">({m.logs.length}; click one to select its span)</span>
+        <strong>Logs of this trace</strong>{" "}
+        <span class="muted small">
+          ({m.logs.length}; <span class="offset-label" data-testid="log-pane-offset-label">times since trace start</span>; click one to
+          select its span)
+        </span>
         <span class="spacer" />
         <label class="small">
           <input type="checkbox" checked={props.onlySel} onChange={() => props.setOnlySel(!props.onlySel)} /> only the selected span
@@ -856,7 +1010,7 @@ function LogPane(props: {
             data-span-id={l.log.span_id ?? ""}
             onClick={() => props.onPick(l)}
           >
-            <span class="muted mono small">+{fmtDuration(l.t)}</span>
+            <span class="muted mono small" data-testid="log-offset">+{fmtDuration(l.t)}</span>
             <span class={`sev ${severityClass(l.log)}`}>{severityLabel(l.log)}</span>
             <span class="lp-svc">
               <span class="svc-dot" style={{ background: serviceColor(l.log.service_name) }} />
@@ -872,3 +1026,110 @@ function LogPane(props: {
   );
 }
 
+
+type StatKey = "service" | "count" | "total" | "self" | "avg" | "min" | "max";
+
+/** Jaeger UI's trace statistics: per service and operation, count, total, self time, mean, min and max. */
+function TraceStatsTable(props: { m: TraceModel }) {
+  const [key, setKey] = useState<StatKey>("total");
+  const stats = useMemo(() => traceStats(props.m), [props.m]);
+  const val = (r: OpStat, k: StatKey): number | string =>
+    k === "service" ? r.service + "\u0001" + r.name : k === "avg" ? r.total / r.count : (r[k] as number);
+  const rows = stats.slice().sort((a, b) => {
+    const x = val(a, key),
+      y = val(b, key);
+    return typeof x === "string" ? x.localeCompare(y as string) : (y as number) - x;
+  });
+  const total = props.m.total;
+  const th = (k: StatKey, label: string, title: string) => (
+    <th class={k === "service" ? "" : "num"} title={title} aria-sort={key === k ? (k === "service" ? "ascending" : "descending") : undefined}>
+      <button type="button" class="link" data-testid={`stats-sort-${k}`} onClick={() => setKey(k)}>
+        {label}
+        {key === k ? (k === "service" ? " ▲" : " ▼") : ""}
+      </button>
+    </th>
+  );
+  return (
+    <div class="stats-view table-scroll" data-testid="trace-stats">
+      <table class="data stats-table" data-testid="stats-table">
+        <thead>
+          <tr>
+            {th("service", "Service: operation", "Sort by name")}
+            {th("count", "Count", "Spans of the operation")}
+            {th("total", "Total", "Sum of their durations")}
+            {th("self", "Self time", "Sum of the time not covered by their child spans")}
+            {th("avg", "Avg", "Mean duration")}
+            {th("min", "Min", "Shortest")}
+            {th("max", "Max", "Longest")}
+            <th class="num" title="Self time as a share of the trace's duration">Self %</th>
+            <th class="num">Errors</th>
+          </tr>
+        </thead>
+        <tbody>
+          {rows.map((r) => (
+            <tr
+              data-testid="stats-row"
+              data-service={r.service}
+              data-operation={r.name}
+              data-count={r.count}
+              data-total-ns={r.total}
+              data-self-ns={r.self}
+              data-min-ns={r.min}
+              data-max-ns={r.max}
+            >
+              <td>
+                <span class="svc-dot" style={{ background: serviceColor(r.service) }} />
+                <strong>{r.service}</strong>: {r.name}
+              </td>
+              <td class="num">{r.count}</td>
+              <td class="num">{fmtDuration(r.total)}</td>
+              <td class="num">{fmtDuration(r.self)}</td>
+              <td class="num">{fmtDuration(r.total / r.count)}</td>
+              <td class="num">{fmtDuration(r.min)}</td>
+              <td class="num">{fmtDuration(r.max)}</td>
+              <td class="num">{((r.self / Math.max(1, total)) * 100).toFixed(1)}%</td>
+              <td class={r.errors ? "num err" : "num"}>{r.errors}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+const FLAME_ROW = 22;
+
+/**
+ * The trace as a flame graph (an icicle: the root on top, each span below
+ * its parent, width = duration on the trace's time axis), as Jaeger UI's
+ * trace flame graph. Click a span for its detail; spans the filters leave
+ * out are dimmed.
+ */
+function FlameGraph(props: { m: TraceModel; matches: Set<SpanNode> | null; selected: string | null; onPick: (id: string) => void }) {
+  const { m } = props;
+  const total = Math.max(1, m.total);
+  return (
+    <div class="flame" data-testid="flame-graph" style={{ height: (m.maxDepth + 1) * FLAME_ROW + 8 }}>
+      {m.nodes.map((n) => {
+        const left = (n.start / total) * 100;
+        const width = Math.max(0.05, (n.dur / total) * 100);
+        const dim = props.matches && !props.matches.has(n);
+        return (
+          <div
+            class={`flame-node${n.error ? " error" : ""}${dim ? " dim" : ""}${props.selected === n.id ? " selected" : ""}`}
+            data-testid="flame-node"
+            data-span-id={n.id}
+            data-depth={n.depth}
+            style={{ left: `${left}%`, width: `${width}%`, top: n.depth * FLAME_ROW, background: serviceColor(n.span.service_name) }}
+            title={`${n.span.service_name}: ${n.span.name} — ${fmtDuration(n.dur)} (self ${fmtDuration(selfTime(n))})`}
+            onClick={() => props.onPick(n.id)}
+          >
+            <span class="flame-label">
+              {n.span.service_name}: {n.span.name}
+            </span>
+          </div>
+        );
+      })}
+    </div>
+  );
+}
