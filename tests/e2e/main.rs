@@ -16,3 +16,5 @@ mod sdk;
 mod search;
 /// The Tempo-compatible query API.
 mod tempo;
+/// `/metrics`, log output and listen addresses.
+mod ops;
