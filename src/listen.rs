@@ -141,7 +141,10 @@ mod tests {
             (":16686", ListenAddr::AllInterfaces(16686)),
             (":0", ListenAddr::AllInterfaces(0)),
             ("localhost:16686", ListenAddr::Host("localhost".into(), 16686)),
-            ("skein-0.skein.svc.cluster.local:4317", ListenAddr::Host("skein-0.skein.svc.cluster.local".into(), 4317)),
+            (
+                "skein-0.skein.svc.cluster.local:4317",
+                ListenAddr::Host("skein-0.skein.svc.cluster.local".into(), 4317),
+            ),
         ] {
             assert_eq!(input.parse::<ListenAddr>(), Ok(want.clone()), "{input}");
             // Shown as typed (less surrounding blanks), so errors quote it.

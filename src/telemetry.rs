@@ -100,7 +100,12 @@ mod process {
                 )?)?;
                 let rss = stat.rss.saturating_mul(procfs::page_size()) as f64;
                 gauge(&mut enc, "process_resident_memory_bytes", "Resident memory size in bytes.", rss)?;
-                gauge(&mut enc, "process_virtual_memory_bytes", "Virtual memory size in bytes.", stat.vsize as f64)?;
+                gauge(
+                    &mut enc,
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size in bytes.",
+                    stat.vsize as f64,
+                )?;
                 if let Ok(boot) = procfs::boot_time_secs() {
                     let start = boot as f64 + stat.starttime as f64 / ticks;
                     gauge(
@@ -116,7 +121,12 @@ mod process {
             }
             if let Ok(limits) = me.limits() {
                 if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
-                    gauge(&mut enc, "process_max_fds", "Maximum number of open file descriptors.", max as f64)?;
+                    gauge(
+                        &mut enc,
+                        "process_max_fds",
+                        "Maximum number of open file descriptors.",
+                        max as f64,
+                    )?;
                 }
             }
             Ok(())
@@ -148,8 +158,9 @@ const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 impl HttpMetrics {
     /// The histogram family, registered in `r`.
     pub(crate) fn register(r: &mut Registry) -> Arc<HttpMetrics> {
-        let duration =
-            Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS.iter().copied()));
+        let duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(BUCKETS.iter().copied())
+        });
         r.register(
             "skein_http_request_duration_seconds",
             "Time from request to response headers, by route template, method and status",
@@ -231,7 +242,10 @@ mod tests {
         assert_eq!(resp.status(), 200);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
-        assert!(text.contains(&format!("skein_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
+        assert!(
+            text.contains(&format!("skein_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "skein_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/traces/{trace_id}\",status=\"200\"} 1"

@@ -204,11 +204,20 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         for reason in IngestError::REASONS {
-            assert!(text.contains(&format!("skein_refused_requests_total{{reason=\"{reason}\"}} 0")), "{text}");
+            assert!(
+                text.contains(&format!("skein_refused_requests_total{{reason=\"{reason}\"}} 0")),
+                "{text}"
+            );
         }
         for signal in ["spans", "logs"] {
-            assert!(text.contains(&format!("skein_received_records_total{{signal=\"{signal}\"}} 0")), "{text}");
-            assert!(text.contains(&format!("skein_rejected_records_total{{signal=\"{signal}\"}} 0")), "{text}");
+            assert!(
+                text.contains(&format!("skein_received_records_total{{signal=\"{signal}\"}} 0")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("skein_rejected_records_total{{signal=\"{signal}\"}} 0")),
+                "{text}"
+            );
         }
     }
 }

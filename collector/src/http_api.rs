@@ -204,7 +204,8 @@ mod tests {
         use serde_json::json;
         use skein_storage::model::TraceId;
         let dir = tempfile::tempdir().unwrap();
-        let storage = skein_storage::Storage::open(dir.path(), skein_storage::testsuite::test_config()).unwrap();
+        let storage =
+            skein_storage::Storage::open(dir.path(), skein_storage::testsuite::test_config()).unwrap();
         storage.replay().unwrap();
         let app = router(Ingest::new(storage.clone(), crate::CollectorConfig::default()));
         let now = skein_storage::now_unix_nano();

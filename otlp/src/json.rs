@@ -208,11 +208,9 @@ mod tests {
                 (json!("18446744073709551615"), PValue::U64(u64::MAX)),
                 (json!(1e2), PValue::U64(100)),
             ],
-            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => vec![
-                (json!(7), PValue::I32(7)),
-                (json!("7"), PValue::I32(7)),
-                (json!(-7), PValue::I32(-7)),
-            ],
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+                vec![(json!(7), PValue::I32(7)), (json!("7"), PValue::I32(7)), (json!(-7), PValue::I32(-7))]
+            }
             Kind::Uint32 | Kind::Fixed32 => vec![
                 (json!(7), PValue::U32(7)),
                 (json!("7"), PValue::U32(7)),
@@ -271,7 +269,9 @@ mod tests {
         match (a, b) {
             (PValue::F64(x), PValue::F64(y)) => x == y || (x.is_nan() && y.is_nan()),
             (PValue::F32(x), PValue::F32(y)) => x == y || (x.is_nan() && y.is_nan()),
-            (PValue::List(x), PValue::List(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
+            (PValue::List(x), PValue::List(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+            }
             _ => a == b,
         }
     }
@@ -339,7 +339,8 @@ mod tests {
         for (m, path) in messages(&root) {
             visited.insert(m.name().to_string());
             // Every field omitted: the message is there, all defaults.
-            let got = follow(through::<M>(&nest(&path, json!({"someFutureField": {"x": [1]}}))).unwrap(), &path);
+            let got =
+                follow(through::<M>(&nest(&path, json!({"someFutureField": {"x": [1]}}))).unwrap(), &path);
             for f in m.fields() {
                 assert!(!got.has_field(&f), "{} set though omitted", f.full_name());
             }

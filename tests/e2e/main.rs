@@ -8,6 +8,8 @@ mod bad_input;
 mod durability;
 /// The Jaeger-compatible query API.
 mod jaeger;
+/// `/metrics`, log output and listen addresses.
+mod ops;
 /// Segments in S3 (a moto server), read back by a node with an empty cache.
 mod s3;
 /// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.
@@ -16,5 +18,3 @@ mod sdk;
 mod search;
 /// The Tempo-compatible query API.
 mod tempo;
-/// `/metrics`, log output and listen addresses.
-mod ops;

@@ -141,7 +141,8 @@ fn test_text_logs_to_a_pipe_have_no_colours() {
 #[test]
 fn test_listen_addresses_as_typed() {
     let d = tempfile::tempdir().unwrap();
-    let args = ["--otlp-grpc-addr", "localhost:0", "--otlp-http-addr", "localhost:0", "--http-addr", "localhost:0"];
+    let args =
+        ["--otlp-grpc-addr", "localhost:0", "--otlp-http-addr", "localhost:0", "--http-addr", "localhost:0"];
     let (child, http, ready) = start(d.path(), &args, &[]);
     assert!(http.starts_with("127.0.0.1:"), "{ready}");
     stop(child);
