@@ -31,9 +31,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "skein", version, about = "Distributed tracing and log backend for OpenTelemetry")]
 struct Cli {
     /// Log lines on stderr: `text` (colours only on a terminal) or `json`
-    /// (one object per line).
-    #[arg(long, global = true, env = "SKEIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// (one object per line) [default: text].
+    #[arg(long, global = true, env = "SKEIN_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +98,7 @@ struct FileConfig {
     http_addr: Option<ListenAddr>,
     role: Option<Role>,
     storage_url: Option<String>,
+    log_format: Option<LogFormat>,
     /// With object storage: Parquet bytes cached on local disk.
     cache_bytes: Option<u64>,
     /// How long data is kept, counted from when Skein received it ("7d").
@@ -125,15 +126,18 @@ struct Config {
     query: QueryConfig,
 }
 
-fn build_config(a: ServeArgs) -> Result<Config> {
-    let file: FileConfig = match &a.config {
+fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
+    Ok(match path {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?
         }
         None => FileConfig::default(),
-    };
+    })
+}
+
+fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
     let role = a.role.or(file.role).unwrap_or(Role::All);
     if role != Role::All {
         bail!("--role {role:?}: split roles are not implemented yet; run with --role all");
@@ -175,16 +179,22 @@ fn build_config(a: ServeArgs) -> Result<Config> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => {
-            let cfg = build_config(args)?;
+            // The file is read before logging starts, since it may set the
+            // log format; its errors go to stderr as the exit error.
+            let file = read_file_config(args.config.as_deref())?;
+            telemetry::init_logging(cli.log_format.or(file.log_format).unwrap_or_default());
+            let cfg = build_config(args, file)?;
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
         }
-        Command::Loadgen(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(skein_loadgen::run(args)),
+        Command::Loadgen(args) => {
+            telemetry::init_logging(cli.log_format.unwrap_or_default());
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(skein_loadgen::run(args))
+        }
     }
 }
 
@@ -292,4 +302,40 @@ async fn serve(cfg: Config) -> Result<()> {
     let st = tokio::task::spawn_blocking(move || s.flush(true)).await??;
     tracing::info!(traces = st.traces, spans = st.spans, "final flush done; exiting");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every address flag takes the forms users type, and the log format
+    /// comes from the flag (after the subcommand too) or the config file.
+    #[test]
+    fn test_cli_and_file_forms() {
+        let cli = Cli::try_parse_from([
+            "skein",
+            "serve",
+            "--http-addr",
+            ":16686",
+            "--otlp-grpc-addr",
+            "localhost:4317",
+            "--otlp-http-addr",
+            "[::1]:4318",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
+        let Command::Serve(a) = cli.command else { panic!("not serve") };
+        assert_eq!(a.http_addr, Some(ListenAddr::AllInterfaces(16686)));
+        assert_eq!(a.otlp_grpc_addr, Some(ListenAddr::Host("localhost".into(), 4317)));
+        assert_eq!(a.otlp_http_addr, Some(ListenAddr::Socket("[::1]:4318".parse().unwrap())));
+        let err = Cli::try_parse_from(["skein", "serve", "--http-addr", "16686"]).unwrap_err().to_string();
+        assert!(err.contains("has no port"), "{err}");
+
+        let f: FileConfig = toml::from_str("log_format = \"json\"\nhttp_addr = \":16686\"").unwrap();
+        assert_eq!(f.log_format, Some(LogFormat::Json));
+        assert_eq!(f.http_addr, Some(ListenAddr::AllInterfaces(16686)));
+        assert!(toml::from_str::<FileConfig>("http_addr = \"16686\"").is_err());
+    }
 }

@@ -20,8 +20,10 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use tracing::Instrument as _;
 
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+/// How log lines are written to stderr (`--log-format`, `SKEIN_LOG_FORMAT`,
+/// `log_format` in the config file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
     /// Human-readable lines; ANSI colours only when stderr is a terminal,
     /// so a pipe or a log file gets no escape bytes.
@@ -34,8 +36,7 @@ pub(crate) enum LogFormat {
 }
 
 /// Installs the global log subscriber: level filter from `SKEIN_LOG`
-/// (`info` by default), lines to stderr in `format`. Runs before the config
-/// file is read, so the format is a flag (or `SKEIN_LOG_FORMAT`) only.
+/// (`info` by default), lines to stderr in `format`.
 pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
