@@ -1,7 +1,9 @@
 //! `skein`: parses the command line and config, wires the crates into one
 //! process, and maps the outcome to an exit code.
 
-use std::net::SocketAddr;
+mod listen;
+mod telemetry;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,9 @@ use skein_storage::{CompactionConfig, HeadConfig, Storage, StorageConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::listen::ListenAddr;
+use crate::telemetry::{HttpMetrics, LogFormat};
+
 /// Ingest allocates many small strings per span; glibc's malloc spent about
 /// a third of the CPU in a profile of the load benchmark (docs/benchmarks.md).
 #[global_allocator]
@@ -25,6 +30,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "Distributed tracing and log backend for OpenTelemetry")]
 struct Cli {
+    /// Log lines on stderr: `text` (colours only on a terminal) or `json`
+    /// (one object per line) [default: text].
+    #[arg(long, global = true, env = "SKEIN_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,15 +65,18 @@ struct ServeArgs {
     /// Where the WAL and segments live [default: ./skein-data].
     #[arg(long, env = "SKEIN_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    /// OTLP/gRPC listen address: `HOST:PORT`, `[IPv6]:PORT`, or `:PORT` for
+    /// every interface [default: 127.0.0.1:4317].
     #[arg(long, env = "SKEIN_OTLP_GRPC_ADDR")]
-    otlp_grpc_addr: Option<SocketAddr>,
-    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    otlp_grpc_addr: Option<ListenAddr>,
+    /// OTLP/HTTP listen address: `HOST:PORT`, `[IPv6]:PORT`, or `:PORT` for
+    /// every interface [default: 127.0.0.1:4318].
     #[arg(long, env = "SKEIN_OTLP_HTTP_ADDR")]
-    otlp_http_addr: Option<SocketAddr>,
-    /// HTTP API and UI listen address [default: 127.0.0.1:16686].
+    otlp_http_addr: Option<ListenAddr>,
+    /// HTTP API and UI listen address: `HOST:PORT`, `[IPv6]:PORT`, or `:PORT` for
+    /// every interface [default: 127.0.0.1:16686].
     #[arg(long, env = "SKEIN_HTTP_ADDR")]
-    http_addr: Option<SocketAddr>,
+    http_addr: Option<ListenAddr>,
     /// Which parts this node runs [default: all].
     #[arg(long, env = "SKEIN_ROLE", value_enum)]
     role: Option<Role>,
@@ -81,11 +93,12 @@ struct ServeArgs {
 #[serde(deny_unknown_fields, default)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
-    otlp_grpc_addr: Option<SocketAddr>,
-    otlp_http_addr: Option<SocketAddr>,
-    http_addr: Option<SocketAddr>,
+    otlp_grpc_addr: Option<ListenAddr>,
+    otlp_http_addr: Option<ListenAddr>,
+    http_addr: Option<ListenAddr>,
     role: Option<Role>,
     storage_url: Option<String>,
+    log_format: Option<LogFormat>,
     /// With object storage: Parquet bytes cached on local disk.
     cache_bytes: Option<u64>,
     /// How long data is kept, counted from when Skein received it ("7d").
@@ -105,23 +118,26 @@ struct FileConfig {
 #[derive(Debug)]
 struct Config {
     data_dir: PathBuf,
-    otlp_grpc_addr: SocketAddr,
-    otlp_http_addr: SocketAddr,
-    http_addr: SocketAddr,
+    otlp_grpc_addr: ListenAddr,
+    otlp_http_addr: ListenAddr,
+    http_addr: ListenAddr,
     storage: StorageConfig,
     collector: CollectorConfig,
     query: QueryConfig,
 }
 
-fn build_config(a: ServeArgs) -> Result<Config> {
-    let file: FileConfig = match &a.config {
+fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
+    Ok(match path {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?
         }
         None => FileConfig::default(),
-    };
+    })
+}
+
+fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
     let role = a.role.or(file.role).unwrap_or(Role::All);
     if role != Role::All {
         bail!("--role {role:?}: split roles are not implemented yet; run with --role all");
@@ -152,9 +168,9 @@ fn build_config(a: ServeArgs) -> Result<Config> {
     storage.check().context("invalid storage configuration")?;
     Ok(Config {
         data_dir,
-        otlp_grpc_addr: a.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(([127, 0, 0, 1], 4317).into()),
-        otlp_http_addr: a.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(([127, 0, 0, 1], 4318).into()),
-        http_addr: a.http_addr.or(file.http_addr).unwrap_or(([127, 0, 0, 1], 16686).into()),
+        otlp_grpc_addr: a.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(ListenAddr::loopback(4317)),
+        otlp_http_addr: a.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(ListenAddr::loopback(4318)),
+        http_addr: a.http_addr.or(file.http_addr).unwrap_or(ListenAddr::loopback(16686)),
         storage,
         collector: file.collector,
         query: file.query,
@@ -162,24 +178,30 @@ fn build_config(a: ServeArgs) -> Result<Config> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            let cfg = build_config(args)?;
+            // The file is read before logging starts, since it may set the
+            // log format; its errors go to stderr as the exit error.
+            let file = read_file_config(args.config.as_deref())?;
+            telemetry::init_logging(cli.log_format.or(file.log_format).unwrap_or_default());
+            let cfg = build_config(args, file)?;
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
         }
-        Command::Loadgen(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(skein_loadgen::run(args)),
+        Command::Loadgen(args) => {
+            telemetry::init_logging(cli.log_format.unwrap_or_default());
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(skein_loadgen::run(args))
+        }
     }
+}
+
+/// Binds `addr` (each address it resolves to in turn, until one binds).
+async fn bind(addr: &ListenAddr, what: &str) -> Result<TcpListener> {
+    let addrs = addr.resolve().map_err(|e| anyhow::anyhow!("{what} address {addr}: {e}"))?;
+    TcpListener::bind(&addrs[..]).await.with_context(|| format!("binding {what} on {addr}"))
 }
 
 async fn shutdown_signal(tx: watch::Sender<bool>) {
@@ -203,17 +225,13 @@ async fn serve(cfg: Config) -> Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     storage.metrics.register(&mut registry);
     ingest.metrics.register(&mut registry);
+    telemetry::register_process(&mut registry);
+    let http_metrics = HttpMetrics::register(&mut registry);
     let api = ApiState { storage: storage.clone(), registry: Arc::new(registry), cfg: cfg.query.clone() };
 
-    let grpc_l = TcpListener::bind(cfg.otlp_grpc_addr)
-        .await
-        .with_context(|| format!("binding OTLP/gRPC on {}", cfg.otlp_grpc_addr))?;
-    let otlp_http_l = TcpListener::bind(cfg.otlp_http_addr)
-        .await
-        .with_context(|| format!("binding OTLP/HTTP on {}", cfg.otlp_http_addr))?;
-    let http_l = TcpListener::bind(cfg.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP on {}", cfg.http_addr))?;
+    let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
+    let otlp_http_l = bind(&cfg.otlp_http_addr, "OTLP/HTTP").await?;
+    let http_l = bind(&cfg.http_addr, "HTTP").await?;
     // Machine-readable, for scripts and tests that bind port 0.
     println!(
         "skein ready otlp_grpc={} otlp_http={} http={}",
@@ -254,12 +272,14 @@ async fn serve(cfg: Config) -> Result<()> {
         })
     };
     let otlp_http = {
-        let app = skein_collector::router(ingest.clone());
+        let app = skein_collector::router(ingest.clone())
+            .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
         let rx = stop_rx.clone();
         tokio::spawn(async move { axum::serve(otlp_http_l, app).with_graceful_shutdown(stopped(rx)).await })
     };
     let http = {
         let app = skein_query::router(api)
+            .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track))
             .merge(skein_ui::router())
             .layer(tower_http::compression::CompressionLayer::new());
         let rx = stop_rx.clone();
@@ -289,4 +309,40 @@ async fn serve(cfg: Config) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every address flag takes the forms users type, and the log format
+    /// comes from the flag (after the subcommand too) or the config file.
+    #[test]
+    fn test_cli_and_file_forms() {
+        let cli = Cli::try_parse_from([
+            "skein",
+            "serve",
+            "--http-addr",
+            ":16686",
+            "--otlp-grpc-addr",
+            "localhost:4317",
+            "--otlp-http-addr",
+            "[::1]:4318",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
+        let Command::Serve(a) = cli.command else { panic!("not serve") };
+        assert_eq!(a.http_addr, Some(ListenAddr::AllInterfaces(16686)));
+        assert_eq!(a.otlp_grpc_addr, Some(ListenAddr::Host("localhost".into(), 4317)));
+        assert_eq!(a.otlp_http_addr, Some(ListenAddr::Socket("[::1]:4318".parse().unwrap())));
+        let err = Cli::try_parse_from(["skein", "serve", "--http-addr", "16686"]).unwrap_err().to_string();
+        assert!(err.contains("has no port"), "{err}");
+
+        let f: FileConfig = toml::from_str("log_format = \"json\"\nhttp_addr = \":16686\"").unwrap();
+        assert_eq!(f.log_format, Some(LogFormat::Json));
+        assert_eq!(f.http_addr, Some(ListenAddr::AllInterfaces(16686)));
+        assert!(toml::from_str::<FileConfig>("http_addr = \"16686\"").is_err());
+    }
 }

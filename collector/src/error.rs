@@ -38,6 +38,18 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// Every value [`reason`](Self::reason) returns, so that each refusal
+    /// counter is exported (at zero) before the first refusal.
+    pub(crate) const REASONS: [&'static str; 7] = [
+        "malformed",
+        "too_large",
+        "unsupported_media_type",
+        "unsupported_encoding",
+        "overloaded",
+        "not_ready",
+        "unavailable",
+    ];
+
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             IngestError::Malformed(_) => "malformed",
@@ -169,6 +181,43 @@ mod tests {
             assert_eq!(w.retryable, http_retryable, "{e}");
             assert_eq!(w.retryable, w.grpc == tonic::Code::Unavailable, "{e}");
             assert_eq!(tonic::Status::from(e).code(), w.grpc);
+        }
+    }
+
+    /// Every variant's refusal reason is pre-registered (issue 9 item 10:
+    /// every labelled counter present at zero from the start).
+    #[test]
+    fn test_every_reason_is_listed() {
+        let all = [
+            IngestError::Malformed("x".into()),
+            IngestError::TooLarge { size: 2, limit: 1 },
+            IngestError::UnsupportedMediaType("text/plain".into()),
+            IngestError::UnsupportedEncoding("br".into()),
+            IngestError::Overloaded,
+            IngestError::NotReady,
+            IngestError::Unavailable("disk full".into()),
+        ];
+        let reasons: Vec<_> = all.iter().map(IngestError::reason).collect();
+        assert_eq!(reasons, IngestError::REASONS);
+        let mut r = prometheus_client::registry::Registry::default();
+        crate::CollectorMetrics::default().register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        for reason in IngestError::REASONS {
+            assert!(
+                text.contains(&format!("skein_refused_requests_total{{reason=\"{reason}\"}} 0")),
+                "{text}"
+            );
+        }
+        for signal in ["spans", "logs"] {
+            assert!(
+                text.contains(&format!("skein_received_records_total{{signal=\"{signal}\"}} 0")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("skein_rejected_records_total{{signal=\"{signal}\"}} 0")),
+                "{text}"
+            );
         }
     }
 }

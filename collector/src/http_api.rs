@@ -98,14 +98,11 @@ fn ok_response<M: Message + serde::Serialize>(msg: &M, json: bool) -> Response {
     }
 }
 
-/// Decodes a body as protobuf or OTLP/JSON.
-fn decode<M: Message + Default + serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    json: bool,
-    what: &str,
-) -> Result<M, IngestError> {
+/// Decodes a body as protobuf or OTLP/JSON (every form the proto3 JSON
+/// mapping allows; see [`skein_otlp::json`]).
+fn decode<M: skein_otlp::json::OtlpJson>(bytes: &[u8], json: bool, what: &str) -> Result<M, IngestError> {
     if json {
-        serde_json::from_slice(bytes)
+        skein_otlp::json::decode(bytes)
             .map_err(|e| IngestError::Malformed(format!("invalid OTLP/JSON {what} request: {e}")))
     } else {
         M::decode(bytes)
@@ -170,7 +167,7 @@ mod tests {
                   {"key":"d","value":{"doubleValue":1.5}},{"key":"b","value":{"boolValue":true}},
                   {"key":"a","value":{"arrayValue":{"values":[{"stringValue":"x"}]}}}],
                 "unknownFutureField":{"ignored":true}}]}]}]}"#;
-        let req: ExportTraceServiceRequest = serde_json::from_str(body).unwrap();
+        let req: ExportTraceServiceRequest = decode(body.as_bytes(), true, "trace").unwrap();
         let c = skein_otlp::decode::spans(&req);
         assert_eq!(c.rejected, 0);
         let s = &c.records[0];
@@ -184,6 +181,79 @@ mod tests {
         assert_eq!(s.attributes[2].1, AttrValue::Double(1.5));
         assert_eq!(s.attributes[3].1, AttrValue::Bool(true));
         assert_eq!(s.attributes[4].1, AttrValue::Array(vec![AttrValue::Str("x".into())]));
+    }
+
+    async fn post(app: &Router, path: &str, body: &serde_json::Value) -> (StatusCode, String) {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let req = http::Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let r = app.clone().oneshot(req).await.unwrap();
+        let status = r.status();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Issue 9 item 2: the forms the proto3 JSON mapping allows, sent to
+    /// `POST /v1/traces` and `/v1/logs`, are stored with their values;
+    /// bad input is still a 400 that names the field.
+    #[tokio::test]
+    async fn lenient_otlp_json_through_the_router() {
+        use serde_json::json;
+        use skein_storage::model::TraceId;
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            skein_storage::Storage::open(dir.path(), skein_storage::testsuite::test_config()).unwrap();
+        storage.replay().unwrap();
+        let app = router(Ingest::new(storage.clone(), crate::CollectorConfig::default()));
+        let now = skein_storage::now_unix_nano();
+        let trace = "5b8efff798038103d269b633813fc60c";
+        let spans = json!({"resourceSpans": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "lenient"}}],
+                         "entityRefs": [{"type": "service", "idKeys": ["service.name"]}]},
+            "scopeSpans": [{"scope": {"name": "lib"}, "spans": [{
+                "traceId": trace.to_uppercase(), "spanId": "EEE19B7EC3C1B174",
+                "name": "GET /", "kind": "SPAN_KIND_SERVER",
+                "startTimeUnixNano": now.to_string(), "end_time_unix_nano": now + 1000,
+                "status": {"code": "STATUS_CODE_ERROR", "message": "boom"},
+                "attributes": [
+                    {"key": "d", "value": {"doubleValue": "2.5"}},
+                    {"key": "nan", "value": {"doubleValue": "NaN"}},
+                    {"key": "inf", "value": {"doubleValue": "Infinity"}},
+                    {"key": "ninf", "value": {"doubleValue": "-Infinity"}},
+                    {"key": "a", "value": {"arrayValue": {}}},
+                    {"key": "m", "value": {"kvlistValue": {}}},
+                    {"key": "i", "value": {"intValue": "-3"}}]}]}]}]});
+        let (status, body) = post(&app, "/v1/traces", &spans).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let logs = json!({"resourceLogs": [{"scopeLogs": [{"logRecords": [{
+            "timeUnixNano": now.to_string(), "severityNumber": "SEVERITY_NUMBER_WARN",
+            "severityText": "WARN", "body": {"stringValue": "slow"},
+            "traceId": trace, "spanId": "eee19b7ec3c1b174"}]}]}]});
+        let (status, body) = post(&app, "/v1/logs", &logs).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        let (spans, logs) = storage.get_trace(&TraceId::parse_hex(trace).unwrap()).unwrap().unwrap();
+        let s = &spans[0];
+        assert_eq!((s.kind, s.status_code, s.duration_ns()), (2, 2, 1000));
+        assert_eq!(s.service_name(), "lenient");
+        let attr = |k: &str| s.attributes.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        assert_eq!(attr("d"), AttrValue::Double(2.5));
+        assert!(matches!(attr("nan"), AttrValue::Double(d) if d.is_nan()));
+        assert_eq!(attr("inf"), AttrValue::Double(f64::INFINITY));
+        assert_eq!(attr("ninf"), AttrValue::Double(f64::NEG_INFINITY));
+        assert_eq!(attr("a"), AttrValue::Array(vec![]));
+        assert_eq!(attr("m"), AttrValue::KvList(vec![]));
+        assert_eq!(attr("i"), AttrValue::Int(-3));
+        assert_eq!(logs.len(), 1);
+        assert_eq!((logs[0].severity_number, logs[0].body.clone()), (13, AttrValue::Str("slow".into())));
+
+        let bad = json!({"resourceSpans": [{"scopeSpans": [{"spans": [{"kind": true}]}]}]});
+        let (status, body) = post(&app, "/v1/traces", &bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("resourceSpans[0].scopeSpans[0].spans[0].kind"), "{body}");
     }
 
     #[test]

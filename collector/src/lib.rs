@@ -62,8 +62,17 @@ pub struct CollectorMetrics {
 
 impl CollectorMetrics {
     /// Adds the counters to `r` as `skein_received_records`,
-    /// `skein_rejected_records` and `skein_refused_requests`.
+    /// `skein_rejected_records` and `skein_refused_requests`, each label
+    /// value present at zero from the start (a series that appears only
+    /// on its first event breaks `rate()` and alerts on absence).
     pub fn register(&self, r: &mut Registry) {
+        for signal in [Traces::RECORDS, Logs::RECORDS] {
+            let _ = self.accepted.get_or_create(&vec![("signal", signal)]);
+            let _ = self.rejected.get_or_create(&vec![("signal", signal)]);
+        }
+        for reason in IngestError::REASONS {
+            let _ = self.refused.get_or_create(&vec![("reason", reason)]);
+        }
         r.register("skein_received_records", "Records accepted (durable)", self.accepted.clone());
         r.register(
             "skein_rejected_records",

@@ -18,8 +18,9 @@ use skein_storage::Storage;
 /// One OTLP signal: its wire messages, its records in storage's model,
 /// and how the first become the second and reach storage.
 pub trait Signal: Send + Sync + 'static {
-    /// The OTLP export request (`Export…ServiceRequest`).
-    type Request: prost::Message + Default + serde::de::DeserializeOwned + Send + 'static;
+    /// The OTLP export request (`Export…ServiceRequest`), read from
+    /// protobuf or, with the whole proto3 JSON mapping, from OTLP/JSON.
+    type Request: skein_otlp::json::OtlpJson + Send + 'static;
     /// The OTLP export response (`Export…ServiceResponse`).
     type Response: prost::Message + serde::Serialize + Send + 'static;
     /// The OTLP partial-success message of the response.

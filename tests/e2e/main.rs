@@ -12,6 +12,8 @@ mod disk_full;
 mod durability;
 /// The Jaeger-compatible query API.
 mod jaeger;
+/// `/metrics`, log output and listen addresses.
+mod ops;
 /// Segments in S3 (a moto server), read back by a node with an empty cache.
 mod s3;
 /// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.
