@@ -117,6 +117,38 @@ impl Storage {
         Ok(v.into_iter().map(|x| x.0).collect())
     }
 
+    /// IDs of at most `limit` traces with a span matching `f`, the trace
+    /// whose longest matching span is longest first (ties: lower trace ID
+    /// first), with that span's duration in ns. From the head, in-flight
+    /// flushes and each segment's span index (a top-k by duration, no rows
+    /// read); every segment in the time range is asked, since none records
+    /// how long its traces are. A trace's own duration is at least its
+    /// longest span's: callers rank candidates by reading them.
+    ///
+    /// # Errors
+    /// A segment whose index cannot be read.
+    pub fn longest_traces(&self, f: &SpanFilter, limit: usize) -> Result<Vec<(TraceId, u64)>> {
+        let mut best: HashMap<TraceId, u64> = HashMap::new();
+        let mut keep = |id: TraceId, d: u64| {
+            let e = best.entry(id).or_insert(d);
+            *e = (*e).max(d);
+        };
+        let segments = self.catalog.walk(None, |id, t| {
+            if let Some(m) = t.spans.iter().filter(|s| f.matches(s)).map(|s| s.duration_ns()).max() {
+                keep(*id, m);
+            }
+        });
+        for seg in segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
+            for (id, d) in seg.longest_spans(f, limit)? {
+                keep(id, d);
+            }
+        }
+        let mut v: Vec<_> = best.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(limit);
+        Ok(v)
+    }
+
     /// At most `limit` log records matching `f`, latest first.
     ///
     /// # Errors

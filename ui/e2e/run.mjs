@@ -706,6 +706,28 @@ async function main() {
     assert(total.includes("+54.0 ms"), `total change reads "${total}"`);
   });
 
+  await test("a span whose end precedes its start keeps its times through a flush and shows the clock skew (issue 10)", async () => {
+    if (!otlpHttp) return log("skipped: needs a Skein started by this script (not SKEIN_URL)");
+    const at = BigInt(truth.end_unix_nano) + 9_000_000_000_000n;
+    const ms = 1_000_000n;
+    const traceId = "5cee".repeat(8);
+    const root = { traceId, spanId: "b0".repeat(8), name: "GET /skew", kind: 2, startTimeUnixNano: String(at), endTimeUnixNano: String(at + 50n * ms) };
+    const child = { traceId, spanId: "b1".repeat(8), parentSpanId: root.spanId, name: "remote call", kind: 3, startTimeUnixNano: String(at + 10n * ms), endTimeUnixNano: String(at + 7n * ms) };
+    const body = { resourceSpans: [{ resource: { attributes: [{ key: "service.name", value: { stringValue: "skew-api" } }] }, scopeSpans: [{ scope: { name: "e2e" }, spans: [root, child] }] }] };
+    await postJson(`http://${otlpHttp}/v1/traces`, body);
+    const flushed = await fetch(`${base}/api/v1/flush`, { method: "POST" });
+    assert(flushed.ok, `flush answered ${flushed.status}`);
+    const t = await fetch(`${base}/api/v1/traces/${traceId}`).then((r) => r.json());
+    const back = t.spans.find((s) => s.span_id === child.spanId);
+    assert(back && back.end_time_unix_nano === child.endTimeUnixNano, `end read back as ${back && back.end_time_unix_nano}, sent ${child.endTimeUnixNano}`);
+    assert(back.duration_ns === 0, `duration ${back.duration_ns}, expected 0 for search and display`);
+    await goto(`/trace/${traceId}?span=${child.spanId}`);
+    const skew = page.locator('[data-testid="span-clock-skew"]');
+    await skew.waitFor();
+    const text = (await skew.textContent()).trim();
+    assert(text.includes("3.00 ms") && text.includes("before the start"), `clock skew reads "${text}"`);
+  });
+
   await test("trace page: log offsets are all since the trace start, and say so (#13)", async () => {
     const l0 = T.logs[0];
     await goto(`/trace/${T.trace_id}?span=${l0.span_id}`);

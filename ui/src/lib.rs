@@ -3,7 +3,7 @@
 
 #![warn(missing_docs)]
 
-use axum::http::{header, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rust_embed::RustEmbed;
@@ -23,21 +23,48 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
 
 /// Serves `/assets/...` files, and `index.html` for every other path so
 /// deep links (`/trace/{id}`, `/search?...`, `/logs?...`, `/map`) load the
-/// app, which routes on the client. Every response carries
+/// app, which routes on the client. Only GET and HEAD: any other method is
+/// a 405 with a JSON body, so a client that sends to the wrong port (an
+/// OTLP exporter pointed at the UI's `/v1/traces`) is told, not answered
+/// 200 and silently dropped. Every response carries
 /// [`CONTENT_SECURITY_POLICY`], `X-Content-Type-Options: nosniff`,
 /// `X-Frame-Options: DENY` and `Referrer-Policy: same-origin`.
 pub fn router() -> Router {
     Router::new().fallback(serve)
 }
 
-async fn serve(uri: Uri) -> Response {
-    let mut r = asset(uri).await;
+async fn serve(method: Method, uri: Uri) -> Response {
+    let mut r = if method == Method::GET || method == Method::HEAD {
+        asset(uri).await
+    } else {
+        not_the_ui(&method, &uri)
+    };
     let h = r.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(HeaderName::from_static("referrer-policy"), HeaderValue::from_static("same-origin"));
     r
+}
+
+/// The 405 for a method the UI does not take, with a hint when the path is
+/// an OTLP/HTTP one.
+fn not_the_ui(method: &Method, uri: &Uri) -> Response {
+    let path = uri.path();
+    let mut msg = format!("{method} {path}: the web UI takes GET and HEAD only");
+    if path.starts_with("/v1/") {
+        msg.push_str(
+            "; OTLP/HTTP is served on the OTLP port (--otlp-http-addr, default 4318), \
+             OTLP/gRPC on 4317, not on this UI/API port",
+        );
+    }
+    let body = serde_json::json!({ "error": msg }).to_string();
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "GET,HEAD"), (header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 async fn asset(uri: Uri) -> Response {
@@ -84,5 +111,26 @@ mod tests {
             assert_eq!(h[header::X_FRAME_OPTIONS], "DENY", "{path}");
             assert_eq!(h["referrer-policy"], "same-origin", "{path}");
         }
+    }
+
+    /// An OTLP exporter pointed at the UI port got 200 and lost its data
+    /// (issue 9 review): other methods than GET/HEAD are a JSON 405.
+    #[tokio::test]
+    async fn other_methods_are_a_json_405_with_an_otlp_hint() {
+        for (method, path) in
+            [("POST", "/v1/traces"), ("PUT", "/v1/logs"), ("POST", "/some"), ("DELETE", "/")]
+        {
+            let req = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+            let r = router().oneshot(req).await.unwrap();
+            assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(r.headers()[header::ALLOW], "GET,HEAD");
+            assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            assert!(text.starts_with("{\"error\":\"") && text.ends_with("\"}"), "{text}");
+            assert_eq!(text.contains("4318"), path.starts_with("/v1/"), "{text}");
+        }
+        let head = Request::builder().method("HEAD").uri("/").body(Body::empty()).unwrap();
+        assert_eq!(router().oneshot(head).await.unwrap().status(), StatusCode::OK);
     }
 }

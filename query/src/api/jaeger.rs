@@ -43,7 +43,7 @@ fn tag(key: &str, v: &AttrValue) -> Value {
         AttrValue::Str(s) => ("string", json!(s)),
         AttrValue::Bool(b) => ("bool", json!(b)),
         AttrValue::Int(i) => ("int64", json!(i)),
-        AttrValue::Double(d) => ("float64", json!(d)),
+        AttrValue::Double(d) => ("float64", super::native::json::double(*d)),
         AttrValue::Bytes(_) => ("binary", attr_value(v)),
         // Jaeger has no composite tag type: render as JSON text.
         other => ("string", json!(attr_value(other).to_string())),
@@ -297,13 +297,11 @@ async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resu
 mod tests {
     use std::sync::Arc;
 
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt as _;
+    use axum::http::StatusCode;
     use skein_storage::model::{Scope, SpanId};
-    use tower::ServiceExt as _;
 
     use super::*;
+    use crate::api::tests::get;
     use crate::engine::testutil::{append, span, storage};
     use crate::QueryConfig;
 
@@ -334,13 +332,6 @@ mod tests {
             with(span(1, 4, Some(3), "cart", "SELECT", s + 30, 10_000_000, false), kind::CLIENT, &grpc),
             ok_root,
         ]
-    }
-
-    async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
-        let r = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
-        let status = r.status();
-        let body = r.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
     /// Issue 9 item 4: every tag Skein synthesises in the Jaeger view is

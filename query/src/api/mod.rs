@@ -85,7 +85,7 @@ async fn metrics(axum::extract::State(st): axum::extract::State<ApiState>) -> Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -106,7 +106,9 @@ mod tests {
         router(ApiState { storage: s.clone(), registry: Arc::new(Default::default()), cfg })
     }
 
-    async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
+    /// GETs `uri` from `app`: the status and the JSON body (`Null` when
+    /// the body is not JSON).
+    pub(crate) async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
         let r = app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
         let status = r.status();
         let body = r.into_body().collect().await.unwrap().to_bytes();

@@ -63,7 +63,9 @@ impl Engine {
 
     /// Runs a blocking read on the blocking pool, bounded by the query
     /// timeout. A read still running at the deadline is left to finish in
-    /// the background; its answer is dropped.
+    /// the background and its answer is dropped; trace search, the one read
+    /// whose work grows with the range, checks the deadline itself between
+    /// candidates and stops.
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Storage, &QueryConfig) -> Result<T> + Send + 'static,

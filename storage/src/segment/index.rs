@@ -279,6 +279,50 @@ impl Segment {
         Ok(hits)
     }
 
+    /// Traces with at least one span matching `f`, each with the longest
+    /// duration (ns) among its matching spans; at most `limit` (at least
+    /// 1), longest first. Reads the index only, no Parquet: a top-k by the
+    /// duration fast field, asking for more spans while several belong to
+    /// one trace. When more than `SEARCH_TOP_SPANS_MAX` spans of fewer
+    /// than `limit` traces match, the traces found among those spans are
+    /// returned.
+    pub fn longest_spans(&self, f: &SpanFilter, limit: usize) -> Result<Vec<(TraceId, u64)>> {
+        let q = self.span_query(f);
+        let searcher = self.span_reader.searcher();
+        let limit = limit.max(1);
+        let mut k = limit * 4;
+        loop {
+            let top = searcher.search(
+                &q,
+                &TopDocs::with_limit(k).order_by_fast_field::<u64>(fast::DURATION, Order::Desc),
+            )?;
+            let exhausted = top.len() < k;
+            let mut out: Vec<(TraceId, u64)> = Vec::with_capacity(limit);
+            let mut seen = std::collections::HashSet::with_capacity(limit);
+            let mut rows: HashMap<SegmentOrdinal, tantivy::columnar::Column<u64>> = HashMap::new();
+            for (duration, addr) in top {
+                let col = match rows.entry(addr.segment_ord) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64(fast::ROW)?)
+                    }
+                };
+                let (Some(duration), Some(row)) = (duration, col.first(addr.doc_id)) else { continue };
+                let Some(entry) = trace_of_span_row(&self.trace_index, row) else { continue };
+                if seen.insert(entry.trace_id) {
+                    out.push((entry.trace_id, duration));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if exhausted || k >= SEARCH_TOP_SPANS_MAX {
+                return Ok(out);
+            }
+            k = (k * 8).min(SEARCH_TOP_SPANS_MAX);
+        }
+    }
+
     /// The newest `limit` (at least 1) log records matching `f` (its trace
     /// ID ignored): their effective times (Unix ns) and rows in
     /// logs.parquet, newest first, from the index alone.

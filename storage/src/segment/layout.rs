@@ -123,8 +123,10 @@ macro_rules! columns {
 
 columns! {
     /// A column of `spans.parquet`. Times are Unix nanoseconds, `duration`
-    /// nanoseconds (the end time is `start_time + duration`); the binary
-    /// columns hold [`crate::codec`] encodings.
+    /// nanoseconds as `end - start` modulo 2^64 (the end time is
+    /// `start_time + duration` modulo 2^64, so an end before the start is
+    /// kept as sent; segments written before that stored such spans with
+    /// duration 0); the binary columns hold [`crate::codec`] encodings.
     SpanCol, SPAN_COLUMNS {
         TraceId = "trace_id", Id16, nullable: false, dictionary: false;
         SpanId = "span_id", Id8, nullable: false, dictionary: false;
@@ -218,6 +220,8 @@ pub(crate) mod fast {
     pub(crate) const ROW: &str = "row";
     /// A span's start time, Unix ns.
     pub(crate) const START: &str = "start";
+    /// A span's duration, ns (0 when its end precedes its start).
+    pub(crate) const DURATION: &str = "duration";
     /// A log record's effective time, Unix ns.
     pub(crate) const TIME: &str = "time";
 }
@@ -257,7 +261,7 @@ pub(crate) fn span_index_schema() -> (TSchema, SpanFields) {
         name: b.add_text_field("name", raw_text()),
         attr: b.add_text_field("attr", raw_text()),
         status: b.add_u64_field("status", indexed_u64()),
-        duration: b.add_u64_field("duration", FAST),
+        duration: b.add_u64_field(fast::DURATION, FAST),
         start: b.add_u64_field(fast::START, FAST),
     };
     (b.build(), f)

@@ -116,7 +116,7 @@ impl ReadRow for Span {
                 name: name.value(i).to_string(),
                 kind: kind.value(i),
                 start_time_unix_nano: st,
-                end_time_unix_nano: st.saturating_add(duration.value(i)),
+                end_time_unix_nano: st.wrapping_add(duration.value(i)),
                 status_code: status_code.value(i),
                 status_message: status_message.value(i).to_string(),
                 attributes: codec::decode_attrs(attributes.value(i)).map_err(corrupt)?,

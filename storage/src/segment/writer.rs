@@ -240,7 +240,9 @@ impl WriteRow for Span {
         b.u8(SpanCol::Kind, self.kind);
         b.str(SpanCol::ServiceName, self.service_name());
         b.u64(SpanCol::StartTime, self.start_time_unix_nano);
-        b.u64(SpanCol::Duration, self.duration_ns());
+        // Wrapping: an end before the start (clock skew between hosts) is
+        // stored as sent and read back exactly; see `SpanCol::Duration`.
+        b.u64(SpanCol::Duration, self.end_time_unix_nano.wrapping_sub(self.start_time_unix_nano));
         b.u8(SpanCol::StatusCode, self.status_code);
         b.str(SpanCol::StatusMessage, &self.status_message);
         b.bytes(SpanCol::Attributes, &codec::encode_attrs(&self.attributes));
@@ -500,14 +502,31 @@ mod tests {
     }
 
     #[test]
-    fn an_end_before_the_start_is_stored_as_zero_duration() {
+    /// A span whose end is before its start (clock skew between hosts) is
+    /// stored as sent, not rewritten to end = start at flush while the copy
+    /// in memory showed it as sent (issue 10); its duration for search and
+    /// display is 0.
+    fn an_end_before_the_start_is_stored_as_sent() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = empty_span(1, 1);
-        s.start_time_unix_nano = 10;
-        s.end_time_unix_nano = 5;
-        let seg = write_and_open(dir.path(), &SegmentConfig::default(), &traces(vec![s], vec![]));
-        let back = seg.read_spans(vec![0..1]).unwrap();
-        assert_eq!((back[0].start_time_unix_nano, back[0].end_time_unix_nano), (10, 10));
+        let mut skewed = empty_span(1, 1);
+        (skewed.start_time_unix_nano, skewed.end_time_unix_nano) = (10, 5);
+        let mut far = empty_span(1, 2);
+        (far.start_time_unix_nano, far.end_time_unix_nano) = (u64::MAX, 0);
+        let mut long = empty_span(1, 3);
+        (long.start_time_unix_nano, long.end_time_unix_nano) = (0, u64::MAX);
+        let spans = vec![skewed, far, long];
+        let seg = write_and_open(dir.path(), &SegmentConfig::default(), &traces(spans.clone(), vec![]));
+        let back = seg.read_spans(vec![0..3]).unwrap();
+        let times = |v: &[Span]| {
+            let mut t: Vec<_> = v.iter().map(|s| (s.start_time_unix_nano, s.end_time_unix_nano)).collect();
+            t.sort();
+            t
+        };
+        assert_eq!(times(&back), times(&spans));
+        assert!(back
+            .iter()
+            .filter(|s| s.end_time_unix_nano < s.start_time_unix_nano)
+            .all(|s| s.duration_ns() == 0));
     }
 
     #[test]

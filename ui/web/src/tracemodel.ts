@@ -11,6 +11,9 @@ export interface SpanNode {
   start: number;
   end: number;
   dur: number;
+  /** ns by which the span's end precedes its start (clock skew between
+   *  hosts): 0 normally; the span is drawn with no width */
+  skew: number;
   logs: LogItem[];
   error: boolean;
   /** critical-path segments [start, end] in ns since trace start */
@@ -67,7 +70,8 @@ export function buildModel(trace: Trace): TraceModel {
   const byId = new Map<string, SpanNode>();
   for (const s of spans) {
     const start = nsDiff(s.start_time_unix_nano, startNs);
-    const end = Math.max(start, nsDiff(s.end_time_unix_nano, startNs));
+    const rawEnd = nsDiff(s.end_time_unix_nano, startNs);
+    const end = Math.max(start, rawEnd);
     const n: SpanNode = {
       span: s,
       id: s.span_id,
@@ -77,6 +81,7 @@ export function buildModel(trace: Trace): TraceModel {
       start,
       end,
       dur: end - start,
+      skew: start - Math.min(start, rawEnd),
       logs: [],
       error: s.status?.code === "ERROR",
       crit: [],

@@ -15,11 +15,26 @@ pub fn attr_value(v: &AttrValue) -> Value {
         AttrValue::Empty => Value::Null,
         AttrValue::Str(s) => json!(s),
         AttrValue::Int(i) => json!(i),
-        AttrValue::Double(d) => json!(d),
+        AttrValue::Double(d) => double(*d),
         AttrValue::Bool(b) => json!(b),
         AttrValue::Bytes(b) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
         AttrValue::Array(a) => Value::Array(a.iter().map(attr_value).collect()),
         AttrValue::KvList(kv) => attributes(kv),
+    }
+}
+
+/// A double as JSON: a number when finite, else `"NaN"`, `"Infinity"` or
+/// `"-Infinity"`, the strings the proto3 JSON mapping uses (JSON numbers
+/// cannot hold them, and `serde_json` would write `null`).
+pub fn double(d: f64) -> Value {
+    if d.is_finite() {
+        json!(d)
+    } else if d.is_nan() {
+        json!("NaN")
+    } else if d > 0.0 {
+        json!("Infinity")
+    } else {
+        json!("-Infinity")
     }
 }
 
@@ -125,6 +140,9 @@ mod tests {
             ("s".into(), AttrValue::Str("x".into())),
             ("i".into(), AttrValue::Int(7)),
             ("d".into(), AttrValue::Double(1.5)),
+            ("nan".into(), AttrValue::Double(f64::NAN)),
+            ("inf".into(), AttrValue::Double(f64::INFINITY)),
+            ("ninf".into(), AttrValue::Double(f64::NEG_INFINITY)),
             ("b".into(), AttrValue::Bool(true)),
             ("a".into(), AttrValue::Array(vec![AttrValue::Int(1), AttrValue::Str("y".into())])),
             ("kv".into(), AttrValue::KvList(vec![("k".into(), AttrValue::Int(2))])),
@@ -132,7 +150,7 @@ mod tests {
         ];
         assert_eq!(
             attributes(&attrs),
-            json!({"s":"x","i":7,"d":1.5,"b":true,"a":[1,"y"],"kv":{"k":2},"bytes":"AQID"})
+            json!({"s":"x","i":7,"d":1.5,"nan":"NaN","inf":"Infinity","ninf":"-Infinity","b":true,"a":[1,"y"],"kv":{"k":2},"bytes":"AQID"})
         );
     }
 

@@ -869,7 +869,15 @@ function SpanDetail(props: { m: TraceModel; n: SpanNode; onClose: () => void; on
       </div>
       <dl class="sd-stats">
         <dt>Duration</dt>
-        <dd>{fmtDuration(n.dur)}</dd>
+        <dd>
+          {fmtDuration(n.dur)}
+          {n.skew > 0 && (
+            <span class="err small" data-testid="span-clock-skew">
+              {" "}
+              clock skew: the end is {fmtDuration(n.skew)} before the start, as sent
+            </span>
+          )}
+        </dd>
         <dt>Start</dt>
         <dd>
           <span data-testid="span-start-offset">+{fmtDuration(n.start)}</span> <span class="muted small">since trace start</span> ·{" "}
