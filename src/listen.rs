@@ -98,9 +98,14 @@ impl FromStr for ListenAddr {
             return Err(format!("{s:?}: expected [IPv6]:PORT, e.g. [::1]:16686"));
         }
         let Some((host, p)) = s.rsplit_once(':') else {
-            return Err(format!(
-                "{s:?} has no port; give HOST:PORT, e.g. 127.0.0.1:{s} (this machine only) or :{s} (every interface)"
-            ));
+            // A bare port or a bare host: show the form with what was typed
+            // in its place (issue 9 review: "localhost" gave
+            // "127.0.0.1:localhost").
+            return Err(if s.bytes().all(|b| b.is_ascii_digit()) {
+                format!("{s:?} has no host; give HOST:PORT, e.g. 127.0.0.1:{s} (this machine only) or :{s} (every interface)")
+            } else {
+                format!("{s:?} has no port; give HOST:PORT, e.g. {s}:16686")
+            });
         };
         if host.contains(':') {
             // Not a valid bracketed or literal address (parsed above).
@@ -155,9 +160,9 @@ mod tests {
     #[test]
     fn test_refused_forms_say_what_to_type() {
         for (input, hint) in [
-            ("16686", "has no port"),
+            ("16686", "has no host; give HOST:PORT, e.g. 127.0.0.1:16686"),
             ("", "empty address"),
-            ("localhost", "has no port"),
+            ("localhost", "has no port; give HOST:PORT, e.g. localhost:16686"),
             (":", "port must be a number"),
             (":99999", "port must be a number"),
             ("localhost:http", "port must be a number"),

@@ -338,7 +338,7 @@ mod tests {
         assert_eq!(a.otlp_grpc_addr, Some(ListenAddr::Host("localhost".into(), 4317)));
         assert_eq!(a.otlp_http_addr, Some(ListenAddr::Socket("[::1]:4318".parse().unwrap())));
         let err = Cli::try_parse_from(["skein", "serve", "--http-addr", "16686"]).unwrap_err().to_string();
-        assert!(err.contains("has no port"), "{err}");
+        assert!(err.contains("has no host"), "{err}");
 
         let f: FileConfig = toml::from_str("log_format = \"json\"\nhttp_addr = \":16686\"").unwrap();
         assert_eq!(f.log_format, Some(LogFormat::Json));

@@ -93,6 +93,11 @@ pub fn descriptor(full_name: &str) -> MessageDescriptor {
 /// not hex, or two members of one oneof are set; the message names the
 /// field's path.
 pub fn decode<M: OtlpJson>(body: &[u8]) -> Result<M, JsonError> {
+    // serde's derives also read a struct from a JSON array of its fields,
+    // so `[]` was an empty request answered 200 (issue 9 review).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(JsonError("an OTLP/JSON request body is a JSON object ({...})".into()));
+    }
     if !has_key_with_underscore(body) {
         if let Ok(m) = serde_json::from_slice::<M>(body) {
             return Ok(m);
@@ -467,7 +472,9 @@ mod tests {
     fn test_bad_forms_are_refused_with_the_path() {
         let span = |s: Value| json!({"resourceSpans": [{"scopeSpans": [{"spans": [s]}]}]});
         for (doc, want) in [
-            (json!([1]), "invalid type"),
+            (json!([1]), "is a JSON object"),
+            (json!([]), "is a JSON object"),
+            (json!("x"), "is a JSON object"),
             (span(json!({"kind": true})), "resourceSpans[0].scopeSpans[0].spans[0].kind"),
             (span(json!({"traceId": "xyz"})), "resourceSpans[0].scopeSpans[0].spans[0].traceId: \"xyz\""),
             (span(json!({"startTimeUnixNano": "1.5"})), "spans[0].startTimeUnixNano"),
@@ -482,6 +489,8 @@ mod tests {
             let err = decode::<ExportTraceServiceRequest>(doc.to_string().as_bytes()).unwrap_err();
             assert!(err.0.contains(want), "{doc}: {err} lacks {want:?}");
         }
+        let err = decode::<ExportTraceServiceRequest>(b" \n[]").unwrap_err();
+        assert!(err.0.contains("is a JSON object"), "{err}");
         let err = decode::<ExportTraceServiceRequest>(b"{\"resourceSpans\": [").unwrap_err();
         assert!(err.0.starts_with("not valid JSON"), "{err}");
     }

@@ -251,36 +251,49 @@ pub fn parse_time(v: &str) -> Result<u64, String> {
 /// The units a duration takes, as its 400 message lists them.
 const DURATION_UNITS: &str = "ns, us (or µs), ms, s, m or h";
 
-/// `250ms`, `1.5s`, `900us`, `2m`, `1h`, `100ns`. A number without a unit
+/// `250ms`, `1.5s`, `900us`, `2m`, `1h`, `100ns`, and sequences of them
+/// such as `1h30m` or `1m30.5s`, as Go's `time.ParseDuration` (the syntax
+/// of Jaeger's and Tempo's durations) reads them. A number without a unit
 /// is a 400 naming the units (a bare `5` was once read as 5 ns, so
-/// `min_duration=5` matched everything); `0` alone is accepted, as Go's
-/// `time.ParseDuration` (the syntax of Jaeger's and Tempo's durations)
-/// does.
+/// `min_duration=5` matched everything); `0` alone is accepted, as Go
+/// accepts it.
 pub fn parse_duration_ns(v: &str) -> Result<u64, String> {
     let v = v.trim();
-    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{v:?} is not a duration like 250ms or 1.5s"))?;
-    let mult = match unit.trim() {
-        "" if n == 0.0 => 1.0,
-        "" => {
-            return Err(format!(
-                "{v:?} has no unit; write it with one of {DURATION_UNITS} (e.g. 250ms, 1.5s)"
-            ))
-        }
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        "h" => 3600e9,
-        u => return Err(format!("unknown unit {u:?} in {v:?} (use {DURATION_UNITS})")),
-    };
-    let ns = n * mult;
-    if !ns.is_finite() || ns < 0.0 || ns > u64::MAX as f64 {
+    if v == "0" {
+        return Ok(0);
+    }
+    if v.is_empty() {
+        return Err(format!("{v:?} is not a duration like 250ms or 1.5s"));
+    }
+    let mut rest = v;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (num, after) = rest.split_at(split);
+        let n: f64 = num.parse().map_err(|_| format!("{v:?} is not a duration like 250ms or 1.5s"))?;
+        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let mult = match unit.trim() {
+            "" => {
+                return Err(format!(
+                    "{v:?} has no unit; write it with one of {DURATION_UNITS} (e.g. 250ms, 1.5s, 1h30m)"
+                ))
+            }
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            u => return Err(format!("unknown unit {u:?} in {v:?} (use {DURATION_UNITS})")),
+        };
+        total += n * mult;
+        rest = next;
+    }
+    if !total.is_finite() || total < 0.0 || total > u64::MAX as f64 {
         return Err(format!("{v:?} is out of range"));
     }
-    Ok(ns.round() as u64)
+    Ok(total.round() as u64)
 }
 
 #[cfg(test)]
@@ -294,6 +307,12 @@ mod tests {
         assert_eq!(parse_duration_ns("900us").unwrap(), 900_000);
         assert_eq!(parse_duration_ns("42ns").unwrap(), 42);
         assert_eq!(parse_duration_ns("0").unwrap(), 0);
+        // Go's sequences (issue 9 review: Jaeger's minDuration=1h30m was a 400).
+        assert_eq!(parse_duration_ns("1h30m").unwrap(), 5_400_000_000_000);
+        assert_eq!(parse_duration_ns("1m30.5s").unwrap(), 90_500_000_000);
+        assert_eq!(parse_duration_ns("2s500ms").unwrap(), 2_500_000_000);
+        assert!(parse_duration_ns("1h30").unwrap_err().contains("has no unit"));
+        assert!(parse_duration_ns("1h30x").unwrap_err().contains("unknown unit"));
         assert!(parse_duration_ns("fast").is_err());
         assert!(parse_duration_ns("5 parsecs").is_err());
     }

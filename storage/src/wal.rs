@@ -589,7 +589,8 @@ pub(crate) mod tests {
         assert_eq!(wal.reclaim(last).unwrap(), 0);
         // Everything flushed: the writer starts a new file ...
         assert_eq!(wal.reclaim(u64::MAX).unwrap(), 0);
-        let files = eventually(|| Some(list_files(dir.path()).unwrap()).filter(|f| f.len() == 2));
+        // (The writer publishes the new file after creating it on disk.)
+        let files = eventually(|| Some(wal.files.lock().clone()).filter(|f| f.len() == 2));
         assert_eq!(files[1].0, end);
         // ... and the next reclaim deletes the old one.
         assert_eq!(wal.reclaim(u64::MAX).unwrap(), 1);

@@ -156,5 +156,5 @@ fn test_listen_addresses_as_typed() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("has no port") && err.contains(":16686"), "{err}");
+    assert!(err.contains("has no host") && err.contains(":16686"), "{err}");
 }

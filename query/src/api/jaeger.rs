@@ -219,6 +219,20 @@ fn synthesized_tag(key: &str, value: &str) -> Result<Option<SpanCondition>> {
 
 async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
     let p = Params::parse(q.as_deref());
+    // Jaeger's UI fetches traces by ID with repeated `traceID` (its search
+    // form's "Lookup by Trace ID"); the other parameters are then ignored,
+    // as Jaeger's query service does. Traces not stored are left out.
+    let ids: Vec<&str> = p.all("traceID").collect();
+    if !ids.is_empty() {
+        let ids = ids.into_iter().map(parse_trace_id).collect::<Result<Vec<_>>>()?;
+        let mut data = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(Trace { id, spans, logs }) = st.engine().trace(id).await? {
+                data.push(trace_json(id, &spans, &logs));
+            }
+        }
+        return Ok(envelope(Value::Array(data)));
+    }
     let mut tags = Vec::new();
     if let Some(t) = p.get("tags") {
         let m: HashMap<String, Value> = serde_json::from_str(t)
@@ -424,5 +438,30 @@ mod tests {
         assert_eq!(tags["span.kind"], &json!("server"));
         assert_eq!(tags["otel.scope.name"], &json!("io.opentelemetry.grpc"));
         assert_eq!(tags["otel.scope.version"], &json!("1.9.0"));
+    }
+
+    /// Jaeger's UI looks traces up with repeated `traceID` on the search
+    /// endpoint, which answered unrelated search results (issue 9 review).
+    #[tokio::test]
+    async fn trace_ids_on_the_search_endpoint_look_traces_up() {
+        let (_d, s) = storage();
+        append(&s, workload()).await;
+        let app = crate::router(crate::ApiState {
+            storage: s.clone(),
+            registry: Arc::new(Default::default()),
+            cfg: QueryConfig::default(),
+        });
+        let (t1, t2) = (TraceId([1; 16]).to_hex(), TraceId([2; 16]).to_hex());
+        let unknown = TraceId([9; 16]).to_hex();
+        let (st, v) =
+            get(&app, &format!("/jaeger/api/traces?traceID={t2}&traceID={t1}&traceID={unknown}")).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let ids: Vec<&str> =
+            v["data"].as_array().unwrap().iter().map(|t| t["traceID"].as_str().unwrap()).collect();
+        assert_eq!(ids, [t2.as_str(), t1.as_str()]);
+        for bad in ["0", "xyz"] {
+            let (st, v) = get(&app, &format!("/jaeger/api/traces?traceID={bad}&service=frontend")).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        }
     }
 }
