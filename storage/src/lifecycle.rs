@@ -3,11 +3,13 @@
 //! compaction ([`Storage::run_maintenance`]). Compaction itself is in
 //! [`crate::compact`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::head::CutPolicy;
+use crate::head::{CutPolicy, TraceEntry};
+use crate::model::{SpanId, TraceId};
 use crate::segment::{self, Segment};
 use crate::{now_unix_nano, remove_segment_dir, wal, Error, FlushStats, Result, Storage};
 
@@ -53,8 +55,15 @@ impl Storage {
             let written = if injected {
                 Err(Error::Io(std::io::Error::other("injected segment write failure")))
             } else {
-                segment::write_segment(&self.segments_dir(), &self.cfg.segment, traces, now_unix_nano())
-                    .and_then(|(meta, _)| self.publish_segment(&meta.id))
+                let skip = self.copies_in_segments(traces);
+                segment::write_segment_skipping(
+                    &self.segments_dir(),
+                    &self.cfg.segment,
+                    traces,
+                    now_unix_nano(),
+                    &skip,
+                )
+                .and_then(|(meta, _)| self.publish_segment(&meta.id))
             };
             match written {
                 Ok(seg) => {
@@ -78,6 +87,36 @@ impl Storage {
             self.trim_cache();
         }
         Ok(stats)
+    }
+
+    /// The spans of `traces` that a segment already holds, by (trace ID,
+    /// span ID): copies of a batch retried after its first copy was
+    /// flushed. Only traces whose ID a segment's in-memory trace-ID index
+    /// lists are read, spans only; a segment that cannot be read is
+    /// skipped (its copies then wait for compaction, as before).
+    fn copies_in_segments(&self, traces: &[(TraceId, TraceEntry)]) -> HashSet<(TraceId, SpanId)> {
+        let segments = self.catalog.snapshot().segments;
+        let mut out = HashSet::new();
+        for (id, t) in traces.iter().filter(|t| !t.1.spans.is_empty()) {
+            for seg in segments.iter().filter(|s| s.find(id).is_some()) {
+                match seg.lookup(id, false) {
+                    Ok(Some((stored, _))) => {
+                        let ids: HashSet<SpanId> = stored.iter().map(|s| s.span_id).collect();
+                        out.extend(
+                            t.spans.iter().filter(|s| ids.contains(&s.span_id)).map(|s| (*id, s.span_id)),
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(segment = %seg.meta.id, error = %e, "cannot read a segment to find copies of spans")
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            self.metrics.duplicate_spans.inc_by(out.len() as u64);
+        }
+        out
     }
 
     pub(crate) fn update_head_metrics(&self) {

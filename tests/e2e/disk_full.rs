@@ -142,10 +142,12 @@ fn a_full_disk_refuses_retryably_cleans_up_and_recovers_by_itself() {
         }
         next += 1;
     }
+    // Failed flushes do not pile up temporary directories (before, each
+    // one left its own): at most the attempt running right now has one.
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(200));
         let left = tmp_dirs(&data);
-        assert!(left.is_empty(), "failed flushes left {left:?}");
+        assert!(left.len() <= 1, "failed flushes left {left:?}");
     }
 
     // Space returns: ingest resumes by itself, without a restart.
@@ -163,6 +165,9 @@ fn a_full_disk_refuses_retryably_cleans_up_and_recovers_by_itself() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_all_there(&server, &acked);
+    server.flush();
+    let left = tmp_dirs(&data);
+    assert!(left.is_empty(), "temporary directories left after a successful flush: {left:?}");
 
     // Once everything is in segments the WAL gives its space back, whatever
     // the size of its current file.

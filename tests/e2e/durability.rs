@@ -102,7 +102,13 @@ fn sigkill_during_ingest_loses_and_duplicates_nothing() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(1200 + 300 * round));
+        // Kill once enough requests are acknowledged (a fixed sleep was
+        // too short when the whole suite loads the machine).
+        let until = Instant::now() + Duration::from_secs(15);
+        while acked.lock().unwrap().len() <= 10 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300 * round));
         server.kill();
         stop.store(true, Ordering::Relaxed);
         for s in senders {

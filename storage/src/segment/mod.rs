@@ -37,7 +37,7 @@ pub use self::layout::{TraceIndexEntry, FORMAT_VERSION, META_FILE};
 pub(crate) use self::layout::{LOGS_FILE, SPANS_FILE};
 use self::layout::{LOG_INDEX_DIR, RESOURCES_FILE, ROLLUP_FILE, SPAN_INDEX_DIR, TRACE_INDEX_FILE};
 use self::reader::ParquetFile;
-pub use self::writer::{sort_for_segment, write_segment, write_segment_replacing};
+pub use self::writer::{sort_for_segment, write_segment, write_segment_replacing, write_segment_skipping};
 use crate::metrics::StorageMetrics;
 use crate::model::{Attributes, TraceId};
 use crate::remote::Remote;

@@ -3,7 +3,7 @@
 //! fsync and rename into place.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::marker::PhantomData;
@@ -26,7 +26,7 @@ use super::layout::{
 use super::{OperationStat, SegmentConfig, SegmentMeta, ServiceStat};
 use crate::codec;
 use crate::head::TraceEntry;
-use crate::model::{dedup_spans, has_duplicate_spans, LogRecord, Resource, Span, TraceId};
+use crate::model::{dedup_spans, has_duplicate_spans, LogRecord, Resource, Span, SpanId, TraceId};
 use crate::rollup::{Rollup, RollupBuilder};
 use crate::Result;
 
@@ -62,6 +62,22 @@ pub fn write_segment(
     write_segment_replacing(root, cfg, traces, now_unix_nano, Vec::new())
 }
 
+/// [`write_segment`] leaving out the spans `skip` lists by (trace ID, span
+/// ID): copies of spans an older segment already holds (a batch retried
+/// after its first copy was flushed), so this segment's counts, index and
+/// rollups do not count them again. A trace all of whose spans are skipped
+/// keeps its trace-ID index entry (with its logs and WAL position, which
+/// replay needs). Same durability promise.
+pub fn write_segment_skipping(
+    root: &Path,
+    cfg: &SegmentConfig,
+    traces: &[(TraceId, TraceEntry)],
+    now_unix_nano: u64,
+    skip: &HashSet<(TraceId, SpanId)>,
+) -> Result<(SegmentMeta, Rollup)> {
+    write_checked(root, cfg, traces, now_unix_nano, Vec::new(), skip)
+}
+
 /// [`write_segment`] for a compaction output: `created_unix_nano` is the
 /// oldest input's, and `replaces` lists the input segment IDs (see
 /// [`SegmentMeta::replaces`]). Same durability promise.
@@ -72,10 +88,21 @@ pub fn write_segment_replacing(
     created_unix_nano: u64,
     replaces: Vec<String>,
 ) -> Result<(SegmentMeta, Rollup)> {
+    write_checked(root, cfg, traces, created_unix_nano, replaces, &HashSet::new())
+}
+
+fn write_checked(
+    root: &Path,
+    cfg: &SegmentConfig,
+    traces: &[(TraceId, TraceEntry)],
+    created_unix_nano: u64,
+    replaces: Vec<String>,
+    skip: &HashSet<(TraceId, SpanId)>,
+) -> Result<(SegmentMeta, Rollup)> {
     debug_assert!(traces.windows(2).all(|w| w[0].0 < w[1].0), "traces must be sorted");
     let id = ulid::Ulid::new().to_string();
     let tmp = root.join(format!("tmp-{id}"));
-    let written = write_into(root, &tmp, &id, cfg, traces, created_unix_nano, replaces);
+    let written = write_into(root, &id, cfg, traces, created_unix_nano, replaces, skip);
     if written.is_err() {
         // Best effort: what cannot be removed now goes at the next start.
         let _ = fs::remove_dir_all(&tmp);
@@ -83,17 +110,18 @@ pub fn write_segment_replacing(
     written
 }
 
-/// [`write_segment_replacing`] into `tmp`, renamed to `root/{id}` at the end.
+/// [`write_segment_replacing`] into `root/tmp-{id}`, renamed to
+/// `root/{id}` at the end.
 fn write_into(
     root: &Path,
-    tmp: &Path,
     id: &str,
     cfg: &SegmentConfig,
     traces: &[(TraceId, TraceEntry)],
     created_unix_nano: u64,
     replaces: Vec<String>,
+    skip: &HashSet<(TraceId, SpanId)>,
 ) -> Result<(SegmentMeta, Rollup)> {
-    let (tmp, id) = (tmp.to_path_buf(), id.to_string());
+    let (tmp, id) = (root.join(format!("tmp-{id}")), id.to_string());
     fs::create_dir_all(&tmp)?;
 
     let mut min_time = u64::MAX;
@@ -113,8 +141,9 @@ fn write_into(
         // A segment holds each span once, whatever its input: its counts,
         // index and rollup then count each span once. The head and
         // compaction drop copies already, so this only checks.
-        let unique: Cow<'_, [Span]> = if has_duplicate_spans(&t.spans) {
-            let mut v = t.spans.clone();
+        let skipped = |s: &Span| !skip.is_empty() && skip.contains(&(*tid, s.span_id));
+        let unique: Cow<'_, [Span]> = if has_duplicate_spans(&t.spans) || t.spans.iter().any(skipped) {
+            let mut v: Vec<Span> = t.spans.iter().filter(|s| !skipped(s)).cloned().collect();
             dedup_spans(&mut v);
             Cow::Owned(v)
         } else {
