@@ -6,7 +6,7 @@ pub mod jaeger;
 pub mod native;
 pub mod tempo;
 
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -39,7 +39,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         // Last: it applies to the routes added so far.
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(nosniff))
         .with_state(state)
+}
+
+/// `X-Content-Type-Options: nosniff` on every API answer, so a browser
+/// never renders a JSON body (which may echo a parameter) as HTML (OWASP
+/// HTTP Headers Cheat Sheet). The UI's own responses carry it too.
+async fn nosniff(mut r: Response) -> Response {
+    r.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    r
 }
 
 /// A 404 for a path under an API prefix that no endpoint serves, pointing
@@ -362,6 +371,7 @@ pub(crate) mod tests {
         let app = app_with(&s, QueryConfig::default()).merge(ui);
         let json_error = |uri: &str, h: &axum::http::HeaderMap, v: &Value| {
             assert_eq!(h[header::CONTENT_TYPE], "application/json", "{uri}");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{uri}");
             assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{uri}: {v}");
         };
         for (method, uri) in [
