@@ -427,4 +427,31 @@ mod tests {
         assert_eq!(p.get("service"), None);
         assert_eq!(p.limit(20, 3).unwrap(), 3);
     }
+
+    proptest::proptest! {
+        /// The parameter parsers refuse what they cannot read with an
+        /// error, never a panic (issue 10 item 13).
+        #[test]
+        fn parsers_never_panic(v in "\\PC{0,80}") {
+            let _ = parse_duration_ns(&v);
+            let _ = parse_time(&v);
+            let _ = parse_trace_id(&v);
+            for unit in [TimeUnit::NanosOrRfc3339, TimeUnit::Micros, TimeUnit::Millis, TimeUnit::Seconds] {
+                let _ = parse_time_in(&v, unit);
+            }
+            let _ = Params::parse(Some(&v)).limit(20, 1000);
+        }
+
+        /// A duration written with a unit reads back as the same number
+        /// of nanoseconds.
+        #[test]
+        fn durations_round_trip(ns in 0u64..10_000_000_000_000, unit in 0usize..3) {
+            let (text, want) = match unit {
+                0 => (format!("{ns}ns"), ns),
+                1 => (format!("{}us", ns / 1_000), ns / 1_000 * 1_000),
+                _ => (format!("{}ms", ns / 1_000_000), ns / 1_000_000 * 1_000_000),
+            };
+            proptest::prop_assert_eq!(parse_duration_ns(&text).unwrap(), want);
+        }
+    }
 }

@@ -1082,7 +1082,8 @@ mod tests {
         {
             let s = open();
             assert_eq!(s.head().trace_count(), 0);
-            assert_eq!(s.compact().unwrap().duplicate_spans, 3);
+            // The flush left the copy out: compaction finds none.
+            assert_eq!(s.compact().unwrap().duplicate_spans, 0);
             assert_eq!(names(&s, 1), ["a"; 3]);
         }
         let s = open();

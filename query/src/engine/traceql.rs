@@ -1987,4 +1987,27 @@ mod tests {
             assert!(t.iter().any(|s| f.matches(s)), "{q}: {f:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any text is parsed or refused with an error: never a panic, a
+        /// hang or a stack overflow (issue 10 item 13; `q` comes from any
+        /// client, and its length is capped before parsing).
+        #[test]
+        fn parse_never_panics_on_any_text(q in "\\PC{0,300}") {
+            let _ = TraceQl::parse(&q);
+        }
+
+        /// Text made of TraceQL's own tokens gets past the lexer and into
+        /// the parser's every branch.
+        #[test]
+        fn parse_never_panics_on_token_soup(toks in proptest::collection::vec(proptest::sample::select(vec![
+            "{", "}", "(", ")", "&&", "||", "!", "=", "!=", "=~", "!~", ">", "<", ">=", "<=", " ", ",", "|",
+            "span.", "resource.", ".", "http.status_code", "duration", "name", "status", "kind", "error",
+            "ok", "server", "statusMessage", "span:name", "\"x\"", "\"a.*\"", "5ms", "1.5", "-3", "true",
+            "nil", "count()", "avg(duration)", "select(", "by(", "event.", "link.", "parent.",
+        ]), 0..60)) {
+            let q: String = toks.concat();
+            let _ = TraceQl::parse(&q);
+        }
+    }
 }
