@@ -319,6 +319,14 @@ mod tests {
     use crate::engine::testutil::{append, span, storage};
     use crate::QueryConfig;
 
+    fn app(s: &Arc<skein_storage::Storage>) -> axum::Router {
+        crate::router(crate::ApiState {
+            storage: s.clone(),
+            registry: Arc::new(Default::default()),
+            cfg: QueryConfig::default(),
+        })
+    }
+
     /// Two requests as the workload sends them: `frontend` serves
     /// `GET /cart` (SERVER, HTTP instrumentation) and calls `cart` (CLIENT);
     /// in trace 1 `cart`'s SERVER span fails with a message, and a
@@ -355,11 +363,7 @@ mod tests {
     async fn synthesised_tags_are_searchable() {
         let (_d, s) = storage();
         append(&s, workload()).await;
-        let app = crate::router(crate::ApiState {
-            storage: s.clone(),
-            registry: Arc::new(Default::default()),
-            cfg: QueryConfig::default(),
-        });
+        let app = app(&s);
         let t1 = TraceId([1; 16]).to_hex();
         let t2 = TraceId([2; 16]).to_hex();
         for flushed in [false, true] {
@@ -446,11 +450,7 @@ mod tests {
     async fn trace_ids_on_the_search_endpoint_look_traces_up() {
         let (_d, s) = storage();
         append(&s, workload()).await;
-        let app = crate::router(crate::ApiState {
-            storage: s.clone(),
-            registry: Arc::new(Default::default()),
-            cfg: QueryConfig::default(),
-        });
+        let app = app(&s);
         let (t1, t2) = (TraceId([1; 16]).to_hex(), TraceId([2; 16]).to_hex());
         let unknown = TraceId([9; 16]).to_hex();
         let (st, v) =

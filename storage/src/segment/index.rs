@@ -239,7 +239,6 @@ impl Segment {
     /// least 1), latest first. Reads the index only, no Parquet.
     pub fn search_spans(&self, f: &SpanFilter, limit: usize) -> Result<Vec<(TraceId, u64)>> {
         let q = self.span_query(f);
-        let searcher = self.span_reader.searcher();
         let limit = limit.max(1);
         // The newest matching spans first, through tantivy's top-k by a
         // fast field (a bounded heap, no per-match allocation); several
@@ -247,34 +246,14 @@ impl Segment {
         // more again when that was not enough.
         let mut k = limit * 4;
         while k <= SEARCH_TOP_SPANS_MAX {
-            let top = searcher
-                .search(&q, &TopDocs::with_limit(k).order_by_fast_field::<u64>(fast::START, Order::Desc))?;
-            let exhausted = top.len() < k;
-            let mut out: Vec<(TraceId, u64)> = Vec::with_capacity(limit);
-            let mut seen = std::collections::HashSet::with_capacity(limit);
-            let mut rows: HashMap<SegmentOrdinal, tantivy::columnar::Column<u64>> = HashMap::new();
-            for (start, addr) in top {
-                let col = match rows.entry(addr.segment_ord) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64(fast::ROW)?)
-                    }
-                };
-                let (Some(start), Some(row)) = (start, col.first(addr.doc_id)) else { continue };
-                let Some(entry) = trace_of_span_row(&self.trace_index, row) else { continue };
-                if seen.insert(entry.trace_id) {
-                    out.push((entry.trace_id, start));
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
-                }
-            }
-            if exhausted {
+            let (out, exhausted) = self.top_traces(q.as_ref(), fast::START, k, limit)?;
+            if out.len() == limit || exhausted {
                 return Ok(out);
             }
             k *= 8;
         }
         // Many matching spans in few traces: visit every match.
+        let searcher = self.span_reader.searcher();
         let hits = searcher.search(&q, &LatestTraces { limit, traces: self.trace_index.clone() })?;
         Ok(hits)
     }
@@ -288,39 +267,52 @@ impl Segment {
     /// returned.
     pub fn longest_spans(&self, f: &SpanFilter, limit: usize) -> Result<Vec<(TraceId, u64)>> {
         let q = self.span_query(f);
-        let searcher = self.span_reader.searcher();
         let limit = limit.max(1);
         let mut k = limit * 4;
         loop {
-            let top = searcher.search(
-                &q,
-                &TopDocs::with_limit(k).order_by_fast_field::<u64>(fast::DURATION, Order::Desc),
-            )?;
-            let exhausted = top.len() < k;
-            let mut out: Vec<(TraceId, u64)> = Vec::with_capacity(limit);
-            let mut seen = std::collections::HashSet::with_capacity(limit);
-            let mut rows: HashMap<SegmentOrdinal, tantivy::columnar::Column<u64>> = HashMap::new();
-            for (duration, addr) in top {
-                let col = match rows.entry(addr.segment_ord) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        e.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64(fast::ROW)?)
-                    }
-                };
-                let (Some(duration), Some(row)) = (duration, col.first(addr.doc_id)) else { continue };
-                let Some(entry) = trace_of_span_row(&self.trace_index, row) else { continue };
-                if seen.insert(entry.trace_id) {
-                    out.push((entry.trace_id, duration));
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
-                }
-            }
-            if exhausted || k >= SEARCH_TOP_SPANS_MAX {
+            let (out, exhausted) = self.top_traces(q.as_ref(), fast::DURATION, k, limit)?;
+            if out.len() == limit || exhausted || k >= SEARCH_TOP_SPANS_MAX {
                 return Ok(out);
             }
             k = (k * 8).min(SEARCH_TOP_SPANS_MAX);
         }
+    }
+
+    /// The first `limit` distinct traces among the top `k` spans matching
+    /// `q` by the u64 fast field `field` (largest first), each with its
+    /// span's value of `field`, and whether fewer than `k` spans matched
+    /// (then no more are to be found).
+    fn top_traces(
+        &self,
+        q: &dyn Query,
+        field: &str,
+        k: usize,
+        limit: usize,
+    ) -> Result<(Vec<(TraceId, u64)>, bool)> {
+        let searcher = self.span_reader.searcher();
+        let top =
+            searcher.search(q, &TopDocs::with_limit(k).order_by_fast_field::<u64>(field, Order::Desc))?;
+        let exhausted = top.len() < k;
+        let mut out: Vec<(TraceId, u64)> = Vec::with_capacity(limit);
+        let mut seen = std::collections::HashSet::with_capacity(limit);
+        let mut rows: HashMap<SegmentOrdinal, tantivy::columnar::Column<u64>> = HashMap::new();
+        for (value, addr) in top {
+            let col = match rows.entry(addr.segment_ord) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(searcher.segment_reader(addr.segment_ord).fast_fields().u64(fast::ROW)?)
+                }
+            };
+            let (Some(value), Some(row)) = (value, col.first(addr.doc_id)) else { continue };
+            let Some(entry) = trace_of_span_row(&self.trace_index, row) else { continue };
+            if seen.insert(entry.trace_id) {
+                out.push((entry.trace_id, value));
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok((out, exhausted))
     }
 
     /// The newest `limit` (at least 1) log records matching `f` (its trace
