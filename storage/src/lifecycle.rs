@@ -52,10 +52,12 @@ impl Storage {
             let injected = self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst);
             #[cfg(not(test))]
             let injected = false;
+            let mut copies = 0;
             let written = if injected {
                 Err(Error::Io(std::io::Error::other("injected segment write failure")))
             } else {
                 let skip = self.copies_in_segments(traces);
+                copies = skip.len() as u64;
                 segment::write_segment_skipping(
                     &self.segments_dir(),
                     &self.cfg.segment,
@@ -67,6 +69,8 @@ impl Storage {
             };
             match written {
                 Ok(seg) => {
+                    // Counted once written: a failed flush is retried.
+                    self.metrics.duplicate_spans.inc_by(copies);
                     self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);
                     let n = self.catalog.finish_flush(&flushing, Some(Arc::new(seg)));
                     self.metrics.segments.set(n as i64);
@@ -112,9 +116,6 @@ impl Storage {
                     }
                 }
             }
-        }
-        if !out.is_empty() {
-            self.metrics.duplicate_spans.inc_by(out.len() as u64);
         }
         out
     }
