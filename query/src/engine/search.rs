@@ -380,31 +380,16 @@ mod tests {
         let r = e.search_traces(fq).await.unwrap();
         assert_eq!(ids(&r), [TraceId([4; 16])], "trace 1 starts before the range");
 
-        // More candidates than the newest-first budget: still exact.
+        // TraceQL the index only narrows, with the smallest candidate
+        // budget: still the longest matching trace.
         let cfg = crate::QueryConfig { max_traceql_candidates: 1, ..Default::default() };
         let small = crate::engine::Engine::new(s.clone(), cfg);
-        let tq = TraceQl::parse(r#"{ duration > 5ms }"#).unwrap();
-        let r = small
-            .search_traces(TraceQuery {
-                traceql: Some(tq),
-                limit: 1,
-                sort: TraceSort::Duration,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(ids(&r), [TraceId([4; 16])]);
-        let tq = TraceQl::parse(r#"{ resource.service.name = "cart" }"#).unwrap();
-        let r = small
-            .search_traces(TraceQuery {
-                traceql: Some(tq),
-                limit: 1,
-                sort: TraceSort::Duration,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(ids(&r), [TraceId([1; 16])]);
+        for (q, want) in [(r#"{ duration > 5ms }"#, 4), (r#"{ resource.service.name = "cart" }"#, 1)] {
+            let traceql = Some(TraceQl::parse(q).unwrap());
+            let query = TraceQuery { traceql, limit: 1, sort: TraceSort::Duration, ..Default::default() };
+            let r = small.search_traces(query).await.unwrap();
+            assert_eq!(ids(&r), [TraceId([want; 16])], "{q}");
+        }
         assert_eq!("duration".parse::<TraceSort>().unwrap(), TraceSort::Duration);
         assert!("longest".parse::<TraceSort>().is_err());
     }
