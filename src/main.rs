@@ -1,9 +1,11 @@
 //! `skein`: parses the command line and config, wires the crates into one
 //! process, and maps the outcome to an exit code.
 
+mod auth;
 mod listen;
 mod telemetry;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +16,13 @@ use serde::Deserialize;
 use skein_collector::{CollectorConfig, Ingest};
 use skein_query::{ApiState, QueryConfig};
 use skein_storage::segment::SegmentConfig;
+use skein_storage::tenant::{TenantOverrides, Tenants, TenantsConfig};
 use skein_storage::wal::WalConfig;
-use skein_storage::{CompactionConfig, HeadConfig, Storage, StorageConfig};
+use skein_storage::{CompactionConfig, HeadConfig, StorageConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::{Auth, AuthConfig};
 use crate::listen::ListenAddr;
 use crate::telemetry::{HttpMetrics, LogFormat};
 
@@ -113,6 +117,15 @@ struct FileConfig {
     segment: SegmentConfig,
     compaction: CompactionConfig,
     query: QueryConfig,
+    /// Tempo's `multitenancy_enabled`: every request names its tenant (by
+    /// its token or `X-Scope-OrgID`), and tenants are stored apart.
+    multitenancy_enabled: bool,
+    /// `[auth]`: bearer tokens for ingest and query.
+    auth: AuthConfig,
+    /// `[tenants]`.
+    tenants: TenantsConfig,
+    /// `[overrides.<tenant>]`: per-tenant retention.
+    overrides: HashMap<String, TenantOverrides>,
 }
 
 #[derive(Debug)]
@@ -124,6 +137,9 @@ struct Config {
     storage: StorageConfig,
     collector: CollectorConfig,
     query: QueryConfig,
+    tenants: TenantsConfig,
+    overrides: HashMap<String, TenantOverrides>,
+    auth: Auth,
 }
 
 fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
@@ -166,6 +182,10 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         cache_bytes: file.cache_bytes,
     };
     storage.check().context("invalid storage configuration")?;
+    if !file.multitenancy_enabled && !file.overrides.is_empty() {
+        bail!("[overrides.*] are per tenant; set multitenancy_enabled = true to use them");
+    }
+    let auth = Auth::new(&file.auth, file.multitenancy_enabled).context("invalid [auth]")?;
     Ok(Config {
         data_dir,
         otlp_grpc_addr: a.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(ListenAddr::loopback(4317)),
@@ -174,6 +194,9 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         storage,
         collector: file.collector,
         query: file.query,
+        tenants: file.tenants,
+        overrides: file.overrides,
+        auth,
     })
 }
 
@@ -218,16 +241,18 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
 async fn serve(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let storage = Storage::open(&cfg.data_dir, cfg.storage.clone())
-        .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
-    let ingest = Ingest::new(storage.clone(), cfg.collector.clone());
+    let tenants =
+        Tenants::open(&cfg.data_dir, cfg.storage.clone(), cfg.tenants.clone(), cfg.overrides.clone())
+            .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
+    let ingest = Ingest::new(tenants.clone(), cfg.collector.clone());
+    let auth = Arc::new(cfg.auth);
 
     let mut registry = prometheus_client::registry::Registry::default();
-    storage.metrics.register(&mut registry);
+    tenants.metrics().register(&mut registry);
     ingest.metrics.register(&mut registry);
     telemetry::register_process(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
-    let api = ApiState { storage: storage.clone(), registry: Arc::new(registry), cfg: cfg.query.clone() };
+    let api = ApiState { tenants: tenants.clone(), registry: Arc::new(registry), cfg: cfg.query.clone() };
 
     let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
     let otlp_http_l = bind(&cfg.otlp_http_addr, "OTLP/HTTP").await?;
@@ -255,17 +280,19 @@ async fn serve(cfg: Config) -> Result<()> {
 
     // WAL replay runs while the API already answers (readyz says 503).
     let replay = {
-        let s = storage.clone();
-        tokio::task::spawn_blocking(move || s.replay())
+        let t = tenants.clone();
+        tokio::task::spawn_blocking(move || t.replay())
     };
 
     let grpc = {
         let routes = skein_collector::grpc_routes(ingest.clone());
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
         let rx = stop_rx.clone();
+        let grpc_auth = auth::GrpcAuthLayer { auth: auth.clone(), ingest: ingest.clone() };
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .layer(tower::util::MapResponseLayer::new(skein_collector::normalize_grpc_status))
+                .layer(grpc_auth)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, stopped(rx))
                 .await
@@ -273,12 +300,17 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     let otlp_http = {
         let app = skein_collector::router(ingest.clone())
+            .route_layer(axum::middleware::from_fn_with_state(
+                (auth.clone(), ingest.clone()),
+                auth::otlp_http_layer,
+            ))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
         let rx = stop_rx.clone();
         tokio::spawn(async move { axum::serve(otlp_http_l, app).with_graceful_shutdown(stopped(rx)).await })
     };
     let http = {
         let app = skein_query::router(api)
+            .route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::query_layer))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track))
             .merge(skein_ui::router())
             .layer(tower_http::compression::CompressionLayer::new());
@@ -289,7 +321,7 @@ async fn serve(cfg: Config) -> Result<()> {
     replay.await?.context("WAL replay")?;
 
     // Flush, retention and compaction in the background until stopped.
-    let flusher = tokio::spawn(storage.clone().run_maintenance(stop_rx.clone()));
+    let flusher = tokio::spawn(tenants.clone().run_maintenance(stop_rx.clone()));
 
     let (g, h1, h2) = tokio::join!(grpc, otlp_http, http);
     g?.context("OTLP/gRPC server")?;
@@ -300,14 +332,17 @@ async fn serve(cfg: Config) -> Result<()> {
     // makes the next start fast.
     // A flush that fails (a full disk, say) loses nothing: the records stay
     // in the WAL and the next start replays them, so the stop is still clean.
-    let s = storage.clone();
-    match tokio::task::spawn_blocking(move || s.flush(true)).await? {
-        Ok(st) => tracing::info!(traces = st.traces, spans = st.spans, "final flush done; exiting"),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "final flush failed; every acknowledged record is safe in the WAL and is replayed at the next start; exiting"
-        ),
+    for (tenant, s) in tenants.all() {
+        match tokio::task::spawn_blocking(move || s.flush(true)).await? {
+            Ok(st) => tracing::info!(%tenant, traces = st.traces, spans = st.spans, "final flush done"),
+            Err(e) => tracing::warn!(
+                %tenant,
+                error = %e,
+                "final flush failed; every acknowledged record is safe in the WAL and is replayed at the next start"
+            ),
+        }
     }
+    tracing::info!("exiting");
     Ok(())
 }
 

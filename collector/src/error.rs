@@ -35,12 +35,19 @@ pub enum IngestError {
     /// retryable: nothing was acknowledged.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// No valid bearer token, or no tenant where one is required.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The token may not write to the tenant named, or the tenant cannot be
+    /// created (`tenants.max_tenants`).
+    #[error("permission denied: {0}")]
+    Forbidden(String),
 }
 
 impl IngestError {
     /// Every value [`reason`](Self::reason) returns, so that each refusal
     /// counter is exported (at zero) before the first refusal.
-    pub(crate) const REASONS: [&'static str; 7] = [
+    pub(crate) const REASONS: [&'static str; 9] = [
         "malformed",
         "too_large",
         "unsupported_media_type",
@@ -48,6 +55,8 @@ impl IngestError {
         "overloaded",
         "not_ready",
         "unavailable",
+        "unauthenticated",
+        "forbidden",
     ];
 
     pub(crate) fn reason(&self) -> &'static str {
@@ -59,6 +68,8 @@ impl IngestError {
             IngestError::Overloaded => "overloaded",
             IngestError::NotReady => "not_ready",
             IngestError::Unavailable(_) => "unavailable",
+            IngestError::Unauthenticated(_) => "unauthenticated",
+            IngestError::Forbidden(_) => "forbidden",
         }
     }
 }
@@ -68,6 +79,7 @@ impl From<StorageError> for IngestError {
         match e {
             StorageError::Overloaded(_) => IngestError::Overloaded,
             StorageError::NotReady => IngestError::NotReady,
+            e @ StorageError::TooManyTenants { .. } => IngestError::Forbidden(e.to_string()),
             other => IngestError::Unavailable(other.to_string()),
         }
     }
@@ -108,6 +120,8 @@ impl IngestError {
             IngestError::NotReady | IngestError::Unavailable(_) => {
                 (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, true)
             }
+            IngestError::Unauthenticated(_) => (Code::Unauthenticated, StatusCode::UNAUTHORIZED, false),
+            IngestError::Forbidden(_) => (Code::PermissionDenied, StatusCode::FORBIDDEN, false),
         };
         WireStatus { grpc, http, retryable }
     }
@@ -154,6 +168,11 @@ impl IntoResponse for HttpError {
         if wire.retryable {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
+        if wire.http == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: a 401 names the scheme it wants.
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"skein\""));
+        }
         resp
     }
 }
@@ -163,7 +182,7 @@ mod tests {
     use super::*;
 
     /// One error of each variant.
-    fn every_error() -> [IngestError; 7] {
+    fn every_error() -> [IngestError; 9] {
         [
             IngestError::Malformed("x".into()),
             IngestError::TooLarge { size: 2, limit: 1 },
@@ -172,6 +191,8 @@ mod tests {
             IngestError::Overloaded,
             IngestError::NotReady,
             IngestError::Unavailable("disk full".into()),
+            IngestError::Unauthenticated("no token".into()),
+            IngestError::Forbidden("tenant".into()),
         ]
     }
 

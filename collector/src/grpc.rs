@@ -6,6 +6,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use skein_storage::tenant::TenantId;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
@@ -17,7 +18,8 @@ impl TraceService for Ingest {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let partial_success = self.export::<Traces>(request.into_inner()).await?;
+        let tenant = request.extensions().get::<TenantId>().cloned().unwrap_or_default();
+        let partial_success = self.export::<Traces>(&tenant, request.into_inner()).await?;
         Ok(Response::new(Traces::response(partial_success)))
     }
 }
@@ -28,7 +30,8 @@ impl LogsService for Ingest {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let partial_success = self.export::<Logs>(request.into_inner()).await?;
+        let tenant = request.extensions().get::<TenantId>().cloned().unwrap_or_default();
+        let partial_success = self.export::<Logs>(&tenant, request.into_inner()).await?;
         Ok(Response::new(Logs::response(partial_success)))
     }
 }

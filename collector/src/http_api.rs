@@ -5,8 +5,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::Extension;
 use axum::Router;
 use prost::Message;
+use skein_storage::tenant::TenantId;
 
 use crate::error::HttpError;
 use crate::{Ingest, IngestError, Logs, Signal, Traces};
@@ -31,7 +33,7 @@ async fn not_found() -> Response {
 }
 
 /// Whether the body is OTLP/JSON (`true`) or protobuf (`false`).
-fn content_kind(headers: &HeaderMap) -> Result<bool, IngestError> {
+pub(crate) fn content_kind(headers: &HeaderMap) -> Result<bool, IngestError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let base = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     match base.as_str() {
@@ -131,7 +133,13 @@ fn respond<R: Message + serde::Serialize>(ing: &Ingest, r: Result<R, IngestError
 
 /// `POST /v1/traces` and `POST /v1/logs`: an export of signal `S`,
 /// answered in the request's encoding.
-async fn export<S: Signal>(State(ing): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
+async fn export<S: Signal>(
+    State(ing): State<Ingest>,
+    tenant: Option<Extension<TenantId>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let tenant = tenant.map(|Extension(t)| t).unwrap_or_default();
     let json = match content_kind(&headers) {
         Ok(j) => j,
         Err(err) => return HttpError { err, json: false }.into_response(),
@@ -140,7 +148,7 @@ async fn export<S: Signal>(State(ing): State<Ingest>, headers: HeaderMap, body: 
         let bytes = read_body(&headers, body, ing.config().max_request_bytes).await?;
         let req = decode::<S::Request>(&bytes, json, S::REQUEST)?;
         drop(bytes);
-        let partial_success = ing.export::<S>(req).await?;
+        let partial_success = ing.export::<S>(&tenant, req).await?;
         Ok(S::response(partial_success))
     };
     respond(&ing, run.await, json)
@@ -207,7 +215,10 @@ mod tests {
         let storage =
             skein_storage::Storage::open(dir.path(), skein_storage::testsuite::test_config()).unwrap();
         storage.replay().unwrap();
-        let app = router(Ingest::new(storage.clone(), crate::CollectorConfig::default()));
+        let app = router(Ingest::new(
+            skein_storage::tenant::Tenants::from_storage(storage.clone()),
+            crate::CollectorConfig::default(),
+        ));
         let now = skein_storage::now_unix_nano();
         let trace = "5b8efff798038103d269b633813fc60c";
         let spans = json!({"resourceSpans": [{

@@ -22,6 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use serde::Deserialize;
+use skein_storage::tenant::{TenantId, Tenants};
 use skein_storage::Storage;
 use tokio::sync::Semaphore;
 
@@ -91,7 +92,7 @@ impl CollectorMetrics {
 /// in-flight budget, validation, and the durable append to storage.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    storage: Arc<Storage>,
+    tenants: Arc<Tenants>,
     cfg: CollectorConfig,
     inflight: Arc<Semaphore>,
     /// Counters of accepted, rejected and refused data.
@@ -105,12 +106,12 @@ fn kib(bytes: usize) -> u32 {
 }
 
 impl Ingest {
-    /// An ingest path over `storage`, admitting at most
+    /// An ingest path over every tenant's storage, admitting at most
     /// `max(max_inflight_bytes, max_request_bytes)` of requests at once.
-    pub fn new(storage: Arc<Storage>, cfg: CollectorConfig) -> Self {
+    pub fn new(tenants: Arc<Tenants>, cfg: CollectorConfig) -> Self {
         let permits = kib(cfg.max_inflight_bytes.max(cfg.max_request_bytes)) as usize;
         Ingest {
-            storage,
+            tenants,
             cfg,
             inflight: Arc::new(Semaphore::new(permits)),
             metrics: Arc::new(CollectorMetrics::default()),
@@ -122,14 +123,31 @@ impl Ingest {
         &self.cfg
     }
 
-    fn admit(&self, size: usize) -> Result<tokio::sync::SemaphorePermit<'_>, IngestError> {
-        if !self.storage.is_ready() {
+    /// Counts a refusal made before the ingest path (by the
+    /// authentication layer) and answers it as OTLP/HTTP does: in the
+    /// request's encoding, judged by its `Content-Type`.
+    pub fn refuse_http(&self, err: IngestError, headers: &http::HeaderMap) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        self.metrics.refuse(&err);
+        let json = http_api::content_kind(headers).unwrap_or(false);
+        error::HttpError { err, json }.into_response()
+    }
+
+    /// Counts a refusal made before the ingest path (by the
+    /// authentication layer) and answers it as OTLP/gRPC does.
+    pub fn refuse_grpc(&self, err: IngestError) -> tonic::Status {
+        self.metrics.refuse(&err);
+        err.into()
+    }
+
+    fn admit(&self, storage: &Storage, size: usize) -> Result<tokio::sync::SemaphorePermit<'_>, IngestError> {
+        if !storage.is_ready() {
             return Err(IngestError::NotReady);
         }
         self.inflight.try_acquire_many(kib(size)).map_err(|_| IngestError::Overloaded)
     }
 
-    /// Validates one export request of signal `S`, stores its valid
+    /// Validates one export request of signal `S` for `tenant`, stores its valid
     /// records durably and reports the invalid ones: `Ok(None)` when every
     /// record was kept (the OTLP spec: leave `partial_success` unset on
     /// full success), `Ok(Some(_))` with the count and first reason
@@ -140,8 +158,12 @@ impl Ingest {
     /// [`IngestError::Overloaded`] past the in-flight budget, and
     /// [`IngestError::Unavailable`] when storage cannot make the records
     /// durable; nothing was stored then. Each is counted as refused.
-    pub async fn export<S: Signal>(&self, req: S::Request) -> Result<Option<S::PartialSuccess>, IngestError> {
-        let r = self.export_inner::<S>(req).await;
+    pub async fn export<S: Signal>(
+        &self,
+        tenant: &TenantId,
+        req: S::Request,
+    ) -> Result<Option<S::PartialSuccess>, IngestError> {
+        let r = self.export_inner::<S>(tenant, req).await;
         if let Err(e) = &r {
             self.metrics.refuse(e);
         }
@@ -150,16 +172,18 @@ impl Ingest {
 
     async fn export_inner<S: Signal>(
         &self,
+        tenant: &TenantId,
         req: S::Request,
     ) -> Result<Option<S::PartialSuccess>, IngestError> {
+        let storage = self.tenants.get_async(tenant).await?;
         // Admission counts the request's protobuf size (what it was on the
         // wire for protobuf, about that for JSON).
-        let _permit = self.admit(req.encoded_len())?;
+        let _permit = self.admit(&storage, req.encoded_len())?;
         let c = S::convert(&req);
         drop(req);
         let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
         if n > 0 {
-            S::store(&self.storage, c.records).await?;
+            S::store(&storage, c.records).await?;
         }
         let label = vec![("signal", S::RECORDS)];
         self.metrics.accepted.get_or_create(&label).inc_by(n);

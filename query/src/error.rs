@@ -25,6 +25,10 @@ pub enum Error {
     /// router adds `Allow`).
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// No valid bearer token, or no tenant where one is required (401 with
+    /// `WWW-Authenticate: Bearer`, RFC 6750 §3).
+    #[error("{0}")]
+    Unauthorized(String),
     /// A state-changing request that a browser sent on behalf of another
     /// site (403): see `api::native::refuse_cross_site`.
     #[error("{0}")]
@@ -70,6 +74,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotReady | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,6 +88,7 @@ impl From<skein_storage::Error> for Error {
         match e {
             S::NotReady => Error::NotReady,
             S::Overloaded(_) => Error::Overloaded(e.to_string()),
+            S::TooManyTenants { .. } => Error::Forbidden(e.to_string()),
             // Storage reports a query its index parser rejects as `Config`.
             S::Config(m) => Error::BadRequest(m),
             other => Error::Storage(other),
@@ -99,6 +105,10 @@ impl IntoResponse for Error {
         let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"skein\""));
         }
         resp
     }

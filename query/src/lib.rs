@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
+use skein_storage::tenant::{TenantId, Tenants};
 use skein_storage::Storage;
 
 pub use api::router;
@@ -59,8 +60,8 @@ impl Default for QueryConfig {
 /// Shared state of the HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiState {
-    /// The storage every query reads.
-    pub storage: Arc<Storage>,
+    /// Every tenant's storage; a request reads only its own tenant's.
+    pub tenants: Arc<Tenants>,
     /// The metrics `/metrics` exposes.
     pub registry: Arc<Registry>,
     /// Limits and deadlines of queries.
@@ -68,8 +69,38 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// The query engine over this state's storage and limits.
-    pub fn engine(&self) -> Engine {
-        Engine::new(self.storage.clone(), self.cfg.clone())
+    /// The storage of `tenant` (opened on its first use).
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] past `tenants.max_tenants`; a storage error if
+    /// the tenant's storage cannot be opened.
+    pub async fn storage(&self, tenant: &TenantId) -> Result<Arc<Storage>> {
+        Ok(self.tenants.get_async(tenant).await?)
+    }
+
+    /// The query engine over `tenant`'s storage, with this state's limits.
+    ///
+    /// # Errors
+    /// As [`ApiState::storage`].
+    pub async fn engine(&self, tenant: &TenantId) -> Result<Engine> {
+        Ok(Engine::new(self.storage(tenant).await?, self.cfg.clone()))
+    }
+}
+
+/// The tenant a request reads, as the server's authentication layer put it
+/// in the request's extensions (from the token or `X-Scope-OrgID`);
+/// [`skein_storage::tenant::DEFAULT_TENANT`] when there is none, as in a
+/// single-tenant install or a test without that layer.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub TenantId);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Tenant {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Tenant(parts.extensions.get::<TenantId>().cloned().unwrap_or_default()))
     }
 }

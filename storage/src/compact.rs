@@ -208,7 +208,7 @@ impl Storage {
             }
             segments.retain(|s| !ids.contains(s.meta.id.as_str()));
             segments.push(out);
-            self.metrics.segments.set(segments.len() as i64);
+            self.gauges.segments.set(&self.metrics.segments, segments.len() as i64);
             Ok(())
         });
         if let Err(out) = swapped {

@@ -37,6 +37,7 @@ mod read;
 pub mod remote;
 pub mod rollup;
 pub mod segment;
+pub mod tenant;
 pub mod wal;
 
 use std::collections::HashSet;
@@ -94,6 +95,15 @@ pub enum Error {
     /// WAL replay has not finished; retry later.
     #[error("storage is not ready (WAL replay in progress)")]
     NotReady,
+    /// A request named a new tenant while `tenants.max_tenants` exist
+    /// ([`tenant::Tenants::get`]); not retryable.
+    #[error("tenant {tenant} is new and tenants.max_tenants ({limit}) tenants exist already")]
+    TooManyTenants {
+        /// The tenant asked for.
+        tenant: String,
+        /// `tenants.max_tenants`.
+        limit: usize,
+    },
 }
 
 impl From<tantivy::query::QueryParserError> for Error {
@@ -253,8 +263,11 @@ pub struct Storage {
     _dir_lock: fs::File,
     /// The object store holding the segments, if not only local disk.
     remote: Option<Arc<remote::Remote>>,
-    /// The storage's metrics (register them with [`StorageMetrics::register`]).
+    /// The storage's metrics (register them with [`StorageMetrics::register`]);
+    /// shared by every tenant's storage when opened by [`tenant::Tenants`].
     pub metrics: Arc<StorageMetrics>,
+    /// This storage's part of the shared gauges in `metrics`.
+    gauges: crate::metrics::GaugeShares,
     /// Test hook: the next flush fails as if its segment write had.
     #[cfg(test)]
     fail_next_flush: AtomicBool,
@@ -279,6 +292,19 @@ impl Storage {
     /// process holds; I/O and object store errors while loading (a segment
     /// that cannot be opened is logged and skipped).
     pub fn open(data_dir: &Path, cfg: StorageConfig) -> Result<Arc<Storage>> {
+        Self::open_with_metrics(data_dir, cfg, Arc::new(StorageMetrics::default()))
+    }
+
+    /// [`Storage::open`], adding to `metrics` (shared by several storages,
+    /// one per tenant: counters add up and gauges are sums).
+    ///
+    /// # Errors
+    /// As [`Storage::open`].
+    pub fn open_with_metrics(
+        data_dir: &Path,
+        cfg: StorageConfig,
+        metrics: Arc<StorageMetrics>,
+    ) -> Result<Arc<Storage>> {
         cfg.check()?;
         fs::create_dir_all(data_dir)?;
         let dir_lock =
@@ -294,7 +320,6 @@ impl Storage {
             }
             Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }
-        let metrics = Arc::new(StorageMetrics::default());
         let remote = match &cfg.storage_url {
             Some(url) => Some(Arc::new(remote::Remote::open(url, &cfg.storage_options, metrics.clone())?)),
             None => None,
@@ -311,6 +336,7 @@ impl Storage {
             _dir_lock: dir_lock,
             remote,
             metrics,
+            gauges: Default::default(),
             #[cfg(test)]
             fail_next_flush: AtomicBool::new(false),
         };
@@ -359,8 +385,8 @@ impl Storage {
             segments.retain(|x| !replaced.contains(&x.meta.id));
         }
         segments.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-        s.metrics.segments.set(segments.len() as i64);
-        s.metrics.segment_bytes.set(segments.iter().map(|x| x.meta.bytes as i64).sum());
+        s.gauges.segments.set(&s.metrics.segments, segments.len() as i64);
+        s.metrics.segment_bytes.inc_by(segments.iter().map(|x| x.meta.bytes as i64).sum());
         s.catalog.edit_segments(|segs| *segs = segments);
         s.trim_cache();
         Ok(Arc::new(s))

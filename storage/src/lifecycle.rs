@@ -73,7 +73,7 @@ impl Storage {
                     self.metrics.duplicate_spans.inc_by(copies);
                     self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);
                     let n = self.catalog.finish_flush(&flushing, Some(Arc::new(seg)));
-                    self.metrics.segments.set(n as i64);
+                    self.gauges.segments.set(&self.metrics.segments, n as i64);
                     self.metrics.flushed_spans.inc_by(stats.spans);
                     self.metrics.flushed_logs.inc_by(stats.logs);
                 }
@@ -122,8 +122,8 @@ impl Storage {
 
     pub(crate) fn update_head_metrics(&self) {
         let head = self.catalog.head();
-        self.metrics.head_bytes.set(head.bytes() as i64);
-        self.metrics.head_traces.set(head.trace_count() as i64);
+        self.gauges.head_bytes.set(&self.metrics.head_bytes, head.bytes() as i64);
+        self.gauges.head_traces.set(&self.metrics.head_traces, head.trace_count() as i64);
     }
 
     /// Deletes the WAL files before the oldest record not in a segment.
@@ -186,7 +186,7 @@ impl Storage {
                 }
             }
             *segments = keep;
-            self.metrics.segments.set(segments.len() as i64);
+            self.gauges.segments.set(&self.metrics.segments, segments.len() as i64);
             old
         });
         for s in &expired {

@@ -1,5 +1,7 @@
 //! The storage layer's own metrics, exposed on `/metrics`.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -158,4 +160,26 @@ impl StorageMetrics {
             self.remote_written_bytes.clone(),
         );
     }
+}
+
+/// One storage's share of a gauge that several storages (one per tenant,
+/// see [`crate::tenant`]) add to: setting the share moves the gauge by the
+/// difference, so the gauge stays the sum over all of them.
+#[derive(Debug, Default)]
+pub(crate) struct GaugeShare(AtomicI64);
+
+impl GaugeShare {
+    /// Sets this storage's part of `g` to `v`.
+    pub(crate) fn set(&self, g: &Gauge, v: i64) {
+        let old = self.0.swap(v, Ordering::Relaxed);
+        g.inc_by(v - old);
+    }
+}
+
+/// The shares of [`StorageMetrics`]' gauges one storage holds.
+#[derive(Debug, Default)]
+pub(crate) struct GaugeShares {
+    pub head_traces: GaugeShare,
+    pub head_bytes: GaugeShare,
+    pub segments: GaugeShare,
 }

@@ -116,9 +116,9 @@ function assert(cond, msg) {
 
 // ------------------------------------------------------------------ setup --
 
-async function startSkein(dataDir) {
+async function startSkein(dataDir, extraArgs = []) {
   assert(fs.existsSync(SKEIN_BIN), `skein binary not found at ${SKEIN_BIN} (build it with cargo build, or set SKEIN_BIN)`);
-  const args = ["serve", "--data-dir", dataDir, "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
+  const args = ["serve", "--data-dir", dataDir, "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", ...extraArgs];
   log(`starting ${SKEIN_BIN} ${args.join(" ")}`);
   skein = spawn(SKEIN_BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } });
   skein.stderr.on("data", (d) => {
@@ -971,6 +971,40 @@ async function main() {
     await page.waitForSelector('[data-testid="map-node"]');
     await waitNoLoading();
     assert((await page.textContent(`[data-testid="map-node"][data-service="${T.root_service}"]`)).includes("p95 ≈"), "map node lacks p95 ≈");
+  });
+
+  await test("with a query token set, the UI asks for it once and keeps it for the session (issue 10)", async () => {
+    if (!otlpHttp) return log("skipped: needs a Skein started by this script (not SKEIN_URL)");
+    // Restart the same data with a query token (ingest stays open).
+    const old = skein;
+    old.kill("SIGTERM");
+    await new Promise((r) => (old.exitCode !== null ? r() : old.once("exit", r)));
+    const cfg = path.join(tmp, "auth.toml");
+    fs.writeFileSync(cfg, '[[auth.tokens]]\ntoken = "ui-secret"\nscopes = ["query"]\n');
+    const ready = await startSkein(path.join(tmp, "data"), ["--config", cfg]);
+    const authBase = `http://${ready.http}`;
+    await waitReady(authBase);
+    const anon = await fetch(`${authBase}/api/v1/services`);
+    assert(anon.status === 401, `the API answered ${anon.status} without a token`);
+    await page.goto(`${authBase}/trace/${T.trace_id}`, { waitUntil: "domcontentloaded" });
+    await page.waitForSelector('[data-testid="signin"]');
+    assert(/token/i.test(await page.textContent('[data-testid="signin-reason"]')), "the sign-in dialog does not say why");
+    await page.fill('[data-testid="signin-token"]', "wrong");
+    await page.click('[data-testid="signin-submit"]');
+    await page.waitForSelector('[data-testid="signin"]'); // asked again
+    await page.fill('[data-testid="signin-token"]', "ui-secret");
+    await page.click('[data-testid="signin-submit"]');
+    await page.waitForSelector('[data-testid="span-row"]');
+    assert(!(await page.$('[data-testid="signin"]')), "the dialog stays after a good token");
+    // Kept for the session: another page loads without asking.
+    await page.goto(`${authBase}/search?${range}`, { waitUntil: "domcontentloaded" });
+    await page.waitForSelector('[data-testid="page-search"]');
+    await waitNoLoading();
+    assert(!(await page.$('[data-testid="signin"]')), "asked again on the next page");
+    const stored = await page.evaluate(() => sessionStorage.getItem("skein.credentials"));
+    assert(stored && stored.includes("ui-secret"), "the token is not in sessionStorage");
+    const cookies = await context.cookies();
+    assert(!cookies.some((c) => c.value.includes("ui-secret")), "the token is in a cookie");
   });
 
   await test("no uncaught errors in the pages", async () => {

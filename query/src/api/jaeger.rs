@@ -17,7 +17,7 @@ use super::native::json::attr_value;
 use crate::engine::{SpanCondition, Trace, TraceQuery, TraceSearch};
 use crate::error::{Error, Result};
 use crate::params::{parse_trace_id, Params, TimeUnit};
-use crate::ApiState;
+use crate::{ApiState, Tenant};
 
 /// Range of `/dependencies` without `lookback`: one day, in ms.
 const DEFAULT_LOOKBACK_MS: u64 = 86_400_000;
@@ -160,23 +160,33 @@ pub(crate) fn search_json(r: &TraceSearch) -> Vec<Value> {
     r.traces.iter().filter_map(|t| t.trace.as_ref()).map(|t| trace_json(t.id, &t.spans, &t.logs)).collect()
 }
 
-async fn services(State(st): State<ApiState>) -> Result<Response> {
-    let names: Vec<String> = st.engine().services().await?.into_iter().map(|s| s.name).collect();
+async fn services(State(st): State<ApiState>, Tenant(tenant): Tenant) -> Result<Response> {
+    let names: Vec<String> =
+        st.engine(&tenant).await?.services().await?.into_iter().map(|s| s.name).collect();
     Ok(envelope(json!(names)))
 }
 
-async fn service_operations(State(st): State<ApiState>, Path(service): Path<String>) -> Result<Response> {
+async fn service_operations(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path(service): Path<String>,
+) -> Result<Response> {
     let names: BTreeSet<String> =
-        st.engine().operations(Some(service)).await?.into_iter().map(|o| o.name).collect();
+        st.engine(&tenant).await?.operations(Some(service)).await?.into_iter().map(|o| o.name).collect();
     Ok(envelope(json!(names)))
 }
 
-async fn operations(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
+async fn operations(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     let p = Params::parse(q.as_deref());
     let service = p.get("service").ok_or_else(|| Error::bad("service is required"))?.to_string();
     let want_kind = p.get("spanKind").map(|k| k.to_ascii_lowercase());
     let ops: Vec<Value> = st
-        .engine()
+        .engine(&tenant)
+        .await?
         .operations(Some(service))
         .await?
         .into_iter()
@@ -217,7 +227,11 @@ fn synthesized_tag(key: &str, value: &str) -> Result<Option<SpanCondition>> {
     }))
 }
 
-async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
+async fn find_traces(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     let p = Params::parse(q.as_deref());
     // Jaeger's UI fetches traces by ID with repeated `traceID` (its search
     // form's "Lookup by Trace ID"); the other parameters are then ignored,
@@ -227,7 +241,7 @@ async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resul
         let ids = ids.into_iter().map(parse_trace_id).collect::<Result<Vec<_>>>()?;
         let mut data = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(Trace { id, spans, logs }) = st.engine().trace(id).await? {
+            if let Some(Trace { id, spans, logs }) = st.engine(&tenant).await?.trace(id).await? {
                 data.push(trace_json(id, &spans, &logs));
             }
         }
@@ -270,13 +284,17 @@ async fn find_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resul
     };
     let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
     let q = TraceQuery { filter, conditions, limit, with_trace: true, ..Default::default() };
-    let r = st.engine().search_traces(q).await?;
+    let r = st.engine(&tenant).await?.search_traces(q).await?;
     Ok(envelope(json!(search_json(&r))))
 }
 
-async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response> {
+async fn get_trace(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> Result<Response> {
     let tid = parse_trace_id(&id)?;
-    match st.engine().trace(tid).await? {
+    match st.engine(&tenant).await?.trace(tid).await? {
         Some(Trace { id, spans, logs }) => Ok(envelope(json!([trace_json(id, &spans, &logs)]))),
         None => Ok((
             axum::http::StatusCode::NOT_FOUND,
@@ -288,7 +306,11 @@ async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>) -> Result
 }
 
 /// `endTs` (Unix ms, default now) and `lookback` (ms, default a day).
-async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Result<Response> {
+async fn dependencies(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     let p = Params::parse(q.as_deref());
     let end = p.time_in("endTs", TimeUnit::Millis)?.unwrap_or_else(skein_storage::now_unix_nano);
     let lookback = p
@@ -298,7 +320,8 @@ async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resu
         .unwrap_or(DEFAULT_LOOKBACK_MS);
     let start = end.saturating_sub(lookback.saturating_mul(1_000_000));
     let data: Vec<Value> = st
-        .engine()
+        .engine(&tenant)
+        .await?
         .dependencies(Some(start), Some(end))
         .await?
         .into_iter()
@@ -321,7 +344,7 @@ mod tests {
 
     fn app(s: &Arc<skein_storage::Storage>) -> axum::Router {
         crate::router(crate::ApiState {
-            storage: s.clone(),
+            tenants: skein_storage::tenant::Tenants::from_storage(s.clone()),
             registry: Arc::new(Default::default()),
             cfg: QueryConfig::default(),
         })

@@ -77,7 +77,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Error {
 }
 
 async fn readyz(axum::extract::State(st): axum::extract::State<ApiState>) -> Response {
-    if st.storage.is_ready() {
+    if st.tenants.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "replaying WAL\n").into_response()
@@ -112,7 +112,11 @@ pub(crate) mod tests {
     use crate::QueryConfig;
 
     fn app_with(s: &Arc<skein_storage::Storage>, cfg: QueryConfig) -> Router {
-        router(ApiState { storage: s.clone(), registry: Arc::new(Default::default()), cfg })
+        router(ApiState {
+            tenants: skein_storage::tenant::Tenants::from_storage(s.clone()),
+            registry: Arc::new(Default::default()),
+            cfg,
+        })
     }
 
     /// GETs `uri` from `app`: the status and the JSON body (`Null` when

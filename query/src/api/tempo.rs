@@ -16,12 +16,13 @@ use prost::Message as _;
 use serde_json::{json, Value};
 use skein_storage::filter::SpanFilter;
 use skein_storage::model::Span;
+use skein_storage::tenant::TenantId;
 
 use super::native::{status_filter, traceql};
 use crate::engine::{TagScope, TraceQuery, TraceSearch};
 use crate::error::{Error, Result};
 use crate::params::{parse_trace_id, Params, TimeUnit};
-use crate::ApiState;
+use crate::{ApiState, Tenant};
 use skein_otlp::encode::batches;
 
 type ApiResult = Result<Response>;
@@ -60,24 +61,34 @@ fn protobuf(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/protobuf")], bytes).into_response()
 }
 
-async fn load(st: &ApiState, id: &str) -> Result<Vec<ResourceSpans>> {
+async fn load(st: &ApiState, tenant: &TenantId, id: &str) -> Result<Vec<ResourceSpans>> {
     let tid = parse_trace_id(id)?;
-    match st.engine().trace(tid).await? {
+    match st.engine(tenant).await?.trace(tid).await? {
         Some(t) if !t.spans.is_empty() => Ok(batches(&t.spans)),
         _ => Err(Error::not_found(format!("trace {} not found", tid.to_hex()))),
     }
 }
 
-async fn trace_v1(State(st): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    let batches = load(&st, &id).await?;
+async fn trace_v1(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let batches = load(&st, &tenant, &id).await?;
     if wants_protobuf(&headers) {
         return Ok(protobuf(TempoTrace { batches }.encode_to_vec()));
     }
     Ok(Json(json!({ "batches": batches })).into_response())
 }
 
-async fn trace_v2(State(st): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
-    let batches = load(&st, &id).await?;
+async fn trace_v2(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let batches = load(&st, &tenant, &id).await?;
     if wants_protobuf(&headers) {
         return Ok(protobuf(TraceByIdResponse { trace: Some(TempoTrace { batches }) }.encode_to_vec()));
     }
@@ -173,7 +184,7 @@ pub(crate) fn search_json(r: &TraceSearch) -> Value {
     json!({ "traces": traces, "metrics": { "inspectedTraces": r.inspected } })
 }
 
-async fn search(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+async fn search(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
     let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
     let range = p.range("start", "end", TimeUnit::Seconds)?;
@@ -200,21 +211,21 @@ async fn search(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult 
         with_trace: false,
         ..Default::default()
     };
-    let r = st.engine().search_traces(q).await?;
+    let r = st.engine(&tenant).await?.search_traces(q).await?;
     Ok(Json(search_json(&r)).into_response())
 }
 
 const INTRINSICS: [&str; 8] =
     ["duration", "kind", "name", "status", "statusMessage", "rootServiceName", "rootName", "traceDuration"];
 
-async fn tags_v1(State(st): State<ApiState>) -> ApiResult {
-    let (span, res) = st.engine().tag_names().await?;
+async fn tags_v1(State(st): State<ApiState>, Tenant(tenant): Tenant) -> ApiResult {
+    let (span, res) = st.engine(&tenant).await?.tag_names().await?;
     let names: BTreeSet<String> = span.into_iter().chain(res).collect();
     Ok(Json(json!({ "tagNames": names })).into_response())
 }
 
-async fn tags_v2(State(st): State<ApiState>) -> ApiResult {
-    let (span, res) = st.engine().tag_names().await?;
+async fn tags_v2(State(st): State<ApiState>, Tenant(tenant): Tenant) -> ApiResult {
+    let (span, res) = st.engine(&tenant).await?.tag_names().await?;
     Ok(Json(json!({ "scopes": [
         {"name": "span", "tags": span},
         {"name": "resource", "tags": res},
@@ -223,15 +234,15 @@ async fn tags_v2(State(st): State<ApiState>) -> ApiResult {
     .into_response())
 }
 
-async fn values_v1(State(st): State<ApiState>, Path(tag): Path<String>) -> ApiResult {
-    let vals = st.engine().tag_values(TagScope::Any, tag).await?;
+async fn values_v1(State(st): State<ApiState>, Tenant(tenant): Tenant, Path(tag): Path<String>) -> ApiResult {
+    let vals = st.engine(&tenant).await?.tag_values(TagScope::Any, tag).await?;
     let vals: BTreeSet<String> = vals.into_iter().map(|v| v.value).collect();
     Ok(Json(json!({ "tagValues": vals })).into_response())
 }
 
-async fn values_v2(State(st): State<ApiState>, Path(tag): Path<String>) -> ApiResult {
+async fn values_v2(State(st): State<ApiState>, Tenant(tenant): Tenant, Path(tag): Path<String>) -> ApiResult {
     let (scope, key) = TagScope::parse(&tag);
-    let vals = st.engine().tag_values(scope, key.to_string()).await?;
+    let vals = st.engine(&tenant).await?.tag_values(scope, key.to_string()).await?;
     // One entry per value: a value seen with two types keeps the first.
     let mut by_value: BTreeMap<String, &'static str> = BTreeMap::new();
     for v in vals {

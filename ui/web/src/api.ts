@@ -1,3 +1,4 @@
+import { createStore } from "./util";
 // Typed access to Skein's native HTTP API (see docs API.md). Relative URLs:
 // the UI is served from the same origin as the API.
 
@@ -119,11 +120,49 @@ export function qs(params: Params): string {
   return s ? "?" + s : "";
 }
 
+/** The bearer token and tenant the user gave in the sign-in dialog, kept
+ * for this browser tab's session only (sessionStorage), never in a cookie,
+ * so no other site can send them. */
+export interface Credentials {
+  token: string;
+  tenant: string;
+}
+
+const CREDS_KEY = "skein.credentials";
+
+export function loadCredentials(): Credentials {
+  try {
+    const c = JSON.parse(sessionStorage.getItem(CREDS_KEY) || "{}");
+    return { token: String(c.token || ""), tenant: String(c.tenant || "") };
+  } catch {
+    return { token: "", tenant: "" };
+  }
+}
+
+export function saveCredentials(c: Credentials) {
+  try {
+    sessionStorage.setItem(CREDS_KEY, JSON.stringify(c));
+  } catch {
+    /* private mode: asked again on the next 401 */
+  }
+}
+
+/** Set when the server answered 401: the UI shows its sign-in dialog. */
+export const authStore = createStore<string | null>(null);
+
+function authHeaders(): Record<string, string> {
+  const c = loadCredentials();
+  const h: Record<string, string> = { Accept: "application/json" };
+  if (c.token) h["Authorization"] = `Bearer ${c.token}`;
+  if (c.tenant) h["X-Scope-OrgID"] = c.tenant;
+  return h;
+}
+
 export async function getJson<T>(path: string, params: Params = {}, signal?: AbortSignal): Promise<T> {
   const url = path + qs(params);
   let res: Response;
   try {
-    res = await fetch(url, { signal, headers: { Accept: "application/json" } });
+    res = await fetch(url, { signal, headers: authHeaders() });
   } catch (e) {
     if ((e as Error).name === "AbortError") throw e;
     throw new ApiError("Cannot reach the Skein server. Check that `skein serve` is running, then retry.", 0, url);
@@ -136,6 +175,7 @@ export async function getJson<T>(path: string, params: Params = {}, signal?: Abo
     /* not JSON */
   }
   if (!res.ok) {
+    if (res.status === 401) authStore.set(body && typeof body === "object" && "error" in body ? String((body as { error: unknown }).error) : "Sign in");
     const msg =
       body && typeof body === "object" && "error" in body
         ? String((body as { error: unknown }).error)

@@ -9,6 +9,58 @@ import { ComparePage } from "./pages/compare";
 import { MapPage } from "./pages/map";
 import { ServicePage } from "./pages/service";
 import { LogsPage } from "./pages/logs";
+import { authStore, loadCredentials, saveCredentials } from "./api";
+
+/** Asks for the bearer token (and tenant) once the server answers 401, keeps
+ * them for this tab's session, and reloads the page to run its queries again. */
+function SignIn(props: { reason: string }) {
+  const old = loadCredentials();
+  const [token, setToken] = useState(old.token);
+  const [tenant, setTenant] = useState(old.tenant);
+  return (
+    <div class="signin-backdrop">
+      <form
+        class="signin"
+        role="dialog"
+        aria-modal="true"
+        aria-labelledby="signin-title"
+        data-testid="signin"
+        onSubmit={(e) => {
+          e.preventDefault();
+          saveCredentials({ token: token.trim(), tenant: tenant.trim() });
+          authStore.set(null);
+          location.reload();
+        }}
+      >
+        <h2 id="signin-title">Sign in to Skein</h2>
+        <p class="signin-reason" data-testid="signin-reason">
+          {props.reason}
+        </p>
+        <label>
+          Token
+          <input
+            type="password"
+            autocomplete="current-password"
+            value={token}
+            data-testid="signin-token"
+            onInput={(e) => setToken((e.target as HTMLInputElement).value)}
+          />
+        </label>
+        <label>
+          Tenant (X-Scope-OrgID; leave empty if your token names it)
+          <input
+            value={tenant}
+            data-testid="signin-tenant"
+            onInput={(e) => setTenant((e.target as HTMLInputElement).value)}
+          />
+        </label>
+        <button type="submit" data-testid="signin-submit">
+          Sign in
+        </button>
+      </form>
+    </div>
+  );
+}
 
 function Nav(props: { path: string }) {
   const utc = utcStore.use();
@@ -104,8 +156,10 @@ function App() {
   else if (p === "/logs") page = <LogsPage loc={loc} />;
   else page = <NotFound path={p} />;
   const onTrace = p.startsWith("/trace/");
+  const authReason = authStore.use();
   return (
     <>
+      {authReason !== null && <SignIn reason={authReason} />}
       {onTrace && (
         <a
           class="skip-link"

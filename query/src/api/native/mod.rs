@@ -20,7 +20,7 @@ use crate::engine::traceql::TraceQl;
 use crate::engine::{RedQuery, TraceQuery, TraceSearch};
 use crate::error::{Error, Result};
 use crate::params::{parse_trace_id, Limit, Params, TimeRange, TimeUnit};
-use crate::ApiState;
+use crate::{ApiState, Tenant};
 
 /// Longest TraceQL query accepted.
 pub const MAX_TRACEQL_LEN: usize = 4096;
@@ -117,22 +117,32 @@ fn refuse_cross_site(headers: &HeaderMap) -> Result<()> {
     Ok(())
 }
 
-async fn flush(State(st): State<ApiState>, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+async fn flush(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     refuse_cross_site(&headers)?;
     no_params(q.as_deref())?;
     // Not bounded by the query timeout: a flush is not abandoned halfway,
     // and the caller wants to know when the data is in segments.
-    let storage = st.storage.clone();
+    let storage = st.storage(&tenant).await?;
     let stats = tokio::task::spawn_blocking(move || storage.flush(true))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     Ok(Json(json!({"traces": stats.traces, "spans": stats.spans, "logs": stats.logs})).into_response())
 }
 
-async fn get_trace(State(st): State<ApiState>, Path(id): Path<String>, RawQuery(q): RawQuery) -> ApiResult {
+async fn get_trace(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let tid = parse_trace_id(&id)?;
     no_params(q.as_deref())?;
-    match st.engine().trace(tid).await? {
+    match st.engine(&tenant).await?.trace(tid).await? {
         None => Err(Error::not_found(format!("trace {} not found", tid.to_hex()))),
         Some(t) => Ok(Json(json!({
             "trace_id": tid.to_hex(),
@@ -200,7 +210,11 @@ pub(crate) fn search_json(r: &TraceSearch) -> Value {
     json!({ "traces": r.traces.iter().map(|t| json::summary(&t.summary)).collect::<Vec<_>>() })
 }
 
-async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+async fn search_traces(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(SEARCH_TRACES_PARAMS)?;
     let limit = p.capped_limit(st.cfg.default_limit, st.cfg.max_limit)?;
@@ -211,7 +225,7 @@ async fn search_traces(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Api
         sort: p.get("sort").map(str::parse).transpose()?.unwrap_or_default(),
         ..Default::default()
     };
-    let r = st.engine().search_traces(q).await?;
+    let r = st.engine(&tenant).await?.search_traces(q).await?;
     Ok(Json(with_limit(search_json(&r), limit)).into_response())
 }
 
@@ -242,12 +256,12 @@ fn log_filter(p: &Params) -> Result<LogFilter> {
     })
 }
 
-async fn search_logs(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+async fn search_logs(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(SEARCH_LOGS_PARAMS)?;
     let f = log_filter(&p)?;
     let limit = p.capped_limit(100.min(st.cfg.max_limit), st.cfg.max_limit)?;
-    let logs = st.engine().search_logs(f, limit.value).await?;
+    let logs = st.engine(&tenant).await?.search_logs(f, limit.value).await?;
     let v = json!({ "logs": logs.iter().map(json::log).collect::<Vec<_>>() });
     Ok(Json(with_limit(v, limit)).into_response())
 }
@@ -276,14 +290,18 @@ fn bucketed(p: &Params) -> Result<(u64, u64, u64)> {
     Ok((start, end, step))
 }
 
-async fn log_histogram(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+async fn log_histogram(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(LOG_HISTOGRAM_PARAMS)?;
     let mut f = log_filter(&p)?;
     let (start, end, step) = bucketed(&p)?;
     f.start_ns = Some(start);
     f.end_ns = Some(end);
-    let counts = st.engine().log_histogram(f, step).await?;
+    let counts = st.engine(&tenant).await?.log_histogram(f, step).await?;
     let first = start - start % step;
     let n = (end - first) / step + 1;
     let buckets: Vec<Value> = (0..n)
@@ -295,10 +313,11 @@ async fn log_histogram(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Api
     Ok(Json(json!({"step_ns": step, "buckets": buckets})).into_response())
 }
 
-async fn services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+async fn services(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {
     no_params(q.as_deref())?;
     let services: Vec<Value> = st
-        .engine()
+        .engine(&tenant)
+        .await?
         .services()
         .await?
         .into_iter()
@@ -309,11 +328,12 @@ async fn services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResul
 
 async fn operations(
     State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
     Path(service): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult {
     no_params(q.as_deref())?;
-    let ops = st.engine().operations(Some(service.clone())).await?;
+    let ops = st.engine(&tenant).await?.operations(Some(service.clone())).await?;
     if ops.is_empty() {
         return Err(Error::not_found(format!("service {service:?} not found")));
     }
@@ -324,12 +344,17 @@ async fn operations(
     Ok(Json(json!({ "operations": operations })).into_response())
 }
 
-async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+async fn dependencies(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(DEPENDENCIES_PARAMS)?;
     let TimeRange { start_ns, end_ns } = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
     let edges: Vec<Value> = st
-        .engine()
+        .engine(&tenant)
+.await?
         .dependencies(start_ns, end_ns)
         .await?
         .into_iter()
@@ -340,7 +365,7 @@ async fn dependencies(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiR
 
 /// Rate, errors and latency percentiles of entry spans per step, from the
 /// rollups (see [`RedQuery`]).
-async fn red(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
+async fn red(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(RED_PARAMS)?;
     let (start_ns, end_ns, step_ns) = bucketed(&p)?;
@@ -352,7 +377,8 @@ async fn red(State(st): State<ApiState>, RawQuery(q): RawQuery) -> ApiResult {
         operation: p.get("operation").map(String::from),
     };
     let series: Vec<Value> = st
-        .engine()
+        .engine(&tenant)
+        .await?
         .red(q)
         .await?
         .into_iter()

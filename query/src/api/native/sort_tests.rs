@@ -28,7 +28,7 @@ async fn sort_duration_returns_the_longest_traces_of_the_range() {
     append(&s, three_traces()).await;
     s.flush(true).unwrap();
     let app = router(ApiState {
-        storage: s.clone(),
+        tenants: skein_storage::tenant::Tenants::from_storage(s.clone()),
         registry: Arc::new(Default::default()),
         cfg: QueryConfig::default(),
     });

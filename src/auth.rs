@@ -1,0 +1,415 @@
+//! Who may write and read, and as which tenant: bearer tokens for ingest
+//! and for query (each optional, RFC 6750), and the tenant of a request
+//! from the token it is bound to or from `X-Scope-OrgID` (Tempo and Loki's
+//! header), as layers over the three servers. The routers themselves read
+//! only the [`TenantId`] this puts in the request's extensions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::{bail, Context as _, Result};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use http::HeaderMap;
+use serde::Deserialize;
+use skein_collector::{Ingest, IngestError};
+use skein_storage::tenant::TenantId;
+use subtle::ConstantTimeEq;
+
+/// The header naming a request's tenant, as Grafana Tempo, Loki and Mimir
+/// read it.
+pub(crate) const TENANT_HEADER: &str = "x-scope-orgid";
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Scope {
+    /// Writing: OTLP/gRPC and OTLP/HTTP exports.
+    Ingest,
+    /// Reading: the HTTP API (native, Jaeger, Tempo, `/metrics`) and the
+    /// data the UI shows.
+    Query,
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// One token (`[[auth.tokens]]`): its value inline or in a file (the
+/// file's content, surrounding white space removed, read at start), what
+/// it allows, and the tenant it is bound to, if any.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenConfig {
+    token: Option<Secret>,
+    token_file: Option<PathBuf>,
+    scopes: Vec<Scope>,
+    tenant: Option<String>,
+}
+
+/// `[auth]` in the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AuthConfig {
+    /// The accepted tokens. With none of a scope, that scope is open.
+    tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug)]
+struct Token {
+    value: Secret,
+    scopes: Vec<Scope>,
+    tenant: Option<TenantId>,
+}
+
+/// The authentication and tenancy rules the layers apply.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    tokens: Vec<Token>,
+    /// Tempo's `multitenancy_enabled`: every request names a tenant (by its
+    /// token or `X-Scope-OrgID`); off, every request is
+    /// [`skein_storage::tenant::DEFAULT_TENANT`]'s and the header is ignored.
+    multitenancy: bool,
+}
+
+/// Why a request was refused, before it reached a router.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// 401 / UNAUTHENTICATED.
+    Unauthenticated(String),
+    /// 403 / PERMISSION_DENIED.
+    Forbidden(String),
+    /// 400 / INVALID_ARGUMENT: a malformed `X-Scope-OrgID`.
+    BadTenant(String),
+}
+
+impl Refusal {
+    fn into_ingest(self) -> IngestError {
+        match self {
+            Refusal::Unauthenticated(m) => IngestError::Unauthenticated(m),
+            Refusal::Forbidden(m) => IngestError::Forbidden(m),
+            Refusal::BadTenant(m) => IngestError::Malformed(m),
+        }
+    }
+
+    fn into_query(self) -> skein_query::Error {
+        match self {
+            Refusal::Unauthenticated(m) => skein_query::Error::Unauthorized(m),
+            Refusal::Forbidden(m) => skein_query::Error::Forbidden(m),
+            Refusal::BadTenant(m) => skein_query::Error::BadRequest(m),
+        }
+    }
+}
+
+impl Auth {
+    /// Reads the tokens (and token files) of `cfg`.
+    ///
+    /// # Errors
+    /// A token with neither or both of `token` and `token_file`, an
+    /// unreadable or empty token file, no scopes, an invalid tenant, or a
+    /// tenant binding while multi-tenancy is off.
+    pub(crate) fn new(cfg: &AuthConfig, multitenancy: bool) -> Result<Auth> {
+        let mut tokens = Vec::new();
+        for (i, t) in cfg.tokens.iter().enumerate() {
+            let what = format!("auth.tokens[{i}]");
+            let value = match (&t.token, &t.token_file) {
+                (Some(v), None) => v.0.trim().to_string(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("{what}: reading token_file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+                _ => bail!("{what}: give exactly one of token and token_file"),
+            };
+            if value.is_empty() {
+                bail!("{what}: the token is empty");
+            }
+            if t.scopes.is_empty() {
+                bail!("{what}: scopes is empty; give [\"ingest\"], [\"query\"] or both");
+            }
+            let tenant = match &t.tenant {
+                Some(id) if !multitenancy => {
+                    bail!("{what}: bound to tenant {id:?}, but multitenancy_enabled is false")
+                }
+                Some(id) => Some(TenantId::parse(id).map_err(|e| anyhow::anyhow!("{what}.tenant: {e}"))?),
+                None => None,
+            };
+            tokens.push(Token { value: Secret(value), scopes: t.scopes.clone(), tenant });
+        }
+        Ok(Auth { tokens, multitenancy })
+    }
+
+    /// Whether a token is needed for `scope`.
+    pub(crate) fn required(&self, scope: Scope) -> bool {
+        self.tokens.iter().any(|t| t.scopes.contains(&scope))
+    }
+
+    /// The tenant a request of `scope` with `headers` acts as.
+    ///
+    /// Every configured token of the scope is compared in constant time,
+    /// and all of them every time, so the answer's timing tells nothing of
+    /// how much of a guess was right.
+    ///
+    /// # Errors
+    /// [`Refusal::Unauthenticated`] for a missing or wrong token, or (with
+    /// multi-tenancy) no tenant; [`Refusal::Forbidden`] for a token bound
+    /// to another tenant than the header names; [`Refusal::BadTenant`] for
+    /// a malformed header.
+    pub(crate) fn authorize(&self, scope: Scope, headers: &HeaderMap) -> Result<TenantId, Refusal> {
+        let mut bound: Option<Option<&TenantId>> = None;
+        if self.required(scope) {
+            let given = bearer(headers).ok_or_else(|| {
+                Refusal::Unauthenticated(
+                    "missing bearer token: send the header Authorization: Bearer <token>".into(),
+                )
+            })?;
+            for t in self.tokens.iter().filter(|t| t.scopes.contains(&scope)) {
+                if bool::from(t.value.0.as_bytes().ct_eq(given.as_bytes())) && bound.is_none() {
+                    bound = Some(t.tenant.as_ref());
+                }
+            }
+            if bound.is_none() {
+                return Err(Refusal::Unauthenticated(format!("the bearer token is not valid for {scope:?}")));
+            }
+        }
+        if !self.multitenancy {
+            return Ok(TenantId::single());
+        }
+        let header = match headers.get(TENANT_HEADER).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(v)) => Some(
+                TenantId::parse(v.trim()).map_err(|e| Refusal::BadTenant(format!("X-Scope-OrgID: {e}")))?,
+            ),
+            Some(Err(_)) => return Err(Refusal::BadTenant("X-Scope-OrgID: not visible ASCII".into())),
+        };
+        match (bound.flatten(), header) {
+            (Some(b), Some(h)) if *b != h => Err(Refusal::Forbidden(format!(
+                "this token is bound to tenant {b}, and the request's X-Scope-OrgID names {h}"
+            ))),
+            (Some(b), _) => Ok(b.clone()),
+            (None, Some(h)) => Ok(h),
+            (None, None) => Err(Refusal::Unauthenticated(
+                "no tenant: multi-tenancy is on, so send X-Scope-OrgID or use a token bound to a tenant"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// The credentials of `Authorization: Bearer <token>` (the scheme is
+/// case-insensitive, RFC 9110 §11.1), from HTTP headers or gRPC metadata.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Paths of the HTTP API answered without a token: liveness and readiness
+/// probes, which say nothing of the data.
+fn open_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// Middleware for the HTTP API: authorizes [`Scope::Query`] and puts the
+/// tenant in the request; refusals are the API's `{"error": ...}`.
+pub(crate) async fn query_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
+    if open_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    match auth.authorize(Scope::Query, req.headers()) {
+        Ok(t) => {
+            req.extensions_mut().insert(t);
+            next.run(req).await
+        }
+        Err(r) => r.into_query().into_response(),
+    }
+}
+
+/// Middleware for OTLP/HTTP: authorizes [`Scope::Ingest`] and puts the
+/// tenant in the request; refusals are OTLP/HTTP errors, counted.
+pub(crate) async fn otlp_http_layer(
+    State((auth, ingest)): State<(Arc<Auth>, Ingest)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match auth.authorize(Scope::Ingest, req.headers()) {
+        Ok(t) => {
+            req.extensions_mut().insert(t);
+            next.run(req).await
+        }
+        Err(r) => ingest.refuse_http(r.into_ingest(), req.headers()),
+    }
+}
+
+/// The tower layer of [`GrpcAuth`].
+#[derive(Debug, Clone)]
+pub(crate) struct GrpcAuthLayer {
+    pub auth: Arc<Auth>,
+    pub ingest: Ingest,
+}
+
+impl<S> tower::Layer<S> for GrpcAuthLayer {
+    type Service = GrpcAuth<S>;
+
+    fn layer(&self, inner: S) -> GrpcAuth<S> {
+        GrpcAuth { inner, auth: self.auth.clone(), ingest: self.ingest.clone() }
+    }
+}
+
+/// OTLP/gRPC: authorizes [`Scope::Ingest`] from the request's metadata and
+/// puts the tenant in its extensions (tonic hands them to the service);
+/// refusals are trailers-only gRPC statuses, counted.
+#[derive(Debug, Clone)]
+pub(crate) struct GrpcAuth<S> {
+    inner: S,
+    auth: Arc<Auth>,
+    ingest: Ingest,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for GrpcAuth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match self.auth.authorize(Scope::Ingest, req.headers()) {
+            Ok(t) => {
+                req.extensions_mut().insert(t);
+                Box::pin(self.inner.call(req))
+            }
+            Err(r) => {
+                let status = self.ingest.refuse_grpc(r.into_ingest());
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    fn auth(toml_text: &str, multitenancy: bool) -> Result<Auth> {
+        Auth::new(&toml::from_str(toml_text).unwrap(), multitenancy)
+    }
+
+    const TOKENS: &str = r#"
+        [[tokens]]
+        token = "ingest-secret"
+        scopes = ["ingest"]
+        [[tokens]]
+        token = "reader"
+        scopes = ["query"]
+        [[tokens]]
+        token = "team-a"
+        scopes = ["ingest", "query"]
+        tenant = "a"
+    "#;
+
+    #[test]
+    fn test_tokens_per_scope() {
+        let a = auth(TOKENS.replace("tenant = \"a\"", "").as_str(), false).unwrap();
+        let single = Ok(TenantId::single());
+        assert_eq!(
+            a.authorize(Scope::Ingest, &headers(&[("authorization", "Bearer ingest-secret")])),
+            single
+        );
+        assert_eq!(a.authorize(Scope::Ingest, &headers(&[("authorization", "bearer  team-a ")])), single);
+        assert_eq!(a.authorize(Scope::Query, &headers(&[("authorization", "Bearer reader")])), single);
+        for (scope, h) in [
+            (Scope::Query, headers(&[("authorization", "Bearer ingest-secret")])),
+            (Scope::Ingest, headers(&[("authorization", "Bearer reader")])),
+            (Scope::Ingest, headers(&[("authorization", "Bearer ingest-secre")])),
+            (Scope::Ingest, headers(&[("authorization", "Basic aW5nZXN0LXNlY3JldA==")])),
+            (Scope::Ingest, headers(&[])),
+        ] {
+            assert!(matches!(a.authorize(scope, &h), Err(Refusal::Unauthenticated(_))), "{scope:?} {h:?}");
+        }
+        // No token of a scope: that scope is open.
+        let open = auth("[[tokens]]\ntoken = \"x\"\nscopes = [\"ingest\"]", false).unwrap();
+        assert_eq!(open.authorize(Scope::Query, &headers(&[])), single);
+        assert!(!open.required(Scope::Query) && open.required(Scope::Ingest));
+        // Tokens never print.
+        assert!(!format!("{a:?}").contains("ingest-secret"));
+    }
+
+    #[test]
+    fn test_tenant_from_token_or_header() {
+        let a = auth(TOKENS, true).unwrap();
+        let ta = TenantId::parse("a").unwrap();
+        let bearer_a = ("authorization", "Bearer team-a");
+        assert_eq!(a.authorize(Scope::Query, &headers(&[bearer_a])), Ok(ta.clone()));
+        assert_eq!(a.authorize(Scope::Query, &headers(&[bearer_a, ("x-scope-orgid", "a")])), Ok(ta));
+        assert!(matches!(
+            a.authorize(Scope::Query, &headers(&[bearer_a, ("X-Scope-OrgID", "b")])),
+            Err(Refusal::Forbidden(_))
+        ));
+        // An unbound token takes the header's tenant, and needs one.
+        let reader = ("authorization", "Bearer reader");
+        assert_eq!(
+            a.authorize(Scope::Query, &headers(&[reader, ("X-Scope-OrgID", "b")])),
+            Ok(TenantId::parse("b").unwrap())
+        );
+        assert!(matches!(a.authorize(Scope::Query, &headers(&[reader])), Err(Refusal::Unauthenticated(_))));
+        assert!(matches!(
+            a.authorize(Scope::Query, &headers(&[reader, ("X-Scope-OrgID", "../x")])),
+            Err(Refusal::BadTenant(_))
+        ));
+        // Without multi-tenancy the header is ignored, as Tempo does.
+        let off = auth("", false).unwrap();
+        assert_eq!(off.authorize(Scope::Query, &headers(&[("X-Scope-OrgID", "b")])), Ok(TenantId::single()));
+    }
+
+    #[test]
+    fn test_bad_configs_say_what_is_wrong() {
+        for (text, mt, want) in [
+            ("[[tokens]]\nscopes = [\"query\"]", false, "exactly one of token and token_file"),
+            ("[[tokens]]\ntoken = \" \"\nscopes = [\"query\"]", false, "empty"),
+            ("[[tokens]]\ntoken = \"x\"\nscopes = []", false, "scopes is empty"),
+            (
+                "[[tokens]]\ntoken = \"x\"\nscopes = [\"query\"]\ntenant = \"a\"",
+                false,
+                "multitenancy_enabled is false",
+            ),
+            ("[[tokens]]\ntoken = \"x\"\nscopes = [\"query\"]\ntenant = \"a/b\"", true, "tenant"),
+            (
+                "[[tokens]]\ntoken_file = \"/nonexistent/t\"\nscopes = [\"query\"]",
+                false,
+                "reading token_file",
+            ),
+        ] {
+            let e = format!("{:#}", auth(text, mt).unwrap_err());
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "from-file\n").unwrap();
+        let a =
+            auth(&format!("[[tokens]]\ntoken_file = {:?}\nscopes = [\"query\"]", f.path()), false).unwrap();
+        assert!(a.authorize(Scope::Query, &headers(&[("authorization", "Bearer from-file")])).is_ok());
+    }
+}
