@@ -2,7 +2,9 @@
 //! process, and maps the outcome to an exit code.
 
 mod listen;
+mod server;
 mod telemetry;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +22,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::listen::ListenAddr;
+use crate::server::{Listener, ListenerMetrics, Protocol, ServerConfig};
 use crate::telemetry::{HttpMetrics, LogFormat};
+use crate::tls::{Certificates, TlsFiles};
 
 /// Ingest allocates many small strings per span; glibc's malloc spent about
 /// a third of the CPU in a profile of the load benchmark (docs/benchmarks.md).
@@ -85,6 +89,13 @@ struct ServeArgs {
     /// a cache [default: <data-dir>/segments].
     #[arg(long, env = "SKEIN_STORAGE_URL")]
     storage_url: Option<String>,
+    /// Serve every listener over TLS with this certificate chain (PEM,
+    /// server certificate first); needs --tls-key. Reloaded when it changes.
+    #[arg(long, env = "SKEIN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SKEIN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The config file. Unknown keys are an error, so a typo is not silently
@@ -107,6 +118,10 @@ struct FileConfig {
     /// Also delete the oldest segments while all segments take more bytes
     /// than this.
     retention_bytes: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    /// Connection limits and timeouts of the three listeners.
+    server: ServerConfig,
     collector: CollectorConfig,
     head: HeadConfig,
     wal: WalConfig,
@@ -124,6 +139,8 @@ struct Config {
     storage: StorageConfig,
     collector: CollectorConfig,
     query: QueryConfig,
+    server: ServerConfig,
+    tls: Option<TlsFiles>,
 }
 
 fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
@@ -166,6 +183,13 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         cache_bytes: file.cache_bytes,
     };
     storage.check().context("invalid storage configuration")?;
+    file.server.check(file.query.timeout).context("invalid server configuration")?;
+    let tls = match (a.tls_cert.or(file.tls_cert), a.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate chain)"),
+    };
     Ok(Config {
         data_dir,
         otlp_grpc_addr: a.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(ListenAddr::loopback(4317)),
@@ -174,6 +198,8 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         storage,
         collector: file.collector,
         query: file.query,
+        server: file.server,
+        tls,
     })
 }
 
@@ -201,7 +227,7 @@ fn main() -> Result<()> {
 /// Binds `addr` (each address it resolves to in turn, until one binds).
 async fn bind(addr: &ListenAddr, what: &str) -> Result<TcpListener> {
     let addrs = addr.resolve().map_err(|e| anyhow::anyhow!("{what} address {addr}: {e}"))?;
-    TcpListener::bind(&addrs[..]).await.with_context(|| format!("binding {what} on {addr}"))
+    server::bind(&addrs).with_context(|| format!("binding {what} on {addr}"))
 }
 
 async fn shutdown_signal(tx: watch::Sender<bool>) {
@@ -216,6 +242,17 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
 }
 
 async fn serve(cfg: Config) -> Result<()> {
+    let nofile = server::raise_nofile_limit();
+    const LISTENERS: u64 = 3;
+    let max_connections = match cfg.server.max_connections {
+        Some(n) => {
+            server::check_max_connections(n, nofile, LISTENERS);
+            n
+        }
+        None => server::default_max_connections(nofile, LISTENERS),
+    };
+    // Before binding, so a bad certificate stops the start with its reason.
+    let certs = cfg.tls.clone().map(Certificates::load).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let storage = Storage::open(&cfg.data_dir, cfg.storage.clone())
@@ -227,6 +264,7 @@ async fn serve(cfg: Config) -> Result<()> {
     ingest.metrics.register(&mut registry);
     telemetry::register_process(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
+    let listener_metrics = ListenerMetrics::register(&mut registry);
     let api = ApiState { storage: storage.clone(), registry: Arc::new(registry), cfg: cfg.query.clone() };
 
     let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
@@ -244,6 +282,9 @@ async fn serve(cfg: Config) -> Result<()> {
         otlp_grpc = %grpc_l.local_addr()?,
         otlp_http = %otlp_http_l.local_addr()?,
         http = %http_l.local_addr()?,
+        tls = certs.is_some(),
+        max_connections,
+        open_file_limit = nofile,
         "listening"
     );
 
@@ -252,6 +293,22 @@ async fn serve(cfg: Config) -> Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let tls_for = |alpn: &[&[u8]]| certs.as_ref().map(|c| c.server_config(alpn)).transpose();
+    let listener = |name, tcp, protocol, tls| Listener {
+        name,
+        tcp,
+        protocol,
+        max_connections,
+        config: cfg.server.clone(),
+        tls,
+        metrics: listener_metrics.clone(),
+    };
+    let grpc_l = listener("otlp_grpc", grpc_l, Protocol::Grpc, tls_for(&[b"h2"])?);
+    let otlp_http_l = listener("otlp_http", otlp_http_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
+    let http_l = listener("http", http_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
+    if let Some(c) = &certs {
+        tokio::spawn(c.clone().watch(cfg.server.tls_reload_interval, stop_rx.clone()));
+    }
 
     // WAL replay runs while the API already answers (readyz says 503).
     let replay = {
@@ -260,22 +317,17 @@ async fn serve(cfg: Config) -> Result<()> {
     };
 
     let grpc = {
-        let routes = skein_collector::grpc_routes(ingest.clone());
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
+        let app = skein_collector::grpc_routes(ingest.clone())
+            .into_axum_router()
+            .layer(tower::util::MapResponseLayer::new(skein_collector::normalize_grpc_status));
         let rx = stop_rx.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .layer(tower::util::MapResponseLayer::new(skein_collector::normalize_grpc_status))
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, stopped(rx))
-                .await
-        })
+        tokio::spawn(grpc_l.serve(app, stopped(rx)))
     };
     let otlp_http = {
         let app = skein_collector::router(ingest.clone())
             .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
         let rx = stop_rx.clone();
-        tokio::spawn(async move { axum::serve(otlp_http_l, app).with_graceful_shutdown(stopped(rx)).await })
+        tokio::spawn(otlp_http_l.serve(app, stopped(rx)))
     };
     let http = {
         let app = skein_query::router(api)
@@ -283,7 +335,7 @@ async fn serve(cfg: Config) -> Result<()> {
             .merge(skein_ui::router())
             .layer(tower_http::compression::CompressionLayer::new());
         let rx = stop_rx.clone();
-        tokio::spawn(async move { axum::serve(http_l, app).with_graceful_shutdown(stopped(rx)).await })
+        tokio::spawn(http_l.serve(app, stopped(rx)))
     };
 
     replay.await?.context("WAL replay")?;
