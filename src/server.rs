@@ -208,7 +208,8 @@ const BACKLOG: u32 = 4096;
 pub(crate) fn bind(addrs: &[SocketAddr]) -> io::Result<TcpListener> {
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
     for a in addrs {
-        let sock = if a.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+        let sock =
+            if a.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
         match sock.and_then(|s| {
             s.set_reuseaddr(true)?;
             s.bind(*a)?;
@@ -408,7 +409,8 @@ impl Listener {
         drop(drain_rx);
         // Each connection closes itself by request_timeout after the drain
         // starts; the margin covers the last writes.
-        let _ = tokio::time::timeout(ctx.config.request_timeout + Duration::from_secs(2), drain_tx.closed()).await;
+        let _ = tokio::time::timeout(ctx.config.request_timeout + Duration::from_secs(2), drain_tx.closed())
+            .await;
         Ok(())
     }
 }
@@ -438,7 +440,9 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx, drain: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
-    let ka = socket2::TcpKeepalive::new().with_time(ctx.config.tcp_keepalive).with_interval(ctx.config.tcp_keepalive);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(ctx.config.tcp_keepalive)
+        .with_interval(ctx.config.tcp_keepalive);
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "setting TCP keepalive");
     }
@@ -486,7 +490,8 @@ async fn refuse_plaintext(stream: &mut TcpStream, protocol: Protocol) -> io::Res
     if head[0] == TLS_HANDSHAKE {
         return Ok(false);
     }
-    const MSG: &str = "this port requires TLS: the client sent plain text; use https:// or enable TLS in the client";
+    const MSG: &str =
+        "this port requires TLS: the client sent plain text; use https:// or enable TLS in the client";
     let answer: Vec<u8> = if head[..n] == *b"PRI" || protocol == Protocol::Grpc {
         // An empty SETTINGS frame (the server preface), then GOAWAY with
         // last-stream-id 0, PROTOCOL_ERROR and the message (RFC 9113 §6.8).
@@ -729,7 +734,15 @@ mod tests {
             let tcp = bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
             addrs.push(tcp.local_addr().unwrap());
             let config = ServerConfig { request_timeout: Duration::from_millis(200), ..Default::default() };
-            let l = Listener { name, tcp, protocol, max_connections: 8, config, tls: None, metrics: metrics.clone() };
+            let l = Listener {
+                name,
+                tcp,
+                protocol,
+                max_connections: 8,
+                config,
+                tls: None,
+                metrics: metrics.clone(),
+            };
             tokio::spawn(l.serve(slow.clone(), std::future::pending()));
         }
         let r = reqwest::get(format!("http://{}/slow", addrs[0])).await.unwrap();

@@ -147,7 +147,12 @@ fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((read_one(&files.cert, "certificate")?, read_one(&files.key, "key")?))
 }
 
-fn parse(provider: &CryptoProvider, files: &TlsFiles, cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey> {
+fn parse(
+    provider: &CryptoProvider,
+    files: &TlsFiles,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<CertifiedKey> {
     let cert = files.cert.display();
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
@@ -155,9 +160,8 @@ fn parse(provider: &CryptoProvider, files: &TlsFiles, cert_pem: &[u8], key_pem: 
     anyhow::ensure!(!chain.is_empty(), "TLS certificate {cert}: no CERTIFICATE block");
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .with_context(|| format!("TLS key {}: no PEM private key", files.key.display()))?;
-    CertifiedKey::from_der(chain, key, provider).with_context(|| {
-        format!("TLS certificate {cert} and key {}: unusable together", files.key.display())
-    })
+    CertifiedKey::from_der(chain, key, provider)
+        .with_context(|| format!("TLS certificate {cert} and key {}: unusable together", files.key.display()))
 }
 
 #[cfg(test)]

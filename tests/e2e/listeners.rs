@@ -50,7 +50,12 @@ impl Skein {
                 .unwrap_or_else(|| panic!("no {name} in {line:?}"))
                 .to_string()
         };
-        Skein { grpc: field("otlp_grpc"), otlp_http: field("otlp_http"), http: field("http"), child: Some(child) }
+        Skein {
+            grpc: field("otlp_grpc"),
+            otlp_http: field("otlp_http"),
+            http: field("http"),
+            child: Some(child),
+        }
     }
 
     /// Waits for `/readyz` through `c` at `base` (`http://...` or `https://...`).
@@ -79,13 +84,12 @@ impl Drop for Skein {
 /// The value of one exact metric line (name with labels).
 fn metric(http: &str, series: &str) -> f64 {
     let text = client().get(format!("http://{http}/metrics")).send().unwrap().text().unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
 fn traces_body(trace: [u8; 16]) -> Vec<u8> {
-    otlp::traces("limits", vec![otlp::span(trace, 1, None, "op", 1_000_000_000, 2_000_000_000)]).encode_to_vec()
+    otlp::traces("limits", vec![otlp::span(trace, 1, None, "op", 1_000_000_000, 2_000_000_000)])
+        .encode_to_vec()
 }
 
 /// Whether the server closed `s` within `secs` (reads return EOF or an
@@ -270,7 +274,9 @@ fn test_low_open_file_limit_flooded_with_idle_connections() {
     let flood: Vec<TcpStream> = (0..300)
         .flat_map(|_| [TcpStream::connect(&s.grpc).unwrap(), TcpStream::connect(&s.otlp_http).unwrap()])
         .collect();
-    eventually(10, || (metric(&s.http, "skein_server_connections{listener=\"otlp_http\"}") == 42.0).then_some(()));
+    eventually(10, || {
+        (metric(&s.http, "skein_server_connections{listener=\"otlp_http\"}") == 42.0).then_some(())
+    });
 
     let r = client().post(format!("http://{}/api/v1/flush", s.http)).send().unwrap();
     let st = r.status();

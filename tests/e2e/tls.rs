@@ -31,7 +31,8 @@ fn ca() -> Ca {
 /// Writes a leaf certificate for `localhost` signed by `ca`; returns its DER.
 fn issue(ca: &Ca, dir: &Path) -> CertificateDer<'static> {
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca.issuer).unwrap();
+    let cert =
+        CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca.issuer).unwrap();
     // Written aside and renamed, as a certificate manager does, so the
     // server never reads half a file.
     for (name, text) in [("cert.pem", cert.pem()), ("key.pem", key.serialize_pem())] {
@@ -94,7 +95,8 @@ fn grpc_export(ca: &Ca, addr: &str, trace: [u8; 16]) -> Result<(), String> {
             .connect_with_connector(connector)
             .await
             .map_err(|e| format!("connect: {e:?}"))?;
-        let req = otlp::traces("tls", vec![otlp::span(trace, 1, None, "grpc-op", 1_000_000_000, 2_000_000_000)]);
+        let req =
+            otlp::traces("tls", vec![otlp::span(trace, 1, None, "grpc-op", 1_000_000_000, 2_000_000_000)]);
         TraceServiceClient::new(channel).export(req).await.map(|_| ()).map_err(|e| format!("{e:?}"))
     })
 }
@@ -133,7 +135,8 @@ fn test_tls_on_every_listener_with_reload() {
     // OTLP/gRPC and OTLP/HTTP (protobuf) over TLS, read back over HTTPS.
     grpc_export(&ca, &s.grpc, [0xa1; 16]).expect("OTLP/gRPC over TLS");
     let otlp_http = format!("https://localhost:{}/v1/traces", s.otlp_http.rsplit(':').next().unwrap());
-    let body = otlp::traces("tls", vec![otlp::span([0xa2; 16], 1, None, "http-op", 1_000_000_000, 2_000_000_000)]);
+    let body =
+        otlp::traces("tls", vec![otlp::span([0xa2; 16], 1, None, "http-op", 1_000_000_000, 2_000_000_000)]);
     let r = c
         .post(&otlp_http)
         .header("content-type", "application/x-protobuf")
