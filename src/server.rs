@@ -342,6 +342,12 @@ impl Listener {
     pub(crate) async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let label = ListenerLabel { listener: self.name.to_string() };
         self.metrics.max_connections.get_or_create(&label).set(self.max_connections as i64);
+        // Every series from the start, at 0, so rates and alerts have a base.
+        self.metrics.connections.get_or_create(&label);
+        self.metrics.limit_reached.get_or_create(&label);
+        for timeout in ["read_header", "tls_handshake", "idle", "request"] {
+            self.metrics.timeouts.get_or_create(&TimeoutLabel { listener: self.name.to_string(), timeout });
+        }
         let ctx = Arc::new(Ctx {
             name: self.name,
             app,
