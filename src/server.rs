@@ -154,18 +154,14 @@ impl ServerConfig {
 /// `select`, which Skein does not use), and returns the soft limit now in
 /// force. If it cannot be read, 1024 is assumed.
 pub(crate) fn raise_nofile_limit() -> u64 {
-    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        Ok((soft, hard)) if soft < hard => match rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
+    // rlimit knows the platforms' quirks (macOS caps the soft limit at
+    // kern.maxfilesperproc, whatever the hard limit says).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => soft,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
-            1024
+            let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+            tracing::warn!(soft, error = %e, "cannot raise the open-file limit");
+            soft
         }
     }
 }
@@ -304,6 +300,9 @@ struct Ctx {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: ListenerMetrics,
+    /// One misconfigured exporter retrying would otherwise log a line per
+    /// attempt.
+    plaintext_log: Mutex<Every>,
 }
 
 /// Logs at most once per period, counting what it held back.
@@ -343,10 +342,13 @@ impl Listener {
         let label = ListenerLabel { listener: self.name.to_string() };
         self.metrics.max_connections.get_or_create(&label).set(self.max_connections as i64);
         // Every series from the start, at 0, so rates and alerts have a base.
-        self.metrics.connections.get_or_create(&label);
-        self.metrics.limit_reached.get_or_create(&label);
+        let _ = self.metrics.connections.get_or_create(&label);
+        let _ = self.metrics.limit_reached.get_or_create(&label);
         for timeout in ["read_header", "tls_handshake", "idle", "request"] {
-            self.metrics.timeouts.get_or_create(&TimeoutLabel { listener: self.name.to_string(), timeout });
+            let _ = self
+                .metrics
+                .timeouts
+                .get_or_create(&TimeoutLabel { listener: self.name.to_string(), timeout });
         }
         let ctx = Arc::new(Ctx {
             name: self.name,
@@ -356,6 +358,7 @@ impl Listener {
             tls: self.tls.map(tokio_rustls::TlsAcceptor::from),
             config: self.config,
             metrics: self.metrics,
+            plaintext_log: Mutex::new(Every::new(Duration::from_secs(10))),
         });
         let permits = Arc::new(Semaphore::new(self.max_connections));
         let (drain_tx, drain_rx) = watch::channel(false);
@@ -458,7 +461,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx, drain: watch::Re
     let mut stream = stream;
     let handshake = async {
         if refuse_plaintext(&mut stream, ctx.protocol).await? {
-            tracing::info!(listener = ctx.name, %peer, "plain-text client on a TLS port; answered that TLS is required and closed");
+            if let Some(held) = ctx.plaintext_log.lock().expect("lock").due() {
+                tracing::warn!(listener = ctx.name, %peer, times_since_last_log = held,
+                    "plain-text client on a TLS port; answered that TLS is required and closed");
+            }
             return Ok(None);
         }
         acceptor.accept(stream).await.map(Some)
@@ -540,6 +546,10 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    fn in_flight(&self) -> usize {
+        self.state.lock().expect("lock").0
+    }
+
     /// Completes once the connection has had no request in flight for
     /// `idle`.
     async fn idle_for(&self, idle: Duration) {
@@ -619,13 +629,14 @@ fn timeout_response(protocol: Protocol, after: Duration) -> axum::response::Resp
     }
 }
 
-/// How long an idle connection being closed may take to go.
+/// How long a connection with nothing in flight may take to go once it is
+/// being closed (idle, or the server draining).
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves one connection until the client closes it, it has been idle for
 /// `idle_timeout`, or the listener drains; after a graceful close starts,
-/// it gets `request_timeout` (idle: [`IDLE_CLOSE_GRACE`]) to finish before
-/// it is dropped.
+/// it gets `request_timeout` (nothing in flight: [`IDLE_CLOSE_GRACE`]) to
+/// finish before it is dropped.
 async fn connection<I>(io: I, ctx: &Ctx, mut drain: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -680,7 +691,8 @@ where
             }
             _ = drain.wait_for(|d| *d), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now() + ctx.config.request_timeout);
+                let grace = if activity.in_flight() == 0 { IDLE_CLOSE_GRACE } else { ctx.config.request_timeout };
+                closing = Some(Instant::now() + grace);
             }
             _ = tokio::time::sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => {
                 tracing::debug!(listener = ctx.name, "connection did not close in time; dropped");

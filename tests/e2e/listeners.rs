@@ -290,3 +290,14 @@ fn test_low_open_file_limit_flooded_with_idle_connections() {
     assert_eq!(status, 200);
     s.terminate();
 }
+
+/// The soft open-file limit is raised to the hard one at start, and the
+/// default cap follows it.
+#[test]
+fn test_soft_open_file_limit_is_raised() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Skein::start(dir.path(), "", &["prlimit", "--nofile=200:600", "--"], &[]);
+    s.wait_ready(&client(), &format!("http://{}", s.http));
+    assert_eq!(metric(&s.http, "process_max_fds"), 600.0);
+    assert_eq!(metric(&s.http, "skein_server_max_connections{listener=\"http\"}"), 100.0);
+}
