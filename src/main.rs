@@ -344,9 +344,9 @@ async fn serve(cfg: Config) -> Result<()> {
     let flusher = tokio::spawn(storage.clone().run_maintenance(stop_rx.clone()));
 
     let (g, h1, h2) = tokio::join!(grpc, otlp_http, http);
-    g?.context("OTLP/gRPC server")?;
-    h1?.context("OTLP/HTTP server")?;
-    h2?.context("HTTP server")?;
+    g.context("OTLP/gRPC server")?;
+    h1.context("OTLP/HTTP server")?;
+    h2.context("HTTP server")?;
     flusher.await?;
     // Everything acknowledged is in the WAL already; flushing it all now
     // makes the next start fast.
@@ -396,5 +396,26 @@ mod tests {
         assert_eq!(f.log_format, Some(LogFormat::Json));
         assert_eq!(f.http_addr, Some(ListenAddr::AllInterfaces(16686)));
         assert!(toml::from_str::<FileConfig>("http_addr = \"16686\"").is_err());
+    }
+
+    /// TLS needs both files; `[server]` limits come from the file and are
+    /// checked against the rest of the config.
+    #[test]
+    fn test_tls_and_server_settings() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["skein", "serve"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(a) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let err = build_config(args(&["--tls-cert", "c.pem"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert needs --tls-key"), "{err}");
+        let file: FileConfig = toml::from_str("tls_key = \"k.pem\"\n[server]\nmax_connections = 10").unwrap();
+        let cfg = build_config(args(&["--tls-cert", "c.pem"]), file).unwrap();
+        assert_eq!(cfg.tls, Some(TlsFiles { cert: "c.pem".into(), key: "k.pem".into() }));
+        assert_eq!(cfg.server.max_connections, Some(10));
+        let file: FileConfig = toml::from_str("[server]\nrequest_timeout = \"10s\"").unwrap();
+        let err = format!("{:#}", build_config(args(&[]), file).unwrap_err());
+        assert!(err.contains("longer than query.timeout"), "{err}");
     }
 }

@@ -333,12 +333,9 @@ impl Listener {
     /// Serves `app` until `shutdown` completes, then stops accepting (the
     /// port closes), lets every connection finish its requests (HTTP/2
     /// GOAWAY, HTTP/1 `Connection: close`) for at most `request_timeout`,
-    /// and returns.
-    ///
-    /// # Errors
-    /// None today: accept errors are logged and retried, so one bad
-    /// moment (descriptors exhausted) does not stop the listener.
-    pub(crate) async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    /// and returns. Accept errors are logged and retried, so one bad moment
+    /// (descriptors exhausted) does not stop the listener.
+    pub(crate) async fn serve(self, app: Router, shutdown: impl Future<Output = ()>) {
         let label = ListenerLabel { listener: self.name.to_string() };
         self.metrics.max_connections.get_or_create(&label).set(self.max_connections as i64);
         // Every series from the start, at 0, so rates and alerts have a base.
@@ -420,7 +417,6 @@ impl Listener {
         // starts; the margin covers the last writes.
         let _ = tokio::time::timeout(ctx.config.request_timeout + Duration::from_secs(2), drain_tx.closed())
             .await;
-        Ok(())
     }
 }
 
