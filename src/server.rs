@@ -45,10 +45,12 @@ pub(crate) struct ServerConfig {
     /// `netutil.LimitListener`. Unset: derived from the file-descriptor
     /// limit, see [`default_max_connections`].
     pub(crate) max_connections: Option<usize>,
-    /// Time for a client to send a request's headers (the Collector's
-    /// `read_header_timeout`), counted from when hyper starts waiting for
-    /// them, so on HTTP/1 it also bounds the wait for the next request on a
-    /// kept-alive connection. It also bounds the TLS handshake.
+    /// Time for a client to send an HTTP/1 request's headers (the
+    /// Collector's `read_header_timeout`), counted from when hyper starts
+    /// waiting for them, so it also bounds the wait for the next request on
+    /// a kept-alive connection; and time to finish the TLS handshake.
+    /// HTTP/2 has no per-request equivalent in hyper: a client that never
+    /// completes a request is ended by `idle_timeout`.
     #[serde(with = "humantime_serde")]
     pub(crate) read_header_timeout: Duration,
     /// A connection with no request in flight for this long is closed
