@@ -6,13 +6,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use anyhow::{bail, Context as _, Result};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures::future::BoxFuture;
 use http::HeaderMap;
 use serde::Deserialize;
 use skein_collector::{Ingest, IngestError};
@@ -250,55 +248,21 @@ pub(crate) async fn otlp_http_layer(
     }
 }
 
-/// The tower layer of [`GrpcAuth`].
-#[derive(Debug, Clone)]
-pub(crate) struct GrpcAuthLayer {
-    pub auth: Arc<Auth>,
-    pub ingest: Ingest,
-}
-
-impl<S> tower::Layer<S> for GrpcAuthLayer {
-    type Service = GrpcAuth<S>;
-
-    fn layer(&self, inner: S) -> GrpcAuth<S> {
-        GrpcAuth { inner, auth: self.auth.clone(), ingest: self.ingest.clone() }
-    }
-}
-
-/// OTLP/gRPC: authorizes [`Scope::Ingest`] from the request's metadata and
-/// puts the tenant in its extensions (tonic hands them to the service);
-/// refusals are trailers-only gRPC statuses, counted.
-#[derive(Debug, Clone)]
-pub(crate) struct GrpcAuth<S> {
-    inner: S,
-    auth: Arc<Auth>,
-    ingest: Ingest,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for GrpcAuth<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match self.auth.authorize(Scope::Ingest, req.headers()) {
-            Ok(t) => {
-                req.extensions_mut().insert(t);
-                Box::pin(self.inner.call(req))
-            }
-            Err(r) => {
-                let status = self.ingest.refuse_grpc(r.into_ingest());
-                Box::pin(async move { Ok(status.into_http()) })
-            }
+/// Middleware for OTLP/gRPC (served as an axum router): authorizes
+/// [`Scope::Ingest`] from the request's metadata and puts the tenant in its
+/// extensions, which tonic hands to the service; refusals are
+/// trailers-only gRPC statuses, counted.
+pub(crate) async fn grpc_layer(
+    State((auth, ingest)): State<(Arc<Auth>, Ingest)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match auth.authorize(Scope::Ingest, req.headers()) {
+        Ok(t) => {
+            req.extensions_mut().insert(t);
+            next.run(req).await
         }
+        Err(r) => ingest.refuse_grpc(r.into_ingest()).into_http(),
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod auth;
 mod listen;
+mod server;
 mod telemetry;
+mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,9 @@ use tokio::sync::watch;
 
 use crate::auth::{Auth, AuthConfig};
 use crate::listen::ListenAddr;
+use crate::server::{Listener, ListenerMetrics, Protocol, ServerConfig};
 use crate::telemetry::{HttpMetrics, LogFormat};
+use crate::tls::{Certificates, TlsFiles};
 
 /// Ingest allocates many small strings per span; glibc's malloc spent about
 /// a third of the CPU in a profile of the load benchmark (docs/benchmarks.md).
@@ -89,6 +93,13 @@ struct ServeArgs {
     /// a cache [default: <data-dir>/segments].
     #[arg(long, env = "SKEIN_STORAGE_URL")]
     storage_url: Option<String>,
+    /// Serve every listener over TLS with this certificate chain (PEM,
+    /// server certificate first); needs --tls-key. Reloaded when it changes.
+    #[arg(long, env = "SKEIN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SKEIN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The config file. Unknown keys are an error, so a typo is not silently
@@ -111,6 +122,10 @@ struct FileConfig {
     /// Also delete the oldest segments while all segments take more bytes
     /// than this.
     retention_bytes: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    /// Connection limits and timeouts of the three listeners.
+    server: ServerConfig,
     collector: CollectorConfig,
     head: HeadConfig,
     wal: WalConfig,
@@ -140,6 +155,8 @@ struct Config {
     tenants: TenantsConfig,
     overrides: HashMap<String, TenantOverrides>,
     auth: Auth,
+    server: ServerConfig,
+    tls: Option<TlsFiles>,
 }
 
 fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
@@ -186,6 +203,13 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         bail!("[overrides.*] are per tenant; set multitenancy_enabled = true to use them");
     }
     let auth = Auth::new(&file.auth, file.multitenancy_enabled).context("invalid [auth]")?;
+    file.server.check(file.query.timeout).context("invalid server configuration")?;
+    let tls = match (a.tls_cert.or(file.tls_cert), a.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate chain)"),
+    };
     Ok(Config {
         data_dir,
         otlp_grpc_addr: a.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(ListenAddr::loopback(4317)),
@@ -197,6 +221,8 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         tenants: file.tenants,
         overrides: file.overrides,
         auth,
+        server: file.server,
+        tls,
     })
 }
 
@@ -224,7 +250,7 @@ fn main() -> Result<()> {
 /// Binds `addr` (each address it resolves to in turn, until one binds).
 async fn bind(addr: &ListenAddr, what: &str) -> Result<TcpListener> {
     let addrs = addr.resolve().map_err(|e| anyhow::anyhow!("{what} address {addr}: {e}"))?;
-    TcpListener::bind(&addrs[..]).await.with_context(|| format!("binding {what} on {addr}"))
+    server::bind(&addrs).with_context(|| format!("binding {what} on {addr}"))
 }
 
 async fn shutdown_signal(tx: watch::Sender<bool>) {
@@ -239,6 +265,17 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
 }
 
 async fn serve(cfg: Config) -> Result<()> {
+    let nofile = server::raise_nofile_limit();
+    const LISTENERS: u64 = 3;
+    let max_connections = match cfg.server.max_connections {
+        Some(n) => {
+            server::check_max_connections(n, nofile, LISTENERS);
+            n
+        }
+        None => server::default_max_connections(nofile, LISTENERS),
+    };
+    // Before binding, so a bad certificate stops the start with its reason.
+    let certs = cfg.tls.clone().map(Certificates::load).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let tenants =
@@ -252,6 +289,7 @@ async fn serve(cfg: Config) -> Result<()> {
     ingest.metrics.register(&mut registry);
     telemetry::register_process(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
+    let listener_metrics = ListenerMetrics::register(&mut registry);
     let api = ApiState { tenants: tenants.clone(), registry: Arc::new(registry), cfg: cfg.query.clone() };
 
     let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
@@ -269,6 +307,9 @@ async fn serve(cfg: Config) -> Result<()> {
         otlp_grpc = %grpc_l.local_addr()?,
         otlp_http = %otlp_http_l.local_addr()?,
         http = %http_l.local_addr()?,
+        tls = certs.is_some(),
+        max_connections,
+        open_file_limit = nofile,
         "listening"
     );
 
@@ -277,6 +318,22 @@ async fn serve(cfg: Config) -> Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let tls_for = |alpn: &[&[u8]]| certs.as_ref().map(|c| c.server_config(alpn)).transpose();
+    let listener = |name, tcp, protocol, tls| Listener {
+        name,
+        tcp,
+        protocol,
+        max_connections,
+        config: cfg.server.clone(),
+        tls,
+        metrics: listener_metrics.clone(),
+    };
+    let grpc_l = listener("otlp_grpc", grpc_l, Protocol::Grpc, tls_for(&[b"h2"])?);
+    let otlp_http_l = listener("otlp_http", otlp_http_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
+    let http_l = listener("http", http_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
+    if let Some(c) = &certs {
+        tokio::spawn(c.clone().watch(cfg.server.tls_reload_interval, stop_rx.clone()));
+    }
 
     // WAL replay runs while the API already answers (readyz says 503).
     let replay = {
@@ -285,18 +342,15 @@ async fn serve(cfg: Config) -> Result<()> {
     };
 
     let grpc = {
-        let routes = skein_collector::grpc_routes(ingest.clone());
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_l);
+        let app = skein_collector::grpc_routes(ingest.clone())
+            .into_axum_router()
+            .layer(tower::util::MapResponseLayer::new(skein_collector::normalize_grpc_status));
         let rx = stop_rx.clone();
-        let grpc_auth = auth::GrpcAuthLayer { auth: auth.clone(), ingest: ingest.clone() };
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .layer(tower::util::MapResponseLayer::new(skein_collector::normalize_grpc_status))
-                .layer(grpc_auth)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, stopped(rx))
-                .await
-        })
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            (auth.clone(), ingest.clone()),
+            auth::grpc_layer,
+        ));
+        tokio::spawn(grpc_l.serve(app, stopped(rx)))
     };
     let otlp_http = {
         let app = skein_collector::router(ingest.clone())
@@ -306,7 +360,7 @@ async fn serve(cfg: Config) -> Result<()> {
             ))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
         let rx = stop_rx.clone();
-        tokio::spawn(async move { axum::serve(otlp_http_l, app).with_graceful_shutdown(stopped(rx)).await })
+        tokio::spawn(otlp_http_l.serve(app, stopped(rx)))
     };
     let http = {
         let app = skein_query::router(api)
@@ -315,7 +369,7 @@ async fn serve(cfg: Config) -> Result<()> {
             .merge(skein_ui::router())
             .layer(tower_http::compression::CompressionLayer::new());
         let rx = stop_rx.clone();
-        tokio::spawn(async move { axum::serve(http_l, app).with_graceful_shutdown(stopped(rx)).await })
+        tokio::spawn(http_l.serve(app, stopped(rx)))
     };
 
     replay.await?.context("WAL replay")?;
@@ -324,9 +378,9 @@ async fn serve(cfg: Config) -> Result<()> {
     let flusher = tokio::spawn(tenants.clone().run_maintenance(stop_rx.clone()));
 
     let (g, h1, h2) = tokio::join!(grpc, otlp_http, http);
-    g?.context("OTLP/gRPC server")?;
-    h1?.context("OTLP/HTTP server")?;
-    h2?.context("HTTP server")?;
+    g.context("OTLP/gRPC server")?;
+    h1.context("OTLP/HTTP server")?;
+    h2.context("HTTP server")?;
     flusher.await?;
     // Everything acknowledged is in the WAL already; flushing it all now
     // makes the next start fast.
@@ -379,5 +433,26 @@ mod tests {
         assert_eq!(f.log_format, Some(LogFormat::Json));
         assert_eq!(f.http_addr, Some(ListenAddr::AllInterfaces(16686)));
         assert!(toml::from_str::<FileConfig>("http_addr = \"16686\"").is_err());
+    }
+
+    /// TLS needs both files; `[server]` limits come from the file and are
+    /// checked against the rest of the config.
+    #[test]
+    fn test_tls_and_server_settings() {
+        let args = |extra: &[&str]| {
+            let mut argv = vec!["skein", "serve"];
+            argv.extend_from_slice(extra);
+            let Command::Serve(a) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let err = build_config(args(&["--tls-cert", "c.pem"]), FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert needs --tls-key"), "{err}");
+        let file: FileConfig = toml::from_str("tls_key = \"k.pem\"\n[server]\nmax_connections = 10").unwrap();
+        let cfg = build_config(args(&["--tls-cert", "c.pem"]), file).unwrap();
+        assert_eq!(cfg.tls, Some(TlsFiles { cert: "c.pem".into(), key: "k.pem".into() }));
+        assert_eq!(cfg.server.max_connections, Some(10));
+        let file: FileConfig = toml::from_str("[server]\nrequest_timeout = \"10s\"").unwrap();
+        let err = format!("{:#}", build_config(args(&[]), file).unwrap_err());
+        assert!(err.contains("longer than query.timeout"), "{err}");
     }
 }

@@ -12,6 +12,8 @@ mod disk_full;
 mod durability;
 /// The Jaeger-compatible query API.
 mod jaeger;
+/// Connection caps, header-read and idle timeouts, HTTP/2 stream limits.
+mod listeners;
 /// `/metrics`, log output and listen addresses.
 mod ops;
 /// Segments in S3 (a moto server), read back by a node with an empty cache.
@@ -22,3 +24,5 @@ mod sdk;
 mod search;
 /// The Tempo-compatible query API.
 mod tempo;
+/// TLS on every listener, certificate reload, plain-text refusals.
+mod tls;
