@@ -346,10 +346,8 @@ async fn serve(cfg: Config) -> Result<()> {
             .into_axum_router()
             .layer(tower::util::MapResponseLayer::new(skein_collector::normalize_grpc_status));
         let rx = stop_rx.clone();
-        let app = app.layer(axum::middleware::from_fn_with_state(
-            (auth.clone(), ingest.clone()),
-            auth::grpc_layer,
-        ));
+        let app =
+            app.layer(axum::middleware::from_fn_with_state((auth.clone(), ingest.clone()), auth::grpc_layer));
         tokio::spawn(grpc_l.serve(app, stopped(rx)))
     };
     let otlp_http = {

@@ -2,6 +2,8 @@
 
 mod support;
 
+/// Bearer tokens for ingest and query.
+mod auth;
 /// Malformed, oversized and partially invalid requests.
 mod bad_input;
 /// Retried batches: one copy of each span in every answer and count.
@@ -24,5 +26,7 @@ mod sdk;
 mod search;
 /// The Tempo-compatible query API.
 mod tempo;
+/// Tenants stored and queried apart, through every API.
+mod tenants;
 /// TLS on every listener, certificate reload, plain-text refusals.
 mod tls;

@@ -9,7 +9,9 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Array, Context, KeyValue, Value as OtelValue};
-use opentelemetry_otlp::{LogExporter, Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{
+    LogExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
@@ -45,8 +47,15 @@ impl Drop for Sdk {
     }
 }
 
-/// Tracer and logger providers for one service, exporting to `server`.
-pub(crate) fn sdk(server: &Server, t: Transport, service: &str) -> Sdk {
+/// Tracer and logger providers for one service, exporting to `server`
+/// with `headers` (gRPC metadata or HTTP headers) on every export, as
+/// `OTEL_EXPORTER_OTLP_HEADERS` would.
+pub(crate) fn sdk_with_headers(
+    server: &Server,
+    t: Transport,
+    service: &str,
+    headers: &[(&str, &str)],
+) -> Sdk {
     let resource = Resource::builder()
         .with_service_name(service.to_string())
         .with_attributes([KeyValue::new("deployment.environment", "e2e"), KeyValue::new("host.cpus", 2i64)])
@@ -58,24 +67,40 @@ pub(crate) fn sdk(server: &Server, t: Transport, service: &str) -> Sdk {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
             let _g = r.enter();
             let ep = format!("http://{}", server.grpc);
+            let mut md = tonic::metadata::MetadataMap::new();
+            for (k, v) in headers {
+                md.insert(
+                    tonic::metadata::MetadataKey::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
             let out = (
-                SpanExporter::builder().with_tonic().with_endpoint(&ep).build().unwrap(),
-                LogExporter::builder().with_tonic().with_endpoint(&ep).build().unwrap(),
+                SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(&ep)
+                    .with_metadata(md.clone())
+                    .build()
+                    .unwrap(),
+                LogExporter::builder().with_tonic().with_endpoint(&ep).with_metadata(md).build().unwrap(),
             );
             rt = Some(r);
             out
         }
         Transport::HttpProto | Transport::HttpJson => {
             let p = if matches!(t, Transport::HttpJson) { Protocol::HttpJson } else { Protocol::HttpBinary };
+            let h: std::collections::HashMap<String, String> =
+                headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             (
                 SpanExporter::builder()
                     .with_http()
+                    .with_headers(h.clone())
                     .with_protocol(p)
                     .with_endpoint(format!("http://{}/v1/traces", server.otlp_http))
                     .build()
                     .unwrap(),
                 LogExporter::builder()
                     .with_http()
+                    .with_headers(h)
                     .with_protocol(p)
                     .with_endpoint(format!("http://{}/v1/logs", server.otlp_http))
                     .build()
@@ -117,9 +142,19 @@ pub(crate) struct Sent {
 /// postgres `query` (SERVER); logs inside the root and the cart span.
 /// `base` offsets every timestamp, so tests can place traces in time.
 pub(crate) fn send_checkout(server: &Server, t: Transport, base: SystemTime) -> Sent {
-    let fe = sdk(server, t, "frontend");
-    let cart = sdk(server, t, "cart");
-    let pg = sdk(server, t, "postgres");
+    send_checkout_with_headers(server, t, base, &[])
+}
+
+/// [`send_checkout`] with `headers` on every export (a token, a tenant).
+pub(crate) fn send_checkout_with_headers(
+    server: &Server,
+    t: Transport,
+    base: SystemTime,
+    headers: &[(&str, &str)],
+) -> Sent {
+    let fe = sdk_with_headers(server, t, "frontend", headers);
+    let cart = sdk_with_headers(server, t, "cart", headers);
+    let pg = sdk_with_headers(server, t, "postgres", headers);
     let ms = |n: u64| base + Duration::from_millis(n);
 
     let linked = SpanContext::new(

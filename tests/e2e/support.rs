@@ -83,6 +83,18 @@ impl Server {
         (status, r.json().unwrap_or(Value::Null))
     }
 
+    /// GET `path` of the HTTP API with `headers` (a token, a tenant): the
+    /// status and the JSON body (`Null` if not JSON).
+    pub(crate) fn api_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = client().get(format!("http://{}{}", self.http, path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
     pub(crate) fn get_json(&self, path: &str) -> Value {
         let (s, v) = self.api(path);
         assert_eq!(s, 200, "GET {path}: {v}");
