@@ -217,35 +217,41 @@ fn open_path(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz")
 }
 
-/// Middleware for the HTTP API: authorizes [`Scope::Query`] and puts the
-/// tenant in the request; refusals are the API's `{"error": ...}`.
-pub(crate) async fn query_layer(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
-    if open_path(req.uri().path()) {
-        return next.run(req).await;
-    }
-    match auth.authorize(Scope::Query, req.headers()) {
+/// Runs `next` with the request's tenant in its extensions when it is
+/// authorized for `scope`, else answers `refuse`'s response.
+async fn authorized(
+    auth: &Auth,
+    scope: Scope,
+    mut req: Request,
+    next: Next,
+    refuse: impl FnOnce(Refusal, &HeaderMap) -> Response,
+) -> Response {
+    match auth.authorize(scope, req.headers()) {
         Ok(t) => {
             req.extensions_mut().insert(t);
             next.run(req).await
         }
-        Err(r) => r.into_query().into_response(),
+        Err(r) => refuse(r, req.headers()),
     }
+}
+
+/// Middleware for the HTTP API: authorizes [`Scope::Query`] and puts the
+/// tenant in the request; refusals are the API's `{"error": ...}`.
+pub(crate) async fn query_layer(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    if open_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    authorized(&auth, Scope::Query, req, next, |r, _| r.into_query().into_response()).await
 }
 
 /// Middleware for OTLP/HTTP: authorizes [`Scope::Ingest`] and puts the
 /// tenant in the request; refusals are OTLP/HTTP errors, counted.
 pub(crate) async fn otlp_http_layer(
     State((auth, ingest)): State<(Arc<Auth>, Ingest)>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
-    match auth.authorize(Scope::Ingest, req.headers()) {
-        Ok(t) => {
-            req.extensions_mut().insert(t);
-            next.run(req).await
-        }
-        Err(r) => ingest.refuse_http(r.into_ingest(), req.headers()),
-    }
+    authorized(&auth, Scope::Ingest, req, next, |r, h| ingest.refuse_http(r.into_ingest(), h)).await
 }
 
 /// Middleware for OTLP/gRPC (served as an axum router): authorizes
@@ -254,16 +260,10 @@ pub(crate) async fn otlp_http_layer(
 /// trailers-only gRPC statuses, counted.
 pub(crate) async fn grpc_layer(
     State((auth, ingest)): State<(Arc<Auth>, Ingest)>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
-    match auth.authorize(Scope::Ingest, req.headers()) {
-        Ok(t) => {
-            req.extensions_mut().insert(t);
-            next.run(req).await
-        }
-        Err(r) => ingest.refuse_grpc(r.into_ingest()).into_http(),
-    }
+    authorized(&auth, Scope::Ingest, req, next, |r, _| ingest.refuse_grpc(r.into_ingest()).into_http()).await
 }
 
 #[cfg(test)]
