@@ -55,6 +55,11 @@ pub struct StorageMetrics {
     pub remote_read_bytes: Counter,
     /// Bytes written to the object store.
     pub remote_written_bytes: Counter,
+    /// Segments this process quarantined (found damaged at open or on a
+    /// read); see `Storage::quarantined`.
+    pub segments_quarantined: Counter,
+    /// Segments in quarantine now, those of earlier runs included.
+    pub quarantined_segments: Gauge,
 }
 
 impl Default for StorageMetrics {
@@ -81,6 +86,8 @@ impl Default for StorageMetrics {
             remote_requests: Counter::default(),
             remote_read_bytes: Counter::default(),
             remote_written_bytes: Counter::default(),
+            segments_quarantined: Counter::default(),
+            quarantined_segments: Gauge::default(),
         }
     }
 }
@@ -156,6 +163,16 @@ impl StorageMetrics {
             "skein_object_store_written_bytes",
             "Bytes written to the object store",
             self.remote_written_bytes.clone(),
+        );
+        r.register(
+            "skein_segments_quarantined",
+            "Damaged segments moved to quarantine by this process (at open or on a failed read)",
+            self.segments_quarantined.clone(),
+        );
+        r.register(
+            "skein_quarantined_segments",
+            "Segments in quarantine now (listed at /api/v1/status), earlier runs' included",
+            self.quarantined_segments.clone(),
         );
     }
 }
