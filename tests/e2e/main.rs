@@ -4,6 +4,8 @@ mod support;
 
 /// Malformed, oversized and partially invalid requests.
 mod bad_input;
+/// Damaged segments: quarantine, partial answers, status and metrics.
+mod damage;
 /// Retried batches: one copy of each span in every answer and count.
 mod dedup;
 /// A full disk: retryable refusals, no leftovers, recovery without a restart.
