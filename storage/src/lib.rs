@@ -126,6 +126,12 @@ pub struct HeadConfig {
     /// How often the flusher looks for traces to write.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Span bytes (approximate heap size) one trace may hold in the head;
+    /// later spans of the trace are dropped and counted in
+    /// `skein_trace_limit_dropped_spans_total` until it is flushed. The
+    /// first span of a trace is always kept. Default 5 MB, Tempo's
+    /// `max_bytes_per_trace`.
+    pub max_bytes_per_trace: usize,
 }
 
 impl Default for HeadConfig {
@@ -136,6 +142,7 @@ impl Default for HeadConfig {
             max_bytes: 512 << 20,
             overload_factor: 1.5,
             flush_interval: Duration::from_secs(1),
+            max_bytes_per_trace: 5_000_000,
         }
     }
 }
@@ -302,10 +309,12 @@ impl Storage {
             Some(url) => Some(Arc::new(remote::Remote::open(url, &cfg.storage_options, metrics.clone())?)),
             None => None,
         };
+        let mut head = Head::default();
+        head.limit_trace_bytes(cfg.head.max_bytes_per_trace, metrics.trace_limit_dropped_spans.clone());
         let s = Storage {
             cfg,
             data_dir: data_dir.to_path_buf(),
-            catalog: Catalog::default(),
+            catalog: Catalog::with_head(head),
             wal: OnceLock::new(),
             flush_lock: Mutex::new(()),
             maintenance_lock: Mutex::new(()),

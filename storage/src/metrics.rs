@@ -60,6 +60,8 @@ pub struct StorageMetrics {
     pub segments_quarantined: Counter,
     /// Segments in quarantine now, those of earlier runs included.
     pub quarantined_segments: Gauge,
+    /// Spans dropped because their trace held `head.max_bytes_per_trace`.
+    pub trace_limit_dropped_spans: Counter,
 }
 
 impl Default for StorageMetrics {
@@ -88,6 +90,7 @@ impl Default for StorageMetrics {
             remote_written_bytes: Counter::default(),
             segments_quarantined: Counter::default(),
             quarantined_segments: Gauge::default(),
+            trace_limit_dropped_spans: Counter::default(),
         }
     }
 }
@@ -173,6 +176,11 @@ impl StorageMetrics {
             "skein_quarantined_segments",
             "Segments in quarantine now (listed at /api/v1/status), earlier runs' included",
             self.quarantined_segments.clone(),
+        );
+        r.register(
+            "skein_trace_limit_dropped_spans",
+            "Spans dropped because their trace already held head.max_bytes_per_trace in the head",
+            self.trace_limit_dropped_spans.clone(),
         );
     }
 }
