@@ -14,6 +14,8 @@ mod disk_full;
 mod durability;
 /// The Jaeger-compatible query API.
 mod jaeger;
+/// Content limits: hostile attributes, values and events cut and counted.
+mod limits;
 /// `/metrics`, log output and listen addresses.
 mod ops;
 /// Segments in S3 (a moto server), read back by a node with an empty cache.
