@@ -145,7 +145,7 @@ fn decode_every_way(b: &[u8]) -> Result<(), TestCaseError> {
 proptest! {
     // Bounded so the normal test command stays quick; a longer run:
     // PROPTEST_CASES=100000 cargo test -p skein-otlp fuzz_tests
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_requests_never_panic_and_decode_consistently(
