@@ -591,7 +591,11 @@ mod tests {
     }
 
     fn int_kv(k: String, i: i64) -> KeyValue {
-        KeyValue { key: k, value: Some(AnyValue { value: Some(any_value::Value::IntValue(i)) }), ..Default::default() }
+        KeyValue {
+            key: k,
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(i)) }),
+            ..Default::default()
+        }
     }
 
     fn str_kv(k: &str, v: String) -> KeyValue {
@@ -662,7 +666,8 @@ mod tests {
         assert_eq!(prefix("aé", 2), "a");
         assert_eq!(prefix("aé", 3), "aé");
         assert_eq!(prefix("€", 2), "");
-        let limits = Limits { max_value_bytes: 4, max_log_body_bytes: 6, max_attributes: 2, ..Limits::default() };
+        let limits =
+            Limits { max_value_bytes: 4, max_log_body_bytes: 6, max_attributes: 2, ..Limits::default() };
         let body = AnyValue { value: Some(any_value::Value::StringValue("ééééé".into())) };
         let arr = AnyValue {
             value: Some(any_value::Value::ArrayValue(ArrayValue {
@@ -692,7 +697,10 @@ mod tests {
         assert_eq!(l.attributes.len(), 2);
         assert_eq!(l.attributes[0].1, AttrValue::Array(vec![AttrValue::Int(0), AttrValue::Int(1)]));
         assert_eq!(l.attributes[1], str_attr("s", "abcd"));
-        assert_eq!(c.limited, Limited { attributes: 1 + 3, value_length: 1, body_length: 1, ..Default::default() });
+        assert_eq!(
+            c.limited,
+            Limited { attributes: 1 + 3, value_length: 1, body_length: 1, ..Default::default() }
+        );
         let whole = logs_within(&req, &Limits::default());
         assert!(whole.limited.is_empty());
     }

@@ -35,7 +35,12 @@ enum Mutation {
     Truncate(f64),
     Flip(f64, u8),
     /// Replace from `at` with a piece of another corpus entry.
-    Splice { at: f64, from: usize, start: f64, len: usize },
+    Splice {
+        at: f64,
+        from: usize,
+        start: f64,
+        len: usize,
+    },
     Insert(f64, Vec<u8>),
     Delete(f64, usize),
     Repeat(f64, usize),
@@ -102,7 +107,8 @@ fn check_traces(req: &ExportTraceServiceRequest) -> Result<(), TestCaseError> {
     prop_assert_eq!(c.rejected > 0, c.error.as_ref().is_some_and(|e| !e.is_empty()));
     // Compared as bytes: a NaN double is not equal to itself.
     let wire = req.encode_to_vec();
-    let back = ExportTraceServiceRequest::decode(&wire[..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let back =
+        ExportTraceServiceRequest::decode(&wire[..]).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(back.encode_to_vec(), wire);
     Ok(())
 }
@@ -173,7 +179,8 @@ fn the_corpus_is_valid_and_round_trips() {
         if stem.starts_with("logs") {
             let m: ExportLogsServiceRequest = json::decode(b).unwrap();
             assert_eq!(m.encode_to_vec(), pb, "{name}");
-            let again: ExportLogsServiceRequest = json::decode(serde_json::to_string(&m).unwrap().as_bytes()).unwrap();
+            let again: ExportLogsServiceRequest =
+                json::decode(serde_json::to_string(&m).unwrap().as_bytes()).unwrap();
             assert_eq!(again.encode_to_vec(), pb, "{name} through JSON again");
         } else {
             let m: ExportTraceServiceRequest = json::decode(b).unwrap();
@@ -191,7 +198,8 @@ fn the_corpus_is_valid_and_round_trips() {
             }
             let c = decode::spans(&m);
             assert_eq!(c.rejected, 0, "{name}");
-            let back = decode::spans(&ExportTraceServiceRequest { resource_spans: encode::batches(&c.records) });
+            let back =
+                decode::spans(&ExportTraceServiceRequest { resource_spans: encode::batches(&c.records) });
             assert_eq!(format!("{:?}", back.records), format!("{:?}", c.records), "{name} through the model");
         }
     }

@@ -181,10 +181,12 @@ impl Storage {
         // inputs without it.
         let (traces, duplicate_spans) = merge(&inputs, |seg| {
             let all = |n: u64| std::iter::once(0..n as usize).collect::<Vec<_>>();
-            self.guarded(seg, |g| Ok((g.read_spans(all(g.meta.span_count))?, g.read_logs(all(g.meta.log_count))?)))?
-                .ok_or_else(|| {
-                    Error::Corrupt(format!("compaction input {} is damaged and was quarantined", seg.meta.id))
-                })
+            self.guarded(seg, |g| {
+                Ok((g.read_spans(all(g.meta.span_count))?, g.read_logs(all(g.meta.log_count))?))
+            })?
+            .ok_or_else(|| {
+                Error::Corrupt(format!("compaction input {} is damaged and was quarantined", seg.meta.id))
+            })
         })?;
         let mut stats = CompactStats {
             duplicate_spans,

@@ -137,14 +137,20 @@ impl Head {
     pub fn insert_spans(&self, pos: u64, spans: Vec<Span>) -> usize {
         let max = self.max_bytes_per_trace.load(Ordering::Relaxed);
         let over = std::cell::Cell::new(0usize);
-        let refused = self.insert(pos, spans, |s| s.trace_id, Span::heap_size, |e, s| {
-            let copy = e.span_ids.contains(&s.span_id);
-            if !copy && !e.spans.is_empty() && e.bytes.saturating_add(s.heap_size()) > max {
-                over.set(over.get() + 1);
-                return false;
-            }
-            e.add_span(s)
-        });
+        let refused = self.insert(
+            pos,
+            spans,
+            |s| s.trace_id,
+            Span::heap_size,
+            |e, s| {
+                let copy = e.span_ids.contains(&s.span_id);
+                if !copy && !e.spans.is_empty() && e.bytes.saturating_add(s.heap_size()) > max {
+                    over.set(over.get() + 1);
+                    return false;
+                }
+                e.add_span(s)
+            },
+        );
         self.over_trace_limit.inc_by(over.get() as u64);
         refused - over.get()
     }

@@ -83,10 +83,7 @@ impl QuarantinedSegment {
 
     /// The warning an answer carries when it may miss this segment's data.
     pub fn warning(&self) -> String {
-        format!(
-            "segment {} is quarantined ({}); this answer may be missing its data",
-            self.id, self.reason
-        )
+        format!("segment {} is quarantined ({}); this answer may be missing its data", self.id, self.reason)
     }
 }
 
@@ -170,11 +167,7 @@ impl Storage {
     ///
     /// # Errors
     /// The errors of `f` that are not damage ([`Error::is_damage`]).
-    pub fn guarded<T>(
-        &self,
-        seg: &Arc<Segment>,
-        f: impl FnOnce(&Segment) -> Result<T>,
-    ) -> Result<Option<T>> {
+    pub fn guarded<T>(&self, seg: &Arc<Segment>, f: impl FnOnce(&Segment) -> Result<T>) -> Result<Option<T>> {
         match catch_unwind(AssertUnwindSafe(|| f(seg))) {
             Ok(Ok(v)) => Ok(Some(v)),
             Ok(Err(e)) if e.is_damage() => {
@@ -409,7 +402,8 @@ mod tests {
         assert!(!Error::Io(IoError::from(ErrorKind::PermissionDenied)).is_damage());
         assert!(!Error::Io(IoError::other("EMFILE")).is_damage());
         assert!(!Error::Overloaded(1).is_damage());
-        let fetch = crate::Error::ObjectStore(object_store::Error::Generic { store: "S3", source: "timeout".into() });
+        let fetch =
+            crate::Error::ObjectStore(object_store::Error::Generic { store: "S3", source: "timeout".into() });
         let wrapped = parquet::errors::ParquetError::External(Box::new(fetch));
         assert!(!Error::Arrow(arrow_schema::ArrowError::ParquetError(wrapped.to_string())).is_damage());
         assert!(!Error::Parquet(wrapped).is_damage());

@@ -84,7 +84,8 @@ fn damaged_segments_are_quarantined_and_answers_say_they_are_partial() {
         assert!(v.get("warnings").is_none(), "{v}");
     }
     let v = server.get_json("/api/v1/search/traces?limit=10");
-    let mut ids: Vec<&str> = v["traces"].as_array().unwrap().iter().map(|t| t["trace_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> =
+        v["traces"].as_array().unwrap().iter().map(|t| t["trace_id"].as_str().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, vec![hex(1), hex(3)]);
     assert!(warnings(&v).iter().any(|w| w.contains(&bad)), "{v}");

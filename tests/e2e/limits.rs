@@ -8,7 +8,11 @@ use crate::sdk::unix_ns;
 use crate::support::{otlp, Server};
 
 fn int_kv(k: String, i: i64) -> KeyValue {
-    KeyValue { key: k, value: Some(AnyValue { value: Some(any_value::Value::IntValue(i)) }), ..Default::default() }
+    KeyValue {
+        key: k,
+        value: Some(AnyValue { value: Some(any_value::Value::IntValue(i)) }),
+        ..Default::default()
+    }
 }
 
 /// Issue 10 item 8: a span with a million attributes and a 15 MiB value
@@ -20,8 +24,11 @@ fn int_kv(k: String, i: i64) -> KeyValue {
 fn hostile_content_is_stored_cut_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("skein.toml");
-    std::fs::write(&cfg, "[collector]\nmax_request_bytes = 50331648\n\n[collector.limits]\nmax_events_per_span = 2\n")
-        .unwrap();
+    std::fs::write(
+        &cfg,
+        "[collector]\nmax_request_bytes = 50331648\n\n[collector.limits]\nmax_events_per_span = 2\n",
+    )
+    .unwrap();
     let server = Server::start_with(&dir.path().join("data"), &[("SKEIN_CONFIG", cfg.to_str().unwrap())]);
     let now = unix_ns(SystemTime::now());
     let trace = [7u8; 16];
@@ -49,7 +56,8 @@ fn hostile_content_is_stored_cut_and_counted() {
     assert_eq!(h["events"].as_array().unwrap().len(), 2);
     assert_eq!(by_name("fine")["attributes"].as_object().unwrap().len(), 3);
 
-    let m = |limit: &str| server.metric(&format!("skein_limited_total{{signal=\"spans\",limit=\"{limit}\"}}"));
+    let m =
+        |limit: &str| server.metric(&format!("skein_limited_total{{signal=\"spans\",limit=\"{limit}\"}}"));
     assert_eq!(m("attributes"), (1_000_001 - 128) as f64);
     assert_eq!(m("value_length"), 1.0);
     assert_eq!(m("events"), 3.0);

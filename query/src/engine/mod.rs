@@ -139,7 +139,11 @@ impl Engine {
     /// bucket start (Unix ns, a multiple of `step_ns`); `f` must carry the
     /// time range. Buckets without a match are absent. With them, the
     /// warnings of a partial answer (as [`LogSearch::warnings`]).
-    pub async fn log_histogram(&self, f: LogFilter, step_ns: u64) -> Result<(HashMap<u64, u64>, Vec<String>)> {
+    pub async fn log_histogram(
+        &self,
+        f: LogFilter,
+        step_ns: u64,
+    ) -> Result<(HashMap<u64, u64>, Vec<String>)> {
         let start = f.start_ns.unwrap_or(0);
         self.run(move |s, _| {
             let counts = s.log_histogram(&f, start, step_ns)?;
