@@ -394,6 +394,35 @@ mod tests {
         assert_eq!(s.get_trace(&trace_id(2)).unwrap().unwrap().0.len(), 3);
     }
 
+    /// Compaction that meets a damaged input quarantines it, fails this
+    /// turn with the reason, and merges the rest at the next turn.
+    #[tokio::test]
+    async fn compaction_quarantines_a_damaged_input_and_goes_on_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config();
+        cfg.compaction.min_inputs = 2;
+        let s = Storage::open(dir.path(), cfg).unwrap();
+        s.replay().unwrap();
+        for t in 1..=3u8 {
+            append_spans_of(&s, t, 0, 3).await;
+            s.flush(true).unwrap();
+        }
+        let bad = segment_of(&s, 2);
+        let id = bad.meta.id.clone();
+        corrupt_parquet_page(&bad.dir().join(SPANS_FILE));
+        drop(bad);
+        let err = s.compact().unwrap_err();
+        assert!(err.to_string().contains(&id) && err.to_string().contains("quarantined"), "{err}");
+        assert_eq!(s.quarantined().len(), 1);
+        let st = s.compact().unwrap();
+        assert_eq!(st.inputs, 2);
+        assert_eq!(s.snapshot().segments.len(), 1);
+        for t in [1, 3] {
+            assert_eq!(s.get_trace(&trace_id(t)).unwrap().unwrap().0.len(), 3);
+        }
+        assert_eq!(s.damage_for_trace(&trace_id(2)).len(), 1);
+    }
+
     #[test]
     fn faults_that_may_pass_are_not_damage() {
         use std::io::{Error as IoError, ErrorKind};
