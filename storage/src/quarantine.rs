@@ -423,6 +423,46 @@ mod tests {
         assert_eq!(s.damage_for_trace(&trace_id(2)).len(), 1);
     }
 
+    /// With object storage the damaged segment's objects stay in the
+    /// store, marked: a node with an empty cache lists it as quarantined
+    /// and never loads it.
+    #[tokio::test]
+    async fn with_object_storage_the_quarantine_is_recorded_in_the_store() {
+        let store = tempfile::tempdir().unwrap();
+        let cfg = || {
+            let mut c = test_config();
+            c.storage_url = Some(format!("file://{}", store.path().display()));
+            c
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), cfg()).unwrap();
+        s.replay().unwrap();
+        for t in 1..=2u8 {
+            append_spans_of(&s, t, 0, 3).await;
+            s.flush(true).unwrap();
+        }
+        let bad = segment_of(&s, 2);
+        let id = bad.meta.id.clone();
+        corrupt_parquet_page(&bad.dir().join(SPANS_FILE));
+        drop(bad);
+        assert!(s.get_trace(&trace_id(2)).unwrap().is_none());
+        assert_eq!(s.quarantined().len(), 1);
+        let objects = store.path().join("segments").join(&id);
+        assert!(objects.join(RECORD_FILE).exists() && objects.join(SPANS_FILE).exists(), "kept, marked");
+        drop(s);
+
+        let fresh = tempfile::tempdir().unwrap();
+        let s = Storage::open(fresh.path(), cfg()).unwrap();
+        s.replay().unwrap();
+        assert_eq!(s.snapshot().segments.len(), 1);
+        let q = s.quarantined();
+        assert_eq!((q.len(), q[0].id.as_str()), (1, id.as_str()));
+        assert!(q[0].reason.to_lowercase().contains("parquet"), "{}", q[0].reason);
+        assert_eq!(s.damage_for_trace(&trace_id(2)).len(), 1);
+        assert!(s.damage_for_trace(&trace_id(1)).is_empty(), "its trace-ID index came along");
+        assert_eq!(s.get_trace(&trace_id(1)).unwrap().unwrap().0.len(), 3);
+    }
+
     #[test]
     fn faults_that_may_pass_are_not_damage() {
         use std::io::{Error as IoError, ErrorKind};
