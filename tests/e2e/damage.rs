@@ -102,6 +102,11 @@ fn damaged_segments_are_quarantined_and_answers_say_they_are_partial() {
     assert!(t["message"].as_str().unwrap().contains(&bad), "{t}");
     let t = server.get_json(&format!("/tempo/api/v2/traces/{}", hex(3)));
     assert!(t.get("status").is_none(), "{t}");
+    let t = server.get_json("/tempo/api/search?limit=10");
+    assert_eq!(t["traces"].as_array().unwrap().len(), 2);
+    assert!(t["metrics"]["completedJobs"].as_u64() < t["metrics"]["totalJobs"].as_u64(), "{t}");
+    let l = server.get_json("/api/v1/search/logs");
+    assert!(warnings(&l).iter().any(|w| w.contains(&bad)), "{l}");
 
     assert_eq!(quarantined(&server), vec![bad.clone()]);
     assert_eq!(server.metric("skein_segments_quarantined_total"), 1.0);
