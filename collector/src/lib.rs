@@ -41,11 +41,19 @@ pub struct CollectorConfig {
     /// Bytes of requests being processed at once; past this, new requests
     /// get a retryable "over capacity" answer instead of queueing.
     pub max_inflight_bytes: usize,
+    /// `[collector.limits]`: content limits per record (attribute, event
+    /// and link counts, value lengths); excess is cut and counted in
+    /// `skein_limited_total`, never refused.
+    pub limits: skein_otlp::decode::Limits,
 }
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        CollectorConfig { max_request_bytes: 16 << 20, max_inflight_bytes: 256 << 20 }
+        CollectorConfig {
+            max_request_bytes: 16 << 20,
+            max_inflight_bytes: 256 << 20,
+            limits: skein_otlp::decode::Limits::default(),
+        }
     }
 }
 
@@ -59,6 +67,8 @@ pub struct CollectorMetrics {
     pub rejected: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Requests refused whole, by reason.
     pub refused: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Content cut by `[collector.limits]`, by signal and limit.
+    pub limited: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl CollectorMetrics {
@@ -70,6 +80,9 @@ impl CollectorMetrics {
         for signal in [Traces::RECORDS, Logs::RECORDS] {
             let _ = self.accepted.get_or_create(&vec![("signal", signal)]);
             let _ = self.rejected.get_or_create(&vec![("signal", signal)]);
+            for limit in skein_otlp::decode::Limited::LIMITS {
+                let _ = self.limited.get_or_create(&vec![("signal", signal), ("limit", limit)]);
+            }
         }
         for reason in IngestError::REASONS {
             let _ = self.refused.get_or_create(&vec![("reason", reason)]);
@@ -81,6 +94,11 @@ impl CollectorMetrics {
             self.rejected.clone(),
         );
         r.register("skein_refused_requests", "Requests refused whole, by reason", self.refused.clone());
+        r.register(
+            "skein_limited",
+            "Attributes, events, links dropped and values cut by collector.limits, by signal and limit",
+            self.limited.clone(),
+        );
     }
 
     fn refuse(&self, e: &IngestError) {
@@ -179,8 +197,11 @@ impl Ingest {
         // Admission counts the request's protobuf size (what it was on the
         // wire for protobuf, about that for JSON).
         let _permit = self.admit(&storage, req.encoded_len())?;
-        let c = S::convert(&req);
+        let c = S::convert(&req, &self.cfg.limits);
         drop(req);
+        for (limit, n) in c.limited.counts().into_iter().filter(|c| c.1 > 0) {
+            self.metrics.limited.get_or_create(&vec![("signal", S::RECORDS), ("limit", limit)]).inc_by(n);
+        }
         let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
         if n > 0 {
             S::store(&storage, c.records).await?;

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use skein_otlp::decode::{self, Converted};
+use skein_otlp::decode::{self, Converted, Limits};
 use skein_storage::model::{LogRecord, Span};
 use skein_storage::Storage;
 
@@ -33,8 +33,9 @@ pub trait Signal: Send + Sync + 'static {
     /// The signal as named in error messages (`trace`, `logs`).
     const REQUEST: &'static str;
 
-    /// The request's valid records and the count of invalid ones.
-    fn convert(req: &Self::Request) -> Converted<Self::Record>;
+    /// The request's valid records, cut to `limits`, and the count of
+    /// invalid ones.
+    fn convert(req: &Self::Request, limits: &Limits) -> Converted<Self::Record>;
 
     /// Appends `records` to storage; durable in the WAL (in storage's own
     /// batch encoding) and visible to reads once this returns `Ok`.
@@ -67,8 +68,8 @@ impl Signal for Traces {
     const RECORDS: &'static str = "spans";
     const REQUEST: &'static str = "trace";
 
-    fn convert(req: &Self::Request) -> Converted<Span> {
-        decode::spans(req)
+    fn convert(req: &Self::Request, limits: &Limits) -> Converted<Span> {
+        decode::spans_within(req, limits)
     }
 
     async fn store(storage: &Arc<Storage>, records: Vec<Span>) -> skein_storage::Result<()> {
@@ -92,8 +93,8 @@ impl Signal for Logs {
     const RECORDS: &'static str = "logs";
     const REQUEST: &'static str = "logs";
 
-    fn convert(req: &Self::Request) -> Converted<LogRecord> {
-        decode::logs(req)
+    fn convert(req: &Self::Request, limits: &Limits) -> Converted<LogRecord> {
+        decode::logs_within(req, limits)
     }
 
     async fn store(storage: &Arc<Storage>, records: Vec<LogRecord>) -> skein_storage::Result<()> {

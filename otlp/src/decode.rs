@@ -1,6 +1,13 @@
 //! OTLP protobuf messages to storage's model, with the per-record validation
 //! the OTLP spec asks for: a record with an invalid ID is dropped and counted
 //! (reported back in `partial_success`), the rest of the request is kept.
+//!
+//! Content is bounded by [`Limits`] on the way in (the OpenTelemetry SDK's
+//! attribute and span limits, applied by the receiver since a hostile or
+//! broken sender applies none): attributes, events and links past their
+//! count are dropped, long strings are cut at a UTF-8 boundary, and each
+//! cut is counted in [`Converted::limited`]. A record is never refused
+//! for its size, and neither is its request.
 
 use std::sync::Arc;
 
@@ -8,6 +15,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
+use serde::Deserialize;
 
 use skein_storage::model::{
     AttrValue, Attributes, Event, Link, LogRecord, Resource, Scope, Span, SpanId, TraceId,
@@ -27,11 +35,109 @@ pub struct Converted<T> {
     pub rejected: u64,
     /// The first rejection reason, for `partial_success.error_message`.
     pub error: Option<String>,
+    /// What [`Limits`] cut from the records kept.
+    pub limited: Limited,
 }
 
 impl<T> Default for Converted<T> {
     fn default() -> Self {
-        Converted { records: Vec::new(), rejected: 0, error: None }
+        Converted { records: Vec::new(), rejected: 0, error: None, limited: Limited::default() }
+    }
+}
+
+/// Bounds on the content of one record (`[collector.limits]` in the config
+/// file). The counts are the OpenTelemetry SDK defaults (specification,
+/// "Attribute Limits" and "Span Limits": 128 each); the SDK sets no length
+/// limit, but a receiver must: see [`Limits::max_value_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Attributes kept per span, log record and resource (SDK
+    /// `AttributeCountLimit`, 128); also the entries kept per array or
+    /// key-value list inside a value. The first ones received are kept.
+    pub max_attributes: usize,
+    /// Events kept per span (SDK `EventCountLimit`, 128), the first ones.
+    pub max_events_per_span: usize,
+    /// Links kept per span (SDK `LinkCountLimit`, 128), the first ones.
+    pub max_links_per_span: usize,
+    /// Attributes kept per span event (SDK `AttributePerEventCountLimit`).
+    pub max_attributes_per_event: usize,
+    /// Attributes kept per span link (SDK `AttributePerLinkCountLimit`).
+    pub max_attributes_per_link: usize,
+    /// Bytes kept of each string or bytes value (attribute values, each
+    /// element of arrays and maps, attribute keys, span and event names,
+    /// status messages, trace states, scope names), cut at a UTF-8
+    /// boundary. Default 64 KiB: the SDK default is unlimited, which lets
+    /// one 15 MiB value through whole; Tempo cuts at 2 KiB
+    /// (`max_attribute_bytes`), which cuts ordinary stack traces and SQL
+    /// statements. 64 KiB keeps those whole and bounds a span's strings to
+    /// a few MiB at the count limits.
+    pub max_value_bytes: usize,
+    /// Bytes kept of a log record's body (each string within it), cut at a
+    /// UTF-8 boundary. Default 256 KiB, Loki's `max_line_size`.
+    pub max_log_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_attributes: 128,
+            max_events_per_span: 128,
+            max_links_per_span: 128,
+            max_attributes_per_event: 128,
+            max_attributes_per_link: 128,
+            max_value_bytes: 64 << 10,
+            max_log_body_bytes: 256 << 10,
+        }
+    }
+}
+
+impl Limits {
+    /// No limit at all (for conversions of trusted data, e.g. tests).
+    pub const UNLIMITED: Limits = Limits {
+        max_attributes: usize::MAX,
+        max_events_per_span: usize::MAX,
+        max_links_per_span: usize::MAX,
+        max_attributes_per_event: usize::MAX,
+        max_attributes_per_link: usize::MAX,
+        max_value_bytes: usize::MAX,
+        max_log_body_bytes: usize::MAX,
+    };
+}
+
+/// What [`Limits`] cut from one request, by limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limited {
+    /// Attributes (and array or map entries) dropped past a count limit.
+    pub attributes: u64,
+    /// Span events dropped past `max_events_per_span`.
+    pub events: u64,
+    /// Span links dropped past `max_links_per_span`.
+    pub links: u64,
+    /// Strings or bytes values cut to `max_value_bytes`.
+    pub value_length: u64,
+    /// Log body strings cut to `max_log_body_bytes`.
+    pub body_length: u64,
+}
+
+impl Limited {
+    /// The `limit` label values of the counts, in [`Limited::counts`] order.
+    pub const LIMITS: [&'static str; 5] = ["attributes", "events", "links", "value_length", "body_length"];
+
+    /// Each count with its `limit` label value.
+    pub fn counts(&self) -> [(&'static str, u64); 5] {
+        [
+            ("attributes", self.attributes),
+            ("events", self.events),
+            ("links", self.links),
+            ("value_length", self.value_length),
+            ("body_length", self.body_length),
+        ]
+    }
+
+    /// Whether nothing was cut.
+    pub fn is_empty(&self) -> bool {
+        self.counts().iter().all(|c| c.1 == 0)
     }
 }
 
@@ -48,45 +154,135 @@ impl<T> Converted<T> {
 /// replaced by empty). Guards the recursive conversion against stack abuse.
 const MAX_VALUE_DEPTH: usize = 16;
 
-/// An OTLP `AnyValue` as an attribute value; an absent value, an unset
-/// one, or nesting deeper than 16 levels is [`AttrValue::Empty`].
+/// An OTLP `AnyValue` as an attribute value, unlimited; an absent value,
+/// an unset one, or nesting deeper than 16 levels is [`AttrValue::Empty`].
 pub fn any_value(v: Option<&AnyValue>) -> AttrValue {
-    any_value_depth(v, 0)
+    Cut::new(&Limits::UNLIMITED).value(v, 0, false)
 }
 
-fn any_value_depth(v: Option<&AnyValue>, depth: usize) -> AttrValue {
-    if depth > MAX_VALUE_DEPTH {
-        return AttrValue::Empty;
-    }
-    match v.and_then(|v| v.value.as_ref()) {
-        None => AttrValue::Empty,
-        Some(any_value::Value::StringValue(s)) => AttrValue::Str(s.clone()),
-        Some(any_value::Value::IntValue(i)) => AttrValue::Int(*i),
-        Some(any_value::Value::DoubleValue(d)) => AttrValue::Double(*d),
-        Some(any_value::Value::BoolValue(b)) => AttrValue::Bool(*b),
-        Some(any_value::Value::BytesValue(b)) => AttrValue::Bytes(b.clone()),
-        Some(any_value::Value::ArrayValue(a)) => {
-            AttrValue::Array(a.values.iter().map(|v| any_value_depth(Some(v), depth + 1)).collect())
-        }
-        Some(any_value::Value::KvlistValue(kv)) => AttrValue::KvList(attributes_depth(&kv.values, depth + 1)),
-        // An index into a profiles string dictionary; meaningless for
-        // traces and logs, which carry no dictionary.
-        Some(any_value::Value::StringValueStrindex(_)) => AttrValue::Empty,
-    }
-}
-
-/// OTLP key-value pairs as attributes, in their received order (duplicate
-/// keys are kept as sent).
+/// OTLP key-value pairs as attributes, unlimited, in their received order
+/// (duplicate keys are kept as sent).
 pub fn attributes(kvs: &[KeyValue]) -> Attributes {
-    attributes_depth(kvs, 0)
+    Cut::new(&Limits::UNLIMITED).attrs(kvs, usize::MAX, 0)
 }
 
-fn attributes_depth(kvs: &[KeyValue], depth: usize) -> Attributes {
-    kvs.iter().map(|kv| (kv.key.clone(), any_value_depth(kv.value.as_ref(), depth))).collect()
+/// Applies [`Limits`] while converting, counting what it cuts.
+struct Cut<'a> {
+    l: &'a Limits,
+    n: Limited,
 }
 
-fn resource(r: Option<&OtlpResource>) -> Arc<Resource> {
-    let attributes = r.map(|r| attributes(&r.attributes)).unwrap_or_default();
+/// `s` cut to at most `max` bytes at a UTF-8 boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    &s[..i]
+}
+
+impl<'a> Cut<'a> {
+    fn new(l: &'a Limits) -> Self {
+        Cut { l, n: Limited::default() }
+    }
+
+    /// A string field cut to `max` bytes (counted when cut).
+    fn text(&mut self, s: &str, max: usize) -> String {
+        let p = prefix(s, max);
+        if p.len() < s.len() {
+            self.n.value_length += 1;
+        }
+        p.to_string()
+    }
+
+    /// A name, message or key: cut to `max_value_bytes`.
+    fn short(&mut self, s: &str) -> String {
+        self.text(s, self.l.max_value_bytes)
+    }
+
+    /// The first `max` of `items`, counting the rest in `dropped`.
+    fn first<'i, T>(items: &'i [T], max: usize, dropped: &mut u64) -> &'i [T] {
+        if items.len() > max {
+            *dropped += (items.len() - max) as u64;
+            &items[..max]
+        } else {
+            items
+        }
+    }
+
+    /// A value whose strings and bytes are cut to `max_value_bytes`, or,
+    /// in a log body (`body`), to `max_log_body_bytes`.
+    fn value(&mut self, v: Option<&AnyValue>, depth: usize, body: bool) -> AttrValue {
+        if depth > MAX_VALUE_DEPTH {
+            return AttrValue::Empty;
+        }
+        let max_len = if body { self.l.max_log_body_bytes } else { self.l.max_value_bytes };
+        let cut = |n: &mut Limited| {
+            if body {
+                n.body_length += 1;
+            } else {
+                n.value_length += 1;
+            }
+        };
+        match v.and_then(|v| v.value.as_ref()) {
+            None => AttrValue::Empty,
+            Some(any_value::Value::StringValue(s)) => {
+                let p = prefix(s, max_len);
+                if p.len() < s.len() {
+                    cut(&mut self.n);
+                }
+                AttrValue::Str(p.to_string())
+            }
+            Some(any_value::Value::IntValue(i)) => AttrValue::Int(*i),
+            Some(any_value::Value::DoubleValue(d)) => AttrValue::Double(*d),
+            Some(any_value::Value::BoolValue(b)) => AttrValue::Bool(*b),
+            Some(any_value::Value::BytesValue(b)) => {
+                if b.len() > max_len {
+                    cut(&mut self.n);
+                }
+                AttrValue::Bytes(b[..b.len().min(max_len)].to_vec())
+            }
+            Some(any_value::Value::ArrayValue(a)) => {
+                let items = Self::first(&a.values, self.l.max_attributes, &mut self.n.attributes);
+                AttrValue::Array(items.iter().map(|v| self.value(Some(v), depth + 1, body)).collect())
+            }
+            Some(any_value::Value::KvlistValue(kv)) => {
+                AttrValue::KvList(self.attrs_in(&kv.values, self.l.max_attributes, depth + 1, body))
+            }
+            // An index into a profiles string dictionary; meaningless for
+            // traces and logs, which carry no dictionary.
+            Some(any_value::Value::StringValueStrindex(_)) => AttrValue::Empty,
+        }
+    }
+
+    /// The first `max` attributes, keys and values cut to `max_value_bytes`.
+    fn attrs(&mut self, kvs: &[KeyValue], max: usize, depth: usize) -> Attributes {
+        self.attrs_in(kvs, max, depth, false)
+    }
+
+    fn attrs_in(&mut self, kvs: &[KeyValue], max: usize, depth: usize, body: bool) -> Attributes {
+        let kvs = Self::first(kvs, max, &mut self.n.attributes);
+        kvs.iter().map(|kv| (self.short(&kv.key), self.value(kv.value.as_ref(), depth, body))).collect()
+    }
+
+    fn resource(&mut self, r: Option<&OtlpResource>) -> Arc<Resource> {
+        let attributes = r.map(|r| self.attrs(&r.attributes, self.l.max_attributes, 0)).unwrap_or_default();
+        resource_of(attributes)
+    }
+
+    fn scope(&mut self, s: Option<&InstrumentationScope>) -> Arc<Scope> {
+        Arc::new(Scope {
+            name: s.map(|s| self.short(&s.name)).unwrap_or_default(),
+            version: s.map(|s| self.short(&s.version)).unwrap_or_default(),
+        })
+    }
+}
+
+/// A resource of `attributes`, its service name from `service.name`.
+fn resource_of(attributes: Attributes) -> Arc<Resource> {
     let service_name = attributes
         .iter()
         .find_map(|(k, v)| match (k.as_str(), v) {
@@ -95,13 +291,6 @@ fn resource(r: Option<&OtlpResource>) -> Arc<Resource> {
         })
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
     Arc::new(Resource { service_name, attributes })
-}
-
-fn scope(s: Option<&InstrumentationScope>) -> Arc<Scope> {
-    Arc::new(Scope {
-        name: s.map(|s| s.name.clone()).unwrap_or_default(),
-        version: s.map(|s| s.version.clone()).unwrap_or_default(),
-    })
 }
 
 /// An optional span ID field: empty or all zeroes is "none", 8 bytes is an
@@ -120,13 +309,23 @@ fn optional_span_id(b: &[u8]) -> Result<Option<SpanId>, ()> {
 /// Converts a trace export request. Spans with a trace ID that is not 16
 /// bytes or is all zeroes, or a span ID that is not 8 non-zero bytes, are
 /// rejected (OTLP spec, "trace_id ... An ID with all zeroes OR of length other
-/// than 16 bytes is considered invalid").
+/// than 16 bytes is considered invalid"). Content within the default
+/// [`Limits`].
 pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
+    spans_within(req, &Limits::default())
+}
+
+/// [`spans`] with content cut to `limits`: attributes, events and links
+/// past their counts dropped, long strings cut, each counted in
+/// [`Converted::limited`]; no span is rejected for its content.
+pub fn spans_within(req: &ExportTraceServiceRequest, limits: &Limits) -> Converted<Span> {
     let mut out = Converted::default();
+    let mut cut = Cut::new(limits);
+    let l = limits;
     for rs in &req.resource_spans {
-        let res = resource(rs.resource.as_ref());
+        let res = cut.resource(rs.resource.as_ref());
         for ss in &rs.scope_spans {
-            let sc = scope(ss.scope.as_ref());
+            let sc = cut.scope(ss.scope.as_ref());
             for s in &ss.spans {
                 let Some(trace_id) = TraceId::from_slice(&s.trace_id).filter(|t| !t.is_zero()) else {
                     out.reject(|| {
@@ -144,29 +343,37 @@ pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
                     });
                     continue;
                 };
-                let mut links = Vec::with_capacity(s.links.len());
-                for l in &s.links {
+                let mut links = Vec::new();
+                for k in Cut::first(&s.links, l.max_links_per_span, &mut cut.n.links) {
                     // A link to an invalid context carries no information;
                     // drop the link, keep the span.
                     if let (Some(t), Some(sp)) =
-                        (TraceId::from_slice(&l.trace_id), SpanId::from_slice(&l.span_id))
+                        (TraceId::from_slice(&k.trace_id), SpanId::from_slice(&k.span_id))
                     {
                         links.push(Link {
                             trace_id: t,
                             span_id: sp,
-                            trace_state: l.trace_state.clone(),
-                            attributes: attributes(&l.attributes),
+                            trace_state: cut.short(&k.trace_state),
+                            attributes: cut.attrs(&k.attributes, l.max_attributes_per_link, 0),
                         });
                     }
                 }
+                let events = Cut::first(&s.events, l.max_events_per_span, &mut cut.n.events)
+                    .iter()
+                    .map(|e| Event {
+                        time_unix_nano: e.time_unix_nano,
+                        name: cut.short(&e.name),
+                        attributes: cut.attrs(&e.attributes, l.max_attributes_per_event, 0),
+                    })
+                    .collect();
                 let status = s.status.as_ref();
                 out.records.push(Span {
                     trace_id,
                     span_id,
                     parent_span_id,
-                    trace_state: s.trace_state.clone(),
+                    trace_state: cut.short(&s.trace_state),
                     flags: s.flags,
-                    name: s.name.clone(),
+                    name: cut.short(&s.name),
                     kind: u8::try_from(s.kind).ok().filter(|k| *k <= 5).unwrap_or(0),
                     start_time_unix_nano: s.start_time_unix_nano,
                     end_time_unix_nano: s.end_time_unix_nano,
@@ -174,17 +381,9 @@ pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
                         .and_then(|st| u8::try_from(st.code).ok())
                         .filter(|c| *c <= 2)
                         .unwrap_or(0),
-                    status_message: status.map(|st| st.message.clone()).unwrap_or_default(),
-                    attributes: attributes(&s.attributes),
-                    events: s
-                        .events
-                        .iter()
-                        .map(|e| Event {
-                            time_unix_nano: e.time_unix_nano,
-                            name: e.name.clone(),
-                            attributes: attributes(&e.attributes),
-                        })
-                        .collect(),
+                    status_message: status.map(|st| cut.short(&st.message)).unwrap_or_default(),
+                    attributes: cut.attrs(&s.attributes, l.max_attributes, 0),
+                    events,
                     links,
                     resource: res.clone(),
                     scope: sc.clone(),
@@ -192,18 +391,27 @@ pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
             }
         }
     }
+    out.limited = cut.n;
     out
 }
 
 /// Converts a logs export request. Trace context is optional on logs: an
 /// empty or all-zero trace ID means none; a trace or span ID of the wrong
-/// length rejects the record.
+/// length rejects the record. Content within the default [`Limits`].
 pub fn logs(req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
+    logs_within(req, &Limits::default())
+}
+
+/// [`logs`] with content cut to `limits` (attributes past the count
+/// dropped, long strings and bodies cut, each counted in
+/// [`Converted::limited`]); no record is rejected for its content.
+pub fn logs_within(req: &ExportLogsServiceRequest, limits: &Limits) -> Converted<LogRecord> {
     let mut out = Converted::default();
+    let mut cut = Cut::new(limits);
     for rl in &req.resource_logs {
-        let res = resource(rl.resource.as_ref());
+        let res = cut.resource(rl.resource.as_ref());
         for sl in &rl.scope_logs {
-            let sc = scope(sl.scope.as_ref());
+            let sc = cut.scope(sl.scope.as_ref());
             for l in &sl.log_records {
                 let trace_id = match l.trace_id.len() {
                     0 => TraceId::ZERO,
@@ -221,19 +429,20 @@ pub fn logs(req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
                     time_unix_nano: l.time_unix_nano,
                     observed_time_unix_nano: l.observed_time_unix_nano,
                     severity_number: l.severity_number,
-                    severity_text: l.severity_text.clone(),
-                    body: any_value(l.body.as_ref()),
-                    attributes: attributes(&l.attributes),
+                    severity_text: cut.short(&l.severity_text),
+                    body: cut.value(l.body.as_ref(), 0, true),
+                    attributes: cut.attrs(&l.attributes, limits.max_attributes, 0),
                     trace_id,
                     span_id: if trace_id.is_zero() { None } else { span_id },
                     flags: l.flags,
-                    event_name: l.event_name.clone(),
+                    event_name: cut.short(&l.event_name),
                     resource: res.clone(),
                     scope: sc.clone(),
                 });
             }
         }
     }
+    out.limited = cut.n;
     out
 }
 
@@ -379,5 +588,120 @@ mod tests {
             depth += 1;
         }
         assert_eq!(depth, MAX_VALUE_DEPTH + 1);
+    }
+
+    fn int_kv(k: String, i: i64) -> KeyValue {
+        KeyValue {
+            key: k,
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(i)) }),
+            ..Default::default()
+        }
+    }
+
+    fn str_kv(k: &str, v: String) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(v)) }),
+            ..Default::default()
+        }
+    }
+
+    /// Issue 10 item 8: a span with a million attributes and a 15 MiB
+    /// value is kept with the first 128 attributes and the value cut to
+    /// 64 KiB at a character boundary, both counted; its batch's other
+    /// span is whole, and nothing is rejected.
+    #[test]
+    fn hostile_content_is_cut_and_counted_and_the_batch_kept() {
+        let mut attrs: Vec<KeyValue> = vec![str_kv("big", "é".repeat(15 << 19))]; // 15 MiB of 2-byte chars
+        attrs.extend((0..1_000_000).map(|i| int_kv(format!("k{i}"), i)));
+        let mut hostile = otlp_span(vec![1; 16], vec![1; 8], vec![]);
+        hostile.attributes = attrs;
+        hostile.events = (0..300)
+            .map(|i| opentelemetry_proto::tonic::trace::v1::span::Event {
+                name: format!("e{i}"),
+                attributes: (0..200).map(|j| int_kv(format!("a{j}"), j)).collect(),
+                ..Default::default()
+            })
+            .collect();
+        hostile.links = (0..129)
+            .map(|_| opentelemetry_proto::tonic::trace::v1::span::Link {
+                trace_id: vec![2; 16],
+                span_id: vec![2; 8],
+                ..Default::default()
+            })
+            .collect();
+        let mut fine = otlp_span(vec![1; 16], vec![2; 8], vec![]);
+        fine.attributes = vec![str_kv("ok", "v".into())];
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![hostile, fine], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let c = spans_within(&req, &Limits::default());
+        assert_eq!((c.rejected, c.records.len()), (0, 2));
+        let s = &c.records[0];
+        assert_eq!(s.attributes.len(), 128);
+        let AttrValue::Str(big) = &s.attributes[0].1 else { panic!("{:?}", s.attributes[0]) };
+        assert_eq!(big.len(), 64 << 10, "cut at 64 KiB, a character boundary");
+        assert_eq!(s.attributes[127], ("k126".to_string(), AttrValue::Int(126)));
+        assert_eq!(s.events.len(), 128);
+        assert_eq!(s.events[0].attributes.len(), 128);
+        assert_eq!(s.links.len(), 128);
+        let want = Limited {
+            attributes: (1_000_001 - 128) + 128 * (200 - 128),
+            events: 300 - 128,
+            links: 1,
+            value_length: 1,
+            body_length: 0,
+        };
+        assert_eq!(c.limited, want);
+        assert_eq!(c.records[1].attributes, vec![str_attr("ok", "v")], "the other span is whole");
+    }
+
+    /// Cuts fall on character boundaries; a log body has its own limit
+    /// and counter; nested arrays are bounded too.
+    #[test]
+    fn cuts_keep_utf8_and_bodies_have_their_own_limit() {
+        assert_eq!(prefix("aé", 2), "a");
+        assert_eq!(prefix("aé", 3), "aé");
+        assert_eq!(prefix("€", 2), "");
+        let limits =
+            Limits { max_value_bytes: 4, max_log_body_bytes: 6, max_attributes: 2, ..Limits::default() };
+        let body = AnyValue { value: Some(any_value::Value::StringValue("ééééé".into())) };
+        let arr = AnyValue {
+            value: Some(any_value::Value::ArrayValue(ArrayValue {
+                values: (0..5).map(|i| AnyValue { value: Some(any_value::Value::IntValue(i)) }).collect(),
+            })),
+        };
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![opentelemetry_proto::tonic::logs::v1::ResourceLogs {
+                scope_logs: vec![opentelemetry_proto::tonic::logs::v1::ScopeLogs {
+                    log_records: vec![opentelemetry_proto::tonic::logs::v1::LogRecord {
+                        body: Some(body),
+                        attributes: vec![
+                            KeyValue { key: "arr".into(), value: Some(arr), ..Default::default() },
+                            str_kv("s", "abcdef".into()),
+                            str_kv("x", "y".into()),
+                        ],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let c = logs_within(&req, &limits);
+        let l = &c.records[0];
+        assert_eq!(l.body, AttrValue::Str("ééé".into()));
+        assert_eq!(l.attributes.len(), 2);
+        assert_eq!(l.attributes[0].1, AttrValue::Array(vec![AttrValue::Int(0), AttrValue::Int(1)]));
+        assert_eq!(l.attributes[1], str_attr("s", "abcd"));
+        assert_eq!(
+            c.limited,
+            Limited { attributes: 1 + 3, value_length: 1, body_length: 1, ..Default::default() }
+        );
+        let whole = logs_within(&req, &Limits::default());
+        assert!(whole.limited.is_empty());
     }
 }

@@ -16,3 +16,6 @@
 pub mod decode;
 pub mod encode;
 pub mod json;
+
+#[cfg(test)]
+mod fuzz_tests;

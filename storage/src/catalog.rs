@@ -43,6 +43,11 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// A catalog over `head` (configured by the caller), with no segments.
+    pub fn with_head(head: Head) -> Self {
+        Catalog { head, state: RwLock::default() }
+    }
+
     /// The head, for inserting (WAL thread) and for its statistics. Reads
     /// of records go through [`Catalog::walk`].
     pub fn head(&self) -> &Head {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::head::TraceEntry;
-use crate::model::TraceId;
+use crate::model::{LogRecord, Span, TraceId};
 use crate::segment::{self, Segment};
 use crate::{Error, Result, Storage};
 
@@ -177,7 +177,17 @@ impl Storage {
         drop(segs);
         let t0 = std::time::Instant::now();
 
-        let (traces, duplicate_spans) = merge(&inputs)?;
+        // An input found damaged is quarantined, and the next turn picks
+        // inputs without it.
+        let (traces, duplicate_spans) = merge(&inputs, |seg| {
+            let all = |n: u64| std::iter::once(0..n as usize).collect::<Vec<_>>();
+            self.guarded(seg, |g| {
+                Ok((g.read_spans(all(g.meta.span_count))?, g.read_logs(all(g.meta.log_count))?))
+            })?
+            .ok_or_else(|| {
+                Error::Corrupt(format!("compaction input {} is damaged and was quarantined", seg.meta.id))
+            })
+        })?;
         let mut stats = CompactStats {
             duplicate_spans,
             inputs: inputs.len(),
@@ -244,13 +254,14 @@ impl Storage {
 /// traces and the number of copies dropped. Each trace's WAL positions span
 /// the inputs' (`max_pos` is what the output's trace-ID index records and
 /// replay relies on).
-fn merge(inputs: &[Arc<Segment>]) -> Result<(Vec<(TraceId, TraceEntry)>, u64)> {
+fn merge(
+    inputs: &[Arc<Segment>],
+    mut read: impl FnMut(&Arc<Segment>) -> Result<(Vec<Span>, Vec<LogRecord>)>,
+) -> Result<(Vec<(TraceId, TraceEntry)>, u64)> {
     let mut by_trace: HashMap<TraceId, TraceEntry> = HashMap::new();
     let mut copies = 0u64;
     for seg in inputs {
-        let all = |n: u64| std::iter::once(0..n as usize).collect::<Vec<_>>();
-        let spans = seg.read_spans(all(seg.meta.span_count))?;
-        let logs = seg.read_logs(all(seg.meta.log_count))?;
+        let (spans, logs) = read(seg)?;
         if spans.len() as u64 != seg.meta.span_count || logs.len() as u64 != seg.meta.log_count {
             return Err(Error::Corrupt(format!(
                 "segment {}: read {} spans and {} logs, meta says {} and {}",

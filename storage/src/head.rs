@@ -10,9 +10,15 @@
 //! the first copy kept ([`crate::model::dedup_spans`] states the rule); the
 //! WAL positions of the dropped copy's record still count, so a segment
 //! tells replay that the copy needs no replaying either.
+//!
+//! A trace holds at most `head.max_bytes_per_trace` of spans in the head
+//! (Tempo's `max_bytes_per_trace`, 5 MB by default there too): spans past
+//! it are dropped and counted (`skein_trace_limit_dropped_spans_total`),
+//! so one runaway trace cannot take the head. The cap is per stay in the
+//! head: a trace flushed to a segment starts again from zero.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,11 +88,21 @@ pub struct Head {
     traces: DashMap<TraceId, TraceEntry>,
     bytes: AtomicI64,
     epoch: Instant,
+    /// Span bytes one trace may hold ([`Head::limit_trace_bytes`]).
+    max_bytes_per_trace: AtomicUsize,
+    /// Spans dropped for that limit.
+    over_trace_limit: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for Head {
     fn default() -> Self {
-        Head { traces: DashMap::new(), bytes: AtomicI64::new(0), epoch: Instant::now() }
+        Head {
+            traces: DashMap::new(),
+            bytes: AtomicI64::new(0),
+            epoch: Instant::now(),
+            max_bytes_per_trace: AtomicUsize::new(usize::MAX),
+            over_trace_limit: Default::default(),
+        }
     }
 }
 
@@ -106,11 +122,37 @@ impl Head {
         self.traces.len()
     }
 
+    /// Caps the span bytes ([`Span::heap_size`]) one trace holds at
+    /// `max` (the first span of a trace is always kept), and counts the
+    /// spans dropped for it in `dropped`.
+    pub fn limit_trace_bytes(&mut self, max: usize, dropped: prometheus_client::metrics::counter::Counter) {
+        self.max_bytes_per_trace.store(max, Ordering::Relaxed);
+        self.over_trace_limit = dropped;
+    }
+
     /// Adds the spans of one WAL record at position `pos`, dropping copies
-    /// of spans the trace's entry already holds (a retried batch). Returns
-    /// the number of copies dropped.
+    /// of spans the trace's entry already holds (a retried batch) and
+    /// spans past the trace's byte limit ([`Head::limit_trace_bytes`],
+    /// counted there). Returns the number of copies dropped.
     pub fn insert_spans(&self, pos: u64, spans: Vec<Span>) -> usize {
-        self.insert(pos, spans, |s| s.trace_id, Span::heap_size, TraceEntry::add_span)
+        let max = self.max_bytes_per_trace.load(Ordering::Relaxed);
+        let over = std::cell::Cell::new(0usize);
+        let refused = self.insert(
+            pos,
+            spans,
+            |s| s.trace_id,
+            Span::heap_size,
+            |e, s| {
+                let copy = e.span_ids.contains(&s.span_id);
+                if !copy && !e.spans.is_empty() && e.bytes.saturating_add(s.heap_size()) > max {
+                    over.set(over.get() + 1);
+                    return false;
+                }
+                e.add_span(s)
+            },
+        );
+        self.over_trace_limit.inc_by(over.get() as u64);
+        refused - over.get()
     }
 
     /// Adds the log records of one WAL record at position `pos`. Logs have
@@ -294,6 +336,27 @@ mod tests {
 
     fn heap(spans: &[Span]) -> usize {
         spans.iter().map(Span::heap_size).sum()
+    }
+
+    /// Issue 10 item 8: a trace holds at most `max_bytes_per_trace` of
+    /// spans; later spans of it are dropped and counted (not as copies),
+    /// other traces are unaffected, and a lone span over the cap is kept.
+    #[test]
+    fn a_trace_over_its_byte_cap_drops_later_spans() {
+        let one = heap(&spans_of_trace(1, 0, 1));
+        let mut h = Head::default();
+        let dropped = prometheus_client::metrics::counter::Counter::default();
+        h.limit_trace_bytes(one * 3, dropped.clone());
+        assert_eq!(h.insert_spans(1, spans_of_trace(1, 0, 10)), 0, "none of them are copies");
+        assert_eq!(entry(&h, 1).spans.len(), 3);
+        assert_eq!(dropped.get(), 7);
+        assert_eq!(h.insert_spans(2, spans_of_trace(2, 0, 2)), 0);
+        assert_eq!(entry(&h, 2).spans.len(), 2);
+        assert_eq!(h.insert_spans(3, spans_of_trace(1, 0, 1)), 1, "a copy is still a copy");
+        h.limit_trace_bytes(1, dropped.clone());
+        assert_eq!(h.insert_spans(4, spans_of_trace(3, 0, 1)), 0);
+        assert_eq!(entry(&h, 3).spans.len(), 1, "the first span of a trace is kept");
+        assert_eq!(dropped.get(), 7, "copies are not counted as over the cap");
     }
 
     /// A batch sent again (an exporter's retry) adds no span and no bytes,

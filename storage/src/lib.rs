@@ -33,6 +33,7 @@ pub mod metrics;
 // The shared data model; its JSON serialization is moving to the query crate,
 // which documents what stays.
 pub mod model;
+pub mod quarantine;
 mod read;
 pub mod remote;
 pub mod rollup;
@@ -135,6 +136,12 @@ pub struct HeadConfig {
     /// How often the flusher looks for traces to write.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Span bytes (approximate heap size) one trace may hold in the head;
+    /// later spans of the trace are dropped and counted in
+    /// `skein_trace_limit_dropped_spans_total` until it is flushed. The
+    /// first span of a trace is always kept. Default 5 MB, Tempo's
+    /// `max_bytes_per_trace`.
+    pub max_bytes_per_trace: usize,
 }
 
 impl Default for HeadConfig {
@@ -145,6 +152,7 @@ impl Default for HeadConfig {
             max_bytes: 512 << 20,
             overload_factor: 1.5,
             flush_interval: Duration::from_secs(1),
+            max_bytes_per_trace: 5_000_000,
         }
     }
 }
@@ -263,6 +271,8 @@ pub struct Storage {
     _dir_lock: fs::File,
     /// The object store holding the segments, if not only local disk.
     remote: Option<Arc<remote::Remote>>,
+    /// Damaged segments taken out of service ([`quarantine`]).
+    quarantine: parking_lot::RwLock<Vec<quarantine::QuarantinedSegment>>,
     /// The storage's metrics (register them with [`StorageMetrics::register`]);
     /// shared by every tenant's storage when opened by [`tenant::Tenants`].
     pub metrics: Arc<StorageMetrics>,
@@ -324,10 +334,12 @@ impl Storage {
             Some(url) => Some(Arc::new(remote::Remote::open(url, &cfg.storage_options, metrics.clone())?)),
             None => None,
         };
+        let mut head = Head::default();
+        head.limit_trace_bytes(cfg.head.max_bytes_per_trace, metrics.trace_limit_dropped_spans.clone());
         let s = Storage {
             cfg,
             data_dir: data_dir.to_path_buf(),
-            catalog: Catalog::default(),
+            catalog: Catalog::with_head(head),
             wal: OnceLock::new(),
             flush_lock: Mutex::new(()),
             maintenance_lock: Mutex::new(()),
@@ -335,6 +347,7 @@ impl Storage {
             ready: AtomicBool::new(false),
             _dir_lock: dir_lock,
             remote,
+            quarantine: Default::default(),
             metrics,
             gauges: Default::default(),
             #[cfg(test)]
@@ -345,6 +358,7 @@ impl Storage {
         if let Some(r) = &s.remote {
             s.sync_cache(r)?;
         }
+        s.load_quarantine()?;
         let mut segments = Vec::new();
         let mut dirs = Vec::new();
         for e in fs::read_dir(&segdir)? {
@@ -358,13 +372,24 @@ impl Storage {
                 let _ = fs::remove_dir_all(&p);
                 continue;
             }
-            if !p.join(META_FILE).exists() {
+            if name == quarantine::QUARANTINE_DIR || !p.join(META_FILE).exists() {
                 continue;
             }
-            dirs.push((name, p.clone()));
+            dirs.push((name.clone(), p.clone()));
             match Segment::open(&p, s.metrics.clone(), s.remote.clone()) {
                 Ok(seg) => segments.push(Arc::new(seg)),
-                Err(e) => tracing::error!(dir = %p.display(), error = %e, "cannot open segment; skipping it"),
+                Err(e) if e.is_damage() => {
+                    // What can still be read tells which answers may miss it.
+                    let meta: Option<segment::SegmentMeta> =
+                        fs::read(p.join(META_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                    let index = segment::read_trace_index(&p).ok().map(Arc::new);
+                    s.quarantine_dir(&p, &name, meta.as_ref(), index, &format!("cannot open: {e}"));
+                }
+                Err(e) => {
+                    // A fault that may pass (permissions, descriptors): not
+                    // damage, so the files stay where they are.
+                    tracing::error!(dir = %p.display(), error = %e, "cannot open segment; skipping it for this run")
+                }
             }
         }
         // A crash after a compaction output was renamed into place but
@@ -409,12 +434,28 @@ impl Storage {
         for e in fs::read_dir(&segdir)? {
             let p = e?.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            if !name.starts_with("tmp-") && !committed.contains(name.as_str()) {
+            if !name.starts_with("tmp-")
+                && name != quarantine::QUARANTINE_DIR
+                && !committed.contains(name.as_str())
+            {
                 tracing::info!(segment = %name, "removing a cached segment the object store does not hold");
                 remove_segment_dir(&segdir, &p)?;
             }
         }
         for id in &listing.committed {
+            if listing.quarantined.contains(id) {
+                // Out of service, kept in the store: its record (and what
+                // else is small) comes to the local quarantine directory.
+                let qdir = segdir.join(quarantine::QUARANTINE_DIR).join(id);
+                if segdir.join(id).exists() {
+                    fs::create_dir_all(qdir.parent().unwrap_or(&segdir))?;
+                    let _ = fs::remove_dir_all(&qdir);
+                    fs::rename(segdir.join(id), &qdir)?;
+                } else if !qdir.exists() {
+                    r.download(id, &qdir, |f| f != segment::SPANS_FILE && f != segment::LOGS_FILE)?;
+                }
+                continue;
+            }
             if segdir.join(id).join(META_FILE).exists() {
                 continue;
             }

@@ -97,20 +97,21 @@ impl Storage {
     /// span ID): copies of a batch retried after its first copy was
     /// flushed. Only traces whose ID a segment's in-memory trace-ID index
     /// lists are read, spans only; a segment that cannot be read is
-    /// skipped (its copies then wait for compaction, as before).
+    /// skipped (its copies then wait for compaction, as before), and one
+    /// found damaged is quarantined.
     fn copies_in_segments(&self, traces: &[(TraceId, TraceEntry)]) -> HashSet<(TraceId, SpanId)> {
         let segments = self.catalog.snapshot().segments;
         let mut out = HashSet::new();
         for (id, t) in traces.iter().filter(|t| !t.1.spans.is_empty()) {
             for seg in segments.iter().filter(|s| s.find(id).is_some()) {
-                match seg.lookup(id, false) {
-                    Ok(Some((stored, _))) => {
+                match self.guarded(seg, |g| g.lookup(id, false)) {
+                    Ok(Some(Some((stored, _)))) => {
                         let ids: HashSet<SpanId> = stored.iter().map(|s| s.span_id).collect();
                         out.extend(
                             t.spans.iter().filter(|s| ids.contains(&s.span_id)).map(|s| (*id, s.span_id)),
                         );
                     }
-                    Ok(None) => {}
+                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(segment = %seg.meta.id, error = %e, "cannot read a segment to find copies of spans")
                     }

@@ -57,6 +57,13 @@ pub struct StorageMetrics {
     pub remote_read_bytes: Counter,
     /// Bytes written to the object store.
     pub remote_written_bytes: Counter,
+    /// Segments this process quarantined (found damaged at open or on a
+    /// read); see `Storage::quarantined`.
+    pub segments_quarantined: Counter,
+    /// Segments in quarantine now, those of earlier runs included.
+    pub quarantined_segments: Gauge,
+    /// Spans dropped because their trace held `head.max_bytes_per_trace`.
+    pub trace_limit_dropped_spans: Counter,
 }
 
 impl Default for StorageMetrics {
@@ -83,6 +90,9 @@ impl Default for StorageMetrics {
             remote_requests: Counter::default(),
             remote_read_bytes: Counter::default(),
             remote_written_bytes: Counter::default(),
+            segments_quarantined: Counter::default(),
+            quarantined_segments: Gauge::default(),
+            trace_limit_dropped_spans: Counter::default(),
         }
     }
 }
@@ -158,6 +168,21 @@ impl StorageMetrics {
             "skein_object_store_written_bytes",
             "Bytes written to the object store",
             self.remote_written_bytes.clone(),
+        );
+        r.register(
+            "skein_segments_quarantined",
+            "Damaged segments moved to quarantine by this process (at open or on a failed read)",
+            self.segments_quarantined.clone(),
+        );
+        r.register(
+            "skein_quarantined_segments",
+            "Segments in quarantine now (listed at /api/v1/status), earlier runs' included",
+            self.quarantined_segments.clone(),
+        );
+        r.register(
+            "skein_trace_limit_dropped_spans",
+            "Spans dropped because their trace already held head.max_bytes_per_trace in the head",
+            self.trace_limit_dropped_spans.clone(),
         );
     }
 }

@@ -5,6 +5,11 @@
 //!
 //! Every read is blocking (segment reads touch disk or the object store):
 //! call them off the async runtime.
+//!
+//! A segment read that shows damage quarantines the segment and the read
+//! goes on without it ([`crate::quarantine`]); the caller learns of it from
+//! [`Storage::damage_for_trace`] / [`Storage::damage_in_range`]. The errors
+//! documented below are the faults that may pass (I/O, object store).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,7 +68,7 @@ impl Storage {
         });
         let mut spans = Vec::new();
         for seg in holding {
-            if let Some((s, l)) = seg.lookup(id, with_logs)? {
+            if let Some(Some((s, l))) = self.guarded(seg, |g| g.lookup(id, with_logs))? {
                 spans.extend(s);
                 logs.extend(l);
             }
@@ -106,7 +111,7 @@ impl Storage {
             if kth_newest(best.values().copied(), limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
                 break;
             }
-            for (id, t) in seg.search_spans(f, limit)? {
+            for (id, t) in self.guarded(seg, |g| g.search_spans(f, limit))?.unwrap_or_default() {
                 let e = best.entry(id).or_insert(t);
                 *e = (*e).max(t);
             }
@@ -139,7 +144,7 @@ impl Storage {
             }
         });
         for seg in segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
-            for (id, d) in seg.longest_spans(f, limit)? {
+            for (id, d) in self.guarded(seg, |g| g.longest_spans(f, limit))?.unwrap_or_default() {
                 keep(id, d);
             }
         }
@@ -168,7 +173,7 @@ impl Storage {
         });
         if f.trace_id.is_some() {
             for seg in segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
-                out.extend(seg.search_logs(f, limit)?);
+                out.extend(self.guarded(seg, |g| g.search_logs(f, limit))?.unwrap_or_default());
             }
         } else {
             // The newest `limit` matches over all segments are chosen from
@@ -181,7 +186,8 @@ impl Storage {
                 if kth_newest(times, limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
                     break;
                 }
-                picked.extend(seg.search_log_rows(f, limit)?.into_iter().map(|(t, r)| (t, i, r)));
+                let rows = self.guarded(seg, |g| g.search_log_rows(f, limit))?.unwrap_or_default();
+                picked.extend(rows.into_iter().map(|(t, r)| (t, i, r)));
                 picked.sort_unstable_by(|a, b| b.cmp(a));
                 picked.truncate(limit);
             }
@@ -190,7 +196,7 @@ impl Storage {
                 by_segment.entry(i).or_default().push(r..r + 1);
             }
             for (i, ranges) in by_segment {
-                out.extend(segs[i].read_logs(ranges)?);
+                out.extend(self.guarded(segs[i], |g| g.read_logs(ranges))?.unwrap_or_default());
             }
         }
         out.sort_by_key(|l| std::cmp::Reverse(l.effective_time()));
@@ -215,12 +221,12 @@ impl Storage {
         });
         for seg in segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
             if f.trace_id.is_some() {
-                for l in seg.search_logs(f, usize::MAX)? {
+                for l in self.guarded(seg, |g| g.search_logs(f, usize::MAX))?.unwrap_or_default() {
                     count(l.effective_time(), 1);
                 }
             } else {
                 // Bucket starts are multiples of `step` already.
-                for (k, v) in seg.count_logs(f, step)? {
+                for (k, v) in self.guarded(seg, |g| g.count_logs(f, step))?.unwrap_or_default() {
                     count(k, v);
                 }
             }

@@ -84,6 +84,9 @@ pub struct Listing {
     /// Segments with objects but no `meta.json`: an interrupted upload or
     /// deletion.
     pub incomplete: Vec<String>,
+    /// Segments with a quarantine record (`crate::quarantine`): damaged,
+    /// kept in the store, never loaded.
+    pub quarantined: std::collections::BTreeSet<String>,
 }
 
 impl Remote {
@@ -172,6 +175,7 @@ impl Remote {
             self.run(async move { Ok(store.list(Some(&root)).try_collect().await?) })?;
         let mut committed = std::collections::BTreeSet::new();
         let mut all = std::collections::BTreeSet::new();
+        let mut quarantined = std::collections::BTreeSet::new();
         let depth = self.root.parts().count();
         for o in objects {
             let parts: Vec<String> = o.location.parts().skip(depth).map(|p| p.as_ref().to_string()).collect();
@@ -180,9 +184,12 @@ impl Remote {
             if parts.len() == 2 && parts[1] == COMMIT_FILE {
                 committed.insert(id.clone());
             }
+            if parts.len() == 2 && parts[1] == crate::quarantine::RECORD_FILE {
+                quarantined.insert(id.clone());
+            }
         }
         let incomplete = all.difference(&committed).cloned().collect();
-        Ok(Listing { committed: committed.into_iter().collect(), incomplete })
+        Ok(Listing { committed: committed.into_iter().collect(), incomplete, quarantined })
     }
 
     /// Uploads every file of the segment directory `dir` as segment `id`,
@@ -273,8 +280,8 @@ impl Remote {
         })
     }
 
-    /// Writes one object of a segment (tests make partial segments with it).
-    #[cfg(test)]
+    /// Writes one object of a segment (a quarantine record; tests make
+    /// partial segments with it). Errors: object-store errors.
     pub(crate) fn put(&self, id: &str, file: &str, data: Vec<u8>) -> Result<()> {
         let store = self.store.clone();
         let p = self.file_path(id, file);

@@ -100,3 +100,29 @@ pub async fn append_spans_of(s: &Arc<Storage>, t: u8, first: u64, n: u64) {
 pub async fn append_log_of(s: &Arc<Storage>, t: u8, body: &str) {
     s.append_logs(vec![log_of_trace(t, body)]).await.expect("append logs");
 }
+
+/// Damages the first data page of Parquet file `path`: 64 bytes after the
+/// leading magic become zeroes, so the page header no longer decodes (the
+/// footer stays whole and the file still opens).
+///
+/// # Panics
+/// When the file cannot be read or written.
+pub fn corrupt_parquet_page(path: &std::path::Path) {
+    let mut b = std::fs::read(path).expect("read parquet file");
+    let end = (4 + 64).min(b.len().saturating_sub(8));
+    b[4..end].fill(0);
+    std::fs::write(path, b).expect("write parquet file");
+}
+
+/// Damages the footer (file metadata) of Parquet file `path`: its bytes
+/// become zeroes, so the file no longer opens.
+///
+/// # Panics
+/// When the file cannot be read or written.
+pub fn corrupt_parquet_footer(path: &std::path::Path) {
+    let mut b = std::fs::read(path).expect("read parquet file");
+    let n = b.len();
+    let footer = u32::from_le_bytes(b[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
+    b[n - 8 - footer..n - 8].fill(0);
+    std::fs::write(path, b).expect("write parquet file");
+}

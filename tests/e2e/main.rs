@@ -6,6 +6,8 @@ mod support;
 mod auth;
 /// Malformed, oversized and partially invalid requests.
 mod bad_input;
+/// Damaged segments: quarantine, partial answers, status and metrics.
+mod damage;
 /// Retried batches: one copy of each span in every answer and count.
 mod dedup;
 /// A full disk: retryable refusals, no leftovers, recovery without a restart.
@@ -14,6 +16,8 @@ mod disk_full;
 mod durability;
 /// The Jaeger-compatible query API.
 mod jaeger;
+/// Content limits: hostile attributes, values and events cut and counted.
+mod limits;
 /// Connection caps, header-read and idle timeouts, HTTP/2 stream limits.
 mod listeners;
 /// `/metrics`, log output and listen addresses.

@@ -34,8 +34,43 @@ pub(crate) fn routes() -> Router<ApiState> {
 
 /// Jaeger's response envelope.
 fn envelope(data: Value) -> Response {
+    envelope_partial(data, Vec::new())
+}
+
+/// Jaeger's envelope with `errors` listing why the answer is partial (a
+/// quarantined segment may hold data it lacks), each as Jaeger's
+/// structured error `{code, msg[, traceID]}` with code 206 (Partial
+/// Content): the status stays 200, as Jaeger's own multi-trace lookup
+/// answers 200 with an `errors` entry per trace it could not load.
+fn envelope_partial(data: Value, errors: Vec<Value>) -> Response {
     let total = data.as_array().map_or(0, |a| a.len());
-    Json(json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": null})).into_response()
+    let errors = if errors.is_empty() { Value::Null } else { Value::Array(errors) };
+    Json(json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": errors})).into_response()
+}
+
+/// The structured errors of a partial answer, for `envelope_partial`.
+fn partial_errors(warnings: &[String], trace: Option<TraceId>) -> Vec<Value> {
+    warnings
+        .iter()
+        .map(|w| match trace {
+            Some(id) => json!({"code": 206, "msg": w, "traceID": id.to_hex()}),
+            None => json!({"code": 206, "msg": w}),
+        })
+        .collect()
+}
+
+/// A trace in Jaeger's JSON model, its `warnings` naming the quarantined
+/// segments that may hold part of it; `None` when it has no span (only
+/// warnings: nothing of it could be read).
+fn trace_value(t: &Trace) -> Option<Value> {
+    if t.spans.is_empty() && t.logs.is_empty() {
+        return None;
+    }
+    let mut v = trace_json(t.id, &t.spans, &t.logs);
+    if !t.warnings.is_empty() {
+        v["warnings"] = json!(t.warnings);
+    }
+    Some(v)
 }
 
 fn tag(key: &str, v: &AttrValue) -> Value {
@@ -157,7 +192,7 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
 /// Jaeger's answer of a trace search: the whole traces, in the engine's
 /// order (newest start first).
 pub(crate) fn search_json(r: &TraceSearch) -> Vec<Value> {
-    r.traces.iter().filter_map(|t| t.trace.as_ref()).map(|t| trace_json(t.id, &t.spans, &t.logs)).collect()
+    r.traces.iter().filter_map(|t| t.trace.as_ref()).filter_map(trace_value).collect()
 }
 
 async fn services(State(st): State<ApiState>, Tenant(tenant): Tenant) -> Result<Response> {
@@ -239,13 +274,14 @@ async fn find_traces(
     let ids: Vec<&str> = p.all("traceID").collect();
     if !ids.is_empty() {
         let ids = ids.into_iter().map(parse_trace_id).collect::<Result<Vec<_>>>()?;
-        let mut data = Vec::with_capacity(ids.len());
+        let (mut data, mut errors) = (Vec::with_capacity(ids.len()), Vec::new());
         for id in ids {
-            if let Some(Trace { id, spans, logs }) = st.engine(&tenant).await?.trace(id).await? {
-                data.push(trace_json(id, &spans, &logs));
+            if let Some(t) = st.engine(&tenant).await?.trace(id).await? {
+                errors.extend(partial_errors(&t.warnings, Some(t.id)));
+                data.extend(trace_value(&t));
             }
         }
-        return Ok(envelope(Value::Array(data)));
+        return Ok(envelope_partial(Value::Array(data), errors));
     }
     let mut tags = Vec::new();
     if let Some(t) = p.get("tags") {
@@ -285,7 +321,7 @@ async fn find_traces(
     let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
     let q = TraceQuery { filter, conditions, limit, with_trace: true, ..Default::default() };
     let r = st.engine(&tenant).await?.search_traces(q).await?;
-    Ok(envelope(json!(search_json(&r))))
+    Ok(envelope_partial(json!(search_json(&r)), partial_errors(&r.warnings, None)))
 }
 
 async fn get_trace(
@@ -295,7 +331,10 @@ async fn get_trace(
 ) -> Result<Response> {
     let tid = parse_trace_id(&id)?;
     match st.engine(&tenant).await?.trace(tid).await? {
-        Some(Trace { id, spans, logs }) => Ok(envelope(json!([trace_json(id, &spans, &logs)]))),
+        Some(t) => Ok(envelope_partial(
+            Value::Array(trace_value(&t).into_iter().collect()),
+            partial_errors(&t.warnings, Some(t.id)),
+        )),
         None => Ok((
             axum::http::StatusCode::NOT_FOUND,
             Json(json!({"data": null, "total": 0, "limit": 0, "offset": 0,

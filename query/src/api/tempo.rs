@@ -46,12 +46,22 @@ pub(crate) struct TempoTrace {
     pub batches: Vec<ResourceSpans>,
 }
 
-/// Tempo's `tempopb.TraceByIDResponse` (v2 API).
+/// Tempo's `tempopb.TraceByIDResponse` (v2 API): the trace, and whether
+/// it is whole (`status`: Tempo's `PartialStatus`, `COMPLETE` = 0,
+/// `PARTIAL` = 1) with the reason in `message` (field 2, the metrics, is
+/// not sent).
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct TraceByIdResponse {
     #[prost(message, optional, tag = "1")]
     pub trace: Option<TempoTrace>,
+    #[prost(int32, tag = "3")]
+    pub status: i32,
+    #[prost(string, tag = "4")]
+    pub message: String,
 }
+
+/// Tempo's `PartialStatus.PARTIAL`.
+const PARTIAL: i32 = 1;
 
 fn wants_protobuf(h: &HeaderMap) -> bool {
     h.get_all(header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("application/protobuf")))
@@ -61,21 +71,32 @@ fn protobuf(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/protobuf")], bytes).into_response()
 }
 
-async fn load(st: &ApiState, tenant: &TenantId, id: &str) -> Result<Vec<ResourceSpans>> {
+/// The trace's spans as OTLP batches, and the warnings of a partial
+/// answer. 404 when no span is stored, unless `partial_ok` and a
+/// quarantined segment may hold some (then empty batches and warnings).
+async fn load(
+    st: &ApiState,
+    tenant: &TenantId,
+    id: &str,
+    partial_ok: bool,
+) -> Result<(Vec<ResourceSpans>, Vec<String>)> {
     let tid = parse_trace_id(id)?;
     match st.engine(tenant).await?.trace(tid).await? {
-        Some(t) if !t.spans.is_empty() => Ok(batches(&t.spans)),
+        Some(t) if !t.spans.is_empty() || (partial_ok && !t.warnings.is_empty()) => {
+            Ok((batches(&t.spans), t.warnings))
+        }
         _ => Err(Error::not_found(format!("trace {} not found", tid.to_hex()))),
     }
 }
 
+/// v1 has no way to say "partial": it answers what could be read.
 async fn trace_v1(
     State(st): State<ApiState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let batches = load(&st, &tenant, &id).await?;
+    let (batches, _) = load(&st, &tenant, &id, false).await?;
     if wants_protobuf(&headers) {
         return Ok(protobuf(TempoTrace { batches }.encode_to_vec()));
     }
@@ -88,11 +109,19 @@ async fn trace_v2(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let batches = load(&st, &tenant, &id).await?;
+    let (batches, warnings) = load(&st, &tenant, &id, true).await?;
+    let (status, message) =
+        if warnings.is_empty() { (0, String::new()) } else { (PARTIAL, warnings.join("; ")) };
     if wants_protobuf(&headers) {
-        return Ok(protobuf(TraceByIdResponse { trace: Some(TempoTrace { batches }) }.encode_to_vec()));
+        let r = TraceByIdResponse { trace: Some(TempoTrace { batches }), status, message };
+        return Ok(protobuf(r.encode_to_vec()));
     }
-    Ok(Json(json!({ "trace": { "resourceSpans": batches } })).into_response())
+    let mut v = json!({ "trace": { "resourceSpans": batches } });
+    if status == PARTIAL {
+        v["status"] = json!("PARTIAL");
+        v["message"] = json!(message);
+    }
+    Ok(Json(v).into_response())
 }
 
 /// Splits logfmt (`k=v k2="v 2"`) into pairs.
@@ -181,7 +210,15 @@ pub(crate) fn search_json(r: &TraceSearch) -> Value {
             })
         })
         .collect();
-    json!({ "traces": traces, "metrics": { "inspectedTraces": r.inspected } })
+    let mut metrics = json!({ "inspectedTraces": r.inspected });
+    if !r.warnings.is_empty() {
+        // Tempo has no partial flag on search; its metrics say a search
+        // is partial by completedJobs < totalJobs. Here one job is the
+        // search itself, and each quarantined segment is a job not done.
+        metrics["totalJobs"] = json!(1 + r.warnings.len());
+        metrics["completedJobs"] = json!(1);
+    }
+    json!({ "traces": traces, "metrics": metrics })
 }
 
 async fn search(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {

@@ -40,6 +40,28 @@ pub struct Trace {
     pub spans: Vec<Span>,
     /// Its log records, in storage order.
     pub logs: Vec<LogRecord>,
+    /// Why the trace may be incomplete: one line per quarantined segment
+    /// that may hold part of it ([`Storage::damage_for_trace`]). Empty when
+    /// the trace is whole.
+    pub warnings: Vec<String>,
+}
+
+impl Trace {
+    /// A trace read whole (no warnings).
+    pub fn new(id: TraceId, spans: Vec<Span>, logs: Vec<LogRecord>) -> Self {
+        Trace { id, spans, logs, warnings: Vec::new() }
+    }
+}
+
+/// Log records found, and why the answer may be missing some: one line
+/// per quarantined segment whose time range meets the search's (empty
+/// when the answer is whole).
+#[derive(Debug, Clone, Default)]
+pub struct LogSearch {
+    /// The records, latest first.
+    pub logs: Vec<LogRecord>,
+    /// See [`TraceSearch::warnings`].
+    pub warnings: Vec<String>,
 }
 
 /// The query engine over one storage, with the limits of `[query]`.
@@ -86,23 +108,48 @@ impl Engine {
         self.run(move |s, cfg| search::run(s, cfg, &q)).await
     }
 
-    /// Every span and log record of trace `id`; `None` when storage holds
-    /// nothing of it.
+    /// Every span and log record of trace `id`, with warnings when a
+    /// quarantined segment may hold part of it; `None` when storage holds
+    /// nothing of it and no quarantined segment may (with one that may, an
+    /// empty trace with its warnings: the answer is partial, not "absent").
     pub async fn trace(&self, id: TraceId) -> Result<Option<Trace>> {
-        self.run(move |s, _| Ok(s.get_trace(&id)?.map(|(spans, logs)| Trace { id, spans, logs }))).await
+        self.run(move |s, _| {
+            let found = s.get_trace(&id)?;
+            // Asked after the read, so a segment it quarantined is named.
+            let warnings = s.damage_for_trace(&id);
+            Ok(match found {
+                Some((spans, logs)) => Some(Trace { id, spans, logs, warnings }),
+                None if !warnings.is_empty() => Some(Trace { id, warnings, ..Default::default() }),
+                None => None,
+            })
+        })
+        .await
     }
 
     /// Log records matching `f`, latest first, at most `limit`.
-    pub async fn search_logs(&self, f: LogFilter, limit: usize) -> Result<Vec<LogRecord>> {
-        self.run(move |s, _| Ok(s.search_logs(&f, limit)?)).await
+    pub async fn search_logs(&self, f: LogFilter, limit: usize) -> Result<LogSearch> {
+        self.run(move |s, _| {
+            let logs = s.search_logs(&f, limit)?;
+            Ok(LogSearch { logs, warnings: log_damage(s, &f) })
+        })
+        .await
     }
 
     /// Counts of log records matching `f` per bucket of `step_ns`, keyed by
     /// bucket start (Unix ns, a multiple of `step_ns`); `f` must carry the
-    /// time range. Buckets without a match are absent.
-    pub async fn log_histogram(&self, f: LogFilter, step_ns: u64) -> Result<HashMap<u64, u64>> {
+    /// time range. Buckets without a match are absent. With them, the
+    /// warnings of a partial answer (as [`LogSearch::warnings`]).
+    pub async fn log_histogram(
+        &self,
+        f: LogFilter,
+        step_ns: u64,
+    ) -> Result<(HashMap<u64, u64>, Vec<String>)> {
         let start = f.start_ns.unwrap_or(0);
-        self.run(move |s, _| Ok(s.log_histogram(&f, start, step_ns)?)).await
+        self.run(move |s, _| {
+            let counts = s.log_histogram(&f, start, step_ns)?;
+            Ok((counts, log_damage(s, &f)))
+        })
+        .await
     }
 
     /// Every service with its span and error counts, sorted by name.
@@ -138,6 +185,15 @@ impl Engine {
     /// sorted by (type, value), capped at [`MAX_TAG_RESULTS`].
     pub async fn tag_values(&self, scope: TagScope, key: String) -> Result<Vec<TagValue>> {
         self.run(move |s, _| tags::tag_values(s, scope, &key)).await
+    }
+}
+
+/// The warnings of a log read with filter `f`: by trace when it names
+/// one, else by time range.
+fn log_damage(s: &Storage, f: &LogFilter) -> Vec<String> {
+    match &f.trace_id {
+        Some(id) => s.damage_for_trace(id),
+        None => s.damage_in_range(f.start_ns, f.end_ns),
     }
 }
 

@@ -149,6 +149,10 @@ pub struct TraceSearch {
     pub traces: Vec<TraceHit>,
     /// Candidate traces read and evaluated.
     pub inspected: u64,
+    /// Why the answer may be missing traces: one line per quarantined
+    /// segment whose time range meets the search's
+    /// ([`Storage::damage_in_range`]). Empty when the answer is whole.
+    pub warnings: Vec<String>,
 }
 
 pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<TraceSearch> {
@@ -215,11 +219,13 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
             if q.with_trace {
                 for hit in &mut out.traces {
                     let id = hit.summary.trace_id;
-                    hit.trace = s.get_trace(&id)?.map(|(spans, logs)| Trace { id, spans, logs });
+                    hit.trace = s.get_trace(&id)?.map(|(spans, logs)| Trace::new(id, spans, logs));
                 }
             }
         }
     }
+    // Asked last, so segments quarantined by this very search are named.
+    out.warnings = s.damage_in_range(q.filter.start_ns, q.filter.end_ns);
     Ok(out)
 }
 
@@ -283,7 +289,7 @@ fn evaluate(
     }
     let matched_count = matched.len();
     let matched = matched.into_iter().take(q.keep_matched).cloned().collect();
-    let trace = with_trace.then_some(Trace { id, spans, logs });
+    let trace = with_trace.then_some(Trace::new(id, spans, logs));
     Ok(Some(TraceHit { summary, matched_count, matched, trace }))
 }
 

@@ -127,14 +127,16 @@ pub(super) fn tag_names(s: &Storage) -> Result<(Vec<String>, Vec<String>)> {
             }
         }
         let mut walked = 0;
-        seg.for_each_attr_term("", |t| {
-            walked += 1;
-            if let Some((k, _)) = t.split_once('=') {
-                if !span_keys.contains(k) {
-                    span_keys.insert(k.to_string());
+        s.guarded(seg, |g| {
+            g.for_each_attr_term("", |t| {
+                walked += 1;
+                if let Some((k, _)) = t.split_once('=') {
+                    if !span_keys.contains(k) {
+                        span_keys.insert(k.to_string());
+                    }
                 }
-            }
-            span_keys.len() < MAX_TAG_RESULTS && walked < MAX_TERMS_WALKED
+                span_keys.len() < MAX_TAG_RESULTS && walked < MAX_TERMS_WALKED
+            })
         })?;
     }
     Ok((span_keys.into_iter().collect(), res_keys.into_iter().collect()))
@@ -171,10 +173,12 @@ pub(super) fn tag_values(s: &Storage, scope: TagScope, key: &str) -> Result<Vec<
         }
         if want_span {
             let prefix = format!("{key}=");
-            seg.for_each_attr_term(&prefix, |t| {
-                let v = &t[prefix.len()..];
-                out.insert(TagValue { ty: TagValueType::of_text(v), value: v.to_string() });
-                out.len() < MAX_TAG_RESULTS
+            s.guarded(seg, |g| {
+                g.for_each_attr_term(&prefix, |t| {
+                    let v = &t[prefix.len()..];
+                    out.insert(TagValue { ty: TagValueType::of_text(v), value: v.to_string() });
+                    out.len() < MAX_TAG_RESULTS
+                })
             })?;
         }
     }

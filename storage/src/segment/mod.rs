@@ -130,6 +130,16 @@ impl Default for SegmentConfig {
     }
 }
 
+/// The trace-ID index of the segment in `dir` (also of a quarantined one,
+/// to tell which lookups may miss its data).
+///
+/// # Errors
+/// I/O errors, or [`Error::Corrupt`] for a malformed file.
+pub fn read_trace_index(dir: &Path) -> Result<Vec<TraceIndexEntry>> {
+    let idx = dir.join(TRACE_INDEX_FILE);
+    layout::decode_trace_index(&fs::read(&idx)?, &idx.display().to_string())
+}
+
 /// An open segment: its meta, trace-ID index and rollups in memory, its
 /// Parquet footers parsed once, its tantivy readers open. Reads never
 /// change it; it is shared behind an `Arc` by concurrent queries.
@@ -175,8 +185,7 @@ impl Segment {
             )));
         }
         let rollup: Rollup = serde_json::from_slice(&fs::read(dir.join(ROLLUP_FILE))?)?;
-        let idx = dir.join(TRACE_INDEX_FILE);
-        let trace_index = Arc::new(layout::decode_trace_index(&fs::read(&idx)?, &idx.display().to_string())?);
+        let trace_index = Arc::new(read_trace_index(dir)?);
         let resources = layout::decode_resources(&fs::read(dir.join(RESOURCES_FILE))?)?;
         let spans = ParquetFile::open(dir, SPANS_FILE, &meta.id, remote.as_ref())?;
         let logs = ParquetFile::open(dir, LOGS_FILE, &meta.id, remote.as_ref())?;

@@ -76,6 +76,7 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/api/v1/metrics/red", get(red))
         .route("/api/v1/logs/histogram", get(log_histogram))
         .route("/api/v1/flush", post(flush))
+        .route("/api/v1/status", get(status))
         .route("/api/v1/openapi.json", get(openapi))
 }
 
@@ -144,11 +145,14 @@ async fn get_trace(
     no_params(q.as_deref())?;
     match st.engine(&tenant).await?.trace(tid).await? {
         None => Err(Error::not_found(format!("trace {} not found", tid.to_hex()))),
-        Some(t) => Ok(Json(json!({
-            "trace_id": tid.to_hex(),
-            "spans": t.spans.iter().map(json::span).collect::<Vec<_>>(),
-            "logs": t.logs.iter().map(json::log).collect::<Vec<_>>(),
-        }))
+        Some(t) => Ok(Json(with_warnings(
+            json!({
+                "trace_id": tid.to_hex(),
+                "spans": t.spans.iter().map(json::span).collect::<Vec<_>>(),
+                "logs": t.logs.iter().map(json::log).collect::<Vec<_>>(),
+            }),
+            &t.warnings,
+        ))
         .into_response()),
     }
 }
@@ -205,9 +209,48 @@ fn span_filter(p: &Params) -> Result<SpanFilter> {
     Ok(f)
 }
 
-/// The native answer of a trace search: `{"traces": [TraceSummary]}`.
+/// The native answer of a trace search: `{"traces": [TraceSummary]}`,
+/// with `warnings` when partial.
 pub(crate) fn search_json(r: &TraceSearch) -> Value {
-    json!({ "traces": r.traces.iter().map(|t| json::summary(&t.summary)).collect::<Vec<_>>() })
+    with_warnings(
+        json!({ "traces": r.traces.iter().map(|t| json::summary(&t.summary)).collect::<Vec<_>>() }),
+        &r.warnings,
+    )
+}
+
+/// `v` with `"warnings": [...]` added when the answer is partial (a
+/// quarantined segment may hold data it lacks); a whole answer has no
+/// `warnings` field.
+pub(crate) fn with_warnings(mut v: Value, warnings: &[String]) -> Value {
+    if !warnings.is_empty() {
+        v["warnings"] = json!(warnings);
+    }
+    v
+}
+
+/// `GET /api/v1/status`: readiness, the live segments, and the segments in
+/// quarantine (damaged, out of service: see `docs/operations.md`), of the
+/// request's tenant.
+async fn status(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {
+    no_params(q.as_deref())?;
+    let storage = st.storage(&tenant).await?;
+    let quarantined: Vec<Value> = storage
+        .quarantined()
+        .into_iter()
+        .map(|q| {
+            json!({
+                "id": q.id,
+                "reason": q.reason,
+                "time_unix_nano": q.time_unix_nano.to_string(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "ready": storage.is_ready(),
+        "segments": storage.snapshot().segments.len(),
+        "quarantined_segments": quarantined,
+    }))
+    .into_response())
 }
 
 async fn search_traces(
@@ -261,8 +304,8 @@ async fn search_logs(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuer
     p.only(SEARCH_LOGS_PARAMS)?;
     let f = log_filter(&p)?;
     let limit = p.capped_limit(100.min(st.cfg.max_limit), st.cfg.max_limit)?;
-    let logs = st.engine(&tenant).await?.search_logs(f, limit.value).await?;
-    let v = json!({ "logs": logs.iter().map(json::log).collect::<Vec<_>>() });
+    let r = st.engine(&tenant).await?.search_logs(f, limit.value).await?;
+    let v = with_warnings(json!({ "logs": r.logs.iter().map(json::log).collect::<Vec<_>>() }), &r.warnings);
     Ok(Json(with_limit(v, limit)).into_response())
 }
 
@@ -301,7 +344,7 @@ async fn log_histogram(
     let (start, end, step) = bucketed(&p)?;
     f.start_ns = Some(start);
     f.end_ns = Some(end);
-    let counts = st.engine(&tenant).await?.log_histogram(f, step).await?;
+    let (counts, warnings) = st.engine(&tenant).await?.log_histogram(f, step).await?;
     let first = start - start % step;
     let n = (end - first) / step + 1;
     let buckets: Vec<Value> = (0..n)
@@ -310,7 +353,7 @@ async fn log_histogram(
             json!({"time_unix_nano": t.to_string(), "count": counts.get(&t).copied().unwrap_or(0)})
         })
         .collect();
-    Ok(Json(json!({"step_ns": step, "buckets": buckets})).into_response())
+    Ok(Json(with_warnings(json!({"step_ns": step, "buckets": buckets}), &warnings)).into_response())
 }
 
 async fn services(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {
