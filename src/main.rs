@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use skein_collector::{CollectorConfig, Ingest};
+use bytesize::ByteSize;
+use skein_collector::{CollectorConfig, Ingest, MemoryConfig, MemoryLimit};
 use skein_query::{ApiState, QueryConfig};
 use skein_storage::segment::SegmentConfig;
 use skein_storage::wal::WalConfig;
@@ -85,6 +86,12 @@ struct ServeArgs {
     /// a cache [default: <data-dir>/segments].
     #[arg(long, env = "SKEIN_STORAGE_URL")]
     storage_url: Option<String>,
+    /// Hard limit on resident memory (`1GiB`, `512MiB`); ingest is refused,
+    /// retryably, above the soft limit (80 % of it unless
+    /// `memory.spike_limit` says otherwise) [default: 1GiB, or less on a
+    /// small machine or container].
+    #[arg(long, env = "SKEIN_MEMORY_LIMIT")]
+    memory_limit: Option<ByteSize>,
 }
 
 /// The config file. Unknown keys are an error, so a typo is not silently
@@ -107,12 +114,38 @@ struct FileConfig {
     /// Also delete the oldest segments while all segments take more bytes
     /// than this.
     retention_bytes: Option<u64>,
+    /// The hard limit on resident memory (`--memory-limit`).
+    memory_limit: Option<ByteSize>,
+    memory: MemoryConfig,
+    /// Which settings sized by default from the memory limit the file sets.
+    #[serde(skip)]
+    explicit: Explicit,
     collector: CollectorConfig,
     head: HeadConfig,
     wal: WalConfig,
     segment: SegmentConfig,
     compaction: CompactionConfig,
     query: QueryConfig,
+}
+
+/// The settings whose default is a share of the memory limit, as set in
+/// the file (otherwise the share applies).
+#[derive(Debug, Default)]
+struct Explicit {
+    head_max_bytes: bool,
+    compaction_max_segment_bytes: bool,
+    segment_index_heap_bytes: bool,
+}
+
+impl Explicit {
+    fn of(t: &toml::Table) -> Explicit {
+        let set = |table: &str, key: &str| t.get(table).and_then(|v| v.get(key)).is_some();
+        Explicit {
+            head_max_bytes: set("head", "max_bytes"),
+            compaction_max_segment_bytes: set("compaction", "max_segment_bytes"),
+            segment_index_heap_bytes: set("segment", "index_heap_bytes"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -123,6 +156,7 @@ struct Config {
     http_addr: ListenAddr,
     storage: StorageConfig,
     collector: CollectorConfig,
+    memory: MemoryLimit,
     query: QueryConfig,
 }
 
@@ -131,7 +165,10 @@ fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?
+            let mut f: FileConfig =
+                toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?;
+            f.explicit = Explicit::of(&toml::from_str(&text)?);
+            f
         }
         None => FileConfig::default(),
     })
@@ -154,13 +191,27 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         Some(url) => bail!("--storage-url {url:?}: expected s3://bucket/prefix or file:///path"),
         None => None,
     };
+    let memory = MemoryConfig { limit: a.memory_limit.or(file.memory_limit), ..file.memory }
+        .resolve()
+        .map_err(anyhow::Error::msg)
+        .context("invalid memory configuration")?;
+    let (mut head, mut segment, mut compaction) = (file.head, file.segment, file.compaction);
+    if !file.explicit.head_max_bytes {
+        head.max_bytes = memory.head_bytes();
+    }
+    if !file.explicit.compaction_max_segment_bytes {
+        compaction.max_segment_bytes = memory.compaction_bytes();
+    }
+    if !file.explicit.segment_index_heap_bytes {
+        segment.index_heap_bytes = memory.index_heap_bytes();
+    }
     let storage = StorageConfig {
-        head: file.head,
+        head,
         wal: file.wal,
-        segment: file.segment,
+        segment,
         retention: file.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
         retention_bytes: file.retention_bytes,
-        compaction: file.compaction,
+        compaction,
         storage_url,
         storage_options: Vec::new(),
         cache_bytes: file.cache_bytes,
@@ -173,6 +224,7 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         http_addr: a.http_addr.or(file.http_addr).unwrap_or(ListenAddr::loopback(16686)),
         storage,
         collector: file.collector,
+        memory,
         query: file.query,
     })
 }
@@ -220,7 +272,14 @@ async fn serve(cfg: Config) -> Result<()> {
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let storage = Storage::open(&cfg.data_dir, cfg.storage.clone())
         .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
-    let ingest = Ingest::new(storage.clone(), cfg.collector.clone());
+    let ingest = Ingest::new(storage.clone(), cfg.collector.clone()).with_memory_limit(cfg.memory);
+    tracing::info!(
+        hard = cfg.memory.hard,
+        soft = cfg.memory.soft,
+        head_max_bytes = cfg.storage.head.max_bytes,
+        inflight_bytes = ingest.inflight_budget(),
+        "memory limit"
+    );
 
     let mut registry = prometheus_client::registry::Registry::default();
     storage.metrics.register(&mut registry);

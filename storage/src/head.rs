@@ -81,12 +81,21 @@ pub struct CutPolicy {
 pub struct Head {
     traces: DashMap<TraceId, TraceEntry>,
     bytes: AtomicI64,
+    /// Bytes of traces cut by [`Head::cut`] whose flush has not ended
+    /// ([`Head::flush_ended`]): still in memory, with the flush's own
+    /// buffers beside them.
+    flushing_bytes: AtomicI64,
     epoch: Instant,
 }
 
 impl Default for Head {
     fn default() -> Self {
-        Head { traces: DashMap::new(), bytes: AtomicI64::new(0), epoch: Instant::now() }
+        Head {
+            traces: DashMap::new(),
+            bytes: AtomicI64::new(0),
+            flushing_bytes: AtomicI64::new(0),
+            epoch: Instant::now(),
+        }
     }
 }
 
@@ -99,6 +108,23 @@ impl Head {
     /// Approximate heap bytes of every record held.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Approximate heap bytes of every record in memory: those in the head
+    /// and those cut from it for a flush that has not ended. What the
+    /// head's memory limit (`head.max_bytes * head.overload_factor`) is
+    /// checked against, so that a long flush does not let the head fill
+    /// again beside the traces it is still writing.
+    pub fn held_bytes(&self) -> usize {
+        (self.bytes.load(Ordering::Relaxed) + self.flushing_bytes.load(Ordering::Relaxed)).max(0) as usize
+    }
+
+    /// Ends the accounting of a flush's traces in [`Head::held_bytes`]
+    /// (written or not: a failed flush puts them back with
+    /// [`Head::restore`], which counts them in the head again).
+    pub fn flush_ended(&self, flushing: &Flushing) {
+        let b: usize = flushing.traces.iter().map(|t| t.1.bytes).sum();
+        self.flushing_bytes.fetch_sub(b as i64, Ordering::Relaxed);
     }
 
     /// Traces held (the bucket of logs without trace context counts as one).
@@ -242,6 +268,7 @@ impl Head {
             }
         }
         self.bytes.fetch_sub(freed as i64, Ordering::Relaxed);
+        self.flushing_bytes.fetch_add(freed as i64, Ordering::Relaxed);
         out
     }
 
