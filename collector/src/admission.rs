@@ -300,10 +300,194 @@ async fn drain(mut body: Body, mut left: u64) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
     use super::*;
+    use crate::{CollectorConfig, MemoryLimit};
 
     #[test]
     fn test_percent_decode() {
         assert_eq!(percent_decode("a%20b%3A%zz%2"), "a b:%zz%2");
+    }
+
+    /// A body that sends `first` bytes, then nothing, ever.
+    struct Stall(Option<Bytes>);
+
+    impl http_body::Body for Stall {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.get_mut().0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn stall(first: usize) -> Body {
+        Body::new(Stall(Some(Bytes::from(vec![0u8; first]))))
+    }
+
+    fn ingest(cfg: CollectorConfig) -> (tempfile::TempDir, Ingest) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            skein_storage::Storage::open(dir.path(), skein_storage::testsuite::test_config()).unwrap();
+        storage.replay().unwrap();
+        (dir, Ingest::new(storage, cfg))
+    }
+
+    const TRACES_GRPC: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+    fn http_req(body: Body, len: Option<usize>) -> http::Request<Body> {
+        let mut r = http::Request::post("/v1/traces").header(header::CONTENT_TYPE, "application/x-protobuf");
+        if let Some(n) = len {
+            r = r.header(header::CONTENT_LENGTH, n);
+        }
+        r.body(body).unwrap()
+    }
+
+    fn grpc_req(body: Body) -> http::Request<Body> {
+        http::Request::post(TRACES_GRPC)
+            .version(Version::HTTP_2)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap()
+    }
+
+    /// Sends `req` to the OTLP/HTTP router, or the gRPC routes, and
+    /// returns the answer within 10 s (a stalled body that were awaited
+    /// would never answer).
+    async fn send(ing: &Ingest, req: http::Request<Body>, grpc: bool) -> Response {
+        let call = async {
+            if grpc {
+                crate::grpc_routes(ing.clone()).oneshot(req).await.unwrap().map(Body::new)
+            } else {
+                crate::router(ing.clone()).oneshot(req).await.unwrap()
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), call).await.expect("answered in time")
+    }
+
+    fn refused(ing: &Ingest, protocol: Protocol, reason: &'static str) -> u64 {
+        ing.metrics
+            .refused_requests
+            .get_or_create(&vec![("signal", "spans"), ("protocol", protocol.label()), ("reason", reason)])
+            .get()
+    }
+
+    /// Issue 10 item 2: over the soft memory limit, ingest is refused
+    /// before the body is read (it never ends here), retryably: HTTP 503
+    /// with Retry-After, gRPC UNAVAILABLE with a RetryInfo delay; each
+    /// refusal is counted.
+    #[tokio::test]
+    async fn test_over_the_soft_limit_refuses_before_reading() {
+        use tonic_types::StatusExt as _;
+        let (_d, ing) = ingest(CollectorConfig::default());
+        // Any process is over a soft limit of one byte.
+        let tiny = MemoryLimit { hard: 2, soft: 1, check_interval: Duration::from_millis(1) };
+        let ing = ing.with_memory_limit(tiny);
+
+        let resp = send(&ing, http_req(stall(10), Some(1000)), false).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(refused(&ing, Protocol::Http, "memory_limit"), 1);
+
+        let resp = send(&ing, grpc_req(stall(10)), true).await;
+        let st = tonic::Status::from_header_map(resp.headers()).expect("trailers-only refusal");
+        assert_eq!(st.code(), tonic::Code::Unavailable, "{st:?}");
+        assert_eq!(st.get_details_retry_info().unwrap().retry_delay, Some(Duration::from_secs(1)));
+        assert_eq!(refused(&ing, Protocol::Grpc, "memory_limit"), 1);
+    }
+
+    /// Issue 10 item 3: a body that stalls is cut after
+    /// `body_read_timeout` with 408 / DEADLINE_EXCEEDED, counted, and its
+    /// reservation given back.
+    #[tokio::test]
+    async fn test_a_stalled_body_is_cut_by_the_read_timeout() {
+        let cfg = CollectorConfig { body_read_timeout: Duration::from_millis(300), ..CollectorConfig::default() };
+        let (_d, ing) = ingest(cfg);
+        let t0 = Instant::now();
+        let resp = send(&ing, http_req(stall(1000), Some(5000)), false).await;
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("not received within"), "{body:?}");
+        assert_eq!(refused(&ing, Protocol::Http, "body_timeout"), 1);
+
+        let resp = send(&ing, grpc_req(stall(3)), true).await;
+        let st = tonic::Status::from_header_map(resp.headers()).expect("trailers-only refusal");
+        assert_eq!(st.code(), tonic::Code::DeadlineExceeded, "{st:?}");
+        assert_eq!(refused(&ing, Protocol::Grpc, "body_timeout"), 1);
+        assert_eq!(ing.metrics.inflight_bytes.get(), 0);
+    }
+
+    /// Issue 10 item 3: the in-flight budget is taken before the body is
+    /// read: by `Content-Length` when given (a request that does not fit
+    /// is refused at once, 429), and as a chunked body streams in (refused
+    /// as soon as it passes what is left).
+    #[tokio::test]
+    async fn test_the_inflight_budget_is_reserved_before_reading() {
+        let cfg = CollectorConfig {
+            max_request_bytes: 1 << 20,
+            max_inflight_bytes: Some(2 << 20),
+            body_read_timeout: Duration::from_secs(5),
+        };
+        let (_d, ing) = ingest(cfg);
+        // Two stalled requests that declare 1 MiB each fill the budget.
+        let holders: Vec<_> = (0..2)
+            .map(|_| {
+                let ing = ing.clone();
+                tokio::spawn(async move { send(&ing, http_req(stall(10), Some(1 << 20)), false).await })
+            })
+            .collect();
+        let full = async {
+            while ing.metrics.inflight_bytes.get() < 2 << 20 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), full).await.expect("both admitted");
+        let resp = send(&ing, http_req(stall(10), Some(1000)), false).await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(resp.headers().contains_key(header::RETRY_AFTER));
+        // Over max_request_bytes by its declared length: 413 unread.
+        let resp = send(&ing, http_req(stall(10), Some(2 << 20)), false).await;
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        for h in holders {
+            h.abort();
+        }
+        let empty = async {
+            while ing.metrics.inflight_bytes.get() != 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), empty).await.expect("given back");
+
+        // Chunked (no length): 2 x 768 KiB arrive; a third body of as
+        // much no longer fits once it streams in.
+        let big: Vec<_> = (0..2)
+            .map(|_| {
+                let ing = ing.clone();
+                tokio::spawn(async move { send(&ing, http_req(stall(3 << 18), None), false).await })
+            })
+            .collect();
+        let streamed = async {
+            while ing.metrics.inflight_bytes.get() < 3 << 19 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), streamed).await.expect("streamed in");
+        let resp = send(&ing, http_req(stall(3 << 18), None), false).await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let resp = send(&ing, grpc_req(stall(3 << 18)), true).await;
+        let st = tonic::Status::from_header_map(resp.headers()).expect("trailers-only refusal");
+        assert_eq!(st.code(), tonic::Code::Unavailable, "{st:?}");
+        big.iter().for_each(|h| h.abort());
+        assert_eq!(refused(&ing, Protocol::Http, "overloaded"), 2);
+        assert_eq!(refused(&ing, Protocol::Grpc, "overloaded"), 1);
+        assert_eq!(refused(&ing, Protocol::Http, "too_large"), 1);
     }
 }

@@ -377,4 +377,20 @@ mod tests {
         assert_eq!(h.insert_spans(3, spans_of_trace(1, 0, 3)), 3);
         assert_eq!(h.bytes(), e.bytes);
     }
+
+    /// Issue 10 item 2: traces cut for a flush still count in
+    /// `held_bytes` (what the head's limit is checked against) until the
+    /// flush ends, so the head cannot fill again beside a long flush.
+    #[test]
+    fn traces_being_flushed_count_until_the_flush_ends() {
+        let h = Head::default();
+        h.insert_spans(1, spans_of_trace(1, 0, 4));
+        let b = h.bytes();
+        let cut = Flushing { traces: h.cut(CUT_ALL) };
+        assert_eq!((h.bytes(), h.held_bytes()), (0, b));
+        h.insert_spans(2, spans_of_trace(2, 0, 4));
+        assert_eq!(h.held_bytes(), 2 * b);
+        h.flush_ended(&cut);
+        assert_eq!(h.held_bytes(), b);
+    }
 }
