@@ -8,9 +8,9 @@
 //! refused with a retryable answer until memory falls back under it; the
 //! spike allowance is what may still arrive between two checks. Unlike the
 //! Collector, which measures its Go heap, this reads the process's
-//! anonymous resident memory from `/proc/self/statm`: the heap plus every
-//! other private allocation, without the pages of mapped segment files,
-//! which are page cache the kernel can drop at any time.
+//! resident memory from `/proc/self/statm` ([`resident_bytes`]): every
+//! private allocation and the program's own pages, without the pages of
+//! mapped segment files, which are page cache the kernel can drop.
 //!
 //! The limit also sizes what each part may hold by default (see
 //! [`MemoryLimit`]): the head, requests being read and decoded, flushes and
@@ -143,12 +143,12 @@ fn cgroup_limit() -> Option<u64> {
 /// A resolved memory limit, and the share of it each part gets by default.
 ///
 /// The shares are fractions of the hard limit chosen so that the parts
-/// together stay under it when they peak at once: the head's share, times
-/// 1.5 (`head.overload_factor`) for what it holds before refusing, plus a
-/// flush's column buffers of about as much; requests in flight at about
-/// three times their wire size once decoded; a compaction at about twelve
-/// times its input (docs/configuration.md); the rest for queries, the
-/// runtime and the allocator's slack.
+/// together stay under the soft limit when they peak at once: the head and
+/// its flushes (up to about 6/16, see [`MemoryLimit::head_bytes`]);
+/// requests in flight at about three times their wire size once decoded
+/// (3/16); a compaction at about twelve times its input (12/128); the
+/// rest, about a quarter, for queries, the runtime and the allocator's
+/// slack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryLimit {
     /// Bytes of resident memory the process must stay under.
@@ -160,9 +160,14 @@ pub struct MemoryLimit {
 }
 
 impl MemoryLimit {
-    /// The default `head.max_bytes`: 1/8 of the limit (128 MiB of 1 GiB).
+    /// The default `head.max_bytes`: 1/16 of the limit (64 MiB of 1 GiB).
+    /// The head's byte count is an estimate of its records' heap bytes,
+    /// and the allocations behind them take about twice that; with the
+    /// 1.5 `head.overload_factor`, and a flush writing what was cut beside
+    /// a head that fills again, the head and its flushes take up to about
+    /// 6/16 of the limit (measured in `tests/e2e/overload.rs`).
     pub fn head_bytes(&self) -> usize {
-        (self.hard / 8) as usize
+        (self.hard / 16) as usize
     }
 
     /// The default `collector.max_inflight_bytes`: 1/16 of the limit
@@ -171,11 +176,11 @@ impl MemoryLimit {
         (self.hard / 16) as usize
     }
 
-    /// The default `compaction.max_segment_bytes`: 1/64 of the limit
-    /// (16 MiB of 1 GiB), so that one compaction's decoded rows (about 12x
-    /// its inputs) take about a fifth of it.
+    /// The default `compaction.max_segment_bytes`: 1/128 of the limit
+    /// (8 MiB of 1 GiB), so that one compaction's decoded rows (about 12x
+    /// its inputs, docs/configuration.md) take under a tenth of it.
     pub fn compaction_bytes(&self) -> u64 {
-        self.hard / 64
+        self.hard / 128
     }
 
     /// The default `segment.index_heap_bytes`: 1/16 of the limit, between
@@ -185,15 +190,23 @@ impl MemoryLimit {
     }
 }
 
-/// Anonymous resident memory of this process, in bytes: resident pages
-/// minus those backed by files or shared memory (`/proc/self/statm`).
+/// Resident memory of this process as the limit counts it, in bytes:
+/// every anonymous page (the heap, stacks, the allocator's reserve), and
+/// pages backed by files only up to the size of the program's code
+/// (`/proc/self/statm`: `resident - shared + min(shared, text)`). So the
+/// executable's own pages count, but pages of mapped segment files, which
+/// can grow with the data queried, do not: they are page cache that the
+/// kernel reclaims under pressure (a cgroup limit included) before it
+/// kills anything.
 #[cfg(target_os = "linux")]
 pub fn resident_bytes() -> Option<u64> {
     let m = procfs::process::Process::myself().ok()?.statm().ok()?;
-    Some(m.resident.saturating_sub(m.shared).saturating_mul(procfs::page_size()))
+    let anon = m.resident.saturating_sub(m.shared);
+    Some((anon + m.shared.min(m.text)).saturating_mul(procfs::page_size()))
 }
 
-/// Anonymous resident memory of this process; not known off Linux.
+/// Resident memory of this process as the limit counts it; not known off
+/// Linux.
 #[cfg(not(target_os = "linux"))]
 pub fn resident_bytes() -> Option<u64> {
     None
@@ -360,7 +373,7 @@ mod tests {
         let l = cfg("1GiB", None).resolve().unwrap();
         assert_eq!(l.hard, 1 << 30);
         assert_eq!(l.soft, (1 << 30) - (1 << 30) / 5);
-        assert_eq!(l.head_bytes(), 128 << 20);
+        assert_eq!(l.head_bytes(), 64 << 20);
         assert_eq!(l.inflight_bytes(), 64 << 20);
         let l = cfg("256MiB", Some("56MiB")).resolve().unwrap();
         assert_eq!(l.soft, 200 << 20);

@@ -64,7 +64,8 @@ pub struct CollectorMetrics {
     pub inflight_bytes: Gauge,
     /// The in-flight budget, bytes.
     pub inflight_limit_bytes: Gauge,
-    /// The last reading of anonymous resident memory, bytes.
+    /// The last reading of resident memory as the limit counts it
+    /// ([`crate::resident_bytes`]), bytes.
     pub resident_bytes: Gauge,
     /// The memory limits, bytes, by `limit` (`hard`, `soft`); absent
     /// without a limit.
@@ -149,7 +150,7 @@ impl CollectorMetrics {
         );
         r.register(
             "skein_memory_resident_bytes",
-            "Anonymous resident memory at the last memory-limit check",
+            "Resident memory as the memory limit counts it (mapped segment files left out), at the last check",
             self.resident_bytes.clone(),
         );
         r.register(
