@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use bytesize::ByteSize;
 use skein_collector::{CollectorConfig, Ingest, MemoryConfig, MemoryLimit};
 use skein_query::{ApiState, QueryConfig};
 use skein_storage::segment::SegmentConfig;

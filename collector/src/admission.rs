@@ -145,11 +145,7 @@ fn grpc_outcome(resp: Response, path: &str) -> (Response, Option<&'static str>) 
     if code == "0" {
         return (resp, None);
     }
-    let msg = h
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .map(|m| percent_decode(m))
-        .unwrap_or_default();
+    let msg = h.get("grpc-message").and_then(|m| m.to_str().ok()).map(percent_decode).unwrap_or_default();
     let err = resp
         .extensions()
         .get::<tonic::Status>()
@@ -214,7 +210,12 @@ pub(crate) struct AdmittedBody {
 }
 
 impl AdmittedBody {
-    fn new(inner: Body, reservation: Option<Arc<Reservation>>, timeout: Duration, drain: Option<u64>) -> Self {
+    fn new(
+        inner: Body,
+        reservation: Option<Arc<Reservation>>,
+        timeout: Duration,
+        drain: Option<u64>,
+    ) -> Self {
         AdmittedBody {
             inner: Some(inner),
             reservation,
@@ -231,7 +232,10 @@ impl http_body::Body for AdmittedBody {
     type Data = Bytes;
     type Error = IngestError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, IngestError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, IngestError>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
         match Pin::new(inner).poll_frame(cx) {
@@ -319,7 +323,10 @@ mod tests {
     impl http_body::Body for Stall {
         type Data = Bytes;
         type Error = std::convert::Infallible;
-        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             match self.get_mut().0.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                 None => Poll::Pending,
@@ -408,7 +415,8 @@ mod tests {
     /// reservation given back.
     #[tokio::test]
     async fn test_a_stalled_body_is_cut_by_the_read_timeout() {
-        let cfg = CollectorConfig { body_read_timeout: Duration::from_millis(300), ..CollectorConfig::default() };
+        let cfg =
+            CollectorConfig { body_read_timeout: Duration::from_millis(300), ..CollectorConfig::default() };
         let (_d, ing) = ingest(cfg);
         let t0 = Instant::now();
         let resp = send(&ing, http_req(stall(1000), Some(5000)), false).await;

@@ -94,7 +94,9 @@ async fn read_body(
         let mut out = Vec::new();
         let mut chunk = vec![0u8; 64 << 10];
         loop {
-            let n = r.read(&mut chunk).map_err(|e| IngestError::Malformed(format!("invalid {what} body: {e}")))?;
+            let n = r
+                .read(&mut chunk)
+                .map_err(|e| IngestError::Malformed(format!("invalid {what} body: {e}")))?;
             if n == 0 {
                 return Ok(out);
             }

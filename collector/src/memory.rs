@@ -273,7 +273,12 @@ impl Limiter {
         if now >= next
             && self
                 .next_check_ms
-                .compare_exchange(next, now + l.check_interval.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + l.check_interval.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             if let Some(r) = resident_bytes() {
@@ -412,7 +417,8 @@ mod tests {
         let m = CollectorMetrics::default();
         let l = Limiter::new(Some(tiny), 100, &m);
         assert!(matches!(l.check(), Err(IngestError::MemoryLimit { .. })));
-        let roomy = MemoryLimit { hard: u64::MAX, soft: u64::MAX - 1, check_interval: Duration::from_millis(1) };
+        let roomy =
+            MemoryLimit { hard: u64::MAX, soft: u64::MAX - 1, check_interval: Duration::from_millis(1) };
         assert!(Limiter::new(Some(roomy), 100, &m).check().is_ok());
         assert!(m.resident_bytes.get() > 1 << 20);
     }

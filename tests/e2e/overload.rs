@@ -45,7 +45,8 @@ fn batch(c: u8, n: u64) -> ExportTraceServiceRequest {
         trace[1..9].copy_from_slice(&n.to_be_bytes());
         trace[9..13].copy_from_slice(&(t as u32).to_be_bytes());
         for i in 1..=SPANS_PER_TRACE {
-            let mut s = otlp::span(trace, i, (i > 1).then_some(1), &format!("GET /api/items/{i}"), t0, t0 + i * 1000);
+            let mut s =
+                otlp::span(trace, i, (i > 1).then_some(1), &format!("GET /api/items/{i}"), t0, t0 + i * 1000);
             for k in 0..6 {
                 s.attributes.push(otlp::kv(
                     &format!("attr.{k}"),
@@ -152,7 +153,8 @@ fn flat_out_under_a_small_memory_limit() {
         std::thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, Ordering::Relaxed);
-    let tallies: Vec<(&str, u8, Tally)> = clients.into_iter().map(|(p, c, h)| (p, c, h.join().unwrap())).collect();
+    let tallies: Vec<(&str, u8, Tally)> =
+        clients.into_iter().map(|(p, c, h)| (p, c, h.join().unwrap())).collect();
     for (p, c, t) in &tallies {
         eprintln!("client {c} ({p}): sent {} acked spans {} refused {}", t.sent, t.acked_spans, t.refused);
         assert!(t.unexpected.is_empty(), "client {c} ({p}) saw {:?}", t.unexpected);
@@ -195,5 +197,8 @@ fn flat_out_under_a_small_memory_limit() {
     sampler.join().unwrap();
     let max_rss = max_rss.load(Ordering::Relaxed);
     eprintln!("max resident {} MiB of a {} MiB limit", max_rss >> 20, HARD_LIMIT >> 20);
-    assert!(max_rss < HARD_LIMIT, "resident memory reached {max_rss} bytes, over the hard limit {HARD_LIMIT}");
+    assert!(
+        max_rss < HARD_LIMIT,
+        "resident memory reached {max_rss} bytes, over the hard limit {HARD_LIMIT}"
+    );
 }
