@@ -404,4 +404,37 @@ mod tests {
         assert_eq!(f.http_addr, Some(ListenAddr::AllInterfaces(16686)));
         assert!(toml::from_str::<FileConfig>("http_addr = \"16686\"").is_err());
     }
+
+    /// Issue 10 item 2: `--memory-limit` and `memory_limit` take sizes with
+    /// units; the head, in-flight and compaction settings default to their
+    /// share of it unless the file sets them; nonsense is refused.
+    #[test]
+    fn test_memory_limit_and_its_shares() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["skein", "serve"];
+            v.extend(extra);
+            let Command::Serve(a) = Cli::try_parse_from(v).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let file = |text: &str| {
+            let mut f: FileConfig = toml::from_str(text).unwrap();
+            f.explicit = Explicit::of(&toml::from_str(text).unwrap());
+            f
+        };
+        let c = build_config(args(&["--memory-limit", "256MiB"]), file("memory_limit = \"1GiB\"")).unwrap();
+        assert_eq!((c.memory.hard, c.memory.soft), (256 << 20, (256 << 20) - (256 << 20) / 5));
+        assert_eq!(c.storage.head.max_bytes, 16 << 20);
+        assert_eq!(c.storage.compaction.max_segment_bytes, 2 << 20);
+        let c = build_config(
+            args(&[]),
+            file("memory_limit = \"1GiB\"\n[memory]\nspike_limit = \"100MiB\"\n[head]\nmax_bytes = 1000"),
+        )
+        .unwrap();
+        assert_eq!((c.memory.hard, c.memory.soft), (1 << 30, (1 << 30) - (100 << 20)));
+        assert_eq!(c.storage.head.max_bytes, 1000, "set in the file: kept");
+        let err = build_config(args(&["--memory-limit", "1MiB"]), FileConfig::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("minimum"), "{err:#}");
+        assert!(Cli::try_parse_from(["skein", "serve", "--memory-limit", "lots"]).is_err());
+        assert!(toml::from_str::<FileConfig>("memory_limit = \"lots\"").is_err());
+    }
 }
