@@ -18,7 +18,7 @@
 //! keep the process under the hard limit when everything peaks together;
 //! the resident check catches what the shares do not see.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -225,6 +225,9 @@ pub(crate) struct Limiter {
     next_check_ms: AtomicU64,
     /// The last reading of [`resident_bytes`].
     resident: AtomicU64,
+    /// Whether the last reading was over the hard limit (logged once per
+    /// crossing, not at every check).
+    over_hard: AtomicBool,
     inflight_gauge: Gauge,
     resident_gauge: Gauge,
 }
@@ -242,6 +245,7 @@ impl Limiter {
             epoch: Instant::now(),
             next_check_ms: AtomicU64::new(0),
             resident: AtomicU64::new(0),
+            over_hard: AtomicBool::new(false),
             inflight_gauge: metrics.inflight_bytes.clone(),
             resident_gauge: metrics.resident_bytes.clone(),
         }
@@ -284,8 +288,16 @@ impl Limiter {
             if let Some(r) = resident_bytes() {
                 self.resident.store(r, Ordering::Relaxed);
                 self.resident_gauge.set(r as i64);
-                if r > l.hard {
-                    tracing::warn!(resident = r, hard_limit = l.hard, "resident memory is over memory_limit");
+                if (r > l.hard) != self.over_hard.swap(r > l.hard, Ordering::Relaxed) {
+                    if r > l.hard {
+                        tracing::warn!(resident = r, hard_limit = l.hard, "resident memory is over memory_limit; ingest is refused until it is under the soft limit");
+                    } else {
+                        tracing::info!(
+                            resident = r,
+                            hard_limit = l.hard,
+                            "resident memory is back under memory_limit"
+                        );
+                    }
                 }
             }
         }
