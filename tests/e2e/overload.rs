@@ -47,11 +47,20 @@ fn batch(c: u8, n: u64) -> ExportTraceServiceRequest {
         for i in 1..=SPANS_PER_TRACE {
             let mut s =
                 otlp::span(trace, i, (i > 1).then_some(1), &format!("GET /api/items/{i}"), t0, t0 + i * 1000);
-            for k in 0..6 {
-                s.attributes.push(otlp::kv(
-                    &format!("attr.{k}"),
-                    &format!("value {k} of span {i} in trace {t} of request {n}: {}", "x".repeat(40)),
-                ));
+            // Values that compress about as much as real ones do (a run
+            // of one letter would make segments tiny and compactions,
+            // which decode them, far bigger than their share assumes).
+            for k in 0..6u64 {
+                let mut x = (n << 32 | t << 16 | i << 8 | k) ^ 0x9E37_79B9_7F4A_7C15 ^ u64::from(c);
+                let noise: String = (0..5)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        format!("{x:016x}")
+                    })
+                    .collect();
+                s.attributes.push(otlp::kv(&format!("attr.{k}"), &format!("value {k} of span {i}: {noise}")));
             }
             spans.push(s);
         }
