@@ -224,14 +224,14 @@ async fn authorized(
     scope: Scope,
     mut req: Request,
     next: Next,
-    refuse: impl FnOnce(Refusal, &HeaderMap) -> Response,
+    refuse: impl FnOnce(Refusal, &Request) -> Response,
 ) -> Response {
     match auth.authorize(scope, req.headers()) {
         Ok(t) => {
             req.extensions_mut().insert(t);
             next.run(req).await
         }
-        Err(r) => refuse(r, req.headers()),
+        Err(r) => refuse(r, &req),
     }
 }
 
@@ -251,7 +251,10 @@ pub(crate) async fn otlp_http_layer(
     req: Request,
     next: Next,
 ) -> Response {
-    authorized(&auth, Scope::Ingest, req, next, |r, h| ingest.refuse_http(r.into_ingest(), h)).await
+    authorized(&auth, Scope::Ingest, req, next, |r, req| {
+        ingest.refuse_http(r.into_ingest(), req.uri().path(), req.headers())
+    })
+    .await
 }
 
 /// Middleware for OTLP/gRPC (served as an axum router): authorizes
@@ -263,7 +266,10 @@ pub(crate) async fn grpc_layer(
     req: Request,
     next: Next,
 ) -> Response {
-    authorized(&auth, Scope::Ingest, req, next, |r, _| ingest.refuse_grpc(r.into_ingest()).into_http()).await
+    authorized(&auth, Scope::Ingest, req, next, |r, req| {
+        ingest.refuse_grpc(r.into_ingest(), req.uri().path()).into_http()
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
-use skein_collector::{CollectorConfig, Ingest};
+use skein_collector::{CollectorConfig, Ingest, MemoryConfig, MemoryLimit};
 use skein_query::{ApiState, QueryConfig};
 use skein_storage::segment::SegmentConfig;
 use skein_storage::tenant::{TenantOverrides, Tenants, TenantsConfig};
@@ -100,6 +101,12 @@ struct ServeArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "SKEIN_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Hard limit on resident memory (`1GiB`, `512MiB`); ingest is refused,
+    /// retryably, above the soft limit (80 % of it unless
+    /// `memory.spike_limit` says otherwise) [default: 1GiB, or less on a
+    /// small machine or container].
+    #[arg(long, env = "SKEIN_MEMORY_LIMIT")]
+    memory_limit: Option<ByteSize>,
 }
 
 /// The config file. Unknown keys are an error, so a typo is not silently
@@ -126,6 +133,12 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     /// Connection limits and timeouts of the three listeners.
     server: ServerConfig,
+    /// The hard limit on resident memory (`--memory-limit`).
+    memory_limit: Option<ByteSize>,
+    memory: MemoryConfig,
+    /// Which settings sized by default from the memory limit the file sets.
+    #[serde(skip)]
+    explicit: Explicit,
     collector: CollectorConfig,
     head: HeadConfig,
     wal: WalConfig,
@@ -143,6 +156,26 @@ struct FileConfig {
     overrides: HashMap<String, TenantOverrides>,
 }
 
+/// The settings whose default is a share of the memory limit, as set in
+/// the file (otherwise the share applies).
+#[derive(Debug, Default)]
+struct Explicit {
+    head_max_bytes: bool,
+    compaction_max_segment_bytes: bool,
+    segment_index_heap_bytes: bool,
+}
+
+impl Explicit {
+    fn of(t: &toml::Table) -> Explicit {
+        let set = |table: &str, key: &str| t.get(table).and_then(|v| v.get(key)).is_some();
+        Explicit {
+            head_max_bytes: set("head", "max_bytes"),
+            compaction_max_segment_bytes: set("compaction", "max_segment_bytes"),
+            segment_index_heap_bytes: set("segment", "index_heap_bytes"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Config {
     data_dir: PathBuf,
@@ -151,6 +184,7 @@ struct Config {
     http_addr: ListenAddr,
     storage: StorageConfig,
     collector: CollectorConfig,
+    memory: MemoryLimit,
     query: QueryConfig,
     tenants: TenantsConfig,
     overrides: HashMap<String, TenantOverrides>,
@@ -164,7 +198,10 @@ fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?
+            let mut f: FileConfig =
+                toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?;
+            f.explicit = Explicit::of(&toml::from_str(&text)?);
+            f
         }
         None => FileConfig::default(),
     })
@@ -187,13 +224,27 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         Some(url) => bail!("--storage-url {url:?}: expected s3://bucket/prefix or file:///path"),
         None => None,
     };
+    let memory = MemoryConfig { limit: a.memory_limit.or(file.memory_limit), ..file.memory }
+        .resolve()
+        .map_err(anyhow::Error::msg)
+        .context("invalid memory configuration")?;
+    let (mut head, mut segment, mut compaction) = (file.head, file.segment, file.compaction);
+    if !file.explicit.head_max_bytes {
+        head.max_bytes = memory.head_bytes();
+    }
+    if !file.explicit.compaction_max_segment_bytes {
+        compaction.max_segment_bytes = memory.compaction_bytes();
+    }
+    if !file.explicit.segment_index_heap_bytes {
+        segment.index_heap_bytes = memory.index_heap_bytes();
+    }
     let storage = StorageConfig {
-        head: file.head,
+        head,
         wal: file.wal,
-        segment: file.segment,
+        segment,
         retention: file.retention.unwrap_or(Duration::from_secs(7 * 24 * 3600)),
         retention_bytes: file.retention_bytes,
-        compaction: file.compaction,
+        compaction,
         storage_url,
         storage_options: Vec::new(),
         cache_bytes: file.cache_bytes,
@@ -217,6 +268,7 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         http_addr: a.http_addr.or(file.http_addr).unwrap_or(ListenAddr::loopback(16686)),
         storage,
         collector: file.collector,
+        memory,
         query: file.query,
         tenants: file.tenants,
         overrides: file.overrides,
@@ -281,8 +333,15 @@ async fn serve(cfg: Config) -> Result<()> {
     let tenants =
         Tenants::open(&cfg.data_dir, cfg.storage.clone(), cfg.tenants.clone(), cfg.overrides.clone())
             .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
-    let ingest = Ingest::new(tenants.clone(), cfg.collector.clone());
+    let ingest = Ingest::new(tenants.clone(), cfg.collector.clone()).with_memory_limit(cfg.memory);
     let auth = Arc::new(cfg.auth);
+    tracing::info!(
+        hard = cfg.memory.hard,
+        soft = cfg.memory.soft,
+        head_max_bytes = cfg.storage.head.max_bytes,
+        inflight_bytes = ingest.inflight_budget(),
+        "memory limit"
+    );
 
     let mut registry = prometheus_client::registry::Registry::default();
     tenants.metrics().register(&mut registry);
@@ -452,5 +511,38 @@ mod tests {
         let file: FileConfig = toml::from_str("[server]\nrequest_timeout = \"10s\"").unwrap();
         let err = format!("{:#}", build_config(args(&[]), file).unwrap_err());
         assert!(err.contains("longer than query.timeout"), "{err}");
+    }
+
+    /// Issue 10 item 2: `--memory-limit` and `memory_limit` take sizes with
+    /// units; the head, in-flight and compaction settings default to their
+    /// share of it unless the file sets them; nonsense is refused.
+    #[test]
+    fn test_memory_limit_and_its_shares() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["skein", "serve"];
+            v.extend(extra);
+            let Command::Serve(a) = Cli::try_parse_from(v).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let file = |text: &str| {
+            let mut f: FileConfig = toml::from_str(text).unwrap();
+            f.explicit = Explicit::of(&toml::from_str(text).unwrap());
+            f
+        };
+        let c = build_config(args(&["--memory-limit", "256MiB"]), file("memory_limit = \"1GiB\"")).unwrap();
+        assert_eq!((c.memory.hard, c.memory.soft), (256 << 20, (256 << 20) - (256 << 20) / 5));
+        assert_eq!(c.storage.head.max_bytes, 16 << 20);
+        assert_eq!(c.storage.compaction.max_segment_bytes, 2 << 20);
+        let c = build_config(
+            args(&[]),
+            file("memory_limit = \"1GiB\"\n[memory]\nspike_limit = \"100MiB\"\n[head]\nmax_bytes = 1000"),
+        )
+        .unwrap();
+        assert_eq!((c.memory.hard, c.memory.soft), (1 << 30, (1 << 30) - (100 << 20)));
+        assert_eq!(c.storage.head.max_bytes, 1000, "set in the file: kept");
+        let err = build_config(args(&["--memory-limit", "1MiB"]), FileConfig::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("minimum"), "{err:#}");
+        assert!(Cli::try_parse_from(["skein", "serve", "--memory-limit", "lots"]).is_err());
+        assert!(toml::from_str::<FileConfig>("memory_limit = \"lots\"").is_err());
     }
 }

@@ -10,7 +10,7 @@ use skein_storage::tenant::TenantId;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::{Ingest, IngestError, Logs, Signal, Traces};
+use crate::{admission, Ingest, IngestError, Logs, Protocol, Signal, Traces};
 
 #[tonic::async_trait]
 impl TraceService for Ingest {
@@ -19,7 +19,7 @@ impl TraceService for Ingest {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let tenant = request.extensions().get::<TenantId>().cloned().unwrap_or_default();
-        let partial_success = self.export::<Traces>(&tenant, request.into_inner()).await?;
+        let partial_success = self.export::<Traces>(&tenant, request.into_inner(), Protocol::Grpc).await?;
         Ok(Response::new(Traces::response(partial_success)))
     }
 }
@@ -31,15 +31,19 @@ impl LogsService for Ingest {
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let tenant = request.extensions().get::<TenantId>().cloned().unwrap_or_default();
-        let partial_success = self.export::<Logs>(&tenant, request.into_inner()).await?;
+        let partial_success = self.export::<Logs>(&tenant, request.into_inner(), Protocol::Grpc).await?;
         Ok(Response::new(Logs::response(partial_success)))
     }
 }
 
 /// The gRPC services, with the request size limit applied to the message
-/// both as received and decompressed. Services not listed here (metrics,
-/// profiles) answer UNIMPLEMENTED, tonic's answer for an unknown service.
+/// both as received and decompressed, behind the admission and counting
+/// layer (`admission::grpc`): a request is admitted before its message is
+/// read or decoded, and every answer is counted, tonic's own included.
+/// Services not listed here (metrics, profiles) answer UNIMPLEMENTED,
+/// tonic's answer for an unknown service.
 pub fn grpc_routes(ingest: Ingest) -> tonic::service::Routes {
+    let layer = axum::middleware::from_fn_with_state(ingest.clone(), admission::grpc);
     let limit = ingest.config().max_request_bytes;
     let traces = TraceServiceServer::new(ingest.clone())
         .max_decoding_message_size(limit)
@@ -51,7 +55,8 @@ pub fn grpc_routes(ingest: Ingest) -> tonic::service::Routes {
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip);
-    tonic::service::Routes::new(traces).add_service(logs)
+    let routes = tonic::service::Routes::new(traces).add_service(logs);
+    tonic::service::Routes::from(routes.into_axum_router().layer(layer))
 }
 
 /// Rewrites two of tonic's own answers to the codes the OTLP spec gives,
@@ -63,7 +68,8 @@ pub fn grpc_routes(ingest: Ingest) -> tonic::service::Routes {
 /// and should be INVALID_ARGUMENT, which clients do not retry. Both errors
 /// happen before a handler runs, so tonic sends them in the headers
 /// (trailers-only response), where this layer can see them. Other
-/// responses pass unchanged.
+/// responses pass unchanged. [`grpc_routes`] already answers these from
+/// the table; this stays for a server built without it.
 pub fn normalize_grpc_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let h = resp.headers_mut();
     let msg = h
@@ -80,7 +86,7 @@ pub fn normalize_grpc_status<B>(mut resp: http::Response<B>) -> http::Response<B
 
 /// The refusal behind a status tonic answered itself, if it is one of the
 /// two it gets wrong (see [`normalize_grpc_status`]).
-fn tonic_refusal(code: &str, msg: String) -> Option<IngestError> {
+pub(crate) fn tonic_refusal(code: &str, msg: String) -> Option<IngestError> {
     match code {
         // tonic: "Error, decoded message length too large: found {len}
         // bytes, the limit is: {limit} bytes".

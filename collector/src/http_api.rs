@@ -1,35 +1,42 @@
 use std::io::Read;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Extension;
-use axum::Router;
+use axum::{Extension, Router};
 use prost::Message;
 use skein_storage::tenant::TenantId;
 
-use crate::error::HttpError;
-use crate::{Ingest, IngestError, Logs, Signal, Traces};
+use crate::error::{find_ingest_error, HttpError};
+use crate::memory::Reservation;
+use crate::{admission, Ingest, IngestError, Logs, Protocol, Signal, Traces};
 
-/// OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`.
+/// OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, behind the admission
+/// and counting layer (`admission::http`), which sees every request,
+/// unknown paths and methods included.
 pub fn router(ingest: Ingest) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
         .route("/v1/metrics", post(unsupported_signal))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(ingest.clone(), admission::http))
         .with_state(ingest)
 }
 
-async fn unsupported_signal() -> Response {
-    (StatusCode::NOT_FOUND, "Skein stores traces and logs; metrics are not supported\n").into_response()
+async fn unsupported_signal(headers: HeaderMap) -> Response {
+    let err = IngestError::UnknownPath("Skein stores traces and logs; metrics are not supported".into());
+    HttpError { err, json: is_json(&headers) }.into_response()
 }
 
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found; OTLP/HTTP endpoints are POST /v1/traces and POST /v1/logs\n")
-        .into_response()
+async fn not_found(headers: HeaderMap) -> Response {
+    let err = IngestError::UnknownPath(
+        "not found; OTLP/HTTP endpoints are POST /v1/traces and POST /v1/logs".into(),
+    );
+    HttpError { err, json: is_json(&headers) }.into_response()
 }
 
 /// Whether the body is OTLP/JSON (`true`) or protobuf (`false`).
@@ -43,11 +50,28 @@ pub(crate) fn content_kind(headers: &HeaderMap) -> Result<bool, IngestError> {
     }
 }
 
+/// Whether an answer to this request is written as JSON (OTLP/HTTP answers
+/// errors in the request's encoding; protobuf when it has none).
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    content_kind(headers).unwrap_or(false)
+}
+
 /// Reads at most `limit` bytes into memory: a bigger body is refused
 /// without being buffered whole, and a compressed one is refused as soon as
-/// its decompressed size passes the limit (no zip bombs).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, IngestError> {
+/// its decompressed size passes the limit (no zip bombs). The body's own
+/// admission (reservation as it streams, read timeout) is in
+/// `admission::AdmittedBody`; the decompressed bytes grow `reservation`
+/// as they come.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    reservation: Option<&Reservation>,
+) -> Result<Vec<u8>, IngestError> {
     let raw: Bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if let Some(err) = find_ingest_error(&e) {
+            return err;
+        }
         let size = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
@@ -69,13 +93,22 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
         .to_ascii_lowercase();
     let decompress = |r: &mut dyn Read, what: &str| -> Result<Vec<u8>, IngestError> {
         let mut out = Vec::new();
-        r.take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| IngestError::Malformed(format!("invalid {what} body: {e}")))?;
-        if out.len() > limit {
-            return Err(IngestError::TooLarge { size: out.len(), limit });
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            let n = r
+                .read(&mut chunk)
+                .map_err(|e| IngestError::Malformed(format!("invalid {what} body: {e}")))?;
+            if n == 0 {
+                return Ok(out);
+            }
+            if out.len() + n > limit {
+                return Err(IngestError::TooLarge { size: out.len() + n, limit });
+            }
+            out.extend_from_slice(&chunk[..n]);
+            if let Some(res) = reservation {
+                res.grow_to((raw.len() + out.len()) as u64)?;
+            }
         }
-        Ok(out)
     };
     match enc.as_str() {
         "" | "identity" => Ok(raw.to_vec()),
@@ -112,30 +145,13 @@ fn decode<M: skein_otlp::json::OtlpJson>(bytes: &[u8], json: bool, what: &str) -
     }
 }
 
-/// Answers an export in the request's encoding; counts requests refused
-/// before reaching the ingest path (the ingest path counts its own).
-fn respond<R: Message + serde::Serialize>(ing: &Ingest, r: Result<R, IngestError>, json: bool) -> Response {
-    match r {
-        Ok(resp) => ok_response(&resp, json),
-        Err(err) => {
-            if matches!(
-                err,
-                IngestError::Malformed(_)
-                    | IngestError::TooLarge { .. }
-                    | IngestError::UnsupportedEncoding(_)
-            ) {
-                ing.metrics.refuse(&err);
-            }
-            HttpError { err, json }.into_response()
-        }
-    }
-}
-
 /// `POST /v1/traces` and `POST /v1/logs`: an export of signal `S`,
-/// answered in the request's encoding.
+/// answered in the request's encoding. Admitted before this runs (see
+/// `admission`), which also counts the answer.
 async fn export<S: Signal>(
     State(ing): State<Ingest>,
     tenant: Option<Extension<TenantId>>,
+    reservation: Option<Extension<Arc<Reservation>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -145,13 +161,17 @@ async fn export<S: Signal>(
         Err(err) => return HttpError { err, json: false }.into_response(),
     };
     let run = async {
-        let bytes = read_body(&headers, body, ing.config().max_request_bytes).await?;
+        let res = reservation.as_ref().map(|r| &*r.0);
+        let bytes = read_body(&headers, body, ing.config().max_request_bytes, res).await?;
         let req = decode::<S::Request>(&bytes, json, S::REQUEST)?;
         drop(bytes);
-        let partial_success = ing.export::<S>(&tenant, req).await?;
+        let partial_success = ing.export::<S>(&tenant, req, Protocol::Http).await?;
         Ok(S::response(partial_success))
     };
-    respond(&ing, run.await, json)
+    match run.await {
+        Ok(resp) => ok_response(&resp, json),
+        Err(err) => HttpError { err, json }.into_response(),
+    }
 }
 
 #[cfg(test)]

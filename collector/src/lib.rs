@@ -1,35 +1,40 @@
 //! Skein's OTLP receivers: gRPC (`TraceService`, `LogsService`) and HTTP
 //! (`POST /v1/traces`, `POST /v1/logs`), protobuf and JSON, gzip and zstd.
 //!
-//! Every request is decoded and validated here (the mapping itself is
-//! `skein_otlp::decode`), then handed to storage, which answers only once
+//! Every request is admitted first, before its body is read: under the
+//! memory limit and the in-flight budget ([`MemoryLimit`]), with a read
+//! timeout. It is then decoded and validated here (the mapping itself is
+//! `skein_otlp::decode`), and handed to storage, which answers only once
 //! it is durable. Both signals take one path, [`Ingest::export`], over a
 //! [`Signal`]. Errors map to the wire from one table ([`IngestError`] →
 //! gRPC code, HTTP status, retryable), using the retryable codes of the
-//! OTLP spec for transient faults.
+//! OTLP spec for transient faults. Every request and its outcome is
+//! counted per signal, protocol and reason ([`CollectorMetrics`]).
 
 #![warn(missing_docs)]
 
+mod admission;
 mod error;
 mod grpc;
 mod http_api;
+mod memory;
+mod metrics;
 mod signal;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
-use prost::Message;
 use serde::Deserialize;
 use skein_storage::tenant::{TenantId, Tenants};
-use skein_storage::Storage;
-use tokio::sync::Semaphore;
 
 pub use error::IngestError;
 pub use grpc::{grpc_routes, normalize_grpc_status};
 pub use http_api::router;
+pub use memory::{resident_bytes, MemoryConfig, MemoryLimit, DEFAULT_LIMIT, MIN_LIMIT};
+pub use metrics::{CollectorMetrics, Protocol};
 pub use signal::{Logs, Signal, Traces};
+
+use memory::Limiter;
 
 /// Receiver settings (`[collector]` in the config file).
 #[derive(Debug, Clone, Deserialize)]
@@ -38,9 +43,20 @@ pub struct CollectorConfig {
     /// Largest request accepted, in bytes, both as received and after
     /// decompression.
     pub max_request_bytes: usize,
-    /// Bytes of requests being processed at once; past this, new requests
-    /// get a retryable "over capacity" answer instead of queueing.
-    pub max_inflight_bytes: usize,
+    /// Bytes of request bodies being read and processed at once, counted
+    /// from before a body is read (its `Content-Length`, or as it streams
+    /// in) until it is answered; past this, new requests get a retryable
+    /// "over capacity" answer instead of queueing. Never less than
+    /// `max_request_bytes`. `None`: 1/16 of the memory limit
+    /// ([`MemoryLimit::inflight_bytes`]), or 256 MiB without one.
+    pub max_inflight_bytes: Option<usize>,
+    /// A request body not received whole within this long (from the
+    /// request's headers) is cut: 408 / DEADLINE_EXCEEDED, nothing stored.
+    /// 30 s, as the OpenTelemetry Collector's HTTP server's `read_timeout`
+    /// is commonly set: 16 MiB in 30 s is 0.5 MiB/s, slower than any
+    /// exporter on a working network.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// `[collector.limits]`: content limits per record (attribute, event
     /// and link counts, value lengths); excess is cut and counted in
     /// `skein_limited_total`, never refused.
@@ -51,89 +67,47 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
             max_request_bytes: 16 << 20,
-            max_inflight_bytes: 256 << 20,
+            max_inflight_bytes: None,
+            body_read_timeout: Duration::from_secs(30),
             limits: skein_otlp::decode::Limits::default(),
         }
     }
 }
 
-/// The receivers' Prometheus counters, labelled by signal (`spans`,
-/// `logs`) or by refusal reason.
-#[derive(Debug, Default)]
-pub struct CollectorMetrics {
-    /// Records accepted, by signal (`spans`, `logs`).
-    pub accepted: Family<Vec<(&'static str, &'static str)>, Counter>,
-    /// Records dropped as invalid inside otherwise valid requests.
-    pub rejected: Family<Vec<(&'static str, &'static str)>, Counter>,
-    /// Requests refused whole, by reason.
-    pub refused: Family<Vec<(&'static str, &'static str)>, Counter>,
-    /// Content cut by `[collector.limits]`, by signal and limit.
-    pub limited: Family<Vec<(&'static str, &'static str)>, Counter>,
-}
-
-impl CollectorMetrics {
-    /// Adds the counters to `r` as `skein_received_records`,
-    /// `skein_rejected_records` and `skein_refused_requests`, each label
-    /// value present at zero from the start (a series that appears only
-    /// on its first event breaks `rate()` and alerts on absence).
-    pub fn register(&self, r: &mut Registry) {
-        for signal in [Traces::RECORDS, Logs::RECORDS] {
-            let _ = self.accepted.get_or_create(&vec![("signal", signal)]);
-            let _ = self.rejected.get_or_create(&vec![("signal", signal)]);
-            for limit in skein_otlp::decode::Limited::LIMITS {
-                let _ = self.limited.get_or_create(&vec![("signal", signal), ("limit", limit)]);
-            }
-        }
-        for reason in IngestError::REASONS {
-            let _ = self.refused.get_or_create(&vec![("reason", reason)]);
-        }
-        r.register("skein_received_records", "Records accepted (durable)", self.accepted.clone());
-        r.register(
-            "skein_rejected_records",
-            "Invalid records dropped from valid requests (reported in partial_success)",
-            self.rejected.clone(),
-        );
-        r.register("skein_refused_requests", "Requests refused whole, by reason", self.refused.clone());
-        r.register(
-            "skein_limited",
-            "Attributes, events, links dropped and values cut by collector.limits, by signal and limit",
-            self.limited.clone(),
-        );
-    }
-
-    fn refuse(&self, e: &IngestError) {
-        self.refused.get_or_create(&vec![("reason", e.reason())]).inc();
-    }
-}
+/// The in-flight budget when neither `max_inflight_bytes` nor a memory
+/// limit sets it.
+const DEFAULT_INFLIGHT_BYTES: usize = 256 << 20;
 
 /// The shared ingest path behind both receivers: admission under the
-/// in-flight budget, validation, and the durable append to storage.
+/// memory limit and in-flight budget, validation, and the durable append
+/// to storage.
 #[derive(Debug, Clone)]
 pub struct Ingest {
     tenants: Arc<Tenants>,
     cfg: CollectorConfig,
-    inflight: Arc<Semaphore>,
-    /// Counters of accepted, rejected and refused data.
+    limiter: Arc<Limiter>,
+    /// Counters of received, refused, accepted, stored and dropped data.
     pub metrics: Arc<CollectorMetrics>,
 }
 
-/// Permits are counted in KiB so the semaphore's u32 range covers any
-/// sensible in-flight limit.
-fn kib(bytes: usize) -> u32 {
-    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1)
-}
-
 impl Ingest {
-    /// An ingest path over every tenant's storage, admitting at most
-    /// `max(max_inflight_bytes, max_request_bytes)` of requests at once.
+    /// An ingest path over every tenant's storage with no memory limit:
+    /// only the in-flight budget (`max_inflight_bytes`, 256 MiB by default)
+    /// bounds what it admits. [`Ingest::with_memory_limit`] adds the limit.
     pub fn new(tenants: Arc<Tenants>, cfg: CollectorConfig) -> Self {
-        let permits = kib(cfg.max_inflight_bytes.max(cfg.max_request_bytes)) as usize;
-        Ingest {
-            tenants,
-            cfg,
-            inflight: Arc::new(Semaphore::new(permits)),
-            metrics: Arc::new(CollectorMetrics::default()),
-        }
+        let metrics = Arc::new(CollectorMetrics::default());
+        let limiter = Arc::new(Limiter::new(None, inflight_budget(&cfg, None), &metrics));
+        Ingest { tenants, cfg, limiter, metrics }
+    }
+
+    /// The same path under `limit`: ingest is refused (retryably) while
+    /// resident memory is over its soft limit, and the in-flight budget
+    /// defaults to its share ([`MemoryLimit::inflight_bytes`]).
+    pub fn with_memory_limit(mut self, limit: MemoryLimit) -> Self {
+        let budget = inflight_budget(&self.cfg, Some(limit));
+        self.limiter = Arc::new(Limiter::new(Some(limit), budget, &self.metrics));
+        self.metrics.set_limits(limit);
+        self
     }
 
     /// The settings this path was built with.
@@ -141,77 +115,80 @@ impl Ingest {
         &self.cfg
     }
 
-    /// Counts a refusal made before the ingest path (by the
-    /// authentication layer) and answers it as OTLP/HTTP does: in the
-    /// request's encoding, judged by its `Content-Type`.
-    pub fn refuse_http(&self, err: IngestError, headers: &http::HeaderMap) -> axum::response::Response {
+    /// Counts a request refused before it reached the receivers (by the
+    /// authentication layer in front of them) as received and refused, and
+    /// answers it as OTLP/HTTP does: in the request's encoding, judged by
+    /// its `Content-Type`.
+    pub fn refuse_http(
+        &self,
+        err: IngestError,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> axum::response::Response {
         use axum::response::IntoResponse as _;
-        self.metrics.refuse(&err);
-        let json = http_api::content_kind(headers).unwrap_or(false);
-        error::HttpError { err, json }.into_response()
+        let signal = metrics::signal_of(path);
+        self.metrics.received(signal, Protocol::Http);
+        self.metrics.refused(signal, Protocol::Http, err.reason());
+        error::HttpError { err, json: http_api::is_json(headers) }.into_response()
     }
 
-    /// Counts a refusal made before the ingest path (by the
-    /// authentication layer) and answers it as OTLP/gRPC does.
-    pub fn refuse_grpc(&self, err: IngestError) -> tonic::Status {
-        self.metrics.refuse(&err);
+    /// [`Ingest::refuse_http`] for OTLP/gRPC: a trailers-only status.
+    pub fn refuse_grpc(&self, err: IngestError, path: &str) -> tonic::Status {
+        let signal = metrics::signal_of(path);
+        self.metrics.received(signal, Protocol::Grpc);
+        self.metrics.refused(signal, Protocol::Grpc, err.reason());
         err.into()
     }
 
-    fn admit(&self, storage: &Storage, size: usize) -> Result<tokio::sync::SemaphorePermit<'_>, IngestError> {
-        if !storage.is_ready() {
-            return Err(IngestError::NotReady);
-        }
-        self.inflight.try_acquire_many(kib(size)).map_err(|_| IngestError::Overloaded)
+    /// The in-flight budget in bytes.
+    pub fn inflight_budget(&self) -> usize {
+        self.limiter.inflight_limit() as usize
     }
 
-    /// Validates one export request of signal `S` for `tenant`, stores its valid
-    /// records durably and reports the invalid ones: `Ok(None)` when every
-    /// record was kept (the OTLP spec: leave `partial_success` unset on
-    /// full success), `Ok(Some(_))` with the count and first reason
-    /// otherwise. When this returns `Ok`, the records are in the WAL.
+    /// Validates one export request of signal `S` for `tenant` that came
+    /// over `protocol`, stores its valid records durably and reports the invalid
+    /// ones: `Ok(None)` when every record was kept (the OTLP spec: leave
+    /// `partial_success` unset on full success), `Ok(Some(_))` with the
+    /// count and first reason otherwise. When this returns `Ok`, the
+    /// records are in the WAL. Admission (memory limit, in-flight budget)
+    /// is the receivers' and happens before the body is read; refusals are
+    /// counted by the receivers, which see every answer.
     ///
     /// # Errors
     /// [`IngestError::NotReady`] during WAL replay,
-    /// [`IngestError::Overloaded`] past the in-flight budget, and
+    /// [`IngestError::Overloaded`] when the head is over its limit, and
     /// [`IngestError::Unavailable`] when storage cannot make the records
-    /// durable; nothing was stored then. Each is counted as refused.
+    /// durable, [`IngestError::Forbidden`] for a new tenant past
+    /// `tenants.max_tenants`; nothing was stored then.
     pub async fn export<S: Signal>(
         &self,
         tenant: &TenantId,
         req: S::Request,
-    ) -> Result<Option<S::PartialSuccess>, IngestError> {
-        let r = self.export_inner::<S>(tenant, req).await;
-        if let Err(e) = &r {
-            self.metrics.refuse(e);
-        }
-        r
-    }
-
-    async fn export_inner<S: Signal>(
-        &self,
-        tenant: &TenantId,
-        req: S::Request,
+        protocol: Protocol,
     ) -> Result<Option<S::PartialSuccess>, IngestError> {
         let storage = self.tenants.get_async(tenant).await?;
-        // Admission counts the request's protobuf size (what it was on the
-        // wire for protobuf, about that for JSON).
-        let _permit = self.admit(&storage, req.encoded_len())?;
+        if !storage.is_ready() {
+            return Err(IngestError::NotReady);
+        }
         let c = S::convert(&req, &self.cfg.limits);
         drop(req);
-        for (limit, n) in c.limited.counts().into_iter().filter(|c| c.1 > 0) {
-            self.metrics.limited.get_or_create(&vec![("signal", S::RECORDS), ("limit", limit)]).inc_by(n);
-        }
+        self.metrics.limited(S::RECORDS, &c.limited);
         let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
         if n > 0 {
             S::store(&storage, c.records).await?;
         }
-        let label = vec![("signal", S::RECORDS)];
-        self.metrics.accepted.get_or_create(&label).inc_by(n);
+        self.metrics.records(S::RECORDS, protocol, n, rejected);
         if rejected == 0 {
             return Ok(None);
         }
-        self.metrics.rejected.get_or_create(&label).inc_by(rejected);
         Ok(Some(S::partial_success(rejected as i64, error.unwrap_or_default())))
     }
+}
+
+/// `max_inflight_bytes`, or the memory limit's share, or the fixed
+/// default; never under one request of `max_request_bytes`, so that a
+/// request of the largest size is admitted when it is alone.
+fn inflight_budget(cfg: &CollectorConfig, limit: Option<MemoryLimit>) -> usize {
+    let share = limit.map_or(DEFAULT_INFLIGHT_BYTES, |l| l.inflight_bytes());
+    cfg.max_inflight_bytes.unwrap_or(share).max(cfg.max_request_bytes)
 }

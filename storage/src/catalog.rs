@@ -115,6 +115,7 @@ impl Catalog {
     pub fn finish_flush(&self, flushing: &Arc<Flushing>, written: Option<Arc<Segment>>) -> usize {
         let mut st = self.state.write();
         st.flushing.retain(|f| !Arc::ptr_eq(f, flushing));
+        self.head.flush_ended(flushing);
         match written {
             Some(seg) => st.segments.push(seg),
             None => {

@@ -87,6 +87,10 @@ pub struct CutPolicy {
 pub struct Head {
     traces: DashMap<TraceId, TraceEntry>,
     bytes: AtomicI64,
+    /// Bytes of traces cut by [`Head::cut`] whose flush has not ended
+    /// ([`Head::flush_ended`]): still in memory, with the flush's own
+    /// buffers beside them.
+    flushing_bytes: AtomicI64,
     epoch: Instant,
     /// Span bytes one trace may hold ([`Head::limit_trace_bytes`]).
     max_bytes_per_trace: AtomicUsize,
@@ -99,6 +103,7 @@ impl Default for Head {
         Head {
             traces: DashMap::new(),
             bytes: AtomicI64::new(0),
+            flushing_bytes: AtomicI64::new(0),
             epoch: Instant::now(),
             max_bytes_per_trace: AtomicUsize::new(usize::MAX),
             over_trace_limit: Default::default(),
@@ -115,6 +120,23 @@ impl Head {
     /// Approximate heap bytes of every record held.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Approximate heap bytes of every record in memory: those in the head
+    /// and those cut from it for a flush that has not ended. What the
+    /// head's memory limit (`head.max_bytes * head.overload_factor`) is
+    /// checked against, so that a long flush does not let the head fill
+    /// again beside the traces it is still writing.
+    pub fn held_bytes(&self) -> usize {
+        (self.bytes.load(Ordering::Relaxed) + self.flushing_bytes.load(Ordering::Relaxed)).max(0) as usize
+    }
+
+    /// Ends the accounting of a flush's traces in [`Head::held_bytes`]
+    /// (written or not: a failed flush puts them back with
+    /// [`Head::restore`], which counts them in the head again).
+    pub fn flush_ended(&self, flushing: &Flushing) {
+        let b: usize = flushing.traces.iter().map(|t| t.1.bytes).sum();
+        self.flushing_bytes.fetch_sub(b as i64, Ordering::Relaxed);
     }
 
     /// Traces held (the bucket of logs without trace context counts as one).
@@ -284,6 +306,7 @@ impl Head {
             }
         }
         self.bytes.fetch_sub(freed as i64, Ordering::Relaxed);
+        self.flushing_bytes.fetch_add(freed as i64, Ordering::Relaxed);
         out
     }
 
@@ -412,5 +435,21 @@ mod tests {
         // Still one copy per span ID after the merge.
         assert_eq!(h.insert_spans(3, spans_of_trace(1, 0, 3)), 3);
         assert_eq!(h.bytes(), e.bytes);
+    }
+
+    /// Issue 10 item 2: traces cut for a flush still count in
+    /// `held_bytes` (what the head's limit is checked against) until the
+    /// flush ends, so the head cannot fill again beside a long flush.
+    #[test]
+    fn traces_being_flushed_count_until_the_flush_ends() {
+        let h = Head::default();
+        h.insert_spans(1, spans_of_trace(1, 0, 4));
+        let b = h.bytes();
+        let cut = Flushing { traces: h.cut(CUT_ALL) };
+        assert_eq!((h.bytes(), h.held_bytes()), (0, b));
+        h.insert_spans(2, spans_of_trace(2, 0, 4));
+        assert_eq!(h.held_bytes(), 2 * b);
+        h.flush_ended(&cut);
+        assert_eq!(h.held_bytes(), b);
     }
 }

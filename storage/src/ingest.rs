@@ -97,12 +97,13 @@ impl Storage {
         Ok(())
     }
 
-    /// The WAL, if ingest may proceed: replay is done and the head is under
-    /// `max_bytes * overload_factor`.
+    /// The WAL, if ingest may proceed: replay is done and the records in
+    /// memory (the head and a flush being written: [`Head::held_bytes`])
+    /// are under `max_bytes * overload_factor`.
     fn admit(&self) -> Result<&Wal> {
         let wal = self.wal.get().ok_or(Error::NotReady)?;
         let limit = (self.cfg.head.max_bytes as f64 * self.cfg.head.overload_factor) as usize;
-        let b = self.catalog.head().bytes();
+        let b = self.catalog.head().held_bytes();
         if b > limit {
             return Err(Error::Overloaded(b));
         }

@@ -207,5 +207,5 @@ fn invalid_records_are_dropped_and_counted() {
     // Both requests carried it: one copy per (trace ID, span ID) (issue 9).
     assert_eq!(v["spans"].as_array().unwrap().len(), 1, "good span stored, once");
     assert_eq!(server.api(&format!("/api/v1/traces/{}", hex::encode([4u8; 16]))).0, 404);
-    assert!(server.metric("skein_rejected_records_total") >= 4.0);
+    assert!(server.metric("skein_dropped_records_total") >= 4.0);
 }

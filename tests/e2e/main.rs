@@ -2,6 +2,9 @@
 
 mod support;
 
+/// Admission before the body is read, read timeouts, and every refusal
+/// counted as clients saw it.
+mod admission;
 /// Bearer tokens for ingest and query.
 mod auth;
 /// Malformed, oversized and partially invalid requests.
@@ -22,6 +25,8 @@ mod limits;
 mod listeners;
 /// `/metrics`, log output and listen addresses.
 mod ops;
+/// Flat out against a small memory limit: under it, nothing lost, refusals counted.
+mod overload;
 /// Segments in S3 (a moto server), read back by a node with an empty cache.
 mod s3;
 /// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.

@@ -68,11 +68,11 @@ fn test_metrics_scrape() {
     assert!(started <= now + 1.0 && started > now - 600.0, "{started} vs {now}");
     assert_eq!(value(&format!("skein_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);
     for series in [
-        r#"skein_refused_requests_total{reason="malformed"}"#,
-        r#"skein_refused_requests_total{reason="overloaded"}"#,
-        r#"skein_received_records_total{signal="spans"}"#,
-        r#"skein_received_records_total{signal="logs"}"#,
-        r#"skein_rejected_records_total{signal="logs"}"#,
+        r#"skein_refused_requests_total{signal="spans",protocol="grpc",reason="malformed"}"#,
+        r#"skein_refused_requests_total{signal="logs",protocol="http",reason="overloaded"}"#,
+        r#"skein_stored_records_total{signal="spans",protocol="grpc"}"#,
+        r#"skein_stored_records_total{signal="logs",protocol="http"}"#,
+        r#"skein_dropped_records_total{signal="logs",protocol="http",reason="invalid"}"#,
     ] {
         assert_eq!(value(series), 0.0, "{series}");
     }

@@ -115,8 +115,14 @@ impl Server {
             .sum()
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// The server's resident memory now (`VmRSS` of `/proc/<pid>/status`),
+    /// in bytes.
+    pub(crate) fn rss(&self) -> u64 {
+        rss_of(self.pid())
     }
 
     /// SIGTERM and wait: the process must exit 0.
@@ -161,6 +167,15 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// `VmRSS` of process `pid`, in bytes (0 once it is gone).
+pub(crate) fn rss_of(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 pub(crate) fn client() -> reqwest::blocking::Client {
