@@ -62,5 +62,5 @@ fn hostile_content_is_stored_cut_and_counted() {
     assert_eq!(m("value_length"), 1.0);
     assert_eq!(m("events"), 3.0);
     assert_eq!(m("links"), 0.0);
-    assert_eq!(server.metric("skein_received_records_total{signal=\"spans\"}"), 2.0);
+    assert_eq!(server.metric("skein_stored_records_total{signal=\"spans\""), 2.0);
 }
