@@ -32,6 +32,16 @@ pub(crate) enum Scope {
     Query,
 }
 
+impl Scope {
+    /// The name as written in the config file.
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Query => "query",
+        }
+    }
+}
+
 /// A secret that never shows in `Debug` output or logs.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
@@ -87,8 +97,9 @@ pub(crate) enum Refusal {
     Unauthenticated(String),
     /// 403 / PERMISSION_DENIED.
     Forbidden(String),
-    /// 400 / INVALID_ARGUMENT: a malformed `X-Scope-OrgID`.
-    BadTenant(String),
+    /// 400 / INVALID_ARGUMENT: a malformed `X-Scope-OrgID`, or a repeated
+    /// `Authorization` or `X-Scope-OrgID` header.
+    BadRequest(String),
 }
 
 impl Refusal {
@@ -96,7 +107,7 @@ impl Refusal {
         match self {
             Refusal::Unauthenticated(m) => IngestError::Unauthenticated(m),
             Refusal::Forbidden(m) => IngestError::Forbidden(m),
-            Refusal::BadTenant(m) => IngestError::Malformed(m),
+            Refusal::BadRequest(m) => IngestError::Malformed(m),
         }
     }
 
@@ -104,7 +115,7 @@ impl Refusal {
         match self {
             Refusal::Unauthenticated(m) => skein_query::Error::Unauthorized(m),
             Refusal::Forbidden(m) => skein_query::Error::Forbidden(m),
-            Refusal::BadTenant(m) => skein_query::Error::BadRequest(m),
+            Refusal::BadRequest(m) => skein_query::Error::BadRequest(m),
         }
     }
 }
@@ -131,6 +142,14 @@ impl Auth {
             if value.is_empty() {
                 bail!("{what}: the token is empty");
             }
+            // RFC 6750 §2.1's b64token is visible ASCII; anything else
+            // could never arrive in a header intact.
+            if !value.bytes().all(|b| b.is_ascii_graphic()) {
+                bail!("{what}: a token is visible ASCII only (RFC 6750 b64token): no spaces or other characters");
+            }
+            if tokens.iter().any(|t: &Token| t.value.0 == value) {
+                bail!("{what}: the same token is listed twice; give each token once, with all its scopes");
+            }
             if t.scopes.is_empty() {
                 bail!("{what}: scopes is empty; give [\"ingest\"], [\"query\"] or both");
             }
@@ -151,45 +170,59 @@ impl Auth {
         self.tokens.iter().any(|t| t.scopes.contains(&scope))
     }
 
-    /// The tenant a request of `scope` with `headers` acts as.
+    /// The tenant the request's token is bound to, if any, once the token
+    /// is checked (when `scope` needs one).
     ///
     /// Every configured token of the scope is compared in constant time,
     /// and all of them every time, so the answer's timing tells nothing of
     /// how much of a guess was right.
+    fn check_token(&self, scope: Scope, headers: &HeaderMap) -> Result<Option<&TenantId>, Refusal> {
+        // Which of two would count is a guess a proxy and Skein may make
+        // differently: refuse instead.
+        for h in [http::header::AUTHORIZATION.as_str(), TENANT_HEADER] {
+            if headers.get_all(h).iter().count() > 1 {
+                return Err(Refusal::BadRequest(format!("the {h} header is given more than once")));
+            }
+        }
+        if !self.required(scope) {
+            return Ok(None);
+        }
+        let given = bearer(headers).ok_or_else(|| {
+            Refusal::Unauthenticated(
+                "missing bearer token: send the header Authorization: Bearer <token>".into(),
+            )
+        })?;
+        let mut found: Option<Option<&TenantId>> = None;
+        for t in self.tokens.iter().filter(|t| t.scopes.contains(&scope)) {
+            if bool::from(t.value.0.as_bytes().ct_eq(given.as_bytes())) {
+                found = Some(t.tenant.as_ref());
+            }
+        }
+        found.ok_or_else(|| {
+            Refusal::Unauthenticated(format!("the bearer token is not valid for {}", scope.name()))
+        })
+    }
+
+    /// The tenant a request of `scope` with `headers` acts as.
     ///
     /// # Errors
     /// [`Refusal::Unauthenticated`] for a missing or wrong token, or (with
     /// multi-tenancy) no tenant; [`Refusal::Forbidden`] for a token bound
-    /// to another tenant than the header names; [`Refusal::BadTenant`] for
-    /// a malformed header.
+    /// to another tenant than the header names; [`Refusal::BadRequest`] for
+    /// a malformed or repeated header.
     pub(crate) fn authorize(&self, scope: Scope, headers: &HeaderMap) -> Result<TenantId, Refusal> {
-        let mut bound: Option<Option<&TenantId>> = None;
-        if self.required(scope) {
-            let given = bearer(headers).ok_or_else(|| {
-                Refusal::Unauthenticated(
-                    "missing bearer token: send the header Authorization: Bearer <token>".into(),
-                )
-            })?;
-            for t in self.tokens.iter().filter(|t| t.scopes.contains(&scope)) {
-                if bool::from(t.value.0.as_bytes().ct_eq(given.as_bytes())) && bound.is_none() {
-                    bound = Some(t.tenant.as_ref());
-                }
-            }
-            if bound.is_none() {
-                return Err(Refusal::Unauthenticated(format!("the bearer token is not valid for {scope:?}")));
-            }
-        }
+        let bound = self.check_token(scope, headers)?;
         if !self.multitenancy {
             return Ok(TenantId::single());
         }
         let header = match headers.get(TENANT_HEADER).map(|v| v.to_str()) {
             None => None,
             Some(Ok(v)) => Some(
-                TenantId::parse(v.trim()).map_err(|e| Refusal::BadTenant(format!("X-Scope-OrgID: {e}")))?,
+                TenantId::parse(v.trim()).map_err(|e| Refusal::BadRequest(format!("X-Scope-OrgID: {e}")))?,
             ),
-            Some(Err(_)) => return Err(Refusal::BadTenant("X-Scope-OrgID: not visible ASCII".into())),
+            Some(Err(_)) => return Err(Refusal::BadRequest("X-Scope-OrgID: not visible ASCII".into())),
         };
-        match (bound.flatten(), header) {
+        match (bound, header) {
             (Some(b), Some(h)) if *b != h => Err(Refusal::Forbidden(format!(
                 "this token is bound to tenant {b}, and the request's X-Scope-OrgID names {h}"
             ))),
@@ -200,6 +233,43 @@ impl Auth {
                     .into(),
             )),
         }
+    }
+}
+
+impl Auth {
+    /// Authorizes a query of process-wide data (`/metrics`): the query
+    /// token when one is required, and with multi-tenancy one not bound to
+    /// a tenant (an operator's), since the figures span every tenant.
+    ///
+    /// # Errors
+    /// As [`Auth::authorize`]; [`Refusal::Forbidden`] for a token bound to
+    /// a tenant.
+    pub(crate) fn authorize_process_wide(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        match self.check_token(Scope::Query, headers)? {
+            Some(_) if self.multitenancy => Err(Refusal::Forbidden(
+                "/metrics counts over every tenant: use a query token not bound to a tenant".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Warnings about settings that work but may not do what was meant,
+    /// for the start-up log.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.multitenancy && !self.required(Scope::Query) {
+            w.push(
+                "multitenancy_enabled without a query token: any client can read any tenant by naming it in X-Scope-OrgID"
+                    .to_string(),
+            );
+        }
+        if self.multitenancy && !self.required(Scope::Ingest) {
+            w.push(
+                "multitenancy_enabled without an ingest token: any client can write to any tenant"
+                    .to_string(),
+            );
+        }
+        w
     }
 }
 
@@ -237,9 +307,17 @@ async fn authorized(
 
 /// Middleware for the HTTP API: authorizes [`Scope::Query`] and puts the
 /// tenant in the request; refusals are the API's `{"error": ...}`.
+/// `/metrics` counts over every tenant, so with multi-tenancy it needs no
+/// tenant and refuses tokens bound to one (403).
 pub(crate) async fn query_layer(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
     if open_path(req.uri().path()) {
         return next.run(req).await;
+    }
+    if req.uri().path() == "/metrics" {
+        return match auth.authorize_process_wide(req.headers()) {
+            Ok(()) => next.run(req).await,
+            Err(r) => r.into_query().into_response(),
+        };
     }
     authorized(&auth, Scope::Query, req, next, |r, _| r.into_query().into_response()).await
 }
@@ -348,11 +426,27 @@ mod tests {
         assert!(matches!(a.authorize(Scope::Query, &headers(&[reader])), Err(Refusal::Unauthenticated(_))));
         assert!(matches!(
             a.authorize(Scope::Query, &headers(&[reader, ("X-Scope-OrgID", "../x")])),
-            Err(Refusal::BadTenant(_))
+            Err(Refusal::BadRequest(_))
         ));
         // Without multi-tenancy the header is ignored, as Tempo does.
         let off = auth("", false).unwrap();
         assert_eq!(off.authorize(Scope::Query, &headers(&[("X-Scope-OrgID", "b")])), Ok(TenantId::single()));
+        // A repeated header is refused, whichever copy is good (QA: the
+        // first used to win).
+        for (k, v1, v2) in [("authorization", "Bearer wrong", "Bearer reader"), ("x-scope-orgid", "a", "b")] {
+            let mut h = headers(&[reader]);
+            if k == "authorization" {
+                h.remove(k);
+            }
+            h.append(k, v1.parse().unwrap());
+            h.append(k, v2.parse().unwrap());
+            assert!(matches!(a.authorize(Scope::Query, &h), Err(Refusal::BadRequest(_))), "{k}");
+        }
+        // /metrics spans every tenant: no tenant needed, and no token bound
+        // to one accepted.
+        assert_eq!(a.authorize_process_wide(&headers(&[reader])), Ok(()));
+        assert!(matches!(a.authorize_process_wide(&headers(&[bearer_a])), Err(Refusal::Forbidden(_))));
+        assert!(matches!(a.authorize_process_wide(&headers(&[])), Err(Refusal::Unauthenticated(_))));
     }
 
     #[test]
@@ -361,6 +455,12 @@ mod tests {
             ("[[tokens]]\nscopes = [\"query\"]", false, "exactly one of token and token_file"),
             ("[[tokens]]\ntoken = \" \"\nscopes = [\"query\"]", false, "empty"),
             ("[[tokens]]\ntoken = \"x\"\nscopes = []", false, "scopes is empty"),
+            ("[[tokens]]\ntoken = \"tökén\"\nscopes = [\"query\"]", false, "visible ASCII"),
+            (
+                "[[tokens]]\ntoken = \"x\"\nscopes = [\"query\"]\ntenant = \"a\"\n[[tokens]]\ntoken = \"x\"\nscopes = [\"query\"]\ntenant = \"b\"",
+                true,
+                "listed twice",
+            ),
             (
                 "[[tokens]]\ntoken = \"x\"\nscopes = [\"query\"]\ntenant = \"a\"",
                 false,

@@ -189,8 +189,29 @@ struct Config {
     tenants: TenantsConfig,
     overrides: HashMap<String, TenantOverrides>,
     auth: Auth,
+    multitenancy_enabled: bool,
     server: ServerConfig,
     tls: Option<TlsFiles>,
+}
+
+/// A config parse error without the quoted source line toml adds, which
+/// may hold a token (`[[auth.tokens]] token = ...`); values the message
+/// quotes on a line about a token are elided too.
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let (line, about_token) = match e.span() {
+        Some(sp) => {
+            let start = sp.start.min(text.len());
+            let n = text[..start].matches('\n').count() + 1;
+            let l = text.lines().nth(n - 1).unwrap_or_default();
+            (format!(", line {n}"), l.contains("token"))
+        }
+        None => (String::new(), false),
+    };
+    let mut msg = e.message().trim().to_string();
+    if about_token {
+        msg = msg.split('`').enumerate().map(|(i, part)| if i % 2 == 1 { "…" } else { part }).collect();
+    }
+    anyhow::anyhow!("parsing config {}{line}: {msg}", path.display())
 }
 
 fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
@@ -198,8 +219,7 @@ fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-            let mut f: FileConfig =
-                toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))?;
+            let mut f: FileConfig = toml::from_str(&text).map_err(|e| parse_error(p, &text, &e))?;
             f.explicit = Explicit::of(&toml::from_str(&text)?);
             f
         }
@@ -273,6 +293,7 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         tenants: file.tenants,
         overrides: file.overrides,
         auth,
+        multitenancy_enabled: file.multitenancy_enabled,
         server: file.server,
         tls,
     })
@@ -335,6 +356,15 @@ async fn serve(cfg: Config) -> Result<()> {
             .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
     let ingest = Ingest::new(tenants.clone(), cfg.collector.clone()).with_memory_limit(cfg.memory);
     let auth = Arc::new(cfg.auth);
+    for w in auth.warnings() {
+        tracing::warn!("{w}");
+    }
+    if !cfg.multitenancy_enabled && cfg.data_dir.join("tenants").is_dir() {
+        tracing::warn!(
+            dir = %cfg.data_dir.join("tenants").display(),
+            "multitenancy_enabled is false, so the tenants' data in this directory is neither served nor kept by retention; set multitenancy_enabled = true to serve it"
+        );
+    }
     tracing::info!(
         hard = cfg.memory.hard,
         soft = cfg.memory.soft,
@@ -544,5 +574,20 @@ mod tests {
         assert!(format!("{err:#}").contains("minimum"), "{err:#}");
         assert!(Cli::try_parse_from(["skein", "serve", "--memory-limit", "lots"]).is_err());
         assert!(toml::from_str::<FileConfig>("memory_limit = \"lots\"").is_err());
+    }
+
+    /// A config error never shows a token (QA: toml quoted the line).
+    #[test]
+    fn test_config_errors_hide_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in
+            ["[[auth.tokens]]\ntoken = \"SUPERSECRET-abc\" x\n", "[[auth.tokens]]\ntoken = 123456789\n"]
+        {
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, text).unwrap();
+            let e = format!("{:#}", read_file_config(Some(&p)).unwrap_err());
+            assert!(!e.contains("SUPERSECRET") && !e.contains("123456789"), "{e}");
+            assert!(e.contains("line 2"), "{e}");
+        }
     }
 }

@@ -69,13 +69,14 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// The storage of `tenant` (opened on its first use).
+    /// The storage `tenant` reads: its own, or an empty one when it has no
+    /// data yet (a read never creates a tenant).
     ///
     /// # Errors
-    /// [`Error::Forbidden`] past `tenants.max_tenants`; a storage error if
-    /// the tenant's storage cannot be opened.
+    /// None today; fallible so that a tenant's storage may be opened on
+    /// demand.
     pub async fn storage(&self, tenant: &TenantId) -> Result<Arc<Storage>> {
-        Ok(self.tenants.get_async(tenant).await?)
+        Ok(self.tenants.get_for_read(tenant))
     }
 
     /// The query engine over `tenant`'s storage, with this state's limits.

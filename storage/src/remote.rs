@@ -165,6 +165,23 @@ impl Remote {
         file.split('/').fold(self.segment_path(id), |p, part| p.join(part))
     }
 
+    /// The tenant IDs with a directory under `<prefix>/tenants/` (one LIST
+    /// request with a delimiter), as [`crate::tenant::Tenants`] lays them
+    /// out; names are returned as found, unchecked.
+    ///
+    /// # Errors
+    /// Object-store errors.
+    pub fn list_tenants(&self) -> Result<Vec<String>> {
+        let store = self.store.clone();
+        // `root` is `<prefix>/segments`; tenants are its siblings.
+        let parts: Vec<_> = self.root.parts().collect();
+        let dir: ObjPath =
+            parts[..parts.len().saturating_sub(1)].iter().cloned().collect::<ObjPath>().join("tenants");
+        let l = self.run(async move { Ok(store.list_with_delimiter(Some(&dir)).await?) })?;
+        self.metrics.remote_requests.inc();
+        Ok(l.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+    }
+
     /// Segment IDs in the store, committed or not (one LIST request).
     /// Errors: object-store errors.
     pub fn list(&self) -> Result<Listing> {

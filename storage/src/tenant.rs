@@ -139,6 +139,9 @@ pub struct Tenants {
     metrics: Arc<StorageMetrics>,
     default: Arc<Storage>,
     others: RwLock<BTreeMap<TenantId, Arc<Storage>>>,
+    /// An empty storage that answers reads of tenants with no data, so a
+    /// read never creates a tenant (`data_dir/empty-tenant`, never written).
+    empty: Arc<Storage>,
     /// Serialises opening new tenants (two requests for one new tenant
     /// must not both open its directory).
     open_lock: Mutex<()>,
@@ -168,12 +171,18 @@ impl Tenants {
         tenants_cfg: TenantsConfig,
         overrides: HashMap<String, TenantOverrides>,
     ) -> Result<Arc<Tenants>> {
+        // Every override is checked now, not when its tenant first shows up
+        // (a bad one would then refuse that tenant's data forever).
         for id in overrides.keys() {
-            TenantId::parse(id).map_err(|e| Error::Config(format!("[overrides.{id:?}]: {e}")))?;
+            let t = TenantId::parse(id).map_err(|e| Error::Config(format!("[overrides.{id:?}]: {e}")))?;
+            tenant_config(&cfg, &overrides, &t, Some(&t))
+                .map_err(|e| Error::Config(format!("[overrides.{id:?}]: {e}")))?;
         }
         let metrics = Arc::new(StorageMetrics::default());
         let default_cfg = tenant_config(&cfg, &overrides, &TenantId::single(), None)?;
         let default = Storage::open_with_metrics(data_dir, default_cfg, metrics.clone())?;
+        let empty_cfg = StorageConfig { storage_url: None, ..cfg.clone() };
+        let empty = Storage::open_with_metrics(&data_dir.join("empty-tenant"), empty_cfg, Arc::default())?;
         let t = Tenants {
             data_dir: data_dir.to_path_buf(),
             cfg,
@@ -182,21 +191,32 @@ impl Tenants {
             metrics,
             default,
             others: RwLock::new(BTreeMap::new()),
+            empty,
             open_lock: Mutex::new(()),
             maintenance: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
         };
         let dir = data_dir.join("tenants");
+        let mut names = Vec::new();
         if dir.is_dir() {
             for e in std::fs::read_dir(&dir)? {
-                let name = e?.file_name().to_string_lossy().into_owned();
-                match TenantId::parse(&name) {
-                    Ok(id) if !id.is_single() => {
-                        let s = t.open_tenant(&id)?;
-                        t.others.write().insert(id, s);
-                    }
-                    _ => tracing::warn!(dir = %dir.join(&name).display(), "not a tenant directory; ignored"),
+                names.push(e?.file_name().to_string_lossy().into_owned());
+            }
+        }
+        // A node with an empty data directory learns the tenants from the
+        // object store, so their data is read and their retention runs.
+        if let Some(r) = &t.default.remote {
+            names.extend(r.list_tenants()?);
+        }
+        names.sort();
+        names.dedup();
+        for name in names {
+            match TenantId::parse(&name) {
+                Ok(id) if !id.is_single() => {
+                    let s = t.open_tenant(&id)?;
+                    t.others.write().insert(id, s);
                 }
+                _ => tracing::warn!(dir = %dir.join(&name).display(), "not a tenant directory; ignored"),
             }
         }
         Ok(Arc::new(t))
@@ -212,6 +232,7 @@ impl Tenants {
             tenants_cfg: TenantsConfig::default(),
             overrides: HashMap::new(),
             metrics: storage.metrics.clone(),
+            empty: storage.clone(),
             default: storage,
             others: RwLock::new(BTreeMap::new()),
             open_lock: Mutex::new(()),
@@ -231,6 +252,7 @@ impl Tenants {
     /// # Errors
     /// The first tenant whose replay failed (named in the message).
     pub fn replay(&self) -> Result<()> {
+        self.empty.replay()?;
         for (id, s) in self.all() {
             s.replay().map_err(|e| Error::Config(format!("tenant {id}: {e}")))?;
         }
@@ -255,8 +277,9 @@ impl Tenants {
         self.others.read().get(id).cloned()
     }
 
-    /// The storage of `id`, opened and replayed first if this is its first
-    /// use (a new, empty storage for a new tenant). Blocking the first time.
+    /// The storage of `id` for writing, opened and replayed first if this is
+    /// its first write (a new, empty storage for a new tenant). Blocking the
+    /// first time.
     ///
     /// # Errors
     /// [`Error::TooManyTenants`] when `tenants.max_tenants` are open already;
@@ -288,6 +311,13 @@ impl Tenants {
         }
         self.others.write().insert(id.clone(), s.clone());
         Ok(s)
+    }
+
+    /// The storage to read for `id`: its own when it has one, else an empty
+    /// storage, so that reading a tenant never creates it (nor counts
+    /// toward `tenants.max_tenants`, nor costs memory or files).
+    pub fn get_for_read(&self, id: &TenantId) -> Arc<Storage> {
+        self.get_open(id).unwrap_or_else(|| self.empty.clone())
     }
 
     /// [`Tenants::get`] on the blocking pool.
@@ -425,7 +455,26 @@ mod tests {
         assert_eq!(sa.config().retention, Duration::from_secs(60));
         assert_eq!(sa.get_trace(&tid).unwrap().unwrap().0.len(), 1);
         assert!(t.get_open(&b).unwrap().get_trace(&tid).unwrap().is_none());
-        let e = t.get(&TenantId::parse("c").unwrap()).unwrap_err();
+        // Reads of an unknown tenant find nothing and create nothing.
+        let c = TenantId::parse("c").unwrap();
+        assert!(t.get_for_read(&c).get_trace(&tid).unwrap().is_none());
+        assert!(!dir.path().join("tenants/c").exists() && t.get_open(&c).is_none());
+        let e = t.get(&c).unwrap_err();
         assert!(e.to_string().contains("max_tenants"), "{e}");
+    }
+
+    /// A bad override is refused at start, not when its tenant first writes.
+    #[test]
+    fn test_overrides_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = TenantOverrides { retention: Some(Duration::ZERO), retention_bytes: None };
+        let e = Tenants::open(
+            dir.path(),
+            test_config(),
+            TenantsConfig::default(),
+            HashMap::from([("ta".into(), o)]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("retention must be longer than zero"), "{e}");
     }
 }

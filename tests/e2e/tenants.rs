@@ -13,6 +13,9 @@ use crate::support::{client, eventually, query, Server};
 const CONFIG: &str = r#"
 multitenancy_enabled = true
 
+[tenants]
+max_tenants = 4
+
 [[auth.tokens]]
 token = "token-a"
 scopes = ["ingest", "query"]
@@ -217,6 +220,26 @@ fn tenant_b_cannot_see_tenant_a() {
     server.terminate();
     server.restart();
     check(&server, "after a restart");
+
+    // Reading a tenant that has no data answers empty and creates nothing
+    // (QA: reads used to create tenants up to the cap, locking real ones out).
+    for i in 0..5 {
+        let junk = format!("junk{i}");
+        let (s, v) = server
+            .api_with("/api/v1/services", &[("authorization", "Bearer reader"), ("X-Scope-OrgID", &junk)]);
+        assert_eq!((s, v["services"].clone()), (200, json!([])));
+        assert!(!data.join("tenants").join(&junk).exists());
+    }
+    // So the cap (4: single-tenant, team-a, team-b, one more) still has room.
+    let (s, body) =
+        post_span(&server, &[("authorization", "Bearer shipper"), ("X-Scope-OrgID", "team-c")], "c", b1, t0);
+    assert_eq!(s, 200, "{body}");
+    let (s, body) =
+        post_span(&server, &[("authorization", "Bearer shipper"), ("X-Scope-OrgID", "team-d")], "d", b1, t0);
+    assert_eq!(s, 403, "past max_tenants: {body}");
+    // /metrics spans every tenant: a token bound to one may not read it.
+    assert_eq!(server.api_with("/metrics", A).0, 403);
+    assert_eq!(server.api_with("/metrics", &[("authorization", "Bearer reader")]).0, 200);
 
     // Requests that name no tenant, or a malformed one, are refused.
     let (s, v) = server.api_with("/api/v1/services", &[("authorization", "Bearer reader")]);

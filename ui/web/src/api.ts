@@ -175,7 +175,9 @@ export async function getJson<T>(path: string, params: Params = {}, signal?: Abo
     /* not JSON */
   }
   if (!res.ok) {
-    if (res.status === 401) authStore.set(body && typeof body === "object" && "error" in body ? String((body as { error: unknown }).error) : "Sign in");
+    // 401: no or a wrong token; 403: a token that may not read the tenant
+    // asked for. Either way the user can fix it in the sign-in dialog.
+    if (res.status === 401 || res.status === 403) authStore.set(body && typeof body === "object" && "error" in body ? String((body as { error: unknown }).error) : "Sign in");
     const msg =
       body && typeof body === "object" && "error" in body
         ? String((body as { error: unknown }).error)
