@@ -454,7 +454,19 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx, drain: watch::Re
         tracing::debug!(error = %e, "setting TCP keepalive");
     }
     let Some(acceptor) = &ctx.tls else {
-        return connection(stream, ctx, drain).await;
+        // hyper's header timer starts with a request's first byte, so a
+        // client that sends nothing would hold its slot until idle_timeout
+        // (QA): the first byte must come within read_header_timeout too.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(ctx.config.read_header_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => return connection(stream, ctx, drain).await,
+            Ok(_) => return,
+            Err(_) => {
+                ctx.metrics.timeout(ctx.name, "read_header");
+                tracing::debug!(listener = ctx.name, %peer, "no request within server.read_header_timeout");
+                return;
+            }
+        }
     };
     let mut stream = stream;
     let handshake = async {

@@ -156,7 +156,10 @@ fn parse(
     let cert = files.cert.display();
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("TLS certificate {cert}: not PEM"))?;
+        // The PEM parser's own message shows its marker as a byte array.
+        .map_err(|_| {
+            anyhow::anyhow!("TLS certificate {cert}: not PEM (no complete BEGIN/END CERTIFICATE block)")
+        })?;
     anyhow::ensure!(!chain.is_empty(), "TLS certificate {cert}: no CERTIFICATE block");
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .with_context(|| format!("TLS key {}: no PEM private key", files.key.display()))?;
