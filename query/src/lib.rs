@@ -79,6 +79,13 @@ impl ApiState {
         Ok(self.tenants.get_for_read(tenant))
     }
 
+    /// Warnings for an answer about `[start, end]` (Unix ns, open when
+    /// `None`) of `tenant`: one per quarantined segment that may have held
+    /// part of it (the answer is partial).
+    pub fn damage(&self, tenant: &TenantId, start: Option<u64>, end: Option<u64>) -> Vec<String> {
+        self.tenants.get_for_read(tenant).damage_in_range(start, end)
+    }
+
     /// The query engine over `tenant`'s storage, with this state's limits.
     ///
     /// # Errors

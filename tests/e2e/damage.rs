@@ -107,6 +107,17 @@ fn damaged_segments_are_quarantined_and_answers_say_they_are_partial() {
     assert!(t["metrics"]["completedJobs"].as_u64() < t["metrics"]["totalJobs"].as_u64(), "{t}");
     let l = server.get_json("/api/v1/search/logs");
     assert!(warnings(&l).iter().any(|w| w.contains(&bad)), "{l}");
+    // Aggregates the segment fed say so too (QA: they were silently short).
+    for path in
+        ["/api/v1/services", "/api/v1/services/svc/operations", "/api/v1/dependencies", "/api/v1/metrics/red"]
+    {
+        let v = server.get_json(path);
+        assert!(warnings(&v).iter().any(|w| w.contains(&bad)), "{path}: {v}");
+    }
+    for path in ["/jaeger/api/services", "/jaeger/api/operations?service=svc", "/jaeger/api/dependencies"] {
+        let j = server.get_json(path);
+        assert!(j["errors"][0]["msg"].as_str().is_some_and(|m| m.contains(&bad)), "{path}: {j}");
+    }
 
     assert_eq!(quarantined(&server), vec![bad.clone()]);
     assert_eq!(server.metric("skein_segments_quarantined_total"), 1.0);

@@ -198,7 +198,7 @@ pub(crate) fn search_json(r: &TraceSearch) -> Vec<Value> {
 async fn services(State(st): State<ApiState>, Tenant(tenant): Tenant) -> Result<Response> {
     let names: Vec<String> =
         st.engine(&tenant).await?.services().await?.into_iter().map(|s| s.name).collect();
-    Ok(envelope(json!(names)))
+    Ok(envelope_partial(json!(names), partial_errors(&st.damage(&tenant, None, None), None)))
 }
 
 async fn service_operations(
@@ -208,7 +208,7 @@ async fn service_operations(
 ) -> Result<Response> {
     let names: BTreeSet<String> =
         st.engine(&tenant).await?.operations(Some(service)).await?.into_iter().map(|o| o.name).collect();
-    Ok(envelope(json!(names)))
+    Ok(envelope_partial(json!(names), partial_errors(&st.damage(&tenant, None, None), None)))
 }
 
 async fn operations(
@@ -229,7 +229,7 @@ async fn operations(
         .filter(|(_, k)| want_kind.as_ref().is_none_or(|w| w == k))
         .map(|(name, k)| json!({"name": name, "spanKind": k}))
         .collect();
-    Ok(envelope(json!(ops)))
+    Ok(envelope_partial(json!(ops), partial_errors(&st.damage(&tenant, None, None), None)))
 }
 
 /// The condition a tag that Skein synthesises in the Jaeger view (see
@@ -366,7 +366,7 @@ async fn dependencies(
         .into_iter()
         .map(|e| json!({"parent": e.parent, "child": e.child, "callCount": e.call_count}))
         .collect();
-    Ok(envelope(json!(data)))
+    Ok(envelope_partial(json!(data), partial_errors(&st.damage(&tenant, Some(start), Some(end)), None)))
 }
 
 #[cfg(test)]

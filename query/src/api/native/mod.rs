@@ -366,7 +366,8 @@ async fn services(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q
         .into_iter()
         .map(|s| json!({"name": s.name, "span_count": s.span_count, "error_count": s.error_count}))
         .collect();
-    Ok(Json(json!({ "services": services })).into_response())
+    let warnings = st.damage(&tenant, None, None);
+    Ok(Json(with_warnings(json!({ "services": services }), &warnings)).into_response())
 }
 
 async fn operations(
@@ -384,7 +385,8 @@ async fn operations(
         .into_iter()
         .map(|o| json!({"name": o.name, "span_kind": kind::name(o.kind), "span_count": o.span_count}))
         .collect();
-    Ok(Json(json!({ "operations": operations })).into_response())
+    let warnings = st.damage(&tenant, None, None);
+    Ok(Json(with_warnings(json!({ "operations": operations }), &warnings)).into_response())
 }
 
 async fn dependencies(
@@ -397,13 +399,14 @@ async fn dependencies(
     let TimeRange { start_ns, end_ns } = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
     let edges: Vec<Value> = st
         .engine(&tenant)
-.await?
+        .await?
         .dependencies(start_ns, end_ns)
         .await?
         .into_iter()
         .map(|e| json!({"parent": e.parent, "child": e.child, "call_count": e.call_count, "error_count": e.error_count}))
         .collect();
-    Ok(Json(json!({ "edges": edges })).into_response())
+    let warnings = st.damage(&tenant, start_ns, end_ns);
+    Ok(Json(with_warnings(json!({ "edges": edges }), &warnings)).into_response())
 }
 
 /// Rate, errors and latency percentiles of entry spans per step, from the
@@ -445,5 +448,7 @@ async fn red(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): Ra
         .collect();
     // Percentiles come from histogram buckets: say so, so no one reads
     // them as exact.
-    Ok(Json(json!({"step_ns": step_ns, "percentiles_approximate": true, "series": series})).into_response())
+    let warnings = st.damage(&tenant, Some(start_ns), Some(end_ns));
+    let v = json!({"step_ns": step_ns, "percentiles_approximate": true, "series": series});
+    Ok(Json(with_warnings(v, &warnings)).into_response())
 }
