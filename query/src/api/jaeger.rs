@@ -32,12 +32,7 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/jaeger/api/dependencies", get(dependencies))
 }
 
-/// Jaeger's response envelope.
-fn envelope(data: Value) -> Response {
-    envelope_partial(data, Vec::new())
-}
-
-/// Jaeger's envelope with `errors` listing why the answer is partial (a
+/// Jaeger's response envelope, with `errors` listing why the answer is partial (a
 /// quarantined segment may hold data it lacks), each as Jaeger's
 /// structured error `{code, msg[, traceID]}` with code 206 (Partial
 /// Content): the status stays 200, as Jaeger's own multi-trace lookup
