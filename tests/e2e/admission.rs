@@ -5,15 +5,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, BufMut};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::sdk::unix_ns;
-use crate::support::{client, otlp, Server};
+use crate::support::{client, otlp, RawCodec, Server};
 
 const MAX_REQUEST: usize = 16 << 20;
 
@@ -101,43 +99,6 @@ fn bodies_held_open_take_no_more_than_the_budget() {
     assert_eq!(counted("overloaded"), refused as f64);
     assert_eq!(counted("body_timeout"), timed_out as f64);
     assert_eq!(server.metric("skein_ingest_inflight_bytes"), 0.0);
-}
-
-/// A gRPC codec that sends raw bytes, to put invalid messages on the wire
-/// (and call methods that do not exist).
-struct RawCodec;
-struct RawEnc;
-struct Discard;
-
-impl Encoder for RawEnc {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Discard {
-    type Item = ();
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawEnc;
-    type Decoder = Discard;
-    fn encoder(&mut self) -> RawEnc {
-        RawEnc
-    }
-    fn decoder(&mut self) -> Discard {
-        Discard
-    }
 }
 
 /// A bad OTLP/HTTP request: method, path, content type, encoding, body,

@@ -1,14 +1,12 @@
 use std::time::SystemTime;
 
-use bytes::{Buf, BufMut};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::sdk::unix_ns;
-use crate::support::{otlp, Server};
+use crate::support::{otlp, RawCodec, Server};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct RpcStatus {
@@ -16,43 +14,6 @@ struct RpcStatus {
     code: i32,
     #[prost(string, tag = "2")]
     message: String,
-}
-
-/// A gRPC codec that sends raw bytes, to put invalid messages on the wire.
-#[derive(Default)]
-struct RawCodec;
-struct RawEnc;
-struct RespDec;
-
-impl Encoder for RawEnc {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RespDec {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
-        let b = src.copy_to_bytes(src.remaining());
-        ExportTraceServiceResponse::decode(b).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = RawEnc;
-    type Decoder = RespDec;
-    fn encoder(&mut self) -> RawEnc {
-        RawEnc
-    }
-    fn decoder(&mut self) -> RespDec {
-        RespDec
-    }
 }
 
 fn grpc_export_raw(addr: &str, body: Vec<u8>) -> Result<ExportTraceServiceResponse, tonic::Status> {

@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, BufMut};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message as _;
 use serde_json::Value;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 pub(crate) struct Server {
     child: Option<Child>,
@@ -282,5 +286,46 @@ pub(crate) mod otlp {
             .send()?;
         let s = r.status().as_u16();
         Ok((s, r.bytes()?.to_vec()))
+    }
+}
+
+/// A gRPC codec that sends raw bytes, to put invalid messages on the wire
+/// (and call methods that do not exist); answers decode as
+/// `ExportTraceServiceResponse`.
+#[derive(Default)]
+pub(crate) struct RawCodec;
+/// [`RawCodec`]'s encoder.
+pub(crate) struct RawEnc;
+/// [`RawCodec`]'s decoder.
+pub(crate) struct RespDec;
+
+impl Encoder for RawEnc {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RespDec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+        let b = src.copy_to_bytes(src.remaining());
+        ExportTraceServiceResponse::decode(b).map(Some).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = RawEnc;
+    type Decoder = RespDec;
+    fn encoder(&mut self) -> RawEnc {
+        RawEnc
+    }
+    fn decoder(&mut self) -> RespDec {
+        RespDec
     }
 }
