@@ -189,7 +189,7 @@ impl Storage {
         let removed = self.catalog.edit_segments(|segments| {
             let before = segments.len();
             segments.retain(|s| !Arc::ptr_eq(s, seg));
-            self.metrics.segments.set(segments.len() as i64);
+            self.gauges.segments.set(&self.metrics.segments, segments.len() as i64);
             segments.len() < before
         });
         if !removed {
