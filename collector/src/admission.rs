@@ -156,7 +156,11 @@ fn grpc_outcome(resp: Response, path: &str) -> (Response, Option<&'static str>) 
     if code == "0" {
         return (resp, None);
     }
-    let msg = h.get("grpc-message").and_then(|m| m.to_str().ok()).map(percent_decode).unwrap_or_default();
+    let msg = h
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(crate::grpc::grpc_message)
+        .unwrap_or_default();
     let err = resp
         .extensions()
         .get::<tonic::Status>()
@@ -180,26 +184,6 @@ fn grpc_outcome(resp: Response, path: &str) -> (Response, Option<&'static str>) 
         }
         None => (resp, Some(OTHER)),
     }
-}
-
-/// Decodes the `%XX` escapes of a `grpc-message` header.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A request body under admission: each frame that arrives grows the
@@ -325,7 +309,7 @@ mod tests {
 
     #[test]
     fn test_percent_decode() {
-        assert_eq!(percent_decode("a%20b%3A%zz%2"), "a b:%zz%2");
+        assert_eq!(crate::grpc::grpc_message("a%20b%3A%zz%2"), "a b:%zz%2");
     }
 
     /// A body that sends `first` bytes, then nothing, ever.

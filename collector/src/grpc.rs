@@ -72,16 +72,18 @@ pub fn grpc_routes(ingest: Ingest) -> tonic::service::Routes {
 /// the table; this stays for a server built without it.
 pub fn normalize_grpc_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let h = resp.headers_mut();
-    let msg = h
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .map(|m| m.replace("%20", " "))
-        .unwrap_or_default();
+    let msg = h.get("grpc-message").and_then(|m| m.to_str().ok()).map(grpc_message).unwrap_or_default();
     let code = h.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if let Some(err) = tonic_refusal(code, msg) {
         h.insert("grpc-status", http::HeaderValue::from(err.wire().grpc as i32));
     }
     resp
+}
+
+/// A `grpc-message` header as text: its `%XX` escapes decoded (the gRPC
+/// HTTP/2 protocol's percent-encoding), invalid ones left as they are.
+pub(crate) fn grpc_message(s: &str) -> String {
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// The refusal behind a status tonic answered itself, if it is one of the
