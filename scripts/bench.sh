@@ -8,10 +8,12 @@
 # Environment:
 #   WORKLOAD_DIR   reuse a generated workload (default /tmp/skein-workload-s1-TRACES)
 #   SKEIN_BIN      use this binary instead of building one
+#   LOADGEN_BIN    run `loadgen` from this binary (default: the same one), to compare servers with one client
 #   CONNECTIONS    gRPC connections (4)
 #   SETTLE         after the flush, wait until no compaction ran for this long (70s; 0s = no wait),
 #                  at most SETTLE_MAX (15m)
 #   LOOKUPS SEARCHES LOG_SEARCHES TRACE_LOGS   query counts (1000 200 240 200)
+#   EMPTY_SEARCHES TRACEQL_SEARCHES   searches that match nothing, structural TraceQL searches (60 30)
 #   COLD_LOOKUPS   trace-by-ID lookups with the page cache dropped before each (0; needs root)
 #   PERF_DIR       record `perf record --call-graph dwarf` of the server during query-only passes,
 #                  one per query kind (PERF_QUERIES each, 100)
@@ -47,9 +49,10 @@ grpc=$(grep -o 'otlp_grpc=[^ ]*' "$data.ready" | cut -d= -f2)
 http=$(grep -o ' http=[^ ]*' "$data.ready" | cut -d= -f2)
 until curl -sf "http://$http/readyz" >/dev/null; do sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB; load average before: $(cut -d' ' -f1-3 /proc/loadavg); workload: $wl"
-"$skein" loadgen --data "$wl" --grpc "http://$grpc" --connections "${CONNECTIONS:-4}" \
+"${LOADGEN_BIN:-$skein}" loadgen --data "$wl" --grpc "http://$grpc" --connections "${CONNECTIONS:-4}" \
   --pid "$pid" --api "$http" --settle "${SETTLE:-70s}" --settle-max "${SETTLE_MAX:-15m}" --lookups "${LOOKUPS:-1000}" \
   --searches "${SEARCHES:-200}" --log-searches "${LOG_SEARCHES:-240}" --trace-logs "${TRACE_LOGS:-200}" \
+  --empty-searches "${EMPTY_SEARCHES:-60}" --traceql-searches "${TRACEQL_SEARCHES:-30}" \
   --cold-lookups "${COLD_LOOKUPS:-0}" | tee "$data.out"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 spans=$(grep -o 'spans_accepted=[0-9]*' "$data.out" | cut -d= -f2)
@@ -59,10 +62,16 @@ sp=$(sum -name spans.parquet); lp=$(sum -name logs.parquet)
 si=$(sum -path '*span_index*'); li=$(sum -path '*log_index*')
 ti=$(sum -name traces.idx); ro=$(sum -name rollup.json -o -name meta.json)
 all=$(sum)
-awk -v s="$spans" -v l="$logs" -v sp="$sp" -v lp="$lp" -v si="$si" -v li="$li" -v ti="$ti" -v ro="$ro" -v all="$all" 'BEGIN {
+rb=$(sum -name resources.bin)
+# Every file of the data directory (WAL, catalog, rollups, meta included):
+# what is not a span or a log file is shared out by record count.
+dir=$(find "$data" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+awk -v s="$spans" -v l="$logs" -v sp="$sp" -v lp="$lp" -v si="$si" -v li="$li" -v ti="$ti" -v ro="$ro" -v all="$all" -v rb="$rb" -v dir="$dir" 'BEGIN {
   printf "bytes_per_span: spans.parquet=%.1f span_index=%.1f traces.idx=%.1f total=%.1f\n", sp/s, si/s, ti/s, (sp+si+ti)/s
   printf "bytes_per_log: logs.parquet=%.1f log_index=%.1f total=%.1f\n", lp/l, li/l, (lp+li)/l
   printf "segments_total_bytes=%d (%.1f per span+log record; rollups+meta %d)\n", all, all/(s+l), ro
+  other = dir - (sp+si+ti+rb) - (lp+li)
+  printf "data_dir: bytes=%d per_span=%.1f per_log=%.1f other_per_record=%.2f\n", dir, (sp+si+ti+rb)/s + other/(s+l), (lp+li)/l + other/(s+l), other/(s+l)
 }'
 echo "segments: $(find "$data/segments" -maxdepth 1 -mindepth 1 -type d | wc -l); wal: $(du -sb "$data/wal" | cut -f1) bytes"
 if [ "${SEGMENT_BYTES:-0}" = 1 ]; then

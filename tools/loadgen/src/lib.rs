@@ -85,6 +85,14 @@ pub struct LoadgenArgs {
     /// probes taken from the workload's spans.
     #[arg(long, default_value_t = 0)]
     searches: usize,
+    /// Searches over the whole range that match nothing (service +
+    /// attribute + duration, limit 20), from the same probes.
+    #[arg(long, default_value_t = 0)]
+    empty_searches: usize,
+    /// Structural TraceQL searches on Tempo's API (limit 20), whole range:
+    /// `{span.http.route="/api/checkout"} >> {status=error}`.
+    #[arg(long, default_value_t = 0)]
+    traceql_searches: usize,
     /// Full-text log searches (limit 100), cycling over words of the
     /// workload's log templates.
     #[arg(long, default_value_t = 0)]

@@ -89,6 +89,29 @@ fn trace_search(base: &str, service: &str, key: &str, value: &str, min_duration:
     Query { url: format!("{base}/api/v1/search/traces?{q}"), field: "traces", expect: None }
 }
 
+/// The structural TraceQL search issue 11 times: a checkout request with an
+/// error somewhere below it (`>>`: descendant, Tempo's structural operator).
+pub(crate) const TRACEQL_STRUCTURAL: &str = r#"{span.http.route="/api/checkout"} >> {status=error}"#;
+
+/// Searches over the whole range that match nothing: half of them ask for
+/// a probe's service and attribute with a minimum duration no span has
+/// (every term is in the index; the conditions never meet on one span),
+/// half for a value of the probe's attribute that no span carries.
+fn empty_searches(base: &str, probes: &[Probe], n: usize) -> Vec<Query> {
+    (0..n)
+        .map(|k| {
+            let p = &probes[pick(k / 2, n.div_ceil(2), probes.len())];
+            let mut q = if k % 2 == 0 {
+                trace_search(base, &p.service, &p.key, &p.value, "10h")
+            } else {
+                trace_search(base, &p.service, &p.key, &format!("{}-matches-nothing", p.value), &p.min_duration)
+            };
+            q.expect = Some(0);
+            q
+        })
+        .collect()
+}
+
 /// The timed queries, each after the previous one.
 pub(crate) async fn queries(api: &str, a: &LoadgenArgs, probes: &[Probe]) -> Result<()> {
     let truth = read_truth(&a.data)?;
@@ -128,6 +151,17 @@ pub(crate) async fn queries(api: &str, a: &LoadgenArgs, probes: &[Probe]) -> Res
         }
         println!("search_probes: {} distinct from the workload's spans", probes.len());
         timed("search_traces", &qs, false).await?;
+    }
+    if a.empty_searches > 0 && !probes.is_empty() {
+        timed("empty_search", &empty_searches(&base, probes, a.empty_searches), false).await?;
+    }
+    if a.traceql_searches > 0 {
+        // Tempo's search API over the whole range (no start/end).
+        let q = query_string([("q", TRACEQL_STRUCTURAL), ("limit", "20")]);
+        let qs: Vec<Query> = (0..a.traceql_searches)
+            .map(|_| Query { url: format!("{base}/tempo/api/search?{q}"), field: "traces", expect: None })
+            .collect();
+        timed("traceql_structural", &qs, false).await?;
     }
     if a.log_searches > 0 {
         let n = a.log_searches;
@@ -256,6 +290,21 @@ mod tests {
         assert_eq!(qs[0], "q=timeout");
         assert_eq!(qs[10], "q=retry+timeout");
         assert_eq!(qs[11], "q=timeout&severity=ERROR");
+    }
+
+    #[test]
+    fn test_empty_searches_alternate_duration_and_absent_value() {
+        let probes = vec![Probe {
+            service: "checkout".into(),
+            key: "rpc.method".into(),
+            value: "PlaceOrder".into(),
+            min_duration: "5ms".into(),
+        }];
+        let qs = empty_searches("http://h", &probes, 3);
+        assert!(qs.iter().all(|q| q.expect == Some(0)));
+        assert!(qs[0].url.ends_with("attr=rpc.method%3DPlaceOrder&min_duration=10h&limit=20"), "{}", qs[0].url);
+        assert!(qs[1].url.contains("attr=rpc.method%3DPlaceOrder-matches-nothing&min_duration=5ms"), "{}", qs[1].url);
+        assert!(qs[2].url.contains("min_duration=10h"));
     }
 
     #[test]
