@@ -104,7 +104,13 @@ fn empty_searches(base: &str, probes: &[Probe], n: usize) -> Vec<Query> {
             let mut q = if k % 2 == 0 {
                 trace_search(base, &p.service, &p.key, &p.value, "10h")
             } else {
-                trace_search(base, &p.service, &p.key, &format!("{}-matches-nothing", p.value), &p.min_duration)
+                trace_search(
+                    base,
+                    &p.service,
+                    &p.key,
+                    &format!("{}-matches-nothing", p.value),
+                    &p.min_duration,
+                )
             };
             q.expect = Some(0);
             q
@@ -302,8 +308,16 @@ mod tests {
         }];
         let qs = empty_searches("http://h", &probes, 3);
         assert!(qs.iter().all(|q| q.expect == Some(0)));
-        assert!(qs[0].url.ends_with("attr=rpc.method%3DPlaceOrder&min_duration=10h&limit=20"), "{}", qs[0].url);
-        assert!(qs[1].url.contains("attr=rpc.method%3DPlaceOrder-matches-nothing&min_duration=5ms"), "{}", qs[1].url);
+        assert!(
+            qs[0].url.ends_with("attr=rpc.method%3DPlaceOrder&min_duration=10h&limit=20"),
+            "{}",
+            qs[0].url
+        );
+        assert!(
+            qs[1].url.contains("attr=rpc.method%3DPlaceOrder-matches-nothing&min_duration=5ms"),
+            "{}",
+            qs[1].url
+        );
         assert!(qs[2].url.contains("min_duration=10h"));
     }
 
