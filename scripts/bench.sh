@@ -17,6 +17,8 @@
 #   COLD_LOOKUPS   trace-by-ID lookups with the page cache dropped before each (0; needs root)
 #   PERF_DIR       record `perf record --call-graph dwarf` of the server during query-only passes,
 #                  one per query kind (PERF_QUERIES each, 100)
+#   PERF_INGEST    record a flat `perf record` profile of the server into this file for PERF_INGEST_S
+#                  seconds (30), starting 20 s into the load (no call graphs: little overhead)
 #   SEGMENT_BYTES=1  break bytes down per file and Parquet column (scripts/segment_bytes.py, pyarrow)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,9 @@ grpc=$(grep -o 'otlp_grpc=[^ ]*' "$data.ready" | cut -d= -f2)
 http=$(grep -o ' http=[^ ]*' "$data.ready" | cut -d= -f2)
 until curl -sf "http://$http/readyz" >/dev/null; do sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB; load average before: $(cut -d' ' -f1-3 /proc/loadavg); workload: $wl"
+if [ -n "${PERF_INGEST:-}" ]; then
+  (sleep 20; perf record -F 199 -p "$pid" -o "$PERF_INGEST" -- sleep "${PERF_INGEST_S:-30}" >/dev/null 2>&1) &
+fi
 "${LOADGEN_BIN:-$skein}" loadgen --data "$wl" --grpc "http://$grpc" --connections "${CONNECTIONS:-4}" \
   --pid "$pid" --api "$http" --settle "${SETTLE:-70s}" --settle-max "${SETTLE_MAX:-15m}" --lookups "${LOOKUPS:-1000}" \
   --searches "${SEARCHES:-200}" --log-searches "${LOG_SEARCHES:-240}" --trace-logs "${TRACE_LOGS:-200}" \

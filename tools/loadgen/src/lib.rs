@@ -172,6 +172,11 @@ pub async fn run(a: LoadgenArgs) -> Result<()> {
         tally.refused.load(Ordering::Relaxed),
         tally.failed.load(Ordering::Relaxed)
     );
+    println!(
+        "refused_requests={} longest_refused_ms={:.0}",
+        tally.refused_requests.load(Ordering::Relaxed),
+        tally.longest_refused_us.load(Ordering::Relaxed) as f64 / 1e3
+    );
     println!("spans_per_s={:.0} logs_per_s={:.0}", spans as f64 / secs, logs as f64 / secs);
     println!(
         "request_latency_ms p50={:.2} p99={:.2} max={:.2}",

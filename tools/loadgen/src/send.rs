@@ -47,6 +47,11 @@ pub(crate) struct Tally {
     pub(crate) logs_ok: AtomicU64,
     /// Retryable refusals, each retried.
     pub(crate) refused: AtomicU64,
+    /// Requests refused at least once.
+    pub(crate) refused_requests: AtomicU64,
+    /// The longest time, in µs, from a request's first refusal to the
+    /// end of its last attempt: how long the server refused it in a row.
+    pub(crate) longest_refused_us: AtomicU64,
     /// Requests given up on.
     pub(crate) failed: AtomicU64,
 }
@@ -126,6 +131,7 @@ pub(crate) async fn connection(items: Arc<Vec<Item>>, tally: Arc<Tally>, plan: P
         let t = Instant::now();
         let mut backoff = Duration::from_millis(10);
         let mut attempts = 0;
+        let mut first_refused: Option<Instant> = None;
         let ok = loop {
             attempts += 1;
             let outcome = match (&mut g, &plan.http) {
@@ -169,6 +175,10 @@ pub(crate) async fn connection(items: Arc<Vec<Item>>, tally: Arc<Tally>, plan: P
                 Outcome::Ok => break true,
                 Outcome::Retry if attempts < MAX_ATTEMPTS => {
                     tally.refused.fetch_add(1, Ordering::Relaxed);
+                    if first_refused.is_none() {
+                        first_refused = Some(Instant::now());
+                        tally.refused_requests.fetch_add(1, Ordering::Relaxed);
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -176,6 +186,9 @@ pub(crate) async fn connection(items: Arc<Vec<Item>>, tally: Arc<Tally>, plan: P
             }
         };
         lat.push(t.elapsed().as_micros() as u64);
+        if let Some(f) = first_refused {
+            tally.longest_refused_us.fetch_max(f.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
         if ok {
             if item.traces {
                 sent_spans += item.records;
