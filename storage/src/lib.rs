@@ -89,6 +89,23 @@ pub enum Error {
     /// Settings that cannot work, or a data directory in use.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A segment of another on-disk format than this build's
+    /// [`segment::FORMAT_VERSION`]: [`Storage::open`] refuses the data
+    /// directory rather than quarantine or skip the data of an upgrade.
+    #[error(
+        "segment {segment} ({dir}) has on-disk format {found}, but this build reads only format {}: \
+         to read it, run the Skein release that wrote format {found}; to start afresh, move the \
+         data directory aside (and, with object storage, empty its prefix)",
+        segment::FORMAT_VERSION
+    )]
+    Format {
+        /// The segment's ID.
+        segment: String,
+        /// Its local directory.
+        dir: PathBuf,
+        /// The format its meta.json names.
+        found: u32,
+    },
     /// The head is over its memory limit because flushing is behind; the
     /// client should retry later.
     #[error("ingest is over capacity (head holds {0} bytes); retry later")]
@@ -299,8 +316,10 @@ impl Storage {
     ///
     /// # Errors
     /// [`Error::Config`] for bad settings or a data directory another
-    /// process holds; I/O and object store errors while loading (a segment
-    /// that cannot be opened is logged and skipped).
+    /// process holds; [`Error::Format`] for a segment (local or in the
+    /// object store) of another on-disk format; I/O and object store errors
+    /// while loading (a segment that cannot be opened otherwise is
+    /// quarantined when damaged, else logged and skipped).
     pub fn open(data_dir: &Path, cfg: StorageConfig) -> Result<Arc<Storage>> {
         Self::open_with_metrics(data_dir, cfg, Arc::new(StorageMetrics::default()))
     }
@@ -378,6 +397,8 @@ impl Storage {
             dirs.push((name.clone(), p.clone()));
             match Segment::open(&p, s.metrics.clone(), s.remote.clone()) {
                 Ok(seg) => segments.push(Arc::new(seg)),
+                // Not damage: the whole directory is of another release.
+                Err(e @ Error::Format { .. }) => return Err(e),
                 Err(e) if e.is_damage() => {
                     // What can still be read tells which answers may miss it.
                     let meta: Option<segment::SegmentMeta> =
@@ -700,6 +721,40 @@ mod tests {
         );
         assert!(e.contains(&format!("delete the WAL directory {}", wal_dir.display())), "{e}");
         assert!(!s.is_ready());
+    }
+
+    /// A data directory holding a segment of an older (or newer) on-disk
+    /// format is refused at open, naming the segment, both formats and what
+    /// to do; the segment stays where it is (not quarantined).
+    #[tokio::test]
+    async fn a_segment_of_another_format_refuses_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let s = Storage::open(dir.path(), test_config()).unwrap();
+            s.replay().unwrap();
+            append(&s, 1, 3).await;
+            s.flush(true).unwrap();
+            s.snapshot().segments[0].meta.id.clone()
+        };
+        let seg_dir = dir.path().join("segments").join(&id);
+        let meta_path = seg_dir.join(META_FILE);
+        let current = fs::read(&meta_path).unwrap();
+        for found in [segment::FORMAT_VERSION - 1, segment::FORMAT_VERSION + 1] {
+            // Only `format` and `id` need to parse: another format's meta
+            // may have other fields.
+            fs::write(&meta_path, format!(r#"{{"format": {found}, "id": "{id}", "other": 1}}"#)).unwrap();
+            let e = Storage::open(dir.path(), test_config()).err().expect("refused");
+            assert!(matches!(e, Error::Format { found: f, .. } if f == found), "{e}");
+            let e = e.to_string();
+            assert!(e.contains(&format!("segment {id}")), "{e}");
+            assert!(e.contains(&format!("on-disk format {found}")), "{e}");
+            assert!(e.contains(&format!("reads only format {}", segment::FORMAT_VERSION)), "{e}");
+            assert!(e.contains("move the data directory aside"), "{e}");
+            assert!(seg_dir.join(META_FILE).exists(), "not quarantined");
+        }
+        fs::write(&meta_path, current).unwrap();
+        let s = Storage::open(dir.path(), test_config()).unwrap();
+        assert_eq!(s.snapshot().segments.len(), 1);
     }
 
     #[test]

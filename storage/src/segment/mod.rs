@@ -173,17 +173,24 @@ impl Segment {
     /// (once, kept in memory) and their rows fetched from it when read.
     /// Every other file must be in `dir`.
     ///
-    /// Errors: [`Error::Corrupt`] for a segment of another
-    /// [`FORMAT_VERSION`] or a malformed file; I/O, JSON, Parquet, tantivy
+    /// Errors: [`Error::Format`] for a segment of another
+    /// [`FORMAT_VERSION`] (checked before any other file is read);
+    /// [`Error::Corrupt`] for a malformed file; I/O, JSON, Parquet, tantivy
     /// and object-store errors as they come.
     pub fn open(dir: &Path, metrics: Arc<StorageMetrics>, remote: Option<Arc<Remote>>) -> Result<Segment> {
-        let meta: SegmentMeta = serde_json::from_slice(&fs::read(dir.join(META_FILE))?)?;
-        if meta.format != FORMAT_VERSION {
-            return Err(Error::Corrupt(format!(
-                "segment {} has format {}, this build reads {FORMAT_VERSION}",
-                meta.id, meta.format
-            )));
+        let raw = fs::read(dir.join(META_FILE))?;
+        // The format first, read alone: the meta of another format may have
+        // other fields, and must be refused as such, not as damage.
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+            id: String,
         }
+        let v: Version = serde_json::from_slice(&raw)?;
+        if v.format != FORMAT_VERSION {
+            return Err(Error::Format { segment: v.id, dir: dir.to_path_buf(), found: v.format });
+        }
+        let meta: SegmentMeta = serde_json::from_slice(&raw)?;
         let rollup: Rollup = serde_json::from_slice(&fs::read(dir.join(ROLLUP_FILE))?)?;
         let trace_index = Arc::new(read_trace_index(dir)?);
         let resources = layout::decode_resources(&fs::read(dir.join(RESOURCES_FILE))?)?;
