@@ -144,9 +144,17 @@ pub struct HeadConfig {
     /// out at the latest this long after its first record arrived.
     #[serde(with = "humantime_serde")]
     pub max_trace_age: Duration,
-    /// Memory the head may hold; past it the least recently updated traces
-    /// are flushed early.
+    /// Real memory the head may hold (allocated bytes of its records and
+    /// structures, [`head::Head::memory_bytes`]); once it reaches this, a
+    /// flush starts at once and cuts the least recently updated traces
+    /// until the head is `max_block_bytes` under it.
     pub max_bytes: usize,
+    /// A flush writes one segment per this many bytes of traces (real
+    /// memory, as `max_bytes`), cut from the head one block at a time
+    /// while ingest goes on, so a flush holds at most one block beside the
+    /// head. Tempo's `max_block_bytes` names the same bound on a block.
+    /// Default 128 MiB (with `--memory-limit`: a quarter of the head).
+    pub max_block_bytes: usize,
     /// Past `max_bytes * overload_factor` ingest is refused with a retryable
     /// error until flushing catches up.
     pub overload_factor: f64,
@@ -167,6 +175,7 @@ impl Default for HeadConfig {
             idle_timeout: Duration::from_secs(5),
             max_trace_age: Duration::from_secs(30),
             max_bytes: 512 << 20,
+            max_block_bytes: 128 << 20,
             overload_factor: 1.5,
             flush_interval: Duration::from_secs(1),
             max_bytes_per_trace: 5_000_000,
@@ -230,6 +239,9 @@ impl StorageConfig {
                 self.head.idle_timeout, self.head.max_trace_age
             )));
         }
+        if self.head.max_block_bytes == 0 {
+            return Err(Error::Config("head.max_block_bytes must be larger than zero".into()));
+        }
         if self.head.overload_factor < 1.0 {
             return Err(Error::Config("head.overload_factor must be at least 1.0".into()));
         }
@@ -265,6 +277,8 @@ pub struct FlushStats {
     pub spans: u64,
     /// Their log records.
     pub logs: u64,
+    /// Segments written: one per block of `head.max_block_bytes`.
+    pub segments: usize,
 }
 
 /// The storage engine.
@@ -276,6 +290,10 @@ pub struct Storage {
     catalog: Catalog,
     wal: OnceLock<Wal>,
     flush_lock: Mutex<()>,
+    /// Woken when the head reaches `head.max_bytes`: the background flusher
+    /// ([`Storage::run_maintenance`]) flushes then without waiting for its
+    /// next tick.
+    flush_wanted: tokio::sync::Notify,
     /// Held by compaction and retention, which both remove segments from
     /// the catalog; never by flush (see [`Storage::compact`]).
     maintenance_lock: Mutex<()>,
@@ -361,6 +379,7 @@ impl Storage {
             catalog: Catalog::with_head(head),
             wal: OnceLock::new(),
             flush_lock: Mutex::new(()),
+            flush_wanted: tokio::sync::Notify::new(),
             maintenance_lock: Mutex::new(()),
             graveyard: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
@@ -902,6 +921,156 @@ mod tests {
                 s.compact().unwrap();
                 check_exactly_once(&s, &want);
             });
+        }
+    }
+
+    /// One operation of the issue 11 property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Spans `first+1 ..= first+n` of a trace (ranges overlap: copies).
+        Spans {
+            trace: u8,
+            first: u64,
+            n: u64,
+        },
+        /// The `k`-th span batch sent so far, sent again (a retry).
+        Resend {
+            k: usize,
+        },
+        /// One log record of a trace.
+        Log {
+            trace: u8,
+        },
+        /// A flush: of everything, or of what is over the (tiny) head limit.
+        Flush {
+            all: bool,
+        },
+        Compact,
+        /// The storage closed without a final flush and opened again: WAL
+        /// replay.
+        Reopen,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            5 => (1..=8u8, 0..12u64, 1..5u64).prop_map(|(trace, first, n)| Op::Spans { trace, first, n }),
+            1 => (0..100usize).prop_map(|k| Op::Resend { k }),
+            3 => (1..=8u8).prop_map(|trace| Op::Log { trace }),
+            2 => any::<bool>().prop_map(|all| Op::Flush { all }),
+            1 => Just(Op::Compact),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// A head of a few traces, flushed in blocks of one or two traces,
+    /// compacting any two segments.
+    fn block_config() -> StorageConfig {
+        let mut c = compact_config(2, 3);
+        c.head.max_bytes = 6_000;
+        c.head.max_block_bytes = 2_500;
+        c.head.overload_factor = 1e9;
+        c
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+        /// Issue 11 item 6: random spans and logs of random traces (split
+        /// across batches, batches sent again), with bounded-block flushes,
+        /// compactions and close/reopen (WAL replay) at random points: every
+        /// trace lookup returns every span and log exactly once.
+        #[test]
+        fn bounded_flushes_compaction_and_replay_keep_everything_exactly_once(
+            ops in proptest::collection::vec(op(), 1..30),
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut want: Expected = HashMap::new();
+                let mut sent: Vec<(u8, u64, u64)> = Vec::new();
+                let mut s = Storage::open(dir.path(), block_config()).unwrap();
+                s.replay().unwrap();
+                for (k, op) in ops.iter().enumerate() {
+                    match *op {
+                        Op::Spans { trace, first, n } => {
+                            append_from(&s, trace, first, n).await;
+                            let e = &mut want.entry(trace).or_default().0;
+                            e.extend((first + 1..=first + n).filter(|i| !e.contains(i)).collect::<Vec<_>>());
+                            sent.push((trace, first, n));
+                        }
+                        Op::Resend { k } => {
+                            if let Some(&(trace, first, n)) = sent.get(k % sent.len().max(1)) {
+                                append_from(&s, trace, first, n).await;
+                            }
+                        }
+                        Op::Log { trace } => {
+                            let body = format!("log {k} of trace {trace}");
+                            append_log_of(&s, trace, &body).await;
+                            want.entry(trace).or_default().1.push(body);
+                        }
+                        Op::Flush { all } => {
+                            s.flush(all).unwrap();
+                        }
+                        Op::Compact => {
+                            s.compact().unwrap();
+                        }
+                        Op::Reopen => {
+                            drop(s);
+                            std::thread::sleep(Duration::from_millis(50));
+                            s = Storage::open(dir.path(), block_config()).unwrap();
+                            s.replay().unwrap();
+                        }
+                    }
+                }
+                check_exactly_once(&s, &want);
+                s.flush(true).unwrap();
+                while s.compact().unwrap().inputs > 0 {}
+                check_exactly_once(&s, &want);
+                drop(s);
+                std::thread::sleep(Duration::from_millis(50));
+                let s = Storage::open(dir.path(), block_config()).unwrap();
+                s.replay().unwrap();
+                check_exactly_once(&s, &want);
+            });
+        }
+    }
+
+    /// Issue 11 item 1: a flush writes a segment per `head.max_block_bytes`
+    /// of traces, and over `head.max_bytes` it cuts the least recently
+    /// updated traces until the head is a block under the limit.
+    #[tokio::test]
+    async fn flushes_write_bounded_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config();
+        c.head.overload_factor = 1e9;
+        let s = Storage::open(dir.path(), c.clone()).unwrap();
+        s.replay().unwrap();
+        for t in 1..=8u8 {
+            append(&s, t, 4).await;
+        }
+        let per_trace = s.head().memory_bytes() / 8;
+        drop(s);
+        std::thread::sleep(Duration::from_millis(50));
+        // Two traces per block; a head of five traces.
+        c.head.max_block_bytes = per_trace * 2 - per_trace / 2;
+        c.head.max_bytes = per_trace * 5;
+        let s = Storage::open(dir.path(), c).unwrap();
+        s.replay().unwrap();
+        assert!(s.head().memory_bytes() >= per_trace * 7);
+        let st = s.flush(false).unwrap();
+        // Over the limit: cut to at most max_bytes - max_block_bytes, the
+        // least recently updated first, two traces a segment.
+        assert!(s.head().head_memory_bytes() <= per_trace * 5 - (per_trace * 2 - per_trace / 2));
+        assert_eq!(st.segments, st.traces.div_ceil(2));
+        assert_eq!(s.snapshot().segments.len(), st.segments);
+        let st2 = s.flush(false).unwrap();
+        assert_eq!(st2.traces, 0, "under the limit, nothing idle: nothing to flush");
+        let st3 = s.flush(true).unwrap();
+        assert_eq!(st.traces + st3.traces, 8);
+        assert_eq!(s.head().memory_bytes(), 0);
+        for t in 1..=8u8 {
+            assert_eq!(s.get_trace(&TraceId([t; 16])).unwrap().unwrap().0.len(), 4);
         }
     }
 

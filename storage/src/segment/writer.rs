@@ -32,11 +32,40 @@ use crate::Result;
 
 /// Puts traces in segment order: by trace ID, spans by start time (then
 /// span ID), logs by effective time. [`write_segment`] expects this order.
+///
+/// Rows are large (a [`crate::model::Span`] is a few hundred bytes inline):
+/// each list is sorted as (key, index) pairs and then permuted in place,
+/// so every row moves at most once instead of at every step of the sort,
+/// and a list already in order (common: spans arrive by start time) is not
+/// touched at all.
 pub fn sort_for_segment(traces: &mut [(TraceId, TraceEntry)]) {
-    traces.sort_unstable_by_key(|t| t.0);
+    sort_by_index(traces, |t| t.0);
     for (_, t) in traces.iter_mut() {
-        t.spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
-        t.logs.sort_by_key(|l| l.effective_time());
+        sort_by_index(&mut t.spans, |s| (s.start_time_unix_nano, s.span_id));
+        sort_by_index(&mut t.logs, |l| l.effective_time());
+    }
+}
+
+/// Sorts `items` by `key`, stably, moving each item at most once: sorts
+/// (key, index) pairs, then applies the permutation by following its
+/// cycles with swaps.
+fn sort_by_index<T, K: Ord + Copy>(items: &mut [T], key: impl Fn(&T) -> K) {
+    if items.len() < 2 || items.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+        return;
+    }
+    let mut order: Vec<(K, usize)> = items.iter().enumerate().map(|(i, t)| (key(t), i)).collect();
+    order.sort_unstable();
+    // `order[i].1` is the index of the item that belongs at `i`.
+    let mut src: Vec<usize> = order.into_iter().map(|o| o.1).collect();
+    for start in 0..items.len() {
+        let mut i = start;
+        while src[i] != start {
+            let j = src[i];
+            items.swap(i, j);
+            src[i] = i;
+            i = j;
+        }
+        src[i] = i;
     }
 }
 
@@ -838,6 +867,26 @@ mod tests {
         assert_eq!(spans.iter().map(|s| s.span_id.0[0]).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(logs.len(), 2);
         assert_eq!(seg.lookup(&TraceId([2; 16]), false).unwrap().unwrap().0, [other]);
+    }
+
+    /// Issue 11: the index sort gives what a stable sort by the key gives,
+    /// for any input (ties keep their order).
+    #[test]
+    fn sort_by_index_matches_a_stable_sort() {
+        let mut seed = 7u64;
+        for n in 0..60usize {
+            let v: Vec<(u8, usize)> = (0..n)
+                .map(|i| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 60) as u8, i)
+                })
+                .collect();
+            let mut want = v.clone();
+            want.sort_by_key(|x| x.0);
+            let mut got = v;
+            sort_by_index(&mut got, |x| x.0);
+            assert_eq!(got, want, "n = {n}");
+        }
     }
 
     #[test]
