@@ -159,6 +159,7 @@ fn write_into(
             wal_pos: t.max_pos,
         });
         rollup.add_trace(&unique);
+        index.add_trace(&unique);
         for s in unique.iter() {
             min_time = min_time.min(s.start_time_unix_nano);
             max_time = max_time.max(s.start_time_unix_nano);
