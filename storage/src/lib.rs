@@ -38,6 +38,7 @@ mod read;
 pub mod remote;
 pub mod rollup;
 pub mod segment;
+pub mod summary;
 pub mod tenant;
 pub mod wal;
 
@@ -57,6 +58,7 @@ use crate::metrics::StorageMetrics;
 use crate::segment::{Segment, SegmentConfig, META_FILE};
 
 pub use crate::compact::{CompactStats, CompactionConfig};
+pub use crate::read::SpanPresence;
 use crate::wal::{Wal, WalConfig, WalError};
 
 /// Errors of the storage layer.
@@ -582,6 +584,8 @@ fn remove_segment_dir(root: &Path, dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod s3_tests;
+#[cfg(test)]
+mod search_proptest;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 

@@ -309,13 +309,14 @@ pub(crate) struct SpanFields {
     /// trace-ID index maps it to the trace.
     pub(crate) row: tantivy::schema::Field,
     /// The ordinal of the span's resource in resources.bin. Resource
-    /// attributes (about two thirds of a span's attributes) are indexed
-    /// once per segment through it rather than once per span.
+    /// attributes (about two thirds of a span's attributes) and the service
+    /// name are indexed once per segment through it rather than once per
+    /// span: a condition on them is the set of resources meeting it.
     pub(crate) resource: tantivy::schema::Field,
-    pub(crate) service: tantivy::schema::Field,
     pub(crate) name: tantivy::schema::Field,
     /// `key=value` of each scalar span attribute.
     pub(crate) attr: tantivy::schema::Field,
+    /// Fast field only (the status code, 2 bits a span), as below.
     pub(crate) status: tantivy::schema::Field,
     /// Fast fields only: nearly every span has its own start and duration,
     /// so indexing them would add a term per span; range queries on fast
@@ -332,10 +333,9 @@ pub(crate) fn span_index_schema() -> (TSchema, SpanFields) {
     let f = SpanFields {
         row: b.add_u64_field(fast::ROW, FAST),
         resource: b.add_u64_field("resource", indexed_u64()),
-        service: b.add_text_field("service", raw_text()),
         name: b.add_text_field("name", raw_text()),
         attr: b.add_text_field("attr", raw_text()),
-        status: b.add_u64_field("status", indexed_u64()),
+        status: b.add_u64_field("status", FAST),
         duration: b.add_u64_field(fast::DURATION, FAST),
         start: b.add_u64_field(fast::START, FAST),
     };
@@ -347,8 +347,11 @@ pub(crate) fn span_index_schema() -> (TSchema, SpanFields) {
 pub(crate) struct LogFields {
     /// The distinct words of body and attribute values.
     pub(crate) text: tantivy::schema::Field,
+    /// Fast field only (a dictionary and an ordinal per record: a few
+    /// services make a few bits a record, where postings cost a byte or
+    /// more); an equality is a range query on it.
     pub(crate) service: tantivy::schema::Field,
-    /// Severity number, negative ones as 0.
+    /// Severity number, negative ones as 0; fast field only.
     pub(crate) severity: tantivy::schema::Field,
     /// Effective time, Unix ns.
     pub(crate) time: tantivy::schema::Field,
@@ -366,8 +369,8 @@ pub(crate) fn log_index_schema() -> (TSchema, LogFields) {
     );
     let f = LogFields {
         text: b.add_text_field("text", text_opts),
-        service: b.add_text_field("service", raw_text()),
-        severity: b.add_u64_field("severity", indexed_u64()),
+        service: b.add_text_field("service", TextOptions::default().set_fast("raw")),
+        severity: b.add_u64_field("severity", FAST),
         time: b.add_u64_field(fast::TIME, FAST),
         row: b.add_u64_field(fast::ROW, FAST),
     };
@@ -448,25 +451,32 @@ pub(crate) fn decode_trace_index(b: &[u8], what: &str) -> Result<Vec<TraceIndexE
         .collect())
 }
 
-/// resources.bin: a varint count, then each resource's encoded attributes
-/// ([`codec::encode_attrs`]) behind a varint length.
-pub(crate) fn encode_resources(resources: &[Vec<u8>]) -> Vec<u8> {
+/// resources.bin: a varint count, then per resource its service name
+/// ([`crate::model::Resource::service_name`], UTF-8) and its encoded
+/// attributes ([`codec::encode_attrs`]), each behind a varint length.
+pub(crate) fn encode_resources(resources: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut buf = Vec::new();
     codec::put_varint(&mut buf, resources.len() as u64);
-    for r in resources {
+    for (service, r) in resources {
+        codec::put_varint(&mut buf, service.len() as u64);
+        buf.extend_from_slice(service.as_bytes());
         codec::put_varint(&mut buf, r.len() as u64);
         buf.extend_from_slice(r);
     }
     buf
 }
 
-pub(crate) fn decode_resources(b: &[u8]) -> Result<Vec<Attributes>> {
+/// Decodes resources.bin into each resource's service name and attributes.
+pub(crate) fn decode_resources(b: &[u8]) -> Result<Vec<(String, Attributes)>> {
     let mut r = codec::Reader::new(b);
     let n = r.varint().map_err(corrupt)?;
     let mut out = Vec::new();
     for _ in 0..n {
         let len = r.varint().map_err(corrupt)? as usize;
-        out.push(codec::decode_attrs(r.take(len).map_err(corrupt)?).map_err(corrupt)?);
+        let service = String::from_utf8(r.take(len).map_err(corrupt)?.to_vec())
+            .map_err(|_| Error::Corrupt("resources.bin: service name is not UTF-8".into()))?;
+        let len = r.varint().map_err(corrupt)? as usize;
+        out.push((service, codec::decode_attrs(r.take(len).map_err(corrupt)?).map_err(corrupt)?));
     }
     Ok(out)
 }
@@ -553,8 +563,12 @@ mod tests {
     #[test]
     fn resources_round_trip() {
         let a: Attributes = vec![("service.name".into(), AttrValue::Str("cart".into()))];
-        let enc = vec![codec::encode_attrs(&a), codec::encode_attrs(&vec![])];
-        assert_eq!(decode_resources(&encode_resources(&enc)).unwrap(), vec![a, vec![]]);
+        let enc = vec![
+            ("cart".to_string(), codec::encode_attrs(&a)),
+            (String::new(), codec::encode_attrs(&vec![])),
+        ];
+        let want = vec![("cart".to_string(), a), (String::new(), vec![])];
+        assert_eq!(decode_resources(&encode_resources(&enc)).unwrap(), want);
         assert!(decode_resources(&[5]).is_err());
     }
 }

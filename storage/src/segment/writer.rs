@@ -188,6 +188,7 @@ fn write_into(
             wal_pos: t.max_pos,
         });
         rollup.add_trace(&unique);
+        index.add_trace(&unique);
         let parents = ParentRows::new(&unique);
         for (i, s) in unique.iter().enumerate() {
             min_time = min_time.min(s.start_time_unix_nano);
