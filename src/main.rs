@@ -161,7 +161,9 @@ struct FileConfig {
 #[derive(Debug, Default)]
 struct Explicit {
     head_max_bytes: bool,
+    head_max_block_bytes: bool,
     compaction_max_segment_bytes: bool,
+    compaction_max_rows: bool,
     segment_index_heap_bytes: bool,
 }
 
@@ -170,7 +172,9 @@ impl Explicit {
         let set = |table: &str, key: &str| t.get(table).and_then(|v| v.get(key)).is_some();
         Explicit {
             head_max_bytes: set("head", "max_bytes"),
+            head_max_block_bytes: set("head", "max_block_bytes"),
             compaction_max_segment_bytes: set("compaction", "max_segment_bytes"),
+            compaction_max_rows: set("compaction", "max_rows"),
             segment_index_heap_bytes: set("segment", "index_heap_bytes"),
         }
     }
@@ -252,8 +256,15 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
     if !file.explicit.head_max_bytes {
         head.max_bytes = memory.head_bytes();
     }
+    if !file.explicit.head_max_block_bytes {
+        // A quarter of the head, whether the head is a share or set.
+        head.max_block_bytes = (head.max_bytes / 4).max(1);
+    }
     if !file.explicit.compaction_max_segment_bytes {
         compaction.max_segment_bytes = memory.compaction_bytes();
+    }
+    if !file.explicit.compaction_max_rows {
+        compaction.max_rows = memory.compaction_rows();
     }
     if !file.explicit.segment_index_heap_bytes {
         segment.index_heap_bytes = memory.index_heap_bytes();
@@ -561,8 +572,10 @@ mod tests {
         };
         let c = build_config(args(&["--memory-limit", "256MiB"]), file("memory_limit = \"1GiB\"")).unwrap();
         assert_eq!((c.memory.hard, c.memory.soft), (256 << 20, (256 << 20) - (256 << 20) / 5));
-        assert_eq!(c.storage.head.max_bytes, 16 << 20);
-        assert_eq!(c.storage.compaction.max_segment_bytes, 2 << 20);
+        assert_eq!(c.storage.head.max_bytes, 48 << 20);
+        assert_eq!(c.storage.head.max_block_bytes, 12 << 20);
+        assert_eq!(c.storage.compaction.max_segment_bytes, 8 << 20);
+        assert_eq!(c.storage.compaction.max_rows, 65536);
         let c = build_config(
             args(&[]),
             file("memory_limit = \"1GiB\"\n[memory]\nspike_limit = \"100MiB\"\n[head]\nmax_bytes = 1000"),
@@ -570,6 +583,7 @@ mod tests {
         .unwrap();
         assert_eq!((c.memory.hard, c.memory.soft), (1 << 30, (1 << 30) - (100 << 20)));
         assert_eq!(c.storage.head.max_bytes, 1000, "set in the file: kept");
+        assert_eq!(c.storage.head.max_block_bytes, 250, "a quarter of the head as set");
         let err = build_config(args(&["--memory-limit", "1MiB"]), FileConfig::default()).unwrap_err();
         assert!(format!("{err:#}").contains("minimum"), "{err:#}");
         assert!(Cli::try_parse_from(["skein", "serve", "--memory-limit", "lots"]).is_err());

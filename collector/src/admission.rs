@@ -56,7 +56,7 @@ impl Ingest {
         // spares reading a body that would be refused.
         if let Some(s) = storage {
             let h = &s.config().head;
-            if s.head().held_bytes() as f64 > h.max_bytes as f64 * h.overload_factor {
+            if s.head().memory_bytes() as f64 > h.max_bytes as f64 * h.overload_factor {
                 return Err(IngestError::Overloaded);
             }
         }

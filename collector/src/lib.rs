@@ -170,8 +170,7 @@ impl Ingest {
         if !storage.is_ready() {
             return Err(IngestError::NotReady);
         }
-        let c = S::convert(&req, &self.cfg.limits);
-        drop(req);
+        let c = S::convert(req, &self.cfg.limits);
         self.metrics.limited(S::RECORDS, &c.limited);
         let (n, rejected, error) = (c.records.len() as u64, c.rejected, c.error);
         if n > 0 {

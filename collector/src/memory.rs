@@ -143,11 +143,13 @@ fn cgroup_limit() -> Option<u64> {
 /// A resolved memory limit, and the share of it each part gets by default.
 ///
 /// The shares are fractions of the hard limit chosen so that the parts
-/// together stay under the soft limit when they peak at once: the head and
-/// its flushes (up to about 6/16, see [`MemoryLimit::head_bytes`]);
-/// requests in flight at about three times their wire size once decoded
-/// (3/16); a compaction at about twelve times its input (12/128); the
-/// rest, about a quarter, for queries, the runtime and the allocator's
+/// together stay under the soft limit at their usual peak: the head and
+/// the block being flushed, in real bytes (up to 4.5/16 at the overload
+/// limit, see [`MemoryLimit::head_bytes`]), with the flush's writers
+/// beside one block (about 1/16); requests in flight at about three times
+/// their wire size once decoded (3/16); a compaction's decoded rows and
+/// writers (about 1 KiB a row, see [`MemoryLimit::compaction_rows`]:
+/// about 4/16); the rest for queries, the runtime and the allocator's
 /// slack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryLimit {
@@ -160,14 +162,14 @@ pub struct MemoryLimit {
 }
 
 impl MemoryLimit {
-    /// The default `head.max_bytes`: 1/16 of the limit (64 MiB of 1 GiB).
-    /// The head's byte count is an estimate of its records' heap bytes,
-    /// and the allocations behind them take about twice that; with the
-    /// 1.5 `head.overload_factor`, and a flush writing what was cut beside
-    /// a head that fills again, the head and its flushes take up to about
-    /// 6/16 of the limit (measured in `tests/e2e/overload.rs`).
+    /// The default `head.max_bytes`: 3/16 of the limit (192 MiB of
+    /// 1 GiB). The head counts real allocated bytes (issue 11; within a
+    /// fifth of a counting allocator's figure), the block being flushed
+    /// included, so with the 1.5 `head.overload_factor` the head and its
+    /// flush hold at most 4.5/16; the bigger the head, the fewer and larger
+    /// the segments, and the less flush and compaction work per record.
     pub fn head_bytes(&self) -> usize {
-        (self.hard / 16) as usize
+        (self.hard / 16 * 3) as usize
     }
 
     /// The default `collector.max_inflight_bytes`: 1/16 of the limit
@@ -176,11 +178,20 @@ impl MemoryLimit {
         (self.hard / 16) as usize
     }
 
-    /// The default `compaction.max_segment_bytes`: 1/128 of the limit
-    /// (8 MiB of 1 GiB), so that one compaction's decoded rows (about 12x
-    /// its inputs, docs/configuration.md) take under a tenth of it.
+    /// The default `compaction.max_segment_bytes`: 1/32 of the limit
+    /// (32 MiB of 1 GiB) on disk. The memory of a compaction is bounded by
+    /// `compaction.max_rows` ([`MemoryLimit::compaction_rows`]); this
+    /// bounds the size of its output.
     pub fn compaction_bytes(&self) -> u64 {
-        self.hard / 128
+        self.hard / 32
+    }
+
+    /// The default `compaction.max_rows`: one row per 4 KiB of the limit
+    /// (262,144 of 1 GiB). A compaction holds its rows decoded (about their
+    /// size in the head, some 0.5-1 KiB each for the shared workload) and
+    /// its writers' buffers beside them: about a quarter of the limit.
+    pub fn compaction_rows(&self) -> u64 {
+        self.hard / 4096
     }
 
     /// The default `segment.index_heap_bytes`: 1/16 of the limit, between
@@ -390,7 +401,7 @@ mod tests {
         let l = cfg("1GiB", None).resolve().unwrap();
         assert_eq!(l.hard, 1 << 30);
         assert_eq!(l.soft, (1 << 30) - (1 << 30) / 5);
-        assert_eq!(l.head_bytes(), 64 << 20);
+        assert_eq!(l.head_bytes(), 192 << 20);
         assert_eq!(l.inflight_bytes(), 64 << 20);
         let l = cfg("256MiB", Some("56MiB")).resolve().unwrap();
         assert_eq!(l.soft, 200 << 20);

@@ -34,8 +34,9 @@ pub trait Signal: Send + Sync + 'static {
     const REQUEST: &'static str;
 
     /// The request's valid records, cut to `limits`, and the count of
-    /// invalid ones.
-    fn convert(req: &Self::Request, limits: &Limits) -> Converted<Self::Record>;
+    /// invalid ones. Consumes the request: its strings move into the
+    /// records.
+    fn convert(req: Self::Request, limits: &Limits) -> Converted<Self::Record>;
 
     /// Appends `records` to storage; durable in the WAL (in storage's own
     /// batch encoding) and visible to reads once this returns `Ok`.
@@ -68,8 +69,8 @@ impl Signal for Traces {
     const RECORDS: &'static str = "spans";
     const REQUEST: &'static str = "trace";
 
-    fn convert(req: &Self::Request, limits: &Limits) -> Converted<Span> {
-        decode::spans_within(req, limits)
+    fn convert(req: Self::Request, limits: &Limits) -> Converted<Span> {
+        decode::spans_owned(req, limits)
     }
 
     async fn store(storage: &Arc<Storage>, records: Vec<Span>) -> skein_storage::Result<()> {
@@ -93,8 +94,8 @@ impl Signal for Logs {
     const RECORDS: &'static str = "logs";
     const REQUEST: &'static str = "logs";
 
-    fn convert(req: &Self::Request, limits: &Limits) -> Converted<LogRecord> {
-        decode::logs_within(req, limits)
+    fn convert(req: Self::Request, limits: &Limits) -> Converted<LogRecord> {
+        decode::logs_owned(req, limits)
     }
 
     async fn store(storage: &Arc<Storage>, records: Vec<LogRecord>) -> skein_storage::Result<()> {

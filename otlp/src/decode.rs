@@ -157,16 +157,19 @@ const MAX_VALUE_DEPTH: usize = 16;
 /// An OTLP `AnyValue` as an attribute value, unlimited; an absent value,
 /// an unset one, or nesting deeper than 16 levels is [`AttrValue::Empty`].
 pub fn any_value(v: Option<&AnyValue>) -> AttrValue {
-    Cut::new(&Limits::UNLIMITED).value(v, 0, false)
+    Cut::new(&Limits::UNLIMITED).value(v.cloned().as_mut(), 0, false)
 }
 
 /// OTLP key-value pairs as attributes, unlimited, in their received order
 /// (duplicate keys are kept as sent).
 pub fn attributes(kvs: &[KeyValue]) -> Attributes {
-    Cut::new(&Limits::UNLIMITED).attrs(kvs, usize::MAX, 0)
+    Cut::new(&Limits::UNLIMITED).attrs(&mut kvs.to_vec(), usize::MAX, 0)
 }
 
-/// Applies [`Limits`] while converting, counting what it cuts.
+/// Applies [`Limits`] while converting, counting what it cuts. It takes
+/// the request's strings and byte vectors instead of copying them (the
+/// request is consumed): a string within its limit moves into the record
+/// as it is, with no allocation.
 struct Cut<'a> {
     l: &'a Limits,
     n: Limited,
@@ -189,25 +192,26 @@ impl<'a> Cut<'a> {
         Cut { l, n: Limited::default() }
     }
 
-    /// A string field cut to `max` bytes (counted when cut).
-    fn text(&mut self, s: &str, max: usize) -> String {
-        let p = prefix(s, max);
-        if p.len() < s.len() {
-            self.n.value_length += 1;
+    /// A string field, taken from the request, cut to `max` bytes
+    /// (counted when cut).
+    fn text(&mut self, s: &mut String, max: usize) -> String {
+        if s.len() <= max {
+            return std::mem::take(s);
         }
-        p.to_string()
+        self.n.value_length += 1;
+        prefix(s, max).to_string()
     }
 
     /// A name, message or key: cut to `max_value_bytes`.
-    fn short(&mut self, s: &str) -> String {
+    fn short(&mut self, s: &mut String) -> String {
         self.text(s, self.l.max_value_bytes)
     }
 
     /// The first `max` of `items`, counting the rest in `dropped`.
-    fn first<'i, T>(items: &'i [T], max: usize, dropped: &mut u64) -> &'i [T] {
+    fn first<'i, T>(items: &'i mut [T], max: usize, dropped: &mut u64) -> &'i mut [T] {
         if items.len() > max {
             *dropped += (items.len() - max) as u64;
-            &items[..max]
+            &mut items[..max]
         } else {
             items
         }
@@ -215,7 +219,7 @@ impl<'a> Cut<'a> {
 
     /// A value whose strings and bytes are cut to `max_value_bytes`, or,
     /// in a log body (`body`), to `max_log_body_bytes`.
-    fn value(&mut self, v: Option<&AnyValue>, depth: usize, body: bool) -> AttrValue {
+    fn value(&mut self, v: Option<&mut AnyValue>, depth: usize, body: bool) -> AttrValue {
         if depth > MAX_VALUE_DEPTH {
             return AttrValue::Empty;
         }
@@ -227,30 +231,31 @@ impl<'a> Cut<'a> {
                 n.value_length += 1;
             }
         };
-        match v.and_then(|v| v.value.as_ref()) {
+        match v.and_then(|v| v.value.as_mut()) {
             None => AttrValue::Empty,
             Some(any_value::Value::StringValue(s)) => {
-                let p = prefix(s, max_len);
-                if p.len() < s.len() {
-                    cut(&mut self.n);
+                if s.len() <= max_len {
+                    return AttrValue::Str(std::mem::take(s));
                 }
-                AttrValue::Str(p.to_string())
+                cut(&mut self.n);
+                AttrValue::Str(prefix(s, max_len).to_string())
             }
             Some(any_value::Value::IntValue(i)) => AttrValue::Int(*i),
             Some(any_value::Value::DoubleValue(d)) => AttrValue::Double(*d),
             Some(any_value::Value::BoolValue(b)) => AttrValue::Bool(*b),
             Some(any_value::Value::BytesValue(b)) => {
-                if b.len() > max_len {
-                    cut(&mut self.n);
+                if b.len() <= max_len {
+                    return AttrValue::Bytes(std::mem::take(b));
                 }
-                AttrValue::Bytes(b[..b.len().min(max_len)].to_vec())
+                cut(&mut self.n);
+                AttrValue::Bytes(b[..max_len].to_vec())
             }
             Some(any_value::Value::ArrayValue(a)) => {
-                let items = Self::first(&a.values, self.l.max_attributes, &mut self.n.attributes);
-                AttrValue::Array(items.iter().map(|v| self.value(Some(v), depth + 1, body)).collect())
+                let items = Self::first(&mut a.values, self.l.max_attributes, &mut self.n.attributes);
+                AttrValue::Array(items.iter_mut().map(|v| self.value(Some(v), depth + 1, body)).collect())
             }
             Some(any_value::Value::KvlistValue(kv)) => {
-                AttrValue::KvList(self.attrs_in(&kv.values, self.l.max_attributes, depth + 1, body))
+                AttrValue::KvList(self.attrs_in(&mut kv.values, self.l.max_attributes, depth + 1, body))
             }
             // An index into a profiles string dictionary; meaningless for
             // traces and logs, which carry no dictionary.
@@ -259,25 +264,28 @@ impl<'a> Cut<'a> {
     }
 
     /// The first `max` attributes, keys and values cut to `max_value_bytes`.
-    fn attrs(&mut self, kvs: &[KeyValue], max: usize, depth: usize) -> Attributes {
+    fn attrs(&mut self, kvs: &mut [KeyValue], max: usize, depth: usize) -> Attributes {
         self.attrs_in(kvs, max, depth, false)
     }
 
-    fn attrs_in(&mut self, kvs: &[KeyValue], max: usize, depth: usize, body: bool) -> Attributes {
+    fn attrs_in(&mut self, kvs: &mut [KeyValue], max: usize, depth: usize, body: bool) -> Attributes {
         let kvs = Self::first(kvs, max, &mut self.n.attributes);
-        kvs.iter().map(|kv| (self.short(&kv.key), self.value(kv.value.as_ref(), depth, body))).collect()
+        kvs.iter_mut()
+            .map(|kv| (self.short(&mut kv.key), self.value(kv.value.as_mut(), depth, body)))
+            .collect()
     }
 
-    fn resource(&mut self, r: Option<&OtlpResource>) -> Arc<Resource> {
-        let attributes = r.map(|r| self.attrs(&r.attributes, self.l.max_attributes, 0)).unwrap_or_default();
+    fn resource(&mut self, r: Option<&mut OtlpResource>) -> Arc<Resource> {
+        let attributes =
+            r.map(|r| self.attrs(&mut r.attributes, self.l.max_attributes, 0)).unwrap_or_default();
         resource_of(attributes)
     }
 
-    fn scope(&mut self, s: Option<&InstrumentationScope>) -> Arc<Scope> {
-        Arc::new(Scope {
-            name: s.map(|s| self.short(&s.name)).unwrap_or_default(),
-            version: s.map(|s| self.short(&s.version)).unwrap_or_default(),
-        })
+    fn scope(&mut self, s: Option<&mut InstrumentationScope>) -> Arc<Scope> {
+        match s {
+            Some(s) => Arc::new(Scope { name: self.short(&mut s.name), version: self.short(&mut s.version) }),
+            None => Arc::new(Scope::default()),
+        }
     }
 }
 
@@ -319,14 +327,23 @@ pub fn spans(req: &ExportTraceServiceRequest) -> Converted<Span> {
 /// past their counts dropped, long strings cut, each counted in
 /// [`Converted::limited`]; no span is rejected for its content.
 pub fn spans_within(req: &ExportTraceServiceRequest, limits: &Limits) -> Converted<Span> {
+    spans_owned(req.clone(), limits)
+}
+
+/// [`spans_within`] consuming the request: its strings move into the spans
+/// instead of being copied (what the collector calls, the request being
+/// dropped right after).
+pub fn spans_owned(mut req: ExportTraceServiceRequest, limits: &Limits) -> Converted<Span> {
     let mut out = Converted::default();
+    let n: usize = req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+    out.records.reserve_exact(n);
     let mut cut = Cut::new(limits);
     let l = limits;
-    for rs in &req.resource_spans {
-        let res = cut.resource(rs.resource.as_ref());
-        for ss in &rs.scope_spans {
-            let sc = cut.scope(ss.scope.as_ref());
-            for s in &ss.spans {
+    for rs in &mut req.resource_spans {
+        let res = cut.resource(rs.resource.as_mut());
+        for ss in &mut rs.scope_spans {
+            let sc = cut.scope(ss.scope.as_mut());
+            for s in &mut ss.spans {
                 let Some(trace_id) = TraceId::from_slice(&s.trace_id).filter(|t| !t.is_zero()) else {
                     out.reject(|| {
                         format!("span with invalid trace_id ({} bytes or all zeroes)", s.trace_id.len())
@@ -344,7 +361,7 @@ pub fn spans_within(req: &ExportTraceServiceRequest, limits: &Limits) -> Convert
                     continue;
                 };
                 let mut links = Vec::new();
-                for k in Cut::first(&s.links, l.max_links_per_span, &mut cut.n.links) {
+                for k in Cut::first(&mut s.links, l.max_links_per_span, &mut cut.n.links) {
                     // A link to an invalid context carries no information;
                     // drop the link, keep the span.
                     if let (Some(t), Some(sp)) =
@@ -353,36 +370,37 @@ pub fn spans_within(req: &ExportTraceServiceRequest, limits: &Limits) -> Convert
                         links.push(Link {
                             trace_id: t,
                             span_id: sp,
-                            trace_state: cut.short(&k.trace_state),
-                            attributes: cut.attrs(&k.attributes, l.max_attributes_per_link, 0),
+                            trace_state: cut.short(&mut k.trace_state),
+                            attributes: cut.attrs(&mut k.attributes, l.max_attributes_per_link, 0),
                         });
                     }
                 }
-                let events = Cut::first(&s.events, l.max_events_per_span, &mut cut.n.events)
-                    .iter()
+                let events = Cut::first(&mut s.events, l.max_events_per_span, &mut cut.n.events)
+                    .iter_mut()
                     .map(|e| Event {
                         time_unix_nano: e.time_unix_nano,
-                        name: cut.short(&e.name),
-                        attributes: cut.attrs(&e.attributes, l.max_attributes_per_event, 0),
+                        name: cut.short(&mut e.name),
+                        attributes: cut.attrs(&mut e.attributes, l.max_attributes_per_event, 0),
                     })
                     .collect();
-                let status = s.status.as_ref();
+                let status = s.status.as_mut();
                 out.records.push(Span {
                     trace_id,
                     span_id,
                     parent_span_id,
-                    trace_state: cut.short(&s.trace_state),
+                    trace_state: cut.short(&mut s.trace_state),
                     flags: s.flags,
-                    name: cut.short(&s.name),
+                    name: cut.short(&mut s.name),
                     kind: u8::try_from(s.kind).ok().filter(|k| *k <= 5).unwrap_or(0),
                     start_time_unix_nano: s.start_time_unix_nano,
                     end_time_unix_nano: s.end_time_unix_nano,
                     status_code: status
+                        .as_ref()
                         .and_then(|st| u8::try_from(st.code).ok())
                         .filter(|c| *c <= 2)
                         .unwrap_or(0),
-                    status_message: status.map(|st| cut.short(&st.message)).unwrap_or_default(),
-                    attributes: cut.attrs(&s.attributes, l.max_attributes, 0),
+                    status_message: status.map(|st| cut.short(&mut st.message)).unwrap_or_default(),
+                    attributes: cut.attrs(&mut s.attributes, l.max_attributes, 0),
                     events,
                     links,
                     resource: res.clone(),
@@ -406,13 +424,21 @@ pub fn logs(req: &ExportLogsServiceRequest) -> Converted<LogRecord> {
 /// dropped, long strings and bodies cut, each counted in
 /// [`Converted::limited`]); no record is rejected for its content.
 pub fn logs_within(req: &ExportLogsServiceRequest, limits: &Limits) -> Converted<LogRecord> {
+    logs_owned(req.clone(), limits)
+}
+
+/// [`logs_within`] consuming the request: its strings move into the
+/// records instead of being copied.
+pub fn logs_owned(mut req: ExportLogsServiceRequest, limits: &Limits) -> Converted<LogRecord> {
     let mut out = Converted::default();
+    let n: usize = req.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
+    out.records.reserve_exact(n);
     let mut cut = Cut::new(limits);
-    for rl in &req.resource_logs {
-        let res = cut.resource(rl.resource.as_ref());
-        for sl in &rl.scope_logs {
-            let sc = cut.scope(sl.scope.as_ref());
-            for l in &sl.log_records {
+    for rl in &mut req.resource_logs {
+        let res = cut.resource(rl.resource.as_mut());
+        for sl in &mut rl.scope_logs {
+            let sc = cut.scope(sl.scope.as_mut());
+            for l in &mut sl.log_records {
                 let trace_id = match l.trace_id.len() {
                     0 => TraceId::ZERO,
                     16 => TraceId::from_slice(&l.trace_id).unwrap_or_default(),
@@ -429,13 +455,13 @@ pub fn logs_within(req: &ExportLogsServiceRequest, limits: &Limits) -> Converted
                     time_unix_nano: l.time_unix_nano,
                     observed_time_unix_nano: l.observed_time_unix_nano,
                     severity_number: l.severity_number,
-                    severity_text: cut.short(&l.severity_text),
-                    body: cut.value(l.body.as_ref(), 0, true),
-                    attributes: cut.attrs(&l.attributes, limits.max_attributes, 0),
+                    severity_text: cut.short(&mut l.severity_text),
+                    body: cut.value(l.body.as_mut(), 0, true),
+                    attributes: cut.attrs(&mut l.attributes, limits.max_attributes, 0),
                     trace_id,
                     span_id: if trace_id.is_zero() { None } else { span_id },
                     flags: l.flags,
-                    event_name: cut.short(&l.event_name),
+                    event_name: cut.short(&mut l.event_name),
                     resource: res.clone(),
                     scope: sc.clone(),
                 });

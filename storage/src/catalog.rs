@@ -109,6 +109,21 @@ impl Catalog {
         Some(f)
     }
 
+    /// [`Catalog::cut`] of the traces `ids` names (those still in the
+    /// head): one bounded block of a flush ([`crate::head::Head::select`]
+    /// chose them).
+    pub fn cut_ids(&self, ids: &[TraceId]) -> Option<Arc<Flushing>> {
+        let mut st = self.state.write();
+        let mut traces = self.head.cut_ids(ids);
+        if traces.is_empty() {
+            return None;
+        }
+        segment::sort_for_segment(&mut traces);
+        let f = Arc::new(Flushing { traces });
+        st.flushing.push(f.clone());
+        Some(f)
+    }
+
     /// Ends an in-flight flush: its segment replaces it, or, when there is
     /// none (the write failed), its traces go back to the head with both
     /// WAL positions ([`Head::restore`]). Returns the number of segments.

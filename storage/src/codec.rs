@@ -88,6 +88,85 @@ pub fn encode_attrs_into(out: &mut Vec<u8>, attrs: &Attributes) {
     }
 }
 
+/// [`encode_attrs_into`] of attributes given by reference (a selection of
+/// a list), into a new buffer; no attributes encode to no bytes, which
+/// [`decode_attrs`] reads back as an empty list.
+pub fn encode_attr_refs(attrs: &[(&str, &AttrValue)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if attrs.is_empty() {
+        return out;
+    }
+    put_varint(&mut out, attrs.len() as u64);
+    for (k, v) in attrs {
+        put_bytes(&mut out, k.as_bytes());
+        encode_value(&mut out, v);
+    }
+    out
+}
+
+/// Splits `attrs` in two encoded lists: `common`, the attributes whose key
+/// `is_common` accepts, each behind its position in `attrs` (a varint
+/// count, then per attribute its position as a varint, its key and value);
+/// and the rest ([`encode_attr_refs`]). Either is empty when it holds
+/// nothing. [`join_attrs`] gives back the list exactly: values, types,
+/// repeated keys and order.
+///
+/// Keys with few distinct values (method, route, status, RPC service...)
+/// repeat the same `common` bytes on many records, which a dictionary
+/// stores once.
+pub fn split_attrs(attrs: &Attributes, is_common: impl Fn(&str) -> bool) -> (Vec<u8>, Vec<u8>) {
+    let mut common = Vec::new();
+    let mut rest: Vec<(&str, &AttrValue)> = Vec::new();
+    let mut n = 0u64;
+    for (i, (k, v)) in attrs.iter().enumerate() {
+        if is_common(k) {
+            n += 1;
+            put_varint(&mut common, i as u64);
+            put_bytes(&mut common, k.as_bytes());
+            encode_value(&mut common, v);
+        } else {
+            rest.push((k, v));
+        }
+    }
+    if n > 0 {
+        let mut head = Vec::with_capacity(common.len() + 2);
+        put_varint(&mut head, n);
+        head.extend_from_slice(&common);
+        common = head;
+    }
+    (common, encode_attr_refs(&rest))
+}
+
+/// The list [`split_attrs`] split into `common` and `rest`. Errors: either
+/// undecodable, or positions not increasing or past the list's end.
+pub fn join_attrs(common: &[u8], rest: &[u8]) -> Result<Attributes, DecodeError> {
+    let rest = decode_attrs(rest)?;
+    if common.is_empty() {
+        return Ok(rest);
+    }
+    let mut r = Reader::new(common);
+    let m = r.len()?;
+    let total = m + rest.len();
+    let mut out = Vec::with_capacity(total);
+    let mut rest = rest.into_iter();
+    for _ in 0..m {
+        let pos = usize::try_from(r.varint()?).map_err(|_| DecodeError("attribute position too large"))?;
+        if pos < out.len() || pos >= total {
+            return Err(DecodeError("attribute position out of order"));
+        }
+        while out.len() < pos {
+            out.push(rest.next().ok_or(DecodeError("attribute position past the rest"))?);
+        }
+        let k = r.string()?;
+        out.push((k, r.value()?));
+    }
+    out.extend(rest);
+    if !r.buf.is_empty() {
+        return Err(DecodeError("trailing bytes after the common attributes"));
+    }
+    Ok(out)
+}
+
 /// [`encode_attrs_into`] a new buffer.
 pub fn encode_attrs(attrs: &Attributes) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * attrs.len() + 1);
@@ -313,6 +392,19 @@ mod tests {
             prop_assert_eq!(decode_attrs(&enc).unwrap(), attrs);
         }
 
+        /// Any list, split by any keys (repeated, of any type), joins back
+        /// exactly; garbage in either half never panics.
+        #[test]
+        fn split_attrs_join_back_exactly(
+            attrs in proptest::collection::vec((prop_oneof!["[ab]", "[a-z.]{0,4}"], value_strategy()), 0..8),
+            garbage in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let (common, rest) = split_attrs(&attrs, |k| k == "a" || k == "b");
+            prop_assert_eq!(join_attrs(&common, &rest).unwrap(), attrs);
+            let _ = join_attrs(&garbage, &rest);
+            let _ = join_attrs(&common, &garbage);
+        }
+
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_attrs(&bytes);
@@ -320,6 +412,40 @@ mod tests {
             let _ = decode_links(&bytes);
             let _ = decode_value(&bytes);
         }
+    }
+
+    #[test]
+    fn split_attrs_keeps_positions_and_refuses_bad_ones() {
+        let attrs: Attributes = vec![
+            ("x".into(), AttrValue::Bool(true)),
+            ("m".into(), AttrValue::Str("GET".into())),
+            ("y".into(), AttrValue::Int(1)),
+            ("m".into(), AttrValue::Int(2)),
+        ];
+        let (common, rest) = split_attrs(&attrs, |k| k == "m");
+        let rest_list = decode_attrs(&rest).unwrap();
+        assert_eq!(rest_list.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(common[..2], [2, 1], "two common attributes, the first at position 1");
+        assert_eq!(join_attrs(&common, &rest).unwrap(), attrs);
+        // Nothing common: no common bytes, the rest is the list's encoding.
+        let (common, rest) = split_attrs(&attrs, |_| false);
+        assert!(common.is_empty());
+        assert_eq!(rest, encode_attrs(&attrs));
+        assert_eq!(split_attrs(&vec![], |_| true), (vec![], vec![]));
+        // Positions out of order, past the end, or trailing bytes.
+        let enc = |pos: &[u8]| {
+            let mut b = vec![pos.len() as u8];
+            for p in pos {
+                b.push(*p);
+                put_bytes(&mut b, b"k");
+                encode_value(&mut b, &AttrValue::Empty);
+            }
+            b
+        };
+        assert!(join_attrs(&enc(&[0, 1]), &[]).is_ok());
+        assert!(join_attrs(&enc(&[1, 0]), &[]).is_err());
+        assert!(join_attrs(&enc(&[2]), &[]).is_err());
+        assert!(join_attrs(&[enc(&[0]), vec![0]].concat(), &[]).is_err());
     }
 
     #[test]

@@ -44,11 +44,19 @@ pub struct CompactionConfig {
     pub min_inputs: usize,
     /// At most this many segments are merged at once.
     pub max_inputs: usize,
-    /// Only segments smaller than this are merged, and their total is at
-    /// most this: it bounds the output size and the memory of one
-    /// compaction (all input rows are held decoded in memory, about 12x
-    /// their size on disk), hence the small default.
+    /// The output of one compaction is at most this many bytes on disk
+    /// (the inputs' total). Only segments of at most a `min_inputs`-th of
+    /// it are merged (size-tiered: flushed segments merge into bigger
+    /// ones, which are then left alone), so each record is rewritten by
+    /// compaction about once.
     pub max_segment_bytes: u64,
+    /// The output of one compaction holds at most this many rows (spans
+    /// and log records), and only segments of at most a `min_inputs`-th
+    /// of it are merged. Bounds the memory of a compaction, which holds
+    /// every input row decoded (about the records' size in the head, far
+    /// more than on disk), whatever the on-disk layout. Like Tempo's
+    /// `max_compaction_objects`, in rows rather than traces.
+    pub max_rows: u64,
 }
 
 impl Default for CompactionConfig {
@@ -56,9 +64,10 @@ impl Default for CompactionConfig {
         CompactionConfig {
             enabled: true,
             interval: Duration::from_secs(30),
-            min_inputs: 4,
+            min_inputs: 2,
             max_inputs: 8,
-            max_segment_bytes: 32 << 20,
+            max_segment_bytes: 64 << 20,
+            max_rows: 1_000_000,
         }
     }
 }
@@ -77,6 +86,9 @@ impl CompactionConfig {
                 "compaction.max_inputs ({}) is smaller than compaction.min_inputs ({})",
                 self.max_inputs, self.min_inputs
             )));
+        }
+        if self.max_rows == 0 {
+            return Err(Error::Config("compaction.max_rows must be larger than zero".into()));
         }
         if self.max_segment_bytes == 0 {
             return Err(Error::Config("compaction.max_segment_bytes must be larger than zero".into()));
@@ -109,25 +121,37 @@ pub struct CompactStats {
 }
 
 /// Chooses the segments to merge from `sizes` (segment bytes, oldest
-/// first): up to `max_inputs` segments each smaller than
-/// `max_segment_bytes`, together at most `max_segment_bytes`, starting from
-/// the oldest segment for which at least `min_inputs` fit. Returns indices
-/// into `sizes`, oldest first.
+/// first), bounded by bytes only: [`pick_inputs_by`] with no row bound.
 pub fn pick_inputs(sizes: &[u64], cfg: &CompactionConfig) -> Option<Vec<usize>> {
-    let max = cfg.max_segment_bytes;
-    let small: Vec<usize> = (0..sizes.len()).filter(|&i| sizes[i] < max).collect();
+    let segs: Vec<(u64, u64)> = sizes.iter().map(|&b| (b, 0)).collect();
+    pick_inputs_by(&segs, cfg)
+}
+
+/// Chooses the segments to merge from `segs` ((bytes, rows) per segment,
+/// oldest first): up to `max_inputs` segments, each at most a
+/// `min_inputs`-th of `max_segment_bytes` and of `max_rows` (so that
+/// `min_inputs` of them fit, and the outputs, larger, are not merged
+/// again), together at most `max_segment_bytes` and `max_rows`, starting
+/// from the oldest segment for which at least `min_inputs` fit. Returns
+/// indices into `segs`, oldest first.
+pub fn pick_inputs_by(segs: &[(u64, u64)], cfg: &CompactionConfig) -> Option<Vec<usize>> {
+    let (max, max_rows) = (cfg.max_segment_bytes, cfg.max_rows);
+    let k = cfg.min_inputs.max(1) as u64;
+    let small: Vec<usize> =
+        (0..segs.len()).filter(|&i| segs[i].0 <= max / k && segs[i].1 <= max_rows / k).collect();
     for start in 0..small.len() {
         if small.len() - start < cfg.min_inputs {
             break;
         }
         let mut chosen = Vec::new();
-        let mut total = 0u64;
+        let (mut total, mut rows) = (0u64, 0u64);
         for &i in &small[start..] {
             if chosen.len() == cfg.max_inputs {
                 break;
             }
-            if total + sizes[i] <= max {
-                total += sizes[i];
+            if total + segs[i].0 <= max && rows + segs[i].1 <= max_rows {
+                total += segs[i].0;
+                rows += segs[i].1;
                 chosen.push(i);
             }
         }
@@ -171,8 +195,9 @@ impl Storage {
         segs.sort_by(|a, b| {
             (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
         });
-        let sizes: Vec<u64> = segs.iter().map(|s| s.meta.bytes).collect();
-        let Some(picked) = pick_inputs(&sizes, cfg) else { return Ok(CompactStats::default()) };
+        let sizes: Vec<(u64, u64)> =
+            segs.iter().map(|s| (s.meta.bytes, s.meta.span_count + s.meta.log_count)).collect();
+        let Some(picked) = pick_inputs_by(&sizes, cfg) else { return Ok(CompactStats::default()) };
         let inputs: Vec<Arc<Segment>> = picked.iter().map(|&i| segs[i].clone()).collect();
         drop(segs);
         let t0 = std::time::Instant::now();
@@ -307,6 +332,27 @@ mod tests {
 
     fn cfg(min: usize, max: usize, bytes: u64) -> CompactionConfig {
         CompactionConfig { min_inputs: min, max_inputs: max, max_segment_bytes: bytes, ..Default::default() }
+    }
+
+    /// Issue 11: size-tiered by bytes and rows. Segments of up to a
+    /// `min_inputs`-th of either bound merge; an output of several of them
+    /// is past that and is not merged again; the rows bound caps an
+    /// output's rows as the bytes bound caps its bytes.
+    #[test]
+    fn flushed_segments_merge_once_within_the_row_bound() {
+        let c = CompactionConfig { max_rows: 400, ..cfg(4, 8, 1000) };
+        // Four flushed segments of 100 rows each qualify (100 <= 400/4).
+        assert_eq!(pick_inputs_by(&[(10, 100); 4], &c), Some(vec![0, 1, 2, 3]));
+        // Their output (400 rows) is not merged again with newer ones.
+        assert_eq!(pick_inputs_by(&[(40, 400), (10, 100), (10, 100), (10, 100)], &c), None);
+        // The rows bound caps the output: five of 90 rows would be 450.
+        assert_eq!(pick_inputs_by(&[(10, 90); 6], &c), Some(vec![0, 1, 2, 3]));
+        // Segments over a quarter of the byte bound are left alone.
+        assert_eq!(
+            pick_inputs_by(&[(251, 1), (10, 1), (10, 1), (10, 1), (10, 1)], &c),
+            Some(vec![1, 2, 3, 4])
+        );
+        assert!(CompactionConfig { max_rows: 0, ..Default::default() }.check().is_err());
     }
 
     #[test]

@@ -24,7 +24,43 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
-use crate::model::{LogRecord, Span, SpanId, TraceId};
+use crate::model::{attrs_heap_size, LogRecord, Resource, Scope, Span, SpanId, TraceId};
+
+/// Bytes one trace's slot in the head's map takes beside its records: the
+/// `(TraceId, TraceEntry)` bucket, its control byte, and the map's spare
+/// buckets (hashbrown keeps at most 7/8 of them full and doubles when it
+/// grows, so a table is on average about 2/3 full).
+pub const MAP_SLOT_BYTES: usize = (std::mem::size_of::<(TraceId, TraceEntry)>() + 1) * 3 / 2;
+
+/// Heap bytes a resource and a scope take: their `Arc` allocations (two
+/// counters and the value) and what those own. The records of one request
+/// share them; [`Head`] counts them once per sharing, as a share per record
+/// (see [`Head::memory_bytes`]).
+pub fn shared_bytes(resource: &Resource, scope: &Scope) -> usize {
+    2 * std::mem::size_of::<usize>()
+        + std::mem::size_of::<Resource>()
+        + resource.service_name.capacity()
+        + attrs_heap_size(&resource.attributes)
+        + 2 * std::mem::size_of::<usize>()
+        + std::mem::size_of::<Scope>()
+        + scope.name.capacity()
+        + scope.version.capacity()
+}
+
+/// Heap bytes of a `HashSet<SpanId>` of this capacity (hashbrown: a power
+/// of two of buckets, at most 7/8 full, each one `SpanId` and one control
+/// byte, plus one group of control bytes).
+fn span_id_set_bytes(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets = if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (std::mem::size_of::<SpanId>() + 1) + 16
+}
 
 /// One trace's records in the head. Log records without trace context are
 /// kept under [`TraceId::ZERO`] and flushed by age.
@@ -49,11 +85,30 @@ pub struct TraceEntry {
     /// Highest WAL position of the records held: what a segment records
     /// for replay to skip.
     pub max_pos: u64,
-    /// Approximate heap bytes of the records ([`Span::heap_size`]).
+    /// Bytes of the records themselves ([`Span::heap_size`],
+    /// [`LogRecord::heap_size`]): what `head.max_bytes_per_trace` caps.
     pub bytes: usize,
+    /// Bytes the entry takes beside its records: the spare capacity of
+    /// `spans` and `logs`, `span_ids`, its map slot ([`MAP_SLOT_BYTES`]) and
+    /// its records' shares of their resources and scopes. With `bytes`, the
+    /// entry's real memory ([`Head::memory_bytes`]).
+    pub overhead: usize,
 }
 
 impl TraceEntry {
+    /// Bytes of the entry's containers beyond their records: spare `Vec`
+    /// capacity and the span-ID set.
+    fn container_bytes(&self) -> usize {
+        (self.spans.capacity() - self.spans.len()) * std::mem::size_of::<Span>()
+            + (self.logs.capacity() - self.logs.len()) * std::mem::size_of::<LogRecord>()
+            + span_id_set_bytes(self.span_ids.capacity())
+    }
+
+    /// The entry's real memory: records and overhead.
+    pub fn memory(&self) -> usize {
+        self.bytes + self.overhead
+    }
+
     /// Adds `span` unless the entry already holds a span with its span ID
     /// (a copy: the first one stays, see [`crate::model::dedup_spans`]);
     /// returns whether it was added. The entry's WAL positions and `bytes`
@@ -87,10 +142,14 @@ pub struct CutPolicy {
 pub struct Head {
     traces: DashMap<TraceId, TraceEntry>,
     bytes: AtomicI64,
+    /// Sum of the entries' `overhead`.
+    overhead: AtomicI64,
     /// Bytes of traces cut by [`Head::cut`] whose flush has not ended
     /// ([`Head::flush_ended`]): still in memory, with the flush's own
     /// buffers beside them.
     flushing_bytes: AtomicI64,
+    /// Their overhead.
+    flushing_overhead: AtomicI64,
     epoch: Instant,
     /// Span bytes one trace may hold ([`Head::limit_trace_bytes`]).
     max_bytes_per_trace: AtomicUsize,
@@ -103,7 +162,9 @@ impl Default for Head {
         Head {
             traces: DashMap::new(),
             bytes: AtomicI64::new(0),
+            overhead: AtomicI64::new(0),
             flushing_bytes: AtomicI64::new(0),
+            flushing_overhead: AtomicI64::new(0),
             epoch: Instant::now(),
             max_bytes_per_trace: AtomicUsize::new(usize::MAX),
             over_trace_limit: Default::default(),
@@ -117,7 +178,8 @@ impl Head {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Approximate heap bytes of every record held.
+    /// Bytes of every record held ([`Span::heap_size`]), without the
+    /// head's own structures ([`Head::memory_bytes`] has those).
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed).max(0) as usize
     }
@@ -131,12 +193,34 @@ impl Head {
         (self.bytes.load(Ordering::Relaxed) + self.flushing_bytes.load(Ordering::Relaxed)).max(0) as usize
     }
 
+    /// Real memory of the head: [`Head::held_bytes`] plus every entry's
+    /// overhead (spare capacity, span-ID sets, map slots, resource and
+    /// scope shares), in the head and in unfinished flushes. Within about
+    /// a fifth of what the allocator hands out for realistic spans and
+    /// logs (`storage/tests/head_memory.rs`); what `head.max_bytes` and
+    /// the overload limit are checked against.
+    pub fn memory_bytes(&self) -> usize {
+        (self.bytes.load(Ordering::Relaxed)
+            + self.flushing_bytes.load(Ordering::Relaxed)
+            + self.overhead.load(Ordering::Relaxed)
+            + self.flushing_overhead.load(Ordering::Relaxed))
+        .max(0) as usize
+    }
+
+    /// Real memory of the traces in the head only (not those being
+    /// flushed): what a flush cuts down.
+    pub fn head_memory_bytes(&self) -> usize {
+        (self.bytes.load(Ordering::Relaxed) + self.overhead.load(Ordering::Relaxed)).max(0) as usize
+    }
+
     /// Ends the accounting of a flush's traces in [`Head::held_bytes`]
     /// (written or not: a failed flush puts them back with
     /// [`Head::restore`], which counts them in the head again).
     pub fn flush_ended(&self, flushing: &Flushing) {
         let b: usize = flushing.traces.iter().map(|t| t.1.bytes).sum();
+        let o: usize = flushing.traces.iter().map(|t| t.1.overhead).sum();
         self.flushing_bytes.fetch_sub(b as i64, Ordering::Relaxed);
+        self.flushing_overhead.fetch_sub(o as i64, Ordering::Relaxed);
     }
 
     /// Traces held (the bucket of logs without trace context counts as one).
@@ -164,6 +248,7 @@ impl Head {
             spans,
             |s| s.trace_id,
             Span::heap_size,
+            |s| (&s.resource, &s.scope),
             |e, s| {
                 let copy = e.span_ids.contains(&s.span_id);
                 if !copy && !e.spans.is_empty() && e.bytes.saturating_add(s.heap_size()) > max {
@@ -186,6 +271,7 @@ impl Head {
             logs,
             |l| l.trace_id,
             LogRecord::heap_size,
+            |l| (&l.resource, &l.scope),
             |e, l| {
                 e.logs.push(l);
                 true
@@ -198,29 +284,63 @@ impl Head {
     /// refused. A refused record still moves the entry's WAL positions
     /// (its record is in the WAL like any other, and a segment must tell
     /// replay to skip it) but adds no bytes.
+    ///
+    /// Overhead: each added record carries its share of its resource and
+    /// scope (their bytes over the `Arc`'s holder count at insert, so the
+    /// records of one request together count them about once), and the
+    /// entry's container growth and map slot are counted as they happen.
     fn insert<T>(
         &self,
         pos: u64,
         records: Vec<T>,
         trace_id: impl Fn(&T) -> TraceId,
         heap_size: impl Fn(&T) -> usize,
+        shared: impl Fn(&T) -> (&Arc<Resource>, &Arc<Scope>),
         add: impl Fn(&mut TraceEntry, T) -> bool,
     ) -> usize {
         let now = self.now_ms();
-        let (mut added, mut refused) = (0usize, 0usize);
+        let (mut added, mut overhead, mut refused) = (0usize, 0i64, 0usize);
+        // The shared bytes of the last resource seen: a request's records
+        // come grouped by resource, so this is computed once per group.
+        let mut last: Option<(*const Resource, *const Scope, usize)> = None;
         for r in records {
             let size = heap_size(&r);
-            let mut e = self.traces.entry(trace_id(&r)).or_insert_with(|| TraceEntry {
-                first_seen_ms: now,
-                last_seen_ms: now,
-                min_pos: pos,
-                max_pos: pos,
-                ..TraceEntry::default()
-            });
+            let share = {
+                let (res, scope) = shared(&r);
+                let key = (Arc::as_ptr(res), Arc::as_ptr(scope));
+                let b = match last {
+                    Some((a, b, n)) if (a, b) == key => n,
+                    _ => {
+                        let n = shared_bytes(res, scope);
+                        last = Some((key.0, key.1, n));
+                        n
+                    }
+                };
+                b / Arc::strong_count(res).max(1)
+            };
+            let mut e = match self.traces.entry(trace_id(&r)) {
+                dashmap::Entry::Occupied(o) => o.into_ref(),
+                dashmap::Entry::Vacant(v) => {
+                    overhead += MAP_SLOT_BYTES as i64;
+                    v.insert(TraceEntry {
+                        first_seen_ms: now,
+                        last_seen_ms: now,
+                        min_pos: pos,
+                        max_pos: pos,
+                        overhead: MAP_SLOT_BYTES,
+                        ..TraceEntry::default()
+                    })
+                }
+            };
             e.last_seen_ms = now;
             e.min_pos = e.min_pos.min(pos);
             e.max_pos = e.max_pos.max(pos);
+            let before = e.container_bytes();
             if add(&mut e, r) {
+                let after = e.container_bytes();
+                let delta = after as i64 - before as i64 + share as i64;
+                e.overhead = (e.overhead as i64 + delta).max(0) as usize;
+                overhead += delta;
                 e.bytes += size;
                 added += size;
             } else {
@@ -228,6 +348,7 @@ impl Head {
             }
         }
         self.bytes.fetch_add(added as i64, Ordering::Relaxed);
+        self.overhead.fetch_add(overhead, Ordering::Relaxed);
         refused
     }
 
@@ -241,6 +362,8 @@ impl Head {
     /// dropped: the restored copies came first.
     pub fn restore(&self, id: TraceId, t: TraceEntry) {
         let mut added = t.bytes as i64;
+        // Approximate on a merge: both entries' overhead is kept.
+        self.overhead.fetch_add(t.overhead as i64, Ordering::Relaxed);
         match self.traces.entry(id) {
             dashmap::Entry::Vacant(v) => {
                 v.insert(t);
@@ -265,28 +388,44 @@ impl Head {
                 e.min_pos = e.min_pos.min(t.min_pos);
                 e.max_pos = e.max_pos.max(t.max_pos);
                 e.bytes += t.bytes;
+                e.overhead += t.overhead;
             }
         }
         self.bytes.fetch_add(added, Ordering::Relaxed);
     }
 
-    /// Removes and returns the traces the policy selects.
+    /// Removes and returns the traces the policy selects
+    /// ([`Head::select`]).
     pub fn cut(&self, p: CutPolicy) -> Vec<(TraceId, TraceEntry)> {
-        let mut chosen = Vec::new();
+        let ids: Vec<TraceId> = self.select(p).into_iter().map(|t| t.0).collect();
+        self.cut_ids(&ids)
+    }
+
+    /// The traces the policy selects, with their real memory
+    /// ([`TraceEntry::memory`]) at selection, without removing them: those
+    /// due (idle, old, or every one with `all`), least recently updated
+    /// first, then the least recently updated others until what stays is
+    /// at most `target_bytes` of real memory. A flush cuts them in bounded
+    /// blocks ([`Head::cut_ids`]).
+    pub fn select(&self, p: CutPolicy) -> Vec<(TraceId, usize)> {
+        let mut due: Vec<(u64, TraceId, usize)> = Vec::new();
         let mut rest: Vec<(u64, TraceId, usize)> = Vec::new();
         let mut kept_bytes = 0usize;
         for e in self.traces.iter() {
             let t = e.value();
+            let m = t.memory();
             if p.all
                 || p.now_ms.saturating_sub(t.last_seen_ms) >= p.idle_ms
                 || p.now_ms.saturating_sub(t.first_seen_ms) >= p.max_age_ms
             {
-                chosen.push(*e.key());
+                due.push((t.last_seen_ms, *e.key(), m));
             } else {
-                kept_bytes += t.bytes;
-                rest.push((t.last_seen_ms, *e.key(), t.bytes));
+                kept_bytes += m;
+                rest.push((t.last_seen_ms, *e.key(), m));
             }
         }
+        due.sort_unstable();
+        let mut chosen: Vec<(TraceId, usize)> = due.into_iter().map(|(_, id, b)| (id, b)).collect();
         if kept_bytes > p.target_bytes {
             rest.sort_unstable();
             for (_, id, b) in rest {
@@ -294,19 +433,29 @@ impl Head {
                     break;
                 }
                 kept_bytes -= b;
-                chosen.push(id);
+                chosen.push((id, b));
             }
         }
-        let mut out = Vec::with_capacity(chosen.len());
-        let mut freed = 0usize;
-        for id in chosen {
-            if let Some((id, e)) = self.traces.remove(&id) {
+        chosen
+    }
+
+    /// Removes and returns the traces `ids` names that the head holds;
+    /// their bytes count in [`Head::held_bytes`] until
+    /// [`Head::flush_ended`].
+    pub fn cut_ids(&self, ids: &[TraceId]) -> Vec<(TraceId, TraceEntry)> {
+        let mut out = Vec::with_capacity(ids.len());
+        let (mut freed, mut freed_overhead) = (0usize, 0usize);
+        for id in ids {
+            if let Some((id, e)) = self.traces.remove(id) {
                 freed += e.bytes;
+                freed_overhead += e.overhead;
                 out.push((id, e));
             }
         }
         self.bytes.fetch_sub(freed as i64, Ordering::Relaxed);
         self.flushing_bytes.fetch_add(freed as i64, Ordering::Relaxed);
+        self.overhead.fetch_sub(freed_overhead as i64, Ordering::Relaxed);
+        self.flushing_overhead.fetch_add(freed_overhead as i64, Ordering::Relaxed);
         out
     }
 

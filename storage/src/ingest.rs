@@ -41,28 +41,42 @@ impl Storage {
         let head = self.catalog.head();
         let (mut spans, mut logs, mut skipped, mut copies) = (0u64, 0u64, 0u64, 0u64);
         let mut undecodable = 0u64;
-        let replayed = wal::replay(&wal_dir, |pos, kind, payload| match kind {
-            RecordKind::SpanBatch => {
-                if let Some(r) =
-                    unflushed(pos, batch::decode_spans(payload), &flushed, &mut skipped, |s| s.trace_id)
-                {
-                    spans += r.len() as u64;
-                    copies += head.insert_spans(pos, r) as u64;
-                } else {
-                    undecodable += 1;
+        // Records are decoded in parallel a chunk at a time, then inserted
+        // in WAL order (the head's copy and position rules need that order).
+        let mut chunk: Vec<(u64, RecordKind, Vec<u8>)> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut apply = |chunk: &mut Vec<(u64, RecordKind, Vec<u8>)>| {
+            for (pos, decoded) in decode_parallel(chunk) {
+                match decoded {
+                    Decoded::Spans(d) => {
+                        if let Some(r) = unflushed(pos, d, &flushed, &mut skipped, |s| s.trace_id) {
+                            spans += r.len() as u64;
+                            copies += head.insert_spans(pos, r) as u64;
+                        } else {
+                            undecodable += 1;
+                        }
+                    }
+                    Decoded::Logs(d) => {
+                        if let Some(r) = unflushed(pos, d, &flushed, &mut skipped, |l| l.trace_id) {
+                            logs += r.len() as u64;
+                            head.insert_logs(pos, r);
+                        } else {
+                            undecodable += 1;
+                        }
+                    }
                 }
             }
-            RecordKind::LogBatch => {
-                if let Some(r) =
-                    unflushed(pos, batch::decode_logs(payload), &flushed, &mut skipped, |l| l.trace_id)
-                {
-                    logs += r.len() as u64;
-                    head.insert_logs(pos, r);
-                } else {
-                    undecodable += 1;
-                }
+            chunk.clear();
+        };
+        let replayed = wal::replay(&wal_dir, |pos, kind, payload| {
+            chunk_bytes += payload.len();
+            chunk.push((pos, kind, payload.to_vec()));
+            if chunk_bytes >= REPLAY_CHUNK_BYTES {
+                apply(&mut chunk);
+                chunk_bytes = 0;
             }
         })?;
+        apply(&mut chunk);
         let (mut corrupt, mut corrupt_bytes) = (undecodable, 0u64);
         for d in &replayed.damaged {
             if d.torn_tail {
@@ -98,12 +112,12 @@ impl Storage {
     }
 
     /// The WAL, if ingest may proceed: replay is done and the records in
-    /// memory (the head and a flush being written: [`Head::held_bytes`])
-    /// are under `max_bytes * overload_factor`.
+    /// memory (the head and a flush being written, in real bytes:
+    /// [`Head::memory_bytes`]) are under `max_bytes * overload_factor`.
     fn admit(&self) -> Result<&Wal> {
         let wal = self.wal.get().ok_or(Error::NotReady)?;
         let limit = (self.cfg.head.max_bytes as f64 * self.cfg.head.overload_factor) as usize;
-        let b = self.catalog.head().held_bytes();
+        let b = self.catalog.head().memory_bytes();
         if b > limit {
             return Err(Error::Overloaded(b));
         }
@@ -151,12 +165,52 @@ impl Storage {
         let payload = encode(&records);
         let me = self.clone();
         wal.append(kind, payload, move |pos| {
-            let copies = insert(me.catalog.head(), pos, records);
+            let head = me.catalog.head();
+            let copies = insert(head, pos, records);
             me.metrics.duplicate_spans.inc_by(copies as u64);
+            if head.head_memory_bytes() >= me.cfg.head.max_bytes {
+                // Flush now rather than at the next tick: the head keeps
+                // filling meanwhile, towards the overload limit.
+                me.flush_wanted.notify_one();
+            }
         })
         .await?;
         Ok(())
     }
+}
+
+/// WAL payload bytes replay decodes in parallel before inserting them: a
+/// few MiB keeps every thread busy and the copies small.
+const REPLAY_CHUNK_BYTES: usize = 8 << 20;
+
+/// One decoded WAL record.
+enum Decoded {
+    Spans(Result<Vec<Span>, BatchError>),
+    Logs(Result<Vec<LogRecord>, BatchError>),
+}
+
+/// Decodes the records of `chunk` on up to `available_parallelism`
+/// threads; returns them in the chunk's (WAL) order with their positions.
+fn decode_parallel(chunk: &[(u64, RecordKind, Vec<u8>)]) -> Vec<(u64, Decoded)> {
+    let decode = |(pos, kind, payload): &(u64, RecordKind, Vec<u8>)| {
+        let d = match kind {
+            RecordKind::SpanBatch => Decoded::Spans(batch::decode_spans(payload)),
+            RecordKind::LogBatch => Decoded::Logs(batch::decode_logs(payload)),
+        };
+        (*pos, d)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(chunk.len());
+    if threads <= 1 {
+        return chunk.iter().map(decode).collect();
+    }
+    let per = chunk.len().div_ceil(threads);
+    std::thread::scope(|sc| {
+        let parts: Vec<_> = chunk
+            .chunks(per)
+            .map(|part| sc.spawn(move || part.iter().map(decode).collect::<Vec<_>>()))
+            .collect();
+        parts.into_iter().flat_map(|h| h.join().expect("WAL decode thread panicked")).collect()
+    })
 }
 
 /// The records of the batch at WAL position `pos` that no segment holds

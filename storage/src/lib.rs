@@ -38,6 +38,7 @@ mod read;
 pub mod remote;
 pub mod rollup;
 pub mod segment;
+pub mod summary;
 pub mod tenant;
 pub mod wal;
 
@@ -57,6 +58,7 @@ use crate::metrics::StorageMetrics;
 use crate::segment::{Segment, SegmentConfig, META_FILE};
 
 pub use crate::compact::{CompactStats, CompactionConfig};
+pub use crate::read::SpanPresence;
 use crate::wal::{Wal, WalConfig, WalError};
 
 /// Errors of the storage layer.
@@ -89,6 +91,23 @@ pub enum Error {
     /// Settings that cannot work, or a data directory in use.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A segment of another on-disk format than this build's
+    /// [`segment::FORMAT_VERSION`]: [`Storage::open`] refuses the data
+    /// directory rather than quarantine or skip the data of an upgrade.
+    #[error(
+        "segment {segment} ({dir}) has on-disk format {found}, but this build reads only format {}: \
+         to read it, run the Skein release that wrote format {found}; to start afresh, move the \
+         data directory aside (and, with object storage, empty its prefix)",
+        segment::FORMAT_VERSION
+    )]
+    Format {
+        /// The segment's ID.
+        segment: String,
+        /// Its local directory.
+        dir: PathBuf,
+        /// The format its meta.json names.
+        found: u32,
+    },
     /// The head is over its memory limit because flushing is behind; the
     /// client should retry later.
     #[error("ingest is over capacity (head holds {0} bytes); retry later")]
@@ -127,9 +146,17 @@ pub struct HeadConfig {
     /// out at the latest this long after its first record arrived.
     #[serde(with = "humantime_serde")]
     pub max_trace_age: Duration,
-    /// Memory the head may hold; past it the least recently updated traces
-    /// are flushed early.
+    /// Real memory the head may hold (allocated bytes of its records and
+    /// structures, [`head::Head::memory_bytes`]); once it reaches this, a
+    /// flush starts at once and cuts the least recently updated traces
+    /// until the head is `max_block_bytes` under it.
     pub max_bytes: usize,
+    /// A flush writes one segment per this many bytes of traces (real
+    /// memory, as `max_bytes`), cut from the head one block at a time
+    /// while ingest goes on, so a flush holds at most one block beside the
+    /// head. Tempo's `max_block_bytes` names the same bound on a block.
+    /// Default 128 MiB (with `--memory-limit`: a quarter of the head).
+    pub max_block_bytes: usize,
     /// Past `max_bytes * overload_factor` ingest is refused with a retryable
     /// error until flushing catches up.
     pub overload_factor: f64,
@@ -150,6 +177,7 @@ impl Default for HeadConfig {
             idle_timeout: Duration::from_secs(5),
             max_trace_age: Duration::from_secs(30),
             max_bytes: 512 << 20,
+            max_block_bytes: 128 << 20,
             overload_factor: 1.5,
             flush_interval: Duration::from_secs(1),
             max_bytes_per_trace: 5_000_000,
@@ -213,6 +241,9 @@ impl StorageConfig {
                 self.head.idle_timeout, self.head.max_trace_age
             )));
         }
+        if self.head.max_block_bytes == 0 {
+            return Err(Error::Config("head.max_block_bytes must be larger than zero".into()));
+        }
         if self.head.overload_factor < 1.0 {
             return Err(Error::Config("head.overload_factor must be at least 1.0".into()));
         }
@@ -248,6 +279,8 @@ pub struct FlushStats {
     pub spans: u64,
     /// Their log records.
     pub logs: u64,
+    /// Segments written: one per block of `head.max_block_bytes`.
+    pub segments: usize,
 }
 
 /// The storage engine.
@@ -259,6 +292,10 @@ pub struct Storage {
     catalog: Catalog,
     wal: OnceLock<Wal>,
     flush_lock: Mutex<()>,
+    /// Woken when the head reaches `head.max_bytes`: the background flusher
+    /// ([`Storage::run_maintenance`]) flushes then without waiting for its
+    /// next tick.
+    flush_wanted: tokio::sync::Notify,
     /// Held by compaction and retention, which both remove segments from
     /// the catalog; never by flush (see [`Storage::compact`]).
     maintenance_lock: Mutex<()>,
@@ -299,8 +336,10 @@ impl Storage {
     ///
     /// # Errors
     /// [`Error::Config`] for bad settings or a data directory another
-    /// process holds; I/O and object store errors while loading (a segment
-    /// that cannot be opened is logged and skipped).
+    /// process holds; [`Error::Format`] for a segment (local or in the
+    /// object store) of another on-disk format; I/O and object store errors
+    /// while loading (a segment that cannot be opened otherwise is
+    /// quarantined when damaged, else logged and skipped).
     pub fn open(data_dir: &Path, cfg: StorageConfig) -> Result<Arc<Storage>> {
         Self::open_with_metrics(data_dir, cfg, Arc::new(StorageMetrics::default()))
     }
@@ -342,6 +381,7 @@ impl Storage {
             catalog: Catalog::with_head(head),
             wal: OnceLock::new(),
             flush_lock: Mutex::new(()),
+            flush_wanted: tokio::sync::Notify::new(),
             maintenance_lock: Mutex::new(()),
             graveyard: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
@@ -378,6 +418,8 @@ impl Storage {
             dirs.push((name.clone(), p.clone()));
             match Segment::open(&p, s.metrics.clone(), s.remote.clone()) {
                 Ok(seg) => segments.push(Arc::new(seg)),
+                // Not damage: the whole directory is of another release.
+                Err(e @ Error::Format { .. }) => return Err(e),
                 Err(e) if e.is_damage() => {
                     // What can still be read tells which answers may miss it.
                     let meta: Option<segment::SegmentMeta> =
@@ -542,6 +584,8 @@ fn remove_segment_dir(root: &Path, dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod s3_tests;
+#[cfg(test)]
+mod search_proptest;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
@@ -702,6 +746,40 @@ mod tests {
         assert!(!s.is_ready());
     }
 
+    /// A data directory holding a segment of an older (or newer) on-disk
+    /// format is refused at open, naming the segment, both formats and what
+    /// to do; the segment stays where it is (not quarantined).
+    #[tokio::test]
+    async fn a_segment_of_another_format_refuses_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let s = Storage::open(dir.path(), test_config()).unwrap();
+            s.replay().unwrap();
+            append(&s, 1, 3).await;
+            s.flush(true).unwrap();
+            s.snapshot().segments[0].meta.id.clone()
+        };
+        let seg_dir = dir.path().join("segments").join(&id);
+        let meta_path = seg_dir.join(META_FILE);
+        let current = fs::read(&meta_path).unwrap();
+        for found in [segment::FORMAT_VERSION - 1, segment::FORMAT_VERSION + 1] {
+            // Only `format` and `id` need to parse: another format's meta
+            // may have other fields.
+            fs::write(&meta_path, format!(r#"{{"format": {found}, "id": "{id}", "other": 1}}"#)).unwrap();
+            let e = Storage::open(dir.path(), test_config()).err().expect("refused");
+            assert!(matches!(e, Error::Format { found: f, .. } if f == found), "{e}");
+            let e = e.to_string();
+            assert!(e.contains(&format!("segment {id}")), "{e}");
+            assert!(e.contains(&format!("on-disk format {found}")), "{e}");
+            assert!(e.contains(&format!("reads only format {}", segment::FORMAT_VERSION)), "{e}");
+            assert!(e.contains("move the data directory aside"), "{e}");
+            assert!(seg_dir.join(META_FILE).exists(), "not quarantined");
+        }
+        fs::write(&meta_path, current).unwrap();
+        let s = Storage::open(dir.path(), test_config()).unwrap();
+        assert_eq!(s.snapshot().segments.len(), 1);
+    }
+
     #[test]
     fn a_data_dir_is_used_by_one_process_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
@@ -847,6 +925,156 @@ mod tests {
                 s.compact().unwrap();
                 check_exactly_once(&s, &want);
             });
+        }
+    }
+
+    /// One operation of the issue 11 property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Spans `first+1 ..= first+n` of a trace (ranges overlap: copies).
+        Spans {
+            trace: u8,
+            first: u64,
+            n: u64,
+        },
+        /// The `k`-th span batch sent so far, sent again (a retry).
+        Resend {
+            k: usize,
+        },
+        /// One log record of a trace.
+        Log {
+            trace: u8,
+        },
+        /// A flush: of everything, or of what is over the (tiny) head limit.
+        Flush {
+            all: bool,
+        },
+        Compact,
+        /// The storage closed without a final flush and opened again: WAL
+        /// replay.
+        Reopen,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            5 => (1..=8u8, 0..12u64, 1..5u64).prop_map(|(trace, first, n)| Op::Spans { trace, first, n }),
+            1 => (0..100usize).prop_map(|k| Op::Resend { k }),
+            3 => (1..=8u8).prop_map(|trace| Op::Log { trace }),
+            2 => any::<bool>().prop_map(|all| Op::Flush { all }),
+            1 => Just(Op::Compact),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// A head of a few traces, flushed in blocks of one or two traces,
+    /// compacting any two segments.
+    fn block_config() -> StorageConfig {
+        let mut c = compact_config(2, 3);
+        c.head.max_bytes = 6_000;
+        c.head.max_block_bytes = 2_500;
+        c.head.overload_factor = 1e9;
+        c
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+        /// Issue 11 item 6: random spans and logs of random traces (split
+        /// across batches, batches sent again), with bounded-block flushes,
+        /// compactions and close/reopen (WAL replay) at random points: every
+        /// trace lookup returns every span and log exactly once.
+        #[test]
+        fn bounded_flushes_compaction_and_replay_keep_everything_exactly_once(
+            ops in proptest::collection::vec(op(), 1..30),
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut want: Expected = HashMap::new();
+                let mut sent: Vec<(u8, u64, u64)> = Vec::new();
+                let mut s = Storage::open(dir.path(), block_config()).unwrap();
+                s.replay().unwrap();
+                for (k, op) in ops.iter().enumerate() {
+                    match *op {
+                        Op::Spans { trace, first, n } => {
+                            append_from(&s, trace, first, n).await;
+                            let e = &mut want.entry(trace).or_default().0;
+                            e.extend((first + 1..=first + n).filter(|i| !e.contains(i)).collect::<Vec<_>>());
+                            sent.push((trace, first, n));
+                        }
+                        Op::Resend { k } => {
+                            if let Some(&(trace, first, n)) = sent.get(k % sent.len().max(1)) {
+                                append_from(&s, trace, first, n).await;
+                            }
+                        }
+                        Op::Log { trace } => {
+                            let body = format!("log {k} of trace {trace}");
+                            append_log_of(&s, trace, &body).await;
+                            want.entry(trace).or_default().1.push(body);
+                        }
+                        Op::Flush { all } => {
+                            s.flush(all).unwrap();
+                        }
+                        Op::Compact => {
+                            s.compact().unwrap();
+                        }
+                        Op::Reopen => {
+                            drop(s);
+                            std::thread::sleep(Duration::from_millis(50));
+                            s = Storage::open(dir.path(), block_config()).unwrap();
+                            s.replay().unwrap();
+                        }
+                    }
+                }
+                check_exactly_once(&s, &want);
+                s.flush(true).unwrap();
+                while s.compact().unwrap().inputs > 0 {}
+                check_exactly_once(&s, &want);
+                drop(s);
+                std::thread::sleep(Duration::from_millis(50));
+                let s = Storage::open(dir.path(), block_config()).unwrap();
+                s.replay().unwrap();
+                check_exactly_once(&s, &want);
+            });
+        }
+    }
+
+    /// Issue 11 item 1: a flush writes a segment per `head.max_block_bytes`
+    /// of traces, and over `head.max_bytes` it cuts the least recently
+    /// updated traces until the head is a block under the limit.
+    #[tokio::test]
+    async fn flushes_write_bounded_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config();
+        c.head.overload_factor = 1e9;
+        let s = Storage::open(dir.path(), c.clone()).unwrap();
+        s.replay().unwrap();
+        for t in 1..=8u8 {
+            append(&s, t, 4).await;
+        }
+        let per_trace = s.head().memory_bytes() / 8;
+        drop(s);
+        std::thread::sleep(Duration::from_millis(50));
+        // Two traces per block; a head of five traces.
+        c.head.max_block_bytes = per_trace * 2 - per_trace / 2;
+        c.head.max_bytes = per_trace * 5;
+        let s = Storage::open(dir.path(), c).unwrap();
+        s.replay().unwrap();
+        assert!(s.head().memory_bytes() >= per_trace * 7);
+        let st = s.flush(false).unwrap();
+        // Over the limit: cut to at most max_bytes - max_block_bytes, the
+        // least recently updated first, two traces a segment.
+        assert!(s.head().head_memory_bytes() <= per_trace * 5 - (per_trace * 2 - per_trace / 2));
+        assert_eq!(st.segments, st.traces.div_ceil(2));
+        assert_eq!(s.snapshot().segments.len(), st.segments);
+        let st2 = s.flush(false).unwrap();
+        assert_eq!(st2.traces, 0, "under the limit, nothing idle: nothing to flush");
+        let st3 = s.flush(true).unwrap();
+        assert_eq!(st.traces + st3.traces, 8);
+        assert_eq!(s.head().memory_bytes(), 0);
+        for t in 1..=8u8 {
+            assert_eq!(s.get_trace(&TraceId([t; 16])).unwrap().unwrap().0.len(), 4);
         }
     }
 

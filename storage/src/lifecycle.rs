@@ -19,78 +19,114 @@ const RETENTION_EVERY_TICKS: u64 = 60;
 
 impl Storage {
     /// Writes traces that are idle, old, or over the memory limit (or all
-    /// of them with `all`) to a new segment, then deletes WAL files whose
+    /// of them with `all`) to new segments, then deletes WAL files whose
     /// records are all in segments. Blocking; one flush runs at a time.
     ///
-    /// When it returns `Ok`, the flushed records are in a segment in the
+    /// Bounded: the traces chosen ([`crate::head::Head::select`]) are cut
+    /// from the head and written one block of at most about
+    /// `head.max_block_bytes` at a time, a segment per block, while ingest
+    /// goes on into the head; so a flush holds at most one block beside
+    /// the head, and the rest of the chosen traces stay readable (and
+    /// keep receiving records) in the head until their block is cut. Over
+    /// `head.max_bytes` of real memory, the least recently updated traces
+    /// are chosen until the head is `max_block_bytes` under it.
+    ///
+    /// When it returns `Ok`, the flushed records are in segments in the
     /// catalog (uploaded first, with an object store) and readable from
     /// there; the WAL no longer needs them.
     ///
     /// # Errors
-    /// The segment could not be written or published. Its traces are then
+    /// A segment could not be written or published. Its traces are then
     /// back in the head with their WAL positions and their WAL records are
-    /// kept: the next flush retries them and a crash replays them.
+    /// kept: the next flush retries them and a crash replays them. Blocks
+    /// written before it stay written.
     pub fn flush(&self, all: bool) -> Result<FlushStats> {
         let _guard = self.flush_lock.lock();
-        let t0 = std::time::Instant::now();
         let h = &self.cfg.head;
         let head = self.catalog.head();
+        let over = head.head_memory_bytes() >= h.max_bytes;
         let policy = CutPolicy {
             now_ms: head.now_ms(),
             idle_ms: h.idle_timeout.as_millis() as u64,
             max_age_ms: h.max_trace_age.as_millis() as u64,
-            target_bytes: h.max_bytes,
+            target_bytes: if over { h.max_bytes.saturating_sub(h.max_block_bytes) } else { usize::MAX },
             all,
         };
+        let chosen = head.select(policy);
         let mut stats = FlushStats::default();
-        if let Some(flushing) = self.catalog.cut(policy) {
-            let traces = &flushing.traces;
-            stats.traces = traces.len();
-            stats.spans = traces.iter().map(|t| t.1.spans.len() as u64).sum();
-            stats.logs = traces.iter().map(|t| t.1.logs.len() as u64).sum();
-            #[cfg(test)]
-            let injected = self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst);
-            #[cfg(not(test))]
-            let injected = false;
-            let mut copies = 0;
-            let written = if injected {
-                Err(Error::Io(std::io::Error::other("injected segment write failure")))
-            } else {
-                let skip = self.copies_in_segments(traces);
-                copies = skip.len() as u64;
-                segment::write_segment_skipping(
-                    &self.segments_dir(),
-                    &self.cfg.segment,
-                    traces,
-                    now_unix_nano(),
-                    &skip,
-                )
-                .and_then(|(meta, _)| self.publish_segment(&meta.id))
-            };
-            match written {
-                Ok(seg) => {
-                    // Counted once written: a failed flush is retried.
-                    self.metrics.duplicate_spans.inc_by(copies);
-                    self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);
-                    let n = self.catalog.finish_flush(&flushing, Some(Arc::new(seg)));
-                    self.gauges.segments.set(&self.metrics.segments, n as i64);
-                    self.metrics.flushed_spans.inc_by(stats.spans);
-                    self.metrics.flushed_logs.inc_by(stats.logs);
+        let mut block: Vec<TraceId> = Vec::new();
+        let mut block_bytes = 0usize;
+        let mut result = Ok(());
+        for (i, (id, b)) in chosen.iter().enumerate() {
+            block.push(*id);
+            block_bytes += b;
+            if block_bytes >= h.max_block_bytes || i + 1 == chosen.len() {
+                if let Err(e) = self.flush_block(&block, &mut stats) {
+                    result = Err(e);
+                    break;
                 }
-                Err(e) => {
-                    self.catalog.finish_flush(&flushing, None);
-                    self.update_head_metrics();
-                    return Err(e);
-                }
+                block.clear();
+                block_bytes = 0;
             }
-            self.metrics.flush_seconds.observe(t0.elapsed().as_secs_f64());
         }
         self.reclaim_wal();
         self.update_head_metrics();
         if stats.traces > 0 {
             self.trim_cache();
         }
-        Ok(stats)
+        result.map(|()| stats)
+    }
+
+    /// Cuts the traces `ids` names from the head and writes them as one
+    /// segment (the caller holds `flush_lock`), adding what it wrote to
+    /// `stats`.
+    fn flush_block(&self, ids: &[TraceId], stats: &mut FlushStats) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let Some(flushing) = self.catalog.cut_ids(ids) else { return Ok(()) };
+        let traces = &flushing.traces;
+        let spans: u64 = traces.iter().map(|t| t.1.spans.len() as u64).sum();
+        let logs: u64 = traces.iter().map(|t| t.1.logs.len() as u64).sum();
+        #[cfg(test)]
+        let injected = self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(test))]
+        let injected = false;
+        let mut copies = 0;
+        let written = if injected {
+            Err(Error::Io(std::io::Error::other("injected segment write failure")))
+        } else {
+            let skip = self.copies_in_segments(traces);
+            copies = skip.len() as u64;
+            segment::write_segment_skipping(
+                &self.segments_dir(),
+                &self.cfg.segment,
+                traces,
+                now_unix_nano(),
+                &skip,
+            )
+            .and_then(|(meta, _)| self.publish_segment(&meta.id))
+        };
+        match written {
+            Ok(seg) => {
+                // Counted once written: a failed flush is retried.
+                self.metrics.duplicate_spans.inc_by(copies);
+                self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);
+                let n = self.catalog.finish_flush(&flushing, Some(Arc::new(seg)));
+                self.gauges.segments.set(&self.metrics.segments, n as i64);
+                self.metrics.flushed_spans.inc_by(spans);
+                self.metrics.flushed_logs.inc_by(logs);
+                stats.traces += traces.len();
+                stats.spans += spans;
+                stats.logs += logs;
+                stats.segments += 1;
+                self.metrics.flush_seconds.observe(t0.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(e) => {
+                self.catalog.finish_flush(&flushing, None);
+                self.update_head_metrics();
+                Err(e)
+            }
+        }
     }
 
     /// The spans of `traces` that a segment already holds, by (trace ID,
@@ -123,7 +159,7 @@ impl Storage {
 
     pub(crate) fn update_head_metrics(&self) {
         let head = self.catalog.head();
-        self.gauges.head_bytes.set(&self.metrics.head_bytes, head.bytes() as i64);
+        self.gauges.head_bytes.set(&self.metrics.head_bytes, head.head_memory_bytes() as i64);
         self.gauges.head_traces.set(&self.metrics.head_traces, head.trace_count() as i64);
     }
 
@@ -235,8 +271,8 @@ impl Storage {
     /// retention or compaction to finish. It does not flush what is left:
     /// the caller does that with `flush(true)` once ingest has stopped.
     ///
-    /// Every `head.flush_interval` a flush writes idle, old or excess
-    /// traces. Retention (every 60 ticks, starting with the first) and
+    /// Every `head.flush_interval`, and at once when the head reaches
+    /// `head.max_bytes`, a flush writes idle, old or excess traces. Retention (every 60 ticks, starting with the first) and
     /// compaction (every `compaction.interval`, when enabled) run in one
     /// maintenance task beside it, one at a time, so a long compaction never
     /// delays a flush; a tick whose maintenance is due while the previous
@@ -253,13 +289,16 @@ impl Storage {
         let (mut retention_due, mut compaction_due) = (false, false);
         let mut maintenance: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
+            let ticked = tokio::select! {
+                _ = tick.tick() => true,
+                _ = self.flush_wanted.notified() => false,
                 _ = stop.wait_for(|s| *s) => break,
+            };
+            if ticked {
+                n += 1;
+                retention_due |= n % RETENTION_EVERY_TICKS == 1;
+                compaction_due |= compaction.enabled && n.is_multiple_of(compact_every);
             }
-            n += 1;
-            retention_due |= n % RETENTION_EVERY_TICKS == 1;
-            compaction_due |= compaction.enabled && n.is_multiple_of(compact_every);
             if (retention_due || compaction_due) && maintenance.as_ref().is_none_or(|h| h.is_finished()) {
                 let (r, c) = (std::mem::take(&mut retention_due), std::mem::take(&mut compaction_due));
                 let s = self.clone();

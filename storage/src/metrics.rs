@@ -107,7 +107,11 @@ impl StorageMetrics {
             self.wal_fsync_seconds.clone(),
         );
         r.register("skein_head_traces", "Traces held in the head (memory)", self.head_traces.clone());
-        r.register("skein_head_bytes", "Approximate bytes held in the head", self.head_bytes.clone());
+        r.register(
+            "skein_head_bytes",
+            "Real memory of the head (records and its structures), bytes",
+            self.head_bytes.clone(),
+        );
         r.register("skein_segments", "Segments in the catalog", self.segments.clone());
         r.register("skein_segment_bytes", "Bytes of all segments on disk", self.segment_bytes.clone());
         r.register("skein_flush_seconds", "Time to write one segment", self.flush_seconds.clone());

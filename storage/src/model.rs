@@ -154,12 +154,17 @@ impl AttrValue {
         }
     }
 
-    /// Rough heap size, for the head's memory accounting.
+    /// Heap bytes the value owns (string lengths: strings moved from a request are allocated at their length; vector capacities), for the
+    /// head's memory accounting; the value's own inline bytes are its
+    /// container's.
     pub fn heap_size(&self) -> usize {
         match self {
             AttrValue::Str(s) => s.len(),
             AttrValue::Bytes(b) => b.len(),
-            AttrValue::Array(a) => a.iter().map(|v| v.heap_size() + 32).sum(),
+            AttrValue::Array(a) => {
+                a.capacity() * std::mem::size_of::<AttrValue>()
+                    + a.iter().map(AttrValue::heap_size).sum::<usize>()
+            }
             AttrValue::KvList(kv) => attrs_heap_size(kv),
             _ => 0,
         }
@@ -170,11 +175,13 @@ impl AttrValue {
 /// a handful, and order is preserved for display.
 pub type Attributes = Vec<(String, AttrValue)>;
 
-/// Estimated heap bytes of an attribute list, for the head's memory limit:
-/// key and value bytes plus a flat 48 per pair for the tuple and vector slot.
-/// An estimate to bound memory, not an exact count.
+/// Heap bytes an attribute list owns, for the head's memory limit: the
+/// vector's allocated slots, and each key's and value's allocations
+/// (capacities, so slack counts). What a counting allocator sees, up to the
+/// allocator's own rounding (`storage/tests/head_memory.rs` checks it).
 pub fn attrs_heap_size(a: &Attributes) -> usize {
-    a.iter().map(|(k, v)| k.len() + v.heap_size() + 48).sum()
+    a.capacity() * std::mem::size_of::<(String, AttrValue)>()
+        + a.iter().map(|(k, v)| k.len() + v.heap_size()).sum::<usize>()
 }
 
 /// The resource a span or log came from. Shared by every record of one
@@ -379,20 +386,20 @@ impl Span {
         self.status_code == status::ERROR
     }
 
-    /// Rough memory footprint, for the head's size limit. The resource and
-    /// scope are shared and counted once per request by the caller.
+    /// Memory the span takes, for the head's size limit: its inline size
+    /// and every allocation it owns (capacities, so slack counts). The
+    /// resource and scope are shared by the spans of one request and
+    /// counted by the head ([`crate::head::shared_bytes`]), not here.
     pub fn heap_size(&self) -> usize {
         std::mem::size_of::<Span>()
             + self.name.len()
             + self.trace_state.len()
             + self.status_message.len()
             + attrs_heap_size(&self.attributes)
-            + self.events.iter().map(|e| 48 + e.name.len() + attrs_heap_size(&e.attributes)).sum::<usize>()
-            + self
-                .links
-                .iter()
-                .map(|l| 64 + l.trace_state.len() + attrs_heap_size(&l.attributes))
-                .sum::<usize>()
+            + self.events.capacity() * std::mem::size_of::<Event>()
+            + self.events.iter().map(|e| e.name.len() + attrs_heap_size(&e.attributes)).sum::<usize>()
+            + self.links.capacity() * std::mem::size_of::<Link>()
+            + self.links.iter().map(|l| l.trace_state.len() + attrs_heap_size(&l.attributes)).sum::<usize>()
     }
 }
 
@@ -492,9 +499,9 @@ impl LogRecord {
         }
     }
 
-    /// Rough memory footprint in bytes, for the head's size limit: the struct
-    /// plus its strings, body and attributes. The shared resource and scope are
-    /// left to the caller, as for [`Span::heap_size`].
+    /// Memory the record takes, for the head's size limit: its inline size
+    /// and every allocation it owns (capacities). The shared resource and
+    /// scope are the head's to count, as for [`Span::heap_size`].
     pub fn heap_size(&self) -> usize {
         std::mem::size_of::<LogRecord>()
             + self.severity_text.len()

@@ -20,6 +20,23 @@ use crate::rollup::{Rollup, RollupBuilder};
 use crate::segment::Segment;
 use crate::{Result, Snapshot, Storage};
 
+/// A span filter and, per segment asked so far, which of its traces have a
+/// span meeting it ([`Storage::trace_has_span`]); one per search.
+#[derive(Debug)]
+pub struct SpanPresence {
+    filter: SpanFilter,
+    /// By segment ID: bit per trace-ID index entry, `None` when the
+    /// segment could not be asked.
+    segments: HashMap<String, Option<Arc<Vec<u64>>>>,
+}
+
+impl SpanPresence {
+    /// Presence of spans meeting `filter` (its time range included).
+    pub fn new(filter: SpanFilter) -> SpanPresence {
+        SpanPresence { filter, segments: HashMap::new() }
+    }
+}
+
 impl Storage {
     /// The segments and in-flight flushes as of now (for listings over
     /// segment metadata). Holding it keeps its segments' files from being
@@ -49,6 +66,62 @@ impl Storage {
     /// As [`Storage::get_trace`].
     pub fn get_trace_spans(&self, id: &TraceId) -> Result<Option<Vec<Span>>> {
         Ok(self.read_trace(id, false)?.map(|x| x.0).filter(|s| !s.is_empty()))
+    }
+
+    /// The summary of trace `id` as [`crate::summary::summarize`] gives it
+    /// over [`Storage::get_trace_spans`], when one segment's summaries.bin
+    /// answers it alone: its spans are all in that one segment, none in
+    /// memory. `None` otherwise (also when no span is stored): the caller
+    /// then reads the spans. No Parquet is read.
+    ///
+    /// # Errors
+    /// As [`Storage::get_trace`].
+    pub fn stored_trace_summary(&self, id: &TraceId) -> Result<Option<crate::summary::TraceSummary>> {
+        let mut in_memory = false;
+        let segments = self.catalog.walk(Some(id), |_, t| in_memory |= !t.spans.is_empty());
+        if in_memory {
+            return Ok(None);
+        }
+        let mut holding = segments.iter().filter(|s| s.find(id).is_some_and(|e| e.span_count > 0));
+        let (Some(seg), None) = (holding.next(), holding.next()) else { return Ok(None) };
+        Ok(self.guarded(seg, |g| g.trace_summary(id))?.flatten())
+    }
+
+    /// Whether trace `id` has a span meeting `p`'s filter anywhere: in
+    /// memory (checked exactly) or in a segment holding it (through the
+    /// segment's span index, computed once per segment and kept in `p`, so
+    /// checking many traces costs one index pass per segment, no Parquet).
+    /// `true` also when a holding segment cannot be asked (quarantined):
+    /// callers use it to skip traces that cannot match, never to accept.
+    ///
+    /// # Errors
+    /// A segment whose index cannot be read.
+    pub fn trace_has_span(&self, id: &TraceId, p: &mut SpanPresence) -> Result<bool> {
+        let f = &p.filter;
+        let mut found = false;
+        let segments = self.catalog.walk(Some(id), |_, t| found |= t.spans.iter().any(|s| f.matches(s)));
+        if found {
+            return Ok(true);
+        }
+        for seg in &segments {
+            let Ok(i) = seg.trace_index().binary_search_by(|e| e.trace_id.cmp(id)) else { continue };
+            if seg.trace_index()[i].span_count == 0 {
+                continue;
+            }
+            let bits = match p.segments.get(&seg.meta.id) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = self.guarded(seg, |g| g.traces_matching(&p.filter))?.map(Arc::new);
+                    p.segments.insert(seg.meta.id.clone(), b.clone());
+                    b
+                }
+            };
+            match bits {
+                Some(b) if b.get(i / 64).is_some_and(|w| (w >> (i % 64)) & 1 == 0) => {}
+                _ => return Ok(true),
+            }
+        }
+        Ok(false)
     }
 
     fn read_trace(&self, id: &TraceId, with_logs: bool) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {

@@ -130,3 +130,28 @@ fn sigkill_during_ingest_loses_and_duplicates_nothing() {
     server.restart();
     assert_exactly_once(&server, &all_acked);
 }
+
+/// A data directory holding a segment of an older on-disk format (format 3,
+/// before issue 11) is refused at start: `skein serve` exits non-zero with a
+/// message naming the segment, both formats and what to do, and leaves the
+/// segment where it is.
+#[test]
+fn a_segment_of_an_older_format_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("segments").join("01OLDFORMAT");
+    std::fs::create_dir_all(&seg).unwrap();
+    std::fs::write(seg.join("meta.json"), r#"{"format": 3, "id": "01OLDFORMAT", "span_count": 1}"#).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("reads only format {}", skein_storage::segment::FORMAT_VERSION);
+    for part in ["segment 01OLDFORMAT", "on-disk format 3", &want, "move the data directory aside"] {
+        assert!(err.contains(part), "no {part:?} in {err}");
+    }
+    assert!(seg.join("meta.json").exists(), "the segment stays in place");
+}

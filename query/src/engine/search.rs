@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use skein_storage::filter::SpanFilter;
 use skein_storage::model::{Span, TraceId};
-use skein_storage::Storage;
+use skein_storage::{SpanPresence, Storage};
 
 use super::conditions::{self, SpanCondition};
 use super::summary::{summarize, TraceSummary};
@@ -100,6 +100,20 @@ impl TraceQuery {
             || f.status.is_some()
     }
 
+    /// Whether a candidate's stored summary answers it without reading its
+    /// spans: nothing to check or return beyond what the index checked
+    /// exactly and the summary holds. An attribute with `=` in its key or
+    /// value is not exact in the index (its `key=value` term could come
+    /// from another split of the same text), so it is checked on the spans.
+    fn summary_answers(&self) -> bool {
+        let f = conditions::narrowed(&self.filter, &self.conditions);
+        self.traceql.is_none()
+            && self.keep_matched == 0
+            && !self.with_trace
+            && self.conditions.iter().all(|c| c.exact_in_index(f.status))
+            && !f.attrs.iter().any(|(k, v)| k.contains('=') || v.contains('='))
+    }
+
     /// The index query that picks candidates, and how many to take. Only
     /// the filter goes to the index, so a query that checks more (TraceQL,
     /// trace duration) takes up to `max_candidates`, newest first, to still
@@ -134,7 +148,9 @@ pub struct TraceHit {
     /// The trace's summary.
     pub summary: TraceSummary,
     /// How many spans matched (the TraceQL selection, or the spans meeting
-    /// the filter).
+    /// the filter); counted only when [`TraceQuery::keep_matched`] is
+    /// above 0, 0 otherwise (the answer then comes from stored summaries
+    /// where it can, without reading spans).
     pub matched_count: usize,
     /// The first [`TraceQuery::keep_matched`] matched spans, in trace order.
     pub matched: Vec<Span>,
@@ -159,6 +175,19 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
     let started = Instant::now();
     let (cand, budget) = q.plan(cfg.max_traceql_candidates);
     let mut out = TraceSearch::default();
+    // A TraceQL candidate lacking a span some part of the query needs
+    // (e.g. the error span of `{A} >> {status = error}` when candidates
+    // come from `A`) is skipped from the span indexes, without reading it.
+    let mut required: Vec<SpanPresence> =
+        q.traceql.iter().flat_map(|tq| tq.required_filters()).map(SpanPresence::new).collect();
+    let mut possible = |id: &TraceId| -> Result<bool> {
+        for p in &mut required {
+            if !s.trace_has_span(id, p)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
     match q.sort {
         TraceSort::Start => {
             for id in s.search_traces(&cand, budget)? {
@@ -166,6 +195,9 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
                     break;
                 }
                 check_deadline(cfg, started)?;
+                if !possible(&id)? {
+                    continue;
+                }
                 if let Some(hit) = evaluate(s, q, id, q.with_trace, &mut out.inspected)? {
                     out.traces.push(hit);
                 }
@@ -203,6 +235,9 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
                         continue;
                     }
                     check_deadline(cfg, started)?;
+                    if !possible(&id)? {
+                        continue;
+                    }
                     if let Some(hit) = evaluate(s, q, id, false, &mut out.inspected)? {
                         out.traces.push(hit);
                         if out.traces.len() >= q.limit.saturating_mul(2).max(64) {
@@ -259,6 +294,19 @@ fn evaluate(
     with_trace: bool,
     inspected: &mut u64,
 ) -> Result<Option<TraceHit>> {
+    let within = |sum: &TraceSummary| {
+        !(q.min_trace_duration_ns.is_some_and(|m| sum.duration_ns < m)
+            || q.max_trace_duration_ns.is_some_and(|m| sum.duration_ns > m))
+    };
+    // The index matched one of the candidate's spans exactly, so when the
+    // trace lives whole in one segment its stored summary is the answer.
+    if !with_trace && q.summary_answers() {
+        if let Some(summary) = s.stored_trace_summary(&id)? {
+            *inspected += 1;
+            let hit = TraceHit { summary, matched_count: 0, matched: Vec::new(), trace: None };
+            return Ok(within(&hit.summary).then_some(hit));
+        }
+    }
     let (spans, logs) = if with_trace {
         let Some(t) = s.get_trace(&id)? else { return Ok(None) };
         t
@@ -282,12 +330,10 @@ fn evaluate(
         return Ok(None);
     }
     let summary = summarize(id, &spans);
-    if q.min_trace_duration_ns.is_some_and(|m| summary.duration_ns < m)
-        || q.max_trace_duration_ns.is_some_and(|m| summary.duration_ns > m)
-    {
+    if !within(&summary) {
         return Ok(None);
     }
-    let matched_count = matched.len();
+    let matched_count = if q.keep_matched == 0 { 0 } else { matched.len() };
     let matched = matched.into_iter().take(q.keep_matched).cloned().collect();
     let trace = with_trace.then_some(Trace::new(id, spans, logs));
     Ok(Some(TraceHit { summary, matched_count, matched, trace }))
@@ -436,6 +482,68 @@ mod tests {
             let r = run(&s, &cfg, &q);
             assert!(matches!(r, Err(Error::Deadline(_))), "{sort:?}: {r:?}");
         }
+    }
+
+    /// A structural query reads only candidates that have a span for
+    /// every part of it: of the frontend traces, only trace 1 has an error
+    /// span, so trace 2 is never read, in the head or in a segment.
+    #[tokio::test]
+    async fn structural_traceql_reads_only_candidates_with_every_part() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let e = engine(&s);
+        for flushed in [false, true] {
+            if flushed {
+                s.flush(true).unwrap();
+            }
+            let tq =
+                TraceQl::parse(r#"{ resource.service.name = "frontend" } >> { status = error }"#).unwrap();
+            assert_eq!(tq.required_filters().len(), 2);
+            let q = TraceQuery { traceql: Some(tq), limit: 10, keep_matched: 3, ..Default::default() };
+            let r = e.search_traces(q).await.unwrap();
+            assert_eq!(ids(&r), [TraceId([1; 16])]);
+            assert_eq!(r.traces[0].matched[0].name, "cart.Get");
+            assert_eq!(r.inspected, 1, "flushed: {flushed}");
+        }
+        assert!(TraceQl::parse(r#"{ name = "a" } || { name = "b" }"#).unwrap().required_filters().is_empty());
+    }
+
+    /// A search that needs only summaries gives the same answer whether a
+    /// trace is in the head, in one segment (its stored summary) or split
+    /// over a segment and the head (read from its spans).
+    #[tokio::test]
+    async fn stored_summaries_answer_as_the_spans_do() {
+        let (_d, s) = storage();
+        let e = engine(&s);
+        let q = || TraceQuery { limit: 10, ..Default::default() };
+        let split =
+            |first: bool| three_traces().into_iter().filter(move |sp| (sp.span_id.0[7] == 1) == first);
+        append(&s, split(true).collect()).await;
+        append(&s, split(false).filter(|sp| sp.trace_id == TraceId([1; 16])).collect()).await;
+        let sums = |r: &TraceSearch| r.traces.iter().map(|t| t.summary.clone()).collect::<Vec<_>>();
+        let from_spans = |r: &TraceSearch| {
+            r.traces
+                .iter()
+                .map(|t| {
+                    summarize(t.summary.trace_id, &s.get_trace_spans(&t.summary.trace_id).unwrap().unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let in_head = e.search_traces(q()).await.unwrap();
+        assert_eq!(in_head.traces.len(), 3);
+        s.flush(true).unwrap();
+        assert!(s.stored_trace_summary(&TraceId([1; 16])).unwrap().is_some());
+        let stored = e.search_traces(q()).await.unwrap();
+        assert_eq!(sums(&stored), sums(&in_head));
+        // Trace 3's child arrives after the flush: split over segment and head.
+        append(&s, split(false).filter(|sp| sp.trace_id == TraceId([3; 16])).collect()).await;
+        assert!(s.stored_trace_summary(&TraceId([3; 16])).unwrap().is_none());
+        let mixed = e.search_traces(q()).await.unwrap();
+        assert_eq!(sums(&mixed), from_spans(&mixed));
+        s.flush(true).unwrap();
+        let two_segments = e.search_traces(q()).await.unwrap();
+        assert_eq!(sums(&two_segments), sums(&mixed));
+        assert_eq!(two_segments.traces[0].summary.services.len(), 2, "trace 3: cart and db");
     }
 
     #[test]

@@ -1410,6 +1410,26 @@ fn filter_of_spanset(ss: &Spanset) -> SpanFilter {
     }
 }
 
+/// Appends to `out` a filter per part of `ss` that every matching trace
+/// has a span meeting: every spanset of a chain or of `&&` must select a
+/// span for the whole to, while `||` needs only one side.
+fn required_of_spanset(ss: &Spanset, out: &mut Vec<SpanFilter>) {
+    match ss {
+        Spanset::Filter(e) => {
+            let f = filter_of_expr(e);
+            if filter_score(&f) > 0 {
+                out.push(f);
+            }
+        }
+        Spanset::Or(_) => {}
+        Spanset::And(v) => v.iter().for_each(|s| required_of_spanset(s, out)),
+        Spanset::Chain(first, rest) => {
+            required_of_spanset(first, out);
+            rest.iter().for_each(|(_, s)| required_of_spanset(s, out));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Public API
 
@@ -1438,6 +1458,16 @@ impl TraceQl {
     /// subset. `SpanFilter::default()` when nothing can be pruned.
     pub fn candidate_filter(&self) -> SpanFilter {
         filter_of_spanset(&self.root)
+    }
+
+    /// Filters each of which every matching trace meets on at least one of
+    /// its spans (one per spanset of a structural chain or `&&`, e.g. both
+    /// sides of `{A} >> {B}`): a trace without a span meeting one of them
+    /// cannot match, so it need not be read. Empty when nothing prunes.
+    pub fn required_filters(&self) -> Vec<SpanFilter> {
+        let mut out = Vec::new();
+        required_of_spanset(&self.root, &mut out);
+        out
     }
 }
 

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::fs;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::query::{AllQuery, BooleanQuery, EmptyQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{
@@ -21,10 +21,11 @@ use super::layout::{
     fast, log_index_schema, span_index_schema, LogFields, SpanFields, TraceIndexEntry, LOG_INDEX_DIR,
     SPAN_INDEX_DIR, TOKENIZER,
 };
+use super::summaries::{SummaryBuilder, SUMMARIES_FILE};
 use super::{Segment, SegmentConfig};
 use crate::codec;
 use crate::filter::{analyzer, log_text, tokenize, LogFilter, SpanFilter, StatusFilter};
-use crate::model::{LogRecord, Resource, Span, TraceId};
+use crate::model::{AttrValue, LogRecord, Resource, Span, TraceId};
 use crate::Result;
 
 /// Both indexes of a segment being written, and its distinct resources.
@@ -33,14 +34,20 @@ pub(crate) struct IndexBuilder {
     span_fields: SpanFields,
     logs: IndexWriter<TantivyDocument>,
     log_fields: LogFields,
-    /// Encoded resource attributes, in ordinal order (resources.bin).
-    resources: Vec<Vec<u8>>,
-    resource_ords: HashMap<Vec<u8>, u64>,
+    /// Service name and encoded attributes of each resource, in ordinal
+    /// order (resources.bin).
+    resources: Vec<(String, Vec<u8>)>,
+    resource_ords: HashMap<(String, Vec<u8>), u64>,
     /// The last span's resource and its ordinal: consecutive spans usually
     /// share one `Arc<Resource>`.
     last_resource: Option<(*const Resource, u64)>,
     analyzer: TextAnalyzer,
     words: Vec<String>,
+    /// The `key=value` term being built, reused across attributes.
+    term: String,
+    /// Per trace-ID index entry, its summary (summaries.bin).
+    summaries: SummaryBuilder,
+    dir: PathBuf,
 }
 
 impl std::fmt::Debug for IndexBuilder {
@@ -57,11 +64,11 @@ impl IndexBuilder {
         let (sschema, span_fields) = span_index_schema();
         let p = dir.join(SPAN_INDEX_DIR);
         fs::create_dir_all(&p)?;
-        let spans = Index::create_in_dir(p, sschema)?.writer_with_num_threads(1, heap)?;
+        let spans = new_index(&p, sschema)?.writer_with_num_threads(1, heap)?;
         let (lschema, log_fields) = log_index_schema();
         let p = dir.join(LOG_INDEX_DIR);
         fs::create_dir_all(&p)?;
-        let lidx = Index::create_in_dir(p, lschema)?;
+        let lidx = new_index(&p, lschema)?;
         lidx.tokenizers().register(TOKENIZER, analyzer());
         let logs = lidx.writer_with_num_threads(1, heap)?;
         Ok(IndexBuilder {
@@ -74,7 +81,17 @@ impl IndexBuilder {
             last_resource: None,
             analyzer: analyzer(),
             words: Vec::new(),
+            term: String::new(),
+            summaries: SummaryBuilder::default(),
+            dir: dir.to_path_buf(),
         })
+    }
+
+    /// Records the summary of the next trace-ID index entry's trace from
+    /// its spans in this segment (each span once; none for a trace with
+    /// logs only).
+    pub(crate) fn add_trace(&mut self, spans: &[Span]) {
+        self.summaries.add(spans);
     }
 
     /// Indexes span `s`, stored at `row` of spans.parquet.
@@ -82,13 +99,14 @@ impl IndexBuilder {
         let f = self.span_fields;
         let mut doc = TantivyDocument::default();
         doc.add_u64(f.row, u64::from(row));
-        doc.add_text(f.service, s.service_name());
         doc.add_text(f.name, &s.name);
         let key = Arc::as_ptr(&s.resource);
         let ord = match self.last_resource {
             Some((k, ord)) if k == key => ord,
             _ => {
-                let enc = codec::encode_attrs(&s.resource.attributes);
+                // Keyed by the service name too: it is what a service
+                // condition is checked against.
+                let enc = (s.service_name().to_string(), codec::encode_attrs(&s.resource.attributes));
                 let next = self.resources.len() as u64;
                 let ord = *self.resource_ords.entry(enc.clone()).or_insert_with(|| {
                     self.resources.push(enc);
@@ -100,8 +118,8 @@ impl IndexBuilder {
         };
         doc.add_u64(f.resource, ord);
         for (k, v) in &s.attributes {
-            if let Some(text) = v.as_search_text() {
-                doc.add_text(f.attr, format!("{k}={text}"));
+            if search_term(&mut self.term, k, v) {
+                doc.add_text(f.attr, &self.term);
             }
         }
         doc.add_u64(f.status, u64::from(s.status_code));
@@ -131,15 +149,53 @@ impl IndexBuilder {
         Ok(())
     }
 
-    /// Commits both indexes (not fsynced: the caller syncs the directory)
-    /// and returns the distinct resources in ordinal order.
-    pub(crate) fn commit(mut self) -> Result<Vec<Vec<u8>>> {
+    /// Commits both indexes and writes summaries.bin (not fsynced: the
+    /// caller syncs the directory), and returns the distinct resources in
+    /// ordinal order.
+    pub(crate) fn commit(mut self) -> Result<Vec<(String, Vec<u8>)>> {
+        fs::write(self.dir.join(SUMMARIES_FILE), self.summaries.encode()?)?;
         self.spans.commit()?;
         self.spans.wait_merging_threads()?;
         self.logs.commit()?;
         self.logs.wait_merging_threads()?;
         Ok(self.resources)
     }
+}
+
+/// Creates an index in `dir`. Nothing is stored, yet tantivy keeps an
+/// (empty) stored document per document, about 2 bytes each whatever the
+/// block size (a 1 MiB block measured larger than the default); compressing
+/// on the writer's own thread spares a thread per index.
+fn new_index(dir: &Path, schema: tantivy::schema::Schema) -> Result<Index> {
+    let settings = tantivy::IndexSettings {
+        docstore_compression: tantivy::store::Compressor::Zstd(tantivy::store::ZstdCompressor::default()),
+        docstore_compress_dedicated_thread: false,
+        ..Default::default()
+    };
+    Ok(Index::builder().schema(schema).settings(settings).create_in_dir(dir)?)
+}
+
+/// Writes the `key=value` term of attribute `k` = `v` into `out` (the text
+/// of [`crate::model::AttrValue::as_search_text`], without its
+/// allocation): `false`, leaving `out` unspecified, for a value that is
+/// not searchable.
+fn search_term(out: &mut String, k: &str, v: &AttrValue) -> bool {
+    use std::fmt::Write;
+    out.clear();
+    out.push_str(k);
+    out.push('=');
+    match v {
+        AttrValue::Str(s) => out.push_str(s),
+        AttrValue::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        AttrValue::Double(d) => {
+            let _ = write!(out, "{d}");
+        }
+        AttrValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        _ => return false,
+    }
+    true
 }
 
 /// Opens a segment's index for reading, with the log analyzer registered.
@@ -196,8 +252,19 @@ impl Segment {
     fn span_query(&self, f: &SpanFilter) -> Box<dyn Query> {
         let (_, sf) = span_index_schema();
         let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let resource = |ord: usize| -> (Occur, Box<dyn Query>) {
+            let t = Term::from_field_u64(sf.resource, ord as u64);
+            (Occur::Should, Box::new(TermQuery::new(t, IndexRecordOption::Basic)))
+        };
         if let Some(s) = &f.service {
-            must.push((Occur::Must, term(sf.service, s)));
+            let any: Vec<_> = (0..self.resource_services.len())
+                .filter(|i| self.resource_services[*i] == *s)
+                .map(resource)
+                .collect();
+            if any.is_empty() {
+                return Box::new(EmptyQuery);
+            }
+            must.push((Occur::Must, Box::new(BooleanQuery::new(any))));
         }
         if let Some(s) = &f.operation {
             must.push((Occur::Must, term(sf.name, s)));
@@ -209,13 +276,7 @@ impl Segment {
             for (ord, attrs) in self.resources.iter().enumerate() {
                 if attrs.iter().any(|(ak, av)| ak == k && av.as_search_text().as_deref() == Some(v.as_str()))
                 {
-                    any.push((
-                        Occur::Should,
-                        Box::new(TermQuery::new(
-                            Term::from_field_u64(sf.resource, ord as u64),
-                            IndexRecordOption::Basic,
-                        )),
-                    ));
+                    any.push(resource(ord));
                 }
             }
             must.push((Occur::Must, Box::new(BooleanQuery::new(any))));
@@ -234,10 +295,70 @@ impl Segment {
         all_of(must)
     }
 
+    /// Whether a span of this segment may match `f`, from what the segment
+    /// keeps in memory and the attribute term dictionary alone (no
+    /// postings, no Parquet): `false` when its time range, services,
+    /// operations or error counts rule every span out, or when an
+    /// attribute condition's term is in no span's attributes and no
+    /// resource meets it. A search that matches nothing then costs a few
+    /// lookups per segment.
+    fn may_match(&self, f: &SpanFilter) -> Result<bool> {
+        let m = &self.meta;
+        if !self.overlaps(f.start_ns, f.end_ns) {
+            return Ok(false);
+        }
+        let services: Vec<&super::ServiceStat> =
+            m.services.iter().filter(|s| f.service.as_ref().is_none_or(|n| *n == s.name)).collect();
+        if services.is_empty() {
+            return Ok(false);
+        }
+        if f.status == Some(StatusFilter::Error) && services.iter().all(|s| s.error_count == 0) {
+            return Ok(false);
+        }
+        if let Some(op) = &f.operation {
+            if !m
+                .operations
+                .iter()
+                .any(|o| o.name == *op && f.service.as_ref().is_none_or(|s| o.service == *s))
+            {
+                return Ok(false);
+            }
+        }
+        let (_, sf) = span_index_schema();
+        let searcher = self.span_reader.searcher();
+        let mut text = String::new();
+        for (k, v) in &f.attrs {
+            let on_resource = self.resources.iter().any(|attrs| {
+                attrs.iter().any(|(ak, av)| ak == k && av.as_search_text().as_deref() == Some(v.as_str()))
+            });
+            if on_resource {
+                continue;
+            }
+            text.clear();
+            text.push_str(k);
+            text.push('=');
+            text.push_str(v);
+            let mut found = false;
+            for sr in searcher.segment_readers() {
+                if sr.inverted_index(sf.attr)?.terms().get(text.as_bytes())?.is_some() {
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Traces with at least one span matching `f`, each with the latest
     /// start time (Unix ns) among its matching spans; at most `limit` (at
     /// least 1), latest first. Reads the index only, no Parquet.
     pub fn search_spans(&self, f: &SpanFilter, limit: usize) -> Result<Vec<(TraceId, u64)>> {
+        if !self.may_match(f)? {
+            return Ok(Vec::new());
+        }
         let q = self.span_query(f);
         let limit = limit.max(1);
         // The newest matching spans first, through tantivy's top-k by a
@@ -258,6 +379,20 @@ impl Segment {
         Ok(hits)
     }
 
+    /// Which traces of the trace-ID index have a span matching `f` here:
+    /// bit `i` (of word `i / 64`) for entry `i`. Reads the index only; a
+    /// superset of the exact answer only where the index is (an attribute
+    /// with `=` in its key or value).
+    pub fn traces_matching(&self, f: &SpanFilter) -> Result<Vec<u64>> {
+        let words = self.trace_index.len().div_ceil(64);
+        if !self.may_match(f)? {
+            return Ok(vec![0; words]);
+        }
+        let q = self.span_query(f);
+        let searcher = self.span_reader.searcher();
+        Ok(searcher.search(&q, &TraceBits { words, traces: self.trace_index.clone() })?)
+    }
+
     /// Traces with at least one span matching `f`, each with the longest
     /// duration (ns) among its matching spans; at most `limit` (at least
     /// 1), longest first. Reads the index only, no Parquet: a top-k by the
@@ -266,6 +401,9 @@ impl Segment {
     /// than `limit` traces match, the traces found among those spans are
     /// returned.
     pub fn longest_spans(&self, f: &SpanFilter, limit: usize) -> Result<Vec<(TraceId, u64)>> {
+        if !self.may_match(f)? {
+            return Ok(Vec::new());
+        }
         let q = self.span_query(f);
         let limit = limit.max(1);
         let mut k = limit * 4;
@@ -374,7 +512,9 @@ fn log_query(f: &LogFilter) -> Box<dyn Query> {
         must.push((Occur::Must, term(lf.text, w)));
     }
     if let Some(s) = &f.service {
-        must.push((Occur::Must, term(lf.service, s)));
+        // An equality on the fast field (the service is not indexed).
+        let t = || Bound::Included(Term::from_field_text(lf.service, s));
+        must.push((Occur::Must, Box::new(RangeQuery::new(t(), t()))));
     }
     if let Some(m) = f.min_severity {
         must.push((Occur::Must, u64_range(lf.severity, Some(m.max(0) as u64), None)));
@@ -473,6 +613,62 @@ impl SegmentCollector for LatestTracesSegment {
     }
 }
 
+/// Sets, per matching document, the bit of its trace's entry in the
+/// trace-ID index.
+struct TraceBits {
+    words: usize,
+    traces: Arc<Vec<TraceIndexEntry>>,
+}
+
+struct TraceBitsSegment {
+    traces: Arc<Vec<TraceIndexEntry>>,
+    row: tantivy::columnar::Column<u64>,
+    bits: Vec<u64>,
+}
+
+impl Collector for TraceBits {
+    type Fruit = Vec<u64>;
+    type Child = TraceBitsSegment;
+
+    fn for_segment(&self, _: SegmentOrdinal, seg: &SegmentReader) -> tantivy::Result<Self::Child> {
+        Ok(TraceBitsSegment {
+            traces: self.traces.clone(),
+            row: seg.fast_fields().u64(fast::ROW)?,
+            bits: vec![0; self.words],
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<u64>>) -> tantivy::Result<Self::Fruit> {
+        let mut all = vec![0; self.words];
+        for f in fruits {
+            all.iter_mut().zip(f).for_each(|(a, b)| *a |= b);
+        }
+        Ok(all)
+    }
+}
+
+impl SegmentCollector for TraceBitsSegment {
+    type Fruit = Vec<u64>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        let Some(row) = self.row.first(doc) else { return };
+        let i = self.traces.partition_point(|e| u64::from(e.span_row) <= row);
+        if let Some(i) = i.checked_sub(1) {
+            if let Some(w) = self.bits.get_mut(i / 64) {
+                *w |= 1 << (i % 64);
+            }
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.bits
+    }
+}
+
 /// Counts matching documents per time bucket.
 struct TimeHistogram {
     step: u64,
@@ -529,7 +725,7 @@ impl SegmentCollector for TimeHistogramSegment {
 mod tests {
     use super::super::testutil::*;
     use super::*;
-    use crate::model::{AttrValue, SpanId};
+    use crate::model::SpanId;
 
     /// Trace 1: web GET / (error, 50 µs) → cart get (OK, 2 µs, user=alice).
     /// Trace 2: web GET / (10 µs). Trace 3: cart put (region=eu on the
@@ -653,6 +849,24 @@ mod tests {
         assert_eq!(counts, HashMap::from([(0, 1), (2_000, 1), (4_000, 1)]));
         let counts = seg.count_logs(&LogFilter { min_severity: Some(17), ..Default::default() }, 0).unwrap();
         assert_eq!(counts, HashMap::from([(1_500, 1)]));
+    }
+
+    #[test]
+    fn search_terms_are_the_search_text_of_each_value() {
+        let mut t = String::new();
+        for v in [
+            AttrValue::Str("a=b".into()),
+            AttrValue::Int(-3),
+            AttrValue::Double(1.5),
+            AttrValue::Double(1e300),
+            AttrValue::Bool(true),
+            AttrValue::Bool(false),
+        ] {
+            assert!(search_term(&mut t, "k", &v));
+            assert_eq!(t, format!("k={}", v.as_search_text().unwrap()));
+        }
+        assert!(!search_term(&mut t, "k", &AttrValue::Bytes(vec![1])));
+        assert!(!search_term(&mut t, "k", &AttrValue::Empty));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tantivy::schema::{
@@ -23,9 +23,12 @@ use crate::model::{Attributes, TraceId};
 use crate::{Error, Result};
 
 /// The on-disk format this build writes and reads; [`super::Segment::open`]
-/// refuses any other (a segment of another format must be rewritten by the
-/// build that wrote it).
-pub const FORMAT_VERSION: u32 = 3;
+/// refuses any other with [`crate::Error::Format`] (a segment of another
+/// format can only be read by a build of that format). Format 4 (issue 11)
+/// stores a span's parent as a row offset within its trace, log observed
+/// times as a difference to the time, and attributes of frequent keys in a
+/// dictionary-encoded column of their own.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Spans, sorted by trace ID then start time (zstd Parquet).
 pub(crate) const SPANS_FILE: &str = "spans.parquet";
@@ -125,12 +128,22 @@ columns! {
     /// A column of `spans.parquet`. Times are Unix nanoseconds, `duration`
     /// nanoseconds as `end - start` modulo 2^64 (the end time is
     /// `start_time + duration` modulo 2^64, so an end before the start is
-    /// kept as sent; segments written before that stored such spans with
-    /// duration 0); the binary columns hold [`crate::codec`] encodings.
+    /// kept as sent); the binary columns hold [`crate::codec`] encodings.
+    ///
+    /// The parent: `parent_row` is the parent's row minus the span's own
+    /// (the parent is another span of the same trace in this file, a few
+    /// rows away, so the column costs a few bits per span where the 8 random
+    /// bytes of its ID cost 5.5 after compression); `parent_span_id` holds
+    /// the ID only for a parent that is not in this file (a root has
+    /// neither).
+    ///
+    /// `attr_common` and `attributes` hold the span's attributes, split by
+    /// [`SPAN_COMMON_KEYS`] ([`codec::split_attrs`]).
     SpanCol, SPAN_COLUMNS {
         TraceId = "trace_id", Id16, nullable: false, dictionary: false;
         SpanId = "span_id", Id8, nullable: false, dictionary: false;
         ParentSpanId = "parent_span_id", Id8, nullable: true, dictionary: false;
+        ParentRow = "parent_row", I32, nullable: true, dictionary: true;
         TraceState = "trace_state", Utf8, nullable: false, dictionary: true;
         Flags = "flags", U32, nullable: false, dictionary: true;
         Name = "name", Utf8, nullable: false, dictionary: true;
@@ -141,6 +154,7 @@ columns! {
         StatusCode = "status_code", U8, nullable: false, dictionary: true;
         StatusMessage = "status_message", Utf8, nullable: false, dictionary: false;
         Attributes = "attributes", Binary, nullable: false, dictionary: false;
+        AttrCommon = "attr_common", Binary, nullable: false, dictionary: true;
         Resource = "resource", Binary, nullable: false, dictionary: true;
         ScopeName = "scope_name", Utf8, nullable: false, dictionary: true;
         ScopeVersion = "scope_version", Utf8, nullable: false, dictionary: true;
@@ -150,18 +164,26 @@ columns! {
 }
 
 columns! {
-    /// A column of `logs.parquet`. Times are Unix nanoseconds; `trace_id`
-    /// is zero for a record without trace context; the binary columns hold
-    /// [`crate::codec`] encodings (`body` one value).
+    /// A column of `logs.parquet`. Times are Unix nanoseconds;
+    /// `observed_delta` is the observed time minus `time` modulo 2^64, null
+    /// when they are equal; `trace_id` is zero for a record without trace
+    /// context; `span_row` is the record's span as its row in spans.parquet
+    /// minus the trace's first (traces.idx) when the span is in this
+    /// segment, `span_id` then null (as [`SpanCol::ParentRow`]); the binary
+    /// columns hold [`crate::codec`] encodings (`body`
+    /// one value); `attr_common` and `attributes` hold the attributes, split
+    /// by [`LOG_COMMON_KEYS`].
     LogCol, LOG_COLUMNS {
-        TraceId = "trace_id", Id16, nullable: false, dictionary: true;
+        TraceId = "trace_id", Id16, nullable: false, dictionary: false;
         SpanId = "span_id", Id8, nullable: true, dictionary: false;
+        SpanRow = "span_row", I32, nullable: true, dictionary: true;
         Time = "time", U64, nullable: false, dictionary: false;
-        ObservedTime = "observed_time", U64, nullable: false, dictionary: false;
+        ObservedDelta = "observed_delta", U64, nullable: true, dictionary: false;
         SeverityNumber = "severity_number", I32, nullable: false, dictionary: true;
         SeverityText = "severity_text", Utf8, nullable: false, dictionary: true;
         Body = "body", Binary, nullable: false, dictionary: false;
         Attributes = "attributes", Binary, nullable: false, dictionary: false;
+        AttrCommon = "attr_common", Binary, nullable: false, dictionary: true;
         Resource = "resource", Binary, nullable: false, dictionary: true;
         ServiceName = "service_name", Utf8, nullable: false, dictionary: true;
         ScopeName = "scope_name", Utf8, nullable: false, dictionary: true;
@@ -171,12 +193,62 @@ columns! {
     }
 }
 
+/// The attribute keys of spans stored in `attr_common` rather than in the
+/// `attributes` blob ([`codec::split_attrs`]): the most frequent keys of
+/// the benchmark workload (HTTP, RPC, database and messaging semantic
+/// conventions) with few distinct values, so a span's common attributes
+/// repeat exactly on many spans and the column's dictionary holds each
+/// combination once (about 150 per segment there). Keys with many values
+/// (addresses, URLs, statements) stay in the blob: they would multiply the
+/// combinations, and the dictionary page is decoded by every lookup.
+pub(crate) const SPAN_COMMON_KEYS: &[&str] = &[
+    "http.request.method",
+    "http.route",
+    "http.response.status_code",
+    "url.scheme",
+    "server.address",
+    "server.port",
+    "network.protocol.version",
+    "user_agent.original",
+    "rpc.system",
+    "rpc.service",
+    "rpc.method",
+    "rpc.grpc.status_code",
+    "db.system",
+    "db.operation.name",
+    "db.collection.name",
+    "db.namespace",
+    "messaging.system",
+    "messaging.destination.name",
+    "messaging.operation.type",
+    "messaging.operation.name",
+    "messaging.consumer.group.name",
+    "messaging.destination.partition.id",
+    "error.type",
+];
+
+/// [`SPAN_COMMON_KEYS`] of log records (about 800 combinations per segment
+/// on the benchmark workload).
+pub(crate) const LOG_COMMON_KEYS: &[&str] = &["code.function", "thread.name", "exception.type"];
+
 /// The Arrow schema of a file with these columns.
 pub(crate) fn schema(table: &[ColumnDef]) -> SchemaRef {
     Arc::new(Schema::new(
         table.iter().map(|c| Field::new(c.name, c.kind.data_type(), c.nullable)).collect::<Vec<_>>(),
     ))
 }
+
+/// Columns written in another encoding than PLAIN (all without
+/// dictionary), chosen by bytes after zstd on the benchmark workload:
+/// `observed_delta` (small, varying differences) takes 2.7 bytes a record
+/// delta-packed against 3.1 plain; durations and log times (random low
+/// bytes, shared high bytes) take 6% and 2% less split by byte. Span start
+/// times do not gain from either (nor from offsets within the trace).
+const ENCODINGS: &[(&str, Encoding)] = &[
+    ("observed_delta", Encoding::DELTA_BINARY_PACKED),
+    ("duration", Encoding::BYTE_STREAM_SPLIT),
+    ("time", Encoding::BYTE_STREAM_SPLIT),
+];
 
 /// Parquet writer settings for a file with these columns. Page statistics
 /// and the page row limit let a lookup decode only the pages holding its
@@ -190,6 +262,9 @@ pub(crate) fn writer_props(cfg: &SegmentConfig, table: &[ColumnDef]) -> Result<W
         .set_statistics_enabled(EnabledStatistics::Page);
     for c in table.iter().filter(|c| !c.dictionary) {
         b = b.set_column_dictionary_enabled(ColumnPath::from(c.name), false);
+        if let Some((_, e)) = ENCODINGS.iter().find(|(n, _)| *n == c.name) {
+            b = b.set_column_encoding(ColumnPath::from(c.name), *e);
+        }
     }
     Ok(b.build())
 }
@@ -234,13 +309,14 @@ pub(crate) struct SpanFields {
     /// trace-ID index maps it to the trace.
     pub(crate) row: tantivy::schema::Field,
     /// The ordinal of the span's resource in resources.bin. Resource
-    /// attributes (about two thirds of a span's attributes) are indexed
-    /// once per segment through it rather than once per span.
+    /// attributes (about two thirds of a span's attributes) and the service
+    /// name are indexed once per segment through it rather than once per
+    /// span: a condition on them is the set of resources meeting it.
     pub(crate) resource: tantivy::schema::Field,
-    pub(crate) service: tantivy::schema::Field,
     pub(crate) name: tantivy::schema::Field,
     /// `key=value` of each scalar span attribute.
     pub(crate) attr: tantivy::schema::Field,
+    /// Fast field only (the status code, 2 bits a span), as below.
     pub(crate) status: tantivy::schema::Field,
     /// Fast fields only: nearly every span has its own start and duration,
     /// so indexing them would add a term per span; range queries on fast
@@ -257,10 +333,9 @@ pub(crate) fn span_index_schema() -> (TSchema, SpanFields) {
     let f = SpanFields {
         row: b.add_u64_field(fast::ROW, FAST),
         resource: b.add_u64_field("resource", indexed_u64()),
-        service: b.add_text_field("service", raw_text()),
         name: b.add_text_field("name", raw_text()),
         attr: b.add_text_field("attr", raw_text()),
-        status: b.add_u64_field("status", indexed_u64()),
+        status: b.add_u64_field("status", FAST),
         duration: b.add_u64_field(fast::DURATION, FAST),
         start: b.add_u64_field(fast::START, FAST),
     };
@@ -272,8 +347,11 @@ pub(crate) fn span_index_schema() -> (TSchema, SpanFields) {
 pub(crate) struct LogFields {
     /// The distinct words of body and attribute values.
     pub(crate) text: tantivy::schema::Field,
+    /// Fast field only (a dictionary and an ordinal per record: a few
+    /// services make a few bits a record, where postings cost a byte or
+    /// more); an equality is a range query on it.
     pub(crate) service: tantivy::schema::Field,
-    /// Severity number, negative ones as 0.
+    /// Severity number, negative ones as 0; fast field only.
     pub(crate) severity: tantivy::schema::Field,
     /// Effective time, Unix ns.
     pub(crate) time: tantivy::schema::Field,
@@ -291,8 +369,8 @@ pub(crate) fn log_index_schema() -> (TSchema, LogFields) {
     );
     let f = LogFields {
         text: b.add_text_field("text", text_opts),
-        service: b.add_text_field("service", raw_text()),
-        severity: b.add_u64_field("severity", indexed_u64()),
+        service: b.add_text_field("service", TextOptions::default().set_fast("raw")),
+        severity: b.add_u64_field("severity", FAST),
         time: b.add_u64_field(fast::TIME, FAST),
         row: b.add_u64_field(fast::ROW, FAST),
     };
@@ -373,25 +451,32 @@ pub(crate) fn decode_trace_index(b: &[u8], what: &str) -> Result<Vec<TraceIndexE
         .collect())
 }
 
-/// resources.bin: a varint count, then each resource's encoded attributes
-/// ([`codec::encode_attrs`]) behind a varint length.
-pub(crate) fn encode_resources(resources: &[Vec<u8>]) -> Vec<u8> {
+/// resources.bin: a varint count, then per resource its service name
+/// ([`crate::model::Resource::service_name`], UTF-8) and its encoded
+/// attributes ([`codec::encode_attrs`]), each behind a varint length.
+pub(crate) fn encode_resources(resources: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut buf = Vec::new();
     codec::put_varint(&mut buf, resources.len() as u64);
-    for r in resources {
+    for (service, r) in resources {
+        codec::put_varint(&mut buf, service.len() as u64);
+        buf.extend_from_slice(service.as_bytes());
         codec::put_varint(&mut buf, r.len() as u64);
         buf.extend_from_slice(r);
     }
     buf
 }
 
-pub(crate) fn decode_resources(b: &[u8]) -> Result<Vec<Attributes>> {
+/// Decodes resources.bin into each resource's service name and attributes.
+pub(crate) fn decode_resources(b: &[u8]) -> Result<Vec<(String, Attributes)>> {
     let mut r = codec::Reader::new(b);
     let n = r.varint().map_err(corrupt)?;
     let mut out = Vec::new();
     for _ in 0..n {
         let len = r.varint().map_err(corrupt)? as usize;
-        out.push(codec::decode_attrs(r.take(len).map_err(corrupt)?).map_err(corrupt)?);
+        let service = String::from_utf8(r.take(len).map_err(corrupt)?.to_vec())
+            .map_err(|_| Error::Corrupt("resources.bin: service name is not UTF-8".into()))?;
+        let len = r.varint().map_err(corrupt)? as usize;
+        out.push((service, codec::decode_attrs(r.take(len).map_err(corrupt)?).map_err(corrupt)?));
     }
     Ok(out)
 }
@@ -417,7 +502,8 @@ mod tests {
         assert_eq!(SPAN_COLUMNS.len(), usize::from(SpanCol::Links) + 1);
         assert_eq!(LOG_COLUMNS[usize::from(LogCol::EventName)].name, "event_name");
         assert_eq!(LOG_COLUMNS.len(), usize::from(LogCol::EventName) + 1);
-        assert!(schema(SPAN_COLUMNS).field(2).is_nullable());
+        assert!(schema(SPAN_COLUMNS).field(usize::from(SpanCol::ParentSpanId)).is_nullable());
+        assert!(schema(SPAN_COLUMNS).field(usize::from(SpanCol::ParentRow)).is_nullable());
     }
 
     #[test]
@@ -426,6 +512,11 @@ mod tests {
         for c in SPAN_COLUMNS {
             assert_eq!(p.dictionary_enabled(&ColumnPath::from(c.name)), c.dictionary, "{}", c.name);
         }
+        let p = writer_props(&SegmentConfig::default(), LOG_COLUMNS).unwrap();
+        let enc = |c: &str| p.encoding(&ColumnPath::from(c));
+        assert_eq!(enc("observed_delta"), Some(Encoding::DELTA_BINARY_PACKED));
+        assert_eq!(enc("time"), Some(Encoding::BYTE_STREAM_SPLIT));
+        assert_eq!(enc("body"), None);
         let bad = SegmentConfig { zstd_level: 99, ..Default::default() };
         assert!(matches!(writer_props(&bad, LOG_COLUMNS), Err(Error::Config(_))));
     }
@@ -472,8 +563,12 @@ mod tests {
     #[test]
     fn resources_round_trip() {
         let a: Attributes = vec![("service.name".into(), AttrValue::Str("cart".into()))];
-        let enc = vec![codec::encode_attrs(&a), codec::encode_attrs(&vec![])];
-        assert_eq!(decode_resources(&encode_resources(&enc)).unwrap(), vec![a, vec![]]);
+        let enc = vec![
+            ("cart".to_string(), codec::encode_attrs(&a)),
+            (String::new(), codec::encode_attrs(&vec![])),
+        ];
+        let want = vec![("cart".to_string(), a), (String::new(), vec![])];
+        assert_eq!(decode_resources(&encode_resources(&enc)).unwrap(), want);
         assert!(decode_resources(&[5]).is_err());
     }
 }

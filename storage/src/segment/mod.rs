@@ -7,6 +7,7 @@
 //! {id}/span_index/     tantivy: one document per span (service, name, attributes, status, duration, start)
 //! {id}/log_index/      tantivy: one document per log (words of body and attribute values, service, severity, time)
 //! {id}/resources.bin   the distinct resources of the segment's spans
+//! {id}/summaries.bin   per trace: root, start, duration, span and error counts per service
 //! {id}/rollup.json     edges and RED buckets per minute
 //! {id}/meta.json       counts, time range, services, operations; written last
 //! ```
@@ -21,6 +22,7 @@
 mod index;
 mod layout;
 mod reader;
+mod summaries;
 mod writer;
 
 #[cfg(test)]
@@ -151,10 +153,15 @@ pub struct Segment {
     dir: PathBuf,
     trace_index: Arc<Vec<TraceIndexEntry>>,
     resources: Vec<Attributes>,
+    /// The service name of each resource, by ordinal.
+    resource_services: Vec<String>,
     spans: ParquetFile,
     logs: ParquetFile,
     span_reader: IndexReader,
     log_reader: IndexReader,
+    /// summaries.bin, read on first use (a search asks for it; opening
+    /// every segment at start-up does not).
+    summaries: std::sync::OnceLock<Option<Arc<summaries::Summaries>>>,
     metrics: Arc<StorageMetrics>,
     /// The object store holding this segment, when it is not only local:
     /// its Parquet files are read from there when they are not in `dir`.
@@ -173,20 +180,28 @@ impl Segment {
     /// (once, kept in memory) and their rows fetched from it when read.
     /// Every other file must be in `dir`.
     ///
-    /// Errors: [`Error::Corrupt`] for a segment of another
-    /// [`FORMAT_VERSION`] or a malformed file; I/O, JSON, Parquet, tantivy
+    /// Errors: [`Error::Format`] for a segment of another
+    /// [`FORMAT_VERSION`] (checked before any other file is read);
+    /// [`Error::Corrupt`] for a malformed file; I/O, JSON, Parquet, tantivy
     /// and object-store errors as they come.
     pub fn open(dir: &Path, metrics: Arc<StorageMetrics>, remote: Option<Arc<Remote>>) -> Result<Segment> {
-        let meta: SegmentMeta = serde_json::from_slice(&fs::read(dir.join(META_FILE))?)?;
-        if meta.format != FORMAT_VERSION {
-            return Err(Error::Corrupt(format!(
-                "segment {} has format {}, this build reads {FORMAT_VERSION}",
-                meta.id, meta.format
-            )));
+        let raw = fs::read(dir.join(META_FILE))?;
+        // The format first, read alone: the meta of another format may have
+        // other fields, and must be refused as such, not as damage.
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+            id: String,
         }
+        let v: Version = serde_json::from_slice(&raw)?;
+        if v.format != FORMAT_VERSION {
+            return Err(Error::Format { segment: v.id, dir: dir.to_path_buf(), found: v.format });
+        }
+        let meta: SegmentMeta = serde_json::from_slice(&raw)?;
         let rollup: Rollup = serde_json::from_slice(&fs::read(dir.join(ROLLUP_FILE))?)?;
         let trace_index = Arc::new(read_trace_index(dir)?);
-        let resources = layout::decode_resources(&fs::read(dir.join(RESOURCES_FILE))?)?;
+        let (resource_services, resources) =
+            layout::decode_resources(&fs::read(dir.join(RESOURCES_FILE))?)?.into_iter().unzip();
         let spans = ParquetFile::open(dir, SPANS_FILE, &meta.id, remote.as_ref())?;
         let logs = ParquetFile::open(dir, LOGS_FILE, &meta.id, remote.as_ref())?;
         let span_reader = index::open_index(&dir.join(SPAN_INDEX_DIR))?;
@@ -197,10 +212,12 @@ impl Segment {
             dir: dir.to_path_buf(),
             trace_index,
             resources,
+            resource_services,
             spans,
             logs,
             span_reader,
             log_reader,
+            summaries: std::sync::OnceLock::new(),
             metrics,
             remote,
         })
@@ -231,6 +248,38 @@ impl Segment {
     /// The trace-ID index entry of trace `id`, if the segment holds it.
     pub fn find(&self, id: &TraceId) -> Option<&TraceIndexEntry> {
         self.trace_index.binary_search_by(|e| e.trace_id.cmp(id)).ok().map(|i| &self.trace_index[i])
+    }
+
+    /// The summary of trace `id` from its spans in this segment alone
+    /// (summaries.bin, no Parquet read): `None` when the segment holds no
+    /// span of it, or has no summaries.bin.
+    ///
+    /// Errors: [`Error::Corrupt`] for a malformed file, I/O errors.
+    pub fn trace_summary(&self, id: &TraceId) -> Result<Option<crate::summary::TraceSummary>> {
+        let Ok(i) = self.trace_index.binary_search_by(|e| e.trace_id.cmp(id)) else { return Ok(None) };
+        if self.trace_index[i].span_count == 0 {
+            return Ok(None);
+        }
+        let loaded = match self.summaries.get() {
+            Some(s) => s.clone(),
+            None => {
+                let path = self.dir.join(summaries::SUMMARIES_FILE);
+                let s = match fs::read(&path) {
+                    Ok(b) => Some(Arc::new(summaries::Summaries::decode(
+                        &b,
+                        self.trace_index.len(),
+                        &path.display().to_string(),
+                    )?)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.into()),
+                };
+                self.summaries.get_or_init(|| s).clone()
+            }
+        };
+        match loaded {
+            Some(s) => s.get(i, *id),
+            None => Ok(None),
+        }
     }
 
     /// The distinct resources (attributes, `service.name` included) of the

@@ -3,7 +3,7 @@
 //! fsync and rename into place.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::marker::PhantomData;
@@ -32,11 +32,40 @@ use crate::Result;
 
 /// Puts traces in segment order: by trace ID, spans by start time (then
 /// span ID), logs by effective time. [`write_segment`] expects this order.
+///
+/// Rows are large (a [`crate::model::Span`] is a few hundred bytes inline):
+/// each list is sorted as (key, index) pairs and then permuted in place,
+/// so every row moves at most once instead of at every step of the sort,
+/// and a list already in order (common: spans arrive by start time) is not
+/// touched at all.
 pub fn sort_for_segment(traces: &mut [(TraceId, TraceEntry)]) {
-    traces.sort_unstable_by_key(|t| t.0);
+    sort_by_index(traces, |t| t.0);
     for (_, t) in traces.iter_mut() {
-        t.spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
-        t.logs.sort_by_key(|l| l.effective_time());
+        sort_by_index(&mut t.spans, |s| (s.start_time_unix_nano, s.span_id));
+        sort_by_index(&mut t.logs, |l| l.effective_time());
+    }
+}
+
+/// Sorts `items` by `key`, stably, moving each item at most once: sorts
+/// (key, index) pairs, then applies the permutation by following its
+/// cycles with swaps.
+fn sort_by_index<T, K: Ord + Copy>(items: &mut [T], key: impl Fn(&T) -> K) {
+    if items.len() < 2 || items.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+        return;
+    }
+    let mut order: Vec<(K, usize)> = items.iter().enumerate().map(|(i, t)| (key(t), i)).collect();
+    order.sort_unstable();
+    // `order[i].1` is the index of the item that belongs at `i`.
+    let mut src: Vec<usize> = order.into_iter().map(|o| o.1).collect();
+    for start in 0..items.len() {
+        let mut i = start;
+        while src[i] != start {
+            let j = src[i];
+            items.swap(i, j);
+            src[i] = i;
+            i = j;
+        }
+        src[i] = i;
     }
 }
 
@@ -159,7 +188,9 @@ fn write_into(
             wal_pos: t.max_pos,
         });
         rollup.add_trace(&unique);
-        for s in unique.iter() {
+        index.add_trace(&unique);
+        let parents = ParentRows::new(&unique);
+        for (i, s) in unique.iter().enumerate() {
             min_time = min_time.min(s.start_time_unix_nano);
             max_time = max_time.max(s.start_time_unix_nano);
             let st = services
@@ -169,7 +200,7 @@ fn write_into(
             st.error_count += u64::from(s.is_error());
             *ops.entry((s.service_name().to_string(), s.name.clone(), s.kind)).or_default() += 1;
             index.add_span(s, span_rows)?;
-            spans.push(s)?;
+            spans.push(s, parents.offset(i, s))?;
             span_rows += 1;
         }
         for l in &t.logs {
@@ -177,7 +208,7 @@ fn write_into(
             min_time = min_time.min(time);
             max_time = max_time.max(time);
             index.add_log(l, log_rows)?;
-            logs.push(l)?;
+            logs.push(l, l.span_id.and_then(|id| parents.row_of(id)))?;
             log_rows += 1;
         }
     }
@@ -244,6 +275,41 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Where each span's parent, and each log record's span, is among the
+/// rows of its trace ([`SpanCol::ParentRow`], [`LogCol::SpanRow`]).
+struct ParentRows<'a> {
+    spans: &'a [Span],
+    /// Span ID to index, for traces too long to search linearly.
+    by_id: Option<HashMap<SpanId, usize>>,
+}
+
+impl<'a> ParentRows<'a> {
+    /// Past this many spans a trace's parents are found through a map.
+    const LINEAR: usize = 32;
+
+    fn new(spans: &'a [Span]) -> Self {
+        let by_id = (spans.len() > Self::LINEAR)
+            .then(|| spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect());
+        ParentRows { spans, by_id }
+    }
+
+    /// The parent's row minus the row of `s` (the `i`-th span), when the
+    /// parent is one of the trace's spans.
+    fn offset(&self, i: usize, s: &Span) -> Option<i32> {
+        Some(self.row_of(s.parent_span_id?)? - i as i32)
+    }
+
+    /// The index of span `id` among the trace's spans (unique IDs), if there.
+    fn row_of(&self, id: SpanId) -> Option<i32> {
+        let j = match &self.by_id {
+            Some(m) => *m.get(&id)?,
+            None => self.spans.iter().position(|x| x.span_id == id)?,
+        };
+        // A trace has fewer than 2^31 spans (rows are u32).
+        Some(j as i32)
+    }
+}
+
 /// Rows buffered before they are handed to the Parquet writer as one batch.
 const CHUNK: usize = 16_384;
 
@@ -252,17 +318,23 @@ const CHUNK: usize = 16_384;
 pub(crate) trait WriteRow {
     const FILE: &'static str;
     const TABLE: &'static [ColumnDef];
-    fn write_row(&self, b: &mut BatchBuilder, resources: &mut ResourceBlobs);
+    /// What the row needs to know of its neighbours.
+    type Context;
+    fn write_row(&self, cx: Self::Context, b: &mut BatchBuilder, resources: &mut ResourceBlobs);
 }
 
 impl WriteRow for Span {
     const FILE: &'static str = SPANS_FILE;
     const TABLE: &'static [ColumnDef] = SPAN_COLUMNS;
+    /// [`ParentRows::offset`].
+    type Context = Option<i32>;
 
-    fn write_row(&self, b: &mut BatchBuilder, resources: &mut ResourceBlobs) {
+    fn write_row(&self, parent_row: Option<i32>, b: &mut BatchBuilder, resources: &mut ResourceBlobs) {
         b.id(SpanCol::TraceId, Some(&self.trace_id.0));
         b.id(SpanCol::SpanId, Some(&self.span_id.0));
-        b.id(SpanCol::ParentSpanId, self.parent_span_id.as_ref().map(|p| &p.0[..]));
+        let parent_id = self.parent_span_id.filter(|_| parent_row.is_none());
+        b.id(SpanCol::ParentSpanId, parent_id.as_ref().map(|p| &p.0[..]));
+        b.opt_i32(SpanCol::ParentRow, parent_row);
         b.str(SpanCol::TraceState, &self.trace_state);
         b.u32(SpanCol::Flags, self.flags);
         b.str(SpanCol::Name, &self.name);
@@ -274,7 +346,9 @@ impl WriteRow for Span {
         b.u64(SpanCol::Duration, self.end_time_unix_nano.wrapping_sub(self.start_time_unix_nano));
         b.u8(SpanCol::StatusCode, self.status_code);
         b.str(SpanCol::StatusMessage, &self.status_message);
-        b.bytes(SpanCol::Attributes, &codec::encode_attrs(&self.attributes));
+        let (common, rest) = codec::split_attrs(&self.attributes, |k| layout::SPAN_COMMON_KEYS.contains(&k));
+        b.bytes(SpanCol::AttrCommon, &common);
+        b.bytes(SpanCol::Attributes, &rest);
         b.bytes(SpanCol::Resource, resources.get(&self.resource));
         b.str(SpanCol::ScopeName, &self.scope.name);
         b.str(SpanCol::ScopeVersion, &self.scope.version);
@@ -286,18 +360,25 @@ impl WriteRow for Span {
 impl WriteRow for LogRecord {
     const FILE: &'static str = LOGS_FILE;
     const TABLE: &'static [ColumnDef] = LOG_COLUMNS;
+    /// [`ParentRows::row_of`] the record's span.
+    type Context = Option<i32>;
 
-    fn write_row(&self, b: &mut BatchBuilder, resources: &mut ResourceBlobs) {
+    fn write_row(&self, span_row: Option<i32>, b: &mut BatchBuilder, resources: &mut ResourceBlobs) {
         b.id(LogCol::TraceId, Some(&self.trace_id.0));
-        b.id(LogCol::SpanId, self.span_id.as_ref().map(|p| &p.0[..]));
+        let span_id = self.span_id.filter(|_| span_row.is_none());
+        b.id(LogCol::SpanId, span_id.as_ref().map(|p| &p.0[..]));
+        b.opt_i32(LogCol::SpanRow, span_row);
         b.u64(LogCol::Time, self.time_unix_nano);
-        b.u64(LogCol::ObservedTime, self.observed_time_unix_nano);
+        let observed = self.observed_time_unix_nano.wrapping_sub(self.time_unix_nano);
+        b.opt_u64(LogCol::ObservedDelta, (observed != 0).then_some(observed));
         b.i32(LogCol::SeverityNumber, self.severity_number);
         b.str(LogCol::SeverityText, &self.severity_text);
         let mut body = Vec::new();
         codec::encode_value(&mut body, &self.body);
         b.bytes(LogCol::Body, &body);
-        b.bytes(LogCol::Attributes, &codec::encode_attrs(&self.attributes));
+        let (common, rest) = codec::split_attrs(&self.attributes, |k| layout::LOG_COMMON_KEYS.contains(&k));
+        b.bytes(LogCol::AttrCommon, &common);
+        b.bytes(LogCol::Attributes, &rest);
         b.bytes(LogCol::Resource, resources.get(&self.resource));
         b.str(LogCol::ServiceName, self.service_name());
         b.str(LogCol::ScopeName, &self.scope.name);
@@ -341,8 +422,8 @@ impl<T: WriteRow> ParquetSink<T> {
         Ok(ParquetSink { writer, batch, resources: ResourceBlobs::default(), row: PhantomData })
     }
 
-    fn push(&mut self, row: &T) -> Result<()> {
-        row.write_row(&mut self.batch, &mut self.resources);
+    fn push(&mut self, row: &T, cx: T::Context) -> Result<()> {
+        row.write_row(cx, &mut self.batch, &mut self.resources);
         self.batch.rows += 1;
         if self.batch.rows >= CHUNK {
             self.writer.write(&self.batch.finish()?)?;
@@ -451,6 +532,24 @@ impl BatchBuilder {
     setter!(u64, U64, u64);
     setter!(i32, I32, i32);
 
+    /// A value or null (a nullable column).
+    fn opt_i32(&mut self, c: impl Into<usize>, v: Option<i32>) {
+        let c = c.into();
+        match &mut self.cols[c] {
+            Builder::I32(b) => b.append_option(v),
+            _ => self.wrong_kind(c, "I32"),
+        }
+    }
+
+    /// A value or null (a nullable column).
+    fn opt_u64(&mut self, c: impl Into<usize>, v: Option<u64>) {
+        let c = c.into();
+        match &mut self.cols[c] {
+            Builder::U64(b) => b.append_option(v),
+            _ => self.wrong_kind(c, "U64"),
+        }
+    }
+
     fn finish(&mut self) -> Result<RecordBatch> {
         self.rows = 0;
         let cols = self.cols.iter_mut().map(Builder::finish).collect();
@@ -461,6 +560,8 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use arrow_array::Array as _;
 
     use super::super::testutil::*;
     use super::super::{layout, Segment};
@@ -502,7 +603,130 @@ mod tests {
         }
     }
 
-    /// A failed write leaves nothing behind: on a full disk each failed
+    /// Parents among the trace's rows (before or after the span, itself)
+    /// are stored as row offsets, others by ID, and all read back exactly,
+    /// whole traces and single rows alike (a single row's parent takes a
+    /// second read of the span ID column). A trace past the linear search
+    /// length takes the map.
+    #[test]
+    fn parents_are_row_offsets_within_the_trace_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = resource("svc", vec![]);
+        let mut spans = Vec::new();
+        for t in 1..=2u8 {
+            let n = if t == 1 { 6 } else { ParentRows::LINEAR as u8 + 8 };
+            for i in 1..=n {
+                let mut s = span(t, i, &res, "op", u64::from(i) * 10, 5, 0, vec![]);
+                s.parent_span_id = match i {
+                    1 => None,
+                    2 => Some(SpanId([0xEE; 8])), // not in the segment
+                    3 => Some(SpanId([3; 8])), // itself
+                    4 => Some(SpanId([n; 8])), // a later row
+                    _ => Some(SpanId([i - 1; 8])),
+                };
+                spans.push(s);
+            }
+        }
+        let t = traces(spans.clone(), vec![]);
+        for cfg in [small_cfg(), SegmentConfig::default()] {
+            let seg = write_and_open(dir.path(), &cfg, &t);
+            for (tid, e) in &t {
+                assert_eq!(seg.lookup(tid, false).unwrap().unwrap().0, e.spans);
+            }
+            let all = all_spans(&t);
+            for row in 0..all.len() {
+                assert_eq!(seg.read_spans(vec![row..row + 1]).unwrap(), [all[row].clone()], "row {row}");
+            }
+            let b = seg.columns_of(&seg.spans, &["parent_row", "parent_span_id"]);
+            let col = |n: &str| b.column_by_name(n).unwrap().clone();
+            assert_eq!(col("parent_row").null_count(), 4, "two roots and two outside parents");
+            assert_eq!(b.num_rows() - col("parent_span_id").null_count(), 2, "the outside parents' IDs");
+        }
+    }
+
+    /// A log record's span in the segment is stored as its row within the
+    /// trace, any other by ID; both read back exactly, by a lookup without
+    /// reading spans.parquet again, and by a read of log rows alone.
+    #[test]
+    fn log_spans_are_rows_within_the_trace_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = resource("svc", vec![]);
+        let spans: Vec<Span> =
+            (1..=5u8).map(|i| span(1, i, &res, "op", u64::from(i), 5, 0, vec![])).collect();
+        let mut logs = Vec::new();
+        for (i, sid) in [Some(5u8), Some(1), Some(9), None, Some(3)].into_iter().enumerate() {
+            let mut l = log(1, &res, 10 + i as u64, 9, "x");
+            l.span_id = sid.map(|b| SpanId([b; 8]));
+            logs.push(l);
+        }
+        let mut orphan = log(0, &res, 1, 9, "no trace");
+        orphan.span_id = Some(SpanId([1; 8]));
+        logs.push(orphan);
+        let t = traces(spans, logs);
+        for cfg in [small_cfg(), SegmentConfig::default()] {
+            let seg = write_and_open(dir.path(), &cfg, &t);
+            let reads = seg.metrics.segment_reads.get();
+            let (_, l) = seg.lookup(&TraceId([1; 16]), true).unwrap().unwrap();
+            assert_eq!(l, t[1].1.logs);
+            assert_eq!(seg.metrics.segment_reads.get() - reads, 2, "spans, then logs");
+            let all = all_logs(&t);
+            for row in 0..all.len() {
+                assert_eq!(seg.read_logs(vec![row..row + 1]).unwrap(), [all[row].clone()], "row {row}");
+            }
+            assert_eq!(seg.read_logs(vec![0..all.len()]).unwrap(), all);
+            let b = seg.columns_of(&seg.logs, &["span_id", "span_row"]);
+            let col = |n: &str| b.column_by_name(n).unwrap().clone();
+            assert_eq!(b.num_rows() - col("span_id").null_count(), 2, "the span outside, the orphan's");
+            assert_eq!(b.num_rows() - col("span_row").null_count(), 3);
+        }
+    }
+
+    /// Attributes of the common keys come back with their values, types and
+    /// places, repeated keys included; only the other keys are in the blob.
+    #[test]
+    fn attribute_columns_keep_values_types_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let res = resource("svc", vec![]);
+        let attrs: crate::model::Attributes = vec![
+            ("x".into(), AttrValue::Bool(true)),
+            ("http.response.status_code".into(), AttrValue::Int(503)),
+            ("http.request.method".into(), AttrValue::Str("GET".into())),
+            ("server.port".into(), AttrValue::Str("443".into())),
+            ("http.request.method".into(), AttrValue::Str("again".into())),
+            ("http.route".into(), AttrValue::Str(String::new())),
+        ];
+        let only_columns: crate::model::Attributes = vec![
+            ("server.address".into(), AttrValue::Str("db".into())),
+            ("server.port".into(), AttrValue::Int(5432)),
+        ];
+        let spans = vec![
+            span(1, 1, &res, "a", 1, 1, 0, attrs.clone()),
+            span(1, 2, &res, "b", 2, 1, 0, only_columns.clone()),
+            span(1, 3, &res, "c", 3, 1, 0, vec![]),
+        ];
+        let mut l = log(1, &res, 1, 9, "x");
+        l.attributes = vec![
+            ("thread.name".into(), AttrValue::Str("worker-1".into())),
+            ("code.function".into(), AttrValue::Int(7)),
+            ("app.user.id".into(), AttrValue::Str("u1".into())),
+        ];
+        let t = traces(spans, vec![l]);
+        let seg = write_and_open(dir.path(), &SegmentConfig::default(), &t);
+        let (s, logs) = seg.lookup(&TraceId([1; 16]), true).unwrap().unwrap();
+        assert_eq!(s, t[0].1.spans);
+        assert_eq!(logs, t[0].1.logs);
+        let b = seg.columns_of(&seg.spans, &["attributes", "attr_common"]);
+        let col = |n: &str| {
+            let a = b.column_by_name(n).unwrap();
+            let a = a.as_any().downcast_ref::<arrow_array::BinaryArray>().unwrap();
+            (0..a.len()).map(|i| a.value(i).to_vec()).collect::<Vec<_>>()
+        };
+        assert_eq!(col("attributes")[0], codec::encode_attrs(&vec![attrs[0].clone()]));
+        assert_eq!(col("attributes")[1], b"", "only common keys");
+        assert_eq!(col("attr_common")[2], b"", "no attributes");
+    }
+
+    /// A failed write leaves nothing behind:    /// A failed write leaves nothing behind: on a full disk each failed
     /// flush used to keep its `tmp-*` directory until the next start, and
     /// six of them took back all the space freed meanwhile (issue 10).
     #[test]
@@ -644,6 +868,26 @@ mod tests {
         assert_eq!(spans.iter().map(|s| s.span_id.0[0]).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(logs.len(), 2);
         assert_eq!(seg.lookup(&TraceId([2; 16]), false).unwrap().unwrap().0, [other]);
+    }
+
+    /// Issue 11: the index sort gives what a stable sort by the key gives,
+    /// for any input (ties keep their order).
+    #[test]
+    fn sort_by_index_matches_a_stable_sort() {
+        let mut seed = 7u64;
+        for n in 0..60usize {
+            let v: Vec<(u8, usize)> = (0..n)
+                .map(|i| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 60) as u8, i)
+                })
+                .collect();
+            let mut want = v.clone();
+            want.sort_by_key(|x| x.0);
+            let mut got = v;
+            sort_by_index(&mut got, |x| x.0);
+            assert_eq!(got, want, "n = {n}");
+        }
     }
 
     #[test]
