@@ -620,8 +620,8 @@ mod tests {
                 s.parent_span_id = match i {
                     1 => None,
                     2 => Some(SpanId([0xEE; 8])), // not in the segment
-                    3 => Some(SpanId([3; 8])), // itself
-                    4 => Some(SpanId([n; 8])), // a later row
+                    3 => Some(SpanId([3; 8])),    // itself
+                    4 => Some(SpanId([n; 8])),    // a later row
                     _ => Some(SpanId([i - 1; 8])),
                 };
                 spans.push(s);
