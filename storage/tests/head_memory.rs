@@ -49,11 +49,11 @@ fn span(t: u64, i: u64, res: &Arc<Resource>, scope: &Arc<Scope>) -> Span {
         (s("server.address"), AttrValue::Str(s("shop.example.com"))),
         (s("net.peer.port"), AttrValue::Int(443)),
     ];
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         attributes.push((s("db.system"), AttrValue::Str(s("postgresql"))));
         attributes.push((s("db.statement"), AttrValue::Str(s("SELECT id, name FROM items WHERE id = $1"))));
     }
-    let events = if i % 5 == 0 {
+    let events = if i.is_multiple_of(5) {
         vec![Event {
             time_unix_nano: 5,
             name: s("exception"),
