@@ -766,7 +766,7 @@ mod tests {
             // Only `format` and `id` need to parse: another format's meta
             // may have other fields.
             fs::write(&meta_path, format!(r#"{{"format": {found}, "id": "{id}", "other": 1}}"#)).unwrap();
-            let e = Storage::open(dir.path(), test_config()).err().expect("refused");
+            let Err(e) = Storage::open(dir.path(), test_config()) else { panic!("format {found} opened") };
             assert!(matches!(e, Error::Format { found: f, .. } if f == found), "{e}");
             let e = e.to_string();
             assert!(e.contains(&format!("segment {id}")), "{e}");

@@ -620,8 +620,8 @@ mod tests {
                 s.parent_span_id = match i {
                     1 => None,
                     2 => Some(SpanId([0xEE; 8])), // not in the segment
-                    3 => Some(SpanId([3; 8])), // itself
-                    4 => Some(SpanId([n; 8])), // a later row
+                    3 => Some(SpanId([3; 8])),    // itself
+                    4 => Some(SpanId([n; 8])),    // a later row
                     _ => Some(SpanId([i - 1; 8])),
                 };
                 spans.push(s);
@@ -634,8 +634,8 @@ mod tests {
                 assert_eq!(seg.lookup(tid, false).unwrap().unwrap().0, e.spans);
             }
             let all = all_spans(&t);
-            for row in 0..all.len() {
-                assert_eq!(seg.read_spans(vec![row..row + 1]).unwrap(), [all[row].clone()], "row {row}");
+            for (row, s) in all.iter().enumerate() {
+                assert_eq!(seg.read_spans(vec![row..row + 1]).unwrap(), std::slice::from_ref(s), "row {row}");
             }
             let b = seg.columns_of(&seg.spans, &["parent_row", "parent_span_id"]);
             let col = |n: &str| b.column_by_name(n).unwrap().clone();
@@ -670,8 +670,8 @@ mod tests {
             assert_eq!(l, t[1].1.logs);
             assert_eq!(seg.metrics.segment_reads.get() - reads, 2, "spans, then logs");
             let all = all_logs(&t);
-            for row in 0..all.len() {
-                assert_eq!(seg.read_logs(vec![row..row + 1]).unwrap(), [all[row].clone()], "row {row}");
+            for (row, l) in all.iter().enumerate() {
+                assert_eq!(seg.read_logs(vec![row..row + 1]).unwrap(), std::slice::from_ref(l), "row {row}");
             }
             assert_eq!(seg.read_logs(vec![0..all.len()]).unwrap(), all);
             let b = seg.columns_of(&seg.logs, &["span_id", "span_row"]);
