@@ -99,14 +99,8 @@ impl Catalog {
     /// [`Catalog::finish_flush`].
     pub fn cut(&self, policy: CutPolicy) -> Option<Arc<Flushing>> {
         let mut st = self.state.write();
-        let mut traces = self.head.cut(policy);
-        if traces.is_empty() {
-            return None;
-        }
-        segment::sort_for_segment(&mut traces);
-        let f = Arc::new(Flushing { traces });
-        st.flushing.push(f.clone());
-        Some(f)
+        let traces = self.head.cut(policy);
+        publish(&mut st, traces)
     }
 
     /// [`Catalog::cut`] of the traces `ids` names (those still in the
@@ -114,14 +108,8 @@ impl Catalog {
     /// chose them).
     pub fn cut_ids(&self, ids: &[TraceId]) -> Option<Arc<Flushing>> {
         let mut st = self.state.write();
-        let mut traces = self.head.cut_ids(ids);
-        if traces.is_empty() {
-            return None;
-        }
-        segment::sort_for_segment(&mut traces);
-        let f = Arc::new(Flushing { traces });
-        st.flushing.push(f.clone());
-        Some(f)
+        let traces = self.head.cut_ids(ids);
+        publish(&mut st, traces)
     }
 
     /// Ends an in-flight flush: its segment replaces it, or, when there is
@@ -155,6 +143,19 @@ impl Catalog {
     pub fn edit_segments<R>(&self, f: impl FnOnce(&mut Vec<Arc<Segment>>) -> R) -> R {
         f(&mut self.state.write().segments)
     }
+}
+
+/// Publishes traces just cut from the head, in segment order, as one
+/// in-flight flush (under the state lock the cut was taken under, so no
+/// reader sees them in neither place); `None` when nothing was cut.
+fn publish(st: &mut State, mut traces: Vec<(TraceId, TraceEntry)>) -> Option<Arc<Flushing>> {
+    if traces.is_empty() {
+        return None;
+    }
+    segment::sort_for_segment(&mut traces);
+    let f = Arc::new(Flushing { traces });
+    st.flushing.push(f.clone());
+    Some(f)
 }
 
 #[cfg(test)]
