@@ -52,7 +52,8 @@ http=$(grep -o ' http=[^ ]*' "$data.ready" | cut -d= -f2)
 until curl -sf "http://$http/readyz" >/dev/null; do sleep 0.1; done
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB; load average before: $(cut -d' ' -f1-3 /proc/loadavg); workload: $wl"
 if [ -n "${PERF_INGEST:-}" ]; then
-  (sleep 20; perf record -F 199 -p "$pid" -o "$PERF_INGEST" -- sleep "${PERF_INGEST_S:-30}" >/dev/null 2>&1) &
+  # perf records the PID until interrupted (`-- sleep N` would record the sleep).
+  (sleep 20; timeout -s INT "${PERF_INGEST_S:-30}" perf record -F 199 -p "$pid" -o "$PERF_INGEST" >/dev/null 2>&1) &
 fi
 "${LOADGEN_BIN:-$skein}" loadgen --data "$wl" --grpc "http://$grpc" --connections "${CONNECTIONS:-4}" \
   --pid "$pid" --api "$http" --settle "${SETTLE:-70s}" --settle-max "${SETTLE_MAX:-15m}" --lookups "${LOOKUPS:-1000}" \
