@@ -328,15 +328,29 @@ impl Storage {
             }
         }
         if compaction {
-            match self.compact() {
-                Ok(st) if st.inputs > 0 => tracing::debug!(
-                    inputs = st.inputs,
-                    bytes_in = st.bytes_in,
-                    bytes_out = st.bytes_out,
-                    "compacted"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "compaction failed; will retry"),
+            // One compaction per interval cannot clear the backlog a long
+            // flat-out load leaves (242 flushed blocks at 10 M spans, each
+            // compaction merging 2-4 of them): keep merging while there is
+            // work, for at most one interval, as Tempo's compactor keeps
+            // taking jobs. Retention and the next cycle wait meanwhile.
+            let until = std::time::Instant::now() + self.cfg.compaction.interval;
+            loop {
+                match self.compact() {
+                    Ok(st) if st.inputs > 0 => tracing::debug!(
+                        inputs = st.inputs,
+                        bytes_in = st.bytes_in,
+                        bytes_out = st.bytes_out,
+                        "compacted"
+                    ),
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "compaction failed; will retry");
+                        break;
+                    }
+                }
+                if std::time::Instant::now() >= until {
+                    break;
+                }
             }
         }
     }
