@@ -93,6 +93,15 @@ pub struct LoadgenArgs {
     /// `{span.http.route="/api/checkout"} >> {status=error}`.
     #[arg(long, default_value_t = 0)]
     traceql_searches: usize,
+    /// Service maps over the workload's whole time range
+    /// (`/api/v1/dependencies`), each answer's call counts checked against
+    /// the edges of the workload's `summary.json`.
+    #[arg(long, default_value_t = 0)]
+    service_map_queries: usize,
+    /// RED queries over the workload's whole time range
+    /// (`/api/v1/metrics/red` for the workload's edge service, 1 m steps).
+    #[arg(long, default_value_t = 0)]
+    red_queries: usize,
     /// Full-text log searches (limit 100), cycling over words of the
     /// workload's log templates.
     #[arg(long, default_value_t = 0)]

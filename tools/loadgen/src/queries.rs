@@ -169,6 +169,32 @@ pub(crate) async fn queries(api: &str, a: &LoadgenArgs, probes: &[Probe]) -> Res
             .collect();
         timed("traceql_structural", &qs, false).await?;
     }
+    if a.service_map_queries > 0 || a.red_queries > 0 {
+        let sum: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(a.data.join("summary.json"))
+                .context("reading the workload's summary.json")?,
+        )?;
+        let (start, end) = whole_range(&sum)?;
+        let range = format!("start={start}&end={end}");
+        if a.service_map_queries > 0 {
+            let url = format!("{base}/api/v1/dependencies?{range}");
+            let qs: Vec<Query> = (0..a.service_map_queries)
+                .map(|_| Query { url: url.clone(), field: "edges", expect: None })
+                .collect();
+            timed("service_map", &qs, false).await?;
+            let got: serde_json::Value = serde_json::from_slice(&reqwest::get(&url).await?.bytes().await?)?;
+            let (checked, wrong) = check_edges(&sum, &got);
+            println!("service_map_edges checked={checked} wrong={wrong}");
+        }
+        if a.red_queries > 0 {
+            let svc = sum["edge_service"].as_str().unwrap_or("frontend");
+            let url = format!("{base}/api/v1/metrics/red?service={svc}&step=1m&{range}");
+            let qs: Vec<Query> = (0..a.red_queries)
+                .map(|_| Query { url: url.clone(), field: "series", expect: None })
+                .collect();
+            timed("red", &qs, false).await?;
+        }
+    }
     if a.log_searches > 0 {
         let n = a.log_searches;
         let log_queries: Vec<String> = LOG_QUERIES.iter().map(|q| query_string(q.iter().copied())).collect();
@@ -214,6 +240,43 @@ pub(crate) async fn queries(api: &str, a: &LoadgenArgs, probes: &[Probe]) -> Res
         timed("trace_by_id_cold", &qs, true).await?;
     }
     Ok(())
+}
+
+/// The workload's whole time range as Unix ns, from its `summary.json`:
+/// from a minute before its first trace to an hour after its last (the
+/// generator sends a few traces' late spans far after their start).
+fn whole_range(sum: &serde_json::Value) -> Result<(u64, u64)> {
+    let start = sum["start_unix_nano"].as_u64().context("summary.json has no start_unix_nano")?;
+    let traces = sum["traces"].as_f64().context("summary.json has no traces")?;
+    let tps = sum["traces_per_second"]
+        .as_f64()
+        .filter(|t| *t > 0.0)
+        .context("summary.json has no traces_per_second")?;
+    let span_ns = (traces / tps * 1e9) as u64;
+    Ok((start.saturating_sub(60_000_000_000), start + span_ns + 3_600_000_000_000))
+}
+
+/// Compares a `/api/v1/dependencies` answer with the workload's edges
+/// (`summary.json` `edges: [{parent, child, count}]`): how many of the
+/// workload's edges were checked and how many had another call count
+/// (a missing edge counts as 0 calls). Edges the answer has beyond the
+/// workload's (databases, messaging peers) are not counted as wrong.
+fn check_edges(sum: &serde_json::Value, got: &serde_json::Value) -> (usize, usize) {
+    let empty = Vec::new();
+    let answered = got["edges"].as_array().unwrap_or(&empty);
+    let want = sum["edges"].as_array().unwrap_or(&empty);
+    let wrong = want
+        .iter()
+        .filter(|w| {
+            let calls = answered
+                .iter()
+                .find(|e| e["parent"] == w["parent"] && e["child"] == w["child"])
+                .and_then(|e| e["call_count"].as_u64())
+                .unwrap_or(0);
+            Some(calls) != w["count"].as_u64()
+        })
+        .count();
+    (want.len(), wrong)
 }
 
 struct Query {
@@ -288,6 +351,30 @@ mod tests {
     fn test_pick_spreads_then_cycles() {
         assert_eq!((0..4).map(|k| pick(k, 4, 100)).collect::<Vec<_>>(), [0, 25, 50, 75]);
         assert_eq!((0..5).map(|k| pick(k, 5, 3)).collect::<Vec<_>>(), [0, 1, 2, 0, 1]);
+    }
+
+    #[test]
+    fn test_whole_range_covers_the_workload() {
+        let sum = serde_json::json!({"start_unix_nano": 1_735_689_600_000_000_000u64, "traces": 100, "traces_per_second": 50.0});
+        let (a, b) = whole_range(&sum).unwrap();
+        assert_eq!(a, 1_735_689_540_000_000_000);
+        assert_eq!(b, 1_735_689_600_000_000_000 + 2_000_000_000 + 3_600_000_000_000);
+        assert!(whole_range(&serde_json::json!({"traces": 1})).is_err());
+    }
+
+    #[test]
+    fn test_check_edges_counts_missing_and_different_calls() {
+        let sum = serde_json::json!({"edges": [
+            {"parent": "a", "child": "b", "count": 3},
+            {"parent": "a", "child": "c", "count": 2},
+            {"parent": "b", "child": "c", "count": 1},
+        ]});
+        let got = serde_json::json!({"edges": [
+            {"parent": "a", "child": "b", "call_count": 3},
+            {"parent": "a", "child": "c", "call_count": 5},
+            {"parent": "b", "child": "postgresql", "call_count": 9},
+        ]});
+        assert_eq!(check_edges(&sum, &got), (3, 2));
     }
 
     #[test]
