@@ -269,8 +269,8 @@ fn nested_sets(spans: &[Span], parent: &[Option<usize>]) -> Vec<Option<(i64, i64
     let n = spans.len();
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut roots = Vec::new();
-    for i in 0..n {
-        match parent[i] {
+    for (i, p) in parent.iter().enumerate() {
+        match *p {
             Some(p) => children[p].push(i),
             None => roots.push(i),
         }
@@ -464,11 +464,13 @@ fn uses(e: &FieldExpr, out: &mut (bool, bool)) {
 /// the filter reads them (once with none when the span has none).
 fn filter_holds(e: &FieldExpr, i: usize, scopes: (bool, bool), cx: &Ctx<'_>) -> bool {
     let s = &cx.spans[i];
-    let events: Vec<Option<usize>> =
-        if scopes.0 && !s.events.is_empty() { (0..s.events.len()).map(Some).collect() } else { vec![None] };
-    let links: Vec<Option<usize>> =
-        if scopes.1 && !s.links.is_empty() { (0..s.links.len()).map(Some).collect() } else { vec![None] };
-    events.iter().any(|&event| links.iter().any(|&link| eval(e, i, Bind { event, link }, cx).truthy()))
+    // Each item once, or a single pass with none bound.
+    let items = |used: bool, n: usize| {
+        let n = if used { n } else { 0 };
+        (0..n.max(1)).map(move |j| (n > 0).then_some(j))
+    };
+    items(scopes.0, s.events.len())
+        .any(|event| items(scopes.1, s.links.len()).any(|link| eval(e, i, Bind { event, link }, cx).truthy()))
 }
 
 /// A set of spans of the trace (indices, ascending) and the labels the

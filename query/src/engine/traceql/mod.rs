@@ -3,11 +3,11 @@
 //! `pkg/traceql/expr.y`), evaluated one trace at a time. `docs/traceql.md`
 //! lists every construct and where Skein differs from Tempo.
 //!
-//! - [`lexer`]: tokens;
+//! - `lexer`: tokens;
 //! - [`ast`]: the tree, printable back to TraceQL;
-//! - [`parser`]: precedence and type checks, as Tempo's grammar;
-//! - [`eval`]: spanset pipelines on one trace;
-//! - [`plan`]: the conditions that pick candidate traces from the indexes.
+//! - `parser`: precedence and type checks, as Tempo's grammar;
+//! - `eval`: spanset pipelines on one trace;
+//! - `plan`: the conditions that pick candidate traces from the indexes.
 //!
 //! Entry points: [`TraceQl::parse`] (search queries; a metrics query is
 //! refused), [`TraceQl::parse_metrics`] (the metrics API; the AST is

@@ -578,8 +578,8 @@ fn spansets_carry_group_and_aggregate_labels() {
     let b = trace(1);
     let tq = TraceQl::parse("{ status = error } | by(resource.service.name)").unwrap();
     let sets = tq.spansets(&b);
-    let got: Vec<(Vec<usize>, Vec<(String, FieldValue)>)> =
-        sets.into_iter().map(|s| (s.spans, s.attributes)).collect();
+    type Labelled = (Vec<usize>, Vec<(String, FieldValue)>);
+    let got: Vec<Labelled> = sets.into_iter().map(|s| (s.spans, s.attributes)).collect();
     let by = |v: &str| vec![("by(resource.service.name)".to_string(), FieldValue::Str(v.into()))];
     assert_eq!(got, vec![(vec![0, 1], by("frontend")), (vec![2], by("cart")), (vec![3], by("postgres"))]);
 
