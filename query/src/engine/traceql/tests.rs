@@ -771,3 +771,39 @@ proptest::proptest! {
         }
     }
 }
+
+/// Through the engine's search, in the head and after a flush to a
+/// segment: matches through array elements and regexes are found, as the
+/// candidate planning never relies on what the index does not hold.
+#[tokio::test]
+async fn search_finds_array_and_regex_matches_in_head_and_segments() {
+    use crate::engine::testutil::{append, engine, storage, three_traces};
+    use crate::engine::TraceQuery;
+
+    let (_d, st) = storage();
+    let mut spans = three_traces();
+    spans[1].attributes.push(("tags".into(), arr(vec![s("a"), s("b")])));
+    append(&st, spans).await;
+    let e = engine(&st);
+    for flushed in [false, true] {
+        if flushed {
+            st.flush(true).unwrap();
+        }
+        for q in [
+            r#"{ span.tags = "b" }"#,
+            r#"{ span.tags =~ "[bc]" && status = error }"#,
+            r#"{ resource.service.name = "cart" && span.tags != "z" }"#,
+            r#"{ name =~ "cart\.G.*" }"#,
+            r#"{ resource.service.name = "frontend" } > { span.tags = "a" }"#,
+        ] {
+            let tq = TraceQl::parse(q).unwrap();
+            let r = e
+                .search_traces(TraceQuery { traceql: Some(tq), limit: 10, keep_matched: 3, ..Default::default() })
+                .await
+                .unwrap();
+            let ids: Vec<TraceId> = r.traces.iter().map(|t| t.summary.trace_id).collect();
+            assert_eq!(ids, vec![TraceId([1; 16])], "{q} (flushed: {flushed})");
+            assert_eq!(r.traces[0].spansets[0].spans[0].name, "cart.Get", "{q}");
+        }
+    }
+}
