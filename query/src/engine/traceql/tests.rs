@@ -798,7 +798,12 @@ async fn search_finds_array_and_regex_matches_in_head_and_segments() {
         ] {
             let tq = TraceQl::parse(q).unwrap();
             let r = e
-                .search_traces(TraceQuery { traceql: Some(tq), limit: 10, keep_matched: 3, ..Default::default() })
+                .search_traces(TraceQuery {
+                    traceql: Some(tq),
+                    limit: 10,
+                    keep_matched: 3,
+                    ..Default::default()
+                })
                 .await
                 .unwrap();
             let ids: Vec<TraceId> = r.traces.iter().map(|t| t.summary.trace_id).collect();
