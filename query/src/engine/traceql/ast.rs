@@ -804,3 +804,30 @@ impl fmt::Display for Root {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_names_print_quoted_when_they_must() {
+        let a = |scope, parent, name: &str| Attribute::new(scope, parent, name.to_string()).to_string();
+        assert_eq!(a(AttrScope::Span, false, "http.route"), "span.http.route");
+        assert_eq!(a(AttrScope::Unscoped, false, "a-b/c"), ".a-b/c");
+        assert_eq!(a(AttrScope::Resource, true, "x"), "parent.resource.x");
+        assert_eq!(a(AttrScope::Unscoped, true, "x"), "parent.x");
+        assert_eq!(a(AttrScope::Event, false, "a b"), "event.\"a b\"");
+        assert_eq!(a(AttrScope::Link, false, "q\"\\"), "link.\"q\\\"\\\\\"");
+        assert_eq!(a(AttrScope::Span, false, "1x"), "span.\"1x\"");
+    }
+
+    #[test]
+    fn statics_print_as_literals() {
+        assert_eq!(Static::Str("a\"b\\c\n".into()).to_string(), r#""a\"b\\c\n""#);
+        assert_eq!(Static::Float(2.0).to_string(), "2.0");
+        assert_eq!(Static::Int(i64::MIN).to_string(), "minInt");
+        assert_eq!(Static::Dur(-5).to_string(), "-5ns");
+        assert_eq!(Static::Status(skein_storage::model::status::ERROR).to_string(), "error");
+        assert_eq!(Static::Kind(skein_storage::model::kind::CONSUMER).to_string(), "consumer");
+    }
+}

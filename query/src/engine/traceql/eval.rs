@@ -166,17 +166,11 @@ fn as_f64(v: &Val<'_>) -> Option<f64> {
 /// anything else with a float or duration is computed in floats (a
 /// duration as nanoseconds), as Tempo does.
 fn arith<'a>(op: BinOp, a: &Val<'a>, b: &Val<'a>) -> Val<'a> {
-    if let (Val::Int(x), Val::Int(y)) = (a, b) {
-        let r = match op {
-            BinOp::Add => x.checked_add(*y),
-            BinOp::Sub => x.checked_sub(*y),
-            BinOp::Mul => x.checked_mul(*y),
-            BinOp::Div => x.checked_div(*y),
-            BinOp::Mod => x.checked_rem(*y),
-            BinOp::Pow => u32::try_from(*y).ok().and_then(|e| x.checked_pow(e)),
-            _ => None,
-        };
-        return r.map_or(Val::Nil, Val::Int);
+    match (a, b) {
+        // A negative power of an int is a fraction: computed in floats.
+        (Val::Int(_), Val::Int(y)) if op == BinOp::Pow && *y < 0 => {}
+        (Val::Int(x), Val::Int(y)) => return int_arith(op, *x, *y),
+        _ => {}
     }
     let (Some(x), Some(y)) = (as_f64(a), as_f64(b)) else { return Val::Nil };
     Val::Float(match op {
@@ -188,6 +182,20 @@ fn arith<'a>(op: BinOp, a: &Val<'a>, b: &Val<'a>) -> Val<'a> {
         BinOp::Pow => x.powf(y),
         _ => return Val::Nil,
     })
+}
+
+/// Int arithmetic: nil on overflow or division by zero.
+fn int_arith(op: BinOp, x: i64, y: i64) -> Val<'static> {
+    let r = match op {
+        BinOp::Add => x.checked_add(y),
+        BinOp::Sub => x.checked_sub(y),
+        BinOp::Mul => x.checked_mul(y),
+        BinOp::Div => x.checked_div(y),
+        BinOp::Mod => x.checked_rem(y),
+        BinOp::Pow => u32::try_from(y).ok().and_then(|e| x.checked_pow(e)),
+        _ => None,
+    };
+    r.map_or(Val::Nil, Val::Int)
 }
 
 /// The event and link a filter is evaluated against (one at a time: a
@@ -787,4 +795,84 @@ pub(super) fn eval_pipeline(stages: &[Stage], mut sets: Vec<SpanSet>, cx: &Ctx<'
 /// The value of `e` on span `i`, for `select`.
 pub(super) fn field_value(e: &FieldExpr, i: usize, cx: &Ctx<'_>) -> Option<FieldValue> {
     eval(e, i, Bind::default(), cx).to_field()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(v: &str) -> Val<'_> {
+        Val::Str(Cow::Borrowed(v))
+    }
+
+    #[test]
+    fn numbers_compare_as_one_family() {
+        assert!(compare(BinOp::Eq, &Val::Int(3), &Val::Float(3.0)));
+        assert!(compare(BinOp::Lt, &Val::Int(i64::MAX), &Val::Float(9.3e18)));
+        assert!(compare(BinOp::Gt, &Val::Dur(1_000_001), &Val::Int(1_000_000)));
+        assert!(compare(BinOp::Le, &Val::Float(2.5), &Val::Dur(3)));
+        assert!(!compare(BinOp::Ne, &Val::Float(f64::NAN), &Val::Int(1)));
+        assert!(!compare(BinOp::Ne, &st("1"), &Val::Int(1)), "another type is no match, != included");
+        assert!(!compare(BinOp::Ne, &Val::Nil, &st("a")));
+        assert!(!compare(BinOp::Gt, &Val::Bool(true), &Val::Bool(false)), "booleans do not order");
+        assert_eq!(cmp_int_float(2, 2.5), Some(Ordering::Less));
+        assert_eq!(cmp_int_float(-2, -2.5), Some(Ordering::Greater));
+        assert_eq!(cmp_int_float(1, f64::NAN), None);
+    }
+
+    #[test]
+    fn arrays_compare_by_element() {
+        let a = [AttrValue::Str("x".into()), AttrValue::Int(5)];
+        assert!(compare(BinOp::Eq, &Val::Arr(&a), &st("x")));
+        assert!(compare(BinOp::Eq, &Val::Int(5), &Val::Arr(&a)));
+        assert!(compare(BinOp::Gt, &Val::Arr(&a), &Val::Int(4)));
+        assert!(!compare(BinOp::Ne, &Val::Arr(&a), &st("x")));
+        assert!(compare(BinOp::Ne, &Val::Arr(&a), &st("y")));
+        assert!(compare(BinOp::Ne, &Val::Arr(&[]), &st("y")));
+    }
+
+    #[test]
+    fn arithmetic_keeps_ints_and_refuses_overflow() {
+        assert!(matches!(arith(BinOp::Add, &Val::Int(2), &Val::Int(3)), Val::Int(5)));
+        assert!(matches!(arith(BinOp::Pow, &Val::Int(2), &Val::Int(10)), Val::Int(1024)));
+        assert!(matches!(arith(BinOp::Div, &Val::Int(7), &Val::Int(2)), Val::Int(3)));
+        assert!(matches!(arith(BinOp::Div, &Val::Int(7), &Val::Int(0)), Val::Nil));
+        assert!(matches!(arith(BinOp::Mul, &Val::Int(i64::MAX), &Val::Int(2)), Val::Nil));
+        assert!(matches!(arith(BinOp::Mul, &Val::Dur(3), &Val::Int(2)), Val::Float(f) if f == 6.0));
+        assert!(matches!(arith(BinOp::Pow, &Val::Int(2), &Val::Int(-1)), Val::Float(f) if f == 0.5));
+        assert!(matches!(arith(BinOp::Add, &st("a"), &Val::Int(1)), Val::Nil));
+    }
+
+    #[test]
+    fn relations_over_a_tree() {
+        // 0 ─┬─ 1 ── 3
+        //    └─ 2
+        let parent = [None, Some(0), Some(0), Some(1)];
+        let set = |v: &[usize]| (0..4).map(|i| v.contains(&i)).collect::<Vec<bool>>();
+        let rel = |op, l: &[usize]| indices(&related(op, &set(l), &parent));
+        assert_eq!(rel(SpansetOp::Child, &[0]), vec![1, 2]);
+        assert_eq!(rel(SpansetOp::Parent, &[3]), vec![1]);
+        assert_eq!(rel(SpansetOp::Descendant, &[0]), vec![1, 2, 3]);
+        assert_eq!(rel(SpansetOp::Ancestor, &[3]), vec![0, 1]);
+        assert_eq!(rel(SpansetOp::Sibling, &[1]), vec![2]);
+        assert_eq!(rel(SpansetOp::Sibling, &[1, 2]), vec![1, 2]);
+        let all = set(&[0, 1, 2, 3]);
+        assert_eq!(indices(&structural(SpansetOp::NotParent, &all, &all, &parent)), vec![2, 3]);
+        assert_eq!(indices(&structural(SpansetOp::UnionChild, &set(&[1]), &set(&[3]), &parent)), vec![1, 3]);
+    }
+
+    #[test]
+    fn nested_sets_number_depth_first_by_start() {
+        let span = |start: u64| {
+            let mut s = crate::engine::testutil::span(1, 1, None, "s", "n", start, 1, false);
+            s.start_time_unix_nano = start;
+            s
+        };
+        // Children of 0 in start order: 2 (t=1) before 1 (t=5).
+        let spans = [span(0), span(5), span(1)];
+        let n = nested_sets(&spans, &[None, Some(0), Some(0)]);
+        assert_eq!(n, vec![Some((1, 6, -1)), Some((4, 5, 1)), Some((2, 3, 1))]);
+        // A cycle is never reached.
+        assert_eq!(nested_sets(&spans[..2], &[Some(1), Some(0)]), vec![None, None]);
+    }
 }
