@@ -812,3 +812,38 @@ async fn search_finds_array_and_regex_matches_in_head_and_segments() {
         }
     }
 }
+
+/// A trace 20,000 spans deep: every structural operator, the nested-set
+/// numbers and `childCount` walk it without recursion (no stack overflow)
+/// and in linear time per operator.
+#[test]
+fn deep_traces_evaluate_without_recursion() {
+    let base = trace(3).swap_remove(1);
+    let n = 20_000u32;
+    let id = |i: u32| {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&(i + 1).to_be_bytes());
+        SpanId(b)
+    };
+    let spans: Vec<Span> = (0..n)
+        .map(|i| {
+            let mut sp = base.clone();
+            sp.span_id = id(i);
+            sp.parent_span_id = i.checked_sub(1).map(id);
+            sp
+        })
+        .collect();
+    for (q, want) in [
+        ("{} >> {}", n - 1),
+        ("{} << {}", n - 1),
+        ("{} !>> {}", 1),
+        ("{} &<< {}", n),
+        ("{} ~ {}", 0),
+        ("{ nestedSetRight - nestedSetLeft = 1 }", 1),
+        ("{ childCount = 1 }", n - 1),
+        ("{ nestedSetParent = -1 } >> { span:childCount = 0 }", 1),
+    ] {
+        let got = TraceQl::parse(q).unwrap().matching_spans(&spans).len();
+        assert_eq!(got, want as usize, "{q}");
+    }
+}
