@@ -158,6 +158,62 @@ pub(crate) mod tests {
         assert_eq!(tempo["metrics"]["inspectedTraces"], 2);
     }
 
+    fn q(traceql: &str) -> String {
+        form_urlencoded::byte_serialize(traceql.as_bytes()).collect()
+    }
+
+    /// TraceQL through the Tempo and native search: regexes with `/`,
+    /// `select` fields on the returned spans, `by` spansets with their
+    /// labels, and parse errors as 400s naming line and column.
+    #[tokio::test]
+    async fn traceql_through_the_search_apis() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let app = app_with(&s, QueryConfig::default());
+        let (st, v) = get(&app, &format!("/tempo/api/search?q={}", q(r#"{ name =~ "GET /.*" }"#))).await;
+        assert_eq!(st, StatusCode::OK);
+        let ids: Vec<_> = v["traces"].as_array().unwrap().iter().map(|t| t["traceID"].clone()).collect();
+        assert_eq!(ids, vec![json!("02".repeat(16)), json!("01".repeat(16))]);
+
+        let query = r#"{ resource.service.name = "cart" } | select(span.http.status, duration, span:status)"#;
+        let (st, v) = get(&app, &format!("/tempo/api/search?q={}", q(query))).await;
+        assert_eq!(st, StatusCode::OK);
+        let t1 = &v["traces"][1];
+        assert_eq!(t1["traceID"], "01".repeat(16));
+        assert_eq!(
+            t1["spanSet"]["spans"][0]["attributes"],
+            json!([
+                {"key": "http.status", "value": {"intValue": "500"}},
+                {"key": "duration", "value": {"stringValue": "100ms"}},
+                {"key": "status", "value": {"stringValue": "error"}},
+            ])
+        );
+
+        let query = "{ } | by(resource.service.name) | count() >= 1";
+        let (st, v) = get(&app, &format!("/tempo/api/search?q={}", q(query))).await;
+        assert_eq!(st, StatusCode::OK);
+        let t3 = &v["traces"][0];
+        assert_eq!(t3["traceID"], "03".repeat(16));
+        assert_eq!(t3["spanSets"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            t3["spanSets"][1]["attributes"],
+            json!([
+                {"key": "by(resource.service.name)", "value": {"stringValue": "db"}},
+                {"key": "count()", "value": {"intValue": "1"}},
+            ])
+        );
+
+        let bad = r#"{ name = "a" "#;
+        let want = "TraceQL: expected `}`, found end of query at line 1, column 14";
+        for api in ["/tempo/api/search", "/api/v1/search/traces"] {
+            let (st, v) = get(&app, &format!("{api}?q={}", q(bad))).await;
+            assert_eq!((st, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some(want)), "{api}");
+        }
+        let (st, v) = get(&app, &format!("/tempo/api/search?q={}", q("{\n} | rate()"))).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert!(v["error"].as_str().unwrap().contains("/tempo/api/metrics/query_range"), "{v}");
+    }
+
     #[tokio::test]
     async fn each_adapter_answers_through_the_router() {
         let (_d, s) = storage();

@@ -19,11 +19,12 @@ use skein_storage::model::Span;
 use skein_storage::tenant::TenantId;
 
 use super::native::{status_filter, traceql};
+use crate::engine::traceql::{FieldValue, HitSpanset};
 use crate::engine::{TagScope, TraceQuery, TraceSearch};
 use crate::error::{Error, Result};
 use crate::params::{parse_trace_id, Params, TimeUnit};
 use crate::{ApiState, Tenant};
-use skein_otlp::encode::batches;
+use skein_otlp::encode::{any_value, batches};
 
 type ApiResult = Result<Response>;
 
@@ -173,40 +174,129 @@ fn logfmt(s: &str) -> Result<Vec<(String, String)>, Error> {
 /// Spans listed per trace in `spanSet`, as Tempo's default `spss`.
 const SPANS_PER_SPANSET: usize = 3;
 
+/// Go's `time.Duration` text (`1.5s`, `250ms`, `1h2m3s`), as Tempo
+/// writes a duration it returns as an attribute.
+fn go_duration(ns: i64) -> String {
+    fn frac(whole: u128, rest: u128, digits: usize) -> String {
+        let f = format!("{rest:0digits$}");
+        let f = f.trim_end_matches('0');
+        if f.is_empty() {
+            whole.to_string()
+        } else {
+            format!("{whole}.{f}")
+        }
+    }
+    if ns == 0 {
+        return "0s".into();
+    }
+    let sign = if ns < 0 { "-" } else { "" };
+    let n = u128::from(ns.unsigned_abs());
+    let body = match n {
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{}µs", frac(n / 1_000, n % 1_000, 3)),
+        n if n < 1_000_000_000 => format!("{}ms", frac(n / 1_000_000, n % 1_000_000, 6)),
+        n => {
+            let (h, m) = (n / 3_600_000_000_000, n / 60_000_000_000 % 60);
+            let secs = frac(n / 1_000_000_000 % 60, n % 1_000_000_000, 9);
+            match (h, m) {
+                (0, 0) => format!("{secs}s"),
+                (0, m) => format!("{m}m{secs}s"),
+                (h, m) => format!("{h}h{m}m{secs}s"),
+            }
+        }
+    };
+    format!("{sign}{body}")
+}
+
+/// A TraceQL field as Tempo returns it in a search answer: an OTLP
+/// `KeyValue` (durations as Go duration text, statuses and kinds by name,
+/// as Tempo's `Static.asAnyValue`).
+fn key_value(key: &str, v: &FieldValue) -> Value {
+    use skein_storage::model::{kind, status, AttrValue};
+    let v = match v {
+        FieldValue::Str(s) => AttrValue::Str(s.clone()),
+        FieldValue::Int(i) => AttrValue::Int(*i),
+        FieldValue::Float(f) => AttrValue::Double(*f),
+        FieldValue::Bool(b) => AttrValue::Bool(*b),
+        FieldValue::Duration(d) => AttrValue::Str(go_duration(*d)),
+        FieldValue::Status(x) => AttrValue::Str(
+            match *x {
+                status::ERROR => "error",
+                status::OK => "ok",
+                _ => "unset",
+            }
+            .into(),
+        ),
+        FieldValue::Kind(k) => AttrValue::Str(
+            match *k {
+                kind::SERVER => "server",
+                kind::CLIENT => "client",
+                kind::PRODUCER => "producer",
+                kind::CONSUMER => "consumer",
+                kind::INTERNAL => "internal",
+                _ => "unspecified",
+            }
+            .into(),
+        ),
+        FieldValue::Array(a) => AttrValue::Array(a.clone()),
+    };
+    json!({ "key": key, "value": any_value(&v) })
+}
+
+fn span_json(s: &Span, attributes: &[(String, FieldValue)]) -> Value {
+    json!({
+        "spanID": s.span_id.to_hex(),
+        "name": s.name,
+        "startTimeUnixNano": s.start_time_unix_nano.to_string(),
+        "durationNanos": s.duration_ns().to_string(),
+        "attributes": attributes.iter().map(|(k, v)| key_value(k, v)).collect::<Vec<_>>(),
+    })
+}
+
 fn span_set(matched: &[Span], matched_count: usize) -> Value {
-    let spans: Vec<Value> = matched
-        .iter()
-        .take(SPANS_PER_SPANSET)
-        .map(|s| {
-            json!({
-                "spanID": s.span_id.to_hex(),
-                "name": s.name,
-                "startTimeUnixNano": s.start_time_unix_nano.to_string(),
-                "durationNanos": s.duration_ns().to_string(),
-                "attributes": [],
-            })
-        })
-        .collect();
+    let spans: Vec<Value> = matched.iter().take(SPANS_PER_SPANSET).map(|s| span_json(s, &[])).collect();
     json!({ "spans": spans, "matched": matched_count })
 }
 
+/// A TraceQL spanset: its spans with their `select(...)` fields, the
+/// count, and its labels (`by(...)`, aggregates) as Tempo's `SpanSet`.
+fn traceql_span_set(set: &HitSpanset) -> Value {
+    let spans: Vec<Value> = set
+        .spans
+        .iter()
+        .take(SPANS_PER_SPANSET)
+        .enumerate()
+        .map(|(i, s)| span_json(s, set.span_attributes.get(i).map_or(&[], Vec::as_slice)))
+        .collect();
+    let mut v = json!({ "spans": spans, "matched": set.matched });
+    if !set.attributes.is_empty() {
+        v["attributes"] = set.attributes.iter().map(|(k, x)| key_value(k, x)).collect();
+    }
+    v
+}
+
 /// Tempo's search answer: per trace its root, start, duration and up to
-/// [`SPANS_PER_SPANSET`] matched spans.
+/// [`SPANS_PER_SPANSET`] matched spans per spanset (a TraceQL query's
+/// spansets, with the fields `select(...)` asked for).
 pub(crate) fn search_json(r: &TraceSearch) -> Value {
     let traces: Vec<Value> = r
         .traces
         .iter()
         .map(|t| {
             let sum = &t.summary;
-            let set = span_set(&t.matched, t.matched_count);
+            let sets: Vec<Value> = if t.spansets.is_empty() {
+                vec![span_set(&t.matched, t.matched_count)]
+            } else {
+                t.spansets.iter().map(traceql_span_set).collect()
+            };
             json!({
                 "traceID": sum.trace_id.to_hex(),
                 "rootServiceName": sum.root_service,
                 "rootTraceName": sum.root_name,
                 "startTimeUnixNano": sum.start_time_unix_nano.to_string(),
                 "durationMs": sum.duration_ns / 1_000_000,
-                "spanSet": set,
-                "spanSets": [set],
+                "spanSet": sets[0],
+                "spanSets": sets,
             })
         })
         .collect();

@@ -13,7 +13,7 @@ use skein_storage::{SpanPresence, Storage};
 
 use super::conditions::{self, SpanCondition};
 use super::summary::{summarize, TraceSummary};
-use super::traceql::TraceQl;
+use super::traceql::{HitSpanset, TraceQl};
 use super::Trace;
 use crate::error::{Error, Result};
 use crate::QueryConfig;
@@ -154,6 +154,11 @@ pub struct TraceHit {
     pub matched_count: usize,
     /// The first [`TraceQuery::keep_matched`] matched spans, in trace order.
     pub matched: Vec<Span>,
+    /// The TraceQL query's spansets for this trace (several after
+    /// `by(...)`), each with its first [`TraceQuery::keep_matched`] spans,
+    /// their `select(...)` fields and its labels; empty without TraceQL or
+    /// when `keep_matched` is 0.
+    pub spansets: Vec<HitSpanset>,
     /// The whole trace, when [`TraceQuery::with_trace`] asked for it.
     pub trace: Option<Trace>,
 }
@@ -303,7 +308,13 @@ fn evaluate(
     if !with_trace && q.summary_answers() {
         if let Some(summary) = s.stored_trace_summary(&id)? {
             *inspected += 1;
-            let hit = TraceHit { summary, matched_count: 0, matched: Vec::new(), trace: None };
+            let hit = TraceHit {
+                summary,
+                matched_count: 0,
+                matched: Vec::new(),
+                spansets: Vec::new(),
+                trace: None,
+            };
             return Ok(within(&hit.summary).then_some(hit));
         }
     }
@@ -317,12 +328,19 @@ fn evaluate(
     *inspected += 1;
     // The span conditions hold on some span in every case (they carry
     // the time range); TraceQL then selects the spans it matches.
+    let mut spansets = Vec::new();
     let matched: Vec<&Span> = match &q.traceql {
         Some(tq) => {
             if !spans.iter().any(|sp| q.span_matches(sp)) {
                 return Ok(None);
             }
-            tq.matching_spans(&spans)
+            let sets = tq.spansets(&spans);
+            let mut m = vec![false; spans.len()];
+            sets.iter().flat_map(|s| &s.spans).for_each(|&i| m[i] = true);
+            if q.keep_matched > 0 {
+                spansets = sets.iter().map(|s| s.to_hit(&spans, q.keep_matched)).collect();
+            }
+            spans.iter().zip(m).filter(|(_, b)| *b).map(|(s, _)| s).collect()
         }
         None => spans.iter().filter(|sp| q.span_matches(sp)).collect(),
     };
@@ -336,7 +354,7 @@ fn evaluate(
     let matched_count = if q.keep_matched == 0 { 0 } else { matched.len() };
     let matched = matched.into_iter().take(q.keep_matched).cloned().collect();
     let trace = with_trace.then_some(Trace::new(id, spans, logs));
-    Ok(Some(TraceHit { summary, matched_count, matched, trace }))
+    Ok(Some(TraceHit { summary, matched_count, matched, spansets, trace }))
 }
 
 #[cfg(test)]
