@@ -1284,7 +1284,7 @@ mod tests {
         spans.into_iter().map(|x| x.name).collect()
     }
 
-    fn red_count(rollups: &[crate::rollup::Rollup]) -> u64 {
+    fn red_count(rollups: &[Arc<crate::rollup::Rollup>]) -> u64 {
         rollups.iter().flat_map(|r| &r.red).map(|b| b.count).sum()
     }
 
