@@ -585,6 +585,8 @@ fn remove_segment_dir(root: &Path, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod s3_tests;
 #[cfg(test)]
+mod rollup_proptest;
+#[cfg(test)]
 mod search_proptest;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;

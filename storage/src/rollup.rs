@@ -676,7 +676,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::model::{Resource, Scope, TraceId};
+    use crate::model::{Resource, Scope};
 
     fn span(id: u8, parent: Option<u8>, service: &str, name: &str, k: u8) -> Span {
         Span {
@@ -740,6 +740,25 @@ mod tests {
         assert_eq!(entries, [("a", false, true), ("b", false, true), ("c", false, false)]);
     }
 
+    /// A rollup written before version 2 (no version, histograms, edges
+    /// without latency) still answers: its edges count with no latency,
+    /// its RED latency is the histogram buckets' upper bounds.
+    #[test]
+    fn version_one_rollups_answer_less_precisely() {
+        let old = r#"{"edges":[{"minute":3,"parent":"a","child":"b","calls":2,"errors":1}],"red":[
+            {"minute":3,"service":"b","operation":"x","kind":2,"count":3,"errors":0,"hist":[[80,3]]}]}"#;
+        let r: Rollup = serde_json::from_str(old).unwrap();
+        assert_eq!((r.version, r.open_children.len(), r.open_parents.len()), (0, 0, 0));
+        let g = service_graph([&r], None, None);
+        let e = &g[&("a".to_string(), "b".to_string(), ConnectionType::Service)];
+        assert_eq!((e.calls, e.errors, e.latency.quantile(0.5)), (2, 1, None));
+        let mut l = LatencySketch::default();
+        r.red[0].add_latency_to(&mut l);
+        let p50 = l.quantile(0.5).unwrap() as f64;
+        let upper = bucket_upper(80) as f64;
+        assert!((p50 - upper).abs() <= upper * 0.01, "{p50} vs {upper}");
+    }
+
     #[test]
     fn histogram_buckets_are_monotonic_and_tight() {
         let mut last = 0;
@@ -751,5 +770,119 @@ mod tests {
             assert!(up >= ns, "{ns} -> {b} -> {up}");
             assert!(up as f64 <= ns as f64 * 1.26 + 1.0, "{ns} -> {up}");
         }
+    }
+
+    /// Acceptance (issue 12): p50/p95/p99 from a sketch are within 1% of
+    /// the exact sample at the same rank, for durations spread over six
+    /// orders of magnitude, and still after merging sketches built apart
+    /// and reading them back from JSON.
+    #[test]
+    fn sketch_quantiles_are_within_one_percent_of_exact() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut durations: Vec<u64> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Log-uniform from 1 µs to 1 s.
+                (1_000.0 * 1e6f64.powf((x % 1_000_000) as f64 / 1e6)) as u64
+            })
+            .collect();
+        let mut parts = vec![LatencySketch::default(); 4];
+        for (i, d) in durations.iter().enumerate() {
+            parts[i % 4].add(*d);
+        }
+        let mut merged = LatencySketch::default();
+        for p in &parts {
+            let back: LatencySketch = serde_json::from_str(&serde_json::to_string(p).unwrap()).unwrap();
+            merged.merge(&back);
+        }
+        durations.sort_unstable();
+        assert_eq!(merged.count(), durations.len() as u64);
+        for q in [0.5, 0.95, 0.99] {
+            let exact = durations[(q * (durations.len() - 1) as f64) as usize] as f64;
+            let got = merged.quantile(q).unwrap() as f64;
+            assert!((got - exact).abs() <= exact * SKETCH_RELATIVE_ERROR, "q={q}: {got} vs {exact}");
+        }
+        assert_eq!(LatencySketch::default().quantile(0.5), None);
+    }
+
+    fn with_attr(mut s: Span, k: &str, v: &str) -> Span {
+        s.attributes.push((k.into(), AttrValue::Str(v.into())));
+        s
+    }
+
+    /// Item 2: a database CLIENT span makes a database edge named from
+    /// `db.system`; a PRODUCER and the CONSUMER under it a messaging edge;
+    /// a CLIENT span whose callee never shows up a virtual-node edge named
+    /// from `peer.service` first; a CLIENT span with no peer attribute
+    /// none.
+    #[test]
+    fn database_messaging_and_virtual_edges() {
+        let mut b = RollupBuilder::default();
+        b.add_trace(&[
+            span(1, None, "web", "GET /", kind::SERVER),
+            with_attr(
+                with_attr(span(2, Some(1), "web", "SELECT", kind::CLIENT), "db.system", "postgresql"),
+                "server.address",
+                "db-1",
+            ),
+            with_attr(span(3, Some(1), "web", "orders publish", kind::PRODUCER), "messaging.system", "kafka"),
+            span(4, Some(3), "fraud", "orders process", kind::CONSUMER),
+            with_attr(
+                with_attr(span(5, Some(1), "web", "charge", kind::CLIENT), "server.address", "api.example"),
+                "peer.service",
+                "stripe",
+            ),
+            span(6, Some(1), "web", "mystery", kind::CLIENT),
+        ]);
+        let r = b.build();
+        // Kept for pairing: the calls whose callee may still turn up.
+        let open: Vec<_> = r.open_parents.iter().map(|p| (p.span_id, p.peer.as_deref())).collect();
+        assert_eq!(open, [(SpanId([5; 8]), Some("stripe")), (SpanId([6; 8]), None)]);
+        let mut g: Vec<_> = service_graph([&r], None, None)
+            .into_iter()
+            .map(|((p, c, ct), e)| (p, c, ct.label(), e.calls, e.latency.count()))
+            .collect();
+        g.sort();
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            g,
+            [
+                (s("web"), s("fraud"), Some("messaging_system"), 1, 1),
+                (s("web"), s("postgresql"), Some("database"), 1, 1),
+                (s("web"), s("stripe"), Some("virtual_node"), 1, 1),
+            ]
+        );
+    }
+
+    /// A call flushed apart: the client half in one rollup, the server
+    /// half in another, each read back from JSON. It counts once, with
+    /// the server's latency; the client makes no virtual edge.
+    #[test]
+    fn halves_in_two_rollups_pair_once() {
+        let mut parent = RollupBuilder::default();
+        parent.add_trace(&[
+            span(1, None, "web", "GET /", kind::SERVER),
+            with_attr(span(2, Some(1), "web", "api.Get", kind::CLIENT), "server.address", "api"),
+        ]);
+        let mut child = RollupBuilder::default();
+        let mut server = span(3, Some(2), "api", "api.Get", kind::SERVER);
+        server.end_time_unix_nano = server.start_time_unix_nano + 7_000_000;
+        server.status_code = crate::model::status::ERROR;
+        child.add_trace(&[server, span(4, Some(3), "api", "SELECT", kind::CLIENT)]);
+        let rollups: Vec<Rollup> = [parent.build(), child.build()]
+            .iter()
+            .map(|r| serde_json::from_slice(&serde_json::to_vec(r).unwrap()).unwrap())
+            .collect();
+        assert!(rollups.iter().all(|r| r.edges.is_empty() && r.version == ROLLUP_VERSION));
+        let g = service_graph(&rollups, None, None);
+        assert_eq!(g.len(), 1, "{g:?}");
+        let e = &g[&("web".to_string(), "api".to_string(), ConnectionType::Service)];
+        assert_eq!((e.calls, e.errors), (1, 1));
+        let p50 = e.latency.quantile(0.5).unwrap() as f64;
+        assert!((p50 - 7e6).abs() <= 7e6 * 0.01, "{p50}");
+        // Out of the minute range: not counted.
+        assert!(service_graph(&rollups, Some(5), None).is_empty());
     }
 }
