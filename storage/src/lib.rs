@@ -583,9 +583,9 @@ fn remove_segment_dir(root: &Path, dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod s3_tests;
-#[cfg(test)]
 mod rollup_proptest;
+#[cfg(test)]
+mod s3_tests;
 #[cfg(test)]
 mod search_proptest;
 #[cfg(any(test, feature = "testsuite"))]

@@ -110,7 +110,8 @@ impl<'de> Deserialize<'de> for LatencySketch {
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(text.trim_end_matches('='))
             .map_err(D::Error::custom)?;
-        let sketch = DDSketch::from_java_bytes(&bytes).map_err(|e| D::Error::custom(format!("sketch: {e}")))?;
+        let sketch =
+            DDSketch::from_java_bytes(&bytes).map_err(|e| D::Error::custom(format!("sketch: {e}")))?;
         // Only sketches this build can merge with its own are accepted.
         let mut probe = DDSketch::new(Config::defaults());
         probe.merge(&sketch).map_err(|_| D::Error::custom("sketch of another accuracy"))?;
@@ -416,9 +417,16 @@ pub fn is_database_call(s: &Span) -> bool {
 /// Jaeger's peer-service naming, with the database system before the
 /// host so that every PostgreSQL client meets at `postgresql`).
 pub fn peer_name(s: &Span) -> Option<&str> {
-    ["peer.service", "db.system", "server.address", "messaging.destination.name", "messaging.system", "db.name"]
-        .iter()
-        .find_map(|k| str_attr(s, k))
+    [
+        "peer.service",
+        "db.system",
+        "server.address",
+        "messaging.destination.name",
+        "messaging.system",
+        "db.name",
+    ]
+    .iter()
+    .find_map(|k| str_attr(s, k))
 }
 
 fn is_caller_kind(k: u8) -> bool {
@@ -541,7 +549,12 @@ impl RollupBuilder {
                     let p = &self.open_parents[*i];
                     if p.service != c.service {
                         *called = true;
-                        let k = (c.minute, p.service.clone(), c.service.clone(), connection(p.producer, c.consumer));
+                        let k = (
+                            c.minute,
+                            p.service.clone(),
+                            c.service.clone(),
+                            connection(p.producer, c.consumer),
+                        );
                         self.edges.entry(k).or_default().add(c.error, c.duration_ns);
                     }
                 }

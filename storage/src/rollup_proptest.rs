@@ -71,7 +71,9 @@ fn spans_of(t: u32, root_svc: usize, gens: &[Gen], base: u64) -> Vec<Span> {
             Role::Root => (root_svc, kind::SERVER, Vec::new()),
             Role::Local(0) => (services[*parent], kind::INTERNAL, Vec::new()),
             Role::Local(1) => (services[*parent], kind::CLIENT, Vec::new()),
-            Role::Local(2) => (services[*parent], kind::CLIENT, vec![str_attr("server.address", "ext.example")]),
+            Role::Local(2) => {
+                (services[*parent], kind::CLIENT, vec![str_attr("server.address", "ext.example")])
+            }
             Role::Local(3) => (services[*parent], kind::CLIENT, vec![str_attr("db.system", "postgresql")]),
             Role::Local(_) => {
                 (services[*parent], kind::PRODUCER, vec![str_attr("messaging.destination.name", "orders")])
@@ -133,7 +135,8 @@ fn truth(traces: &[Vec<Span>]) -> Graph {
                 let p_db = p.attributes.iter().any(|(k, _)| k == "db.system");
                 if p.service_name() != s.service_name() && !p_db {
                     let messaging = p.kind == kind::PRODUCER || s.kind == kind::CONSUMER;
-                    let ct = if messaging { ConnectionType::MessagingSystem } else { ConnectionType::Service };
+                    let ct =
+                        if messaging { ConnectionType::MessagingSystem } else { ConnectionType::Service };
                     add(p.service_name(), s.service_name(), ct, s.is_error());
                 }
             }
@@ -143,8 +146,11 @@ fn truth(traces: &[Vec<Span>]) -> Graph {
                 .any(|c| c.parent_span_id == Some(s.span_id) && c.service_name() != s.service_name());
             if caller && !db && !called {
                 if let Some((_, AttrValue::Str(peer))) = s.attributes.first() {
-                    let ct =
-                        if s.kind == kind::PRODUCER { ConnectionType::MessagingSystem } else { ConnectionType::VirtualNode };
+                    let ct = if s.kind == kind::PRODUCER {
+                        ConnectionType::MessagingSystem
+                    } else {
+                        ConnectionType::VirtualNode
+                    };
                     add(s.service_name(), peer, ct, s.is_error());
                 }
             }

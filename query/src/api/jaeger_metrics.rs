@@ -188,9 +188,10 @@ async fn metric(
     let (name, help) = match metric {
         Metric::Latencies(q) => ("service_latencies", format!("{}th quantile latency, {by}", q)),
         Metric::Calls => ("service_call_rate", format!("calls/sec, {by}")),
-        Metric::Errors => {
-            ("service_error_rate", format!("error rate, computed as a fraction of errors/sec over calls/sec, {by}"))
-        }
+        Metric::Errors => (
+            "service_error_rate",
+            format!("error rate, computed as a fraction of errors/sec over calls/sec, {by}"),
+        ),
     };
     let first = mp.start_ns.div_ceil(mp.step_ns) * mp.step_ns;
     let metrics: Vec<Value> = series
@@ -217,22 +218,35 @@ async fn metric(
 
 /// `quantile` in (0, 1], required.
 fn latency_metric(p: &Params) -> Result<Metric> {
-    let v = p.get("quantile").ok_or_else(|| Error::bad("unable to parse param 'quantile': it is required"))?;
+    let v =
+        p.get("quantile").ok_or_else(|| Error::bad("unable to parse param 'quantile': it is required"))?;
     match v.parse::<f64>() {
         Ok(q) if q > 0.0 && q <= 1.0 => Ok(Metric::Latencies(q)),
         _ => Err(Error::bad(format!("unable to parse param 'quantile': {v:?} is not a number in (0, 1]"))),
     }
 }
 
-async fn latencies(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> Result<Response> {
+async fn latencies(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     metric(st, tenant, q, latency_metric).await
 }
 
-async fn calls(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> Result<Response> {
+async fn calls(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     metric(st, tenant, q, |_| Ok(Metric::Calls)).await
 }
 
-async fn errors(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> Result<Response> {
+async fn errors(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     metric(st, tenant, q, |_| Ok(Metric::Errors)).await
 }
 
@@ -272,7 +286,8 @@ mod tests {
         let mut v = Vec::new();
         for i in 1..=100u64 {
             let t = (i % 10) as u8 + 1;
-            let mut sp = span(t, i as u8 + 1, Some(1), "cart", "cart.Get", min + i, i * 1_000_000, i % 10 == 0);
+            let mut sp =
+                span(t, i as u8 + 1, Some(1), "cart", "cart.Get", min + i, i * 1_000_000, i % 10 == 0);
             sp.kind = kind::SERVER;
             v.push(sp);
         }
@@ -294,7 +309,10 @@ mod tests {
         let app = app(&s);
         // A window of one minute ending two minutes after T0: exactly the
         // minute of the requests.
-        let base = format!("service=cart&endTs={}&lookback=60000&step=60000&ratePer=60000", (T0 + 2 * BUCKET_NS) / MS);
+        let base = format!(
+            "service=cart&endTs={}&lookback=60000&step=60000&ratePer=60000",
+            (T0 + 2 * BUCKET_NS) / MS
+        );
         for flushed in [false, true] {
             if flushed {
                 s.flush(true).unwrap();
@@ -326,7 +344,8 @@ mod tests {
 
             // CLIENT spans only, grouped by operation.
             let (_, v) =
-                get(&app, &format!("/jaeger/api/metrics/calls?{base}&spanKind=client&groupByOperation=true")).await;
+                get(&app, &format!("/jaeger/api/metrics/calls?{base}&spanKind=client&groupByOperation=true"))
+                    .await;
             assert_eq!(
                 v["metrics"][0]["labels"],
                 json!([{"name": "operation", "value": "db"}, {"name": "service_name", "value": "cart"}])
@@ -351,7 +370,10 @@ mod tests {
             ("/jaeger/api/metrics/calls?service=a&lookback=0", "'lookback': must be larger than zero"),
             ("/jaeger/api/metrics/calls?service=a&ratePer=-1", "'ratePer'"),
             ("/jaeger/api/metrics/calls?service=a&endTs=abc", "endTs"),
-            ("/jaeger/api/metrics/calls?service=a&lookback=100000000000&step=60000", "more than 10000 points"),
+            (
+                "/jaeger/api/metrics/calls?service=a&lookback=100000000000&step=60000",
+                "more than 10000 points",
+            ),
         ] {
             let (st, v) = get(&app, uri).await;
             assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {v}");

@@ -13,6 +13,8 @@ mod stats;
 mod summary;
 mod tags;
 pub mod traceql;
+#[cfg(test)]
+mod workload_tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -148,7 +148,11 @@ pub(super) fn span_metrics(s: &Storage, q: &SpanMetricsQuery) -> SpanMetrics {
     let (lo, hi) = (q.start_ns / BUCKET_NS, q.end_ns / BUCKET_NS);
     for r in s.rollups(Some(q.start_ns), Some(q.end_ns)) {
         for b in &r.red {
-            if b.minute < lo || b.minute > hi || !q.kinds.contains(&b.kind) || !q.services.contains(&b.service) {
+            if b.minute < lo
+                || b.minute > hi
+                || !q.kinds.contains(&b.kind)
+                || !q.services.contains(&b.service)
+            {
                 continue;
             }
             let op = q.group_by_operation.then(|| b.operation.clone());
@@ -222,7 +226,9 @@ pub(super) fn dependencies(s: &Storage, start: Option<u64>, end: Option<u64>) ->
             p99_ns: g.latency.quantile(0.99),
         })
         .collect();
-    edges.sort_by(|a, b| (&a.parent, &a.child, a.connection_type).cmp(&(&b.parent, &b.child, b.connection_type)));
+    edges.sort_by(|a, b| {
+        (&a.parent, &a.child, a.connection_type).cmp(&(&b.parent, &b.child, b.connection_type))
+    });
     edges
 }
 
