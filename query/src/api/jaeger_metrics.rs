@@ -381,4 +381,70 @@ mod tests {
             assert!(e.contains(says), "{uri}: {e:?} lacks {says:?}");
         }
     }
+
+    /// `/api/v1/dependencies` and `/jaeger/api/dependencies` over a call
+    /// whose client span was flushed before its server span arrived, and a
+    /// database call: each counted once, with latency percentiles and the
+    /// connection type.
+    #[tokio::test]
+    async fn dependencies_answer_split_calls_and_database_edges() {
+        use skein_storage::model::AttrValue;
+        let (_d, s) = storage();
+        let app = app(&s);
+        let at = T0 + BUCKET_NS;
+        let mut root = span(1, 1, None, "frontend", "GET /", at, 50_000_000, false);
+        root.kind = kind::SERVER;
+        let mut client = span(1, 2, Some(1), "frontend", "cart.Get", at + 1, 40_000_000, false);
+        client.attributes.push(("server.address".into(), AttrValue::Str("cart".into())));
+        append(&s, vec![root, client]).await;
+        s.flush(true).unwrap();
+        let mut server = span(1, 3, Some(2), "cart", "cart.Get", at + 2, 30_000_000, true);
+        server.kind = kind::SERVER;
+        let mut db = span(1, 4, Some(3), "cart", "HGET", at + 3, 2_000_000, false);
+        db.attributes.push(("db.system".into(), AttrValue::Str("redis".into())));
+        append(&s, vec![server, db]).await;
+        for flushed in [false, true] {
+            if flushed {
+                s.flush(true).unwrap();
+            }
+            let (st, v) = get(&app, "/api/v1/dependencies").await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            let edges = v["edges"].as_array().unwrap();
+            assert_eq!(edges.len(), 2, "{v}");
+            assert_eq!(
+                (
+                    &edges[0]["parent"],
+                    &edges[0]["child"],
+                    &edges[0]["connection_type"],
+                    &edges[0]["call_count"]
+                ),
+                (&json!("cart"), &json!("redis"), &json!("database"), &json!(1)),
+                "{v}"
+            );
+            let call = &edges[1];
+            assert_eq!(
+                (&call["parent"], &call["child"], &call["call_count"], &call["error_count"]),
+                (&json!("frontend"), &json!("cart"), &json!(1), &json!(1)),
+                "{v}"
+            );
+            assert!(call.get("connection_type").is_none(), "{v}");
+            // The server span's 30 ms, within 1%.
+            let p95 = call["p95_ns"].as_f64().unwrap();
+            assert!((p95 - 30e6).abs() <= 0.3e6, "{v}");
+
+            let end = (T0 + 10 * BUCKET_NS) / MS;
+            let (st, v) = get(&app, &format!("/jaeger/api/dependencies?endTs={end}&lookback=3600000")).await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            assert_eq!(
+                v["data"],
+                json!([
+                    {"parent": "cart", "child": "redis", "callCount": 1},
+                    {"parent": "frontend", "child": "cart", "callCount": 1},
+                ])
+            );
+        }
+        let (st, v) = get(&app, "/api/v1/dependencies?start=yesterday").await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("start"), "{v}");
+    }
 }
