@@ -583,6 +583,8 @@ fn remove_segment_dir(root: &Path, dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
+mod rollup_proptest;
+#[cfg(test)]
 mod s3_tests;
 #[cfg(test)]
 mod search_proptest;
@@ -1284,7 +1286,7 @@ mod tests {
         spans.into_iter().map(|x| x.name).collect()
     }
 
-    fn red_count(rollups: &[crate::rollup::Rollup]) -> u64 {
+    fn red_count(rollups: &[Arc<crate::rollup::Rollup>]) -> u64 {
         rollups.iter().flat_map(|r| &r.red).map(|b| b.count).sum()
     }
 

@@ -308,14 +308,14 @@ impl Storage {
     }
 
     /// Rollups covering `[start, end]` (Unix ns, open when `None`): those
-    /// stored with segments, plus one computed now from the head and
-    /// in-flight flushes.
-    pub fn rollups(&self, start: Option<u64>, end: Option<u64>) -> Vec<Rollup> {
+    /// stored with segments (shared, not copied), plus one computed now
+    /// from the head and in-flight flushes.
+    pub fn rollups(&self, start: Option<u64>, end: Option<u64>) -> Vec<Arc<Rollup>> {
         let mut b = RollupBuilder::default();
         let segments = self.catalog.walk(None, |_, t| b.add_trace(&t.spans));
-        let mut out: Vec<Rollup> =
-            segments.iter().filter(|s| s.overlaps(start, end)).map(|s| s.rollup.clone()).collect();
-        out.push(b.build());
+        let mut out: Vec<Arc<Rollup>> =
+            segments.iter().filter(|s| s.overlaps(start, end)).map(|s| Arc::clone(&s.rollup)).collect();
+        out.push(Arc::new(b.build()));
         out
     }
 }

@@ -353,13 +353,15 @@ async fn dependencies(
         .transpose()?
         .unwrap_or(DEFAULT_LOOKBACK_MS);
     let start = end.saturating_sub(lookback.saturating_mul(1_000_000));
-    let data: Vec<Value> = st
-        .engine(&tenant)
-        .await?
-        .dependencies(Some(start), Some(end))
-        .await?
+    // One link per (parent, child) whatever the connection type, as
+    // Jaeger's `deduplicateDependencies` sums them.
+    let mut links: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for e in st.engine(&tenant).await?.dependencies(Some(start), Some(end)).await? {
+        *links.entry((e.parent, e.child)).or_default() += e.call_count;
+    }
+    let data: Vec<Value> = links
         .into_iter()
-        .map(|e| json!({"parent": e.parent, "child": e.child, "callCount": e.call_count}))
+        .map(|((parent, child), n)| json!({"parent": parent, "child": child, "callCount": n}))
         .collect();
     Ok(envelope_partial(json!(data), partial_errors(&st.damage(&tenant, Some(start), Some(end)), None)))
 }

@@ -3,6 +3,7 @@
 //! results in its API's JSON. No adapter reads storage itself.
 
 pub mod jaeger;
+pub mod jaeger_metrics;
 pub mod native;
 pub mod tempo;
 
@@ -24,6 +25,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(native::routes())
         .merge(jaeger::routes())
+        .merge(jaeger_metrics::routes())
         .merge(tempo::routes())
         .route("/api", any(not_found))
         .route("/api/", any(not_found))
@@ -57,7 +59,7 @@ async fn not_found(uri: Uri) -> Error {
     let path = uri.path();
     let see = if path.starts_with("/jaeger") {
         "the Jaeger API is /jaeger/api/{services, services/{service}/operations, operations, traces, \
-         traces/{trace_id}, dependencies}"
+         traces/{trace_id}, dependencies, metrics/{latencies, calls, errors, minstep}}"
     } else if path.starts_with("/tempo") {
         "the Tempo API is /tempo/api/{echo, traces/{trace_id}, v2/traces/{trace_id}, search, search/tags, \
          v2/search/tags, search/tag/{tag}/values, v2/search/tag/{tag}/values}"

@@ -13,6 +13,8 @@ mod stats;
 mod summary;
 mod tags;
 pub mod traceql;
+#[cfg(test)]
+mod workload_tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +25,9 @@ use skein_storage::Storage;
 
 pub use conditions::SpanCondition;
 pub use search::{TraceHit, TraceQuery, TraceSearch, TraceSort};
-pub use stats::{Edge, Operation, RedPoint, RedQuery, RedSeries, ServiceStat};
+pub use stats::{
+    Edge, MinuteMetrics, Operation, RedPoint, RedQuery, RedSeries, ServiceStat, SpanMetrics, SpanMetricsQuery,
+};
 pub use summary::{summarize, ServiceCount, TraceSummary};
 pub use tags::{TagScope, TagValue, TagValueType, MAX_TAG_RESULTS};
 
@@ -168,6 +172,12 @@ impl Engine {
     /// at one-minute precision), sorted by (parent, child).
     pub async fn dependencies(&self, start_ns: Option<u64>, end_ns: Option<u64>) -> Result<Vec<Edge>> {
         self.run(move |s, _| Ok(stats::dependencies(s, start_ns, end_ns))).await
+    }
+
+    /// Per-minute span counts, errors and latency sketches of some
+    /// services and span kinds (see [`SpanMetricsQuery`]).
+    pub async fn span_metrics(&self, q: SpanMetricsQuery) -> Result<SpanMetrics> {
+        self.run(move |s, _| Ok(stats::span_metrics(s, &q))).await
     }
 
     /// Rate, errors and latency percentiles per step (see [`RedQuery`]).

@@ -1,10 +1,16 @@
 //! Services, operations, dependencies and RED, from the segments' catalog
 //! stats and rollups plus the spans still in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use skein_storage::rollup::{quantile, BUCKET_NS};
+use skein_storage::rollup::{service_graph, ConnectionType, LatencySketch, BUCKET_NS};
 use skein_storage::Storage;
+
+/// How much earlier than a range's start a call's parent span may start
+/// and still be paired with a child in the range: rollups of segments
+/// ending up to this long before the range are joined too (1 h, a call
+/// longer than any request timeout).
+const PAIRING_SLACK_NS: u64 = 3_600_000_000_000;
 
 /// A service and how many spans (and error spans) it has sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,17 +36,29 @@ pub struct Operation {
     pub span_count: u64,
 }
 
-/// A service-to-service call edge.
+/// A call edge of the service graph (see
+/// [`skein_storage::rollup::EdgeBucket`] for what counts as a call).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Edge {
     /// The calling service.
     pub parent: String,
-    /// The called service.
+    /// The called service, or the database or virtual peer.
     pub child: String,
     /// Calls in the range.
     pub call_count: u64,
     /// Calls that ended in an error.
     pub error_count: u64,
+    /// Database, messaging or virtual-node edge; `Service` for a call
+    /// between two instrumented services.
+    pub connection_type: ConnectionType,
+    /// Latency percentiles of the calls, ns, from the merged sketches
+    /// (within 1%); `None` when every call came from a rollup written
+    /// before sketches (issue 12).
+    pub p50_ns: Option<u64>,
+    /// 95th percentile, ns.
+    pub p95_ns: Option<u64>,
+    /// 99th percentile, ns.
+    pub p99_ns: Option<u64>,
 }
 
 /// A RED query over the per-minute rollups. Rate, errors and latency are
@@ -71,10 +89,10 @@ pub struct RedPoint {
     pub request_count: u64,
     /// Those with status ERROR.
     pub error_count: u64,
-    /// Latency percentiles of the entry spans, ns. Approximate: read from
-    /// the rollups' log-linear histograms as the upper bound of the bucket
-    /// holding the percentile, so at most 25% above the exact value
-    /// ([`skein_storage::rollup::hist_bucket`]).
+    /// Latency percentiles of the entry spans, ns, from the rollups'
+    /// merged DDSketches: within 1% of the exact value (the sample of rank
+    /// `floor(q * (n - 1))`). Minutes stored before issue 12 contribute
+    /// their histogram buckets' upper bounds (up to 25% above).
     pub p50_ns: u64,
     /// 95th percentile, ns.
     pub p95_ns: u64,
@@ -91,6 +109,60 @@ pub struct RedSeries {
     pub operation: Option<String>,
     /// Points in time order; steps without spans are absent.
     pub points: Vec<RedPoint>,
+}
+
+/// A query for per-minute span metrics of some services and span kinds,
+/// as Jaeger's Monitor tab asks for them (every span of those kinds
+/// counts, not only entry spans; Jaeger's default kind is SERVER).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanMetricsQuery {
+    /// Range start, Unix ns (minute precision).
+    pub start_ns: u64,
+    /// Range end, Unix ns, inclusive (minute precision).
+    pub end_ns: u64,
+    /// The services (at least one).
+    pub services: Vec<String>,
+    /// The span kinds ([`skein_storage::model::kind`]) counted.
+    pub kinds: Vec<u8>,
+    /// A series per (service, operation) rather than per service.
+    pub group_by_operation: bool,
+}
+
+/// Spans, errors and durations of one series in one minute.
+#[derive(Debug, Clone, Default)]
+pub struct MinuteMetrics {
+    /// Spans.
+    pub count: u64,
+    /// Spans with status ERROR.
+    pub errors: u64,
+    /// Their durations, ns.
+    pub latency: LatencySketch,
+}
+
+/// (service, operation when grouped) -> minute (Unix ns / one minute) ->
+/// metrics.
+pub type SpanMetrics = BTreeMap<(String, Option<String>), BTreeMap<u64, MinuteMetrics>>;
+
+pub(super) fn span_metrics(s: &Storage, q: &SpanMetricsQuery) -> SpanMetrics {
+    let mut m = SpanMetrics::new();
+    let (lo, hi) = (q.start_ns / BUCKET_NS, q.end_ns / BUCKET_NS);
+    for r in s.rollups(Some(q.start_ns), Some(q.end_ns)) {
+        for b in &r.red {
+            if b.minute < lo
+                || b.minute > hi
+                || !q.kinds.contains(&b.kind)
+                || !q.services.contains(&b.service)
+            {
+                continue;
+            }
+            let op = q.group_by_operation.then(|| b.operation.clone());
+            let acc = m.entry((b.service.clone(), op)).or_default().entry(b.minute).or_default();
+            acc.count += b.count;
+            acc.errors += b.errors;
+            b.add_latency_to(&mut acc.latency);
+        }
+    }
+    m
 }
 
 pub(super) fn services(s: &Storage) -> Vec<ServiceStat> {
@@ -138,31 +210,36 @@ pub(super) fn operations(s: &Storage, service: Option<&str>) -> Vec<Operation> {
 }
 
 pub(super) fn dependencies(s: &Storage, start: Option<u64>, end: Option<u64>) -> Vec<Edge> {
-    let mut m: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     let (lo, hi) = (start.map(|t| t / BUCKET_NS), end.map(|t| t / BUCKET_NS));
-    for r in s.rollups(start, end) {
-        for e in r.edges {
-            if lo.is_some_and(|l| e.minute < l) || hi.is_some_and(|h| e.minute > h) {
-                continue;
-            }
-            let v = m.entry((e.parent, e.child)).or_default();
-            v.0 += e.calls;
-            v.1 += e.errors;
-        }
-    }
-    m.into_iter()
-        .map(|((parent, child), (call_count, error_count))| Edge { parent, child, call_count, error_count })
-        .collect()
+    let rollups = s.rollups(start.map(|t| t.saturating_sub(PAIRING_SLACK_NS)), end);
+    let graph = service_graph(rollups.iter().map(|r| r.as_ref()), lo, hi);
+    let mut edges: Vec<Edge> = graph
+        .into_iter()
+        .map(|((parent, child, connection_type), g)| Edge {
+            parent,
+            child,
+            call_count: g.calls,
+            error_count: g.errors,
+            connection_type,
+            p50_ns: g.latency.quantile(0.50),
+            p95_ns: g.latency.quantile(0.95),
+            p99_ns: g.latency.quantile(0.99),
+        })
+        .collect();
+    edges.sort_by(|a, b| {
+        (&a.parent, &a.child, a.connection_type).cmp(&(&b.parent, &b.child, b.connection_type))
+    });
+    edges
 }
 
 pub(super) fn red(s: &Storage, q: &RedQuery) -> Vec<RedSeries> {
-    type Acc = (u64, u64, HashMap<u16, u64>);
+    type Acc = (u64, u64, LatencySketch);
     let step = q.step_ns.max(1);
     // (service, operation or None) -> bucket start -> accumulators
     let mut m: BTreeMap<(String, Option<String>), BTreeMap<u64, Acc>> = BTreeMap::new();
     let (lo, hi) = (q.start_ns / BUCKET_NS, q.end_ns / BUCKET_NS);
     for r in s.rollups(Some(q.start_ns), Some(q.end_ns)) {
-        for b in r.red {
+        for b in &r.red {
             if !b.is_entry() || b.minute < lo || b.minute > hi {
                 continue;
             }
@@ -181,9 +258,7 @@ pub(super) fn red(s: &Storage, q: &RedQuery) -> Vec<RedSeries> {
                 let acc = m.entry(k).or_default().entry(t).or_default();
                 acc.0 += b.count;
                 acc.1 += b.errors;
-                for (i, c) in &b.hist {
-                    *acc.2.entry(*i).or_default() += u64::from(*c);
-                }
+                b.add_latency_to(&mut acc.2);
             }
         }
     }
@@ -197,9 +272,9 @@ pub(super) fn red(s: &Storage, q: &RedQuery) -> Vec<RedSeries> {
                     time_unix_nano: t,
                     request_count: count,
                     error_count: errors,
-                    p50_ns: quantile(&hist, 0.50),
-                    p95_ns: quantile(&hist, 0.95),
-                    p99_ns: quantile(&hist, 0.99),
+                    p50_ns: hist.quantile(0.50).unwrap_or(0),
+                    p95_ns: hist.quantile(0.95).unwrap_or(0),
+                    p99_ns: hist.quantile(0.99).unwrap_or(0),
                 })
                 .collect(),
         })

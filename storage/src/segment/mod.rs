@@ -8,7 +8,7 @@
 //! {id}/log_index/      tantivy: one document per log (words of body and attribute values, service, severity, time)
 //! {id}/resources.bin   the distinct resources of the segment's spans
 //! {id}/summaries.bin   per trace: root, start, duration, span and error counts per service
-//! {id}/rollup.json     edges and RED buckets per minute
+//! {id}/rollup.json     edges and RED buckets (latency sketches) per minute, unpaired call halves
 //! {id}/meta.json       counts, time range, services, operations; written last
 //! ```
 //!
@@ -148,8 +148,8 @@ pub fn read_trace_index(dir: &Path) -> Result<Vec<TraceIndexEntry>> {
 pub struct Segment {
     /// The segment's `meta.json`.
     pub meta: SegmentMeta,
-    /// The segment's `rollup.json`.
-    pub rollup: Rollup,
+    /// The segment's `rollup.json`, shared with the queries reading it.
+    pub rollup: Arc<Rollup>,
     dir: PathBuf,
     trace_index: Arc<Vec<TraceIndexEntry>>,
     resources: Vec<Attributes>,
@@ -198,7 +198,7 @@ impl Segment {
             return Err(Error::Format { segment: v.id, dir: dir.to_path_buf(), found: v.format });
         }
         let meta: SegmentMeta = serde_json::from_slice(&raw)?;
-        let rollup: Rollup = serde_json::from_slice(&fs::read(dir.join(ROLLUP_FILE))?)?;
+        let rollup: Arc<Rollup> = Arc::new(serde_json::from_slice(&fs::read(dir.join(ROLLUP_FILE))?)?);
         let trace_index = Arc::new(read_trace_index(dir)?);
         let (resource_services, resources) =
             layout::decode_resources(&fs::read(dir.join(RESOURCES_FILE))?)?.into_iter().unzip();

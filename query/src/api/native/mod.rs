@@ -403,7 +403,21 @@ async fn dependencies(
         .dependencies(start_ns, end_ns)
         .await?
         .into_iter()
-        .map(|e| json!({"parent": e.parent, "child": e.child, "call_count": e.call_count, "error_count": e.error_count}))
+        .map(|e| {
+            let mut v = json!({
+                "parent": e.parent,
+                "child": e.child,
+                "call_count": e.call_count,
+                "error_count": e.error_count,
+                "p50_ns": e.p50_ns,
+                "p95_ns": e.p95_ns,
+                "p99_ns": e.p99_ns,
+            });
+            if let Some(ct) = e.connection_type.label() {
+                v["connection_type"] = json!(ct);
+            }
+            v
+        })
         .collect();
     let warnings = st.damage(&tenant, start_ns, end_ns);
     Ok(Json(with_warnings(json!({ "edges": edges }), &warnings)).into_response())
@@ -446,7 +460,7 @@ async fn red(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): Ra
             json!({"service": s.service, "operation": s.operation, "points": points})
         })
         .collect();
-    // Percentiles come from histogram buckets: say so, so no one reads
+    // Percentiles come from sketches (within 1%): say so, so no one reads
     // them as exact.
     let warnings = st.damage(&tenant, Some(start_ns), Some(end_ns));
     let v = json!({"step_ns": step_ns, "percentiles_approximate": true, "series": series});
