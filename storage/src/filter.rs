@@ -14,7 +14,9 @@ pub struct SpanFilter {
     /// The span's name equals this.
     pub operation: Option<String>,
     /// `key=value` pairs; a span matches when its own or its resource's
-    /// attribute `key` has the scalar value `value` (compared as text).
+    /// attribute `key` has the scalar value `value` (compared as text), or
+    /// is an array with such an element
+    /// ([`crate::model::AttrValue::matches_search_text`]).
     pub attrs: Vec<(String, String)>,
     /// The span lasts at least this long (ns, inclusive).
     pub min_duration_ns: Option<u64>,
@@ -68,7 +70,7 @@ impl SpanFilter {
             s.attributes
                 .iter()
                 .chain(s.resource.attributes.iter())
-                .any(|(ak, av)| ak == k && av.as_search_text().as_deref() == Some(v.as_str()))
+                .any(|(ak, av)| ak == k && av.matches_search_text(v))
         })
     }
 }

@@ -145,6 +145,25 @@ impl AttrValue {
     /// The value as search indexes see it: scalars as text, composites as
     /// `None` (not searchable by equality).
     pub fn as_search_text(&self) -> Option<String> {
+        self.scalar_text()
+    }
+
+    /// Whether search text `v` finds this value: a scalar whose
+    /// [`Self::as_search_text`] is `v`, or an array with such a scalar
+    /// element (at its top level). Arrays match by element as TraceQL's
+    /// `=` does in Tempo ("Arrays" in Tempo's TraceQL construct
+    /// documentation); the segment index keeps a `key=element` term for
+    /// each, so indexed search and this agree.
+    pub fn matches_search_text(&self, v: &str) -> bool {
+        match self {
+            AttrValue::Array(a) => {
+                a.iter().any(|e| !matches!(e, AttrValue::Array(_)) && e.matches_search_text(v))
+            }
+            _ => self.scalar_text().as_deref() == Some(v),
+        }
+    }
+
+    fn scalar_text(&self) -> Option<String> {
         match self {
             AttrValue::Str(s) => Some(s.clone()),
             AttrValue::Int(i) => Some(i.to_string()),

@@ -118,8 +118,21 @@ impl IndexBuilder {
         };
         doc.add_u64(f.resource, ord);
         for (k, v) in &s.attributes {
-            if search_term(&mut self.term, k, v) {
-                doc.add_text(f.attr, &self.term);
+            match v {
+                // One term per scalar element, so a condition on the key
+                // finds the array as `AttrValue::matches_search_text` does.
+                AttrValue::Array(a) => {
+                    for e in a {
+                        if search_term(&mut self.term, k, e) {
+                            doc.add_text(f.attr, &self.term);
+                        }
+                    }
+                }
+                v => {
+                    if search_term(&mut self.term, k, v) {
+                        doc.add_text(f.attr, &self.term);
+                    }
+                }
             }
         }
         doc.add_u64(f.status, u64::from(s.status_code));
@@ -274,8 +287,7 @@ impl Segment {
             let mut any: Vec<(Occur, Box<dyn Query>)> =
                 vec![(Occur::Should, term(sf.attr, &format!("{k}={v}")))];
             for (ord, attrs) in self.resources.iter().enumerate() {
-                if attrs.iter().any(|(ak, av)| ak == k && av.as_search_text().as_deref() == Some(v.as_str()))
-                {
+                if attrs.iter().any(|(ak, av)| ak == k && av.matches_search_text(v)) {
                     any.push(resource(ord));
                 }
             }
@@ -328,9 +340,10 @@ impl Segment {
         let searcher = self.span_reader.searcher();
         let mut text = String::new();
         for (k, v) in &f.attrs {
-            let on_resource = self.resources.iter().any(|attrs| {
-                attrs.iter().any(|(ak, av)| ak == k && av.as_search_text().as_deref() == Some(v.as_str()))
-            });
+            let on_resource = self
+                .resources
+                .iter()
+                .any(|attrs| attrs.iter().any(|(ak, av)| ak == k && av.matches_search_text(v)));
             if on_resource {
                 continue;
             }

@@ -6,11 +6,19 @@
 //!
 //! - `resource.service.name = "s"`, `name = "n"`, `status = ...` and
 //!   `duration` bounds on the span itself;
-//! - not attribute comparisons: an attribute may hold an array, which
-//!   `=` matches when any element does (Tempo's array semantics), and
-//!   the index keeps only scalar `key=value` terms;
+//! - `=` on a span, resource or unscoped attribute with a string, integer
+//!   or boolean literal, as a `key=value` text condition: the index keeps
+//!   that term for scalar values and for each scalar element of an array
+//!   (which `=` matches when any element does, as in Tempo), and a span's
+//!   condition may be met by its resource's attribute too, so the filter
+//!   keeps every span the comparison can match. (Floats are not pushed:
+//!   `1.0` and the integer `1` compare equal but are other text.)
 //! - not regexes, `!=`, `nil`, parent, event or link conditions, nor
 //!   anything under `||` or `!`.
+//!
+//! Segments written before arrays were indexed by element hold no
+//! element terms, so there an array attribute is found only by a
+//! condition that is not pushed down (documented in docs/traceql.md).
 
 use skein_storage::filter::{SpanFilter, StatusFilter};
 use skein_storage::model::status;
@@ -107,6 +115,22 @@ fn of_field(e: &FieldExpr) -> SpanFilter {
                 // (`Resource::service_name`), never an array.
                 f.service.get_or_insert_with(|| v.clone());
             }
+            (FieldExpr::Attr(a), BinOp::Eq, lit)
+                if !a.parent
+                    && matches!(a.scope, AttrScope::Span | AttrScope::Resource | AttrScope::Unscoped) =>
+            {
+                let text = match lit {
+                    Static::Str(v) => v.clone(),
+                    // Beyond 2^53 an integer and the double it equals may
+                    // print differently.
+                    Static::Int(i) if i.unsigned_abs() < 1 << 53 => i.to_string(),
+                    Static::Bool(b) => b.to_string(),
+                    _ => continue,
+                };
+                if !f.attrs.iter().any(|(k, v)| *k == a.name && *v == text) {
+                    f.attrs.push((a.name.clone(), text));
+                }
+            }
             (FieldExpr::Intrinsic(Intrinsic::Name), BinOp::Eq, Static::Str(v)) => {
                 f.operation.get_or_insert_with(|| v.clone());
             }
@@ -158,7 +182,19 @@ mod tests {
             && duration > 100ms && duration <= 2s && status = error && .other =~ "a.*" }"#);
         assert_eq!(f.service.as_deref(), Some("api"));
         assert_eq!(f.operation.as_deref(), Some("GET /x"));
-        assert!(f.attrs.is_empty(), "attributes may be arrays: never pushed down");
+        assert_eq!(f.attrs, [("http.status_code".to_string(), "500".to_string())]);
+        let mut g =
+            cf(r#"{ .a = "x" && resource.b = true && span.c = -7 && span.d = 1.5 && parent.e = "p" }"#);
+        g.attrs.sort();
+        assert_eq!(
+            g.attrs,
+            [("a".into(), "x".into()), ("b".into(), "true".into()), ("c".into(), "-7".into())]
+        );
+        // The resource's own `service.name` attribute meets it too.
+        assert_eq!(cf(r#"{ .service.name = "a" }"#).attrs, [("service.name".into(), "a".into())]);
+        assert!(cf(r#"{ event.a = "x" && link.b = "y" && span.c != "z" && span.d =~ "w" }"#)
+            .attrs
+            .is_empty());
         assert_eq!(f.min_duration_ns, Some(100_000_001));
         assert_eq!(f.max_duration_ns, Some(2_000_000_000));
         assert_eq!(f.status, Some(StatusFilter::Error));
@@ -179,9 +215,8 @@ mod tests {
         empty(r#"{ name = "a" } && { status = error } || { name = "b" }"#);
         empty(r#"{ !(name = "a") }"#);
         empty(r#"{ name != "a" && duration != 1s }"#);
-        empty(r#"{ parent.resource.service.name = "a" && .service.name = "a" && trace:duration > 1s }"#);
+        empty(r#"{ parent.resource.service.name = "a" && trace:duration > 1s }"#);
         empty(r#"{ name =~ "a" && duration > -1s && duration > 1.5 }"#);
-        empty(r#"{ span.tags = "a" }"#);
         empty(r#"by(name) | count() > 1"#);
         // (a || b) && c keeps c.
         let f = cf(r#"{ name = "a" || name = "b" && status = error }"#);
