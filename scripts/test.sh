@@ -19,6 +19,11 @@ if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install -q 'moto[server]==5.2.1'
 fi
 
+if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' >/dev/null 2>&1; then
+  step "pip install opentelemetry-proto (a query test runs shared/workload/gen_workload.py)"
+  python3 -m pip install -q opentelemetry-proto protobuf
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 

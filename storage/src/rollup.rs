@@ -566,8 +566,8 @@ impl RollupBuilder {
             .filter(|p| !parents.get(&(p.trace_id, p.span_id)).is_some_and(|x| x.1))
             .collect();
         parents.clear();
-        open_parents.sort_by(|a, b| (a.trace_id, a.span_id).cmp(&(b.trace_id, b.span_id)));
-        children.sort_by(|a, b| (a.trace_id, a.parent_span_id).cmp(&(b.trace_id, b.parent_span_id)));
+        open_parents.sort_by_key(|a| (a.trace_id, a.span_id));
+        children.sort_by_key(|a| (a.trace_id, a.parent_span_id));
 
         let mut edges: Vec<EdgeBucket> = self
             .edges

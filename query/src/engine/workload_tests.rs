@@ -174,8 +174,8 @@ async fn measure_rollups_on_a_workload_dir() {
             for sp in &block {
                 traces.entry(sp.trace_id).or_default().push(sp);
             }
-            let mut red: BTreeMap<(u64, String, String, u8, bool), (u64, u64, BTreeMap<u16, u32>)> =
-                BTreeMap::new();
+            type OldRed = BTreeMap<(u64, String, String, u8, bool), (u64, u64, BTreeMap<u16, u32>)>;
+            let mut red = OldRed::new();
             let mut edges: BTreeMap<(u64, String, String), (u64, u64)> = BTreeMap::new();
             for t in traces.values() {
                 let by_id: std::collections::HashMap<_, _> = t.iter().map(|x| (x.span_id, *x)).collect();
