@@ -390,7 +390,7 @@ async fn serve(cfg: Config) -> Result<()> {
     telemetry::register_process(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
     let listener_metrics = ListenerMetrics::register(&mut registry);
-    let api = ApiState { tenants: tenants.clone(), registry: Arc::new(registry), cfg: cfg.query.clone() };
+    let api = ApiState::new(tenants.clone(), registry, cfg.query.clone());
 
     let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
     let otlp_http_l = bind(&cfg.otlp_http_addr, "OTLP/HTTP").await?;
