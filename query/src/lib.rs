@@ -69,6 +69,27 @@ pub struct QueryConfig {
     pub max_spans_per_trace: usize,
 }
 
+impl QueryConfig {
+    /// Settings that cannot work, explained.
+    ///
+    /// # Errors
+    /// The first such setting, named with what to set instead.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, zero) in [
+            ("timeout", self.timeout.is_zero()),
+            ("max_range", self.max_range.is_zero()),
+            ("max_concurrent", self.max_concurrent == 0),
+            ("max_limit", self.max_limit == 0),
+            ("max_spans_per_trace", self.max_spans_per_trace == 0),
+        ] {
+            if zero {
+                return Err(format!("query.{name} must be more than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The default of `query.max_concurrent`: twice the CPU cores, at least 4.
 pub fn default_max_concurrent() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get() * 2).max(4)
@@ -154,5 +175,20 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Tenant {
         _: &S,
     ) -> std::result::Result<Self, Self::Rejection> {
         Ok(Tenant(parts.extensions.get::<TenantId>().cloned().unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_named() {
+        assert!(QueryConfig::default().check().is_ok());
+        let c = QueryConfig { max_concurrent: 0, ..Default::default() };
+        assert_eq!(c.check().unwrap_err(), "query.max_concurrent must be more than 0");
+        let c = QueryConfig { max_range: Duration::ZERO, ..Default::default() };
+        assert!(c.check().unwrap_err().contains("query.max_range"));
+        assert!(default_max_concurrent() >= 4);
     }
 }

@@ -179,7 +179,7 @@ impl TimeRange {
 /// which no one sets a limit in).
 fn days(d: std::time::Duration) -> String {
     let secs = d.as_secs();
-    if secs % 86_400 == 0 {
+    if secs.is_multiple_of(86_400) {
         format!("{}d", secs / 86_400)
     } else {
         humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
