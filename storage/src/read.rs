@@ -272,6 +272,14 @@ impl<'a> Reader<'a> {
         self.s
     }
 
+    /// Counts the log rows of `f`'s trace in `seg`, which a log read by
+    /// trace ID reads whole ([`Segment::search_logs`]).
+    fn add_trace_log_bytes(&self, seg: &Segment, f: &LogFilter) {
+        if let Some(e) = f.trace_id.as_ref().and_then(|t| seg.find(t)) {
+            self.ctx.add_bytes(seg.log_read_bytes(&[e.log_rows()]));
+        }
+    }
+
     /// The check before reading `seg`, which it then counts as read.
     fn enter(&self, seg: &Segment) -> Result<()> {
         self.ctx.check()?;
@@ -484,6 +492,7 @@ impl<'a> Reader<'a> {
         if f.trace_id.is_some() {
             for seg in segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
                 self.enter(seg)?;
+                self.add_trace_log_bytes(seg, f);
                 let found = self.s.guarded(seg, |g| g.search_logs(f, limit))?.unwrap_or_default();
                 self.ctx.add_logs(found.len());
                 out.extend(found);
@@ -540,6 +549,7 @@ impl<'a> Reader<'a> {
         for seg in segments.iter().filter(|s| s.overlaps(f.start_ns, f.end_ns)) {
             self.enter(seg)?;
             if f.trace_id.is_some() {
+                self.add_trace_log_bytes(seg, f);
                 for l in self.s.guarded(seg, |g| g.search_logs(f, usize::MAX))?.unwrap_or_default() {
                     count(l.effective_time(), 1);
                 }
