@@ -5,8 +5,8 @@
 //!
 //! Trace lookups by ID have a pool of their own: opening one trace from a
 //! search result must not queue behind the broad searches that fill the
-//! other pool (Tempo likewise shards trace-by-ID and search requests into
-//! separate queues of its query frontend).
+//! other pool, and a lookup reads only the segments holding the trace, so
+//! its slots come free quickly.
 
 use std::sync::Arc;
 use std::time::Duration;
