@@ -285,6 +285,7 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         bail!("[overrides.*] are per tenant; set multitenancy_enabled = true to use them");
     }
     let auth = Auth::new(&file.auth, file.multitenancy_enabled).context("invalid [auth]")?;
+    file.query.check().map_err(anyhow::Error::msg).context("invalid [query]")?;
     file.server.check(file.query.timeout).context("invalid server configuration")?;
     let tls = match (a.tls_cert.or(file.tls_cert), a.tls_key.or(file.tls_key)) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -390,7 +391,7 @@ async fn serve(cfg: Config) -> Result<()> {
     telemetry::register_process(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
     let listener_metrics = ListenerMetrics::register(&mut registry);
-    let api = ApiState { tenants: tenants.clone(), registry: Arc::new(registry), cfg: cfg.query.clone() };
+    let api = ApiState::new(tenants.clone(), registry, cfg.query.clone());
 
     let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
     let otlp_http_l = bind(&cfg.otlp_http_addr, "OTLP/HTTP").await?;

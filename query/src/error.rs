@@ -40,9 +40,18 @@ pub enum Error {
     /// `Retry-After`); the message says what is over its limit.
     #[error("{0}")]
     Overloaded(String),
-    /// The query ran longer than `query.timeout` and was abandoned (504).
-    #[error("query did not finish within {0:?}; narrow the time range or add conditions")]
+    /// The query ran longer than `query.timeout` (504); its work was
+    /// cancelled.
+    #[error(
+        "query exceeded the {} deadline (query.timeout) and was cancelled; narrow the time range or add \
+         conditions",
+        humantime::format_duration(*.0)
+    )]
     Deadline(Duration),
+    /// `query.max_concurrent` queries were running for all of
+    /// `query.queue_timeout` (429 with `Retry-After`).
+    #[error("{0}")]
+    TooBusy(String),
     /// Storage failed to read (500): an I/O, format or object-store fault.
     #[error(transparent)]
     Storage(skein_storage::Error),
@@ -67,7 +76,9 @@ impl Error {
 
     /// The HTTP status of this error: retryable conditions (not ready,
     /// overloaded) are 503 so clients retry; a deadline is 504, the gateway
-    /// timeout status (RFC 9110 §15.6.5) rather than "unavailable".
+    /// timeout status (RFC 9110 §15.6.5) rather than "unavailable"; too
+    /// many queries at once is 429 (RFC 6585 §4), as Tempo's and Loki's
+    /// query frontends answer a full queue.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -77,6 +88,7 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotReady | Error::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::TooBusy(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Storage(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +103,8 @@ impl From<skein_storage::Error> for Error {
             S::TooManyTenants { .. } => Error::Forbidden(e.to_string()),
             // Storage reports a query its index parser rejects as `Config`.
             S::Config(m) => Error::BadRequest(m),
+            // The engine puts its `query.timeout` in (see `Engine::run`).
+            S::Cancelled => Error::Deadline(Duration::ZERO),
             other => Error::Storage(other),
         }
     }
@@ -103,7 +117,7 @@ impl IntoResponse for Error {
             tracing::error!(error = %self, "query failed");
         }
         let mut resp = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         if status == StatusCode::UNAUTHORIZED {
@@ -132,6 +146,9 @@ mod tests {
     fn unavailable_answers_say_when_to_retry() {
         let r = Error::NotReady.into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = Error::TooBusy("busy".into()).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         let r = Error::bad("limit: nope").into_response();
         assert!(r.headers().get(header::RETRY_AFTER).is_none());

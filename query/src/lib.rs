@@ -12,6 +12,7 @@
 pub mod api;
 pub mod engine;
 mod error;
+pub mod guard;
 mod params;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub use api::router;
 pub use engine::traceql;
 pub use engine::{summarize, Engine, TraceSummary};
 pub use error::{Error, Result, RETRY_AFTER_SECS};
+pub use guard::{Guards, Pool, QueryMetrics};
 pub use params::{
     parse_duration_ns, parse_time, parse_time_in, parse_trace_id, Limit, Params, TimeRange, TimeUnit,
 };
@@ -38,12 +40,59 @@ pub struct QueryConfig {
     pub default_limit: usize,
     /// The largest `limit` honoured; bigger requests are capped.
     pub max_limit: usize,
-    /// A query still running after this is abandoned with 504.
+    /// A query still running after this is answered 504 and its work is
+    /// cancelled: it stops at its next segment or trace.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Traces a TraceQL search evaluates at most (newest first among those
     /// the index selects); bounds the cost of a broad query.
     pub max_traceql_candidates: usize,
+    /// Queries running at once, per pool (searches and listings; trace
+    /// lookups by ID have their own). Default: twice the CPU cores, at
+    /// least 4. A query runs on one thread, busy on the CPU while its data
+    /// is on local disk and waiting while it comes from the object store:
+    /// twice the cores keeps every core busy through those waits, and more
+    /// would only share the cores, so that every query takes longer and
+    /// more of them reach `timeout`.
+    pub max_concurrent: usize,
+    /// How long a query waits for a free slot before it is refused with
+    /// 429 and `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// The longest `start`..`end` a query may cover (400 beyond it, as
+    /// Tempo's `max_duration` refuses a search); a query without both
+    /// bounds is not checked.
+    #[serde(with = "humantime_serde")]
+    pub max_range: Duration,
+    /// Spans a trace lookup answers at most: a larger trace is answered
+    /// with its first spans by start time and a warning saying so.
+    pub max_spans_per_trace: usize,
+}
+
+impl QueryConfig {
+    /// Settings that cannot work, explained.
+    ///
+    /// # Errors
+    /// The first such setting, named with what to set instead.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, zero) in [
+            ("timeout", self.timeout.is_zero()),
+            ("max_range", self.max_range.is_zero()),
+            ("max_concurrent", self.max_concurrent == 0),
+            ("max_limit", self.max_limit == 0),
+            ("max_spans_per_trace", self.max_spans_per_trace == 0),
+        ] {
+            if zero {
+                return Err(format!("query.{name} must be more than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The default of `query.max_concurrent`: twice the CPU cores, at least 4.
+pub fn default_max_concurrent() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 2).max(4)
 }
 
 impl Default for QueryConfig {
@@ -53,6 +102,10 @@ impl Default for QueryConfig {
             max_limit: 1000,
             timeout: Duration::from_secs(30),
             max_traceql_candidates: 5000,
+            max_concurrent: default_max_concurrent(),
+            queue_timeout: Duration::from_secs(5),
+            max_range: Duration::from_secs(31 * 86_400),
+            max_spans_per_trace: 100_000,
         }
     }
 }
@@ -66,9 +119,21 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// Limits and deadlines of queries.
     pub cfg: QueryConfig,
+    /// The concurrency limit every query of this API shares, and the
+    /// query counters.
+    pub guards: Guards,
 }
 
 impl ApiState {
+    /// The state of an API over `tenants` under `cfg`, its query counters
+    /// registered in `registry` (which `/metrics` then shows).
+    pub fn new(tenants: Arc<Tenants>, mut registry: Registry, cfg: QueryConfig) -> ApiState {
+        let metrics = QueryMetrics::default();
+        metrics.register(&mut registry);
+        let guards = Guards::with_metrics(&cfg, metrics);
+        ApiState { tenants, registry: Arc::new(registry), cfg, guards }
+    }
+
     /// The storage `tenant` reads: its own, or an empty one when it has no
     /// data yet (a read never creates a tenant).
     ///
@@ -91,7 +156,7 @@ impl ApiState {
     /// # Errors
     /// As [`ApiState::storage`].
     pub async fn engine(&self, tenant: &TenantId) -> Result<Engine> {
-        Ok(Engine::new(self.storage(tenant).await?, self.cfg.clone()))
+        Ok(Engine::new(self.storage(tenant).await?, self.cfg.clone()).with_guards(self.guards.clone()))
     }
 }
 
@@ -110,5 +175,20 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Tenant {
         _: &S,
     ) -> std::result::Result<Self, Self::Rejection> {
         Ok(Tenant(parts.extensions.get::<TenantId>().cloned().unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_named() {
+        assert!(QueryConfig::default().check().is_ok());
+        let c = QueryConfig { max_concurrent: 0, ..Default::default() };
+        assert_eq!(c.check().unwrap_err(), "query.max_concurrent must be more than 0");
+        let c = QueryConfig { max_range: Duration::ZERO, ..Default::default() };
+        assert!(c.check().unwrap_err().contains("query.max_range"));
+        assert!(default_max_concurrent() >= 4);
     }
 }

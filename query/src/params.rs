@@ -148,11 +148,41 @@ pub struct TimeRange {
 }
 
 impl TimeRange {
+    /// 400 when both bounds are given and lie more than `max`
+    /// (`query.max_range`) apart, as Tempo refuses a search longer than
+    /// its `max_duration`; the message names both keys and the limit. A
+    /// range open on either side is not checked (its cost is bounded by
+    /// the data kept, and the query deadline bounds the rest).
+    pub fn within(&self, max: std::time::Duration, start_key: &str, end_key: &str) -> Result<()> {
+        let (Some(a), Some(b)) = (self.start_ns, self.end_ns) else { return Ok(()) };
+        let span = std::time::Duration::from_nanos(b.saturating_sub(a));
+        if span > max {
+            return Err(Error::bad(format!(
+                "{start_key}..{end_key} covers {}, more than {} (query.max_range); narrow the range",
+                days(span),
+                days(max)
+            )));
+        }
+        Ok(())
+    }
+
     /// Both bounds, with `end` defaulting to now and `start` to `end - lookback_ns`.
     pub fn or_last(self, lookback_ns: u64) -> (u64, u64) {
         let end = self.end_ns.unwrap_or_else(skein_storage::now_unix_nano);
         let start = self.start_ns.unwrap_or(end.saturating_sub(lookback_ns));
         (start, end)
+    }
+}
+
+/// `d` in whole days (`40d`) when it is whole days, else as humantime
+/// writes it to the second (`humantime` counts months of 30.44 days,
+/// which no one sets a limit in).
+fn days(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs.is_multiple_of(86_400) {
+        format!("{}d", secs / 86_400)
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
     }
 }
 

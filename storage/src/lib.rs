@@ -58,7 +58,7 @@ use crate::metrics::StorageMetrics;
 use crate::segment::{Segment, SegmentConfig, META_FILE};
 
 pub use crate::compact::{CompactStats, CompactionConfig};
-pub use crate::read::SpanPresence;
+pub use crate::read::{ReadCtx, ReadStats, Reader, SpanPresence};
 use crate::wal::{Wal, WalConfig, WalError};
 
 /// Errors of the storage layer.
@@ -112,6 +112,10 @@ pub enum Error {
     /// client should retry later.
     #[error("ingest is over capacity (head holds {0} bytes); retry later")]
     Overloaded(usize),
+    /// A read stopped because its [`ReadCtx`] was cancelled or passed its
+    /// deadline (the query's caller gave up on it).
+    #[error("the read was cancelled (its query's deadline passed)")]
+    Cancelled,
     /// WAL replay has not finished; retry later.
     #[error("storage is not ready (WAL replay in progress)")]
     NotReady,

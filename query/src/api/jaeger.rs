@@ -30,6 +30,32 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/jaeger/api/traces", get(find_traces))
         .route("/jaeger/api/traces/{trace_id}", get(get_trace))
         .route("/jaeger/api/dependencies", get(dependencies))
+        .layer(axum::middleware::map_response(jaeger_errors))
+}
+
+/// Every error in Jaeger's envelope, as Jaeger's query service answers
+/// them (`{"data": null, "errors": [{"code", "msg"}], ...}` with the same
+/// status, `Retry-After` kept on 429 and 503), so Jaeger clients show the
+/// message; `error` stays beside it, as on every Skein API. Answers that
+/// are already envelopes (the trace lookup's 404) pass unchanged.
+async fn jaeger_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let msg = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .filter(|v| v.get("errors").is_none())
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from));
+    let Some(msg) = msg else { return Response::from_parts(parts, axum::body::Body::from(bytes)) };
+    let v = json!({"data": null, "total": 0, "limit": 0, "offset": 0,
+        "errors": [{"code": status.as_u16(), "msg": msg}], "error": msg});
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(v.to_string()))
 }
 
 /// Jaeger's response envelope, with `errors` listing why the answer is partial (a
@@ -303,6 +329,7 @@ async fn find_traces(
         }
     }
     let range = p.range("start", "end", TimeUnit::Micros)?;
+    range.within(st.cfg.max_range, "start", "end")?;
     let filter = SpanFilter {
         service: p.get("service").map(String::from),
         operation: p.get("operation").map(String::from),
@@ -353,6 +380,11 @@ async fn dependencies(
         .transpose()?
         .unwrap_or(DEFAULT_LOOKBACK_MS);
     let start = end.saturating_sub(lookback.saturating_mul(1_000_000));
+    crate::TimeRange { start_ns: Some(start), end_ns: Some(end) }.within(
+        st.cfg.max_range,
+        "endTs-lookback",
+        "endTs",
+    )?;
     // One link per (parent, child) whatever the connection type, as
     // Jaeger's `deduplicateDependencies` sums them.
     let mut links: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -379,11 +411,11 @@ mod tests {
     use crate::QueryConfig;
 
     fn app(s: &Arc<skein_storage::Storage>) -> axum::Router {
-        crate::router(crate::ApiState {
-            tenants: skein_storage::tenant::Tenants::from_storage(s.clone()),
-            registry: Arc::new(Default::default()),
-            cfg: QueryConfig::default(),
-        })
+        crate::router(crate::ApiState::new(
+            skein_storage::tenant::Tenants::from_storage(s.clone()),
+            Default::default(),
+            QueryConfig::default(),
+        ))
     }
 
     /// Two requests as the workload sends them: `frontend` serves

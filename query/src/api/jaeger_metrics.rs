@@ -269,11 +269,11 @@ mod tests {
     use crate::QueryConfig;
 
     fn app(s: &Arc<skein_storage::Storage>) -> axum::Router {
-        crate::router(crate::ApiState {
-            tenants: skein_storage::tenant::Tenants::from_storage(s.clone()),
-            registry: Arc::new(Default::default()),
-            cfg: QueryConfig::default(),
-        })
+        crate::router(crate::ApiState::new(
+            skein_storage::tenant::Tenants::from_storage(s.clone()),
+            Default::default(),
+            QueryConfig::default(),
+        ))
     }
 
     /// 2025-01-01T00:00:00Z, Unix ns.

@@ -114,11 +114,11 @@ pub(crate) mod tests {
     use crate::QueryConfig;
 
     fn app_with(s: &Arc<skein_storage::Storage>, cfg: QueryConfig) -> Router {
-        router(ApiState {
-            tenants: skein_storage::tenant::Tenants::from_storage(s.clone()),
-            registry: Arc::new(Default::default()),
+        router(ApiState::new(
+            skein_storage::tenant::Tenants::from_storage(s.clone()),
+            Default::default(),
             cfg,
-        })
+        ))
     }
 
     /// GETs `uri` from `app`: the status and the JSON body (`Null` when
@@ -515,6 +515,151 @@ pub(crate) mod tests {
         ] {
             assert_eq!(post(&accepted).await, StatusCode::OK, "{accepted:?}");
         }
+    }
+
+    /// `/metrics` as text.
+    async fn metrics_text(app: &Router) -> String {
+        let r = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// Issue 12, guard rails: a search that cannot finish within a tiny
+    /// `query.timeout` is a 504 that names the limit, its work stops (no
+    /// query holds a slot afterwards), and `/metrics` counts it.
+    #[tokio::test]
+    async fn a_query_past_its_deadline_is_a_504_and_its_work_stops() {
+        let (_d, s) = storage();
+        crate::engine::testutil::many_traces(&s, 400, 4).await;
+        let cfg = QueryConfig { timeout: Duration::from_millis(1), ..Default::default() };
+        let st =
+            ApiState::new(skein_storage::tenant::Tenants::from_storage(s.clone()), Default::default(), cfg);
+        let app = router(st.clone());
+        for (uri, n) in [
+            ("/api/v1/search/traces?q=%7B%20duration%20%3E%201ns%20%7D&limit=1000", 1),
+            ("/tempo/api/search?minDuration=1ns&limit=1000", 2),
+            ("/jaeger/api/traces?service=cart&limit=1000", 3),
+        ] {
+            let (status, h, v) = send(&app, "GET", uri).await;
+            assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{uri}: {v}");
+            let e = v["error"].as_str().unwrap_or_default();
+            assert!(e.contains("exceeded the 1ms deadline (query.timeout)"), "{uri}: {e}");
+            assert!(h.get(header::RETRY_AFTER).is_none());
+            crate::engine::testutil::until_idle(&st.guards, crate::Pool::Search).await;
+            assert_eq!(st.guards.metrics().deadlines(crate::Pool::Search), n);
+        }
+        let (_, _, v) = send(&app, "GET", "/jaeger/api/traces?service=cart&limit=1000").await;
+        assert_eq!(v["errors"][0]["code"], 504, "Jaeger's envelope: {v}");
+        crate::engine::testutil::until_idle(&st.guards, crate::Pool::Search).await;
+        let m = metrics_text(&app).await;
+        assert!(m.contains(r#"skein_queries_deadline_exceeded_total{pool="search"} 4"#), "{m}");
+        assert!(m.contains(r#"skein_queries_running{pool="search"} 0"#), "{m}");
+        assert!(m.contains(r#"skein_queries_refused_total{pool="trace"} 0"#), "{m}");
+    }
+
+    /// Issue 12, guard rails: with every slot taken, a query waits
+    /// `query.queue_timeout` and is refused with 429 and `Retry-After`, on
+    /// every API in its own error shape; health, readiness and metrics are
+    /// not limited, and trace lookups have slots of their own.
+    #[tokio::test]
+    async fn queries_beyond_the_limit_are_429_with_retry_after() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let cfg =
+            QueryConfig { max_concurrent: 2, queue_timeout: Duration::from_millis(20), ..Default::default() };
+        let st =
+            ApiState::new(skein_storage::tenant::Tenants::from_storage(s.clone()), Default::default(), cfg);
+        let app = router(st.clone());
+        let slots = [
+            st.guards.admit(crate::Pool::Search).await.unwrap(),
+            st.guards.admit(crate::Pool::Search).await.unwrap(),
+        ];
+        for uri in ["/api/v1/search/traces", "/api/v1/services", "/tempo/api/search", "/jaeger/api/services"]
+        {
+            let (status, h, v) = send(&app, "GET", uri).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{uri}: {v}");
+            assert_eq!(h[header::RETRY_AFTER], "1", "{uri}");
+            assert!(v["error"].as_str().unwrap().contains("query.max_concurrent"), "{uri}: {v}");
+        }
+        let (_, _, v) = send(&app, "GET", "/jaeger/api/services").await;
+        assert_eq!((&v["errors"][0]["code"], &v["data"]), (&json!(429), &Value::Null), "{v}");
+        for uri in ["/healthz", "/readyz", "/metrics", &*format!("/api/v1/traces/{}", "01".repeat(16))] {
+            let (status, _, _) = send(&app, "GET", uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+        }
+        assert!(metrics_text(&app).await.contains(r#"skein_queries_refused_total{pool="search"} 5"#));
+        drop(slots);
+        let (status, _, _) = send(&app, "GET", "/api/v1/search/traces").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    /// Issue 12, guard rails: a `start..end` longer than `query.max_range`
+    /// is a 400 naming the limit, on every API that takes a range; a
+    /// `limit` above `query.max_limit` is capped, as before.
+    #[tokio::test]
+    async fn ranges_beyond_max_range_are_refused() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let app = app_with(&s, QueryConfig::default());
+        let day = 86_400u64;
+        // 2024-01-01T00:00:00Z and 40 days later, in seconds.
+        let (t0, t1) = (1_704_067_200u64, 1_704_067_200 + 40 * day);
+        let (ns0, ns1) = (t0 * 1_000_000_000, t1 * 1_000_000_000);
+        for uri in [
+            format!("/api/v1/search/traces?start={ns0}&end={ns1}"),
+            format!("/api/v1/search/logs?start={ns0}&end={ns1}"),
+            format!("/api/v1/logs/histogram?start={ns0}&end={ns1}&step=1h"),
+            format!("/api/v1/dependencies?start={ns0}&end={ns1}"),
+            format!("/api/v1/metrics/red?start={ns0}&end={ns1}&step=1h"),
+            format!("/tempo/api/search?start={t0}&end={t1}"),
+            format!("/jaeger/api/traces?service=cart&start={}&end={}", t0 * 1_000_000, t1 * 1_000_000),
+            format!("/jaeger/api/dependencies?endTs={}&lookback={}", t1 * 1000, 40 * day * 1000),
+        ] {
+            let (st, v) = get(&app, &uri).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {v}");
+            let e = v["error"].as_str().unwrap_or_default();
+            assert!(e.contains("covers 40d, more than 31d (query.max_range)"), "{uri}: {e}");
+        }
+        // 31 days is not refused.
+        let (st, v) =
+            get(&app, "/api/v1/search/traces?start=1970-01-01T00:00:00Z&end=1970-02-01T00:00:00Z").await;
+        assert_eq!((st, v["traces"].as_array().map(Vec::len)), (StatusCode::OK, Some(3)), "{v}");
+    }
+
+    /// Issue 12: every search answer says what it did (`metrics`), counted
+    /// from the work: native trace and log search in snake_case, Tempo's
+    /// search as Tempo's `SearchMetrics`.
+    #[tokio::test]
+    async fn search_answers_carry_their_metrics() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        s.flush(true).unwrap();
+        let app = app_with(&s, QueryConfig::default());
+        let (st, v) =
+            get(&app, "/api/v1/search/traces?q=%7B%20resource.service.name%20%3D%20%22cart%22%20%7D").await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let m = &v["metrics"];
+        assert_eq!((&m["inspected_traces"], &m["inspected_spans"]), (&json!(2), &json!(4)), "{v}");
+        assert_eq!((&m["inspected_segments"], &m["total_segments"]), (&json!(1), &json!(1)), "{v}");
+        assert!(m["inspected_bytes"].as_u64().unwrap() > 0, "{v}");
+        assert!(m["total_segment_bytes"].as_u64().unwrap() > 0, "{v}");
+        assert!(m["elapsed_ns"].as_u64().unwrap() > 0, "{v}");
+
+        let (_, v) =
+            get(&app, "/tempo/api/search?q=%7B%20resource.service.name%20%3D%20%22cart%22%20%7D").await;
+        let m = &v["metrics"];
+        assert_eq!((&m["inspectedTraces"], &m["inspectedSpans"]), (&json!(2), &json!("4")), "{v}");
+        assert_eq!(
+            (&m["totalBlocks"], &m["completedJobs"], &m["totalJobs"]),
+            (&json!(1), &json!(1), &json!(1))
+        );
+        assert!(m["inspectedBytes"].as_str().unwrap().parse::<u64>().unwrap() > 0, "{v}");
+        assert!(m["totalBlockBytes"].as_str().unwrap().parse::<u64>().unwrap() > 0, "{v}");
+
+        s.append_logs(vec![untraced_log()]).await.unwrap();
+        let (_, v) = get(&app, "/api/v1/search/logs?q=housekeeping").await;
+        let m = &v["metrics"];
+        assert_eq!(m["inspected_logs"], 1, "{v}");
+        assert_eq!(m["inspected_segments"], 1, "{v}");
     }
 
     #[tokio::test]

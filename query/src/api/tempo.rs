@@ -277,7 +277,12 @@ fn traceql_span_set(set: &HitSpanset) -> Value {
 
 /// Tempo's search answer: per trace its root, start, duration and up to
 /// [`SPANS_PER_SPANSET`] matched spans per spanset (a TraceQL query's
-/// spansets, with the fields `select(...)` asked for).
+/// spansets, with the fields `select(...)` asked for); `metrics` as Tempo's
+/// `SearchMetrics` in its JSON form (proto3: 64-bit counts as strings):
+/// `inspectedTraces`, `inspectedSpans`, `inspectedBytes` (Parquet pages of
+/// the rows read), `totalBlocks` and `totalBlockBytes` (segments the range
+/// covers), `completedJobs` and `totalJobs` (one job, plus one not done
+/// per quarantined segment).
 pub(crate) fn search_json(r: &TraceSearch) -> Value {
     let traces: Vec<Value> = r
         .traces
@@ -300,14 +305,18 @@ pub(crate) fn search_json(r: &TraceSearch) -> Value {
             })
         })
         .collect();
-    let mut metrics = json!({ "inspectedTraces": r.inspected });
-    if !r.warnings.is_empty() {
-        // Tempo has no partial flag on search; its metrics say a search
-        // is partial by completedJobs < totalJobs. Here one job is the
-        // search itself, and each quarantined segment is a job not done.
-        metrics["totalJobs"] = json!(1 + r.warnings.len());
-        metrics["completedJobs"] = json!(1);
-    }
+    // Tempo has no partial flag on search; its metrics say a search is
+    // partial by completedJobs < totalJobs. Here one job is the search
+    // itself, and each quarantined segment is a job not done.
+    let metrics = json!({
+        "inspectedTraces": r.inspected,
+        "inspectedSpans": r.work.read.spans.to_string(),
+        "inspectedBytes": r.work.read.bytes.to_string(),
+        "totalBlocks": r.work.total_segments,
+        "totalBlockBytes": r.work.total_segment_bytes.to_string(),
+        "completedJobs": 1,
+        "totalJobs": 1 + r.warnings.len(),
+    });
     json!({ "traces": traces, "metrics": metrics })
 }
 
@@ -315,6 +324,7 @@ async fn search(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q):
     let p = Params::parse(q.as_deref());
     let limit = p.limit(st.cfg.default_limit, st.cfg.max_limit)?;
     let range = p.range("start", "end", TimeUnit::Seconds)?;
+    range.within(st.cfg.max_range, "start", "end")?;
     let mut f = SpanFilter { start_ns: range.start_ns, end_ns: range.end_ns, ..Default::default() };
     if let Some(tags) = p.get("tags") {
         for (k, v) in logfmt(tags)? {

@@ -5,16 +5,15 @@
 
 use std::cmp::Reverse;
 use std::str::FromStr;
-use std::time::Instant;
 
 use skein_storage::filter::SpanFilter;
 use skein_storage::model::{Span, TraceId};
-use skein_storage::{SpanPresence, Storage};
+use skein_storage::{Reader, SpanPresence};
 
 use super::conditions::{self, SpanCondition};
 use super::summary::{summarize, TraceSummary};
 use super::traceql::{HitSpanset, TraceQl};
-use super::Trace;
+use super::{Trace, Work};
 use crate::error::{Error, Result};
 use crate::QueryConfig;
 
@@ -172,12 +171,17 @@ pub struct TraceSearch {
     pub inspected: u64,
     /// Why the answer may be missing traces: one line per quarantined
     /// segment whose time range meets the search's
-    /// ([`Storage::damage_in_range`]). Empty when the answer is whole.
+    /// ([`skein_storage::Storage::damage_in_range`]). Empty when the
+    /// answer is whole.
     pub warnings: Vec<String>,
+    /// What the search did.
+    pub work: Work,
 }
 
-pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<TraceSearch> {
-    let started = Instant::now();
+/// Runs trace search `q` through `r`, whose context stops it between
+/// candidates (before each is read and evaluated, TraceQL included) and
+/// between segments.
+pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &TraceQuery) -> Result<TraceSearch> {
     let (cand, budget) = q.plan(cfg.max_traceql_candidates);
     let mut out = TraceSearch::default();
     // A TraceQL candidate lacking a span some part of the query needs
@@ -187,7 +191,7 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
         q.traceql.iter().flat_map(|tq| tq.required_filters()).map(SpanPresence::new).collect();
     let mut possible = |id: &TraceId| -> Result<bool> {
         for p in &mut required {
-            if !s.trace_has_span(id, p)? {
+            if !r.trace_has_span(id, p)? {
                 return Ok(false);
             }
         }
@@ -195,15 +199,15 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
     };
     match q.sort {
         TraceSort::Start => {
-            for id in s.search_traces(&cand, budget)? {
+            for id in r.search_traces(&cand, budget)? {
                 if out.traces.len() >= q.limit {
                     break;
                 }
-                check_deadline(cfg, started)?;
+                r.ctx().check()?;
                 if !possible(&id)? {
                     continue;
                 }
-                if let Some(hit) = evaluate(s, q, id, q.with_trace, &mut out.inspected)? {
+                if let Some(hit) = evaluate(r, q, id, q.with_trace, &mut out.inspected)? {
                     out.traces.push(hit);
                 }
             }
@@ -230,7 +234,7 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
             let mut n = q.limit.saturating_mul(2).max(1);
             let mut read = std::collections::HashSet::new();
             'rounds: loop {
-                let cands = s.longest_traces(&cand, n)?;
+                let cands = r.longest_traces(&cand, n)?;
                 let exhausted = cands.len() < n;
                 for (id, longest) in cands {
                     if kth_longest(&out.traces, q.limit).is_some_and(|k| k >= longest) {
@@ -239,11 +243,11 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
                     if !read.insert(id) {
                         continue;
                     }
-                    check_deadline(cfg, started)?;
+                    r.ctx().check()?;
                     if !possible(&id)? {
                         continue;
                     }
-                    if let Some(hit) = evaluate(s, q, id, false, &mut out.inspected)? {
+                    if let Some(hit) = evaluate(r, q, id, false, &mut out.inspected)? {
                         out.traces.push(hit);
                         if out.traces.len() >= q.limit.saturating_mul(2).max(64) {
                             rank(&mut out.traces);
@@ -259,13 +263,13 @@ pub(super) fn run(s: &Storage, cfg: &QueryConfig, q: &TraceQuery) -> Result<Trac
             if q.with_trace {
                 for hit in &mut out.traces {
                     let id = hit.summary.trace_id;
-                    hit.trace = s.get_trace(&id)?.map(|(spans, logs)| Trace::new(id, spans, logs));
+                    hit.trace = r.get_trace(&id)?.map(|(spans, logs)| Trace::new(id, spans, logs));
                 }
             }
         }
     }
     // Asked last, so segments quarantined by this very search are named.
-    out.warnings = s.damage_in_range(q.filter.start_ns, q.filter.end_ns);
+    out.warnings = r.storage().damage_in_range(q.filter.start_ns, q.filter.end_ns);
     Ok(out)
 }
 
@@ -279,21 +283,11 @@ fn kth_longest(hits: &[TraceHit], k: usize) -> Option<u64> {
     Some(*kth)
 }
 
-/// Stops a search that has run past `query.timeout`: the caller has
-/// answered 504 by then ([`super::Engine`] gives up waiting), and a search
-/// left running would keep reading traces for nobody.
-fn check_deadline(cfg: &QueryConfig, started: Instant) -> Result<()> {
-    if started.elapsed() >= cfg.timeout {
-        return Err(Error::Deadline(cfg.timeout));
-    }
-    Ok(())
-}
-
-/// Reads candidate `id` (counting it in `inspected` when it is still
-/// stored) and checks it against `q`: `None` when it is gone or does not
-/// match.
+/// Reads candidate `id` (counting it in `inspected` and in `r`'s context
+/// when it is still stored) and checks it against `q`: `None` when it is
+/// gone or does not match.
 fn evaluate(
-    s: &Storage,
+    r: &Reader<'_>,
     q: &TraceQuery,
     id: TraceId,
     with_trace: bool,
@@ -306,8 +300,9 @@ fn evaluate(
     // The index matched one of the candidate's spans exactly, so when the
     // trace lives whole in one segment its stored summary is the answer.
     if !with_trace && q.summary_answers() {
-        if let Some(summary) = s.stored_trace_summary(&id)? {
+        if let Some(summary) = r.stored_trace_summary(&id)? {
             *inspected += 1;
+            r.ctx().add_trace(summary.span_count as usize);
             let hit = TraceHit {
                 summary,
                 matched_count: 0,
@@ -319,13 +314,14 @@ fn evaluate(
         }
     }
     let (spans, logs) = if with_trace {
-        let Some(t) = s.get_trace(&id)? else { return Ok(None) };
+        let Some(t) = r.get_trace(&id)? else { return Ok(None) };
         t
     } else {
-        let Some(spans) = s.get_trace_spans(&id)? else { return Ok(None) };
+        let Some(spans) = r.get_trace_spans(&id)? else { return Ok(None) };
         (spans, Vec::new())
     };
     *inspected += 1;
+    r.ctx().add_trace(spans.len());
     // The span conditions hold on some span in every case (they carry
     // the time range); TraceQL then selects the spans it matches.
     let mut spansets = Vec::new();
@@ -494,10 +490,11 @@ mod tests {
     async fn a_search_past_its_deadline_stops() {
         let (_d, s) = storage();
         append(&s, three_traces()).await;
-        let cfg = crate::QueryConfig { timeout: std::time::Duration::ZERO, ..Default::default() };
+        let cfg = crate::QueryConfig::default();
+        let past = skein_storage::ReadCtx::with_deadline(std::time::Instant::now());
         for sort in [TraceSort::Start, TraceSort::Duration] {
             let q = TraceQuery { limit: 10, sort, ..Default::default() };
-            let r = run(&s, &cfg, &q);
+            let r = run(&s.reader(&past), &cfg, &q);
             assert!(matches!(r, Err(Error::Deadline(_))), "{sort:?}: {r:?}");
         }
     }

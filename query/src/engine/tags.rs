@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use skein_storage::model::{AttrValue, Attributes};
-use skein_storage::Storage;
+use skein_storage::{ReadCtx, Storage};
 
 use super::stats;
 use crate::error::Result;
@@ -109,7 +109,9 @@ fn scalar(v: &AttrValue) -> bool {
     v.as_search_text().is_some()
 }
 
-pub(super) fn tag_names(s: &Storage) -> Result<(Vec<String>, Vec<String>)> {
+/// Tag names from memory and every segment, stopping between segments when
+/// `ctx` is.
+pub(super) fn tag_names(s: &Storage, ctx: &ReadCtx) -> Result<(Vec<String>, Vec<String>)> {
     let mut span_keys = BTreeSet::new();
     let mut res_keys = BTreeSet::new();
     s.for_each_memory_span(|sp| {
@@ -121,6 +123,8 @@ pub(super) fn tag_names(s: &Storage) -> Result<(Vec<String>, Vec<String>)> {
         }
     });
     for seg in &s.snapshot().segments {
+        ctx.check()?;
+        ctx.add_segment(&seg.meta.id);
         for r in seg.resources() {
             if res_keys.len() < MAX_TAG_RESULTS {
                 res_keys.extend(r.iter().filter(|a| scalar(&a.1)).map(|a| a.0.clone()));
@@ -142,7 +146,8 @@ pub(super) fn tag_names(s: &Storage) -> Result<(Vec<String>, Vec<String>)> {
     Ok((span_keys.into_iter().collect(), res_keys.into_iter().collect()))
 }
 
-pub(super) fn tag_values(s: &Storage, scope: TagScope, key: &str) -> Result<Vec<TagValue>> {
+/// Values of tag `key` in `scope`, stopping between segments when `ctx` is.
+pub(super) fn tag_values(s: &Storage, ctx: &ReadCtx, scope: TagScope, key: &str) -> Result<Vec<TagValue>> {
     if scope == TagScope::Intrinsic {
         return Ok(intrinsic_values(s, key).into_iter().take(MAX_TAG_RESULTS).collect());
     }
@@ -166,6 +171,8 @@ pub(super) fn tag_values(s: &Storage, scope: TagScope, key: &str) -> Result<Vec<
         }
     });
     for seg in &s.snapshot().segments {
+        ctx.check()?;
+        ctx.add_segment(&seg.meta.id);
         if want_res {
             for r in seg.resources() {
                 add(&mut out, r);

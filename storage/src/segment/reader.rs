@@ -406,6 +406,20 @@ impl Segment {
         Ok(Some((spans, logs)))
     }
 
+    /// Bytes of the Parquet pages [`Segment::lookup`] of trace `id` reads
+    /// (0 when the segment does not hold it), from the files' page index:
+    /// what a query reading it counts as inspected.
+    pub fn trace_read_bytes(&self, id: &TraceId, with_logs: bool) -> u64 {
+        let Some(e) = self.find(id) else { return 0 };
+        let logs = if with_logs { rows_bytes(&self.logs, &[e.log_rows()]) } else { 0 };
+        rows_bytes(&self.spans, &[e.span_rows()]) + logs
+    }
+
+    /// Bytes of the Parquet pages [`Segment::read_logs`] of `ranges` reads.
+    pub fn log_read_bytes(&self, ranges: &[Range<usize>]) -> u64 {
+        rows_bytes(&self.logs, ranges)
+    }
+
     fn read<T: ReadRow>(&self, ranges: Vec<Range<usize>>) -> Result<Vec<T>> {
         self.read_with(ranges, RowContext::default())
     }
@@ -514,6 +528,25 @@ fn collect_rows<T: parquet::file::reader::ChunkReader + 'static>(
         out.push(b?);
     }
     Ok(out)
+}
+
+/// Bytes of the pages of `file` holding rows `ranges` (file-wide row
+/// numbers, any order), every column: the pages [`Segment::read_rows`]
+/// touches for them.
+fn rows_bytes(file: &ParquetFile, ranges: &[Range<usize>]) -> u64 {
+    let mut ranges: Vec<Range<usize>> = ranges.iter().filter(|r| !r.is_empty()).cloned().collect();
+    ranges.sort_by_key(|r| r.start);
+    let md = file.meta.metadata();
+    let mut groups = Vec::new();
+    let mut base = 0usize;
+    for (gi, rg) in md.row_groups().iter().enumerate() {
+        let end = base + rg.num_rows() as usize;
+        if ranges.iter().any(|r| r.start < end && base < r.end) {
+            groups.push(gi);
+        }
+        base = end;
+    }
+    pages_to_fetch(md, &groups, &ranges, None).iter().map(|r| r.end - r.start).sum()
 }
 
 /// The byte ranges a read of rows `ranges` (sorted, file-wide row numbers)

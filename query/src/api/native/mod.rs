@@ -17,7 +17,7 @@ use skein_storage::model::kind;
 use skein_storage::rollup::BUCKET_NS;
 
 use crate::engine::traceql::TraceQl;
-use crate::engine::{RedQuery, TraceQuery, TraceSearch};
+use crate::engine::{RedQuery, TraceQuery, TraceSearch, Work};
 use crate::error::{Error, Result};
 use crate::params::{parse_trace_id, Limit, Params, TimeRange, TimeUnit};
 use crate::{ApiState, Tenant};
@@ -180,8 +180,9 @@ pub(crate) fn status_filter(s: &str) -> Result<StatusFilter> {
 }
 
 /// The span filter of trace search, from `service`, `operation`, `attr`,
-/// `min_duration`, `max_duration`, `status`, `start`, `end`.
-fn span_filter(p: &Params) -> Result<SpanFilter> {
+/// `min_duration`, `max_duration`, `status`, `start`, `end`; the range at
+/// most `max_range` long.
+fn span_filter(p: &Params, max_range: std::time::Duration) -> Result<SpanFilter> {
     let mut attrs = Vec::new();
     for a in p.all("attr") {
         let (k, v) = a.split_once('=').ok_or_else(|| Error::bad(format!("attr {a:?} must be key=value")))?;
@@ -191,6 +192,7 @@ fn span_filter(p: &Params) -> Result<SpanFilter> {
         attrs.push((k.to_string(), v.to_string()));
     }
     let range = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
+    range.within(max_range, "start", "end")?;
     let f = SpanFilter {
         service: p.get("service").map(String::from),
         operation: p.get("operation").map(String::from),
@@ -209,13 +211,35 @@ fn span_filter(p: &Params) -> Result<SpanFilter> {
     Ok(f)
 }
 
-/// The native answer of a trace search: `{"traces": [TraceSummary]}`,
-/// with `warnings` when partial.
+/// The native answer of a trace search: `{"traces": [TraceSummary],
+/// "metrics": {...}}`, with `warnings` when partial.
 pub(crate) fn search_json(r: &TraceSearch) -> Value {
+    let mut metrics = work_json(&r.work);
+    metrics["inspected_traces"] = json!(r.work.read.traces);
+    metrics["inspected_spans"] = json!(r.work.read.spans);
     with_warnings(
-        json!({ "traces": r.traces.iter().map(|t| json::summary(&t.summary)).collect::<Vec<_>>() }),
+        json!({
+            "traces": r.traces.iter().map(|t| json::summary(&t.summary)).collect::<Vec<_>>(),
+            "metrics": metrics,
+        }),
         &r.warnings,
     )
+}
+
+/// The `metrics` object of a search answer, the work it did as counted
+/// while doing it (after Tempo's `SearchMetrics`, in snake_case): segments
+/// read and the Parquet bytes of their rows read, the segments the range
+/// covers and their bytes, and the time from taking a slot to the answer
+/// (`elapsed_ns`). Trace search adds traces and spans read, log search
+/// log records read.
+pub(crate) fn work_json(w: &Work) -> Value {
+    json!({
+        "inspected_segments": w.read.segments,
+        "inspected_bytes": w.read.bytes,
+        "total_segments": w.total_segments,
+        "total_segment_bytes": w.total_segment_bytes,
+        "elapsed_ns": u64::try_from(w.elapsed.as_nanos()).unwrap_or(u64::MAX),
+    })
 }
 
 /// `v` with `"warnings": [...]` added when the answer is partial (a
@@ -262,7 +286,7 @@ async fn search_traces(
     p.only(SEARCH_TRACES_PARAMS)?;
     let limit = p.capped_limit(st.cfg.default_limit, st.cfg.max_limit)?;
     let q = TraceQuery {
-        filter: span_filter(&p)?,
+        filter: span_filter(&p, st.cfg.max_range)?,
         limit: limit.value,
         traceql: traceql(&p)?,
         sort: p.get("sort").map(str::parse).transpose()?.unwrap_or_default(),
@@ -272,7 +296,9 @@ async fn search_traces(
     Ok(Json(with_limit(search_json(&r), limit)).into_response())
 }
 
-fn log_filter(p: &Params) -> Result<LogFilter> {
+/// The log filter of `q`, `service`, `severity`, `trace_id`, `start`,
+/// `end`; the range at most `max_range` long.
+fn log_filter(p: &Params, max_range: std::time::Duration) -> Result<LogFilter> {
     let mut words = Vec::new();
     if let Some(q) = p.get("q") {
         tokenize(&mut analyzer(), q, &mut words);
@@ -289,6 +315,7 @@ fn log_filter(p: &Params) -> Result<LogFilter> {
         })
         .transpose()?;
     let range = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
+    range.within(max_range, "start", "end")?;
     Ok(LogFilter {
         words,
         service: p.get("service").map(String::from),
@@ -302,10 +329,15 @@ fn log_filter(p: &Params) -> Result<LogFilter> {
 async fn search_logs(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(SEARCH_LOGS_PARAMS)?;
-    let f = log_filter(&p)?;
+    let f = log_filter(&p, st.cfg.max_range)?;
     let limit = p.capped_limit(100.min(st.cfg.max_limit), st.cfg.max_limit)?;
     let r = st.engine(&tenant).await?.search_logs(f, limit.value).await?;
-    let v = with_warnings(json!({ "logs": r.logs.iter().map(json::log).collect::<Vec<_>>() }), &r.warnings);
+    let mut metrics = work_json(&r.work);
+    metrics["inspected_logs"] = json!(r.work.read.logs);
+    let v = with_warnings(
+        json!({ "logs": r.logs.iter().map(json::log).collect::<Vec<_>>(), "metrics": metrics }),
+        &r.warnings,
+    );
     Ok(Json(with_limit(v, limit)).into_response())
 }
 
@@ -340,7 +372,7 @@ async fn log_histogram(
 ) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(LOG_HISTOGRAM_PARAMS)?;
-    let mut f = log_filter(&p)?;
+    let mut f = log_filter(&p, st.cfg.max_range)?;
     let (start, end, step) = bucketed(&p)?;
     f.start_ns = Some(start);
     f.end_ns = Some(end);
@@ -396,7 +428,9 @@ async fn dependencies(
 ) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(DEPENDENCIES_PARAMS)?;
-    let TimeRange { start_ns, end_ns } = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
+    let range = p.range("start", "end", TimeUnit::NanosOrRfc3339)?;
+    range.within(st.cfg.max_range, "start", "end")?;
+    let TimeRange { start_ns, end_ns } = range;
     let edges: Vec<Value> = st
         .engine(&tenant)
         .await?
@@ -428,6 +462,7 @@ async fn dependencies(
 async fn red(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> ApiResult {
     let p = Params::parse(q.as_deref());
     p.only(RED_PARAMS)?;
+    p.range("start", "end", TimeUnit::NanosOrRfc3339)?.within(st.cfg.max_range, "start", "end")?;
     let (start_ns, end_ns, step_ns) = bucketed(&p)?;
     let q = RedQuery {
         start_ns,

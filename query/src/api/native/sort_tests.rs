@@ -1,7 +1,5 @@
 //! `sort=start|duration` on `/api/v1/search/traces`, through the router.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
@@ -27,11 +25,11 @@ async fn sort_duration_returns_the_longest_traces_of_the_range() {
     let (_d, s) = storage();
     append(&s, three_traces()).await;
     s.flush(true).unwrap();
-    let app = router(ApiState {
-        tenants: skein_storage::tenant::Tenants::from_storage(s.clone()),
-        registry: Arc::new(Default::default()),
-        cfg: QueryConfig::default(),
-    });
+    let app = router(ApiState::new(
+        skein_storage::tenant::Tenants::from_storage(s.clone()),
+        Default::default(),
+        QueryConfig::default(),
+    ));
     // trace 1 (300 ms) is the oldest: not in the newest page of 2
     let (st, v) = get(&app, "/api/v1/search/traces?limit=2").await;
     assert_eq!((st, ids(&v)), (StatusCode::OK, vec!["03".into(), "02".into()]));
