@@ -984,3 +984,37 @@ async fn jaeger_rules_hold_at_their_edges() {
     assert_eq!(js["references"][0]["refType"], "FOLLOWS_FROM");
     assert_eq!(js["flags"], 1);
 }
+
+/// `GET /jaeger/api/operations?service=` answers Jaeger's `Operation`s
+/// (`name`, `spanKind`) in its envelope: `ui_01.json`'s spans have no kind,
+/// so `spanKind` is `""`, and an empty `spanKind` parameter asks for all.
+#[tokio::test]
+async fn jaeger_operations_agree_with_the_operation_model() {
+    let want = fixture("jaeger/operations.json");
+    let (_d, s) = storage();
+    let mut spans = jaeger_ui_to_spans(&fixture("jaeger/ui_01.json"));
+    spans.truncate(1);
+    let res = spans[0].resource.clone();
+    let mut other = span([1; 16], [9; 8], None, &res, "some-operation", kind::UNSPECIFIED, 1_000, 1_000);
+    other.trace_id = spans[0].trace_id;
+    let server = span([3; 16], [1; 8], None, &res, "serve", kind::SERVER, 2_000, 1_000);
+    spans.extend([other, server]);
+    s.append_spans(spans).await.unwrap();
+    let app = app(&s);
+    let mut ours = get(&app, "/jaeger/api/operations?service=service-x").await;
+    assert_eq!(ours["total"], 3, "{ours}");
+    ours["data"].as_array_mut().unwrap().retain(|o| o["spanKind"] == "");
+    ours["total"] = json!(2);
+    let by_name = |v: &mut Value| {
+        v["data"].as_array_mut().unwrap().sort_by_key(|o| o["name"].as_str().map(String::from))
+    };
+    by_name(&mut ours);
+    insta::assert_json_snapshot!("jaeger_operations", ours);
+    let mut want = want;
+    by_name(&mut want);
+    agree("jaeger operations", &ours, &want, &[]);
+    let all = get(&app, "/jaeger/api/operations?service=service-x&spanKind=").await;
+    assert_eq!(all["total"], 3, "{all}");
+    let server = get(&app, "/jaeger/api/operations?service=service-x&spanKind=server").await;
+    assert_eq!(server["data"], json!([{"name": "serve", "spanKind": "server"}]));
+}

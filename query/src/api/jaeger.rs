@@ -242,14 +242,26 @@ async fn operations(
 ) -> Result<Response> {
     let p = Params::parse(q.as_deref());
     let service = p.get("service").ok_or_else(|| Error::bad("service is required"))?.to_string();
-    let want_kind = p.get("spanKind").map(|k| k.to_ascii_lowercase());
+    // An empty `spanKind` asks for every kind, as in Jaeger.
+    let want_kind = p.get("spanKind").filter(|k| !k.is_empty()).map(|k| k.to_ascii_lowercase());
     let ops: Vec<Value> = st
         .engine(&tenant)
         .await?
         .operations(Some(service))
         .await?
         .into_iter()
-        .map(|o| (o.name, kind::name(o.kind).to_ascii_lowercase()))
+        // A span without a kind has no `span.kind` tag in Jaeger, whose
+        // operations then answer `spanKind: ""`.
+        .map(|o| {
+            (
+                o.name,
+                if o.kind == kind::UNSPECIFIED {
+                    String::new()
+                } else {
+                    kind::name(o.kind).to_ascii_lowercase()
+                },
+            )
+        })
         .filter(|(_, k)| want_kind.as_ref().is_none_or(|w| w == k))
         .map(|(name, k)| json!({"name": name, "spanKind": k}))
         .collect();
