@@ -94,10 +94,17 @@ fn trace_value(t: &Trace) -> Option<Value> {
     Some(v)
 }
 
+/// The largest integer a JavaScript number holds exactly (2^53 - 1).
+const JS_MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
 fn tag(key: &str, v: &AttrValue) -> Value {
     let (ty, value) = match v {
         AttrValue::Str(s) => ("string", json!(s)),
         AttrValue::Bool(b) => ("bool", json!(b)),
+        // Beyond 2^53 the Jaeger UI (JavaScript) would round the number, so
+        // Jaeger sends it as decimal text (`uimodel/converter/v1/json`,
+        // fixture `ui_01.json`, tag `javascript_limit`).
+        AttrValue::Int(i) if i.unsigned_abs() > JS_MAX_SAFE_INTEGER as u64 => ("int64", json!(i.to_string())),
         AttrValue::Int(i) => ("int64", json!(i)),
         AttrValue::Double(d) => ("float64", super::native::json::double(*d)),
         AttrValue::Bytes(_) => ("binary", attr_value(v)),
@@ -118,7 +125,10 @@ fn us(ns: u64) -> u64 {
 /// One trace in Jaeger's JSON model.
 pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Value {
     let mut processes: BTreeMap<String, Value> = BTreeMap::new();
-    let mut process_of: HashMap<*const skein_storage::model::Resource, String> = HashMap::new();
+    // One process per distinct resource, as Jaeger's processHashtable keys
+    // them by content: spans of one process arrive in several batches (and
+    // come back from several segments), each with its own `Arc`.
+    let mut process_of: Vec<(&std::sync::Arc<skein_storage::model::Resource>, String)> = Vec::new();
     let mut logs_by_span: HashMap<_, Vec<&LogRecord>> = HashMap::new();
     for l in logs {
         if let Some(s) = l.span_id {
@@ -128,22 +138,23 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
     let jspans: Vec<Value> = spans
         .iter()
         .map(|s| {
-            let key = std::sync::Arc::as_ptr(&s.resource);
-            let pid = process_of
-                .entry(key)
-                .or_insert_with(|| {
-                    let pid = format!("p{}", processes.len() + 1);
-                    let ptags: Vec<Value> = s
-                        .resource
-                        .attributes
-                        .iter()
-                        .filter(|(k, _)| k != "service.name")
-                        .map(|(k, v)| tag(k, v))
-                        .collect();
-                    processes.insert(pid.clone(), json!({"serviceName": s.service_name(), "tags": ptags}));
-                    pid
-                })
-                .clone();
+            let known = process_of
+                .iter()
+                .find(|(r, _)| std::sync::Arc::ptr_eq(r, &s.resource) || ***r == *s.resource)
+                .map(|(_, pid)| pid.clone());
+            let pid = known.unwrap_or_else(|| {
+                let pid = format!("p{}", processes.len() + 1);
+                let ptags: Vec<Value> = s
+                    .resource
+                    .attributes
+                    .iter()
+                    .filter(|(k, _)| k != "service.name")
+                    .map(|(k, v)| tag(k, v))
+                    .collect();
+                processes.insert(pid.clone(), json!({"serviceName": s.service_name(), "tags": ptags}));
+                process_of.push((&s.resource, pid.clone()));
+                pid
+            });
             let mut t = tags(&s.attributes);
             if s.kind != kind::UNSPECIFIED {
                 t.push(json!({"key": "span.kind", "type": "string", "value": kind::name(s.kind).to_lowercase()}));
@@ -167,7 +178,13 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
                 .events
                 .iter()
                 .map(|e| {
-                    let mut fields = vec![json!({"key": "event", "type": "string", "value": e.name})];
+                    // As Jaeger's OTLP translator (`spanEventsToJaegerProtoLogs`):
+                    // no `event` field for an unnamed event, nor over an
+                    // attribute of that name.
+                    let mut fields = Vec::with_capacity(e.attributes.len() + 1);
+                    if !e.name.is_empty() && !e.attributes.iter().any(|(k, _)| k == "event") {
+                        fields.push(json!({"key": "event", "type": "string", "value": e.name}));
+                    }
                     fields.extend(tags(&e.attributes));
                     json!({"timestamp": us(e.time_unix_nano), "fields": fields})
                 })
@@ -190,9 +207,17 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
                 refs.push(json!({"refType": "CHILD_OF", "traceID": id.to_hex(), "spanID": p.to_hex()}));
             }
             for l in &s.links {
-                refs.push(json!({"refType": "FOLLOWS_FROM", "traceID": l.trace_id.to_hex(), "spanID": l.span_id.to_hex()}));
+                // A link is FOLLOWS_FROM unless its `opentracing.ref_type` says
+                // `child_of` (Jaeger's translator, `refTypeFromLink`), which is
+                // how a Jaeger span's second CHILD_OF reference travels in OTLP.
+                let child_of = l
+                    .attributes
+                    .iter()
+                    .any(|(k, v)| k == "opentracing.ref_type" && matches!(v, AttrValue::Str(t) if t == "child_of"));
+                let ref_type = if child_of { "CHILD_OF" } else { "FOLLOWS_FROM" };
+                refs.push(json!({"refType": ref_type, "traceID": l.trace_id.to_hex(), "spanID": l.span_id.to_hex()}));
             }
-            json!({
+            let mut span = json!({
                 "traceID": id.to_hex(),
                 "spanID": s.span_id.to_hex(),
                 "operationName": s.name,
@@ -203,8 +228,12 @@ pub(crate) fn trace_json(id: TraceId, spans: &[Span], logs: &[LogRecord]) -> Val
                 "logs": jlogs,
                 "processID": pid,
                 "warnings": null,
-                "flags": s.flags & 0xff,
-            })
+            });
+            // Jaeger's `uimodel.Span.Flags` is `omitempty`.
+            if s.flags & 0xff != 0 {
+                span["flags"] = json!(s.flags & 0xff);
+            }
+            span
         })
         .collect();
     json!({"traceID": id.to_hex(), "spans": jspans, "processes": processes, "warnings": null})
@@ -239,14 +268,26 @@ async fn operations(
 ) -> Result<Response> {
     let p = Params::parse(q.as_deref());
     let service = p.get("service").ok_or_else(|| Error::bad("service is required"))?.to_string();
-    let want_kind = p.get("spanKind").map(|k| k.to_ascii_lowercase());
+    // An empty `spanKind` asks for every kind, as in Jaeger.
+    let want_kind = p.get("spanKind").filter(|k| !k.is_empty()).map(|k| k.to_ascii_lowercase());
     let ops: Vec<Value> = st
         .engine(&tenant)
         .await?
         .operations(Some(service))
         .await?
         .into_iter()
-        .map(|o| (o.name, kind::name(o.kind).to_ascii_lowercase()))
+        // A span without a kind has no `span.kind` tag in Jaeger, whose
+        // operations then answer `spanKind: ""`.
+        .map(|o| {
+            (
+                o.name,
+                if o.kind == kind::UNSPECIFIED {
+                    String::new()
+                } else {
+                    kind::name(o.kind).to_ascii_lowercase()
+                },
+            )
+        })
         .filter(|(_, k)| want_kind.as_ref().is_none_or(|w| w == k))
         .map(|(name, k)| json!({"name": name, "spanKind": k}))
         .collect();
