@@ -308,7 +308,7 @@ pub(crate) fn search_json(r: &TraceSearch) -> Value {
     // Tempo has no partial flag on search; its metrics say a search is
     // partial by completedJobs < totalJobs. Here one job is the search
     // itself, and each quarantined segment is a job not done.
-    let metrics = json!({
+    let mut metrics = json!({
         "inspectedTraces": r.inspected,
         "inspectedSpans": r.work.read.spans.to_string(),
         "inspectedBytes": r.work.read.bytes.to_string(),
@@ -317,6 +317,11 @@ pub(crate) fn search_json(r: &TraceSearch) -> Value {
         "completedJobs": 1,
         "totalJobs": 1 + r.warnings.len(),
     });
+    // Proto3's JSON mapping leaves fields at their default out, as Tempo's
+    // answers do (its API documentation's examples have no zero counts).
+    if let Some(m) = metrics.as_object_mut() {
+        m.retain(|_, v| *v != json!(0) && *v != json!("0"));
+    }
     json!({ "traces": traces, "metrics": metrics })
 }
 
