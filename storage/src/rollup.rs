@@ -165,10 +165,15 @@ impl ConnectionType {
 /// (Jaeger's dependency rule; the generator's `summary.json` counts the
 /// same), at the child's minute, with the child's status and duration (the
 /// latency as the callee saw it). A CLIENT span with `db.system` or
-/// `db.name` is a database call: its edge goes to the database node (see
-/// [`peer_name`]) with the client's status and duration, and a span under
-/// it in another service makes no edge of its own, as Tempo records a
-/// database request from its client span alone. A CLIENT or PRODUCER span
+/// `db.name` is a database call: unless a span of another service is under
+/// it in the same write (an instrumented database, whose edge to its real
+/// service name is the call's edge, as Jaeger counts it), its edge goes to
+/// the database node (see [`peer_name`]) with the client's status and
+/// duration, as Tempo records a database request from its client span
+/// alone. A database call whose instrumented callee landed in another
+/// segment counts once, as the database edge (the callee's half finds no
+/// caller half to pair with: database calls keep none, since nearly all of
+/// them have no callee and keeping them would grow every rollup). A CLIENT or PRODUCER span
 /// with no child in another service, anywhere, and a peer attribute makes
 /// an edge to that peer ([`ConnectionType::VirtualNode`], or
 /// [`ConnectionType::MessagingSystem`] for a PRODUCER).
@@ -494,11 +499,9 @@ impl RollupBuilder {
             match by_id.get(&pid) {
                 Some(p) if p.service_name() != s.service_name() => {
                     called.insert(pid);
-                    if !is_database_call(p) {
-                        let ct = connection(p.kind == kind::PRODUCER, s.kind == kind::CONSUMER);
-                        let k = (minute, p.service_name().to_string(), s.service_name().to_string(), ct);
-                        self.edges.entry(k).or_default().add(s.is_error(), s.duration_ns());
-                    }
+                    let ct = connection(p.kind == kind::PRODUCER, s.kind == kind::CONSUMER);
+                    let k = (minute, p.service_name().to_string(), s.service_name().to_string(), ct);
+                    self.edges.entry(k).or_default().add(s.is_error(), s.duration_ns());
                 }
                 Some(_) => {}
                 None => self.open_children.push(OpenChild {
@@ -512,13 +515,13 @@ impl RollupBuilder {
                 }),
             }
         }
-        for s in spans.iter().filter(|s| is_caller_kind(s.kind)) {
+        for s in spans.iter().filter(|s| is_caller_kind(s.kind) && !called.contains(&s.span_id)) {
             let minute = minute_of(s.start_time_unix_nano);
             if is_database_call(s) {
                 let peer = peer_name(s).unwrap_or("database").to_string();
                 let k = (minute, s.service_name().to_string(), peer, ConnectionType::Database);
                 self.edges.entry(k).or_default().add(s.is_error(), s.duration_ns());
-            } else if !called.contains(&s.span_id) {
+            } else {
                 self.open_parents.push(OpenParent {
                     trace_id: s.trace_id,
                     span_id: s.span_id,
@@ -826,7 +829,7 @@ mod tests {
     }
 
     /// Item 2: a database CLIENT span makes a database edge named from
-    /// `db.system`; a PRODUCER and the CONSUMER under it a messaging edge;
+    /// `db.system`, unless a span of another service is under it; a PRODUCER and the CONSUMER under it a messaging edge;
     /// a CLIENT span whose callee never shows up a virtual-node edge named
     /// from `peer.service` first; a CLIENT span with no peer attribute
     /// none.
@@ -848,6 +851,9 @@ mod tests {
                 "stripe",
             ),
             span(6, Some(1), "web", "mystery", kind::CLIENT),
+            // An instrumented database: the edge goes to its service.
+            with_attr(span(7, Some(1), "web", "SELECT", kind::CLIENT), "db.system", "postgresql"),
+            span(8, Some(7), "pg", "query", kind::SERVER),
         ]);
         let r = b.build();
         // Kept for pairing: the calls whose callee may still turn up.
@@ -863,6 +869,7 @@ mod tests {
             g,
             [
                 (s("web"), s("fraud"), Some("messaging_system"), 1, 1),
+                (s("web"), s("pg"), None, 1, 1),
                 (s("web"), s("postgresql"), Some("database"), 1, 1),
                 (s("web"), s("stripe"), Some("virtual_node"), 1, 1),
             ]
