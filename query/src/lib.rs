@@ -61,7 +61,9 @@ pub struct QueryConfig {
     pub queue_timeout: Duration,
     /// The longest `start`..`end` a query may cover (400 beyond it, as
     /// Tempo's `max_duration` refuses a search); a query without both
-    /// bounds is not checked.
+    /// bounds is not checked. Default 3660 days: what a search costs is
+    /// bounded by the data held, and the web UI's widest preset is ten
+    /// years; set it lower to refuse wide ranges.
     #[serde(with = "humantime_serde")]
     pub max_range: Duration,
     /// Spans a trace lookup answers at most: a larger trace is answered
@@ -104,7 +106,8 @@ impl Default for QueryConfig {
             max_traceql_candidates: 5000,
             max_concurrent: default_max_concurrent(),
             queue_timeout: Duration::from_secs(5),
-            max_range: Duration::from_secs(31 * 86_400),
+            // The web UI's widest preset is "Any time (10 years)".
+            max_range: Duration::from_secs(3660 * 86_400),
             max_spans_per_trace: 100_000,
         }
     }

@@ -599,7 +599,9 @@ pub(crate) mod tests {
     async fn ranges_beyond_max_range_are_refused() {
         let (_d, s) = storage();
         append(&s, three_traces()).await;
-        let app = app_with(&s, QueryConfig::default());
+        let cfg =
+            QueryConfig { max_range: std::time::Duration::from_secs(31 * 86_400), ..Default::default() };
+        let app = app_with(&s, cfg);
         let day = 86_400u64;
         // 2024-01-01T00:00:00Z and 40 days later, in seconds.
         let (t0, t1) = (1_704_067_200u64, 1_704_067_200 + 40 * day);
@@ -623,6 +625,12 @@ pub(crate) mod tests {
         let (st, v) =
             get(&app, "/api/v1/search/traces?start=1970-01-01T00:00:00Z&end=1970-02-01T00:00:00Z").await;
         assert_eq!((st, v["traces"].as_array().map(Vec::len)), (StatusCode::OK, Some(3)), "{v}");
+        // The default admits the web UI's "Any time (10 years)".
+        let app = app_with(&s, QueryConfig::default());
+        let ten_years = 3650 * day * 1_000_000_000;
+        let (st, v) =
+            get(&app, &format!("/api/v1/search/traces?start={}&end={}", ns1 - ten_years, ns1)).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
     }
 
     /// Issue 12: every search answer says what it did (`metrics`), counted

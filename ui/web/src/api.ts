@@ -74,6 +74,9 @@ export interface Edge {
   child: string;
   call_count: number;
   error_count: number;
+  /** Tempo's service-graph label for a call to something other than an
+   *  instrumented service: `database`, `messaging_system`, `virtual_node`. */
+  connection_type?: string;
 }
 export interface RedPoint {
   time_unix_nano: string;

@@ -151,10 +151,12 @@ function Graph(props: { edges: Edge[]; stats: Map<string, NodeStat>; secs: numbe
               data-parent={e.parent}
               data-child={e.child}
               data-calls={e.call_count}
+              data-connection-type={e.connection_type ?? ""}
               onClick={() => navigate(buildUrl("/search", { q: edgeQuery(e.parent, e.child), ...props.rangeQ }))}
             >
               <title>
-                {e.parent} → {e.child}: {e.call_count} calls, {e.error_count} errors. Click to find traces crossing this edge.
+                {e.parent} → {e.child}
+                {e.connection_type ? ` (${e.connection_type.replace("_", " ")})` : ""}: {e.call_count} calls, {e.error_count} errors. Click to find traces crossing this edge.
               </title>
               <path d={path(pts)} class="edge-hit" />
               <path d={path(pts)} class="edge-line" marker-end="url(#arrow)" style={{ strokeWidth: 1.2 + 3.5 * Math.sqrt(e.call_count / maxCalls) }} />
