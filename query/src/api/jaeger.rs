@@ -452,11 +452,7 @@ mod tests {
     use crate::QueryConfig;
 
     fn app(s: &Arc<skein_storage::Storage>) -> axum::Router {
-        crate::router(crate::ApiState::new(
-            skein_storage::tenant::Tenants::from_storage(s.clone()),
-            Default::default(),
-            QueryConfig::default(),
-        ))
+        crate::api::tests::app_with(s, QueryConfig::default())
     }
 
     /// Two requests as the workload sends them: `frontend` serves

@@ -269,11 +269,7 @@ mod tests {
     use crate::QueryConfig;
 
     fn app(s: &Arc<skein_storage::Storage>) -> axum::Router {
-        crate::router(crate::ApiState::new(
-            skein_storage::tenant::Tenants::from_storage(s.clone()),
-            Default::default(),
-            QueryConfig::default(),
-        ))
+        crate::api::tests::app_with(s, QueryConfig::default())
     }
 
     /// 2025-01-01T00:00:00Z, Unix ns.

@@ -113,7 +113,8 @@ pub(crate) mod tests {
     use crate::engine::TraceQuery;
     use crate::QueryConfig;
 
-    fn app_with(s: &Arc<skein_storage::Storage>, cfg: QueryConfig) -> Router {
+    /// The whole router over `s` (the default tenant) with `cfg`.
+    pub(crate) fn app_with(s: &Arc<skein_storage::Storage>, cfg: QueryConfig) -> Router {
         router(ApiState::new(
             skein_storage::tenant::Tenants::from_storage(s.clone()),
             Default::default(),
