@@ -141,7 +141,7 @@ fn a_segment_of_an_older_format_refuses_to_start() {
     let seg = dir.path().join("segments").join("01OLDFORMAT");
     std::fs::create_dir_all(&seg).unwrap();
     std::fs::write(seg.join("meta.json"), r#"{"format": 3, "id": "01OLDFORMAT", "span_count": 1}"#).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skein"))
+    let out = std::process::Command::new(crate::support::skein_bin())
         .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
         .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())

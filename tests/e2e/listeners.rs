@@ -27,10 +27,10 @@ impl Skein {
         let mut cmd = match wrapper.split_first() {
             Some((prog, rest)) => {
                 let mut c = Command::new(prog);
-                c.args(rest).arg(env!("CARGO_BIN_EXE_skein"));
+                c.args(rest).arg(crate::support::skein_bin());
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_skein")),
+            None => Command::new(crate::support::skein_bin()),
         };
         cmd.args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
             .args(["--http-addr", "127.0.0.1:0", "--config"])

@@ -11,7 +11,7 @@ use crate::support::{client, Server};
 /// stderr piped (as under systemd, docker or a CI log); returns the child
 /// and the `http` address of its ready line.
 fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Child, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skein"));
+    let mut cmd = Command::new(crate::support::skein_bin());
     cmd.arg("serve").arg("--data-dir").arg(dir).args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -148,7 +148,7 @@ fn test_listen_addresses_as_typed() {
     assert!(http.starts_with("127.0.0.1:"), "{ready}");
     stop(child);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+    let out = Command::new(crate::support::skein_bin())
         .args(["serve", "--http-addr", "16686"])
         .arg("--data-dir")
         .arg(d.path())

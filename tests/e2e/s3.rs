@@ -42,7 +42,7 @@ fn segments_in_s3_outlive_the_local_data_directory() {
 
     // A bucket that does not exist is a clear error at start, not a panic.
     let third = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skein"))
+    let out = std::process::Command::new(crate::support::skein_bin())
         .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
         .args(["--http-addr", "127.0.0.1:0", "--storage-url", "s3://no-such-bucket/x", "--data-dir"])
         .arg(third.path())

@@ -20,8 +20,16 @@ pub(crate) struct Server {
     env: Vec<(String, String)>,
 }
 
+/// The binary under test: `SKEIN_E2E_BIN` when set (a copy of a build
+/// that a parallel build in the same target dir cannot replace mid-run),
+/// else the one cargo built for this test.
+pub(crate) fn skein_bin() -> PathBuf {
+    std::env::var_os("SKEIN_E2E_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_skein")), PathBuf::from)
+}
+
 fn spawn(data_dir: &Path, env: &[(String, String)]) -> (Child, String, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skein"));
+    let mut cmd = Command::new(skein_bin());
     cmd.args([
         "serve",
         "--otlp-grpc-addr",
