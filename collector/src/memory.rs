@@ -140,9 +140,19 @@ fn cgroup_limit() -> Option<u64> {
         .filter(|&b| b < 1 << 60)
 }
 
+/// What the process holds whatever the load, left out of the shares: the
+/// program's own pages, the runtime and its thread stacks, open index
+/// readers, the allocator's reserve. Measured: 43 MiB resident for an idle
+/// debug build, about half that for a release build; at most a quarter of
+/// the limit is set aside for it (see [`MemoryLimit::shared`]). Without
+/// it, the shares of a small limit did not fit: at 256 MiB the flat-out
+/// test (tests/e2e/overload.rs) peaked at 258 MiB.
+pub(crate) const BASE_BYTES: u64 = 48 << 20;
+
 /// A resolved memory limit, and the share of it each part gets by default.
 ///
-/// The shares are fractions of the hard limit chosen so that the parts
+/// The shares are fractions of the hard limit less the process's base
+/// ([`MemoryLimit::shared`]), chosen so that the parts
 /// together stay under the soft limit at their usual peak: the head and
 /// the block being flushed, in real bytes (up to 4.5/16 at the overload
 /// limit, see [`MemoryLimit::head_bytes`]), with the flush's writers
@@ -162,42 +172,49 @@ pub struct MemoryLimit {
 }
 
 impl MemoryLimit {
-    /// The default `head.max_bytes`: 3/16 of the limit (192 MiB of
+    /// The bytes the shares below divide: the hard limit less
+    /// [`BASE_BYTES`], or less a quarter of it when that is smaller
+    /// (976 MiB of 1 GiB, 208 MiB of 256 MiB, 48 MiB of 64 MiB).
+    pub fn shared(&self) -> u64 {
+        self.hard - BASE_BYTES.min(self.hard / 4)
+    }
+
+    /// The default `head.max_bytes`: 3/16 of the shared part (183 MiB of
     /// 1 GiB). The head counts real allocated bytes (issue 11; within a
     /// fifth of a counting allocator's figure), the block being flushed
     /// included, so with the 1.5 `head.overload_factor` the head and its
     /// flush hold at most 4.5/16; the bigger the head, the fewer and larger
     /// the segments, and the less flush and compaction work per record.
     pub fn head_bytes(&self) -> usize {
-        (self.hard / 16 * 3) as usize
+        (self.shared() / 16 * 3) as usize
     }
 
-    /// The default `collector.max_inflight_bytes`: 1/16 of the limit
-    /// (64 MiB of 1 GiB), counted as bodies arrive, before decoding.
+    /// The default `collector.max_inflight_bytes`: 1/16 of the shared
+    /// part (61 MiB of 1 GiB), counted as bodies arrive, before decoding.
     pub fn inflight_bytes(&self) -> usize {
-        (self.hard / 16) as usize
+        (self.shared() / 16) as usize
     }
 
-    /// The default `compaction.max_segment_bytes`: 1/32 of the limit
-    /// (32 MiB of 1 GiB) on disk. The memory of a compaction is bounded by
+    /// The default `compaction.max_segment_bytes`: 1/32 of the shared
+    /// part (30.5 MiB of 1 GiB) on disk. The memory of a compaction is bounded by
     /// `compaction.max_rows` ([`MemoryLimit::compaction_rows`]); this
     /// bounds the size of its output.
     pub fn compaction_bytes(&self) -> u64 {
-        self.hard / 32
+        self.shared() / 32
     }
 
-    /// The default `compaction.max_rows`: one row per 4 KiB of the limit
-    /// (262,144 of 1 GiB). A compaction holds its rows decoded (about their
+    /// The default `compaction.max_rows`: one row per 4 KiB of the shared
+    /// part (249,856 of 1 GiB). A compaction holds its rows decoded (about their
     /// size in the head, some 0.5-1 KiB each for the shared workload) and
     /// its writers' buffers beside them: about a quarter of the limit.
     pub fn compaction_rows(&self) -> u64 {
-        self.hard / 4096
+        self.shared() / 4096
     }
 
-    /// The default `segment.index_heap_bytes`: 1/16 of the limit, between
+    /// The default `segment.index_heap_bytes`: 1/16 of the shared part, between
     /// tantivy's 15 MB minimum and the 64 MiB that made no difference above.
     pub fn index_heap_bytes(&self) -> usize {
-        (self.hard / 16).clamp(15_000_000, 64 << 20) as usize
+        (self.shared() / 16).clamp(15_000_000, 64 << 20) as usize
     }
 }
 
@@ -401,8 +418,12 @@ mod tests {
         let l = cfg("1GiB", None).resolve().unwrap();
         assert_eq!(l.hard, 1 << 30);
         assert_eq!(l.soft, (1 << 30) - (1 << 30) / 5);
-        assert_eq!(l.head_bytes(), 192 << 20);
-        assert_eq!(l.inflight_bytes(), 64 << 20);
+        assert_eq!(l.shared(), 976 << 20);
+        assert_eq!(l.head_bytes(), (976 << 20) / 16 * 3);
+        assert_eq!(l.inflight_bytes(), 61 << 20);
+        assert_eq!(l.compaction_rows(), 249_856);
+        // A small limit keeps three quarters for the shares.
+        assert_eq!(cfg("64MiB", None).resolve().unwrap().shared(), 48 << 20);
         let l = cfg("256MiB", Some("56MiB")).resolve().unwrap();
         assert_eq!(l.soft, 200 << 20);
         assert!(cfg("1GiB", Some("1GiB")).resolve().unwrap_err().contains("spike_limit"));

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use crate::sdk::unix_ns;
-use crate::support::{client, otlp, rss_of, Server};
+use crate::support::{client, otlp, proc_status, rss_of, Server};
 
 const HARD_LIMIT: u64 = 256 << 20;
 const CLIENTS_PER_PROTOCOL: u8 = 3;
@@ -139,12 +139,19 @@ fn flat_out_under_a_small_memory_limit() {
 
     let (stop, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let max_rss = Arc::new(AtomicU64::new(0));
+    let peak_at = Arc::new(std::sync::Mutex::new((Duration::ZERO, String::new())));
     // Sampled until the end, through the final flush.
     let sampler = {
         let (done, max_rss, pid) = (done.clone(), max_rss.clone(), server.pid());
+        let peak_at = peak_at.clone();
         std::thread::spawn(move || {
+            let t0 = Instant::now();
             while !done.load(Ordering::Relaxed) {
-                max_rss.fetch_max(rss_of(pid), Ordering::Relaxed);
+                let rss = rss_of(pid);
+                if rss > max_rss.fetch_max(rss, Ordering::Relaxed) {
+                    // When and in what the peak was, for a failure's report.
+                    *peak_at.lock().unwrap() = (t0.elapsed(), proc_status(pid, &["RssAnon", "RssFile"]));
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -205,7 +212,13 @@ fn flat_out_under_a_small_memory_limit() {
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let max_rss = max_rss.load(Ordering::Relaxed);
-    eprintln!("max resident {} MiB of a {} MiB limit", max_rss >> 20, HARD_LIMIT >> 20);
+    let (at, split) = peak_at.lock().unwrap().clone();
+    eprintln!(
+        "max resident {} MiB of a {} MiB limit, {:.1} s after the load began ({split})",
+        max_rss >> 20,
+        HARD_LIMIT >> 20,
+        at.as_secs_f64()
+    );
     assert!(
         max_rss < HARD_LIMIT,
         "resident memory reached {max_rss} bytes, over the hard limit {HARD_LIMIT}"

@@ -190,6 +190,19 @@ pub(crate) fn rss_of(pid: i32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The named fields of `/proc/{pid}/status` (e.g. `RssAnon`), as
+/// `"RssAnon: 1234 kB, RssFile: 56 kB"`.
+pub(crate) fn proc_status(pid: i32, fields: &[&str]) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let pick = |f: &&str| status.lines().find(|l| l.strip_prefix(f).is_some_and(|r| r.starts_with(':')));
+    fields
+        .iter()
+        .filter_map(pick)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
