@@ -15,6 +15,7 @@
 
 mod admission;
 mod error;
+pub mod es_bulk;
 mod grpc;
 mod http_api;
 mod memory;
@@ -118,7 +119,7 @@ impl Ingest {
     /// Counts a request refused before it reached the receivers (by the
     /// authentication layer in front of them) as received and refused, and
     /// answers it as OTLP/HTTP does: in the request's encoding, judged by
-    /// its `Content-Type`.
+    /// its `Content-Type`; under `/es/`, in Elasticsearch's error envelope.
     pub fn refuse_http(
         &self,
         err: IngestError,
@@ -129,6 +130,9 @@ impl Ingest {
         let signal = metrics::signal_of(path);
         self.metrics.received(signal, Protocol::Http);
         self.metrics.refused(signal, Protocol::Http, err.reason());
+        if es_bulk::is_es_path(path) {
+            return es_bulk::refusal(&err);
+        }
         error::HttpError { err, json: http_api::is_json(headers) }.into_response()
     }
 
