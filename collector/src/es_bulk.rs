@@ -51,9 +51,9 @@ pub const VERSION: &str = "8.17.0";
 
 /// Whether `path` is a bulk endpoint (admitted and counted as logs).
 pub(crate) fn is_bulk_path(path: &str) -> bool {
-    path.strip_prefix(PREFIX)
-        .and_then(|p| p.strip_suffix("/_bulk"))
-        .is_some_and(|idx| idx.is_empty() || (idx.len() > 1 && idx.starts_with('/') && !idx[1..].contains('/')))
+    path.strip_prefix(PREFIX).and_then(|p| p.strip_suffix("/_bulk")).is_some_and(|idx| {
+        idx.is_empty() || (idx.len() > 1 && idx.starts_with('/') && !idx[1..].contains('/'))
+    })
 }
 
 /// Whether `path` is under [`PREFIX`], so refusals take Elasticsearch's
@@ -72,7 +72,10 @@ pub(crate) fn routes() -> Router<Ingest> {
         .route("/es/_license", get(license))
         .route("/es/_xpack", get(xpack))
         .route("/es/_cluster/health", get(cluster_health))
-        .route("/es/_index_template/{name}", put(acknowledged).post(acknowledged).get(not_found).head(not_found))
+        .route(
+            "/es/_index_template/{name}",
+            put(acknowledged).post(acknowledged).get(not_found).head(not_found),
+        )
         .route("/es/_template/{name}", put(acknowledged).post(acknowledged).get(not_found).head(not_found))
         .route("/es/_ilm/policy/{name}", put(acknowledged).get(not_found))
         .route("/es/_data_stream/{name}", put(acknowledged).get(not_found))
@@ -128,7 +131,8 @@ pub(crate) fn refusal(err: &IngestError) -> Response {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
     if wire.http == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"skein\""));
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"skein\""));
     }
     resp.extensions_mut().insert(Refused(err.reason()));
     resp
@@ -136,7 +140,8 @@ pub(crate) fn refusal(err: &IngestError) -> Response {
 
 fn error_envelope(status: StatusCode, kind: &str, reason: &str) -> Response {
     let cause = json!({"type": kind, "reason": reason});
-    let body = json!({"error": {"root_cause": [cause], "type": kind, "reason": reason}, "status": status.as_u16()});
+    let body =
+        json!({"error": {"root_cause": [cause], "type": kind, "reason": reason}, "status": status.as_u16()});
     let mut resp = (status, Json(body)).into_response();
     resp.headers_mut().insert("x-elastic-product", HeaderValue::from_static("Elasticsearch"));
     resp
@@ -233,7 +238,9 @@ async fn bulk(
                 .map(|(service, log_records)| ResourceLogs {
                     resource: Some(Resource {
                         attributes: (!service.is_empty())
-                            .then(|| mapping::kv("service.name".into(), mapping::any_value(Value::String(service))))
+                            .then(|| {
+                                mapping::kv("service.name".into(), mapping::any_value(Value::String(service)))
+                            })
                             .into_iter()
                             .collect(),
                         ..Default::default()
@@ -381,7 +388,9 @@ async fn index_get(Path(index): Path<String>) -> Response {
 /// `PUT /es/{index}`: acknowledged, as index creation.
 async fn index_put(Path(index): Path<String>) -> Response {
     match parse::index_name(&index) {
-        Ok(()) => Json(json!({"acknowledged": true, "shards_acknowledged": true, "index": index})).into_response(),
+        Ok(()) => {
+            Json(json!({"acknowledged": true, "shards_acknowledged": true, "index": index})).into_response()
+        }
         Err(e) => error_envelope(StatusCode::BAD_REQUEST, e.kind, &e.reason),
     }
 }

@@ -127,7 +127,11 @@ fn flatten(prefix: String, obj: Map<String, Value>, out: &mut Vec<(String, Value
 
 /// Removes and returns the first field of `names`, in that order, whose
 /// value `ok` accepts.
-fn take(fields: &mut Vec<(String, Value)>, names: &[&str], ok: impl Fn(&Value) -> bool) -> Option<(String, Value)> {
+fn take(
+    fields: &mut Vec<(String, Value)>,
+    names: &[&str],
+    ok: impl Fn(&Value) -> bool,
+) -> Option<(String, Value)> {
     let i = names.iter().find_map(|n| fields.iter().position(|(k, v)| k == n && ok(v)))?;
     Some(fields.remove(i))
 }
@@ -301,7 +305,15 @@ mod tests {
         let keys: Vec<_> = r.attributes.iter().map(|kv| kv.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["http.ok", "http.ratio", "http.status", "log.logger", "service.version", "tags", INDEX_ATTRIBUTE]
+            [
+                "http.ok",
+                "http.ratio",
+                "http.status",
+                "log.logger",
+                "service.version",
+                "tags",
+                INDEX_ATTRIBUTE
+            ]
         );
         assert_eq!(attr(&m, "http.status"), Some(any_value::Value::IntValue(402)));
         assert_eq!(attr(&m, "http.ok"), Some(any_value::Value::BoolValue(false)));

@@ -96,7 +96,8 @@ pub fn parse(body: &[u8], path_index: Option<&str>) -> Result<Vec<Op>, RequestEr
     // The newline that ends the last line starts no line of its own.
     let end = body.iter().rposition(|b| !b"\r\n".contains(b)).map_or(0, |i| i + 1);
     let body = &body[..end];
-    let mut lines = body.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)));
+    let mut lines =
+        body.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)));
     while let Some((n, line)) = lines.next() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -107,10 +108,11 @@ pub fn parse(body: &[u8], path_index: Option<&str>) -> Result<Vec<Op>, RequestEr
             Some(Value::Number(x)) => Some(x.to_string()),
             _ => None,
         };
-        let index = field("_index").or_else(|| path_index.map(str::to_string)).ok_or_else(|| RequestError {
-            kind: "action_request_validation_exception",
-            reason: format!("Validation Failed: 1: index is missing for the action on line [{n}];"),
-        })?;
+        let index =
+            field("_index").or_else(|| path_index.map(str::to_string)).ok_or_else(|| RequestError {
+                kind: "action_request_validation_exception",
+                reason: format!("Validation Failed: 1: index is missing for the action on line [{n}];"),
+            })?;
         let id = field("_id");
         let doc = if action == Action::Delete {
             Err(ItemError::bad(
@@ -128,9 +130,10 @@ pub fn parse(body: &[u8], path_index: Option<&str>) -> Result<Vec<Op>, RequestEr
                 });
             };
             match action {
-                Action::Update => {
-                    Err(ItemError::bad("illegal_argument_exception", "update is not supported: Skein stores log records as sent; use index or create".into()))
-                }
+                Action::Update => Err(ItemError::bad(
+                    "illegal_argument_exception",
+                    "update is not supported: Skein stores log records as sent; use index or create".into(),
+                )),
                 _ => document(source),
             }
         };
@@ -160,11 +163,19 @@ fn action_line(n: usize, line: &[u8]) -> Result<(Action, Map<String, Value>), Re
         "create" => Action::Create,
         "update" => Action::Update,
         "delete" => Action::Delete,
-        _ => return Err(malformed(n, format_args!("expected field [create, delete, index, update] but found [{name}]"))),
+        _ => {
+            return Err(malformed(
+                n,
+                format_args!("expected field [create, delete, index, update] but found [{name}]"),
+            ))
+        }
     };
     match meta {
         Value::Object(m) => Ok((action, m)),
-        other => Err(malformed(n, format_args!("expected START_OBJECT after [{name}] but found [{}]", kind_of(&other)))),
+        other => Err(malformed(
+            n,
+            format_args!("expected START_OBJECT after [{name}] but found [{}]", kind_of(&other)),
+        )),
     }
 }
 
@@ -172,7 +183,9 @@ fn document(line: &[u8]) -> Result<Map<String, Value>, ItemError> {
     let bad = |reason: String| ItemError::bad("document_parsing_exception", reason);
     match serde_json::from_slice::<Value>(line) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(bad(format!("failed to parse: the source is [{}], not a JSON object", kind_of(&other)))),
+        Ok(other) => {
+            Err(bad(format!("failed to parse: the source is [{}], not a JSON object", kind_of(&other))))
+        }
         Err(e) => Err(bad(format!("failed to parse: {e}"))),
     }
 }
@@ -214,7 +227,9 @@ pub fn index_name(name: &str) -> Result<(), ItemError> {
     };
     match why {
         None => Ok(()),
-        Some(w) => Err(ItemError::bad("invalid_index_name_exception", format!("Invalid index name [{name}], {w}"))),
+        Some(w) => {
+            Err(ItemError::bad("invalid_index_name_exception", format!("Invalid index name [{name}], {w}")))
+        }
     }
 }
 
@@ -237,8 +252,10 @@ mod tests {
             "{\"index\":{\"_id\":3}}\n{}"
         );
         let ops = parse(body.as_bytes(), Some("dflt")).unwrap();
-        let summary: Vec<_> =
-            ops.iter().map(|o| (o.action, o.index.as_str(), o.id.as_deref(), o.doc.as_ref().err().map(|e| e.kind))).collect();
+        let summary: Vec<_> = ops
+            .iter()
+            .map(|o| (o.action, o.index.as_str(), o.id.as_deref(), o.doc.as_ref().err().map(|e| e.kind)))
+            .collect();
         assert_eq!(
             summary,
             [
@@ -262,8 +279,14 @@ mod tests {
             ("\n\n", "no requests added"),
             ("{\"index\":{}}\n{}\n", "index is missing"),
             ("not json\n{}\n", "Malformed action/metadata line [1], not JSON"),
-            ("{\"index\":{\"_index\":\"a\"}}\n{}\n\"index\"\n{}\n", "line [3], expected START_OBJECT but found [VALUE_STRING]"),
-            ("{\"upsert\":{\"_index\":\"a\"}}\n{}\n", "expected field [create, delete, index, update] but found [upsert]"),
+            (
+                "{\"index\":{\"_index\":\"a\"}}\n{}\n\"index\"\n{}\n",
+                "line [3], expected START_OBJECT but found [VALUE_STRING]",
+            ),
+            (
+                "{\"upsert\":{\"_index\":\"a\"}}\n{}\n",
+                "expected field [create, delete, index, update] but found [upsert]",
+            ),
             ("{\"index\":{\"_index\":\"a\"},\"create\":{}}\n{}\n", "exactly one field"),
             ("{\"index\":\"a\"}\n{}\n", "expected START_OBJECT after [index]"),
             ("{\"index\":{\"_index\":\"a\"}}\n", "has no source line"),

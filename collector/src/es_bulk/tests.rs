@@ -280,7 +280,9 @@ async fn test_probes() {
         assert_eq!(a.body["tagline"], "You Know, for Search");
         assert_eq!(a.body["version"]["build_flavor"], "default");
         assert!(a.body["version"]["number"].as_str().unwrap().starts_with("8."));
-        for k in ["lucene_version", "minimum_wire_compatibility_version", "minimum_index_compatibility_version"] {
+        for k in
+            ["lucene_version", "minimum_wire_compatibility_version", "minimum_index_compatibility_version"]
+        {
             assert!(a.body["version"][k].is_string(), "{k}");
         }
         assert!(a.body["cluster_uuid"].is_string() && a.body["cluster_name"].is_string());
