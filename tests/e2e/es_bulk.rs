@@ -289,10 +289,15 @@ tenant = "a"
     let (st, v, _) =
         post(&server, "/es/_bulk", "application/x-ndjson", body.into(), Some("Bearer team-a-ingest"));
     assert_eq!((st, &v["errors"]), (200, &Value::Bool(false)), "{v}");
+    // Fluent Bit's and Logstash's outputs send a user and password: the
+    // token is the password ("fluent-bit:team-a-ingest").
+    let basic = Some("Basic Zmx1ZW50LWJpdDp0ZWFtLWEtaW5nZXN0");
+    let (st, v, _) = post(&server, "/es/_bulk", "application/x-ndjson", body.into(), basic);
+    assert_eq!((st, &v["errors"]), (200, &Value::Bool(false)), "{v}");
     let found = eventually(20, || {
         let (st, v) = server
             .api_with("/api/v1/search/logs?service=tenant-svc", &[("authorization", "Bearer team-a-ingest")]);
-        (st == 200 && v["logs"].as_array()?.len() == 1).then_some(v)
+        (st == 200 && v["logs"].as_array()?.len() == 2).then_some(v)
     });
     assert_eq!(found["logs"][0]["body"], "tenant line");
 }

@@ -400,6 +400,56 @@ mod tests {
         assert_eq!(severity(&json!(30)), ("30".to_string(), 0));
     }
 
+    /// Any JSON value, nested a few levels, with keys that hit the
+    /// well-known fields and their dotted forms.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("@timestamp".to_string()),
+            Just("time".to_string()),
+            Just("message".to_string()),
+            Just("log".to_string()),
+            Just("level".to_string()),
+            Just("trace".to_string()),
+            Just("id".to_string()),
+            Just("span_id".to_string()),
+            Just("service".to_string()),
+            Just("name".to_string()),
+            "[a-z.]{0,6}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+            "[0-9a-fA-F.:TZ+-]{0,34}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((key.clone(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the document, mapping answers a record or a reason
+        /// (never panics), and a record keeps the index attribute and
+        /// only IDs of the right length.
+        #[test]
+        fn prop_any_document_maps_or_fails(v in json_value()) {
+            let Value::Object(doc) = v else { return Ok(()) };
+            if let Ok(m) = map_document(doc, "idx", 1) {
+                proptest::prop_assert!(m.record.trace_id.is_empty() || m.record.trace_id.len() == 16);
+                proptest::prop_assert!(m.record.span_id.is_empty() || m.record.span_id.len() == 8);
+                proptest::prop_assert_eq!(&m.record.attributes.last().unwrap().key, INDEX_ATTRIBUTE);
+            }
+        }
+    }
+
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
