@@ -212,7 +212,7 @@ async fn bulk(
         Ok(b) => b,
         Err(e) => return refusal(&e),
     };
-    let ops = match parse::parse(&bytes, path_index.as_deref()) {
+    let ops = match parse::parse(&bytes, path_index.as_deref(), ing.config().max_bulk_operations) {
         Ok(ops) => ops,
         Err(e) => return refused_envelope(StatusCode::BAD_REQUEST, e.kind, &e.reason),
     };

@@ -79,8 +79,9 @@ fn malformed(line: usize, what: impl std::fmt::Display) -> RequestError {
     }
 }
 
-/// Parses a bulk body. `path_index` is the `{index}` of `/{index}/_bulk`,
-/// the default for action lines without `_index`.
+/// Parses a bulk body of at most `max_ops` operations. `path_index` is the
+/// `{index}` of `/{index}/_bulk`, the default for action lines without
+/// `_index`.
 ///
 /// Blank lines between operations are skipped, and the last line needs no
 /// newline (Elasticsearch asks for one; accepting its absence loses
@@ -90,8 +91,9 @@ fn malformed(line: usize, what: impl std::fmt::Display) -> RequestError {
 /// A line where an action is expected that is not a JSON object of one
 /// key naming `index`, `create`, `update` or `delete` with an object of
 /// metadata; an action with no index from either place; an `index`,
-/// `create` or `update` with no source line after it; an empty body.
-pub fn parse(body: &[u8], path_index: Option<&str>) -> Result<Vec<Op>, RequestError> {
+/// `create` or `update` with no source line after it; an empty body; more
+/// than `max_ops` operations.
+pub fn parse(body: &[u8], path_index: Option<&str>, max_ops: usize) -> Result<Vec<Op>, RequestError> {
     let mut ops = Vec::new();
     // The newline that ends the last line starts no line of its own.
     let end = body.iter().rposition(|b| !b"\r\n".contains(b)).map_or(0, |i| i + 1);
@@ -101,6 +103,14 @@ pub fn parse(body: &[u8], path_index: Option<&str>) -> Result<Vec<Op>, RequestEr
     while let Some((n, line)) = lines.next() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        if ops.len() == max_ops {
+            return Err(RequestError {
+                kind: "illegal_argument_exception",
+                reason: format!(
+                    "the bulk request has more than {max_ops} operations (collector.max_bulk_operations); send smaller batches"
+                ),
+            });
         }
         let (action, meta) = action_line(n, line)?;
         let field = |k: &str| match meta.get(k) {
@@ -251,7 +261,7 @@ mod tests {
             "{\"index\":{\"_index\":\"Bad\"}}\n{}\n",
             "{\"index\":{\"_id\":3}}\n{}"
         );
-        let ops = parse(body.as_bytes(), Some("dflt")).unwrap();
+        let ops = parse(body.as_bytes(), Some("dflt"), 100).unwrap();
         let summary: Vec<_> = ops
             .iter()
             .map(|o| (o.action, o.index.as_str(), o.id.as_deref(), o.doc.as_ref().err().map(|e| e.kind)))
@@ -291,9 +301,17 @@ mod tests {
             ("{\"index\":\"a\"}\n{}\n", "expected START_OBJECT after [index]"),
             ("{\"index\":{\"_index\":\"a\"}}\n", "has no source line"),
         ] {
-            let err = parse(body.as_bytes(), None).unwrap_err();
+            let err = parse(body.as_bytes(), None, 100).unwrap_err();
             assert!(err.reason.contains(want), "{body:?}: {err:?}");
         }
+    }
+
+    #[test]
+    fn test_operation_limit() {
+        let two = "{\"index\":{}}\n{}\n{\"delete\":{}}\n";
+        assert_eq!(parse(two.as_bytes(), Some("i"), 2).unwrap().len(), 2);
+        let err = parse(format!("{two}{two}").as_bytes(), Some("i"), 2).unwrap_err();
+        assert!(err.reason.contains("more than 2 operations (collector.max_bulk_operations)"), "{err:?}");
     }
 
     #[test]
@@ -311,7 +329,7 @@ mod tests {
         /// operation it answers names an index.
         #[test]
         fn prop_any_body_parses_or_fails(body in proptest::collection::vec(any::<u8>(), 0..512)) {
-            if let Ok(ops) = parse(&body, Some("p")) {
+            if let Ok(ops) = parse(&body, Some("p"), 8) {
                 prop_assert!(ops.iter().all(|o| !o.index.is_empty()));
             }
         }
@@ -327,7 +345,7 @@ mod tests {
             Just(String::new()),
             "[a-z{}\":,\\[\\]0-9]{0,24}",
         ], 0..12)) {
-            let _ = parse(lines.join("\n").as_bytes(), None);
+            let _ = parse(lines.join("\n").as_bytes(), None, 4);
         }
 
         /// A valid body of documents of string fields parses back to the
@@ -349,7 +367,7 @@ mod tests {
                 body.push_str(&serde_json::to_string(doc).unwrap());
                 body.push('\n');
             }
-            let ops = parse(body.as_bytes(), Some("idx")).unwrap();
+            let ops = parse(body.as_bytes(), Some("idx"), 10).unwrap();
             prop_assert_eq!(ops.len(), docs.len());
             for (op, (id, doc, create)) in ops.iter().zip(&docs) {
                 prop_assert_eq!(op.action, if *create { Action::Create } else { Action::Index });
