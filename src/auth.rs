@@ -285,10 +285,10 @@ fn bearer(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(token).ok()?;
-        let (_user, password) =
-            String::from_utf8(decoded).ok()?.split_once(':').map(|(u, p)| (u.to_string(), p.to_string()))?;
-        return (!password.is_empty()).then_some(std::borrow::Cow::Owned(password));
+        let decoded =
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token).ok()?).ok()?;
+        let (_user, password) = decoded.split_once(':')?;
+        return (!password.is_empty()).then(|| std::borrow::Cow::Owned(password.to_string()));
     }
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -14,9 +14,10 @@ use crate::error::{find_ingest_error, HttpError};
 use crate::memory::Reservation;
 use crate::{admission, Ingest, IngestError, Logs, Protocol, Signal, Traces};
 
-/// OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, behind the admission
-/// and counting layer (`admission::http`), which sees every request,
-/// unknown paths and methods included.
+/// OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, and the
+/// Elasticsearch bulk API under `/es` ([`crate::es_bulk`]), behind the
+/// admission and counting layer (`admission::http`), which sees every
+/// request, unknown paths and methods included.
 pub fn router(ingest: Ingest) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
