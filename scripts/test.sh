@@ -24,6 +24,11 @@ if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2
   python3 -m pip install -q opentelemetry-proto protobuf
 fi
 
+if ! python3 -c 'import elasticsearch' >/dev/null 2>&1; then
+  step "pip install elasticsearch (the Elasticsearch bulk e2e test runs the Python client)"
+  python3 -m pip install -q 'elasticsearch==8.17.2'
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 

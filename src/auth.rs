@@ -274,11 +274,27 @@ impl Auth {
 }
 
 /// The credentials of `Authorization: Bearer <token>` (the scheme is
-/// case-insensitive, RFC 9110 §11.1), from HTTP headers or gRPC metadata.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// case-insensitive, RFC 9110 §11.1), from HTTP headers or gRPC metadata;
+/// or the password of `Basic` credentials (RFC 7617; the user name is not
+/// read), because the Elasticsearch outputs of Fluent Bit (`HTTP_User`,
+/// `HTTP_Passwd`) and Logstash (`user`, `password`) can send no other
+/// header: they give the token as the password.
+fn bearer(headers: &HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
+    use base64::Engine as _;
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    let token = token.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded =
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(token).ok()?).ok()?;
+        let (_user, password) = decoded.split_once(':')?;
+        return (!password.is_empty()).then(|| std::borrow::Cow::Owned(password.to_string()));
+    }
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token)
+        .filter(|t| !t.is_empty())
+        .map(std::borrow::Cow::Borrowed)
 }
 
 /// Paths of the HTTP API answered without a token: liveness and readiness
@@ -388,12 +404,20 @@ mod tests {
             single
         );
         assert_eq!(a.authorize(Scope::Ingest, &headers(&[("authorization", "bearer  team-a ")])), single);
+        // Basic with the token as the password (Fluent Bit's and Logstash's
+        // Elasticsearch outputs can send nothing else); the user is not read.
+        let basic = format!("Basic {}", "Zmx1ZW50LWJpdDppbmdlc3Qtc2VjcmV0");
+        assert_eq!(a.authorize(Scope::Ingest, &headers(&[("authorization", &basic)])), single);
         assert_eq!(a.authorize(Scope::Query, &headers(&[("authorization", "Bearer reader")])), single);
         for (scope, h) in [
             (Scope::Query, headers(&[("authorization", "Bearer ingest-secret")])),
             (Scope::Ingest, headers(&[("authorization", "Bearer reader")])),
             (Scope::Ingest, headers(&[("authorization", "Bearer ingest-secre")])),
             (Scope::Ingest, headers(&[("authorization", "Basic aW5nZXN0LXNlY3JldA==")])),
+            // Basic with the token as the password, but of another scope.
+            (Scope::Ingest, headers(&[("authorization", "Basic dXNlcjpyZWFkZXI=")])),
+            (Scope::Ingest, headers(&[("authorization", "Basic dXNlcjo=")])),
+            (Scope::Ingest, headers(&[("authorization", "Basic !!")])),
             (Scope::Ingest, headers(&[])),
         ] {
             assert!(matches!(a.authorize(scope, &h), Err(Refusal::Unauthenticated(_))), "{scope:?} {h:?}");

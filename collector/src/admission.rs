@@ -106,10 +106,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 pub(crate) async fn http(State(ing): State<Ingest>, req: Request, next: Next) -> Response {
     let signal = signal_of(req.uri().path());
     ing.metrics.received(signal, Protocol::Http);
+    let es = crate::es_bulk::is_es_path(req.uri().path());
     let resp = if signal == OTHER_SIGNAL {
         next.run(req).await
     } else {
         ing.run_admitted(req, next, |err, headers| {
+            if es {
+                return crate::es_bulk::refusal(&err);
+            }
             HttpError { err, json: crate::http_api::is_json(headers) }.into_response()
         })
         .await

@@ -14,14 +14,16 @@ use crate::error::{find_ingest_error, HttpError};
 use crate::memory::Reservation;
 use crate::{admission, Ingest, IngestError, Logs, Protocol, Signal, Traces};
 
-/// OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, behind the admission
-/// and counting layer (`admission::http`), which sees every request,
-/// unknown paths and methods included.
+/// OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, and the
+/// Elasticsearch bulk API under `/es` ([`crate::es_bulk`]), behind the
+/// admission and counting layer (`admission::http`), which sees every
+/// request, unknown paths and methods included.
 pub fn router(ingest: Ingest) -> Router {
     Router::new()
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
         .route("/v1/metrics", post(unsupported_signal))
+        .merge(crate::es_bulk::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ingest.clone(), admission::http))
         .with_state(ingest)
@@ -32,7 +34,10 @@ async fn unsupported_signal(headers: HeaderMap) -> Response {
     HttpError { err, json: is_json(&headers) }.into_response()
 }
 
-async fn not_found(headers: HeaderMap) -> Response {
+async fn not_found(method: http::Method, uri: http::Uri, headers: HeaderMap) -> Response {
+    if crate::es_bulk::is_es_path(uri.path()) {
+        return crate::es_bulk::unknown(&method, uri.path());
+    }
     let err = IngestError::UnknownPath(
         "not found; OTLP/HTTP endpoints are POST /v1/traces and POST /v1/logs".into(),
     );
@@ -62,7 +67,7 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
 /// admission (reservation as it streams, read timeout) is in
 /// `admission::AdmittedBody`; the decompressed bytes grow `reservation`
 /// as they come.
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

@@ -15,6 +15,7 @@
 
 mod admission;
 mod error;
+pub mod es_bulk;
 mod grpc;
 mod http_api;
 mod memory;
@@ -57,6 +58,13 @@ pub struct CollectorConfig {
     /// exporter on a working network.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Operations (action lines) in one Elasticsearch `_bulk` request; a
+    /// request with more is refused whole (400). The answer has an item
+    /// per operation, about 250 bytes each against as few as 14 bytes of
+    /// request, so this bounds the answer's memory, which the in-flight
+    /// budget does not count: 100,000 items are about 25 MB. Shippers send
+    /// far fewer (Logstash 125 events a batch, the Python client 500).
+    pub max_bulk_operations: usize,
     /// `[collector.limits]`: content limits per record (attribute, event
     /// and link counts, value lengths); excess is cut and counted in
     /// `skein_limited_total`, never refused.
@@ -69,6 +77,7 @@ impl Default for CollectorConfig {
             max_request_bytes: 16 << 20,
             max_inflight_bytes: None,
             body_read_timeout: Duration::from_secs(30),
+            max_bulk_operations: 100_000,
             limits: skein_otlp::decode::Limits::default(),
         }
     }
@@ -118,7 +127,7 @@ impl Ingest {
     /// Counts a request refused before it reached the receivers (by the
     /// authentication layer in front of them) as received and refused, and
     /// answers it as OTLP/HTTP does: in the request's encoding, judged by
-    /// its `Content-Type`.
+    /// its `Content-Type`; under `/es/`, in Elasticsearch's error envelope.
     pub fn refuse_http(
         &self,
         err: IngestError,
@@ -129,6 +138,9 @@ impl Ingest {
         let signal = metrics::signal_of(path);
         self.metrics.received(signal, Protocol::Http);
         self.metrics.refused(signal, Protocol::Http, err.reason());
+        if es_bulk::is_es_path(path) {
+            return es_bulk::refusal(&err);
+        }
         error::HttpError { err, json: http_api::is_json(headers) }.into_response()
     }
 

@@ -220,6 +220,7 @@ pub(crate) fn signal_of(path: &str) -> &'static str {
     match path {
         "/v1/traces" | "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => Traces::RECORDS,
         "/v1/logs" | "/opentelemetry.proto.collector.logs.v1.LogsService/Export" => Logs::RECORDS,
+        p if crate::es_bulk::is_bulk_path(p) => Logs::RECORDS,
         _ => OTHER_SIGNAL,
     }
 }

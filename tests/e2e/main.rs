@@ -17,6 +17,8 @@ mod dedup;
 mod disk_full;
 /// Restart and crash recovery.
 mod durability;
+/// The Elasticsearch bulk API: the Python client and the log shippers' bodies.
+mod es_bulk;
 /// The Jaeger-compatible query API.
 mod jaeger;
 /// Content limits: hostile attributes, values and events cut and counted.
