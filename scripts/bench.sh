@@ -22,6 +22,8 @@
 #   PERF_INGEST    record a flat `perf record` profile of the server into this file for PERF_INGEST_S
 #                  seconds (30), starting 20 s into the load (no call graphs: little overhead)
 #   SEGMENT_BYTES=1  break bytes down per file and Parquet column (scripts/segment_bytes.py, pyarrow)
+#   KEEP_DATA=DIR    move the data directory to DIR at the end (it must not exist), to query the
+#                  same data again later, e.g. with another binary and `skein loadgen --queries-only`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces=${1:-70000}
@@ -104,3 +106,6 @@ if [ -n "${PERF_DIR:-}" ]; then
 fi
 kill -TERM "$pid"; wait "$pid" || true
 pid=
+if [ -n "${KEEP_DATA:-}" ]; then
+  mv "$data" "$KEEP_DATA" && mkdir "$data" && echo "data directory kept: $KEEP_DATA"
+fi
