@@ -1,0 +1,251 @@
+//! `/tempo/api/metrics/query_range` and `/tempo/api/metrics/query`: TraceQL
+//! metrics as Grafana Tempo answers them (grafana/tempo
+//! `docs/sources/tempo/api_docs/_index.md`, "TraceQL Metrics"), so
+//! Grafana's Tempo data source and its Traces Drilldown app chart them.
+//!
+//! Parameters, as Tempo's `ParseQueryRangeRequest` reads them:
+//! - `q` (or `query`, Prometheus's name, which Grafana sends): the
+//!   TraceQL metrics query;
+//! - `start`, `end`: Unix seconds (10 digits or fewer), Unix nanoseconds
+//!   (more digits), fractional seconds, or RFC 3339; default `end` = now,
+//!   `start` = `end` - `since` (a duration, default 1 h);
+//! - `step` (range query only): a duration (`30s`, `1m`) or seconds;
+//!   default Tempo's `DefaultQueryRangeStep` (about 240 points, a
+//!   multiple of 5 s, at least 1 s);
+//! - `exemplars`: exemplars per series at most (default and cap 100, as
+//!   Tempo's `max_exemplars`).
+//!
+//! The answer is Tempo's `QueryRangeResponse` (or `QueryInstantResponse`)
+//! in proto3 JSON: 64-bit integers as strings, labels as OTLP `KeyValue`s.
+
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::native::MAX_TRACEQL_LEN;
+use super::tempo::key_value;
+use crate::engine::traceql::{FieldValue, TraceQl};
+use crate::engine::{MetricsAnswer, MetricsQuery};
+use crate::error::{Error, Result};
+use crate::params::{parse_duration_ns, Params, TimeRange};
+use crate::{ApiState, Tenant};
+
+/// Exemplars per series when the request does not say, and at most
+/// (Tempo's query frontend `max_exemplars`).
+pub(crate) const MAX_EXEMPLARS: usize = 100;
+
+/// How far back `start` defaults to from `end` (Tempo's `defaultSince`).
+const DEFAULT_SINCE_NS: u64 = 3_600_000_000_000;
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/tempo/api/metrics/query_range", get(query_range))
+        .route("/tempo/api/metrics/query", get(query_instant))
+}
+
+/// A point in time as Tempo's metrics API reads it (`parseTimestamp`):
+/// fractional seconds, Unix seconds (up to 10 digits), Unix nanoseconds,
+/// or RFC 3339.
+fn tempo_time(key: &str, v: &str) -> Result<u64> {
+    let bad = || {
+        Error::bad(format!(
+            "{key}: {v:?} is not Unix seconds, Unix nanoseconds or an RFC 3339 time"
+        ))
+    };
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        let n: u64 = v.parse().map_err(|_| bad())?;
+        return if v.len() <= 10 { n.checked_mul(1_000_000_000).ok_or_else(bad) } else { Ok(n) };
+    }
+    if v.contains('.') && !v.contains('T') {
+        let f: f64 = v.parse().map_err(|_| bad())?;
+        if !(0.0..=1.8e10).contains(&f) {
+            return Err(bad());
+        }
+        return Ok((f * 1e9).round() as u64);
+    }
+    crate::params::parse_time(v).map_err(|_| bad())
+}
+
+/// A step as Tempo reads it: seconds (`15`, `0.5`) or a duration (`1m`).
+fn tempo_step(v: &str) -> Result<u64> {
+    let ns = match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 && s < 1.8e10 => (s * 1e9).round() as u64,
+        Ok(_) => return Err(Error::bad(format!("step: {v:?} is out of range"))),
+        Err(_) => parse_duration_ns(v).map_err(|e| Error::bad(format!("step: {e}")))?,
+    };
+    if ns == 0 {
+        return Err(Error::bad("step: zero or negative query resolution step widths are not accepted"));
+    }
+    Ok(ns)
+}
+
+/// Tempo's `DefaultQueryRangeStep`: the range over 240 points, rounded
+/// down to 5 s (to 1 s below 5 s), at least 1 s.
+pub(crate) fn default_step(start_ns: u64, end_ns: u64) -> u64 {
+    const S: u64 = 1_000_000_000;
+    let base = end_ns.saturating_sub(start_ns) / 240;
+    let five = base / (5 * S) * (5 * S);
+    let step = if five < 5 * S { base / S * S } else { five };
+    step.max(S)
+}
+
+/// The request's query and range, shared by both endpoints.
+fn common(p: &Params, st: &ApiState) -> Result<(TraceQl, u64, u64, usize)> {
+    // Tempo reads `query` first, then lets `q` override it.
+    let q = p.get("q").or_else(|| p.get("query")).ok_or_else(|| Error::bad("q: a TraceQL metrics query is required"))?;
+    if q.len() > MAX_TRACEQL_LEN {
+        return Err(Error::bad(format!("q is longer than {MAX_TRACEQL_LEN} bytes")));
+    }
+    let tq = TraceQl::parse_metrics(q).map_err(|e| Error::bad(e.to_string()))?;
+    let end = match p.get("end") {
+        Some(v) => tempo_time("end", v)?,
+        None => skein_storage::now_unix_nano(),
+    };
+    let start = match (p.get("start"), p.get("since")) {
+        (Some(v), _) => tempo_time("start", v)?,
+        (None, Some(s)) => end.saturating_sub(parse_duration_ns(s).map_err(|e| Error::bad(format!("since: {e}")))?),
+        (None, None) => end.saturating_sub(DEFAULT_SINCE_NS),
+    };
+    if end <= start {
+        return Err(Error::bad(format!("end must be after start (start={start}, end={end} in Unix ns)")));
+    }
+    TimeRange { start_ns: Some(start), end_ns: Some(end) }.within(st.cfg.max_range, "start", "end")?;
+    let exemplars = match p.get("exemplars") {
+        None => MAX_EXEMPLARS,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| Error::bad(format!("exemplars: {v:?} is not a non-negative integer")))?
+            .min(MAX_EXEMPLARS),
+    };
+    Ok((tq, start, end, exemplars))
+}
+
+/// Tempo's Prometheus-style text of a series' labels (`Labels.String()`):
+/// sorted by name, integers as `int(5)`, the empty string as `<empty>`.
+fn prom_labels(labels: &[(String, FieldValue)]) -> String {
+    let mut parts: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| {
+            let text = match key_value(k, v)["value"].as_object().and_then(|o| o.values().next().cloned()) {
+                Some(Value::String(s)) if s.is_empty() => "<empty>".to_string(),
+                Some(Value::String(s)) => s,
+                Some(x) => x.to_string(),
+                None => "<nil>".to_string(),
+            };
+            let text = if matches!(v, FieldValue::Int(_)) { format!("int({text})") } else { text };
+            (k.clone(), text)
+        })
+        .collect();
+    parts.sort();
+    let body: Vec<String> = parts.iter().map(|(k, v)| format!("{k}={}", json!(v))).collect();
+    format!("{{{}}}", body.join(", "))
+}
+
+fn labels_json(labels: &[(String, FieldValue)]) -> Vec<Value> {
+    labels.iter().map(|(k, v)| key_value(k, v)).collect()
+}
+
+/// Tempo's `SearchMetrics` of a metrics answer (zero fields left out, as
+/// proto3 JSON does), and the partial status when segments were skipped.
+fn with_metrics(mut v: Value, a: &MetricsAnswer) -> Value {
+    let mut m = json!({
+        "inspectedTraces": a.inspected_traces,
+        "inspectedSpans": a.work.read.spans.to_string(),
+        "inspectedBytes": a.work.read.bytes.to_string(),
+        "totalBlocks": a.work.total_segments,
+        "totalBlockBytes": a.work.total_segment_bytes.to_string(),
+        "completedJobs": 1,
+        "totalJobs": 1 + a.warnings.len(),
+    });
+    if let Some(m) = m.as_object_mut() {
+        m.retain(|_, v| *v != json!(0) && *v != json!("0"));
+    }
+    v["metrics"] = m;
+    if !a.warnings.is_empty() {
+        v["status"] = json!("PARTIAL");
+        v["message"] = json!(a.warnings.join("; "));
+    }
+    v
+}
+
+/// Tempo's `QueryRangeResponse` as JSON.
+pub(crate) fn range_json(a: &MetricsAnswer) -> Value {
+    let series: Vec<Value> = a
+        .series
+        .iter()
+        .map(|s| {
+            let samples: Vec<Value> = s
+                .samples
+                .iter()
+                .map(|(t, v)| json!({ "timestampMs": (t / 1_000_000).to_string(), "value": v }))
+                .collect();
+            let exemplars: Vec<Value> = s
+                .exemplars
+                .iter()
+                .map(|e| {
+                    json!({
+                        "labels": [
+                            { "key": "trace:id", "value": { "stringValue": e.trace_id.to_hex() } },
+                            { "key": "span:id", "value": { "stringValue": e.span_id.to_hex() } },
+                        ],
+                        "value": e.value,
+                        "timestampMs": (e.time_unix_nano / 1_000_000).to_string(),
+                    })
+                })
+                .collect();
+            let mut v = json!({
+                "labels": labels_json(&s.labels),
+                "samples": samples,
+                "promLabels": prom_labels(&s.labels),
+            });
+            if !exemplars.is_empty() {
+                v["exemplars"] = json!(exemplars);
+            }
+            v
+        })
+        .collect();
+    with_metrics(json!({ "series": series }), a)
+}
+
+/// Tempo's `QueryInstantResponse` as JSON: one value per series.
+pub(crate) fn instant_json(a: &MetricsAnswer) -> Value {
+    let series: Vec<Value> = a
+        .series
+        .iter()
+        .filter_map(|s| {
+            let (_, value) = s.samples.first()?;
+            Some(json!({
+                "labels": labels_json(&s.labels),
+                "value": value,
+                "promLabels": prom_labels(&s.labels),
+            }))
+        })
+        .collect();
+    with_metrics(json!({ "series": series }), a)
+}
+
+async fn query_range(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> Result<Response> {
+    let p = Params::parse(q.as_deref());
+    let (query, start_ns, end_ns, exemplars) = common(&p, &st)?;
+    let step_ns = match p.get("step") {
+        Some(v) => tempo_step(v)?,
+        None => default_step(start_ns, end_ns),
+    };
+    let q = MetricsQuery { query, start_ns, end_ns, step_ns, instant: false, exemplars };
+    let a = st.engine(&tenant).await?.metrics(q).await?;
+    Ok(Json(range_json(&a)).into_response())
+}
+
+async fn query_instant(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let p = Params::parse(q.as_deref());
+    let (query, start_ns, end_ns, _) = common(&p, &st)?;
+    let q = MetricsQuery { query, start_ns, end_ns, step_ns: end_ns - start_ns, instant: true, exemplars: 0 };
+    let a = st.engine(&tenant).await?.metrics(q).await?;
+    Ok(Json(instant_json(&a)).into_response())
+}

@@ -1,0 +1,695 @@
+//! TraceQL metrics (`{...} | rate() by (...)`), as Grafana Tempo computes
+//! them (grafana/tempo `docs/sources/tempo/traceql/metrics-queries/`,
+//! `pkg/traceql/engine_metrics.go`): the spans a query selects are counted
+//! or measured per series (the `by(...)` values) and per interval of the
+//! step, by span start time.
+//!
+//! Two ways to the same numbers:
+//! - **rollups**: a query whose filter is only service name, span name,
+//!   span kind and `status = error` conditions, grouped by those fields,
+//!   counting spans (`rate`, `count_over_time`) or taking duration
+//!   quantiles, at a step of whole minutes, is answered from the
+//!   per-minute RED rollups ([`skein_storage::rollup::RedBucket`], which
+//!   count every span per service, operation, kind and root flag, with a
+//!   DDSketch of durations). [`Storage::rollups`] gives the segments'
+//!   rollups and one built on the spot for the spans still in memory, so
+//!   each span counts once.
+//! - **spans**: anything else reads the candidate traces the indexes pick
+//!   for the query within the range (segments outside it are pruned),
+//!   evaluates the whole TraceQL pipeline on each, and buckets the
+//!   selected spans; the answer then carries exemplars.
+//!
+//! Intervals are `[t, t + step)` from `start` rounded down to the step
+//! (and `end` rounded up), each sample stamped with its interval's start;
+//! see docs/traceql.md for where this differs from Tempo.
+
+use std::collections::{BTreeMap, HashMap};
+
+use skein_storage::model::{SpanId, TraceId};
+use skein_storage::rollup::{LatencySketch, BUCKET_NS};
+use skein_storage::{Reader, SpanPresence, Storage};
+
+use super::traceql::ast::{
+    AttrScope, BinOp, FieldExpr, Intrinsic, MetricsFn, SecondStage, SpansetExpr, Stage, Static,
+};
+use super::traceql::{FieldValue, TraceQl};
+use super::Work;
+use crate::error::{Error, Result};
+use crate::QueryConfig;
+
+/// How much earlier (and later) than the range a structural query's other
+/// spans may start: candidates are picked by any span the query needs,
+/// which need not itself lie in the range (1 h, longer than any request).
+const STRUCTURAL_SLACK_NS: u64 = 3_600_000_000_000;
+
+/// Exemplars kept per series and interval, as Tempo's
+/// `maxExemplarsPerBucket`.
+const EXEMPLARS_PER_INTERVAL: usize = 2;
+
+/// A TraceQL metrics query over a time range.
+#[derive(Debug, Clone)]
+pub struct MetricsQuery {
+    /// The query; it has a metrics stage ([`TraceQl::is_metrics`]).
+    pub query: TraceQl,
+    /// Range start, Unix ns.
+    pub start_ns: u64,
+    /// Range end, Unix ns (exclusive).
+    pub end_ns: u64,
+    /// Interval width, ns (> 0). Ignored by an instant query.
+    pub step_ns: u64,
+    /// One value per series over the whole `[start_ns, end_ns)`
+    /// (`/api/metrics/query`), without rounding the range to the step.
+    pub instant: bool,
+    /// Exemplars per series at most (0: none).
+    pub exemplars: usize,
+}
+
+/// A span shown as an example of a series' value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    /// The span's trace.
+    pub trace_id: TraceId,
+    /// The span.
+    pub span_id: SpanId,
+    /// The span's start, Unix ns.
+    pub time_unix_nano: u64,
+    /// The value the span contributed: the function's argument (durations
+    /// in seconds), or its duration in seconds for `rate` and
+    /// `count_over_time`.
+    pub value: f64,
+}
+
+/// One series of a metrics answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSeries {
+    /// Its labels, as Tempo names them: the `by(...)` fields as written
+    /// (nil values left out), `p` for a quantile, `__bucket` for a
+    /// histogram bucket, `__name__` = the function for an ungrouped query.
+    pub labels: Vec<(String, FieldValue)>,
+    /// (interval start, Unix ns; value), in time order; intervals without a
+    /// value are absent (a count is 0, not absent).
+    pub samples: Vec<(u64, f64)>,
+    /// Example spans (only when the answer was computed from spans).
+    pub exemplars: Vec<Exemplar>,
+}
+
+/// The answer of a metrics query.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsAnswer {
+    /// Series, sorted by labels.
+    pub series: Vec<MetricSeries>,
+    /// Whether the rollups answered (no span was read).
+    pub from_rollups: bool,
+    /// Traces read and evaluated.
+    pub inspected_traces: u64,
+    /// Why the answer may be missing spans (quarantined segments).
+    pub warnings: Vec<String>,
+    /// What the query did.
+    pub work: Work,
+}
+
+/// The intervals of a query: `n` of `step` from `start`.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    start: u64,
+    step: u64,
+    n: usize,
+}
+
+impl Grid {
+    /// The grid of `q`, refused when it has more than `max_points` points.
+    fn of(q: &MetricsQuery, max_points: usize) -> Result<Grid> {
+        if q.end_ns <= q.start_ns {
+            return Err(Error::bad("end must be after start"));
+        }
+        if q.instant {
+            return Ok(Grid { start: q.start_ns, step: q.end_ns - q.start_ns, n: 1 });
+        }
+        if q.step_ns == 0 {
+            return Err(Error::bad("step must be a positive duration"));
+        }
+        let start = q.start_ns - q.start_ns % q.step_ns;
+        let n = (q.end_ns - start).div_ceil(q.step_ns);
+        if n > max_points as u64 {
+            return Err(Error::bad(format!(
+                "the query asks for {n} points per series, more than {max_points} \
+                 (query.max_points_per_series); raise step or narrow the range"
+            )));
+        }
+        Ok(Grid { start, step: q.step_ns, n: n as usize })
+    }
+
+    fn end(&self) -> u64 {
+        self.start.saturating_add(self.step.saturating_mul(self.n as u64))
+    }
+
+    fn interval(&self, t: u64) -> Option<usize> {
+        (t >= self.start && t < self.end()).then(|| ((t - self.start) / self.step) as usize)
+    }
+
+    fn time(&self, i: usize) -> u64 {
+        self.start + self.step * i as u64
+    }
+}
+
+/// What is kept per series and interval.
+#[derive(Debug, Clone, Default)]
+struct Cell {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    /// Durations, ns (`quantile_over_time(duration, ...)`).
+    sketch: Option<LatencySketch>,
+    /// Other values a quantile is taken of, exactly.
+    values: Vec<f64>,
+}
+
+impl Cell {
+    fn observe(&mut self, v: f64) {
+        if self.count == 0 {
+            (self.min, self.max) = (v, v);
+        } else {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        }
+        self.count += 1;
+        self.sum += v;
+    }
+}
+
+/// A series being accumulated: sparse cells by interval.
+#[derive(Debug, Clone, Default)]
+struct Acc {
+    labels: Vec<(String, FieldValue)>,
+    cells: BTreeMap<usize, Cell>,
+    exemplars: Vec<(usize, Exemplar)>,
+}
+
+/// Series by a key of their labels.
+#[derive(Debug, Default)]
+struct Series {
+    map: HashMap<String, Acc>,
+    max: usize,
+}
+
+impl Series {
+    fn get(&mut self, labels: Vec<(String, FieldValue)>) -> Result<&mut Acc> {
+        let key = format!("{labels:?}");
+        let n = self.map.len();
+        if !self.map.contains_key(&key) && n >= self.max {
+            return Err(too_many_series(self.max));
+        }
+        Ok(self.map.entry(key).or_insert_with(|| Acc { labels, ..Default::default() }))
+    }
+}
+
+fn too_many_series(max: usize) -> Error {
+    Error::bad(format!(
+        "the query answers more than {max} series (query.max_series); group by fewer fields or add conditions"
+    ))
+}
+
+/// Tempo's name of a `by(...)` field: an attribute as written, an
+/// intrinsic without its scope (`name`, `status`, `rootServiceName`).
+fn label_name(e: &FieldExpr) -> String {
+    match e {
+        FieldExpr::Intrinsic(Intrinsic::RootService) => "rootServiceName".into(),
+        FieldExpr::Intrinsic(Intrinsic::TraceDuration) => "traceDuration".into(),
+        FieldExpr::Intrinsic(i) => {
+            let s = i.as_str();
+            match s.split_once(':') {
+                Some(("span" | "trace", n)) => n.to_string(),
+                _ => s.to_string(),
+            }
+        }
+        e => e.to_string(),
+    }
+}
+
+/// A field's value as a number: durations in seconds, as Tempo's metrics
+/// report them; `None` for anything not numeric.
+fn number(v: &FieldValue) -> Option<f64> {
+    match v {
+        FieldValue::Int(i) => Some(*i as f64),
+        FieldValue::Float(f) if f.is_finite() => Some(*f),
+        FieldValue::Duration(d) => Some(*d as f64 / 1e9),
+        _ => None,
+    }
+}
+
+/// Tempo's `Log2Bucketize`: the power of two at or above `v` (`-1` below 2).
+fn log2_bucket(v: u64) -> f64 {
+    if v < 2 {
+        return -1.0;
+    }
+    (1u128 << (64 - (v - 1).leading_zeros())) as f64
+}
+
+/// The labels of a series: `by` values with nils left out; all nil gives
+/// the first field with nil (Tempo's `labelsFor`), and an ungrouped query
+/// `__name__` = the function.
+fn series_labels(by: &[FieldExpr], vals: &[Option<FieldValue>], func: &str) -> Vec<(String, FieldValue)> {
+    if by.is_empty() {
+        return vec![("__name__".into(), FieldValue::Str(func.into()))];
+    }
+    let mut out: Vec<(String, FieldValue)> =
+        by.iter().zip(vals).filter_map(|(e, v)| v.clone().map(|v| (label_name(e), v))).collect();
+    if out.is_empty() {
+        out.push((label_name(&by[0]), FieldValue::Str("nil".into())));
+    }
+    out
+}
+
+fn func_name(f: &MetricsFn) -> &'static str {
+    match f {
+        MetricsFn::Rate => "rate",
+        MetricsFn::CountOverTime => "count_over_time",
+        MetricsFn::MinOverTime(_) => "min_over_time",
+        MetricsFn::MaxOverTime(_) => "max_over_time",
+        MetricsFn::AvgOverTime(_) => "avg_over_time",
+        MetricsFn::SumOverTime(_) => "sum_over_time",
+        MetricsFn::QuantileOverTime(..) => "quantile_over_time",
+        MetricsFn::HistogramOverTime(_) => "histogram_over_time",
+        MetricsFn::Compare(..) => "compare",
+    }
+}
+
+/// Checks `q` before any work: a metrics stage, a grid within limits.
+pub(super) fn validate(q: &MetricsQuery, cfg: &QueryConfig) -> Result<()> {
+    let Some(m) = &q.query.root().metrics else {
+        return Err(Error::bad(
+            "not a metrics query: add a metrics function, e.g. `{ } | rate()`; \
+             /tempo/api/search answers spanset queries",
+        ));
+    };
+    if matches!(m.func, MetricsFn::Compare(..)) {
+        return Err(Error::bad("compare() is not supported by Skein's metrics API (see docs/traceql.md)"));
+    }
+    if let MetricsFn::QuantileOverTime(_, qs) = &m.func {
+        if let Some(x) = qs.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+            return Err(Error::bad(format!("quantile {x} must be between 0 and 1")));
+        }
+    }
+    if let Some(SecondStage::TopK(k) | SecondStage::BottomK(k)) = q.query.root().second {
+        if k <= 0 {
+            return Err(Error::bad(format!("topk/bottomk takes a positive count, not {k}")));
+        }
+    }
+    Grid::of(q, cfg.max_points_per_series).map(|_| ())
+}
+
+/// Runs `q` (already [`validate`]d) through `r`.
+pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &MetricsQuery) -> Result<MetricsAnswer> {
+    let grid = Grid::of(q, cfg.max_points_per_series)?;
+    let mut series = Series { map: HashMap::new(), max: cfg.max_series };
+    let mut out = MetricsAnswer::default();
+    match RollupPlan::of(q, &grid) {
+        Some(plan) => {
+            plan.run(r.storage(), &grid, &mut series)?;
+            out.from_rollups = true;
+        }
+        None => {
+            out.inspected_traces = scan(r, q, &grid, &mut series)?;
+        }
+    }
+    out.series = finish(q, &grid, series, cfg.max_series)?;
+    out.warnings = r.storage().damage_in_range(Some(grid.start), Some(grid.end().saturating_sub(1)));
+    Ok(out)
+}
+
+/// Reads the candidate traces and observes the spans the query selects.
+fn scan(r: &Reader<'_>, q: &MetricsQuery, grid: &Grid, series: &mut Series) -> Result<u64> {
+    let tq = &q.query;
+    let m = tq.root().metrics.as_ref().expect("validated");
+    let simple = matches!(tq.root().pipeline[..], [Stage::Spanset(SpansetExpr::Filter(_))]);
+    let slack = if simple { 0 } else { STRUCTURAL_SLACK_NS };
+    let (lo, hi) = (grid.start.saturating_sub(slack), grid.end().saturating_sub(1).saturating_add(slack));
+    let mut cand = tq.candidate_filter();
+    cand.start_ns = Some(lo);
+    cand.end_ns = Some(hi);
+    // Every trace of the range may match: as many candidates as traces
+    // the range's segments and memory hold.
+    let s = r.storage();
+    let snap = s.snapshot();
+    let held: u64 = snap.segments.iter().filter(|x| x.overlaps(Some(lo), Some(hi))).map(|x| x.meta.trace_count).sum();
+    let limit = usize::try_from(held).unwrap_or(usize::MAX).saturating_add(s.head().trace_count()).max(1);
+    drop(snap);
+    let mut required: Vec<SpanPresence> = tq.required_filters().into_iter().map(SpanPresence::new).collect();
+    let name = func_name(&m.func);
+    let mut inspected = 0;
+    for id in r.search_traces(&cand, limit)? {
+        r.ctx().check()?;
+        let mut possible = true;
+        for p in &mut required {
+            if !r.trace_has_span(&id, p)? {
+                possible = false;
+                break;
+            }
+        }
+        if !possible {
+            continue;
+        }
+        let Some(spans) = r.get_trace_spans(&id)? else { continue };
+        inspected += 1;
+        r.ctx().add_trace(spans.len());
+        for o in tq.metric_observations(&spans) {
+            let sp = &spans[o.span];
+            let Some(i) = grid.interval(sp.start_time_unix_nano) else { continue };
+            let dur_s = sp.duration_ns() as f64 / 1e9;
+            let mut labels = series_labels(&m.by, &o.by, name);
+            let mut ex_value = dur_s;
+            let mut ex_labels = labels.clone();
+            match &m.func {
+                MetricsFn::Rate | MetricsFn::CountOverTime => {
+                    series.get(labels)?.cells.entry(i).or_default().count += 1;
+                }
+                MetricsFn::QuantileOverTime(FieldExpr::Intrinsic(Intrinsic::Duration), _) => {
+                    let cell = series.get(labels)?.cells.entry(i).or_default();
+                    cell.sketch.get_or_insert_with(LatencySketch::default).add(sp.duration_ns());
+                    cell.count += 1;
+                }
+                MetricsFn::HistogramOverTime(e) => {
+                    let Some(v) = o.value.as_ref() else { continue };
+                    let bucket = match (e, v) {
+                        (_, FieldValue::Duration(d)) => log2_bucket(u64::try_from(*d).unwrap_or(0)) / 1e9,
+                        (_, v) => match number(v) {
+                            Some(x) if x >= 0.0 => log2_bucket(x as u64),
+                            _ => continue,
+                        },
+                    };
+                    ex_value = number(v).unwrap_or(dur_s);
+                    labels.retain(|(k, _)| k != "__name__");
+                    labels.push(("__bucket".into(), FieldValue::Float(bucket)));
+                    ex_labels = labels.clone();
+                    series.get(labels)?.cells.entry(i).or_default().count += 1;
+                }
+                _ => {
+                    let Some(v) = o.value.as_ref().and_then(number) else { continue };
+                    ex_value = v;
+                    let cell = series.get(labels)?.cells.entry(i).or_default();
+                    cell.observe(v);
+                    if matches!(m.func, MetricsFn::QuantileOverTime(..)) {
+                        cell.values.push(v);
+                    }
+                }
+            }
+            if q.exemplars > 0 {
+                let acc = series.get(ex_labels)?;
+                let here = acc.exemplars.iter().filter(|(j, _)| *j == i).count();
+                if acc.exemplars.len() < q.exemplars && here < EXEMPLARS_PER_INTERVAL {
+                    let e = Exemplar {
+                        trace_id: sp.trace_id,
+                        span_id: sp.span_id,
+                        time_unix_nano: sp.start_time_unix_nano,
+                        value: ex_value,
+                    };
+                    acc.exemplars.push((i, e));
+                }
+            }
+        }
+    }
+    Ok(inspected)
+}
+
+/// Turns accumulated cells into the answer's series.
+fn finish(q: &MetricsQuery, grid: &Grid, series: Series, max: usize) -> Result<Vec<MetricSeries>> {
+    let m = q.query.root().metrics.as_ref().expect("validated");
+    let secs = grid.step as f64 / 1e9;
+    let accs: Vec<Acc> = series.map.into_values().collect();
+    let mut out = Vec::new();
+    for a in accs {
+        let exemplars: Vec<Exemplar> = a.exemplars.iter().map(|(_, e)| e.clone()).collect();
+        let dense = |f: &dyn Fn(&Cell) -> f64| -> Vec<(u64, f64)> {
+            (0..grid.n).map(|i| (grid.time(i), a.cells.get(&i).map_or(0.0, f))).collect()
+        };
+        let sparse = |f: &dyn Fn(&Cell) -> f64| -> Vec<(u64, f64)> {
+            a.cells.iter().filter(|(_, c)| c.count > 0).map(|(i, c)| (grid.time(*i), f(c))).collect()
+        };
+        match &m.func {
+            MetricsFn::Rate => {
+                out.push(MetricSeries { labels: a.labels, samples: dense(&|c| c.count as f64 / secs), exemplars })
+            }
+            MetricsFn::CountOverTime => {
+                out.push(MetricSeries { labels: a.labels, samples: dense(&|c| c.count as f64), exemplars })
+            }
+            MetricsFn::MinOverTime(_) => {
+                out.push(MetricSeries { labels: a.labels, samples: sparse(&|c| c.min), exemplars })
+            }
+            MetricsFn::MaxOverTime(_) => {
+                out.push(MetricSeries { labels: a.labels, samples: sparse(&|c| c.max), exemplars })
+            }
+            MetricsFn::SumOverTime(_) => {
+                out.push(MetricSeries { labels: a.labels, samples: sparse(&|c| c.sum), exemplars })
+            }
+            MetricsFn::AvgOverTime(_) => out.push(MetricSeries {
+                labels: a.labels,
+                samples: sparse(&|c| c.sum / c.count as f64),
+                exemplars,
+            }),
+            MetricsFn::QuantileOverTime(_, qs) => {
+                let mut base = a.labels.clone();
+                base.retain(|(k, _)| k != "__name__");
+                // Each exemplar goes to the quantile closest to its value in
+                // its interval, as Tempo assigns them.
+                let closest = |(i, e): &(usize, Exemplar)| -> usize {
+                    let Some(c) = a.cells.get(i) else { return 0 };
+                    (0..qs.len())
+                        .min_by(|x, y| {
+                            let d = |k: usize| (quantile(c, qs[k]) - e.value).abs();
+                            d(*x).total_cmp(&d(*y))
+                        })
+                        .unwrap_or(0)
+                };
+                let owner: Vec<usize> = a.exemplars.iter().map(closest).collect();
+                for (k, &p) in qs.iter().enumerate() {
+                    let mut labels = base.clone();
+                    labels.push(("p".into(), FieldValue::Float(p)));
+                    // Tempo answers 0 for an interval without spans.
+                    let samples = dense(&|c| quantile(c, p));
+                    let exemplars = a
+                        .exemplars
+                        .iter()
+                        .zip(&owner)
+                        .filter(|(_, o)| **o == k)
+                        .map(|((_, e), _)| e.clone())
+                        .collect();
+                    out.push(MetricSeries { labels, samples, exemplars });
+                }
+            }
+            MetricsFn::HistogramOverTime(_) => {
+                out.push(MetricSeries { labels: a.labels, samples: dense(&|c| c.count as f64), exemplars })
+            }
+            MetricsFn::Compare(..) => unreachable!("refused by validate"),
+        }
+    }
+    if out.len() > max {
+        return Err(too_many_series(max));
+    }
+    out.sort_by_cached_key(|s| format!("{:?}", s.labels));
+    if let Some(second) = q.query.root().second {
+        out = top_k(out, grid, second);
+    }
+    Ok(out)
+}
+
+/// The quantile `p` of a cell: from its sketch (within 1%), or exactly
+/// (the sample of rank `floor(p * (n - 1))`, as the sketch's).
+fn quantile(c: &Cell, p: f64) -> f64 {
+    if let Some(s) = &c.sketch {
+        return s.quantile(p).map_or(0.0, |ns| ns as f64 / 1e9);
+    }
+    if c.values.is_empty() {
+        return 0.0;
+    }
+    let mut v = c.values.clone();
+    let k = ((p * (v.len() - 1) as f64).floor() as usize).min(v.len() - 1);
+    let (_, x, _) = v.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+    *x
+}
+
+/// `topk(k)` / `bottomk(k)`, as Tempo's `processTopK`: at each interval
+/// the `k` series with the highest (lowest) values keep that sample;
+/// series that never make it are dropped. Ties go to the series whose
+/// labels sort first.
+fn top_k(series: Vec<MetricSeries>, grid: &Grid, second: SecondStage) -> Vec<MetricSeries> {
+    let (k, top) = match second {
+        SecondStage::TopK(k) => (k, true),
+        SecondStage::BottomK(k) => (k, false),
+    };
+    let k = usize::try_from(k).unwrap_or(0);
+    let mut keep: Vec<Vec<(u64, f64)>> = vec![Vec::new(); series.len()];
+    let mut index: Vec<HashMap<u64, f64>> =
+        series.iter().map(|s| s.samples.iter().copied().collect()).collect();
+    for i in 0..grid.n {
+        let t = grid.time(i);
+        let mut here: Vec<(usize, f64)> =
+            index.iter().enumerate().filter_map(|(j, m)| m.get(&t).map(|v| (j, *v))).collect();
+        here.sort_by(|a, b| {
+            let o = if top { b.1.total_cmp(&a.1) } else { a.1.total_cmp(&b.1) };
+            o.then(a.0.cmp(&b.0))
+        });
+        for (j, v) in here.into_iter().take(k) {
+            keep[j].push((t, v));
+        }
+    }
+    index.clear();
+    series
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| !k.is_empty())
+        .map(|(mut s, k)| {
+            s.samples = k;
+            s
+        })
+        .collect()
+}
+
+/// A field the rollups are keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RollupField {
+    Service,
+    Name,
+    Kind,
+}
+
+/// A query the RED rollups answer exactly (see the module comment).
+#[derive(Debug, Default)]
+struct RollupPlan {
+    service: Option<String>,
+    name: Option<String>,
+    kind: Option<u8>,
+    errors_only: bool,
+    by: Vec<(String, RollupField)>,
+    quantiles: Option<Vec<f64>>,
+    func: &'static str,
+}
+
+impl RollupPlan {
+    fn of(q: &MetricsQuery, grid: &Grid) -> Option<RollupPlan> {
+        let root = q.query.root();
+        let m = root.metrics.as_ref()?;
+        // Whole minutes, from a whole minute.
+        if grid.step % BUCKET_NS != 0 || grid.start % BUCKET_NS != 0 {
+            return None;
+        }
+        let mut plan = RollupPlan { func: func_name(&m.func), ..Default::default() };
+        match &m.func {
+            MetricsFn::Rate | MetricsFn::CountOverTime => {}
+            MetricsFn::QuantileOverTime(FieldExpr::Intrinsic(Intrinsic::Duration), qs) => {
+                plan.quantiles = Some(qs.clone())
+            }
+            _ => return None,
+        }
+        let [Stage::Spanset(SpansetExpr::Filter(f))] = &root.pipeline[..] else { return None };
+        plan.conditions(f)?;
+        // The sketches hold every span's duration, errors or not.
+        if plan.errors_only && plan.quantiles.is_some() {
+            return None;
+        }
+        for e in &m.by {
+            plan.by.push((label_name(e), rollup_field(e)?));
+        }
+        Some(plan)
+    }
+
+    /// Takes the conjunction `f` apart; `None` for anything else.
+    fn conditions(&mut self, f: &FieldExpr) -> Option<()> {
+        match f {
+            FieldExpr::Static(Static::Bool(true)) => Some(()),
+            FieldExpr::Logic(first, rest) => {
+                self.conditions(first)?;
+                for (op, e) in rest {
+                    if *op != BinOp::And {
+                        return None;
+                    }
+                    self.conditions(e)?;
+                }
+                Some(())
+            }
+            FieldExpr::Binary(BinOp::Eq, l, r)
+                if matches!(
+                    (&**l, &**r),
+                    (FieldExpr::Intrinsic(Intrinsic::Status), FieldExpr::Static(Static::Status(s)))
+                    | (FieldExpr::Static(Static::Status(s)), FieldExpr::Intrinsic(Intrinsic::Status))
+                    if *s == skein_storage::model::status::ERROR
+                ) =>
+            {
+                self.errors_only = true;
+                Some(())
+            }
+            FieldExpr::Binary(BinOp::Eq, l, r) => {
+                let (field, value) = match (&**l, &**r) {
+                    (FieldExpr::Static(v), e) | (e, FieldExpr::Static(v)) => (e, v),
+                    _ => return None,
+                };
+                match (rollup_field(field)?, value) {
+                    (RollupField::Service, Static::Str(s)) if self.service.is_none() => {
+                        self.service = Some(s.clone())
+                    }
+                    (RollupField::Name, Static::Str(s)) if self.name.is_none() => self.name = Some(s.clone()),
+                    (RollupField::Kind, Static::Kind(k)) if self.kind.is_none() => self.kind = Some(*k),
+                    _ => return None,
+                }
+                Some(())
+            }
+            _ => None,
+        }
+    }
+
+    fn run(&self, s: &Storage, grid: &Grid, series: &mut Series) -> Result<()> {
+        let (lo, hi) = (grid.start / BUCKET_NS, grid.end() / BUCKET_NS);
+        for r in s.rollups(Some(grid.start), Some(grid.end().saturating_sub(1))) {
+            for b in &r.red {
+                if b.minute < lo || b.minute >= hi {
+                    continue;
+                }
+                if self.service.as_ref().is_some_and(|x| *x != b.service)
+                    || self.name.as_ref().is_some_and(|x| *x != b.operation)
+                    || self.kind.is_some_and(|k| k != b.kind)
+                {
+                    continue;
+                }
+                let count = if self.errors_only { b.errors } else { b.count };
+                if count == 0 {
+                    continue;
+                }
+                let Some(i) = grid.interval(b.minute * BUCKET_NS) else { continue };
+                let labels = if self.by.is_empty() {
+                    vec![("__name__".to_string(), FieldValue::Str(self.func.into()))]
+                } else {
+                    self.by
+                        .iter()
+                        .map(|(n, f)| {
+                            let v = match f {
+                                RollupField::Service => FieldValue::Str(b.service.clone()),
+                                RollupField::Name => FieldValue::Str(b.operation.clone()),
+                                RollupField::Kind => FieldValue::Kind(b.kind),
+                            };
+                            (n.clone(), v)
+                        })
+                        .collect()
+                };
+                let cell = series.get(labels)?.cells.entry(i).or_default();
+                cell.count += count;
+                if self.quantiles.is_some() {
+                    b.add_latency_to(cell.sketch.get_or_insert_with(LatencySketch::default));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rollup key a field is, if any: `resource.service.name`, `name`,
+/// `kind`.
+fn rollup_field(e: &FieldExpr) -> Option<RollupField> {
+    match e {
+        FieldExpr::Attr(a) if a.scope == AttrScope::Resource && !a.parent && a.name == "service.name" => {
+            Some(RollupField::Service)
+        }
+        FieldExpr::Intrinsic(Intrinsic::Name) => Some(RollupField::Name),
+        FieldExpr::Intrinsic(Intrinsic::Kind) => Some(RollupField::Kind),
+        _ => None,
+    }
+}
