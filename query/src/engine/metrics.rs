@@ -693,3 +693,223 @@ fn rollup_field(e: &FieldExpr) -> Option<RollupField> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use skein_storage::model::AttrValue;
+
+    use super::*;
+    use crate::engine::testutil::{append, engine, span, storage, three_traces};
+    use crate::engine::Engine;
+
+    const S: u64 = 1_000_000_000;
+
+    fn q(text: &str, start_ns: u64, end_ns: u64, step_ns: u64) -> MetricsQuery {
+        MetricsQuery {
+            query: TraceQl::parse_metrics(text).unwrap(),
+            start_ns,
+            end_ns,
+            step_ns,
+            instant: false,
+            exemplars: 10,
+        }
+    }
+
+    /// (labels as `k=v`, samples) of each series.
+    fn flat(a: &MetricsAnswer) -> Vec<(String, Vec<(u64, f64)>)> {
+        a.series
+            .iter()
+            .map(|s| {
+                let l: Vec<String> = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| match v {
+                        FieldValue::Str(x) => format!("{k}={x}"),
+                        v => format!("{k}={v:?}"),
+                    })
+                    .collect();
+                (l.join(","), s.samples.clone())
+            })
+            .collect()
+    }
+
+    /// The rollups and the spans give the same counts, in memory and in
+    /// segments, and only the spans give exemplars.
+    #[tokio::test]
+    async fn rollups_and_spans_agree_before_and_after_a_flush() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let e = engine(&s);
+        for flushed in [false, true] {
+            if flushed {
+                s.flush(true).unwrap();
+            }
+            // 1 m from the rollups; 30 s from the spans.
+            let by_minute =
+                e.metrics(q("{ } | count_over_time() by (resource.service.name)", 0, 120 * S, 60 * S)).await.unwrap();
+            assert!(by_minute.from_rollups);
+            assert_eq!(
+                flat(&by_minute),
+                [
+                    ("resource.service.name=cart".into(), vec![(0, 2.0), (60 * S, 0.0)]),
+                    ("resource.service.name=db".into(), vec![(0, 1.0), (60 * S, 0.0)]),
+                    ("resource.service.name=frontend".into(), vec![(0, 2.0), (60 * S, 0.0)]),
+                ],
+                "flushed: {flushed}"
+            );
+            assert!(by_minute.series.iter().all(|x| x.exemplars.is_empty()));
+            let by_half =
+                e.metrics(q("{ } | count_over_time() by (resource.service.name)", 0, 60 * S, 30 * S)).await.unwrap();
+            assert!(!by_half.from_rollups);
+            assert_eq!(by_half.inspected_traces, 3);
+            let totals: Vec<f64> = by_half.series.iter().map(|x| x.samples[0].1).collect();
+            assert_eq!(totals, [2.0, 1.0, 2.0]);
+            assert_eq!(by_half.series[0].exemplars.len(), 2);
+            // rate() is per second of the step.
+            let rate = e.metrics(q("{ status = error } | rate()", 0, 60 * S, 60 * S)).await.unwrap();
+            assert!(rate.from_rollups);
+            assert_eq!(flat(&rate), [("__name__=rate".into(), vec![(0, 1.0 / 60.0)])]);
+        }
+    }
+
+    /// Aggregates over a field: durations in seconds, as Tempo reports
+    /// them; a series per quantile and per histogram bucket.
+    #[tokio::test]
+    async fn aggregates_over_a_field() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let e = engine(&s);
+        let one = |text: &'static str| {
+            let e = e.clone();
+            async move { flat(&e.metrics(q(text, 0, 60 * S, 60 * S)).await.unwrap()) }
+        };
+        let ms = |x: f64| x / 1000.0;
+        assert_eq!(
+            one("{ resource.service.name = \"frontend\" } | max_over_time(duration)").await,
+            [("__name__=max_over_time".into(), vec![(0, ms(300.0))])]
+        );
+        assert_eq!(
+            one("{ } | min_over_time(duration) by (kind)").await,
+            [("kind=Kind(2)".into(), vec![(0, ms(1.0))]), ("kind=Kind(3)".into(), vec![(0, ms(20.0))])]
+        );
+        assert_eq!(
+            one("{ resource.service.name = \"cart\" } | sum_over_time(span.http.status)").await,
+            [("__name__=sum_over_time".into(), vec![(0, 700.0)])]
+        );
+        let avg = one("{ resource.service.name = \"cart\" } | avg_over_time(duration)").await;
+        assert_eq!(avg[0].0, "__name__=avg_over_time");
+        assert!((avg[0].1[0].1 - ms(75.0)).abs() < 1e-12, "{avg:?}");
+        // From the rollups' sketches: within 1%.
+        let p = e
+            .metrics(q("{ resource.service.name = \"frontend\" } | quantile_over_time(duration, 0, 1)", 0, 60 * S, 60 * S))
+            .await
+            .unwrap();
+        assert!(p.from_rollups);
+        let v: Vec<f64> = p.series.iter().map(|x| x.samples[0].1).collect();
+        assert!((v[0] - ms(1.0)).abs() < ms(0.01) && (v[1] - ms(300.0)).abs() < ms(3.0), "{v:?}");
+        assert_eq!(p.series[0].labels, [("p".to_string(), FieldValue::Float(0.0))]);
+        // An attribute's quantile is exact.
+        assert_eq!(
+            one("{ } | quantile_over_time(span.http.status, .5)").await,
+            [("p=Float(0.5)".into(), vec![(0, 200.0)])]
+        );
+        // Buckets: powers of two of the duration, in seconds.
+        let h = one("{ resource.service.name = \"cart\" } | histogram_over_time(duration)").await;
+        let b = |ns: u64| format!("__bucket=Float({:?})", (ns as f64) / 1e9);
+        assert_eq!(
+            h,
+            [(b(1 << 26), vec![(0, 1.0)]), (b(1 << 27), vec![(0, 1.0)])],
+            "50 ms and 100 ms: 2^26 and 2^27 ns"
+        );
+    }
+
+    /// `by` a missing attribute: nils are dropped, all nil gives the first
+    /// field as "nil" (Tempo's `labelsFor`); topk/bottomk keep the top
+    /// series per interval.
+    #[tokio::test]
+    async fn nil_groups_and_topk() {
+        let (_d, s) = storage();
+        let mut spans = three_traces();
+        spans[0].attributes.push(("team".into(), AttrValue::Str("a".into())));
+        append(&s, spans).await;
+        let e = engine(&s);
+        let a = e.metrics(q("{ } | count_over_time() by (span.team)", 0, 60 * S, 60 * S)).await.unwrap();
+        assert_eq!(
+            flat(&a),
+            [("span.team=a".into(), vec![(0, 1.0)]), ("span.team=nil".into(), vec![(0, 4.0)])]
+        );
+        let top = e
+            .metrics(q("{ } | count_over_time() by (resource.service.name) | topk(2)", 0, 60 * S, 60 * S))
+            .await
+            .unwrap();
+        let names: Vec<String> = flat(&top).into_iter().map(|x| x.0).collect();
+        assert_eq!(names, ["resource.service.name=cart", "resource.service.name=frontend"]);
+        let bottom = e
+            .metrics(q("{ } | count_over_time() by (resource.service.name) | bottomk(1)", 0, 60 * S, 60 * S))
+            .await
+            .unwrap();
+        assert_eq!(flat(&bottom), [("resource.service.name=db".into(), vec![(0, 1.0)])]);
+    }
+
+    /// An instant query is one value over exactly `[start, end)`, rounded
+    /// to no step; structural queries count the spans they select.
+    #[tokio::test]
+    async fn instant_and_structural() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let e = engine(&s);
+        let mut i = q("{ } | count_over_time()", S + 5, 3 * S + 5, 0);
+        i.instant = true;
+        let a = e.metrics(i).await.unwrap();
+        assert!(!a.from_rollups, "not whole minutes");
+        // Spans at 1 s + 10 ns, 2 s and 3 s; not the one at 1 s.
+        assert_eq!(flat(&a), [("__name__=count_over_time".into(), vec![(S + 5, 3.0)])]);
+        let a = e
+            .metrics(q(r#"{ resource.service.name = "cart" } > { } | count_over_time() by (name)"#, 0, 60 * S, 60 * S))
+            .await
+            .unwrap();
+        assert_eq!(flat(&a), [("name=SELECT".into(), vec![(0, 1.0)])]);
+    }
+
+    /// Limits: points per series and series, each a 400 naming the
+    /// setting; a query without a metrics stage and `compare()` are 400s.
+    #[tokio::test]
+    async fn limits_and_refusals() {
+        let (_d, s) = storage();
+        let mut spans = Vec::new();
+        for i in 0..5u8 {
+            spans.push(span(i + 1, 1, None, &format!("svc{i}"), "op", u64::from(i) * S, 1000, false));
+        }
+        append(&s, spans).await;
+        let cfg = QueryConfig { max_series: 3, max_points_per_series: 10, ..Default::default() };
+        let e = Engine::new(s.clone(), cfg);
+        let err = |r: Result<MetricsAnswer>| match r {
+            Err(Error::BadRequest(m)) => m,
+            r => panic!("{r:?}"),
+        };
+        let m = err(e.metrics(q("{ } | rate()", 0, 11 * S, S)).await);
+        assert!(m.contains("query.max_points_per_series"), "{m}");
+        assert!(e.metrics(q("{ } | rate()", 0, 10 * S, S)).await.is_ok());
+        for (text, step) in [("{ } | rate() by (resource.service.name)", 60 * S), ("{ } | rate() by (.x, resource.service.name)", S)] {
+            let m = err(e.metrics(q(text, 0, 10 * S, step)).await);
+            assert!(m.contains("query.max_series"), "{m}");
+        }
+        let m = err(e.metrics(q("{ }", 0, 10 * S, S)).await);
+        assert!(m.contains("not a metrics query"), "{m}");
+        let m = err(e.metrics(q("{ } | compare({ status = error })", 0, 10 * S, S)).await);
+        assert!(m.contains("compare"), "{m}");
+        let m = err(e.metrics(q("{ } | rate()", 10 * S, 10 * S, S)).await);
+        assert!(m.contains("end must be after start"), "{m}");
+        let m = err(e.metrics(q("{ } | rate()", 0, 10 * S, 0)).await);
+        assert!(m.contains("step"), "{m}");
+    }
+
+    #[test]
+    fn tempo_log2_buckets() {
+        assert_eq!(log2_bucket(0), -1.0);
+        assert_eq!(log2_bucket(2), 2.0);
+        assert_eq!(log2_bucket(3), 4.0);
+        assert_eq!(log2_bucket(1024), 1024.0);
+        assert_eq!(log2_bucket(1025), 2048.0);
+    }
+}
