@@ -249,3 +249,107 @@ async fn query_instant(
     let a = st.engine(&tenant).await?.metrics(q).await?;
     Ok(Json(instant_json(&a)).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+    use crate::api::tests::{app_with, get};
+    use crate::engine::testutil::{append, storage, three_traces};
+    use crate::QueryConfig;
+
+    fn enc(q: &str) -> String {
+        form_urlencoded::byte_serialize(q.as_bytes()).collect()
+    }
+
+    /// Tempo's `QueryRangeResponse` and `QueryInstantResponse` shapes: the
+    /// labels as OTLP `KeyValue`s, 64-bit integers as strings, exemplars
+    /// (from spans) with `trace:id` and `span:id`.
+    #[tokio::test]
+    async fn answers_in_tempos_shapes() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let app = app_with(&s, QueryConfig::default());
+        let q = enc("{ } | rate() by (resource.service.name)");
+        let (st, rollups) = get(&app, &format!("/tempo/api/metrics/query_range?q={q}&start=0&end=120&step=1m")).await;
+        assert_eq!(st, StatusCode::OK, "{rollups}");
+        insta::assert_json_snapshot!("tempo_metrics_query_range_rollups", rollups);
+        // From the spans (a 30 s step): exemplars; `query` is also read.
+        let q = enc(r#"{ resource.service.name = "cart" } | quantile_over_time(duration, .5, .9)"#);
+        let (st, spans) = get(&app, &format!("/tempo/api/metrics/query_range?query={q}&start=0&end=60&step=30")).await;
+        assert_eq!(st, StatusCode::OK, "{spans}");
+        insta::assert_json_snapshot!("tempo_metrics_query_range_spans", spans);
+        let q = enc("{ } | count_over_time() by (name, span.http.status)");
+        let (st, instant) = get(&app, &format!("/tempo/api/metrics/query?q={q}&start=0&end=1800000000000")).await;
+        assert_eq!(st, StatusCode::OK, "{instant}");
+        insta::assert_json_snapshot!("tempo_metrics_query_instant", instant);
+    }
+
+    /// Malformed requests are 400s that say what is wrong.
+    #[tokio::test]
+    async fn bad_requests_are_400s() {
+        let (_d, s) = storage();
+        let app = app_with(&s, QueryConfig::default());
+        let rate = enc("{ } | rate()");
+        for (uri, says) in [
+            ("/tempo/api/metrics/query_range?start=0&end=60".to_string(), "q: a TraceQL metrics query is required"),
+            (format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ .a = }")), "column"),
+            (format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ }")), "not a metrics query"),
+            (format!("/tempo/api/metrics/query?q={}&start=0&end=60", enc("{ } | rate() | topk(0)")), "topk"),
+            (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=60&step=0"), "step"),
+            (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=60&step=1x"), "step"),
+            (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=3600&step=100ms"), "max_points_per_series"),
+            (format!("/tempo/api/metrics/query_range?q={rate}&start=60&end=30"), "end must be after start"),
+            (format!("/tempo/api/metrics/query?q={rate}&start=60&end=60"), "end must be after start"),
+            (format!("/tempo/api/metrics/query_range?q={rate}&start=yesterday"), "start"),
+            (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=60&exemplars=-1"), "exemplars"),
+            (
+                format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ } | compare({ status = error })")),
+                "compare",
+            ),
+        ] {
+            let (st, v) = get(&app, &uri).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {v}");
+            let msg = v["error"].as_str().unwrap_or_default();
+            assert!(msg.contains(says), "{uri}: {msg}");
+        }
+        // The range limit applies as to search.
+        let app = app_with(&s, QueryConfig { max_range: std::time::Duration::from_secs(60), ..Default::default() });
+        let (st, v) = get(&app, &format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=120")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("query.max_range"), "{v}");
+    }
+
+    #[test]
+    fn times_and_steps_as_tempo_reads_them() {
+        assert_eq!(tempo_time("t", "1700000000").unwrap(), 1_700_000_000 * 1_000_000_000);
+        assert_eq!(tempo_time("t", "1700000000123456789").unwrap(), 1_700_000_000_123_456_789);
+        assert_eq!(tempo_time("t", "1700000000.5").unwrap(), 1_700_000_000_500_000_000);
+        assert_eq!(tempo_time("t", "2023-11-14T22:13:20Z").unwrap(), 1_700_000_000 * 1_000_000_000);
+        assert!(tempo_time("t", "soon").is_err());
+        assert_eq!(tempo_step("15").unwrap(), 15_000_000_000);
+        assert_eq!(tempo_step("0.5").unwrap(), 500_000_000);
+        assert_eq!(tempo_step("1m30s").unwrap(), 90_000_000_000);
+        assert!(tempo_step("0s").is_err());
+        let s = 1_000_000_000;
+        // Tempo's DefaultQueryRangeStep: 1 h gives 15 s, 10 min 2 s, 1 min 1 s.
+        assert_eq!(default_step(0, 3600 * s), 15 * s);
+        assert_eq!(default_step(0, 600 * s), 2 * s);
+        assert_eq!(default_step(0, 60 * s), s);
+        assert_eq!(default_step(0, 24 * 3600 * s), 360 * s);
+    }
+
+    #[test]
+    fn prom_labels_as_tempo_writes_them() {
+        let l = vec![
+            ("resource.service.name".to_string(), FieldValue::Str("cart".into())),
+            ("span.http.status".to_string(), FieldValue::Int(200)),
+            ("name".to_string(), FieldValue::Str(String::new())),
+        ];
+        assert_eq!(
+            prom_labels(&l),
+            r#"{name="<empty>", resource.service.name="cart", span.http.status="int(200)"}"#
+        );
+    }
+}
