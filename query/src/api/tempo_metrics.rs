@@ -296,7 +296,7 @@ mod tests {
             ("/tempo/api/metrics/query_range?start=0&end=60".to_string(), "q: a TraceQL metrics query is required"),
             (format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ .a = }")), "column"),
             (format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ }")), "not a metrics query"),
-            (format!("/tempo/api/metrics/query?q={}&start=0&end=60", enc("{ } | rate() | topk(0)")), "topk"),
+            (format!("/tempo/api/metrics/query?q={}&start=0&end=60", enc("{ } | rate() | topk(0)")), "positive integer"),
             (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=60&step=0"), "step"),
             (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=60&step=1x"), "step"),
             (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=3600&step=100ms"), "max_points_per_series"),
