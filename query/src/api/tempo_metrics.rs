@@ -49,11 +49,8 @@ pub(crate) fn routes() -> Router<ApiState> {
 /// fractional seconds, Unix seconds (up to 10 digits), Unix nanoseconds,
 /// or RFC 3339.
 fn tempo_time(key: &str, v: &str) -> Result<u64> {
-    let bad = || {
-        Error::bad(format!(
-            "{key}: {v:?} is not Unix seconds, Unix nanoseconds or an RFC 3339 time"
-        ))
-    };
+    let bad =
+        || Error::bad(format!("{key}: {v:?} is not Unix seconds, Unix nanoseconds or an RFC 3339 time"));
     if v.bytes().all(|b| b.is_ascii_digit()) {
         let n: u64 = v.parse().map_err(|_| bad())?;
         return if v.len() <= 10 { n.checked_mul(1_000_000_000).ok_or_else(bad) } else { Ok(n) };
@@ -94,7 +91,10 @@ pub(crate) fn default_step(start_ns: u64, end_ns: u64) -> u64 {
 /// The request's query and range, shared by both endpoints.
 fn common(p: &Params, st: &ApiState) -> Result<(TraceQl, u64, u64, usize)> {
     // Tempo reads `query` first, then lets `q` override it.
-    let q = p.get("q").or_else(|| p.get("query")).ok_or_else(|| Error::bad("q: a TraceQL metrics query is required"))?;
+    let q = p
+        .get("q")
+        .or_else(|| p.get("query"))
+        .ok_or_else(|| Error::bad("q: a TraceQL metrics query is required"))?;
     if q.len() > MAX_TRACEQL_LEN {
         return Err(Error::bad(format!("q is longer than {MAX_TRACEQL_LEN} bytes")));
     }
@@ -105,7 +105,9 @@ fn common(p: &Params, st: &ApiState) -> Result<(TraceQl, u64, u64, usize)> {
     };
     let start = match (p.get("start"), p.get("since")) {
         (Some(v), _) => tempo_time("start", v)?,
-        (None, Some(s)) => end.saturating_sub(parse_duration_ns(s).map_err(|e| Error::bad(format!("since: {e}")))?),
+        (None, Some(s)) => {
+            end.saturating_sub(parse_duration_ns(s).map_err(|e| Error::bad(format!("since: {e}")))?)
+        }
         (None, None) => end.saturating_sub(DEFAULT_SINCE_NS),
     };
     if end <= start {
@@ -226,7 +228,11 @@ pub(crate) fn instant_json(a: &MetricsAnswer) -> Value {
     with_metrics(json!({ "series": series }), a)
 }
 
-async fn query_range(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> Result<Response> {
+async fn query_range(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     let p = Params::parse(q.as_deref());
     let (query, start_ns, end_ns, exemplars) = common(&p, &st)?;
     let step_ns = match p.get("step") {
@@ -272,16 +278,19 @@ mod tests {
         append(&s, three_traces()).await;
         let app = app_with(&s, QueryConfig::default());
         let q = enc("{ } | rate() by (resource.service.name)");
-        let (st, rollups) = get(&app, &format!("/tempo/api/metrics/query_range?q={q}&start=0&end=120&step=1m")).await;
+        let (st, rollups) =
+            get(&app, &format!("/tempo/api/metrics/query_range?q={q}&start=0&end=120&step=1m")).await;
         assert_eq!(st, StatusCode::OK, "{rollups}");
         insta::assert_json_snapshot!("tempo_metrics_query_range_rollups", rollups);
         // From the spans (a 30 s step): exemplars; `query` is also read.
         let q = enc(r#"{ resource.service.name = "cart" } | quantile_over_time(duration, .5, .9)"#);
-        let (st, spans) = get(&app, &format!("/tempo/api/metrics/query_range?query={q}&start=0&end=60&step=30")).await;
+        let (st, spans) =
+            get(&app, &format!("/tempo/api/metrics/query_range?query={q}&start=0&end=60&step=30")).await;
         assert_eq!(st, StatusCode::OK, "{spans}");
         insta::assert_json_snapshot!("tempo_metrics_query_range_spans", spans);
         let q = enc("{ } | count_over_time() by (name, span.http.status)");
-        let (st, instant) = get(&app, &format!("/tempo/api/metrics/query?q={q}&start=0&end=1800000000000")).await;
+        let (st, instant) =
+            get(&app, &format!("/tempo/api/metrics/query?q={q}&start=0&end=1800000000000")).await;
         assert_eq!(st, StatusCode::OK, "{instant}");
         insta::assert_json_snapshot!("tempo_metrics_query_instant", instant);
     }
@@ -293,19 +302,34 @@ mod tests {
         let app = app_with(&s, QueryConfig::default());
         let rate = enc("{ } | rate()");
         for (uri, says) in [
-            ("/tempo/api/metrics/query_range?start=0&end=60".to_string(), "q: a TraceQL metrics query is required"),
+            (
+                "/tempo/api/metrics/query_range?start=0&end=60".to_string(),
+                "q: a TraceQL metrics query is required",
+            ),
             (format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ .a = }")), "column"),
-            (format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ }")), "not a metrics query"),
-            (format!("/tempo/api/metrics/query?q={}&start=0&end=60", enc("{ } | rate() | topk(0)")), "positive integer"),
+            (
+                format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ }")),
+                "not a metrics query",
+            ),
+            (
+                format!("/tempo/api/metrics/query?q={}&start=0&end=60", enc("{ } | rate() | topk(0)")),
+                "positive integer",
+            ),
             (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=60&step=0"), "step"),
             (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=60&step=1x"), "step"),
-            (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=3600&step=100ms"), "max_points_per_series"),
+            (
+                format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=3600&step=100ms"),
+                "max_points_per_series",
+            ),
             (format!("/tempo/api/metrics/query_range?q={rate}&start=60&end=30"), "end must be after start"),
             (format!("/tempo/api/metrics/query?q={rate}&start=60&end=60"), "end must be after start"),
             (format!("/tempo/api/metrics/query_range?q={rate}&start=yesterday"), "start"),
             (format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=60&exemplars=-1"), "exemplars"),
             (
-                format!("/tempo/api/metrics/query_range?q={}&start=0&end=60", enc("{ } | compare({ status = error })")),
+                format!(
+                    "/tempo/api/metrics/query_range?q={}&start=0&end=60",
+                    enc("{ } | compare({ status = error })")
+                ),
                 "compare",
             ),
         ] {
@@ -315,7 +339,8 @@ mod tests {
             assert!(msg.contains(says), "{uri}: {msg}");
         }
         // The range limit applies as to search.
-        let app = app_with(&s, QueryConfig { max_range: std::time::Duration::from_secs(60), ..Default::default() });
+        let app =
+            app_with(&s, QueryConfig { max_range: std::time::Duration::from_secs(60), ..Default::default() });
         let (st, v) = get(&app, &format!("/tempo/api/metrics/query_range?q={rate}&start=0&end=120")).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
         assert!(v["error"].as_str().unwrap().contains("query.max_range"), "{v}");

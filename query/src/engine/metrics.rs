@@ -332,7 +332,8 @@ fn scan(r: &Reader<'_>, q: &MetricsQuery, grid: &Grid, series: &mut Series) -> R
     // the range's segments and memory hold.
     let s = r.storage();
     let snap = s.snapshot();
-    let held: u64 = snap.segments.iter().filter(|x| x.overlaps(Some(lo), Some(hi))).map(|x| x.meta.trace_count).sum();
+    let held: u64 =
+        snap.segments.iter().filter(|x| x.overlaps(Some(lo), Some(hi))).map(|x| x.meta.trace_count).sum();
     let limit = usize::try_from(held).unwrap_or(usize::MAX).saturating_add(s.head().trace_count()).max(1);
     drop(snap);
     let mut required: Vec<SpanPresence> = tq.required_filters().into_iter().map(SpanPresence::new).collect();
@@ -427,9 +428,11 @@ fn finish(q: &MetricsQuery, grid: &Grid, series: Series, max: usize) -> Result<V
             a.cells.iter().filter(|(_, c)| c.count > 0).map(|(i, c)| (grid.time(*i), f(c))).collect()
         };
         match &m.func {
-            MetricsFn::Rate => {
-                out.push(MetricSeries { labels: a.labels, samples: dense(&|c| c.count as f64 / secs), exemplars })
-            }
+            MetricsFn::Rate => out.push(MetricSeries {
+                labels: a.labels,
+                samples: dense(&|c| c.count as f64 / secs),
+                exemplars,
+            }),
             MetricsFn::CountOverTime => {
                 out.push(MetricSeries { labels: a.labels, samples: dense(&|c| c.count as f64), exemplars })
             }
@@ -745,8 +748,10 @@ mod tests {
                 s.flush(true).unwrap();
             }
             // 1 m from the rollups; 30 s from the spans.
-            let by_minute =
-                e.metrics(q("{ } | count_over_time() by (resource.service.name)", 0, 120 * S, 60 * S)).await.unwrap();
+            let by_minute = e
+                .metrics(q("{ } | count_over_time() by (resource.service.name)", 0, 120 * S, 60 * S))
+                .await
+                .unwrap();
             assert!(by_minute.from_rollups);
             assert_eq!(
                 flat(&by_minute),
@@ -758,8 +763,10 @@ mod tests {
                 "flushed: {flushed}"
             );
             assert!(by_minute.series.iter().all(|x| x.exemplars.is_empty()));
-            let by_half =
-                e.metrics(q("{ } | count_over_time() by (resource.service.name)", 0, 60 * S, 30 * S)).await.unwrap();
+            let by_half = e
+                .metrics(q("{ } | count_over_time() by (resource.service.name)", 0, 60 * S, 30 * S))
+                .await
+                .unwrap();
             assert!(!by_half.from_rollups);
             assert_eq!(by_half.inspected_traces, 3);
             let totals: Vec<f64> = by_half.series.iter().map(|x| x.samples[0].1).collect();
@@ -801,7 +808,12 @@ mod tests {
         assert!((avg[0].1[0].1 - ms(75.0)).abs() < 1e-12, "{avg:?}");
         // From the rollups' sketches: within 1%.
         let p = e
-            .metrics(q("{ resource.service.name = \"frontend\" } | quantile_over_time(duration, 0, 1)", 0, 60 * S, 60 * S))
+            .metrics(q(
+                "{ resource.service.name = \"frontend\" } | quantile_over_time(duration, 0, 1)",
+                0,
+                60 * S,
+                60 * S,
+            ))
             .await
             .unwrap();
         assert!(p.from_rollups);
@@ -865,7 +877,12 @@ mod tests {
         // Spans at 1 s + 10 ns, 2 s and 3 s; not the one at 1 s.
         assert_eq!(flat(&a), [("__name__=count_over_time".into(), vec![(S + 5, 3.0)])]);
         let a = e
-            .metrics(q(r#"{ resource.service.name = "cart" } > { } | count_over_time() by (name)"#, 0, 60 * S, 60 * S))
+            .metrics(q(
+                r#"{ resource.service.name = "cart" } > { } | count_over_time() by (name)"#,
+                0,
+                60 * S,
+                60 * S,
+            ))
             .await
             .unwrap();
         assert_eq!(flat(&a), [("name=SELECT".into(), vec![(0, 1.0)])]);
@@ -890,7 +907,10 @@ mod tests {
         let m = err(e.metrics(q("{ } | rate()", 0, 11 * S, S)).await);
         assert!(m.contains("query.max_points_per_series"), "{m}");
         assert!(e.metrics(q("{ } | rate()", 0, 10 * S, S)).await.is_ok());
-        for (text, step) in [("{ } | rate() by (resource.service.name)", 60 * S), ("{ } | rate() by (.x, resource.service.name)", S)] {
+        for (text, step) in [
+            ("{ } | rate() by (resource.service.name)", 60 * S),
+            ("{ } | rate() by (.x, resource.service.name)", S),
+        ] {
             let m = err(e.metrics(q(text, 0, 10 * S, step)).await);
             assert!(m.contains("query.max_series"), "{m}");
         }

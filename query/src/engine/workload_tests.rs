@@ -334,7 +334,9 @@ async fn workload_traceql_metrics_equal_the_truth() {
             .as_object()
             .unwrap()
             .iter()
-            .map(|(svc, ops)| (svc.clone(), ops.as_object().unwrap().values().map(|c| c.as_u64().unwrap()).sum()))
+            .map(|(svc, ops)| {
+                (svc.clone(), ops.as_object().unwrap().values().map(|c| c.as_u64().unwrap()).sum())
+            })
             .collect();
         assert_eq!(totals, summary_totals);
     }
@@ -358,11 +360,17 @@ async fn workload_traceql_metrics_equal_the_truth() {
     let route = |sp: &Span| {
         sp.attributes
             .iter()
-            .any(|(k, v)| k == "http.route" && *v == skein_storage::model::AttrValue::Str("/api/checkout".into()))
+            .any(|(k, v)| {
+                k == "http.route" && *v == skein_storage::model::AttrValue::Str("/api/checkout".into())
+            })
             .then(String::new)
     };
     let a = e
-        .metrics(ask(r#"{ span.http.route = "/api/checkout" } | quantile_over_time(duration, .95)"#, BUCKET_NS, 5))
+        .metrics(ask(
+            r#"{ span.http.route = "/api/checkout" } | quantile_over_time(duration, .95)"#,
+            BUCKET_NS,
+            5,
+        ))
         .await
         .unwrap();
     assert!(!a.from_rollups);
