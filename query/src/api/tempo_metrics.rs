@@ -68,7 +68,7 @@ fn tempo_time(key: &str, v: &str) -> Result<u64> {
 /// A step as Tempo reads it: seconds (`15`, `0.5`) or a duration (`1m`).
 fn tempo_step(v: &str) -> Result<u64> {
     let ns = match v.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= 0.0 && s < 1.8e10 => (s * 1e9).round() as u64,
+        Ok(s) if (0.0..1.8e10).contains(&s) => (s * 1e9).round() as u64,
         Ok(_) => return Err(Error::bad(format!("step: {v:?} is out of range"))),
         Err(_) => parse_duration_ns(v).map_err(|e| Error::bad(format!("step: {e}")))?,
     };

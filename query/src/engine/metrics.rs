@@ -573,7 +573,7 @@ impl RollupPlan {
         let root = q.query.root();
         let m = root.metrics.as_ref()?;
         // Whole minutes, from a whole minute.
-        if grid.step % BUCKET_NS != 0 || grid.start % BUCKET_NS != 0 {
+        if !grid.step.is_multiple_of(BUCKET_NS) || !grid.start.is_multiple_of(BUCKET_NS) {
             return None;
         }
         let mut plan = RollupPlan { func: func_name(&m.func), ..Default::default() };
