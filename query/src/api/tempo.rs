@@ -214,6 +214,7 @@ fn go_duration(ns: i64) -> String {
 pub(crate) fn key_value(key: &str, v: &FieldValue) -> Value {
     use skein_storage::model::{kind, status, AttrValue};
     let v = match v {
+        FieldValue::Nil => return json!({ "key": key, "value": {} }),
         FieldValue::Str(s) => AttrValue::Str(s.clone()),
         FieldValue::Int(i) => AttrValue::Int(*i),
         FieldValue::Float(f) => AttrValue::Double(*f),

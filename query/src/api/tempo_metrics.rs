@@ -293,6 +293,19 @@ mod tests {
             get(&app, &format!("/tempo/api/metrics/query?q={q}&start=0&end=1800000000000")).await;
         assert_eq!(st, StatusCode::OK, "{instant}");
         insta::assert_json_snapshot!("tempo_metrics_query_instant", instant);
+        // compare(): totals are labelled with the attribute and no value.
+        let q = enc("{ } | compare({ status = error })");
+        let (st, cmp) =
+            get(&app, &format!("/tempo/api/metrics/query_range?q={q}&start=0&end=60&step=60")).await;
+        assert_eq!(st, StatusCode::OK, "{cmp}");
+        let total = cmp["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["promLabels"] == r#"{__meta_type="selection_total", name="<nil>"}"#)
+            .unwrap_or_else(|| panic!("{cmp}"));
+        assert_eq!(total["labels"][1], json!({"key": "name", "value": {}}));
+        assert_eq!(total["samples"][0]["value"], 1.0);
     }
 
     /// Malformed requests are 400s that say what is wrong.
@@ -328,9 +341,9 @@ mod tests {
             (
                 format!(
                     "/tempo/api/metrics/query_range?q={}&start=0&end=60",
-                    enc("{ } | compare({ status = error })")
+                    enc("{ } | compare({ status = error }, 0)")
                 ),
-                "compare",
+                "compare() top number",
             ),
         ] {
             let (st, v) = get(&app, &uri).await;

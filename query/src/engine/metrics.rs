@@ -25,14 +25,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use skein_storage::model::{SpanId, TraceId};
+use skein_storage::model::{AttrValue, Span, SpanId, TraceId};
 use skein_storage::rollup::{LatencySketch, BUCKET_NS};
 use skein_storage::{Reader, SpanPresence, Storage};
 
 use super::traceql::ast::{
     AttrScope, BinOp, FieldExpr, Intrinsic, MetricsFn, SecondStage, SpansetExpr, Stage, Static,
 };
-use super::traceql::{FieldValue, TraceQl};
+use super::traceql::{FieldValue, MetricObservation, TraceQl};
 use super::Work;
 use crate::error::{Error, Result};
 use crate::QueryConfig;
@@ -283,8 +283,15 @@ pub(super) fn validate(q: &MetricsQuery, cfg: &QueryConfig) -> Result<()> {
              /tempo/api/search answers spanset queries",
         ));
     };
-    if matches!(m.func, MetricsFn::Compare(..)) {
-        return Err(Error::bad("compare() is not supported by Skein's metrics API (see docs/traceql.md)"));
+    if let MetricsFn::Compare(_, n, from, to) = m.func {
+        if n <= 0 {
+            return Err(Error::bad("compare() top number of values must be an integer greater than 0"));
+        }
+        if (from, to) != (0, 0) && (from <= 0 || to <= from) {
+            return Err(Error::bad(
+                "compare() start and end must be Unix nanoseconds with end after start (or both 0)",
+            ));
+        }
     }
     if let MetricsFn::QuantileOverTime(_, qs) = &m.func {
         if let Some(x) = qs.iter().find(|x| !(0.0..=1.0).contains(*x)) {
@@ -309,8 +316,18 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &MetricsQuery) -> Result
             plan.run(r.storage(), &grid, &mut series)?;
             out.from_rollups = true;
         }
+        None if matches!(q.query.root().metrics.as_ref().map(|m| &m.func), Some(MetricsFn::Compare(..))) => {
+            let mut c = Compare::default();
+            out.inspected_traces = scan(r, q, &grid, &mut |sp, o, i| {
+                c.observe(q, sp, o, i);
+                Ok(())
+            })?;
+            out.series = c.finish(q, &grid, cfg.max_series)?;
+            out.warnings = r.storage().damage_in_range(Some(grid.start), Some(grid.end().saturating_sub(1)));
+            return Ok(out);
+        }
         None => {
-            out.inspected_traces = scan(r, q, &grid, &mut series)?;
+            out.inspected_traces = scan(r, q, &grid, &mut |sp, o, i| observe(q, &mut series, sp, o, i))?;
         }
     }
     out.series = finish(q, &grid, series, cfg.max_series)?;
@@ -318,10 +335,15 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &MetricsQuery) -> Result
     Ok(out)
 }
 
-/// Reads the candidate traces and observes the spans the query selects.
-fn scan(r: &Reader<'_>, q: &MetricsQuery, grid: &Grid, series: &mut Series) -> Result<u64> {
+/// Reads the candidate traces and hands each span the query selects in
+/// the grid to `observe` with its interval.
+fn scan(
+    r: &Reader<'_>,
+    q: &MetricsQuery,
+    grid: &Grid,
+    observe: &mut dyn FnMut(&Span, MetricObservation, usize) -> Result<()>,
+) -> Result<u64> {
     let tq = &q.query;
-    let m = tq.root().metrics.as_ref().expect("validated");
     let simple = matches!(tq.root().pipeline[..], [Stage::Spanset(SpansetExpr::Filter(_))]);
     let slack = if simple { 0 } else { STRUCTURAL_SLACK_NS };
     let (lo, hi) = (grid.start.saturating_sub(slack), grid.end().saturating_sub(1).saturating_add(slack));
@@ -337,7 +359,6 @@ fn scan(r: &Reader<'_>, q: &MetricsQuery, grid: &Grid, series: &mut Series) -> R
     let limit = usize::try_from(held).unwrap_or(usize::MAX).saturating_add(s.head().trace_count()).max(1);
     drop(snap);
     let mut required: Vec<SpanPresence> = tq.required_filters().into_iter().map(SpanPresence::new).collect();
-    let name = func_name(&m.func);
     let mut inspected = 0;
     for id in r.search_traces(&cand, limit)? {
         r.ctx().check()?;
@@ -356,61 +377,70 @@ fn scan(r: &Reader<'_>, q: &MetricsQuery, grid: &Grid, series: &mut Series) -> R
         r.ctx().add_trace(spans.len());
         for o in tq.metric_observations(&spans) {
             let sp = &spans[o.span];
-            let Some(i) = grid.interval(sp.start_time_unix_nano) else { continue };
-            let dur_s = sp.duration_ns() as f64 / 1e9;
-            let mut labels = series_labels(&m.by, &o.by, name);
-            let mut ex_value = dur_s;
-            let mut ex_labels = labels.clone();
-            match &m.func {
-                MetricsFn::Rate | MetricsFn::CountOverTime => {
-                    series.get(labels)?.cells.entry(i).or_default().count += 1;
-                }
-                MetricsFn::QuantileOverTime(FieldExpr::Intrinsic(Intrinsic::Duration), _) => {
-                    let cell = series.get(labels)?.cells.entry(i).or_default();
-                    cell.sketch.get_or_insert_with(LatencySketch::default).add(sp.duration_ns());
-                    cell.count += 1;
-                }
-                MetricsFn::HistogramOverTime(e) => {
-                    let Some(v) = o.value.as_ref() else { continue };
-                    let bucket = match (e, v) {
-                        (_, FieldValue::Duration(d)) => log2_bucket(u64::try_from(*d).unwrap_or(0)) / 1e9,
-                        (_, v) => match number(v) {
-                            Some(x) if x >= 0.0 => log2_bucket(x as u64),
-                            _ => continue,
-                        },
-                    };
-                    ex_value = number(v).unwrap_or(dur_s);
-                    labels.retain(|(k, _)| k != "__name__");
-                    labels.push(("__bucket".into(), FieldValue::Float(bucket)));
-                    ex_labels = labels.clone();
-                    series.get(labels)?.cells.entry(i).or_default().count += 1;
-                }
-                _ => {
-                    let Some(v) = o.value.as_ref().and_then(number) else { continue };
-                    ex_value = v;
-                    let cell = series.get(labels)?.cells.entry(i).or_default();
-                    cell.observe(v);
-                    if matches!(m.func, MetricsFn::QuantileOverTime(..)) {
-                        cell.values.push(v);
-                    }
-                }
-            }
-            if q.exemplars > 0 {
-                let acc = series.get(ex_labels)?;
-                let here = acc.exemplars.iter().filter(|(j, _)| *j == i).count();
-                if acc.exemplars.len() < q.exemplars && here < EXEMPLARS_PER_INTERVAL {
-                    let e = Exemplar {
-                        trace_id: sp.trace_id,
-                        span_id: sp.span_id,
-                        time_unix_nano: sp.start_time_unix_nano,
-                        value: ex_value,
-                    };
-                    acc.exemplars.push((i, e));
-                }
+            if let Some(i) = grid.interval(sp.start_time_unix_nano) {
+                observe(sp, o, i)?;
             }
         }
     }
     Ok(inspected)
+}
+
+/// Adds one selected span in interval `i` to its series.
+fn observe(q: &MetricsQuery, series: &mut Series, sp: &Span, o: MetricObservation, i: usize) -> Result<()> {
+    let m = q.query.root().metrics.as_ref().expect("validated");
+    let name = func_name(&m.func);
+    let dur_s = sp.duration_ns() as f64 / 1e9;
+    let mut labels = series_labels(&m.by, &o.by, name);
+    let mut ex_value = dur_s;
+    let mut ex_labels = labels.clone();
+    match &m.func {
+        MetricsFn::Rate | MetricsFn::CountOverTime => {
+            series.get(labels)?.cells.entry(i).or_default().count += 1;
+        }
+        MetricsFn::QuantileOverTime(FieldExpr::Intrinsic(Intrinsic::Duration), _) => {
+            let cell = series.get(labels)?.cells.entry(i).or_default();
+            cell.sketch.get_or_insert_with(LatencySketch::default).add(sp.duration_ns());
+            cell.count += 1;
+        }
+        MetricsFn::HistogramOverTime(e) => {
+            let Some(v) = o.value.as_ref() else { return Ok(()) };
+            let bucket = match (e, v) {
+                (_, FieldValue::Duration(d)) => log2_bucket(u64::try_from(*d).unwrap_or(0)) / 1e9,
+                (_, v) => match number(v) {
+                    Some(x) if x >= 0.0 => log2_bucket(x as u64),
+                    _ => return Ok(()),
+                },
+            };
+            ex_value = number(v).unwrap_or(dur_s);
+            labels.retain(|(k, _)| k != "__name__");
+            labels.push(("__bucket".into(), FieldValue::Float(bucket)));
+            ex_labels = labels.clone();
+            series.get(labels)?.cells.entry(i).or_default().count += 1;
+        }
+        _ => {
+            let Some(v) = o.value.as_ref().and_then(number) else { return Ok(()) };
+            ex_value = v;
+            let cell = series.get(labels)?.cells.entry(i).or_default();
+            cell.observe(v);
+            if matches!(m.func, MetricsFn::QuantileOverTime(..)) {
+                cell.values.push(v);
+            }
+        }
+    }
+    if q.exemplars > 0 {
+        let acc = series.get(ex_labels)?;
+        let here = acc.exemplars.iter().filter(|(j, _)| *j == i).count();
+        if acc.exemplars.len() < q.exemplars && here < EXEMPLARS_PER_INTERVAL {
+            let e = Exemplar {
+                trace_id: sp.trace_id,
+                span_id: sp.span_id,
+                time_unix_nano: sp.start_time_unix_nano,
+                value: ex_value,
+            };
+            acc.exemplars.push((i, e));
+        }
+    }
+    Ok(())
 }
 
 /// Turns accumulated cells into the answer's series.
@@ -483,7 +513,7 @@ fn finish(q: &MetricsQuery, grid: &Grid, series: Series, max: usize) -> Result<V
             MetricsFn::HistogramOverTime(_) => {
                 out.push(MetricSeries { labels: a.labels, samples: dense(&|c| c.count as f64), exemplars })
             }
-            MetricsFn::Compare(..) => unreachable!("refused by validate"),
+            MetricsFn::Compare(..) => unreachable!("answered by Compare"),
         }
     }
     if out.len() > max {
@@ -546,6 +576,118 @@ fn top_k(series: Vec<MetricSeries>, grid: &Grid, second: SecondStage) -> Vec<Met
             s
         })
         .collect()
+}
+
+/// Spans per interval.
+type Cells = BTreeMap<usize, u64>;
+
+/// Attribute -> value key -> (value, spans per interval).
+type ValueCells = HashMap<String, HashMap<String, (FieldValue, Cells)>>;
+
+/// `compare({filter}, n, start, end)`, as Tempo's `MetricsCompare`: the
+/// spans the query selects split into the selection (those meeting the
+/// filter, and starting within `[start, end)` unless both are 0) and the
+/// baseline (the rest); for every attribute of those spans (span and
+/// resource attributes, `name`, `status`, `kind`), the spans per value and
+/// interval of the `n` values with the most spans
+/// (`{__meta_type="baseline"|"selection", <attr>=<value>}`), and the spans
+/// having the attribute at all (`{__meta_type="baseline_total"|
+/// "selection_total", <attr>=nil}`).
+#[derive(Debug, Default)]
+struct Compare {
+    /// [baseline, selection]: attribute -> value key -> (value, cells).
+    values: [ValueCells; 2],
+    /// [baseline, selection]: attribute -> cells.
+    totals: [HashMap<String, Cells>; 2],
+}
+
+impl Compare {
+    fn observe(&mut self, q: &MetricsQuery, sp: &Span, o: MetricObservation, i: usize) {
+        let Some(MetricsFn::Compare(_, _, from, to)) = q.query.root().metrics.as_ref().map(|m| &m.func)
+        else {
+            return;
+        };
+        let t = sp.start_time_unix_nano;
+        let in_window = (*from, *to) == (0, 0)
+            || (u64::try_from(*from).is_ok_and(|f| t >= f) && u64::try_from(*to).is_ok_and(|e| t < e));
+        let side = usize::from(in_window && o.value == Some(FieldValue::Bool(true)));
+        let scalar = |v: &AttrValue| match v {
+            AttrValue::Str(x) => Some(FieldValue::Str(x.clone())),
+            AttrValue::Int(x) => Some(FieldValue::Int(*x)),
+            AttrValue::Double(x) => Some(FieldValue::Float(*x)),
+            AttrValue::Bool(x) => Some(FieldValue::Bool(*x)),
+            _ => None,
+        };
+        let mut add = |attr: String, v: FieldValue| {
+            let key = format!("{v:?}");
+            let e = self.values[side].entry(attr.clone()).or_default();
+            *e.entry(key).or_insert_with(|| (v, BTreeMap::new())).1.entry(i).or_default() += 1;
+            *self.totals[side].entry(attr).or_default().entry(i).or_default() += 1;
+        };
+        for (k, v) in &sp.attributes {
+            if let Some(v) = scalar(v) {
+                add(format!("span.{k}"), v);
+            }
+        }
+        add("resource.service.name".into(), FieldValue::Str(sp.service_name().to_string()));
+        for (k, v) in sp.resource.attributes.iter().filter(|(k, _)| k != "service.name") {
+            if let Some(v) = scalar(v) {
+                add(format!("resource.{k}"), v);
+            }
+        }
+        add("name".into(), FieldValue::Str(sp.name.clone()));
+        add("status".into(), FieldValue::Status(sp.status_code));
+        add("kind".into(), FieldValue::Kind(sp.kind));
+    }
+
+    fn finish(self, q: &MetricsQuery, grid: &Grid, max: usize) -> Result<Vec<MetricSeries>> {
+        let Some(MetricsFn::Compare(_, n, ..)) = q.query.root().metrics.as_ref().map(|m| &m.func) else {
+            return Ok(Vec::new());
+        };
+        let n = usize::try_from(*n).unwrap_or(1);
+        let dense = |cells: &BTreeMap<usize, u64>| -> Vec<(u64, f64)> {
+            (0..grid.n).map(|i| (grid.time(i), cells.get(&i).copied().unwrap_or(0) as f64)).collect()
+        };
+        let mut out = Vec::new();
+        for (side, (values, totals)) in self.values.into_iter().zip(self.totals).enumerate() {
+            let (kind, total) =
+                if side == 1 { ("selection", "selection_total") } else { ("baseline", "baseline_total") };
+            for (attr, vals) in values {
+                let mut vals: Vec<(FieldValue, BTreeMap<usize, u64>, u64)> = vals
+                    .into_values()
+                    .map(|(v, cells)| {
+                        let sum = cells.values().sum();
+                        (v, cells, sum)
+                    })
+                    .collect();
+                vals.sort_by(|a, b| {
+                    b.2.cmp(&a.2).then_with(|| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)))
+                });
+                for (v, cells, _) in vals.into_iter().take(n) {
+                    out.push(MetricSeries {
+                        labels: vec![("__meta_type".into(), FieldValue::Str(kind.into())), (attr.clone(), v)],
+                        samples: dense(&cells),
+                        exemplars: Vec::new(),
+                    });
+                }
+            }
+            for (attr, cells) in totals {
+                out.push(MetricSeries {
+                    labels: vec![
+                        ("__meta_type".into(), FieldValue::Str(total.into())),
+                        (attr, FieldValue::Nil),
+                    ],
+                    samples: dense(&cells),
+                    exemplars: Vec::new(),
+                });
+            }
+        }
+        if out.len() > max {
+            return Err(too_many_series(max));
+        }
+        out.sort_by_cached_key(|s| format!("{:?}", s.labels));
+        Ok(out)
+    }
 }
 
 /// A field the rollups are keyed by.
@@ -889,7 +1031,7 @@ mod tests {
     }
 
     /// Limits: points per series and series, each a 400 naming the
-    /// setting; a query without a metrics stage and `compare()` are 400s.
+    /// setting; a query without a metrics stage and `compare()` with n = 0 are 400s.
     #[tokio::test]
     async fn limits_and_refusals() {
         let (_d, s) = storage();
@@ -916,12 +1058,40 @@ mod tests {
         }
         let m = err(e.metrics(q("{ }", 0, 10 * S, S)).await);
         assert!(m.contains("not a metrics query"), "{m}");
-        let m = err(e.metrics(q("{ } | compare({ status = error })", 0, 10 * S, S)).await);
-        assert!(m.contains("compare"), "{m}");
+        let m = err(e.metrics(q("{ } | compare({ status = error }, 0)", 0, 10 * S, S)).await);
+        assert!(m.contains("compare() top number"), "{m}");
         let m = err(e.metrics(q("{ } | rate()", 10 * S, 10 * S, S)).await);
         assert!(m.contains("end must be after start"), "{m}");
         let m = err(e.metrics(q("{ } | rate()", 0, 10 * S, 0)).await);
         assert!(m.contains("step"), "{m}");
+    }
+
+    /// `compare()`: the selection (error spans) against the baseline, per
+    /// attribute value (top n by spans) and in total per attribute.
+    #[tokio::test]
+    async fn compare_splits_selection_and_baseline() {
+        let (_d, s) = storage();
+        append(&s, three_traces()).await;
+        let e = engine(&s);
+        let a = e.metrics(q("{ } | compare({ status = error }, 1)", 0, 60 * S, 60 * S)).await.unwrap();
+        let got: Vec<(String, f64)> = flat(&a)
+            .into_iter()
+            .filter(|(l, _)| l.contains("resource.service.name") || l.contains("span.http.status"))
+            .map(|(l, v)| (l, v[0].1))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("__meta_type=baseline,resource.service.name=frontend".to_string(), 2.0),
+                ("__meta_type=baseline,span.http.status=Int(200)".to_string(), 4.0),
+                ("__meta_type=baseline_total,resource.service.name=Nil".to_string(), 4.0),
+                ("__meta_type=baseline_total,span.http.status=Nil".to_string(), 4.0),
+                ("__meta_type=selection,resource.service.name=cart".to_string(), 1.0),
+                ("__meta_type=selection,span.http.status=Int(500)".to_string(), 1.0),
+                ("__meta_type=selection_total,resource.service.name=Nil".to_string(), 1.0),
+                ("__meta_type=selection_total,span.http.status=Nil".to_string(), 1.0),
+            ]
+        );
     }
 
     #[test]

@@ -290,7 +290,8 @@ impl Engine {
     /// where they answer it, else from the spans of the range.
     ///
     /// # Errors
-    /// 400 when `q` has no metrics stage, uses `compare()`, or exceeds
+    /// 400 when `q` has no metrics stage, a `compare()` with a count below
+    /// 1 or a bad window, or exceeds
     /// `query.max_points_per_series` or `query.max_series`; and the
     /// engine's own ([`Error::Deadline`], [`Error::TooBusy`]).
     pub async fn metrics(&self, q: MetricsQuery) -> Result<MetricsAnswer> {

@@ -94,6 +94,9 @@ pub enum FieldValue {
     Kind(u8),
     /// An array attribute.
     Array(Vec<AttrValue>),
+    /// No value: a metrics series label naming a field without a value
+    /// (`compare()`'s totals, Tempo's nil).
+    Nil,
 }
 
 /// One spanset a query returned for a trace (Tempo returns several per
