@@ -13,7 +13,8 @@
 //!   default Tempo's `DefaultQueryRangeStep` (about 240 points, a
 //!   multiple of 5 s, at least 1 s);
 //! - `exemplars`: exemplars per series at most (default and cap 100, as
-//!   Tempo's `max_exemplars`).
+//!   Tempo's `max_exemplars`); the query's `with (exemplars = false)` or
+//!   `with (exemplars = N)` hint overrides it, as in Tempo.
 //!
 //! The answer is Tempo's `QueryRangeResponse` (or `QueryInstantResponse`)
 //! in proto3 JSON: 64-bit integers as strings, labels as OTLP `KeyValue`s.
@@ -120,6 +121,14 @@ fn common(p: &Params, st: &ApiState) -> Result<(TraceQl, u64, u64, usize)> {
             .parse::<usize>()
             .map_err(|_| Error::bad(format!("exemplars: {v:?} is not a non-negative integer")))?
             .min(MAX_EXEMPLARS),
+    };
+    // The query's own `with (exemplars = false | N)` wins, as in Tempo's
+    // `CompileMetricsQueryRange`.
+    use crate::engine::traceql::ast::Static;
+    let exemplars = match tq.root().hints.iter().rev().find(|h| h.name == "exemplars").map(|h| &h.value) {
+        Some(Static::Bool(false)) => 0,
+        Some(Static::Int(n)) => usize::try_from(*n).unwrap_or(0).min(MAX_EXEMPLARS),
+        _ => exemplars,
     };
     Ok((tq, start, end, exemplars))
 }
@@ -288,6 +297,13 @@ mod tests {
             get(&app, &format!("/tempo/api/metrics/query_range?query={q}&start=0&end=60&step=30")).await;
         assert_eq!(st, StatusCode::OK, "{spans}");
         insta::assert_json_snapshot!("tempo_metrics_query_range_spans", spans);
+        for (hint, n) in [("with (exemplars = false)", 0), ("with (exemplars = 1)", 1), ("", 2)] {
+            let q = enc(&format!("{{ resource.service.name = \"cart\" }} | count_over_time() {hint}"));
+            let (_, v) =
+                get(&app, &format!("/tempo/api/metrics/query_range?q={q}&start=0&end=60&step=30")).await;
+            let got = v["series"][0]["exemplars"].as_array().map_or(0, Vec::len);
+            assert_eq!(got, n, "{hint}: {v}");
+        }
         let q = enc("{ } | count_over_time() by (name, span.http.status)");
         let (st, instant) =
             get(&app, &format!("/tempo/api/metrics/query?q={q}&start=0&end=1800000000000")).await;
