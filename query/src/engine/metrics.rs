@@ -402,11 +402,13 @@ fn observe(q: &MetricsQuery, series: &mut Series, sp: &Span, o: MetricObservatio
             cell.sketch.get_or_insert_with(LatencySketch::default).add(sp.duration_ns());
             cell.count += 1;
         }
-        MetricsFn::HistogramOverTime(e) => {
+        MetricsFn::HistogramOverTime(_) => {
             let Some(v) = o.value.as_ref() else { return Ok(()) };
-            let bucket = match (e, v) {
-                (_, FieldValue::Duration(d)) => log2_bucket(u64::try_from(*d).unwrap_or(0)) / 1e9,
-                (_, v) => match number(v) {
+            // Durations bucket by nanoseconds and are labelled in seconds,
+            // as Tempo's `histogram_over_time(duration)`.
+            let bucket = match v {
+                FieldValue::Duration(d) => log2_bucket(u64::try_from(*d).unwrap_or(0)) / 1e9,
+                v => match number(v) {
                     Some(x) if x >= 0.0 => log2_bucket(x as u64),
                     _ => return Ok(()),
                 },
