@@ -16,6 +16,7 @@
 #   EMPTY_SEARCHES TRACEQL_SEARCHES   searches that match nothing, structural TraceQL searches (60 30)
 #   SERVICE_MAP_QUERIES RED_QUERIES   service maps and RED queries over the whole range (30 30);
 #                  the service map's call counts are checked against summary.json's edges
+#   TRACEQL_METRICS_QUERIES   TraceQL metrics queries over the whole range, step 1m (30)
 #   COLD_LOOKUPS   trace-by-ID lookups with the page cache dropped before each (0; needs root)
 #   PERF_DIR       record `perf record --call-graph dwarf` of the server during query-only passes,
 #                  one per query kind (PERF_QUERIES each, 100)
@@ -64,6 +65,7 @@ fi
   --searches "${SEARCHES:-200}" --log-searches "${LOG_SEARCHES:-240}" --trace-logs "${TRACE_LOGS:-200}" \
   --empty-searches "${EMPTY_SEARCHES:-60}" --traceql-searches "${TRACEQL_SEARCHES:-30}" \
   --service-map-queries "${SERVICE_MAP_QUERIES:-30}" --red-queries "${RED_QUERIES:-30}" \
+  --traceql-metrics-queries "${TRACEQL_METRICS_QUERIES:-30}" \
   --cold-lookups "${COLD_LOOKUPS:-0}" | tee "$data.out"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 spans=$(grep -o 'spans_accepted=[0-9]*' "$data.out" | cut -d= -f2)

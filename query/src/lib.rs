@@ -69,6 +69,15 @@ pub struct QueryConfig {
     /// Spans a trace lookup answers at most: a larger trace is answered
     /// with its first spans by start time and a warning saying so.
     pub max_spans_per_trace: usize,
+    /// Series a TraceQL metrics query may answer (`/tempo/api/metrics/...`;
+    /// each quantile and histogram bucket is a series): beyond it the query
+    /// is refused with 400 naming the limit (Tempo caps the same with its
+    /// query frontend's `max_response_series`, default 1000).
+    pub max_series: usize,
+    /// Points a TraceQL metrics range query may ask for per series
+    /// (`(end - start) / step`): beyond it, 400 saying to raise `step`
+    /// (Prometheus's and Tempo's query frontends refuse above 11,000).
+    pub max_points_per_series: usize,
 }
 
 impl QueryConfig {
@@ -83,6 +92,8 @@ impl QueryConfig {
             ("max_concurrent", self.max_concurrent == 0),
             ("max_limit", self.max_limit == 0),
             ("max_spans_per_trace", self.max_spans_per_trace == 0),
+            ("max_series", self.max_series == 0),
+            ("max_points_per_series", self.max_points_per_series == 0),
         ] {
             if zero {
                 return Err(format!("query.{name} must be more than 0"));
@@ -109,6 +120,8 @@ impl Default for QueryConfig {
             // The web UI's widest preset is "Any time (10 years)".
             max_range: Duration::from_secs(3660 * 86_400),
             max_spans_per_trace: 100_000,
+            max_series: 1000,
+            max_points_per_series: 11_000,
         }
     }
 }

@@ -103,3 +103,67 @@ fn tempo_api_serves_the_trace() {
     let (s, _) = server.api("/tempo/api/traces/0af7651916cd43dd8448eb211c80319c");
     assert_eq!(s, 404);
 }
+
+/// TraceQL metrics as Grafana's Tempo data source asks for them (`query`,
+/// `start`/`end` in Unix seconds, `step`, `exemplars`), from the rollups
+/// (1 m) and from the spans (15 s), before and after a flush; and the
+/// instant query of Tempo's API documentation.
+#[test]
+fn tempo_metrics_answer_grafana_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let base = SystemTime::now() - Duration::from_secs(30);
+    let sent = send_checkout(&server, Transport::HttpProto, base);
+    eventually(20, || {
+        let (s, v) = server.api(&format!("/api/v1/traces/{}", sent.trace_id));
+        (s == 200 && v["spans"].as_array()?.len() == 5).then_some(())
+    });
+    let t0 = unix_ns(base) / 1_000_000_000;
+    let (start, end) = ((t0 - 120).to_string(), (t0 + 120).to_string());
+    for flushed in [false, true] {
+        if flushed {
+            server.flush();
+        }
+        for step in ["60s", "15"] {
+            let q = query(&[
+                ("query", "{} | count_over_time() by (resource.service.name)"),
+                ("start", &start),
+                ("end", &end),
+                ("step", step),
+                ("exemplars", "10"),
+            ]);
+            let v = server.get_json(&format!("/tempo/api/metrics/query_range?{q}"));
+            let series = v["series"].as_array().unwrap_or_else(|| panic!("{v}"));
+            let mut per_service = std::collections::BTreeMap::new();
+            for s in series {
+                assert_eq!(s["labels"][0]["key"], "resource.service.name", "{s}");
+                let svc = s["labels"][0]["value"]["stringValue"].as_str().unwrap().to_string();
+                let n: f64 =
+                    s["samples"].as_array().unwrap().iter().map(|x| x["value"].as_f64().unwrap()).sum();
+                assert!(s["samples"][0]["timestampMs"].is_string(), "{s}");
+                assert!(s["promLabels"].as_str().unwrap().starts_with("{resource.service.name="), "{s}");
+                per_service.insert(svc, n);
+            }
+            let total: f64 = per_service.values().sum();
+            assert_eq!(total, 5.0, "step {step}, flushed {flushed}: {v}");
+            assert!(
+                per_service.contains_key("frontend") && per_service.contains_key("cart"),
+                "{per_service:?}"
+            );
+            // Exemplars come with answers computed from spans only.
+            let with_exemplars =
+                series.iter().any(|s| s["exemplars"].as_array().is_some_and(|e| !e.is_empty()));
+            assert_eq!(with_exemplars, step == "15", "{v}");
+        }
+        let q = query(&[("q", "{status=error}|count_over_time()by(resource.service.name)"), ("since", "1h")]);
+        let (status, v) = server.api(&format!("/tempo/api/metrics/query?{q}"));
+        assert_eq!(status, 200, "{v}");
+        assert!(v["series"].is_array(), "{v}");
+        let q = query(&[("q", "{} | rate()"), ("since", "1h")]);
+        let v = server.get_json(&format!("/tempo/api/metrics/query?{q}"));
+        assert_eq!(v["series"][0]["labels"][0]["value"]["stringValue"], "rate", "{v}");
+        assert!(v["series"][0]["value"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    let (status, v) = server.api(&format!("/tempo/api/metrics/query_range?{}", query(&[("q", "{}")])));
+    assert_eq!(status, 400, "{v}");
+}

@@ -6,6 +6,7 @@ pub mod jaeger;
 pub mod jaeger_metrics;
 pub mod native;
 pub mod tempo;
+mod tempo_metrics;
 
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +28,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(jaeger::routes())
         .merge(jaeger_metrics::routes())
         .merge(tempo::routes())
+        .merge(tempo_metrics::routes())
         .route("/api", any(not_found))
         .route("/api/", any(not_found))
         .route("/api/{*rest}", any(not_found))
@@ -62,7 +64,8 @@ async fn not_found(uri: Uri) -> Error {
          traces/{trace_id}, dependencies, metrics/{latencies, calls, errors, minstep}}"
     } else if path.starts_with("/tempo") {
         "the Tempo API is /tempo/api/{echo, traces/{trace_id}, v2/traces/{trace_id}, search, search/tags, \
-         v2/search/tags, search/tag/{tag}/values, v2/search/tag/{tag}/values}"
+         v2/search/tags, search/tag/{tag}/values, v2/search/tag/{tag}/values, metrics/query_range, \
+         metrics/query}"
     } else {
         "see /api/v1/openapi.json"
     };

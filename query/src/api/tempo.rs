@@ -211,9 +211,10 @@ fn go_duration(ns: i64) -> String {
 /// A TraceQL field as Tempo returns it in a search answer: an OTLP
 /// `KeyValue` (durations as Go duration text, statuses and kinds by name,
 /// as Tempo's `Static.asAnyValue`).
-fn key_value(key: &str, v: &FieldValue) -> Value {
+pub(crate) fn key_value(key: &str, v: &FieldValue) -> Value {
     use skein_storage::model::{kind, status, AttrValue};
     let v = match v {
+        FieldValue::Nil => return json!({ "key": key, "value": {} }),
         FieldValue::Str(s) => AttrValue::Str(s.clone()),
         FieldValue::Int(i) => AttrValue::Int(*i),
         FieldValue::Float(f) => AttrValue::Double(*f),

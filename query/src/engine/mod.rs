@@ -13,6 +13,7 @@
 //! limit while it winds down.
 
 mod conditions;
+mod metrics;
 mod search;
 mod stats;
 mod summary;
@@ -30,6 +31,7 @@ use skein_storage::model::{LogRecord, Span, TraceId};
 use skein_storage::{ReadCtx, ReadStats, Reader, Storage};
 
 pub use conditions::SpanCondition;
+pub use metrics::{Exemplar, MetricSeries, MetricsAnswer, MetricsQuery};
 pub use search::{TraceHit, TraceQuery, TraceSearch, TraceSort};
 pub use stats::{
     Edge, MinuteMetrics, Operation, RedPoint, RedQuery, RedSeries, ServiceStat, SpanMetrics, SpanMetricsQuery,
@@ -282,6 +284,24 @@ impl Engine {
     /// Rate, errors and latency percentiles per step (see [`RedQuery`]).
     pub async fn red(&self, q: RedQuery) -> Result<Vec<RedSeries>> {
         self.run(Pool::Search, move |r, _, _| Ok(stats::red(r.storage(), &q))).await
+    }
+
+    /// A TraceQL metrics query (see [`MetricsQuery`]): from the RED rollups
+    /// where they answer it, else from the spans of the range.
+    ///
+    /// # Errors
+    /// 400 when `q` has no metrics stage, a `compare()` with a count below
+    /// 1 or a bad window, or exceeds
+    /// `query.max_points_per_series` or `query.max_series`; and the
+    /// engine's own ([`Error::Deadline`], [`Error::TooBusy`]).
+    pub async fn metrics(&self, q: MetricsQuery) -> Result<MetricsAnswer> {
+        metrics::validate(&q, &self.cfg)?;
+        self.run(Pool::Search, move |r, cfg, started| {
+            let mut out = metrics::run(r, cfg, &q)?;
+            out.work = Work::of(r, Some(q.start_ns), Some(q.end_ns), started);
+            Ok(out)
+        })
+        .await
     }
 
     /// Names of scalar attributes: (span attribute names, resource attribute

@@ -231,3 +231,171 @@ async fn measure_rollups_on_a_workload_dir() {
         edges.len(),
     );
 }
+
+/// Issue 12 acceptance, TraceQL metrics: on a small shared workload split
+/// over segments and memory, `{} | rate() by (resource.service.name)`
+/// (answered from the rollups at a 1-minute step, from the spans at 30 s),
+/// `{status=error} | count_over_time()` and
+/// `{span.http.route="/api/checkout"} | quantile_over_time(duration, .95)`
+/// equal the truth computed from the generator's spans: counts exactly,
+/// the quantile within the sketch's 1%. The totals per service are the
+/// generator's `summary.json` operation counts.
+#[tokio::test]
+async fn workload_traceql_metrics_equal_the_truth() {
+    use super::traceql::TraceQl;
+    use super::{MetricSeries, MetricsQuery};
+    use crate::engine::traceql::FieldValue;
+
+    let Some(gen) = generator() else {
+        eprintln!("skipped: shared/workload/gen_workload.py not found beside the repository");
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    // A recent start inside a minute, about 7 minutes of traffic.
+    let t0 = skein_storage::now_unix_nano() / BUCKET_NS * BUCKET_NS - 30 * BUCKET_NS + 17_000_000_000;
+    let run = Command::new("python3")
+        .arg(&gen)
+        .args(["--seed", "5", "--traces", "400", "--traces-per-second", "1", "--spans-per-request", "64"])
+        .args(["--no-zstd", "--start-unix-nano", &t0.to_string(), "--out"])
+        .arg(out.path())
+        .output()
+        .expect("python3 runs");
+    assert!(run.status.success(), "gen_workload.py failed: {}", String::from_utf8_lossy(&run.stderr));
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("summary.json")).unwrap()).unwrap();
+    let (_d, s) = storage();
+    let files = request_files(out.path());
+    let all: Vec<Span> = files.iter().flatten().cloned().collect();
+    let n = files.len();
+    for (i, spans) in files.into_iter().enumerate() {
+        s.append_spans(spans).await.unwrap();
+        // The last files stay in memory.
+        if i % 7 == 6 && i + 5 < n {
+            s.flush(true).unwrap();
+        }
+    }
+    assert!(s.snapshot().segments.len() >= 2);
+    let e = engine(&s);
+    let start = t0 / BUCKET_NS * BUCKET_NS;
+    let end = start + 20 * BUCKET_NS;
+    let ask = |q: &str, step_ns: u64, exemplars: usize| MetricsQuery {
+        query: TraceQl::parse_metrics(q).unwrap(),
+        start_ns: start,
+        end_ns: end,
+        step_ns,
+        instant: false,
+        exemplars,
+    };
+    let label = |s: &MetricSeries, k: &str| -> Option<String> {
+        s.labels.iter().find(|(n, _)| n == k).map(|(_, v)| match v {
+            FieldValue::Str(x) => x.clone(),
+            v => format!("{v:?}"),
+        })
+    };
+    // (key, interval start) -> durations; intervals are aligned to the
+    // step from the epoch, as Tempo aligns them.
+    let truth = |step: u64, pick: &dyn Fn(&Span) -> Option<String>| -> BTreeMap<(String, u64), Vec<u64>> {
+        let mut m: BTreeMap<(String, u64), Vec<u64>> = BTreeMap::new();
+        for sp in &all {
+            if let Some(k) = pick(sp) {
+                let t = sp.start_time_unix_nano;
+                m.entry((k, t - t % step)).or_default().push(sp.duration_ns());
+            }
+        }
+        m
+    };
+
+    // 1. rate by service, from the rollups (1 m) and from the spans (30 s).
+    for (step, rollups) in [(BUCKET_NS, true), (30_000_000_000, false)] {
+        let a = e.metrics(ask("{ } | rate() by (resource.service.name)", step, 5)).await.unwrap();
+        assert_eq!(a.from_rollups, rollups);
+        let want = truth(step, &|sp| Some(sp.service_name().to_string()));
+        let mut got: BTreeMap<(String, u64), u64> = BTreeMap::new();
+        for sr in &a.series {
+            let svc = label(sr, "resource.service.name").unwrap();
+            assert_eq!(sr.samples.len(), 20 * BUCKET_NS as usize / step as usize, "every interval, 0 or not");
+            for &(t, v) in &sr.samples {
+                let count = (v * step as f64 / 1e9).round() as u64;
+                if count > 0 {
+                    got.insert((svc.clone(), t), count);
+                }
+            }
+            assert_eq!(sr.exemplars.is_empty(), rollups, "exemplars come with spans only");
+        }
+        let want_counts: BTreeMap<(String, u64), u64> =
+            want.iter().map(|(k, v)| (k.clone(), v.len() as u64)).collect();
+        assert_eq!(got, want_counts, "step {step}");
+        // Totals per service: the generator's own operation counts.
+        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+        for ((svc, _), c) in &got {
+            *totals.entry(svc.clone()).or_default() += c;
+        }
+        let summary_totals: BTreeMap<String, u64> = summary["operations_per_service"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(svc, ops)| {
+                (svc.clone(), ops.as_object().unwrap().values().map(|c| c.as_u64().unwrap()).sum())
+            })
+            .collect();
+        assert_eq!(totals, summary_totals);
+    }
+
+    // 2. errors per minute (rollups) and per 90 s (spans).
+    for (step, rollups) in [(BUCKET_NS, true), (90_000_000_000, false)] {
+        let a = e.metrics(ask("{ status = error } | count_over_time()", step, 0)).await.unwrap();
+        assert_eq!(a.from_rollups, rollups);
+        assert_eq!(a.series.len(), 1);
+        assert_eq!(label(&a.series[0], "__name__").as_deref(), Some("count_over_time"));
+        let want = truth(step, &|sp| sp.is_error().then(String::new));
+        let got: BTreeMap<u64, u64> =
+            a.series[0].samples.iter().filter(|(_, v)| *v > 0.0).map(|&(t, v)| (t, v as u64)).collect();
+        let want: BTreeMap<u64, u64> = want.iter().map(|((_, t), v)| (*t, v.len() as u64)).collect();
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "step {step}");
+    }
+
+    // 3. p95 of /api/checkout spans per minute, within 1% of the exact
+    // value (the sample of rank floor(0.95 * (n - 1))), in seconds.
+    let route = |sp: &Span| {
+        sp.attributes
+            .iter()
+            .any(|(k, v)| {
+                k == "http.route" && *v == skein_storage::model::AttrValue::Str("/api/checkout".into())
+            })
+            .then(String::new)
+    };
+    let a = e
+        .metrics(ask(
+            r#"{ span.http.route = "/api/checkout" } | quantile_over_time(duration, .95)"#,
+            BUCKET_NS,
+            5,
+        ))
+        .await
+        .unwrap();
+    assert!(!a.from_rollups);
+    assert_eq!(a.series.len(), 1);
+    assert_eq!(a.series[0].labels, [("p".to_string(), FieldValue::Float(0.95))]);
+    let want = truth(BUCKET_NS, &route);
+    assert!(want.len() >= 3, "{want:?}");
+    for &(t, v) in &a.series[0].samples {
+        match want.get(&(String::new(), t)) {
+            None => assert_eq!(v, 0.0),
+            Some(d) => {
+                let mut d = d.clone();
+                d.sort_unstable();
+                let exact = d[(0.95 * (d.len() - 1) as f64) as usize] as f64 / 1e9;
+                assert!((v - exact).abs() <= exact * 0.01, "{t}: p95 {v} vs exact {exact}");
+            }
+        }
+    }
+    assert!(!a.series[0].exemplars.is_empty());
+
+    // 4. One value over the whole range: every span.
+    let mut q = ask("{ } | count_over_time()", 0, 0);
+    q.instant = true;
+    let a = e.metrics(q).await.unwrap();
+    assert!(a.from_rollups);
+    assert_eq!(a.series[0].samples, [(start, all.len() as f64)]);
+    assert_eq!(summary["total_spans"].as_u64(), Some(all.len() as u64));
+}

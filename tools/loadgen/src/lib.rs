@@ -102,6 +102,11 @@ pub struct LoadgenArgs {
     /// (`/api/v1/metrics/red` for the workload's edge service, 1 m steps).
     #[arg(long, default_value_t = 0)]
     red_queries: usize,
+    /// TraceQL metrics queries over the workload's whole time range on
+    /// Tempo's API (`/tempo/api/metrics/query_range`, step 1 m):
+    /// `{} | rate() by (resource.service.name)`.
+    #[arg(long, default_value_t = 0)]
+    traceql_metrics_queries: usize,
     /// Full-text log searches (limit 100), cycling over words of the
     /// workload's log templates.
     #[arg(long, default_value_t = 0)]

@@ -93,6 +93,10 @@ fn trace_search(base: &str, service: &str, key: &str, value: &str, min_duration:
 /// error somewhere below it (`>>`: descendant, Tempo's structural operator).
 pub(crate) const TRACEQL_STRUCTURAL: &str = r#"{span.http.route="/api/checkout"} >> {status=error}"#;
 
+/// The TraceQL metrics query issue 12 times over the whole range at a
+/// 1-minute step (answered from the rollups).
+pub(crate) const TRACEQL_METRICS: &str = "{} | rate() by (resource.service.name)";
+
 /// Searches over the whole range that match nothing: half of them ask for
 /// a probe's service and attribute with a minimum duration no span has
 /// (every term is in the index; the conditions never meet on one span),
@@ -169,7 +173,7 @@ pub(crate) async fn queries(api: &str, a: &LoadgenArgs, probes: &[Probe]) -> Res
             .collect();
         timed("traceql_structural", &qs, false).await?;
     }
-    if a.service_map_queries > 0 || a.red_queries > 0 {
+    if a.service_map_queries > 0 || a.red_queries > 0 || a.traceql_metrics_queries > 0 {
         let sum: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(a.data.join("summary.json"))
                 .context("reading the workload's summary.json")?,
@@ -193,6 +197,19 @@ pub(crate) async fn queries(api: &str, a: &LoadgenArgs, probes: &[Probe]) -> Res
                 .map(|_| Query { url: url.clone(), field: "series", expect: None })
                 .collect();
             timed("red", &qs, false).await?;
+        }
+        if a.traceql_metrics_queries > 0 {
+            let q = query_string([
+                ("q", TRACEQL_METRICS),
+                ("start", &start.to_string()),
+                ("end", &end.to_string()),
+                ("step", "1m"),
+            ]);
+            let url = format!("{base}/tempo/api/metrics/query_range?{q}");
+            let qs: Vec<Query> = (0..a.traceql_metrics_queries)
+                .map(|_| Query { url: url.clone(), field: "series", expect: None })
+                .collect();
+            timed("traceql_metrics", &qs, false).await?;
         }
     }
     if a.log_searches > 0 {

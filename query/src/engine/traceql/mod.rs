@@ -94,6 +94,9 @@ pub enum FieldValue {
     Kind(u8),
     /// An array attribute.
     Array(Vec<AttrValue>),
+    /// No value: a metrics series label naming a field without a value
+    /// (`compare()`'s totals, Tempo's nil).
+    Nil,
 }
 
 /// One spanset a query returned for a trace (Tempo returns several per
@@ -121,6 +124,19 @@ pub struct HitSpanset {
     pub matched: usize,
     /// The spanset's labels ([`MatchedSpanset::attributes`]).
     pub attributes: Vec<(String, FieldValue)>,
+}
+
+/// One span a metrics query observes ([`TraceQl::metric_observations`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricObservation {
+    /// Index of the span in the trace's span slice.
+    pub span: usize,
+    /// The span's value of each `by(...)` field, in order (`None`: nil).
+    pub by: Vec<Option<FieldValue>>,
+    /// The function's argument on the span (`duration` of
+    /// `quantile_over_time(duration, .9)`; for `compare`, its filter);
+    /// `None` for `rate()` and `count_over_time()` or when nil.
+    pub value: Option<FieldValue>,
 }
 
 impl MatchedSpanset {
@@ -243,6 +259,19 @@ impl TraceQl {
         let mut needs = Needs::default();
         let mut select = Vec::new();
         walk_pipeline(&root.pipeline, &mut needs, &mut select);
+        if let Some(m) = &root.metrics {
+            m.by.iter().for_each(|e| walk_field(e, &mut needs));
+            match &m.func {
+                ast::MetricsFn::MinOverTime(e)
+                | ast::MetricsFn::MaxOverTime(e)
+                | ast::MetricsFn::AvgOverTime(e)
+                | ast::MetricsFn::SumOverTime(e)
+                | ast::MetricsFn::QuantileOverTime(e, _)
+                | ast::MetricsFn::HistogramOverTime(e)
+                | ast::MetricsFn::Compare(e, ..) => walk_field(e, &mut needs),
+                ast::MetricsFn::Rate | ast::MetricsFn::CountOverTime => {}
+            }
+        }
         Ok(TraceQl { root, needs, select })
     }
 
@@ -297,6 +326,42 @@ impl TraceQl {
             }
         }
         spans.iter().zip(m).filter(|(_, b)| *b).map(|(s, _)| s).collect()
+    }
+
+    /// What a metrics query observes in one whole trace (`spans`): per
+    /// span the spanset pipeline selects, in trace order, the values of the
+    /// metrics stage's `by(...)` fields and of its function's argument
+    /// (`None` where the span has no such field; Tempo's nil). Empty for a
+    /// query without a metrics stage.
+    pub fn metric_observations(&self, spans: &[Span]) -> Vec<MetricObservation> {
+        let Some(m) = &self.root.metrics else { return Vec::new() };
+        if spans.is_empty() {
+            return Vec::new();
+        }
+        let cx = Ctx::new(spans, self.needs);
+        let all = SpanSet { spans: (0..spans.len()).collect(), attrs: Vec::new() };
+        let mut picked = vec![false; spans.len()];
+        for s in eval::eval_pipeline(&self.root.pipeline, vec![all], &cx) {
+            s.spans.iter().for_each(|&i| picked[i] = true);
+        }
+        let arg = match &m.func {
+            ast::MetricsFn::MinOverTime(e)
+            | ast::MetricsFn::MaxOverTime(e)
+            | ast::MetricsFn::AvgOverTime(e)
+            | ast::MetricsFn::SumOverTime(e)
+            | ast::MetricsFn::QuantileOverTime(e, _)
+            | ast::MetricsFn::HistogramOverTime(e)
+            | ast::MetricsFn::Compare(e, ..) => Some(e),
+            ast::MetricsFn::Rate | ast::MetricsFn::CountOverTime => None,
+        };
+        (0..spans.len())
+            .filter(|&i| picked[i])
+            .map(|i| MetricObservation {
+                span: i,
+                by: m.by.iter().map(|e| eval::field_value(e, i, &cx)).collect(),
+                value: arg.and_then(|e| eval::field_value(e, i, &cx)),
+            })
+            .collect()
     }
 
     /// Conditions every matching trace meets on at least one span, to pick
