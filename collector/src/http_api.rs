@@ -62,7 +62,7 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
 /// admission (reservation as it streams, read timeout) is in
 /// `admission::AdmittedBody`; the decompressed bytes grow `reservation`
 /// as they come.
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

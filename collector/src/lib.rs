@@ -20,6 +20,7 @@ mod http_api;
 mod memory;
 mod metrics;
 mod signal;
+mod zipkin;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use http_api::router;
 pub use memory::{resident_bytes, MemoryConfig, MemoryLimit, DEFAULT_LIMIT, MIN_LIMIT};
 pub use metrics::{CollectorMetrics, Protocol};
 pub use signal::{Logs, Signal, Traces};
+pub use zipkin::{router as zipkin_router, SPANS_PATH as ZIPKIN_SPANS_PATH};
 
 use memory::Limiter;
 
