@@ -24,6 +24,11 @@ if ! python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2
   python3 -m pip install -q opentelemetry-proto protobuf
 fi
 
+if ! python3 -c 'import opentelemetry.exporter.zipkin.json' >/dev/null 2>&1; then
+  step "pip install opentelemetry-exporter-zipkin-json (the Zipkin e2e test's real Zipkin client)"
+  python3 -m pip install -q 'opentelemetry-exporter-zipkin-json==1.45.1'
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 

@@ -1,8 +1,8 @@
-//! The serve loop of every listener (OTLP/gRPC, OTLP/HTTP, the HTTP API):
+//! The serve loop of every listener (OTLP/gRPC, OTLP/HTTP, the HTTP API, Zipkin):
 //! a connection cap, header-read, idle and request timeouts, HTTP/2 stream
 //! and keepalive limits, TCP keepalive, optional TLS, and a graceful drain.
 //!
-//! One loop serves all three, on hyper-util's auto builder (HTTP/1 and
+//! One loop serves them all, on hyper-util's auto builder (HTTP/1 and
 //! HTTP/2; HTTP/2 only for gRPC, as tonic's own server does), so a limit
 //! means the same thing on each port. The settings follow the OpenTelemetry
 //! Collector's `confighttp` and `configgrpc` names.
@@ -35,7 +35,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-/// `[server]`: limits shared by the three listeners. Every duration must be
+/// `[server]`: limits shared by the four listeners. Every duration must be
 /// more than zero.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -241,7 +241,7 @@ struct TimeoutLabel {
 }
 
 /// `/metrics` of the listeners, labelled `listener` = `otlp_grpc`,
-/// `otlp_http` or `http`.
+/// `otlp_http`, `http` or `zipkin`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ListenerMetrics {
     connections: Family<ListenerLabel, Gauge>,

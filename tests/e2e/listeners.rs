@@ -33,7 +33,7 @@ impl Skein {
             None => Command::new(crate::support::skein_bin()),
         };
         cmd.args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0", "--config"])
+            .args(["--http-addr", "127.0.0.1:0", "--zipkin-addr", "127.0.0.1:0", "--config"])
             .arg(&cfg)
             .arg("--data-dir")
             .arg(dir.join("data"))
