@@ -342,8 +342,10 @@ pub(crate) async fn zipkin_layer(
     req: Request,
     next: Next,
 ) -> Response {
-    authorized(&auth, Scope::Ingest, req, next, |r, req| ingest.refuse_zipkin(r.into_ingest(), req.uri().path()))
-        .await
+    authorized(&auth, Scope::Ingest, req, next, |r, req| {
+        ingest.refuse_zipkin(r.into_ingest(), req.uri().path())
+    })
+    .await
 }
 
 /// Middleware for OTLP/gRPC (served as an axum router): authorizes

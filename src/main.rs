@@ -486,7 +486,10 @@ async fn serve(cfg: Config) -> Result<()> {
 
     let zipkin = {
         let app = skein_collector::zipkin_router(ingest.clone())
-            .route_layer(axum::middleware::from_fn_with_state((auth.clone(), ingest.clone()), auth::zipkin_layer))
+            .route_layer(axum::middleware::from_fn_with_state(
+                (auth.clone(), ingest.clone()),
+                auth::zipkin_layer,
+            ))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
         let rx = stop_rx.clone();
         tokio::spawn(zipkin_l.serve(app, stopped(rx)))

@@ -172,7 +172,7 @@ pub(crate) fn raise_nofile_limit() -> u64 {
 /// `server.max_connections` is not set: half of the `nofile` descriptors are
 /// kept for storage (WAL, segment files, index files, object-store sockets),
 /// the other half shared by the listeners. With the common soft limit of
-/// 1024 that is 170 per listener; with 1,048,576, about 175,000.
+/// 1024 and four listeners that is 128 per listener; with 1,048,576, 131,072.
 pub(crate) fn default_max_connections(nofile: u64, listeners: u64) -> usize {
     usize::try_from(nofile / 2 / listeners.max(1)).unwrap_or(usize::MAX).max(1)
 }

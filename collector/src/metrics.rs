@@ -131,9 +131,14 @@ impl CollectorMetrics {
         let _ = self.received_requests.get_or_create(&vec![("signal", s), ("protocol", z)]);
         let _ = self.accepted_records.get_or_create(&vec![("signal", s), ("protocol", z)]);
         let _ = self.stored_records.get_or_create(&vec![("signal", s), ("protocol", z)]);
-        let _ = self.dropped_records.get_or_create(&vec![("signal", s), ("protocol", z), ("reason", INVALID)]);
+        let _ =
+            self.dropped_records.get_or_create(&vec![("signal", s), ("protocol", z), ("reason", INVALID)]);
         for reason in IngestError::REASONS.into_iter().chain([METHOD_NOT_ALLOWED, OTHER]) {
-            let _ = self.refused_requests.get_or_create(&vec![("signal", s), ("protocol", z), ("reason", reason)]);
+            let _ = self.refused_requests.get_or_create(&vec![
+                ("signal", s),
+                ("protocol", z),
+                ("reason", reason),
+            ]);
         }
         let _ = self.received_requests.get_or_create(&vec![("signal", OTHER_SIGNAL), ("protocol", z)]);
         for reason in ["unauthenticated", "forbidden", "unknown_path", METHOD_NOT_ALLOWED, OTHER] {

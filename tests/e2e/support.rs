@@ -73,7 +73,15 @@ impl Server {
     pub(crate) fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let (child, [grpc, otlp_http, http, zipkin]) = spawn(data_dir, &env);
-        let s = Server { child: Some(child), data_dir: data_dir.to_path_buf(), grpc, otlp_http, http, zipkin, env };
+        let s = Server {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            grpc,
+            otlp_http,
+            http,
+            zipkin,
+            env,
+        };
         s.wait_ready();
         s
     }

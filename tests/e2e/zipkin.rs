@@ -78,7 +78,8 @@ fn test_python_zipkin_exporter_and_protobuf() {
     assert_eq!(srv["status"], json!({"code": "ERROR", "message": "card declined"}));
     assert_eq!(srv["attributes"]["net.host.ip"], "10.0.0.2");
     assert_eq!(srv["attributes"]["net.host.port"], 9090);
-    let (start, end) = (sent["server"]["start_ns"].as_u64().unwrap(), sent["server"]["end_ns"].as_u64().unwrap());
+    let (start, end) =
+        (sent["server"]["start_ns"].as_u64().unwrap(), sent["server"]["end_ns"].as_u64().unwrap());
     let start_us = us_rounded(start);
     assert_eq!(srv["start_time_unix_nano"], start_us.to_string(), "microseconds to nanoseconds");
     assert_eq!(srv["duration_ns"], us_rounded(end - start));
@@ -140,7 +141,8 @@ fn test_envoy_snippet_and_envoy_spans() {
     let path = "/api/v2/spans";
     let d = tempfile::tempdir().unwrap();
     let s = Server::start(d.path());
-    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let now_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
     // As Envoy's Zipkin tracer serialises spans (envoyproxy/envoy
     // test/extensions/tracers/zipkin/span_buffer_test.cc, HTTP_JSON).
     let body = json!([
@@ -164,7 +166,10 @@ fn test_envoy_snippet_and_envoy_spans() {
     let spans = trace(&s, "6e0c63257de34c92", 2);
     let (c, sv) = (&spans[0], &spans[1]);
     assert_eq!(c["trace_id"], "00000000000000006e0c63257de34c92");
-    assert_eq!((c["span_id"].as_str(), c["service_name"].as_str()), (Some("bd7a977555f6b982"), Some("front-proxy")));
+    assert_eq!(
+        (c["span_id"].as_str(), c["service_name"].as_str()),
+        (Some("bd7a977555f6b982"), Some("front-proxy"))
+    );
     assert_eq!(c["attributes"]["upstream_cluster"], "service1");
     assert_eq!((sv["service_name"].as_str(), sv["kind"].as_str()), (Some("service1"), Some("SERVER")));
     assert_eq!(sv["parent_span_id"], c["span_id"]);

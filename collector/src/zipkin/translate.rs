@@ -128,7 +128,12 @@ fn event(time_unix_nano: u64, value: String) -> Event {
     if value.starts_with('{') {
         if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&value) {
             if let (1, Some((name, serde_json::Value::Object(attrs)))) = (o.len(), o.iter().next()) {
-                return Event { time_unix_nano, name: name.clone(), attributes: attrs_of(attrs), ..Default::default() };
+                return Event {
+                    time_unix_nano,
+                    name: name.clone(),
+                    attributes: attrs_of(attrs),
+                    ..Default::default()
+                };
             }
         }
     }
@@ -323,7 +328,11 @@ pub(crate) fn to_otlp(spans: Vec<ZSpan>) -> ExportTraceServiceRequest {
     let mut out: Vec<ResourceSpans> = Vec::new();
     for (key, spans) in groups {
         let scope_spans = ScopeSpans {
-            scope: Some(InstrumentationScope { name: key.scope.0, version: key.scope.1, ..Default::default() }),
+            scope: Some(InstrumentationScope {
+                name: key.scope.0,
+                version: key.scope.1,
+                ..Default::default()
+            }),
             spans,
             ..Default::default()
         };
@@ -356,7 +365,8 @@ mod tests {
 
     fn one(fields: &str) -> Stored {
         let sep = if fields.is_empty() { "" } else { "," };
-        stored(&format!(r#"[{{"traceId":"463ac35c9f6413ad","id":"a2fb4a1d1a96d312"{sep}{fields}}}]"#)).remove(0)
+        stored(&format!(r#"[{{"traceId":"463ac35c9f6413ad","id":"a2fb4a1d1a96d312"{sep}{fields}}}]"#))
+            .remove(0)
     }
 
     fn attr(s: &Stored, k: &str) -> Option<AttrValue> {
@@ -373,8 +383,14 @@ mod tests {
 
     #[test]
     fn test_ids_times_and_name() {
-        let s = one(r#""parentId":"6b221d5bc9e6496c","name":"get /api","timestamp":1472470996199000,"duration":207000"#);
-        assert_eq!(s.trace_id.to_hex(), "0000000000000000463ac35c9f6413ad", "64-bit trace IDs are left-padded");
+        let s = one(
+            r#""parentId":"6b221d5bc9e6496c","name":"get /api","timestamp":1472470996199000,"duration":207000"#,
+        );
+        assert_eq!(
+            s.trace_id.to_hex(),
+            "0000000000000000463ac35c9f6413ad",
+            "64-bit trace IDs are left-padded"
+        );
         assert_eq!(s.span_id.to_hex(), "a2fb4a1d1a96d312");
         assert_eq!(s.parent_span_id.unwrap().to_hex(), "6b221d5bc9e6496c");
         assert_eq!(s.name, "get /api");
@@ -406,10 +422,8 @@ mod tests {
 
     #[test]
     fn test_local_endpoint_is_the_resource_and_host() {
-        let s = one(
-            r#""localEndpoint":{"serviceName":"frontend","ipv4":"192.168.99.1","port":8080},
-               "tags":{"host.name":"h1","telemetry.sdk.language":"python","http.method":"GET"}"#,
-        );
+        let s = one(r#""localEndpoint":{"serviceName":"frontend","ipv4":"192.168.99.1","port":8080},
+               "tags":{"host.name":"h1","telemetry.sdk.language":"python","http.method":"GET"}"#);
         assert_eq!(s.service_name(), "frontend");
         assert_eq!(res_attr(&s, "host.name"), text("h1"), "resource conventions go to the resource");
         assert_eq!(res_attr(&s, "telemetry.sdk.language"), text("python"));
@@ -421,7 +435,8 @@ mod tests {
         assert_eq!(attr(&s, "net.host.ip"), text("2001:db8::c001"), "IPv6 wins, as in the Collector");
         assert_eq!(attr(&s, "net.host.port"), None, "no port: no attribute");
         assert_eq!(one("").service_name(), "unknown_service");
-        let s = one(r#""localEndpoint":{"serviceName":"fe"},"tags":{"otlp.service.name.source":"faas.name"}"#);
+        let s =
+            one(r#""localEndpoint":{"serviceName":"fe"},"tags":{"otlp.service.name.source":"faas.name"}"#);
         assert_eq!(res_attr(&s, "faas.name"), text("fe"));
         assert_eq!(res_attr(&s, "service.name"), None);
     }
@@ -451,7 +466,9 @@ mod tests {
         let s = one(r#""tags":{"otel.status_code":"STATUS_CODE_ERROR","otel.status_description":"boom"}"#);
         assert_eq!((s.status_code, s.status_message.as_str()), (status::ERROR, "boom"));
         assert_eq!((attr(&s, "otel.status_code"), attr(&s, "otel.status_description")), (None, None));
-        for (v, want) in [("OK", status::OK), ("Ok", status::OK), ("ERROR", status::ERROR), ("bogus", status::UNSET)] {
+        for (v, want) in
+            [("OK", status::OK), ("Ok", status::OK), ("ERROR", status::ERROR), ("bogus", status::UNSET)]
+        {
             assert_eq!(one(&format!(r#""tags":{{"otel.status_code":"{v}"}}"#)).status_code, want, "{v}");
         }
         let s = one(r#""tags":{"otel.status_code":"ERROR","error":"","otel.status_description":"why"}"#);
@@ -464,12 +481,10 @@ mod tests {
 
     #[test]
     fn test_annotations_are_events() {
-        let s = one(
-            r#""annotations":[{"timestamp":1472470996238000,"value":"ws"},
+        let s = one(r#""annotations":[{"timestamp":1472470996238000,"value":"ws"},
                 {"timestamp":2,"value":"{\"cache miss\": {\"key\": \"u:1\", \"n\": 3, \"ok\": false, \"r\": 0.5}}"},
                 {"timestamp":3,"value":"retry|{\"attempt\":2}|1"},
-                {"timestamp":4,"value":"{\"not\": \"an event\"}"}]"#,
-        );
+                {"timestamp":4,"value":"{\"not\": \"an event\"}"}]"#);
         let e = &s.events;
         assert_eq!((e[0].time_unix_nano, e[0].name.as_str()), (1_472_470_996_238_000_000, "ws"));
         assert!(e[0].attributes.is_empty());

@@ -144,7 +144,9 @@ impl<'de> Deserialize<'de> for Micros {
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Micros, E> {
                 match u64::try_from(v) {
                     Ok(u) => self.visit_u64(u),
-                    Err(_) => Err(E::custom(format!("{v} is negative; expected microseconds since the epoch"))),
+                    Err(_) => {
+                        Err(E::custom(format!("{v} is negative; expected microseconds since the epoch")))
+                    }
                 }
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Micros, E> {
@@ -281,7 +283,9 @@ fn json_span(i: usize, s: JsonSpan) -> Result<ZSpan, WireError> {
     };
     let mut annotations = Vec::new();
     for (j, a) in s.annotations.unwrap_or_default().into_iter().enumerate() {
-        let ts = a.timestamp.ok_or_else(|| err(i, &format!("annotations[{j}].timestamp"), "missing (required)"))?;
+        let ts = a
+            .timestamp
+            .ok_or_else(|| err(i, &format!("annotations[{j}].timestamp"), "missing (required)"))?;
         annotations.push((ts.0, a.value.unwrap_or_default()));
     }
     Ok(ZSpan {
@@ -393,7 +397,9 @@ fn proto_endpoint(i: usize, field: &str, e: Option<ProtoEndpoint>) -> Result<Opt
     let ipv6 = match <[u8; 16]>::try_from(e.ipv6.as_slice()) {
         _ if e.ipv6.is_empty() => None,
         Ok(b) => Some(Ipv6Addr::from(b)),
-        Err(_) => return Err(err(i, &format!("{field}.ipv6"), format!("{} bytes; expected 16", e.ipv6.len()))),
+        Err(_) => {
+            return Err(err(i, &format!("{field}.ipv6"), format!("{} bytes; expected 16", e.ipv6.len())))
+        }
     };
     Ok(Some(ZEndpoint { service_name: e.service_name, ipv4, ipv6, port: i64::from(e.port) }))
 }
@@ -489,7 +495,10 @@ mod tests {
             (r#"{"traceId":"1","id":"a","timestamp":-5}"#, "at spans[0].timestamp: -5 is negative"),
             (r#"{"traceId":"1","id":"a","timestamp":18446744073709552}"#, "out of range"),
             (r#"{"traceId":"1","id":"a","localEndpoint":{"ipv4":"1.2.3"}}"#, "localEndpoint.ipv4: \"1.2.3\""),
-            (r#"{"traceId":"1","id":"a","annotations":[{"value":"x"}]}"#, "annotations[0].timestamp: missing"),
+            (
+                r#"{"traceId":"1","id":"a","annotations":[{"value":"x"}]}"#,
+                "annotations[0].timestamp: missing",
+            ),
             (r#"{"traceId":"1","id":"a","tags":{"k":{"x":1}}}"#, "at spans[0].tags.k: invalid type: map"),
         ] {
             let e = one(span).unwrap_err().0;
@@ -535,10 +544,10 @@ mod tests {
         span.push(0x31); // 6 timestamp, fixed64
         span.extend(1_502_787_600_000_000u64.to_le_bytes());
         span.extend([0x38, 0x96, 0x01]); // 7 duration = 150 (varint)
-        // 8 local_endpoint { service_name "fe", ipv4 10.0.0.1, port 443 }
+                                         // 8 local_endpoint { service_name "fe", ipv4 10.0.0.1, port 443 }
         span.extend([0x42, 13, 0x0a, 2, b'f', b'e', 0x12, 4, 10, 0, 0, 1, 0x20, 0xbb, 0x03]);
         span.extend([0x4a, 0]); // 9 remote_endpoint: present, empty
-        // 10 annotation { timestamp (fixed64) 5, value "ws" }
+                                // 10 annotation { timestamp (fixed64) 5, value "ws" }
         span.extend([0x52, 13, 0x09, 5, 0, 0, 0, 0, 0, 0, 0, 0x12, 2, b'w', b's']);
         span.extend([0x5a, 6, 0x0a, 1, b'k', 0x12, 1, b'v']); // 11 tags {k: v}
         span.extend([0x60, 1, 0x68, 1]); // 12 debug, 13 shared
@@ -563,7 +572,10 @@ mod tests {
         let ok = ProtoSpan { trace_id: vec![1; 16], id: vec![2; 8], ..Default::default() };
         let enc = |s: ProtoSpan| ListOfSpans { spans: vec![ok.clone(), s] }.encode_to_vec();
         for (s, want) in [
-            (ProtoSpan { trace_id: vec![1; 5], ..ok.clone() }, "spans[1].trace_id: 5 bytes; expected 8 or 16"),
+            (
+                ProtoSpan { trace_id: vec![1; 5], ..ok.clone() },
+                "spans[1].trace_id: 5 bytes; expected 8 or 16",
+            ),
             (ProtoSpan { trace_id: vec![], ..ok.clone() }, "spans[1].trace_id: missing"),
             (ProtoSpan { trace_id: vec![0; 16], ..ok.clone() }, "spans[1].traceId: all zeroes"),
             (ProtoSpan { id: vec![2; 7], ..ok.clone() }, "spans[1].id: 7 bytes; expected 8"),
