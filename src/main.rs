@@ -560,6 +560,17 @@ mod tests {
         assert_eq!(f.log_format, Some(LogFormat::Json));
         assert_eq!(f.http_addr, Some(ListenAddr::AllInterfaces(16686)));
         assert!(toml::from_str::<FileConfig>("http_addr = \"16686\"").is_err());
+
+        // The Zipkin listener: file, then Zipkin's own port by default.
+        let serve = |argv: &[&str]| {
+            let Command::Serve(a) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let f: FileConfig = toml::from_str("zipkin_addr = \":9412\"").unwrap();
+        let cfg = build_config(serve(&["skein", "serve"]), f).unwrap();
+        assert_eq!(cfg.zipkin_addr, ListenAddr::AllInterfaces(9412));
+        let cfg = build_config(serve(&["skein", "serve"]), FileConfig::default()).unwrap();
+        assert_eq!(cfg.zipkin_addr, ListenAddr::loopback(9411));
     }
 
     /// TLS needs both files; `[server]` limits come from the file and are
