@@ -1,5 +1,7 @@
 //! Skein's OTLP receivers: gRPC (`TraceService`, `LogsService`) and HTTP
-//! (`POST /v1/traces`, `POST /v1/logs`), protobuf and JSON, gzip and zstd.
+//! (`POST /v1/traces`, `POST /v1/logs`), protobuf and JSON, gzip and zstd;
+//! and the Zipkin v2 receiver ([`zipkin_router`]), whose spans are mapped to
+//! OTLP and take the same path.
 //!
 //! Every request is admitted first, before its body is read: under the
 //! memory limit and the in-flight budget ([`MemoryLimit`]), with a read
