@@ -188,3 +188,64 @@ fn test_envoy_snippet_and_envoy_spans() {
     let (st, _) = s.api("/api/v1/traces/6e0c63257de34c93");
     assert_eq!(st, 404, "nothing of a refused request is stored");
 }
+
+/// The Zipkin port takes the ingest tokens and tenants of OTLP: no token is
+/// a 401 in plain text, a token bound to a tenant writes to that tenant
+/// only, an unbound one names its tenant with `X-Scope-OrgID`.
+#[test]
+fn test_tokens_and_tenants_on_the_zipkin_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("skein.toml");
+    std::fs::write(
+        &cfg,
+        "multitenancy_enabled = true\n\
+         [[auth.tokens]]\ntoken = \"mesh\"\nscopes = [\"ingest\"]\ntenant = \"team-z\"\n\
+         [[auth.tokens]]\ntoken = \"shipper\"\nscopes = [\"ingest\"]\n",
+    )
+    .unwrap();
+    let s = Server::start_with(&dir.path().join("data"), &[("SKEIN_CONFIG", cfg.to_str().unwrap())]);
+    let now_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let span = |trace: &str| {
+        json!([{"traceId": trace, "id": "1", "name": "get", "timestamp": now_us, "duration": 10,
+                "localEndpoint": {"serviceName": "mesh"}}])
+        .to_string()
+    };
+    let post = |trace: &str, headers: &[(&str, &str)]| {
+        let mut r = client()
+            .post(format!("http://{}/api/v2/spans", s.zipkin))
+            .header("Content-Type", "application/json")
+            .body(span(trace));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.send().unwrap();
+        let auth = r.headers().get("www-authenticate").is_some();
+        (r.status().as_u16(), auth, r.text().unwrap())
+    };
+    let (st, auth, text) = post("a1", &[]);
+    assert_eq!((st, auth), (401, true), "{text}");
+    assert!(text.contains("unauthenticated"), "{text}");
+    assert_eq!(post("a1", &[("authorization", "Bearer wrong")]).0, 401);
+    assert_eq!(post("a1", &[("authorization", "Bearer mesh")]).0, 202);
+    let (st, _, text) = post("a2", &[("authorization", "Bearer mesh"), ("x-scope-orgid", "team-y")]);
+    assert_eq!(st, 403, "a token bound to team-z cannot write to team-y: {text}");
+    assert_eq!(post("a2", &[("authorization", "Bearer shipper")]).0, 401, "no tenant named");
+    assert_eq!(post("a2", &[("authorization", "Bearer shipper"), ("x-scope-orgid", "team-y")]).0, 202);
+
+    let find = |trace: &str, tenant: &str| {
+        eventually(30, || {
+            let (st, v) = s.api_with(&format!("/api/v1/traces/{trace}"), &[("x-scope-orgid", tenant)]);
+            (st == 200).then_some(v["spans"][0]["service_name"].clone())
+        })
+    };
+    assert_eq!(find("a1", "team-z"), "mesh");
+    assert_eq!(find("a2", "team-y"), "mesh");
+    let (st, _) = s.api_with("/api/v1/traces/a1", &[("x-scope-orgid", "team-y")]);
+    assert_eq!(st, 404, "team-z's trace is not team-y's");
+    assert!(
+        s.metric(
+            "skein_refused_requests_total{signal=\"spans\",protocol=\"zipkin\",reason=\"unauthenticated\"}"
+        ) >= 3.0
+    );
+}
