@@ -18,6 +18,7 @@ pub(crate) struct Skein {
     pub(crate) grpc: String,
     pub(crate) otlp_http: String,
     pub(crate) http: String,
+    pub(crate) zipkin: String,
 }
 
 impl Skein {
@@ -54,6 +55,7 @@ impl Skein {
             grpc: field("otlp_grpc"),
             otlp_http: field("otlp_http"),
             http: field("http"),
+            zipkin: field("zipkin"),
             child: Some(child),
         }
     }
