@@ -308,6 +308,22 @@ mod tests {
         }
     }
 
+    /// During WAL replay the answer is a retryable 503, before the body is
+    /// read, through the same admission as OTLP/HTTP.
+    #[tokio::test]
+    async fn test_not_ready_is_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage =
+            skein_storage::Storage::open(dir.path(), skein_storage::testsuite::test_config()).unwrap();
+        let app =
+            router(Ingest::new(skein_storage::tenant::Tenants::from_storage(storage), Default::default()));
+        let body = serde_json::json!([json_span("1", "2")]).to_string();
+        let (st, h, text) = send(&app, post_body("application/json", body)).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert_eq!(h[header::RETRY_AFTER], "1");
+        assert!(text.contains("WAL replay"), "{text}");
+    }
+
     #[tokio::test]
     async fn test_overload_is_retryable() {
         let r = ZipkinError(IngestError::Overloaded).into_response();
