@@ -249,3 +249,29 @@ fn test_tokens_and_tenants_on_the_zipkin_port() {
         ) >= 3.0
     );
 }
+
+/// `202 Accepted` means the spans are in the WAL: a `kill -9` right after
+/// loses none of them.
+#[test]
+fn test_accepted_spans_survive_kill_9() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Server::start(d.path());
+    let now_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    let body: Vec<Value> = (1..=20)
+        .map(|i| {
+            json!({"traceId": "d0d0d0d0d0d0d0d0", "id": format!("{i:x}"), "name": format!("op-{i}"),
+                   "timestamp": now_us + i, "duration": 5, "localEndpoint": {"serviceName": "durable"}})
+        })
+        .collect();
+    let r = client()
+        .post(format!("http://{}/api/v2/spans", s.zipkin))
+        .header("Content-Type", "application/json")
+        .body(Value::Array(body).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    s.kill();
+    s.restart();
+    assert_eq!(trace(&s, "d0d0d0d0d0d0d0d0", 20).len(), 20);
+}
