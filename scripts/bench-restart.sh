@@ -28,7 +28,7 @@ fi
 skein=$data.bin/skein
 serve() {
   "$skein" serve --data-dir "$data" --otlp-grpc-addr 127.0.0.1:0 \
-    --otlp-http-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 > "$data.ready" 2> "$data.log" &
+    --otlp-http-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --zipkin-addr 127.0.0.1:0 > "$data.ready" 2> "$data.log" &
   pid=$!
   for _ in $(seq 1000); do [ -s "$data.ready" ] && break; sleep 0.01; done
   grpc=$(grep -o 'otlp_grpc=[^ ]*' "$data.ready" | cut -d= -f2)

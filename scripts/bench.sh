@@ -49,7 +49,7 @@ fi
 skein=$data.bin/skein
 echo "binary: $(sha256sum "$skein" | cut -c1-12) ($(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!docs' || echo '+changes'))"
 "$skein" serve --data-dir "$data" --otlp-grpc-addr 127.0.0.1:0 \
-  --otlp-http-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 > "$data.ready" &
+  --otlp-http-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 --zipkin-addr 127.0.0.1:0 > "$data.ready" &
 pid=$!
 for _ in $(seq 100); do [ -s "$data.ready" ] && break; sleep 0.1; done
 grpc=$(grep -o 'otlp_grpc=[^ ]*' "$data.ready" | cut -d= -f2)

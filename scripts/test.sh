@@ -29,6 +29,11 @@ if ! python3 -c 'import elasticsearch' >/dev/null 2>&1; then
   python3 -m pip install -q 'elasticsearch==8.17.2'
 fi
 
+if ! python3 -c 'import opentelemetry.exporter.zipkin.json' >/dev/null 2>&1; then
+  step "pip install opentelemetry-exporter-zipkin-json (the Zipkin e2e test's real Zipkin client)"
+  python3 -m pip install -q 'opentelemetry-exporter-zipkin-json==1.45.1'
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 

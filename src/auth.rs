@@ -1,7 +1,7 @@
 //! Who may write and read, and as which tenant: bearer tokens for ingest
 //! and for query (each optional, RFC 6750), and the tenant of a request
 //! from the token it is bound to or from `X-Scope-OrgID` (Tempo and Loki's
-//! header), as layers over the three servers. The routers themselves read
+//! header), as layers over the servers. The routers themselves read
 //! only the [`TenantId`] this puts in the request's extensions.
 
 use std::path::PathBuf;
@@ -347,6 +347,19 @@ pub(crate) async fn otlp_http_layer(
 ) -> Response {
     authorized(&auth, Scope::Ingest, req, next, |r, req| {
         ingest.refuse_http(r.into_ingest(), req.uri().path(), req.headers())
+    })
+    .await
+}
+
+/// Middleware for the Zipkin listener: authorizes [`Scope::Ingest`] as
+/// OTLP/HTTP does; refusals are Zipkin's plain-text errors, counted.
+pub(crate) async fn zipkin_layer(
+    State((auth, ingest)): State<(Arc<Auth>, Ingest)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    authorized(&auth, Scope::Ingest, req, next, |r, req| {
+        ingest.refuse_zipkin(r.into_ingest(), req.uri().path())
     })
     .await
 }

@@ -86,6 +86,10 @@ struct ServeArgs {
     /// every interface [default: 127.0.0.1:16686].
     #[arg(long, env = "SKEIN_HTTP_ADDR")]
     http_addr: Option<ListenAddr>,
+    /// Zipkin v2 receiver (`POST /api/v2/spans`) listen address: `HOST:PORT`,
+    /// `[IPv6]:PORT`, or `:PORT` for every interface [default: 127.0.0.1:9411].
+    #[arg(long, env = "SKEIN_ZIPKIN_ADDR")]
+    zipkin_addr: Option<ListenAddr>,
     /// Which parts this node runs [default: all].
     #[arg(long, env = "SKEIN_ROLE", value_enum)]
     role: Option<Role>,
@@ -118,6 +122,7 @@ struct FileConfig {
     otlp_grpc_addr: Option<ListenAddr>,
     otlp_http_addr: Option<ListenAddr>,
     http_addr: Option<ListenAddr>,
+    zipkin_addr: Option<ListenAddr>,
     role: Option<Role>,
     storage_url: Option<String>,
     log_format: Option<LogFormat>,
@@ -131,7 +136,7 @@ struct FileConfig {
     retention_bytes: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
-    /// Connection limits and timeouts of the three listeners.
+    /// Connection limits and timeouts of the four listeners.
     server: ServerConfig,
     /// The hard limit on resident memory (`--memory-limit`).
     memory_limit: Option<ByteSize>,
@@ -186,6 +191,7 @@ struct Config {
     otlp_grpc_addr: ListenAddr,
     otlp_http_addr: ListenAddr,
     http_addr: ListenAddr,
+    zipkin_addr: ListenAddr,
     storage: StorageConfig,
     collector: CollectorConfig,
     memory: MemoryLimit,
@@ -298,6 +304,9 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         otlp_grpc_addr: a.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(ListenAddr::loopback(4317)),
         otlp_http_addr: a.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(ListenAddr::loopback(4318)),
         http_addr: a.http_addr.or(file.http_addr).unwrap_or(ListenAddr::loopback(16686)),
+        // Zipkin's own port, which Envoy, Istio and the Zipkin libraries
+        // default to.
+        zipkin_addr: a.zipkin_addr.or(file.zipkin_addr).unwrap_or(ListenAddr::loopback(9411)),
         storage,
         collector: file.collector,
         memory,
@@ -371,7 +380,7 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
 
 async fn serve(cfg: Config) -> Result<()> {
     let nofile = server::raise_nofile_limit();
-    const LISTENERS: u64 = 3;
+    const LISTENERS: u64 = 4;
     let max_connections = match cfg.server.max_connections {
         Some(n) => {
             server::check_max_connections(n, nofile, LISTENERS);
@@ -416,18 +425,21 @@ async fn serve(cfg: Config) -> Result<()> {
     let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
     let otlp_http_l = bind(&cfg.otlp_http_addr, "OTLP/HTTP").await?;
     let http_l = bind(&cfg.http_addr, "HTTP").await?;
+    let zipkin_l = bind(&cfg.zipkin_addr, "Zipkin").await?;
     // Machine-readable, for scripts and tests that bind port 0.
     println!(
-        "skein ready otlp_grpc={} otlp_http={} http={}",
+        "skein ready otlp_grpc={} otlp_http={} http={} zipkin={}",
         grpc_l.local_addr()?,
         otlp_http_l.local_addr()?,
-        http_l.local_addr()?
+        http_l.local_addr()?,
+        zipkin_l.local_addr()?
     );
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         otlp_grpc = %grpc_l.local_addr()?,
         otlp_http = %otlp_http_l.local_addr()?,
         http = %http_l.local_addr()?,
+        zipkin = %zipkin_l.local_addr()?,
         tls = certs.is_some(),
         max_connections,
         open_file_limit = nofile,
@@ -452,6 +464,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let grpc_l = listener("otlp_grpc", grpc_l, Protocol::Grpc, tls_for(&[b"h2"])?);
     let otlp_http_l = listener("otlp_http", otlp_http_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
     let http_l = listener("http", http_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
+    let zipkin_l = listener("zipkin", zipkin_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
     if let Some(c) = &certs {
         tokio::spawn(c.clone().watch(cfg.server.tls_reload_interval, stop_rx.clone()));
     }
@@ -491,15 +504,27 @@ async fn serve(cfg: Config) -> Result<()> {
         tokio::spawn(http_l.serve(app, stopped(rx)))
     };
 
+    let zipkin = {
+        let app = skein_collector::zipkin_router(ingest.clone())
+            .route_layer(axum::middleware::from_fn_with_state(
+                (auth.clone(), ingest.clone()),
+                auth::zipkin_layer,
+            ))
+            .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
+        let rx = stop_rx.clone();
+        tokio::spawn(zipkin_l.serve(app, stopped(rx)))
+    };
+
     replay.await?.context("WAL replay")?;
 
     // Flush, retention and compaction in the background until stopped.
     let flusher = tokio::spawn(tenants.clone().run_maintenance(stop_rx.clone()));
 
-    let (g, h1, h2) = tokio::join!(grpc, otlp_http, http);
+    let (g, h1, h2, z) = tokio::join!(grpc, otlp_http, http, zipkin);
     g.context("OTLP/gRPC server")?;
     h1.context("OTLP/HTTP server")?;
     h2.context("HTTP server")?;
+    z.context("Zipkin server")?;
     flusher.await?;
     // Everything acknowledged is in the WAL already; flushing it all now
     // makes the next start fast.
@@ -538,6 +563,8 @@ mod tests {
             "[::1]:4318",
             "--log-format",
             "json",
+            "--zipkin-addr",
+            ":9411",
         ])
         .unwrap();
         assert_eq!(cli.log_format, Some(LogFormat::Json));
@@ -545,6 +572,7 @@ mod tests {
         assert_eq!(a.http_addr, Some(ListenAddr::AllInterfaces(16686)));
         assert_eq!(a.otlp_grpc_addr, Some(ListenAddr::Host("localhost".into(), 4317)));
         assert_eq!(a.otlp_http_addr, Some(ListenAddr::Socket("[::1]:4318".parse().unwrap())));
+        assert_eq!(a.zipkin_addr, Some(ListenAddr::AllInterfaces(9411)));
         let err = Cli::try_parse_from(["skein", "serve", "--http-addr", "16686"]).unwrap_err().to_string();
         assert!(err.contains("has no host"), "{err}");
 
@@ -552,6 +580,17 @@ mod tests {
         assert_eq!(f.log_format, Some(LogFormat::Json));
         assert_eq!(f.http_addr, Some(ListenAddr::AllInterfaces(16686)));
         assert!(toml::from_str::<FileConfig>("http_addr = \"16686\"").is_err());
+
+        // The Zipkin listener: file, then Zipkin's own port by default.
+        let serve = |argv: &[&str]| {
+            let Command::Serve(a) = Cli::try_parse_from(argv).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let f: FileConfig = toml::from_str("zipkin_addr = \":9412\"").unwrap();
+        let cfg = build_config(serve(&["skein", "serve"]), f).unwrap();
+        assert_eq!(cfg.zipkin_addr, ListenAddr::AllInterfaces(9412));
+        let cfg = build_config(serve(&["skein", "serve"]), FileConfig::default()).unwrap();
+        assert_eq!(cfg.zipkin_addr, ListenAddr::loopback(9411));
     }
 
     /// TLS needs both files; `[server]` limits come from the file and are

@@ -1,8 +1,8 @@
-//! The serve loop of every listener (OTLP/gRPC, OTLP/HTTP, the HTTP API):
+//! The serve loop of every listener (OTLP/gRPC, OTLP/HTTP, the HTTP API, Zipkin):
 //! a connection cap, header-read, idle and request timeouts, HTTP/2 stream
 //! and keepalive limits, TCP keepalive, optional TLS, and a graceful drain.
 //!
-//! One loop serves all three, on hyper-util's auto builder (HTTP/1 and
+//! One loop serves them all, on hyper-util's auto builder (HTTP/1 and
 //! HTTP/2; HTTP/2 only for gRPC, as tonic's own server does), so a limit
 //! means the same thing on each port. The settings follow the OpenTelemetry
 //! Collector's `confighttp` and `configgrpc` names.
@@ -35,7 +35,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
-/// `[server]`: limits shared by the three listeners. Every duration must be
+/// `[server]`: limits shared by the four listeners. Every duration must be
 /// more than zero.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -172,7 +172,7 @@ pub(crate) fn raise_nofile_limit() -> u64 {
 /// `server.max_connections` is not set: half of the `nofile` descriptors are
 /// kept for storage (WAL, segment files, index files, object-store sockets),
 /// the other half shared by the listeners. With the common soft limit of
-/// 1024 that is 170 per listener; with 1,048,576, about 175,000.
+/// 1024 and four listeners that is 128 per listener; with 1,048,576, 131,072.
 pub(crate) fn default_max_connections(nofile: u64, listeners: u64) -> usize {
     usize::try_from(nofile / 2 / listeners.max(1)).unwrap_or(usize::MAX).max(1)
 }
@@ -241,7 +241,7 @@ struct TimeoutLabel {
 }
 
 /// `/metrics` of the listeners, labelled `listener` = `otlp_grpc`,
-/// `otlp_http` or `http`.
+/// `otlp_http`, `http` or `zipkin`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ListenerMetrics {
     connections: Family<ListenerLabel, Gauge>,

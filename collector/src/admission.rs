@@ -70,7 +70,7 @@ impl Ingest {
 
     /// Admits `req` (a request to an ingest endpoint) and runs it, or
     /// answers the refusal with `refuse`.
-    async fn run_admitted(
+    pub(crate) async fn run_admitted(
         &self,
         req: Request,
         next: Next,
@@ -118,18 +118,23 @@ pub(crate) async fn http(State(ing): State<Ingest>, req: Request, next: Next) ->
         })
         .await
     };
-    let reason = resp.extensions().get::<Refused>().map(|r| r.0).or_else(|| {
+    if let Some(reason) = refusal_reason(&resp) {
+        ing.metrics.refused(signal, Protocol::Http, reason);
+    }
+    resp
+}
+
+/// Why an HTTP answer is a refusal (its [`Refused`] reason, or one from its
+/// status), or `None` for a success.
+pub(crate) fn refusal_reason(resp: &Response) -> Option<&'static str> {
+    resp.extensions().get::<Refused>().map(|r| r.0).or_else(|| {
         let s = resp.status();
         (s.is_client_error() || s.is_server_error()).then_some(match s {
             StatusCode::NOT_FOUND => "unknown_path",
             StatusCode::METHOD_NOT_ALLOWED => METHOD_NOT_ALLOWED,
             _ => OTHER,
         })
-    });
-    if let Some(reason) = reason {
-        ing.metrics.refused(signal, Protocol::Http, reason);
-    }
-    resp
+    })
 }
 
 /// The OTLP/gRPC layer (see the module comment). Refusals tonic gives

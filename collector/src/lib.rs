@@ -1,5 +1,7 @@
 //! Skein's OTLP receivers: gRPC (`TraceService`, `LogsService`) and HTTP
-//! (`POST /v1/traces`, `POST /v1/logs`), protobuf and JSON, gzip and zstd.
+//! (`POST /v1/traces`, `POST /v1/logs`), protobuf and JSON, gzip and zstd;
+//! and the Zipkin v2 receiver ([`zipkin_router`]), whose spans are mapped to
+//! OTLP and take the same path.
 //!
 //! Every request is admitted first, before its body is read: under the
 //! memory limit and the in-flight budget ([`MemoryLimit`]), with a read
@@ -21,6 +23,7 @@ mod http_api;
 mod memory;
 mod metrics;
 mod signal;
+mod zipkin;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +37,7 @@ pub use http_api::router;
 pub use memory::{resident_bytes, MemoryConfig, MemoryLimit, DEFAULT_LIMIT, MIN_LIMIT};
 pub use metrics::{CollectorMetrics, Protocol};
 pub use signal::{Logs, Signal, Traces};
+pub use zipkin::{router as zipkin_router, SPANS_PATH as ZIPKIN_SPANS_PATH};
 
 use memory::Limiter;
 

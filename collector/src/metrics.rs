@@ -32,6 +32,8 @@ pub enum Protocol {
     Grpc,
     /// OTLP/HTTP (protobuf or JSON).
     Http,
+    /// Zipkin v2 (`POST /api/v2/spans` on its own listener).
+    Zipkin,
 }
 
 impl Protocol {
@@ -40,6 +42,7 @@ impl Protocol {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::Http => "http",
+            Protocol::Zipkin => "zipkin",
         }
     }
 }
@@ -121,6 +124,29 @@ impl CollectorMetrics {
                     ("reason", reason),
                 ]);
             }
+        }
+        // Zipkin carries spans only.
+        let z = Protocol::Zipkin.label();
+        let s = Traces::RECORDS;
+        let _ = self.received_requests.get_or_create(&vec![("signal", s), ("protocol", z)]);
+        let _ = self.accepted_records.get_or_create(&vec![("signal", s), ("protocol", z)]);
+        let _ = self.stored_records.get_or_create(&vec![("signal", s), ("protocol", z)]);
+        let _ =
+            self.dropped_records.get_or_create(&vec![("signal", s), ("protocol", z), ("reason", INVALID)]);
+        for reason in IngestError::REASONS.into_iter().chain([METHOD_NOT_ALLOWED, OTHER]) {
+            let _ = self.refused_requests.get_or_create(&vec![
+                ("signal", s),
+                ("protocol", z),
+                ("reason", reason),
+            ]);
+        }
+        let _ = self.received_requests.get_or_create(&vec![("signal", OTHER_SIGNAL), ("protocol", z)]);
+        for reason in ["unauthenticated", "forbidden", "unknown_path", METHOD_NOT_ALLOWED, OTHER] {
+            let _ = self.refused_requests.get_or_create(&vec![
+                ("signal", OTHER_SIGNAL),
+                ("protocol", z),
+                ("reason", reason),
+            ]);
         }
         r.register(
             "skein_received_requests",
@@ -218,7 +244,9 @@ impl CollectorMetrics {
 /// The `signal` label of a request path, HTTP or gRPC.
 pub(crate) fn signal_of(path: &str) -> &'static str {
     match path {
-        "/v1/traces" | "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => Traces::RECORDS,
+        "/v1/traces" | "/opentelemetry.proto.collector.trace.v1.TraceService/Export" | "/api/v2/spans" => {
+            Traces::RECORDS
+        }
         "/v1/logs" | "/opentelemetry.proto.collector.logs.v1.LogsService/Export" => Logs::RECORDS,
         p if crate::es_bulk::is_bulk_path(p) => Logs::RECORDS,
         _ => OTHER_SIGNAL,

@@ -143,7 +143,7 @@ fn a_segment_of_an_older_format_refuses_to_start() {
     std::fs::write(seg.join("meta.json"), r#"{"format": 3, "id": "01OLDFORMAT", "span_count": 1}"#).unwrap();
     let out = std::process::Command::new(crate::support::skein_bin())
         .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
-        .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+        .args(["--http-addr", "127.0.0.1:0", "--zipkin-addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();

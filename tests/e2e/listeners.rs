@@ -18,6 +18,7 @@ pub(crate) struct Skein {
     pub(crate) grpc: String,
     pub(crate) otlp_http: String,
     pub(crate) http: String,
+    pub(crate) zipkin: String,
 }
 
 impl Skein {
@@ -33,7 +34,7 @@ impl Skein {
             None => Command::new(crate::support::skein_bin()),
         };
         cmd.args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0", "--config"])
+            .args(["--http-addr", "127.0.0.1:0", "--zipkin-addr", "127.0.0.1:0", "--config"])
             .arg(&cfg)
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -54,6 +55,7 @@ impl Skein {
             grpc: field("otlp_grpc"),
             otlp_http: field("otlp_http"),
             http: field("http"),
+            zipkin: field("zipkin"),
             child: Some(child),
         }
     }
@@ -270,14 +272,14 @@ fn test_low_open_file_limit_flooded_with_idle_connections() {
     s.wait_ready(&client(), &format!("http://{}", s.http));
     let (status, _) = otlp::post(&s.otlp_http, "/v1/traces", traces_body([9; 16])).unwrap();
     assert_eq!(status, 200);
-    // 256 / 2 / 3 listeners.
-    assert_eq!(metric(&s.http, "skein_server_max_connections{listener=\"otlp_http\"}"), 42.0);
+    // 256 / 2 / 4 listeners.
+    assert_eq!(metric(&s.http, "skein_server_max_connections{listener=\"otlp_http\"}"), 32.0);
 
     let flood: Vec<TcpStream> = (0..300)
         .flat_map(|_| [TcpStream::connect(&s.grpc).unwrap(), TcpStream::connect(&s.otlp_http).unwrap()])
         .collect();
     eventually(10, || {
-        (metric(&s.http, "skein_server_connections{listener=\"otlp_http\"}") == 42.0).then_some(())
+        (metric(&s.http, "skein_server_connections{listener=\"otlp_http\"}") == 32.0).then_some(())
     });
 
     let r = client().post(format!("http://{}/api/v1/flush", s.http)).send().unwrap();
@@ -301,5 +303,6 @@ fn test_soft_open_file_limit_is_raised() {
     let s = Skein::start(dir.path(), "", &["prlimit", "--nofile=200:600", "--"], &[]);
     s.wait_ready(&client(), &format!("http://{}", s.http));
     assert_eq!(metric(&s.http, "process_max_fds"), 600.0);
-    assert_eq!(metric(&s.http, "skein_server_max_connections{listener=\"http\"}"), 100.0);
+    // 600 / 2 / 4 listeners.
+    assert_eq!(metric(&s.http, "skein_server_max_connections{listener=\"http\"}"), 75.0);
 }

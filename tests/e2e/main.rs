@@ -41,3 +41,5 @@ mod tempo;
 mod tenants;
 /// TLS on every listener, certificate reload, plain-text refusals.
 mod tls;
+/// The Zipkin v2 receiver with real Zipkin clients (Python exporter, protobuf, Envoy's spans).
+mod zipkin;

@@ -43,8 +43,16 @@ fn stop(mut child: Child) -> Vec<u8> {
     err
 }
 
-const LOOPBACK: [&str; 6] =
-    ["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
+const LOOPBACK: [&str; 8] = [
+    "--otlp-grpc-addr",
+    "127.0.0.1:0",
+    "--otlp-http-addr",
+    "127.0.0.1:0",
+    "--http-addr",
+    "127.0.0.1:0",
+    "--zipkin-addr",
+    "127.0.0.1:0",
+];
 
 /// Issue 9 item 10: a scrape of a fresh server has the process metrics,
 /// the build info, every labelled counter at zero, and after a few queries
@@ -142,8 +150,16 @@ fn test_text_logs_to_a_pipe_have_no_colours() {
 #[test]
 fn test_listen_addresses_as_typed() {
     let d = tempfile::tempdir().unwrap();
-    let args =
-        ["--otlp-grpc-addr", "localhost:0", "--otlp-http-addr", "localhost:0", "--http-addr", "localhost:0"];
+    let args = [
+        "--otlp-grpc-addr",
+        "localhost:0",
+        "--otlp-http-addr",
+        "localhost:0",
+        "--http-addr",
+        "localhost:0",
+        "--zipkin-addr",
+        "localhost:0",
+    ];
     let (child, http, ready) = start(d.path(), &args, &[]);
     assert!(http.starts_with("127.0.0.1:"), "{ready}");
     stop(child);

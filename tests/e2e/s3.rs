@@ -44,7 +44,8 @@ fn segments_in_s3_outlive_the_local_data_directory() {
     let third = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(crate::support::skein_bin())
         .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
-        .args(["--http-addr", "127.0.0.1:0", "--storage-url", "s3://no-such-bucket/x", "--data-dir"])
+        .args(["--http-addr", "127.0.0.1:0", "--zipkin-addr", "127.0.0.1:0"])
+        .args(["--storage-url", "s3://no-such-bucket/x", "--data-dir"])
         .arg(third.path())
         .envs(env.iter().filter(|(k, _)| *k != "SKEIN_STORAGE_URL").copied())
         .output()

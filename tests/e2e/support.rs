@@ -17,6 +17,7 @@ pub(crate) struct Server {
     pub(crate) grpc: String,
     pub(crate) otlp_http: String,
     pub(crate) http: String,
+    pub(crate) zipkin: String,
     env: Vec<(String, String)>,
 }
 
@@ -28,7 +29,7 @@ pub(crate) fn skein_bin() -> PathBuf {
         .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_skein")), PathBuf::from)
 }
 
-fn spawn(data_dir: &Path, env: &[(String, String)]) -> (Child, String, String, String) {
+fn spawn(data_dir: &Path, env: &[(String, String)]) -> (Child, [String; 4]) {
     let mut cmd = Command::new(skein_bin());
     cmd.args([
         "serve",
@@ -37,6 +38,8 @@ fn spawn(data_dir: &Path, env: &[(String, String)]) -> (Child, String, String, S
         "--otlp-http-addr",
         "127.0.0.1:0",
         "--http-addr",
+        "127.0.0.1:0",
+        "--zipkin-addr",
         "127.0.0.1:0",
     ])
     .arg("--data-dir")
@@ -57,8 +60,7 @@ fn spawn(data_dir: &Path, env: &[(String, String)]) -> (Child, String, String, S
             .unwrap_or_else(|| panic!("no {name} in {line:?}"))
             .to_string()
     };
-    let (g, o, h) = (field("otlp_grpc"), field("otlp_http"), field("http"));
-    (child, g, o, h)
+    (child, [field("otlp_grpc"), field("otlp_http"), field("http"), field("zipkin")])
 }
 
 impl Server {
@@ -70,8 +72,16 @@ impl Server {
     /// Starts with extra environment (e.g. a config file via SKEIN_CONFIG).
     pub(crate) fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (child, grpc, otlp_http, http) = spawn(data_dir, &env);
-        let s = Server { child: Some(child), data_dir: data_dir.to_path_buf(), grpc, otlp_http, http, env };
+        let (child, [grpc, otlp_http, http, zipkin]) = spawn(data_dir, &env);
+        let s = Server {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            grpc,
+            otlp_http,
+            http,
+            zipkin,
+            env,
+        };
         s.wait_ready();
         s
     }
@@ -163,11 +173,12 @@ impl Server {
     /// Starts again on the same data directory (new ports).
     pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none());
-        let (child, grpc, otlp_http, http) = spawn(&self.data_dir, &self.env);
+        let (child, [grpc, otlp_http, http, zipkin]) = spawn(&self.data_dir, &self.env);
         self.child = Some(child);
         self.grpc = grpc;
         self.otlp_http = otlp_http;
         self.http = http;
+        self.zipkin = zipkin;
         self.wait_ready();
     }
 }

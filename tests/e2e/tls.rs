@@ -144,13 +144,19 @@ fn test_tls_on_every_listener_with_reload() {
         .send()
         .expect("OTLP/HTTP over TLS");
     assert_eq!(r.status(), 200);
-    for (trace, op) in [([0xa1u8; 16], "grpc-op"), ([0xa2; 16], "http-op")] {
+    // Zipkin v2 over TLS.
+    let zipkin = format!("https://localhost:{}/api/v2/spans", s.zipkin.rsplit(':').next().unwrap());
+    let span = serde_json::json!([{"traceId": hex::encode([0xa4u8; 16]), "id": "1", "name": "zipkin-op",
+        "timestamp": 1_000_000, "duration": 1, "localEndpoint": {"serviceName": "tls"}}]);
+    let r = c.post(&zipkin).header("content-type", "application/json").body(span.to_string()).send();
+    assert_eq!(r.expect("Zipkin over TLS").status(), 202);
+    for (trace, op) in [([0xa1u8; 16], "grpc-op"), ([0xa2; 16], "http-op"), ([0xa4; 16], "zipkin-op")] {
         let r = c.get(format!("{api}/api/v1/traces/{}", hex::encode(trace))).send().unwrap();
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().unwrap();
         assert_eq!(v["spans"][0]["name"], op, "{v}");
     }
-    for addr in [&s.grpc, &s.otlp_http, &s.http] {
+    for addr in [&s.grpc, &s.otlp_http, &s.http, &s.zipkin] {
         assert_eq!(served_certificate(&ca, addr), first);
     }
 
@@ -169,7 +175,7 @@ fn test_tls_on_every_listener_with_reload() {
     assert_eq!(served_certificate(&ca, &s.http), first);
     let second = issue(&ca, dir.path());
     assert_ne!(first, second);
-    for addr in [&s.grpc, &s.otlp_http, &s.http] {
+    for addr in [&s.grpc, &s.otlp_http, &s.http, &s.zipkin] {
         eventually(20, || (served_certificate(&ca, addr) == second).then_some(()));
     }
     grpc_export(&ca, &s.grpc, [0xa3; 16]).expect("OTLP/gRPC after the reload");

@@ -118,7 +118,7 @@ function assert(cond, msg) {
 
 async function startSkein(dataDir, extraArgs = []) {
   assert(fs.existsSync(SKEIN_BIN), `skein binary not found at ${SKEIN_BIN} (build it with cargo build, or set SKEIN_BIN)`);
-  const args = ["serve", "--data-dir", dataDir, "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", ...extraArgs];
+  const args = ["serve", "--data-dir", dataDir, "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--zipkin-addr", "127.0.0.1:0", ...extraArgs];
   log(`starting ${SKEIN_BIN} ${args.join(" ")}`);
   skein = spawn(SKEIN_BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } });
   skein.stderr.on("data", (d) => {
