@@ -22,6 +22,7 @@ pub fn router(ingest: Ingest) -> Router {
         .route("/v1/traces", post(export::<Traces>))
         .route("/v1/logs", post(export::<Logs>))
         .route("/v1/metrics", post(unsupported_signal))
+        .route("/loki/api/v1/push", post(crate::loki::push))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ingest.clone(), admission::http))
         .with_state(ingest)
@@ -62,7 +63,7 @@ pub(crate) fn is_json(headers: &HeaderMap) -> bool {
 /// admission (reservation as it streams, read timeout) is in
 /// `admission::AdmittedBody`; the decompressed bytes grow `reservation`
 /// as they come.
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,

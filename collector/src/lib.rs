@@ -17,6 +17,7 @@ mod admission;
 mod error;
 mod grpc;
 mod http_api;
+pub mod loki;
 mod memory;
 mod metrics;
 mod signal;

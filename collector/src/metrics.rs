@@ -220,6 +220,8 @@ pub(crate) fn signal_of(path: &str) -> &'static str {
     match path {
         "/v1/traces" | "/opentelemetry.proto.collector.trace.v1.TraceService/Export" => Traces::RECORDS,
         "/v1/logs" | "/opentelemetry.proto.collector.logs.v1.LogsService/Export" => Logs::RECORDS,
+        // The Loki push API takes the logs path (crate::loki).
+        "/loki/api/v1/push" => Logs::RECORDS,
         _ => OTHER_SIGNAL,
     }
 }
