@@ -69,6 +69,10 @@ pub struct QueryConfig {
     /// Spans a trace lookup answers at most: a larger trace is answered
     /// with its first spans by start time and a warning saying so.
     pub max_spans_per_trace: usize,
+    /// Log records a LogQL query of the Loki API filters at most (the
+    /// newest the indexes select in its range), and the records the Loki
+    /// label listings read; past it the answer says it is partial.
+    pub max_logql_scan: usize,
 }
 
 impl QueryConfig {
@@ -83,6 +87,7 @@ impl QueryConfig {
             ("max_concurrent", self.max_concurrent == 0),
             ("max_limit", self.max_limit == 0),
             ("max_spans_per_trace", self.max_spans_per_trace == 0),
+            ("max_logql_scan", self.max_logql_scan == 0),
         ] {
             if zero {
                 return Err(format!("query.{name} must be more than 0"));
@@ -109,6 +114,7 @@ impl Default for QueryConfig {
             // The web UI's widest preset is "Any time (10 years)".
             max_range: Duration::from_secs(3660 * 86_400),
             max_spans_per_trace: 100_000,
+            max_logql_scan: 100_000,
         }
     }
 }

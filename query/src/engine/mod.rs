@@ -13,6 +13,7 @@
 //! limit while it winds down.
 
 mod conditions;
+pub mod logql;
 mod search;
 mod stats;
 mod summary;
