@@ -305,6 +305,9 @@ mod tests {
         let status = r.status();
         let body = r.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&body).into_owned();
+        if status != StatusCode::OK {
+            eprintln!("{uri}: {status} {text}");
+        }
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null), text)
     }
 
@@ -392,7 +395,7 @@ mod tests {
         let app = app_with(&s, QueryConfig::default());
         let lines = |v: &Value| -> Vec<String> {
             let mut out: Vec<(String, String)> = Vec::new();
-            for st in v["data"]["result"].as_array().unwrap() {
+            for st in v["data"]["result"].as_array().unwrap_or_else(|| panic!("{v}")) {
                 for e in st["values"].as_array().unwrap() {
                     out.push((e[0].as_str().unwrap().into(), e[1].as_str().unwrap().into()));
                 }
@@ -422,7 +425,7 @@ mod tests {
         let (st, v, _) = get(
             &app,
             &format!(
-                "/loki/api/v1/query_range?query={}&start=2000-01-01T00:00:00Z&end={}.5",
+                "/loki/api/v1/query_range?query={}&start=2020-01-01T00:00:00Z&end={}.5",
                 enc(r#"{service_name="cart"}"#),
                 base / 1_000_000_000 + 10
             ),
