@@ -118,13 +118,19 @@ pub mod proto {
     }
 }
 
+/// Label or metadata pairs, in the order given.
+pub type Pairs = Vec<(String, String)>;
+
+/// One entry of a push: Unix ns, the line, its structured metadata.
+pub type PushEntry = (u64, String, Pairs);
+
 /// One stream of a push, decoded from either form.
 #[derive(Debug, Default, PartialEq)]
 pub struct PushStream {
     /// The stream's labels, in the order given.
-    pub labels: Vec<(String, String)>,
-    /// The entries: (Unix ns, line, structured metadata).
-    pub entries: Vec<(u64, String, Vec<(String, String)>)>,
+    pub labels: Pairs,
+    /// The entries.
+    pub entries: Vec<PushEntry>,
 }
 
 fn malformed(msg: impl std::fmt::Display) -> IngestError {
@@ -204,7 +210,10 @@ pub fn parse_labels(s: &str) -> Result<Vec<(String, String)>, String> {
                         }
                     }
                     other => {
-                        return Err(format!("labels {src:?}: unknown escape \\{} in {name:?}", other.unwrap_or(' ')))
+                        return Err(format!(
+                            "labels {src:?}: unknown escape \\{} in {name:?}",
+                            other.unwrap_or(' ')
+                        ))
                     }
                 },
                 Some(c) => value.push(c),
@@ -265,8 +274,8 @@ pub fn decode_proto(bytes: &[u8]) -> Result<Vec<PushStream>, IngestError> {
 /// [`IngestError::Malformed`] naming the field that is wrong.
 pub fn decode_json(bytes: &[u8]) -> Result<Vec<PushStream>, IngestError> {
     use serde_json::Value;
-    let v: Value =
-        serde_json::from_slice(bytes).map_err(|e| malformed(format!("invalid Loki JSON push request: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| malformed(format!("invalid Loki JSON push request: {e}")))?;
     let streams = v
         .get("streams")
         .and_then(Value::as_array)
@@ -293,16 +302,15 @@ pub fn decode_json(bytes: &[u8]) -> Result<Vec<PushStream>, IngestError> {
         let mut entries = Vec::with_capacity(values.len());
         for (j, e) in values.iter().enumerate() {
             let at = format!("streams[{i}].values[{j}]");
-            let arr = e
-                .as_array()
-                .filter(|a| (2..=3).contains(&a.len()))
-                .ok_or_else(|| malformed(format!("{at}: expected [\"<unix ns>\", \"line\", {{metadata}}?]")))?;
-            let ns = arr[0]
+            let arr = e.as_array().filter(|a| (2..=3).contains(&a.len())).ok_or_else(|| {
+                malformed(format!("{at}: expected [\"<unix ns>\", \"line\", {{metadata}}?]"))
+            })?;
+            let ns = arr[0].as_str().and_then(|t| t.parse::<u64>().ok()).ok_or_else(|| {
+                malformed(format!("{at}[0]: expected Unix nanoseconds as a decimal string"))
+            })?;
+            let line = arr[1]
                 .as_str()
-                .and_then(|t| t.parse::<u64>().ok())
-                .ok_or_else(|| malformed(format!("{at}[0]: expected Unix nanoseconds as a decimal string")))?;
-            let line =
-                arr[1].as_str().ok_or_else(|| malformed(format!("{at}[1]: expected the line as a string")))?;
+                .ok_or_else(|| malformed(format!("{at}[1]: expected the line as a string")))?;
             let meta = match arr.get(2) {
                 Some(m) => strings(m, &format!("{at}[2]"))?,
                 None => Vec::new(),
@@ -327,7 +335,7 @@ fn kv(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
 /// not one (or is all zeroes).
 fn hex_id(s: &str, len: usize) -> Option<Vec<u8>> {
     let s = s.trim();
-    let b = hex_decode(s)?;
+    let b = hex::decode(s).ok()?;
     let b = match b.len() {
         n if n == len => b,
         n if len == 16 && n == 8 => [vec![0; 8], b].concat(),
@@ -336,12 +344,6 @@ fn hex_id(s: &str, len: usize) -> Option<Vec<u8>> {
     b.iter().any(|&x| x != 0).then_some(b)
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
-}
 
 /// The OTLP severity number of a level name (OTel logs data model), 0
 /// when it is not one.
@@ -358,7 +360,8 @@ pub fn to_otlp(streams: Vec<PushStream>, observed_ns: u64) -> ExportLogsServiceR
             .find_map(|want| s.labels.iter().find(|(n, v)| n == want && !v.is_empty()))
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| "unknown_service".to_string());
-        let stream_level = s.labels.iter().find(|(n, _)| LEVEL_LABELS.contains(&n.as_str())).map(|l| l.1.clone());
+        let stream_level =
+            s.labels.iter().find(|(n, _)| LEVEL_LABELS.contains(&n.as_str())).map(|l| l.1.clone());
         let mut attributes = vec![kv("service.name", service)];
         attributes.extend(s.labels.into_iter().filter(|(n, _)| n != "service_name").map(|(n, v)| kv(n, v)));
         let mut records = Vec::with_capacity(s.entries.len());
@@ -428,14 +431,15 @@ fn is_proto(headers: &HeaderMap) -> Result<bool, IngestError> {
 /// Snappy block-format decompression (Loki's protobuf bodies), refusing a
 /// body that would decompress past `limit` before decompressing it.
 fn unsnappy(raw: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
-    let n = snap::raw::decompress_len(raw)
-        .map_err(|e| malformed(format!("invalid snappy body (Loki's protobuf push is snappy block format): {e}")))?;
+    let n = snap::raw::decompress_len(raw).map_err(|e| {
+        malformed(format!("invalid snappy body (Loki's protobuf push is snappy block format): {e}"))
+    })?;
     if n > limit {
         return Err(IngestError::TooLarge { size: n, limit });
     }
-    snap::raw::Decoder::new()
-        .decompress_vec(raw)
-        .map_err(|e| malformed(format!("invalid snappy body (Loki's protobuf push is snappy block format): {e}")))
+    snap::raw::Decoder::new().decompress_vec(raw).map_err(|e| {
+        malformed(format!("invalid snappy body (Loki's protobuf push is snappy block format): {e}"))
+    })
 }
 
 /// Decodes a whole push body (after any `Content-Encoding`).
@@ -496,8 +500,16 @@ mod tests {
         );
         assert_eq!(parse_labels("{}").unwrap(), vec![]);
         assert_eq!(parse_labels(r#" { a = "1" , } "#).unwrap(), vec![("a".into(), "1".into())]);
-        for bad in ["", "a=\"b\"", "{a=\"b\"", "{a=b}", "{=\"b\"}", "{a=\"b\" c=\"d\"}", "{a=\"b\"} x", "{a=\"1\",a=\"2\"}"]
-        {
+        for bad in [
+            "",
+            "a=\"b\"",
+            "{a=\"b\"",
+            "{a=b}",
+            "{=\"b\"}",
+            "{a=\"b\" c=\"d\"}",
+            "{a=\"b\"} x",
+            "{a=\"1\",a=\"2\"}",
+        ] {
             assert!(parse_labels(bad).is_err(), "{bad}");
         }
     }
@@ -641,7 +653,10 @@ mod tests {
                 entries: vec![proto::Entry {
                     timestamp: Some(proto::Timestamp { seconds: (now / 1_000_000_000) as i64, nanos: 0 }),
                     line: "proto line".into(),
-                    structured_metadata: vec![proto::LabelPair { name: "trace_id".into(), value: trace.into() }],
+                    structured_metadata: vec![proto::LabelPair {
+                        name: "trace_id".into(),
+                        value: trace.into(),
+                    }],
                 }],
             }],
         };
@@ -652,7 +667,8 @@ mod tests {
         assert_eq!(logs.len(), 3);
         assert!(logs.iter().all(|l| l.service_name() == "shop"), "{logs:?}");
 
-        let (st, b) = send("application/json", None, br#"{"streams":[{"values":[["x","y"]]}]}"#.to_vec()).await;
+        let (st, b) =
+            send("application/json", None, br#"{"streams":[{"values":[["x","y"]]}]}"#.to_vec()).await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
         assert!(b.contains("streams[0].values[0][0]"), "{b}");
         let (st, _) = send("application/x-protobuf", None, b"not snappy".to_vec()).await;

@@ -61,11 +61,11 @@ fn loki_push_and_read_back() {
     assert_eq!(st, 204, "{text}");
 
     let json_push = json!({"streams": [{
-        "stream": {"service_name": "frontend", "env": "prod"},
-        "values": [
-            [(t0 + 5).to_string(), r#"{"level":"warn","msg":"cart slow","ms":812}"#, {"trace_id": TRACE}],
-            [(t0 + 6).to_string(), "GET /healthz 200"],
-        ]}]});
+    "stream": {"service_name": "frontend", "env": "prod"},
+    "values": [
+        [(t0 + 5).to_string(), r#"{"level":"warn","msg":"cart slow","ms":812}"#, {"trace_id": TRACE}],
+        [(t0 + 6).to_string(), "GET /healthz 200"],
+    ]}]});
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, json_push.to_string().as_bytes()).unwrap();
     let (st, text) = push(&server, "application/json", Some("gzip"), gz.finish().unwrap());
@@ -123,7 +123,10 @@ fn loki_push_and_read_back() {
         assert_eq!(result[0]["stream"]["trace_id"], TRACE);
         assert_eq!(result[0]["values"][0][0], t0.to_string());
         // Trace to logs, the query deploy/grafana's Tempo data source makes.
-        let q = query(&[("query", &format!(r#"{{service_name="frontend"}} | trace_id="{TRACE}""#)), ("limit", "1000")]);
+        let q = query(&[
+            ("query", &format!(r#"{{service_name="frontend"}} | trace_id="{TRACE}""#)),
+            ("limit", "1000"),
+        ]);
         let v = server.get_json(&format!("/loki/api/v1/query_range?{q}{range}"));
         let result = v["data"]["result"].as_array().unwrap();
         assert_eq!(result.len(), 1, "{v}");
@@ -150,8 +153,7 @@ fn metric_names(expr: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = expr;
     while let Some(i) = rest.find("skein_") {
-        let name: String =
-            rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         rest = &rest[i + name.len()..];
         out.push(name);
     }
@@ -174,7 +176,13 @@ fn grafana_provisioning_matches_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let by_type = |t: &str| -> Value {
-        ds["datasources"].as_array().unwrap().iter().find(|d| d["type"] == t).cloned().unwrap_or_else(|| panic!("{t}"))
+        ds["datasources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["type"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("{t}"))
     };
     let local = |url: &str| url.replace("http://skein:16686", &format!("http://{}", server.http));
     let (tempo, jaeger, loki) = (by_type("tempo"), by_type("jaeger"), by_type("loki"));
@@ -198,7 +206,10 @@ fn grafana_provisioning_matches_the_server() {
         assert_eq!(d["jsonData"]["tracesToLogsV2"]["datasourceUid"].as_str().unwrap(), uid(&loki));
     }
     let derived = &loki["jsonData"]["derivedFields"][0];
-    assert_eq!((derived["datasourceUid"].as_str().unwrap(), &derived["matcherRegex"]), (&*uid(&tempo), &json!("trace_id")));
+    assert_eq!(
+        (derived["datasourceUid"].as_str().unwrap(), &derived["matcherRegex"]),
+        (&*uid(&tempo), &json!("trace_id"))
+    );
 
     // The trace-to-logs query, as Grafana fills it in for a span of
     // service "frontend" (tag service.name mapped to service_name).
@@ -221,11 +232,8 @@ fn grafana_provisioning_matches_the_server() {
 
     // Every metric the dashboard names is in /metrics.
     let metrics = client().get(format!("http://{}/metrics", server.http)).send().unwrap().text().unwrap();
-    let exported: std::collections::BTreeSet<&str> = metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
+    let exported: std::collections::BTreeSet<&str> =
+        metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
     let mut named = 0;
     for p in dash["panels"].as_array().unwrap() {
         assert_eq!(p["datasource"]["uid"], "skein-prometheus");

@@ -94,7 +94,9 @@ fn range(p: &Params, st: &ApiState, instant: bool) -> Result<(u64, u64), Error> 
     let end = loki_time(p, end_key)?.unwrap_or_else(skein_storage::now_unix_nano);
     let start = if instant { None } else { loki_time(p, "start")? }.unwrap_or(end.saturating_sub(since));
     if start > end {
-        return Err(Error::bad(format!("the query time range is invalid: start {start} is after {end_key} {end}")));
+        return Err(Error::bad(format!(
+            "the query time range is invalid: start {start} is after {end_key} {end}"
+        )));
     }
     TimeRange { start_ns: Some(start), end_ns: Some(end) }.within(st.cfg.max_range, "start", end_key)?;
     Ok((start, end))
@@ -159,7 +161,9 @@ async fn run(
     let lq = Arc::new(parse_query(text)?);
     let (start, end) = range(&p, &st, instant)?;
     let limit = match p.get("limit") {
-        Some(v) => v.parse::<usize>().map_err(|_| Error::bad(format!("limit: {v:?} is not a whole number")))?,
+        Some(v) => {
+            v.parse::<usize>().map_err(|_| Error::bad(format!("limit: {v:?} is not a whole number")))?
+        }
         None => DEFAULT_LIMIT,
     }
     .min(st.cfg.max_limit);
@@ -408,8 +412,13 @@ mod tests {
         };
         let (st, v, _) = get(&app, &q(r#"{service_name=~".+"} |= "cart" != "Put""#, ""), false).await;
         assert_eq!(st, StatusCode::OK, "{v}");
-        assert_eq!(lines(&v), ["GET /api/cart 200", r#"{"level":"error","msg":"cart down","status":503}"#, "cart.Get ok"]);
-        let (_, v, _) = get(&app, &q(r#"{service_name="frontend"} | json | level="error" and status >= 500"#, ""), false).await;
+        assert_eq!(
+            lines(&v),
+            ["GET /api/cart 200", r#"{"level":"error","msg":"cart down","status":503}"#, "cart.Get ok"]
+        );
+        let (_, v, _) =
+            get(&app, &q(r#"{service_name="frontend"} | json | level="error" and status >= 500"#, ""), false)
+                .await;
         assert_eq!(lines(&v).len(), 1);
         assert_eq!(v["data"]["result"][0]["stream"]["msg"], "cart down");
         let (_, v, _) = get(&app, &q(r#"{service_name="frontend"} | logfmt | took > 1"#, ""), false).await;
@@ -419,7 +428,8 @@ mod tests {
         // limit from either end.
         let (_, v, _) = get(&app, &q(r#"{deployment_environment="prod"}"#, "&limit=2"), false).await;
         assert_eq!(lines(&v), ["cart.Get ok", "cart.Put failed"]);
-        let (_, v, _) = get(&app, &q(r#"{deployment_environment="prod"}"#, "&limit=2&direction=FORWARD"), false).await;
+        let (_, v, _) =
+            get(&app, &q(r#"{deployment_environment="prod"}"#, "&limit=2&direction=FORWARD"), false).await;
         assert_eq!(lines(&v), ["GET /api/cart 200", r#"{"level":"error","msg":"cart down","status":503}"#]);
         // RFC 3339 and fractional seconds.
         let (st, v, _) = get(
@@ -434,12 +444,20 @@ mod tests {
         .await;
         assert_eq!((st, lines(&v).len()), (StatusCode::OK, 2), "{v}");
         // An instant query looks back `since` from `time`.
-        let (st, v, _) =
-            get(&app, &format!("/loki/api/v1/query?query={}&limit=10", enc(r#"{service_name="cart"}"#)), false).await;
+        let (st, v, _) = get(
+            &app,
+            &format!("/loki/api/v1/query?query={}&limit=10", enc(r#"{service_name="cart"}"#)),
+            false,
+        )
+        .await;
         assert_eq!((st, lines(&v).len()), (StatusCode::OK, 2));
         let (_, v, _) = get(
             &app,
-            &format!("/loki/api/v1/query?query={}&time={}&since=2s", enc(r#"{service_name="cart"}"#), base + 3_000_000_000),
+            &format!(
+                "/loki/api/v1/query?query={}&time={}&since=2s",
+                enc(r#"{service_name="cart"}"#),
+                base + 3_000_000_000
+            ),
             false,
         )
         .await;
@@ -467,7 +485,8 @@ mod tests {
     async fn the_scan_grows_and_stops_at_its_limit() {
         let (_d, s) = storage();
         let base = skein_storage::now_unix_nano() - 3_000_000_000_000;
-        let mut logs: Vec<LogRecord> = (0..1000).map(|i| log("noise", base + 1_000 + i, "noise", None)).collect();
+        let mut logs: Vec<LogRecord> =
+            (0..1000).map(|i| log("noise", base + 1_000 + i, "noise", None)).collect();
         logs.push(log("noise", base, "needle", None));
         s.append_logs(logs).await.unwrap();
         let uri = format!(

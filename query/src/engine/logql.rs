@@ -66,7 +66,8 @@ impl Matcher {
     fn new(name: String, op: MatchOp, value: String) -> std::result::Result<Self, String> {
         let re = match op {
             MatchOp::Re | MatchOp::Nre => Some(
-                Regex::new(&format!("^(?s:{value})$")).map_err(|e| format!("invalid regex {value:?}: {e}"))?,
+                Regex::new(&format!("^(?s:{value})$"))
+                    .map_err(|e| format!("invalid regex {value:?}: {e}"))?,
             ),
             _ => None,
         };
@@ -528,8 +529,12 @@ impl Parser<'_> {
                 Some(Tok::Ident(k)) if k == "json" || k == "logfmt" => {
                     self.next();
                     match self.peek() {
-                        None | Some(Tok::Pipe | Tok::PipeEq | Tok::PipeTilde | Tok::Bang | Tok::BangTilde) => {}
-                        _ => return self.err(format!("parameters of | {k} are not supported; use | {k} alone")),
+                        None
+                        | Some(Tok::Pipe | Tok::PipeEq | Tok::PipeTilde | Tok::Bang | Tok::BangTilde) => {}
+                        _ => {
+                            return self
+                                .err(format!("parameters of | {k} are not supported; use | {k} alone"))
+                        }
                     }
                     out.push(if k == "json" { Stage::Json } else { Stage::Logfmt });
                 }
@@ -591,7 +596,9 @@ impl LogQuery {
         let toks = lex(q)?;
         let mut p = Parser { toks, pos: 0, src: q };
         match (p.peek(), p.peek2()) {
-            (None, _) => return Err("empty query; give a stream selector such as {service_name=\"api\"}".into()),
+            (None, _) => {
+                return Err("empty query; give a stream selector such as {service_name=\"api\"}".into())
+            }
             (Some(Tok::Ident(f)), _) if METRIC_FUNCTIONS.contains(&f.as_str()) => {
                 return Err(format!(
                     "metric queries ({f}(...)) are not supported: Skein's Loki API answers log queries \
@@ -670,7 +677,8 @@ impl LogQuery {
                     }
                 }
                 Stage::Json | Stage::Logfmt => {
-                    let fields = if matches!(s, Stage::Json) { parse_json(&line) } else { parse_logfmt(&line) };
+                    let fields =
+                        if matches!(s, Stage::Json) { parse_json(&line) } else { parse_logfmt(&line) };
                     match fields {
                         Ok(fields) => {
                             for (k, v) in fields {
@@ -718,7 +726,8 @@ pub struct Entry {
 /// letters, digits and `_` becomes `_`, and a leading digit gets a `_`
 /// before it (Loki's OTLP attribute naming).
 pub fn label_name(k: &str) -> String {
-    let mut s: String = k.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let mut s: String =
+        k.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
     if s.starts_with(|c: char| c.is_ascii_digit()) {
         s.insert(0, '_');
     }
@@ -1056,7 +1065,8 @@ mod tests {
         assert_eq!(e.metadata.get("trace_id").map(String::as_str), Some(&*"01".repeat(16)));
 
         let l = record(r#"level=warn msg="slow \"db\" call" took=1.5 flag"#, "shop", &[("user", "u1")]);
-        let e = LogQuery::parse(r#"{service_name="shop"} | logfmt | level="warn" | took > 1"#).unwrap().eval(&l);
+        let e =
+            LogQuery::parse(r#"{service_name="shop"} | logfmt | level="warn" | took > 1"#).unwrap().eval(&l);
         let e = e.unwrap();
         assert_eq!(e.parsed.get("msg").map(String::as_str), Some("slow \"db\" call"));
         assert_eq!(e.parsed.get("flag").map(String::as_str), Some(""));
