@@ -344,7 +344,6 @@ fn hex_id(s: &str, len: usize) -> Option<Vec<u8>> {
     b.iter().any(|&x| x != 0).then_some(b)
 }
 
-
 /// The OTLP severity number of a level name (OTel logs data model), 0
 /// when it is not one.
 fn severity_number(level: &str) -> i32 {
