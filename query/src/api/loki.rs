@@ -1,6 +1,7 @@
 //! The Loki read API, as much as Grafana's Loki data source uses to show
 //! logs: `/loki/api/v1/labels`, `/loki/api/v1/label/{name}/values`,
-//! `/loki/api/v1/query_range` and `/loki/api/v1/query`, with LogQL log
+//! `/loki/api/v1/series`, `/loki/api/v1/query_range` and
+//! `/loki/api/v1/query`, with LogQL log
 //! queries ([`crate::engine::logql`]), answered in Loki's JSON (Loki's
 //! HTTP API documentation, "Query logs within a range of time"). Errors
 //! are plain text with the status, as Loki answers them (and as Grafana
@@ -45,6 +46,7 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/loki/api/v1/label/{name}/values", get(label_values))
         .route("/loki/api/v1/query_range", get(query_range))
         .route("/loki/api/v1/query", get(query))
+        .route("/loki/api/v1/series", get(series))
 }
 
 /// An error as Loki answers it: plain text, the status of [`Error`], and
@@ -129,6 +131,22 @@ async fn label_values(
     let sel = p.get("query").map(parse_query).transpose()?.map(Arc::new);
     let values = st.engine(&t).await?.loki_labels(start, end, Some(name), sel).await?;
     Ok(Json(json!({"status": "success", "data": values})).into_response())
+}
+
+/// `GET /loki/api/v1/series?match[]=SELECTOR&start=&end=`: the stream
+/// label sets in the range (of the streams `match[]` selects, repeatable),
+/// `{"status":"success","data":[{label: value}]}`; Grafana's label browser
+/// asks it once a label is chosen.
+async fn series(State(st): State<ApiState>, Tenant(t): Tenant, RawQuery(q): RawQuery) -> LokiResult {
+    let p = Params::parse(q.as_deref());
+    let (start, end) = range(&p, &st, false)?;
+    let selectors = p
+        .all("match[]")
+        .chain(p.all("match"))
+        .map(|m| parse_query(m).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sets = st.engine(&t).await?.loki_series(start, end, selectors).await?;
+    Ok(Json(json!({"status": "success", "data": sets.iter().map(obj).collect::<Vec<_>>()})).into_response())
 }
 
 async fn query_range(
@@ -349,6 +367,18 @@ mod tests {
                 enc(r#"{service_name=~"front.*"}"#)
             );
             assert_eq!(get(&app, &uri, false).await.1["data"], json!(["frontend"]));
+
+            // The label browser, once a label is chosen.
+            let uri = format!(
+                "/loki/api/v1/series?match%5B%5D={}&start={start}&end={end}",
+                enc(r#"{service_name="cart"}"#)
+            );
+            assert_eq!(
+                get(&app, &uri, false).await.1,
+                json!({"status": "success", "data": [{"service_name": "cart", "deployment_environment": "prod"}]})
+            );
+            let (_, v, _) = get(&app, &format!("/loki/api/v1/series?start={start}&end={end}"), false).await;
+            assert_eq!(v["data"].as_array().map(Vec::len), Some(2));
 
             // A logs panel.
             let uri = format!(

@@ -958,6 +958,38 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The distinct stream label sets of the newest `query.max_logql_scan`
+    /// log records in `[start_ns, end_ns]` that match one of `selectors`
+    /// (every record's when there is none), sorted (Loki's `series`).
+    pub async fn loki_series(
+        &self,
+        start_ns: u64,
+        end_ns: u64,
+        selectors: Vec<Arc<LogQuery>>,
+    ) -> Result<Vec<BTreeMap<String, String>>> {
+        self.run(Pool::Search, move |r, cfg, _| {
+            let all = LogFilter { start_ns: Some(start_ns), end_ns: Some(end_ns), ..Default::default() };
+            // One selector narrows through the indexes; several are read
+            // together and told apart here.
+            let f = match selectors.as_slice() {
+                [one] => one.narrow(start_ns, end_ns),
+                _ => all,
+            };
+            let mut out = std::collections::BTreeSet::new();
+            for l in r.search_logs(&f, cfg.max_logql_scan)? {
+                if selectors.is_empty() {
+                    out.insert(stream_labels(&l));
+                } else if let Some(e) = selectors.iter().find_map(|q| q.eval(&l)) {
+                    out.insert(e.stream);
+                }
+            }
+            Ok(out.into_iter().collect())
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
