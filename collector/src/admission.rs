@@ -110,11 +110,14 @@ pub(crate) async fn http(State(ing): State<Ingest>, req: Request, next: Next) ->
     let resp = if signal == OTHER_SIGNAL {
         next.run(req).await
     } else {
+        // Loki push refusals are JSON whatever the body's type (the
+        // handler's own errors are too; see crate::loki).
+        let loki = req.uri().path().starts_with("/loki/");
         ing.run_admitted(req, next, |err, headers| {
             if es {
                 return crate::es_bulk::refusal(&err);
             }
-            HttpError { err, json: crate::http_api::is_json(headers) }.into_response()
+            HttpError { err, json: loki || crate::http_api::is_json(headers) }.into_response()
         })
         .await
     };

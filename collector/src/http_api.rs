@@ -24,6 +24,7 @@ pub fn router(ingest: Ingest) -> Router {
         .route("/v1/logs", post(export::<Logs>))
         .route("/v1/metrics", post(unsupported_signal))
         .merge(crate::es_bulk::routes())
+        .route("/loki/api/v1/push", post(crate::loki::push))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(ingest.clone(), admission::http))
         .with_state(ingest)

@@ -20,6 +20,7 @@ mod error;
 pub mod es_bulk;
 mod grpc;
 mod http_api;
+pub mod loki;
 mod memory;
 mod metrics;
 mod signal;

@@ -249,6 +249,8 @@ pub(crate) fn signal_of(path: &str) -> &'static str {
         }
         "/v1/logs" | "/opentelemetry.proto.collector.logs.v1.LogsService/Export" => Logs::RECORDS,
         p if crate::es_bulk::is_bulk_path(p) => Logs::RECORDS,
+        // The Loki push API takes the logs path (crate::loki).
+        "/loki/api/v1/push" => Logs::RECORDS,
         _ => OTHER_SIGNAL,
     }
 }

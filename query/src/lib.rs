@@ -78,6 +78,10 @@ pub struct QueryConfig {
     /// (`(end - start) / step`): beyond it, 400 saying to raise `step`
     /// (Prometheus's and Tempo's query frontends refuse above 11,000).
     pub max_points_per_series: usize,
+    /// Log records a LogQL query of the Loki API filters at most (the
+    /// newest the indexes select in its range), and the records the Loki
+    /// label listings read; past it the answer says it is partial.
+    pub max_logql_scan: usize,
 }
 
 impl QueryConfig {
@@ -94,6 +98,7 @@ impl QueryConfig {
             ("max_spans_per_trace", self.max_spans_per_trace == 0),
             ("max_series", self.max_series == 0),
             ("max_points_per_series", self.max_points_per_series == 0),
+            ("max_logql_scan", self.max_logql_scan == 0),
         ] {
             if zero {
                 return Err(format!("query.{name} must be more than 0"));
@@ -122,6 +127,7 @@ impl Default for QueryConfig {
             max_spans_per_trace: 100_000,
             max_series: 1000,
             max_points_per_series: 11_000,
+            max_logql_scan: 100_000,
         }
     }
 }

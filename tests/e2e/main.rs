@@ -25,6 +25,8 @@ mod jaeger;
 mod limits;
 /// Connection caps, header-read and idle timeouts, HTTP/2 stream limits.
 mod listeners;
+/// The Loki push API (protobuf+snappy, JSON) read back through the Loki read API; deploy/grafana.
+mod loki;
 /// `/metrics`, log output and listen addresses.
 mod ops;
 /// Flat out against a small memory limit: under it, nothing lost, refusals counted.

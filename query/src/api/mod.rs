@@ -4,6 +4,7 @@
 
 pub mod jaeger;
 pub mod jaeger_metrics;
+pub mod loki;
 pub mod native;
 pub mod tempo;
 mod tempo_metrics;
@@ -29,6 +30,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(jaeger_metrics::routes())
         .merge(tempo::routes())
         .merge(tempo_metrics::routes())
+        .merge(loki::routes())
         .route("/api", any(not_found))
         .route("/api/", any(not_found))
         .route("/api/{*rest}", any(not_found))
@@ -38,6 +40,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/tempo", any(not_found))
         .route("/tempo/", any(not_found))
         .route("/tempo/{*rest}", any(not_found))
+        .route("/loki", any(not_found))
+        .route("/loki/", any(not_found))
+        .route("/loki/{*rest}", any(not_found))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -66,6 +71,9 @@ async fn not_found(uri: Uri) -> Error {
         "the Tempo API is /tempo/api/{echo, traces/{trace_id}, v2/traces/{trace_id}, search, search/tags, \
          v2/search/tags, search/tag/{tag}/values, v2/search/tag/{tag}/values, metrics/query_range, \
          metrics/query}"
+    } else if path.starts_with("/loki") {
+        "the Loki API is /loki/api/v1/{labels, label/{name}/values, query_range, query}; \
+         pushes go to POST /loki/api/v1/push on the OTLP/HTTP port"
     } else {
         "see /api/v1/openapi.json"
     };

@@ -14,6 +14,7 @@
 
 mod conditions;
 mod metrics;
+pub mod logql;
 mod search;
 mod stats;
 mod summary;
