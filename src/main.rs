@@ -632,10 +632,11 @@ mod tests {
         };
         let c = build_config(args(&["--memory-limit", "256MiB"]), file("memory_limit = \"1GiB\"")).unwrap();
         assert_eq!((c.memory.hard, c.memory.soft), (256 << 20, (256 << 20) - (256 << 20) / 5));
-        assert_eq!(c.storage.head.max_bytes, 48 << 20);
-        assert_eq!(c.storage.head.max_block_bytes, 12 << 20);
-        assert_eq!(c.storage.compaction.max_segment_bytes, 8 << 20);
-        assert_eq!(c.storage.compaction.max_rows, 65536);
+        // Shares of the limit less the process's 48 MiB base: 208 MiB.
+        assert_eq!(c.storage.head.max_bytes, (208 << 20) / 16 * 3);
+        assert_eq!(c.storage.head.max_block_bytes, (208 << 20) / 16 * 3 / 4);
+        assert_eq!(c.storage.compaction.max_segment_bytes, 208 << 15);
+        assert_eq!(c.storage.compaction.max_rows, 208 << 8);
         let c = build_config(
             args(&[]),
             file("memory_limit = \"1GiB\"\n[memory]\nspike_limit = \"100MiB\"\n[head]\nmax_bytes = 1000"),
