@@ -358,10 +358,10 @@ fn main() -> Result<()> {
                 .build()?
                 .block_on(skein_loadgen::run(args))
         }
-        Command::Trace(args) => cli::trace::run(&args),
-        Command::Search(args) => cli::search::run(&args),
-        Command::Logs(args) => cli::logs::run(&args),
-        Command::Import(args) => cli::import::run(&args),
+        Command::Trace(args) => cli::finish(cli::trace::run(&args)),
+        Command::Search(args) => cli::finish(cli::search::run(&args)),
+        Command::Logs(args) => cli::finish(cli::logs::run(&args)),
+        Command::Import(args) => cli::finish(cli::import::run(&args)),
     }
 }
 

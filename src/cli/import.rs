@@ -273,8 +273,13 @@ fn send(
                 let status = r.status();
                 let retry_after =
                     r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
-                let text = r.text().unwrap_or_default();
-                let msg = api_error(status, &text);
+                let protobuf = r
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("protobuf"));
+                let body = r.bytes().unwrap_or_default();
+                let msg = api_error(status, &error_text(&body, protobuf));
                 if !matches!(
                     status,
                     StatusCode::TOO_MANY_REQUESTS
@@ -297,6 +302,28 @@ fn send(
     }
 }
 
+/// `google.rpc.Status`, the body of an OTLP/HTTP error answer to a
+/// protobuf request (OTLP specification, "OTLP/HTTP Response", "Failures").
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// The text of an error answer: the `google.rpc.Status` message of a
+/// protobuf answer, else the body as text (JSON `{"error"}` or
+/// `{"message"}` is read by [`api_error`]).
+fn error_text(body: &[u8], protobuf: bool) -> String {
+    if protobuf {
+        if let Ok(s) = <RpcStatus as prost::Message>::decode(body) {
+            return serde_json::json!({"error": s.message}).to_string();
+        }
+    }
+    String::from_utf8_lossy(body).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +339,13 @@ mod tests {
         assert_eq!(classify("batch.pb", Some(b"\x0a\x00")), None);
         assert_eq!(classify("truth.jsonl", None), None);
         assert_eq!(classify("not json.json", Some(b"{")), None);
+    }
+
+    #[test]
+    fn protobuf_error_answers_are_read() {
+        let body = prost::Message::encode_to_vec(&RpcStatus { code: 3, message: "malformed request".into() });
+        assert_eq!(error_text(&body, true), r#"{"error":"malformed request"}"#);
+        assert_eq!(error_text(br#"{"error":"x"}"#, false), r#"{"error":"x"}"#);
     }
 
     #[test]

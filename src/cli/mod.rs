@@ -97,6 +97,17 @@ impl Api {
     }
 }
 
+/// Ends a client command: an error is one line on stderr (with its
+/// causes) and exit code 1, without the backtrace `anyhow` adds under
+/// `RUST_BACKTRACE`, which is for bugs, not for a trace that does not exist.
+pub(crate) fn finish(r: Result<()>) -> Result<()> {
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 /// The message for a request that got no answer.
 pub(crate) fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
     if e.is_timeout() {
@@ -130,11 +141,12 @@ pub(crate) fn json_or_error(resp: Response) -> Result<Value> {
     serde_json::from_str(&body).with_context(|| format!("the answer is not JSON: {}", snippet(&body)))
 }
 
-/// `"400 Bad Request: <message>"` from an error answer.
+/// `"400 Bad Request: <message>"` from an error answer: the API's
+/// `{"error"}`, or the `{"message"}` of an OTLP/JSON `google.rpc.Status`.
 pub(crate) fn api_error(status: reqwest::StatusCode, body: &str) -> String {
     let msg = serde_json::from_str::<Value>(body)
         .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| v.get("error").or_else(|| v.get("message")).and_then(Value::as_str).map(str::to_string))
         .unwrap_or_else(|| snippet(body));
     let hint = match status.as_u16() {
         401 => " (give a token: --token-file or SKEIN_TOKEN; with multi-tenancy, --tenant)",
