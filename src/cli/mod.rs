@@ -12,7 +12,7 @@ pub(crate) mod trace;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -136,10 +136,26 @@ pub(crate) fn json_or_error(resp: Response) -> Result<Value> {
     let status = resp.status();
     let body = resp.text().context("reading the answer")?;
     if !status.is_success() {
-        bail!("{}", api_error(status, &body));
+        return Err(StatusError { status: status.as_u16(), message: api_error(status, &body) }.into());
     }
     serde_json::from_str(&body).with_context(|| format!("the answer is not JSON: {}", snippet(&body)))
 }
+
+/// An error answer of the API: its status, and the message for the user
+/// (see [`api_error`]).
+#[derive(Debug)]
+pub(crate) struct StatusError {
+    pub(crate) status: u16,
+    message: String,
+}
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StatusError {}
 
 /// `"400 Bad Request: <message>"` from an error answer: the API's
 /// `{"error"}`, or the `{"message"}` of an OTLP/JSON `google.rpc.Status`.

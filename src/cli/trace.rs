@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::{bail, Result};
 use serde_json::Value;
 
-use super::{body_line, fmt_duration, fmt_time, ns, severity, Api, ClientArgs};
+use super::{body_line, fmt_duration, fmt_time, ns, severity, Api, ClientArgs, StatusError};
 
 /// `skein trace ID`.
 #[derive(clap::Args, Debug)]
@@ -30,7 +30,9 @@ pub(crate) fn run(args: &TraceArgs) -> Result<()> {
     }
     let v = match api.get(&format!("/api/v1/traces/{id}"), &[]) {
         Ok(v) => v,
-        Err(e) if e.to_string().contains(" 404 ") => bail!("trace {id} not found at {}", api.base()),
+        Err(e) if e.downcast_ref::<StatusError>().is_some_and(|s| s.status == 404) => {
+            bail!("trace {id} not found at {}", api.base())
+        }
         Err(e) => return Err(e),
     };
     if args.client.json {
