@@ -301,3 +301,49 @@ fn import_retries_a_busy_receiver() {
     assert_eq!(got, [("/v1/traces".to_string(), body.len()), ("/v1/traces".to_string(), body.len())]);
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "traces-0.pb\n");
 }
+
+/// The token (file or `SKEIN_TOKEN`) and the tenant reach the server: with
+/// them the tenant's trace is found, without them a 401 with a hint.
+#[test]
+fn token_and_tenant_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("skein.toml");
+    std::fs::write(
+        &cfg,
+        "multitenancy_enabled = true\n[[auth.tokens]]\ntoken = \"q-secret\"\nscopes = [\"query\", \"ingest\"]\n",
+    )
+    .unwrap();
+    let server = Server::start_with(&dir.path().join("data"), &[("SKEIN_CONFIG", cfg.to_str().unwrap())]);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "q-secret\n").unwrap();
+    let wl = tempfile::tempdir().unwrap();
+    let body =
+        otlp::traces("tenant-svc", vec![otlp::span(TRACE, 7, None, "t", 1_000, 2_000)]).encode_to_vec();
+    std::fs::write(wl.path().join("traces-0.pb"), body).unwrap();
+    let otlp_url = format!("http://{}", server.otlp_http);
+    let wl_dir = wl.path().to_str().unwrap();
+    let tf = token_file.to_str().unwrap();
+    let out = skein(
+        &server,
+        &["import", wl_dir, "--otlp-url", &otlp_url, "--token-file", tf, "--tenant", "team-a"],
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+
+    let id = hex::encode(TRACE);
+    let out = skein(&server, &["trace", &id, "--token-file", tf, "--tenant", "team-a"]);
+    assert!(stdout(&out).contains("tenant-svc t"), "{}{}", stdout(&out), stderr(&out));
+    let url = format!("http://{}", server.http);
+    let out = Command::new(skein_bin())
+        .args(["trace", &id, "--url", &url, "--tenant", "team-b"])
+        .env("SKEIN_TOKEN", "q-secret")
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains(&format!("trace {id} not found")), "another tenant: {}", stderr(&out));
+    let out = skein(&server, &["trace", &id, "--tenant", "team-a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("401 Unauthorized") && stderr(&out).contains("--token-file"),
+        "{}",
+        stderr(&out)
+    );
+}
