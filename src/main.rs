@@ -2,6 +2,7 @@
 //! process, and maps the outcome to an exit code.
 
 mod auth;
+mod cli;
 mod listen;
 mod server;
 mod telemetry;
@@ -53,6 +54,14 @@ enum Command {
     Serve(ServeArgs),
     /// Replay a gen_workload.py workload against a server and measure it.
     Loadgen(skein_loadgen::LoadgenArgs),
+    /// Show one trace as a waterfall, with its logs under their spans.
+    Trace(cli::trace::TraceArgs),
+    /// Search traces; prints a table.
+    Search(cli::search::SearchArgs),
+    /// Search logs, or follow new ones (`--follow`).
+    Logs(cli::logs::LogsArgs),
+    /// Send a directory of OTLP files to the OTLP/HTTP receiver, resumably.
+    Import(cli::import::ImportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -358,6 +367,10 @@ fn main() -> Result<()> {
                 .build()?
                 .block_on(skein_loadgen::run(args))
         }
+        Command::Trace(args) => cli::finish(cli::trace::run(&args)),
+        Command::Search(args) => cli::finish(cli::search::run(&args)),
+        Command::Logs(args) => cli::finish(cli::logs::run(&args)),
+        Command::Import(args) => cli::finish(cli::import::run(&args)),
     }
 }
 

@@ -9,6 +9,8 @@ mod admission;
 mod auth;
 /// Malformed, oversized and partially invalid requests.
 mod bad_input;
+/// The terminal clients: `skein trace`, `search`, `logs`, `import`.
+mod cli;
 /// Damaged segments: quarantine, partial answers, status and metrics.
 mod damage;
 /// Retried batches: one copy of each span in every answer and count.
