@@ -122,6 +122,20 @@ fn required_ids(i: usize, trace: [u8; 16], id: [u8; 8]) -> Result<(), WireError>
     Ok(())
 }
 
+/// A span whose end (timestamp + duration) is a 64-bit Unix nanosecond
+/// time, as every stored span's is; otherwise the span is refused rather
+/// than its end clamped (to the year 2554) or wrapped.
+fn end_in_range(i: usize, s: ZSpan) -> Result<ZSpan, WireError> {
+    if s.timestamp_ns.checked_add(s.duration_ns).is_none() {
+        return Err(err(
+            i,
+            "duration",
+            format!("{} µs after the timestamp is out of range (past 2554-07-21)", s.duration_ns / 1000),
+        ));
+    }
+    Ok(s)
+}
+
 // ---------------------------------------------------------------- JSON
 
 /// A time in microseconds, read as nanoseconds: a non-negative integer, or
@@ -321,7 +335,7 @@ pub(crate) fn from_json(body: &[u8]) -> Result<Vec<ZSpan>, WireError> {
             WireError(format!("invalid Zipkin JSON v2 body at spans{path}: {inner}"))
         }
     })?;
-    spans.into_iter().enumerate().map(|(i, s)| json_span(i, s)).collect()
+    spans.into_iter().enumerate().map(|(i, s)| json_span(i, s).and_then(|z| end_in_range(i, z))).collect()
 }
 
 // ---------------------------------------------------------------- protobuf
@@ -467,7 +481,11 @@ pub(crate) fn from_proto(body: &[u8]) -> Result<Vec<ZSpan>, WireError> {
     use prost::Message as _;
     let list = ListOfSpans::decode(body)
         .map_err(|e| WireError(format!("invalid Zipkin protobuf body (expected a ListOfSpans): {e}")))?;
-    list.spans.into_iter().enumerate().map(|(i, s)| proto_span(i, s)).collect()
+    list.spans
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| proto_span(i, s).and_then(|z| end_in_range(i, z)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -494,6 +512,11 @@ mod tests {
             (r#"{"traceId":1,"id":"a"}"#, "at spans[0].traceId: invalid type: integer"),
             (r#"{"traceId":"1","id":"a","timestamp":-5}"#, "at spans[0].timestamp: -5 is negative"),
             (r#"{"traceId":"1","id":"a","timestamp":18446744073709552}"#, "out of range"),
+            // Each in range, their sum not (a report: stored ending in 2554).
+            (
+                r#"{"traceId":"a1b2c3d4e5f60719","id":"1","timestamp":1764511200000000,"duration":18446744073709551}"#,
+                "spans[0].duration: 18446744073709551 µs after the timestamp is out of range",
+            ),
             (r#"{"traceId":"1","id":"a","localEndpoint":{"ipv4":"1.2.3"}}"#, "localEndpoint.ipv4: \"1.2.3\""),
             (
                 r#"{"traceId":"1","id":"a","annotations":[{"value":"x"}]}"#,

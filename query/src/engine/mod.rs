@@ -13,8 +13,8 @@
 //! limit while it winds down.
 
 mod conditions;
-mod metrics;
 pub mod logql;
+mod metrics;
 mod search;
 mod stats;
 mod summary;

@@ -657,6 +657,19 @@ impl Parser {
         Ok(v)
     }
 
+    /// The argument of a function over values (`quantile_over_time(a)`,
+    /// ...): an attribute, whose type is known per span only, or a numeric
+    /// intrinsic (`duration`); `name` or `status` is a type error before
+    /// any data is read.
+    fn numeric_attribute(&mut self) -> R<FieldExpr> {
+        let pos = self.pos();
+        let e = self.attribute()?;
+        match ty(&e) {
+            Ty::Attr | Ty::Int | Ty::Float | Ty::Dur => Ok(e),
+            t => Err(PErr::new(pos, format!("expected a number or a duration, found {}", t.describe()))),
+        }
+    }
+
     fn attribute(&mut self) -> R<FieldExpr> {
         let pos = self.pos();
         match self.primary()? {
@@ -677,13 +690,13 @@ impl Parser {
         let func = match w.as_str() {
             "rate" => MetricsFn::Rate,
             "count_over_time" => MetricsFn::CountOverTime,
-            "min_over_time" => MetricsFn::MinOverTime(self.attribute()?),
-            "max_over_time" => MetricsFn::MaxOverTime(self.attribute()?),
-            "avg_over_time" => MetricsFn::AvgOverTime(self.attribute()?),
-            "sum_over_time" => MetricsFn::SumOverTime(self.attribute()?),
-            "histogram_over_time" => MetricsFn::HistogramOverTime(self.attribute()?),
+            "min_over_time" => MetricsFn::MinOverTime(self.numeric_attribute()?),
+            "max_over_time" => MetricsFn::MaxOverTime(self.numeric_attribute()?),
+            "avg_over_time" => MetricsFn::AvgOverTime(self.numeric_attribute()?),
+            "sum_over_time" => MetricsFn::SumOverTime(self.numeric_attribute()?),
+            "histogram_over_time" => MetricsFn::HistogramOverTime(self.numeric_attribute()?),
             "quantile_over_time" => {
-                let a = self.attribute()?;
+                let a = self.numeric_attribute()?;
                 let mut qs = Vec::new();
                 while self.eat(&Tok::Comma) {
                     let t = self.bump();
@@ -701,6 +714,14 @@ impl Parser {
                 if qs.is_empty() {
                     return Err(self.unexpected("`,` and a quantile (`quantile_over_time(duration, .95)`)"));
                 }
+                // One series per quantile: a repeated one would be a second
+                // series with the same labels.
+                let mut seen = Vec::with_capacity(qs.len());
+                qs.retain(|q| {
+                    let new = !seen.contains(q);
+                    seen.push(*q);
+                    new
+                });
                 MetricsFn::QuantileOverTime(a, qs)
             }
             "compare" => {
@@ -976,5 +997,15 @@ mod tests {
         ] {
             assert!(TraceQl::parse_metrics(&format!("{{}} | {f} by (.x)")).unwrap().is_metrics(), "{f}");
         }
+        // Functions over values take numbers (a report: these answered an
+        // empty 200); a repeated quantile is one series.
+        for f in ["quantile_over_time(name, .5)", "histogram_over_time(status)", "sum_over_time(kind)"] {
+            let e = TraceQl::parse_metrics(&format!("{{}} | {f}")).unwrap_err().to_string();
+            assert!(e.contains("expected a number or a duration, found"), "{f}: {e}");
+        }
+        assert_eq!(
+            tree("{} | quantile_over_time(duration, .5, .9, .5)"),
+            "{ true } | quantile_over_time(span:duration, 0.5, 0.9)"
+        );
     }
 }
