@@ -7,8 +7,10 @@
 //! are plain text with the status, as Loki answers them (and as Grafana
 //! shows them).
 //!
-//! Times (`start`, `end`, `time`) are Unix nanoseconds, Unix seconds with
-//! a fraction (`1700000000.5`) or RFC 3339, as Loki takes them; `end`
+//! Every endpoint takes `GET`, or `POST` with a form body. Times (`start`,
+//! `end`, `time`) are Unix seconds (at most 10 digits), Unix nanoseconds,
+//! Unix seconds with a fraction (`1700000000.5`) or RFC 3339, as Loki
+//! takes them; `end`
 //! defaults to now and `start` to `since` (default 1h) before `end`.
 //! `step` and `interval` are accepted and ignored (they only shape metric
 //! queries, which are refused). An instant query (`/query`) of a log
@@ -22,8 +24,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -41,12 +43,56 @@ const DEFAULT_LIMIT: usize = 100;
 
 pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/loki/api/v1/labels", get(labels))
-        .route("/loki/api/v1/label", get(labels))
-        .route("/loki/api/v1/label/{name}/values", get(label_values))
-        .route("/loki/api/v1/query_range", get(query_range))
-        .route("/loki/api/v1/query", get(query))
-        .route("/loki/api/v1/series", get(series))
+        .route("/loki/api/v1/labels", get(labels).post(labels))
+        .route("/loki/api/v1/label", get(labels).post(labels))
+        .route("/loki/api/v1/label/{name}/values", get(label_values).post(label_values))
+        .route("/loki/api/v1/query_range", get(query_range).post(query_range))
+        .route("/loki/api/v1/query", get(query).post(query))
+        .route("/loki/api/v1/series", get(series).post(series))
+}
+
+/// The largest form body a `POST` query takes (Loki reads the same
+/// parameters from an `application/x-www-form-urlencoded` body as from the
+/// query string; Grafana posts long queries that way).
+const MAX_FORM_BYTES: usize = 1 << 20;
+
+/// A request's parameters: the query string, then, for a `POST` with an
+/// `application/x-www-form-urlencoded` body, the body's (a key in both
+/// takes the body's value, as [`Params::get`] reads the last one). Another
+/// body type, or a body over [`MAX_FORM_BYTES`], is a 400.
+struct LokiParams(Params);
+
+impl<S: Send + Sync> FromRequest<S> for LokiParams {
+    type Rejection = LokiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let mut raw = req.uri().query().unwrap_or_default().to_owned();
+        if req.method() == Method::POST {
+            let form = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+            let body = axum::body::to_bytes(req.into_body(), MAX_FORM_BYTES)
+                .await
+                .map_err(|_| Error::bad(format!("the form body is over {MAX_FORM_BYTES} bytes")))?;
+            if !body.is_empty() {
+                if form != Some(true) {
+                    return Err(Error::bad("a POST body must be application/x-www-form-urlencoded").into());
+                }
+                let body =
+                    std::str::from_utf8(&body).map_err(|_| Error::bad("the form body is not UTF-8"))?;
+                if !raw.is_empty() {
+                    raw.push('&');
+                }
+                raw.push_str(body);
+            }
+        }
+        let _ = state;
+        Ok(LokiParams(Params::parse(Some(&raw))))
+    }
 }
 
 /// An error as Loki answers it: plain text, the status of [`Error`], and
@@ -74,13 +120,30 @@ impl IntoResponse for LokiError {
 
 type LokiResult = std::result::Result<Response, LokiError>;
 
-/// A time as Loki takes it: Unix ns, Unix seconds with a fraction, or
-/// RFC 3339.
+/// A time as Loki takes it (Loki's `parseTimestamp`): seconds with a
+/// fraction (`1700000000.5`), whole Unix seconds when the integer has at
+/// most 10 digits, Unix ns when longer, or RFC 3339.
 fn loki_time(p: &Params, key: &str) -> Result<Option<u64>, Error> {
     let Some(v) = p.get(key) else { return Ok(None) };
-    if v.contains('.') && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        let secs: f64 = v.parse().map_err(|_| Error::bad(format!("{key}: {v:?} is not a time")))?;
-        return Ok(Some((secs * 1e9) as u64));
+    let bad = || Error::bad(format!("{key}: {v:?} is not a time"));
+    if let Some((secs, frac)) = v.split_once('.') {
+        if !secs.is_empty()
+            && secs.bytes().all(|b| b.is_ascii_digit())
+            && frac.bytes().all(|b| b.is_ascii_digit())
+        {
+            let secs: u64 = secs.parse().map_err(|_| bad())?;
+            // Digits past the ninth are below a nanosecond.
+            let mut ns_digits: String = frac.chars().take(9).collect();
+            while ns_digits.len() < 9 {
+                ns_digits.push('0');
+            }
+            let ns: u64 = ns_digits.parse().map_err(|_| bad())?;
+            return secs.checked_mul(1_000_000_000).and_then(|s| s.checked_add(ns)).map(Some).ok_or_else(bad);
+        }
+    }
+    if !v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = v.parse().map_err(|_| bad())?;
+        return Ok(Some(secs * 1_000_000_000));
     }
     parse_time(v).map(Some).map_err(|e| Error::bad(format!("{key}: {e}")))
 }
@@ -110,8 +173,7 @@ fn parse_query(q: &str) -> Result<LogQuery, Error> {
 
 /// `GET /loki/api/v1/labels` (and `/label`): stream label names seen in
 /// the range, `{"status":"success","data":[...]}`.
-async fn labels(State(st): State<ApiState>, Tenant(t): Tenant, RawQuery(q): RawQuery) -> LokiResult {
-    let p = Params::parse(q.as_deref());
+async fn labels(State(st): State<ApiState>, Tenant(t): Tenant, LokiParams(p): LokiParams) -> LokiResult {
     let (start, end) = range(&p, &st, false)?;
     let sel = p.get("query").map(parse_query).transpose()?.map(Arc::new);
     let names = st.engine(&t).await?.loki_labels(start, end, None, sel).await?;
@@ -124,9 +186,8 @@ async fn label_values(
     State(st): State<ApiState>,
     Tenant(t): Tenant,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
+    LokiParams(p): LokiParams,
 ) -> LokiResult {
-    let p = Params::parse(q.as_deref());
     let (start, end) = range(&p, &st, false)?;
     let sel = p.get("query").map(parse_query).transpose()?.map(Arc::new);
     let values = st.engine(&t).await?.loki_labels(start, end, Some(name), sel).await?;
@@ -137,8 +198,7 @@ async fn label_values(
 /// label sets in the range (of the streams `match[]` selects, repeatable),
 /// `{"status":"success","data":[{label: value}]}`; Grafana's label browser
 /// asks it once a label is chosen.
-async fn series(State(st): State<ApiState>, Tenant(t): Tenant, RawQuery(q): RawQuery) -> LokiResult {
-    let p = Params::parse(q.as_deref());
+async fn series(State(st): State<ApiState>, Tenant(t): Tenant, LokiParams(p): LokiParams) -> LokiResult {
     let (start, end) = range(&p, &st, false)?;
     let selectors = p
         .all("match[]")
@@ -153,28 +213,27 @@ async fn query_range(
     State(st): State<ApiState>,
     Tenant(t): Tenant,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    LokiParams(p): LokiParams,
 ) -> LokiResult {
-    run(st, t, &headers, q, false).await
+    run(st, t, &headers, p, false).await
 }
 
 async fn query(
     State(st): State<ApiState>,
     Tenant(t): Tenant,
     headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    LokiParams(p): LokiParams,
 ) -> LokiResult {
-    run(st, t, &headers, q, true).await
+    run(st, t, &headers, p, true).await
 }
 
 async fn run(
     st: ApiState,
     tenant: skein_storage::tenant::TenantId,
     headers: &HeaderMap,
-    q: Option<String>,
+    p: Params,
     instant: bool,
 ) -> LokiResult {
-    let p = Params::parse(q.as_deref());
     let text = p.get("query").ok_or_else(|| Error::bad("query: a LogQL query is required"))?;
     let lq = Arc::new(parse_query(text)?);
     let (start, end) = range(&p, &st, instant)?;
@@ -335,6 +394,65 @@ mod tests {
 
     fn enc(q: &str) -> String {
         form_urlencoded::byte_serialize(q.as_bytes()).collect()
+    }
+
+    /// Loki takes its query parameters from a form body too (Grafana posts
+    /// long queries): the same answer as the GET, the body's value winning
+    /// over the query string's; another body type is refused.
+    #[tokio::test]
+    async fn post_form_bodies() {
+        let (_d, s) = storage();
+        let base = skein_storage::now_unix_nano() - 60_000_000_000;
+        fixture(&s, base).await;
+        let app = app_with(&s, QueryConfig::default());
+        let (start, end) = (base - 1_000_000_000, base + 60_000_000_000);
+        let form = format!("query={}&start={start}&end={end}&limit=10", enc(r#"{service_name="cart"}"#));
+        let (st, got, _) = get(&app, &format!("/loki/api/v1/query_range?{form}"), false).await;
+        assert_eq!(st, StatusCode::OK);
+        for (uri, body) in [
+            ("/loki/api/v1/query_range".to_owned(), form.clone()),
+            (format!("/loki/api/v1/query_range?query={}", enc(r#"{service_name="frontend"}"#)), form.clone()),
+        ] {
+            let req = Request::post(uri.as_str())
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap();
+            let r = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{uri}");
+            let v: Value =
+                serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            assert_eq!(v["data"]["result"], got["data"]["result"], "{uri}");
+        }
+        let entries: usize = got["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["values"].as_array().map_or(0, Vec::len))
+            .sum();
+        assert_eq!(entries, 2, "{got}");
+        let req = Request::post("/loki/api/v1/query_range")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"query":"{service_name=\"cart\"}"}"#))
+            .unwrap();
+        let r = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let text = String::from_utf8_lossy(&r.into_body().collect().await.unwrap().to_bytes()).into_owned();
+        assert!(text.contains("x-www-form-urlencoded"), "{text}");
+    }
+
+    /// Times as Loki's `parseTimestamp` reads them: up to 10 digits are
+    /// seconds, more are nanoseconds, a fraction is seconds, else RFC 3339.
+    #[test]
+    fn loki_times() {
+        let t = |v: &str| loki_time(&Params::parse(Some(&format!("t={}", enc(v)))), "t");
+        assert_eq!(t("1700000000").unwrap(), Some(1_700_000_000_000_000_000));
+        assert_eq!(t("1700000000000000001").unwrap(), Some(1_700_000_000_000_000_001));
+        assert_eq!(t("1700000000.5").unwrap(), Some(1_700_000_000_500_000_000));
+        assert_eq!(t("1700000000.123456789123").unwrap(), Some(1_700_000_000_123_456_789));
+        assert_eq!(t("2023-11-14T22:13:20Z").unwrap(), Some(1_700_000_000_000_000_000));
+        for bad in ["soon", "1.2.3", "99999999999999999999.5", "-5"] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
     }
 
     /// The requests Grafana's Loki data source sends, with their exact

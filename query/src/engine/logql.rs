@@ -406,6 +406,15 @@ impl Parser<'_> {
         if out.is_empty() {
             return self.err("a stream selector needs at least one matcher, such as {service_name=~\".+\"}");
         }
+        // Loki refuses a selector that every stream, even one without the
+        // labels, would match: it would read everything.
+        if out.iter().all(|m| m.matches(None)) {
+            return self.err(
+                "queries require at least one regexp or equality matcher that does not have an \
+                 empty-compatible value. For instance, app=~\".*\" does not meet this requirement, but \
+                 app=~\".+\" will",
+            );
+        }
         Ok(out)
     }
 
@@ -1030,6 +1039,9 @@ mod tests {
             ("{app=\"x\"}[5m]", "metric query"),
             ("label_replace({a=\"b\"}, \"x\", \"y\", \"z\", \"w\")", "not supported"),
             ("{}", "at least one matcher"),
+            ("{service_name=~\".*\"}", "empty-compatible"),
+            ("{service_name!=\"api\"}", "empty-compatible"),
+            ("{service_name=\"\"}", "empty-compatible"),
             ("app=\"x\"", "stream selector"),
             ("{app=\"x\"", "expected"),
             ("{app=x}", "quoted string"),
@@ -1081,8 +1093,8 @@ mod tests {
         assert!(m(r#"{service_name="shop"}"#));
         assert!(m(r#"{service_name=~"sh.*", k8s_pod_name="pod-1"}"#));
         assert!(!m(r#"{service_name=~"sh"}"#), "regex matchers are anchored");
-        assert!(!m(r#"{service_name!="shop"}"#));
-        assert!(m(r#"{missing!="x"}"#) && m(r#"{missing=""}"#));
+        assert!(!m(r#"{service_name=~".+", service_name!="shop"}"#));
+        assert!(m(r#"{service_name="shop", missing!="x"}"#) && m(r#"{service_name="shop", missing=""}"#));
         assert!(m(r#"{service_name="shop"} |= "upstream" != "debug" |~ "time(out)?""#));
         assert!(!m(r#"{service_name="shop"} |= "Upstream""#), "line filters are case-sensitive");
         assert!(m(r#"{service_name="shop"} |~ "(?i)Upstream""#));
