@@ -27,7 +27,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 FROM debian:bookworm-slim
 # ca-certificates: S3 over https verifies the endpoint's certificate against
 # the system's CA store (rustls-platform-verifier reads it). The fixed UID/GID
-# 10001 is what the Kubernetes manifests' securityContext names.
+# 10001 is what the Kubernetes manifests' securityContext names. Not pinned
+# to a version (hadolint DL3008): Debian replaces a package's version with
+# each security update, and a pinned one would stop building.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \

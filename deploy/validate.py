@@ -448,7 +448,7 @@ def check_compose(path: Path, facts: Facts) -> list[str]:
         b = jsonschema.exceptions.best_match([e])
         errs.append(f"schema: {'.'.join(map(str, b.absolute_path)) or '(top)'}: {b.message}")
     cfg = subprocess.run(
-        [script("docker-compose"), "-f", str(path), "config", "--quiet"],
+        [script("docker-compose"), "-f", str(path.resolve()), "config", "--quiet"],
         capture_output=True,
         text=True,
         cwd=path.parent,
@@ -458,7 +458,15 @@ def check_compose(path: Path, facts: Facts) -> list[str]:
         errs.append(f"docker compose config: {cfg.stderr.strip()}")
     if errs:
         return errs
+    try:
+        check_compose_topology(doc, facts, errs)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        errs.append(f"topology checks stopped on an unexpected shape: {type(e).__name__}: {e}")
+    return errs
 
+
+def check_compose_topology(doc: dict, facts: Facts, errs: list[str]) -> None:
+    """Roles, node IDs, --ingest-nodes, the bucket and its credentials."""
     services: dict = doc.get("services", {})
     roles: dict[str, list[str]] = {}
     args_of: dict[str, dict] = {}
@@ -547,7 +555,6 @@ def check_compose(path: Path, facts: Facts) -> list[str]:
         for ours, theirs in (("AWS_ACCESS_KEY_ID", "MINIO_ROOT_USER"), ("AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD")):
             if theirs in store_env and any(args_of[s]["_env"].get(ours) != store_env[theirs] for s in args_of):
                 errs.append(f"{ours} differs from {m.group(1)}'s {theirs}")
-    return errs
 
 
 # ---------------------------------------------------------------- Kubernetes
@@ -579,7 +586,9 @@ def check_kubernetes(kdir: Path, facts: Facts, uid: int | None) -> dict[str, lis
                     errs.append(f"{name}: Kubernetes {version} schema: {path}: {e.message}")
                 except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as e:
                     errs.append(f"{name}: {e.message}")
-        resources_by_file[p.name] = [d for d in docs if isinstance(d, dict) and "kind" in d]
+        # Cross-checks read only resources of a valid shape; the others
+        # have their schema faults reported already.
+        resources_by_file[p.name] = [] if errs else docs
         results[f"deploy/kubernetes/{p.name}"] = errs
 
     kust_errs: list[str] = []
@@ -602,6 +611,17 @@ def check_kubernetes(kdir: Path, facts: Facts, uid: int | None) -> dict[str, lis
             kust_errs.append("sets namespace; leave it to `kubectl apply -n`")
     results["deploy/kubernetes/kustomization.yaml"] = kust_errs
 
+    try:
+        cross_check_kubernetes(resources_by_file, results, facts, uid)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        results["deploy/kubernetes/kustomization.yaml"].append(
+            f"cross-checks stopped on an unexpected shape: {type(e).__name__}: {e}"
+        )
+    return results
+
+
+def cross_check_kubernetes(resources_by_file: dict[str, list[dict]], results: dict[str, list[str]], facts: Facts, uid: int | None) -> None:
+    """References between the resources, and the roles' shapes."""
     every = [(f, d) for f, ds in resources_by_file.items() for d in ds]
     by_kind: dict[str, dict[str, dict]] = {}
     for f, d in every:
@@ -758,7 +778,6 @@ def check_kubernetes(kdir: Path, facts: Facts, uid: int | None) -> dict[str, lis
     }
     if roles_found != {"ingest", "query", "compact"}:
         results["deploy/kubernetes/kustomization.yaml"].append(f"expected ingest, query and compact workloads, found {sorted(roles_found)}")
-    return results
 
 
 # ---------------------------------------------------------------- driver
@@ -822,6 +841,9 @@ BREAKS = [
     ("Dockerfile", "WORKDIR /data\n", "WORKDIR /data\nFROBNICATE x\n", "hadolint"),
     ("Dockerfile", "SKEIN_HTTP_ADDR=:16686", "SKEIN_HTTP_ADDR=127.0.0.1:16686", "every interface"),
     (".dockerignore", "**/target\n", "**/target\ntests\n", "excludes tests/e2e/main.rs"),
+    ("Dockerfile", "--no-install-recommends ca-certificates", "--no-install-recommends tzdata", "ca-certificates"),
+    ("deploy/docker-compose.yml", '"local/skein"', '"local/other"', "creates the bucket"),
+    ("deploy/docker-compose.yml", "MINIO_ROOT_PASSWORD: skein-example-secret", "MINIO_ROOT_PASSWORD: another-secret", "differs"),
 ]
 
 
@@ -864,7 +886,7 @@ def main() -> int:
     flags, values = read_help(a.skein_bin)
     rust_min, why, build_paths = read_cargo()
     facts = Facts(flags, values, read_config_keys(), rust_min, why, build_paths)
-    failed = report(check_all(a.root, facts))
+    failed = report(check_all(a.root.resolve(), facts))
     for n in facts.notes:
         print(n)
     if a.self_test:
