@@ -111,7 +111,8 @@ def read_help(binary: Path) -> tuple[dict[str, str | None], dict[str, set[str]]]
     values: dict[str, set[str]] = {}
     current = None
     for line in out.splitlines():
-        m = re.match(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", line)
+        # clap's layout: a flag at column 2 ("-h, --help") or 6; its text deeper.
+        m = re.match(r"^  (?:-\w, |    )(--[a-z0-9-]+)", line)
         if m:
             current = m.group(1)
             flags[current] = None
@@ -644,6 +645,13 @@ def cross_check_kubernetes(resources_by_file: dict[str, list[dict]], results: di
                         results[f"deploy/kubernetes/{f}"].append(f"{key}: unknown config key {k!r}")
     workloads = [(f, d) for f, d in every if d["kind"] in ("Deployment", "StatefulSet")]
     pods = {id(d): d["spec"]["template"] for _, d in workloads}
+    # Each pod template's role, from its Skein container's arguments.
+    role_of: dict[int, str] = {}
+    for _, d in workloads:
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            args = dict(flag_args([str(a) for a in c.get("args") or []]))
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            role_of[id(d)] = args.get("--role") or env.get("SKEIN_ROLE") or "all"
 
     for f, d in workloads:
         errs = results[f"deploy/kubernetes/{f}"]
@@ -671,9 +679,10 @@ def cross_check_kubernetes(resources_by_file: dict[str, list[dict]], results: di
                 for kind, key in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
                     if key in src and src[key]["name"] not in by_kind.get(kind, {}):
                         errs.append(f"{where}: envFrom {kind} {src[key]['name']} is not defined")
-            args = (c.get("command") or [])[1:] + (c.get("args") or []) if c.get("command") else c.get("args") or []
-            got = check_skein_args([str(a) for a in args], facts, errs, f"{where} args")
-            role = got.get("--role") or env.get("SKEIN_ROLE", {}).get("value") or "all"
+            if c.get("command"):
+                errs.append(f"{where}: keep the image's ENTRYPOINT (skein) and give `args`")
+            got = check_skein_args([str(a) for a in c.get("args") or []], facts, errs, f"{where} args")
+            role = role_of[id(d)]
             for probe, paths in (("livenessProbe", {"/healthz"}), ("readinessProbe", {"/readyz"}), ("startupProbe", PROBE_PATHS)):
                 pr = c.get(probe)
                 if not pr:
@@ -745,8 +754,8 @@ def cross_check_kubernetes(resources_by_file: dict[str, list[dict]], results: di
                         errs.append(f"{where}: Service {m.group(1)} has no port {m.group(2)}")
                     elif not any(
                         labels_match(svc["spec"].get("selector", {}), t.get("metadata", {}).get("labels", {}))
-                        and "ingest" in json.dumps(t["spec"].get("containers", [{}])[0].get("args", []))
-                        for t in pods.values()
+                        and role_of[k] == "ingest"
+                        for k, t in pods.items()
                     ):
                         errs.append(f"{where}: Service {m.group(1)} selects no ingest pods")
 
@@ -769,13 +778,7 @@ def cross_check_kubernetes(resources_by_file: dict[str, list[dict]], results: di
             sel = d["spec"].get("selector", {}).get("matchLabels", {})
             if not any(labels_match(sel, t.get("metadata", {}).get("labels", {})) for t in pods.values()):
                 results[f"deploy/kubernetes/{f}"].append(f"PodDisruptionBudget/{d['metadata']['name']}: selects no pods")
-    roles_found = {
-        r
-        for t in pods.values()
-        for c in t["spec"].get("containers", [])
-        for r in ("ingest", "query", "compact")
-        if ["--role", r] == [a for a in c.get("args", []) if a in ("--role", r)][-2:]
-    }
+    roles_found = set(role_of.values())
     if roles_found != {"ingest", "query", "compact"}:
         results["deploy/kubernetes/kustomization.yaml"].append(f"expected ingest, query and compact workloads, found {sorted(roles_found)}")
 
