@@ -10,7 +10,9 @@ every fault):
   builder's Rust at least the workspace's `rust-version` and what every
   locked dependency needs, `cargo build --release --locked --bin skein`, a
   non-root numeric USER, the four ports, ENTRYPOINT/CMD, the SKEIN_*
-  variables, a HEALTHCHECK, ca-certificates; .dockerignore leaves in every
+  variables, ca-certificates, and a HEALTHCHECK whose command, run here
+  against a real `skein serve`, passes while it is ready and fails once it
+  has stopped; .dockerignore leaves in every
   path the build needs (each workspace member's manifest and declared
   targets, Cargo.lock, the UI bundle).
 - deploy/docker-compose.yml: the Compose specification's JSON schema (as
@@ -89,6 +91,7 @@ class Facts:
     rust_min: Version  # the builder's Rust must be at least this
     rust_why: str
     build_paths: list[str]  # paths the release build reads
+    binary: Path  # the skein binary the HEALTHCHECK is run against
     notes: list[str] = field(default_factory=list)
 
     def env_names(self) -> set[str]:
@@ -399,12 +402,62 @@ def check_dockerfile(root: Path, facts: Facts, uid_out: list[int]) -> list[str]:
         errs.append('CMD must start with "serve"')
     else:
         check_skein_args(json.loads(cmd[-1]), facts, errs, "CMD")
-    if not any(k == "HEALTHCHECK" for _, k, _ in runtime):
+    health = [a for _, k, a in runtime if k == "HEALTHCHECK"]
+    if not health:
         errs.append("no HEALTHCHECK")
+    else:
+        errs.extend(run_healthcheck(health[-1], env, facts.binary))
     if "ca-certificates" not in " ".join(a for _, k, a in runtime if k == "RUN"):
         errs.append("the runtime stage must install ca-certificates (S3 over https)")
 
     return errs
+
+
+def run_healthcheck(instruction: str, image_env: dict[str, str], binary: Path) -> list[str]:
+    """Runs the HEALTHCHECK's command as the image would, against a real
+    `skein serve` (loopback, ports the kernel picks): it must pass while
+    Skein is ready and fail once it has stopped."""
+    m = re.search(r"\bCMD\s+(\[.*\])\s*$", instruction)
+    if not m:
+        return ["HEALTHCHECK: give the command in exec form, CMD [...]"]
+    try:
+        cmd = json.loads(m.group(1))
+    except json.JSONDecodeError as e:
+        return [f"HEALTHCHECK: CMD is not a JSON array: {e}"]
+    if not shutil.which(cmd[0]):
+        return [f"HEALTHCHECK: {cmd[0]} is not installed here to run it"]
+    port_of_image = re.sub(r".*:", "", image_env.get("SKEIN_HTTP_ADDR", ":16686"))
+    with tempfile.TemporaryDirectory() as tmp:
+        server = subprocess.Popen(
+            [str(binary), "serve", "--data-dir", tmp, "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr",
+             "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--zipkin-addr", "127.0.0.1:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("SKEIN_")},
+        )
+        try:
+            line = server.stdout.readline() if server.stdout else ""
+            got = re.search(r"\bhttp=[^ ]*:(\d+)", line)
+            if not got:
+                return [f"HEALTHCHECK: skein serve did not start (printed {line!r})"]
+            # The image's SKEIN_HTTP_ADDR form, with the port this server got.
+            env = {**os.environ, **image_env, "SKEIN_HTTP_ADDR": f":{got.group(1)}"}
+            errs = []
+            for attempt in range(50):
+                ok = subprocess.run(cmd, env=env, capture_output=True, timeout=10).returncode == 0
+                if ok:
+                    break
+                # Ready once WAL replay is done, a moment after "ready".
+                subprocess.run(["sleep", "0.1"])
+            else:
+                errs.append(f"HEALTHCHECK fails against a ready skein on port {got.group(1)} (the image's is {port_of_image})")
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=10).returncode == 0:
+            errs.append("HEALTHCHECK passes with Skein stopped: it checks nothing")
+        return errs
 
 
 def check_dockerignore(root: Path, facts: Facts) -> list[str]:
@@ -839,6 +892,8 @@ BREAKS = [
     ("deploy/docker-compose.yml", "SKEIN_LOG_FORMAT:", "SKEIN_LOGFORMAT:", "no variable"),
     ("deploy/docker-compose.yml", "      minio:\n        condition", "      minoi:\n        condition", "docker compose config"),
     ("Dockerfile", "USER 10001:10001", "USER root", "non-zero numeric UID"),
+    ("Dockerfile", "GET /readyz", "GET /ready", "HEALTHCHECK fails"),
+    ("Dockerfile", 'CMD ["bash", "-c", "port=', 'CMD ["bash", "-c", "exit 0; port=', "HEALTHCHECK passes with Skein stopped"),
     ("Dockerfile", "FROM rust:1.95-bookworm", "FROM rust:1.80-bookworm", "older than"),
     ("Dockerfile", "EXPOSE 4317", "EXPOSE", "EXPOSE lacks"),
     ("Dockerfile", "WORKDIR /data\n", "WORKDIR /data\nFROBNICATE x\n", "hadolint"),
@@ -888,7 +943,7 @@ def main() -> int:
     a = ap.parse_args()
     flags, values = read_help(a.skein_bin)
     rust_min, why, build_paths = read_cargo()
-    facts = Facts(flags, values, read_config_keys(), rust_min, why, build_paths)
+    facts = Facts(flags, values, read_config_keys(), rust_min, why, build_paths, a.skein_bin.resolve())
     failed = report(check_all(a.root.resolve(), facts))
     for n in facts.notes:
         print(n)
