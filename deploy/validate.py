@@ -50,7 +50,6 @@ import sysconfig
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
 
