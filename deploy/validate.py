@@ -902,7 +902,7 @@ BREAKS = [
     ("deploy/docker-compose.yml", "SKEIN_LOG_FORMAT:", "SKEIN_LOGFORMAT:", "no variable"),
     ("deploy/docker-compose.yml", "      minio:\n        condition", "      minoi:\n        condition", "docker compose config"),
     ("Dockerfile", "USER 10001:10001", "USER root", "non-zero numeric UID"),
-    ("Dockerfile", "GET /readyz", "GET /ready", "HEALTHCHECK fails"),
+    ("Dockerfile", "GET /readyz", "GET /api/v1/no-such-endpoint", "HEALTHCHECK fails"),
     ("Dockerfile", 'CMD ["bash", "-c", "port=', 'CMD ["bash", "-c", "exit 0; port=', "HEALTHCHECK passes with Skein stopped"),
     ("Dockerfile", "FROM rust:1.95-bookworm", "FROM rust:1.80-bookworm", "older than"),
     ("Dockerfile", "EXPOSE 4317", "EXPOSE", "EXPOSE lacks"),
