@@ -15,8 +15,6 @@
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue, KeyValueList};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use serde_json::{Map, Value};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 /// The attribute that keeps the index (or data stream) a document was
 /// sent to, the one place an Elasticsearch user's routing survives.
@@ -61,10 +59,38 @@ pub struct Mapped {
 pub fn map_document(doc: Map<String, Value>, index: &str, now: u64) -> Result<Mapped, String> {
     let mut fields: Vec<(String, Value)> = Vec::with_capacity(doc.len() + 4);
     flatten(String::new(), doc, &mut fields);
-    // Keys repeat when a document has both `a.b` and `a: {b}`; the first
-    // is kept, as OTLP keys are unique.
-    let mut seen = std::collections::HashSet::with_capacity(fields.len());
-    fields.retain(|(k, _)| seen.insert(k.clone()));
+    // Keys repeat when a document has both `a.b` and `a: {b}`. OTLP keys
+    // are unique, so the values become one array under the key, in key
+    // order (as `flatten` meets them), as Elasticsearch indexes them: one multi-valued
+    // field, arrays among the values flattened into it.
+    let mut at: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(fields.len());
+    let mut merged: Vec<(String, Vec<Value>)> = Vec::with_capacity(fields.len());
+    for (k, v) in fields {
+        match at.get(&k) {
+            Some(&i) => merged[i].1.push(v),
+            None => {
+                at.insert(k.clone(), merged.len());
+                merged.push((k, vec![v]));
+            }
+        }
+    }
+    let mut fields: Vec<(String, Value)> = merged
+        .into_iter()
+        .map(|(k, mut vs)| {
+            if vs.len() == 1 {
+                return (k, vs.pop().unwrap_or(Value::Null));
+            }
+            let all = vs
+                .into_iter()
+                .flat_map(|v| match v {
+                    Value::Array(a) => a,
+                    v => vec![v],
+                })
+                .collect();
+            (k, Value::Array(all))
+        })
+        .collect();
 
     let mut record = LogRecord { observed_time_unix_nano: now, ..Default::default() };
     if let Some((name, v)) = take(&mut fields, &TIME_FIELDS, |v| !v.is_null()) {
@@ -185,7 +211,9 @@ pub(crate) fn parse_time(v: &Value) -> Result<u64, String> {
         },
         Value::String(s) => {
             let s = s.trim();
-            if is_decimal(s) {
+            // Four digits are a year (the date format is tried first, as
+            // Elasticsearch does); longer digit strings, epoch millis.
+            if is_decimal(s) && !(s.len() == 4 && !s.contains('.')) {
                 let (int, frac) = s.split_once('.').unwrap_or((s, ""));
                 // Exact: whole milliseconds, then up to six fraction digits.
                 let ms: u64 = int.parse().map_err(|_| range(s.to_string()))?;
@@ -206,16 +234,102 @@ fn is_decimal(s: &str) -> bool {
     !int.is_empty() && digits(int) && digits(frac)
 }
 
+/// Elasticsearch's `strict_date_optional_time` (its default date format;
+/// Java `DateFormatters.STRICT_DATE_OPTIONAL_TIME`): `yyyy[-MM[-dd]]`, then
+/// optionally `T` and `HH[:mm[:ss[.fraction]]]`, then an optional offset
+/// `Z`, `±HH`, `±HH:mm` or `±HHmm`; missing parts are their lowest value and
+/// no offset is UTC. A fraction past nine digits is cut to nanoseconds.
 fn parse_date(s: &str) -> Result<u64, String> {
-    let bad = || format!("[{s}] is not an RFC 3339 date-time, a date, or epoch milliseconds");
-    let parsed = OffsetDateTime::parse(s, &Rfc3339)
-        .or_else(|_| {
-            // No offset: UTC, as Elasticsearch reads it. A bare date is
-            // its midnight.
-            let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { format!("{s}Z") };
-            OffsetDateTime::parse(&full, &Rfc3339)
-        })
+    let bad = || {
+        format!("[{s}] is not a strict_date_optional_time date (RFC 3339 and its shorter forms) or epoch milliseconds")
+    };
+    let b = s.as_bytes();
+    let mut pos = 0;
+    // `n` ASCII digits at `pos`, as a number.
+    let digits = |pos: &mut usize, n: usize| -> Option<u32> {
+        let part = b.get(*pos..*pos + n)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        *pos += n;
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let sep = |pos: &mut usize, c: u8| -> bool {
+        let hit = b.get(*pos) == Some(&c);
+        if hit {
+            *pos += 1;
+        }
+        hit
+    };
+    let year = digits(&mut pos, 4).ok_or_else(bad)?;
+    let (month, day) = if sep(&mut pos, b'-') {
+        let month = digits(&mut pos, 2).ok_or_else(bad)?;
+        (month, if sep(&mut pos, b'-') { digits(&mut pos, 2).ok_or_else(bad)? } else { 1 })
+    } else {
+        (1, 1)
+    };
+    let (mut hour, mut minute, mut second, mut nanos) = (0, 0, 0, 0);
+    if sep(&mut pos, b'T') {
+        hour = digits(&mut pos, 2).ok_or_else(bad)?;
+        if sep(&mut pos, b':') {
+            minute = digits(&mut pos, 2).ok_or_else(bad)?;
+            if sep(&mut pos, b':') {
+                second = digits(&mut pos, 2).ok_or_else(bad)?;
+                if sep(&mut pos, b'.') || sep(&mut pos, b',') {
+                    let start = pos;
+                    while b.get(pos).is_some_and(u8::is_ascii_digit) {
+                        pos += 1;
+                    }
+                    let frac = &s[start..pos];
+                    if frac.is_empty() {
+                        return Err(bad());
+                    }
+                    nanos = format!("{:0<9}", &frac[..frac.len().min(9)]).parse().map_err(|_| bad())?;
+                }
+            }
+        }
+    }
+    let offset_secs: i32 = match b.get(pos) {
+        None => 0,
+        Some(b'Z' | b'z') => {
+            pos += 1;
+            0
+        }
+        Some(&c @ (b'+' | b'-')) => {
+            pos += 1;
+            let h = digits(&mut pos, 2).ok_or_else(bad)? as i32;
+            let m = if sep(&mut pos, b':') {
+                digits(&mut pos, 2).ok_or_else(bad)? as i32
+            } else {
+                digits(&mut pos, 2).map_or(0, |m| m as i32)
+            };
+            if h > 18 || m > 59 {
+                return Err(bad());
+            }
+            let secs = h * 3600 + m * 60;
+            if c == b'-' {
+                -secs
+            } else {
+                secs
+            }
+        }
+        Some(_) => return Err(bad()),
+    };
+    if pos != b.len() {
+        return Err(bad());
+    }
+    let month = time::Month::try_from(u8::try_from(month).map_err(|_| bad())?).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(year as i32, month, u8::try_from(day).map_err(|_| bad())?)
         .map_err(|_| bad())?;
+    let tod = time::Time::from_hms_nano(
+        u8::try_from(hour).map_err(|_| bad())?,
+        u8::try_from(minute).map_err(|_| bad())?,
+        u8::try_from(second).map_err(|_| bad())?,
+        nanos,
+    )
+    .map_err(|_| bad())?;
+    let offset = time::UtcOffset::from_whole_seconds(offset_secs).map_err(|_| bad())?;
+    let parsed = time::PrimitiveDateTime::new(date, tod).assume_offset(offset);
     u64::try_from(parsed.unix_timestamp_nanos()).map_err(|_| format!("[{s}] is before 1970"))
 }
 
@@ -223,13 +337,18 @@ fn parse_date(s: &str) -> Result<u64, String> {
 /// matched case-insensitively, after the OTel logs data model's mapping
 /// of common level names (its appendix B: syslog, log4j, .NET; Python's
 /// CRITICAL is FATAL as the OTel Python SDK maps it); a
-/// number 1-24 is taken as a `SeverityNumber`; anything else keeps its
+/// number 1-24, or a string of its digits, is taken as a
+/// `SeverityNumber`; anything else keeps its
 /// text with number 0 (unspecified).
 pub(crate) fn severity(v: &Value) -> (String, i32) {
     match v {
         Value::Number(n) => {
             let number = n.as_i64().filter(|i| (1..=24).contains(i)).unwrap_or(0) as i32;
             (n.to_string(), number)
+        }
+        Value::String(s) if s.trim().parse::<i64>().is_ok() => {
+            let number = s.trim().parse::<i64>().ok().filter(|i| (1..=24).contains(i)).unwrap_or(0) as i32;
+            (s.clone(), number)
         }
         Value::String(s) => {
             let number = match s.trim().to_ascii_lowercase().as_str() {
@@ -324,6 +443,23 @@ mod tests {
         assert!(matches!(a.values[2].value, Some(any_value::Value::KvlistValue(_))));
     }
 
+    /// `a.b` and `a: {b}` in one document are one multi-valued field, as
+    /// Elasticsearch indexes them: nothing is dropped.
+    #[test]
+    fn test_colliding_keys_keep_every_value() {
+        let m = map(
+            json!({"message": "x", "http.status": 200, "http": {"status": 503}, "k.v": ["a"], "k": {"v": "b"}}),
+        );
+        let Some(any_value::Value::ArrayValue(a)) = attr(&m, "http.status") else { panic!("http.status") };
+        let got: Vec<_> = a.values.iter().map(|v| v.value.clone()).collect();
+        // In key order, as the JSON parser keeps the fields: `http` sorts before `http.status`.
+        assert_eq!(got, [Some(any_value::Value::IntValue(503)), Some(any_value::Value::IntValue(200))]);
+        let Some(any_value::Value::ArrayValue(a)) = attr(&m, "k.v") else { panic!("k.v") };
+        let got: Vec<_> = a.values.iter().map(|v| v.value.clone()).collect();
+        assert_eq!(got, [s("b"), s("a")]);
+        assert_eq!(m.record.attributes.iter().filter(|kv| kv.key == "http.status").count(), 1);
+    }
+
     /// Fluent Bit's Docker shape (`log`, `time`) and the common JSON
     /// logger names; the first field of each list wins.
     #[test]
@@ -373,6 +509,28 @@ mod tests {
         assert_eq!(ns(json!("2024-05-01T14:00:00.5+02:00")), 1_714_564_800_500_000_000);
         assert_eq!(ns(json!("2024-05-01T12:00:00.1")), 1_714_564_800_100_000_000);
         assert_eq!(ns(json!("2024-05-01")), 1_714_521_600_000_000_000);
+        // strict_date_optional_time's shorter forms and offsets.
+        assert_eq!(ns(json!("2024-05-01T12:00")), 1_714_564_800_000_000_000);
+        assert_eq!(ns(json!("2024-05-01T12")), 1_714_564_800_000_000_000);
+        assert_eq!(ns(json!("2024-05-01T14:00:00+0200")), 1_714_564_800_000_000_000);
+        assert_eq!(ns(json!("2024-05-01T14:00+02")), 1_714_564_800_000_000_000);
+        assert_eq!(ns(json!("2024-05-01T10:30:00.25-01:30")), 1_714_564_800_250_000_000);
+        assert_eq!(ns(json!("2024-05-01T12:00:00,5Z")), 1_714_564_800_500_000_000);
+        assert_eq!(ns(json!("2024-05-01T12:00:00.1234567891234Z")), 1_714_564_800_123_456_789);
+        assert_eq!(ns(json!("2024-05")), 1_714_521_600_000_000_000);
+        assert_eq!(ns(json!("2024")), 1_704_067_200_000_000_000);
+        for bad in [
+            "2024-05-01 12:00:00",
+            "2024-05-01T12:00:00.Z",
+            "2024-05-01T25:00:00Z",
+            "2024-02-30",
+            "2024-05-01T12:00:00+2500",
+            "2024-05-01T12:00:00Zjunk",
+            "2024-5-1",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert!(parse_time(&json!(bad)).is_err(), "{bad}");
+        }
         assert_eq!(ns(json!(0)), 0);
         assert!(parse_time(&json!(u64::MAX)).is_err());
         assert!(parse_time(&json!("99999999999999999999")).is_err());
@@ -398,6 +556,9 @@ mod tests {
         }
         assert_eq!(severity(&json!(17)), ("17".to_string(), 17));
         assert_eq!(severity(&json!(30)), ("30".to_string(), 0));
+        assert_eq!(severity(&json!("17")), ("17".to_string(), 17));
+        assert_eq!(severity(&json!(" 5 ")), (" 5 ".to_string(), 5));
+        assert_eq!(severity(&json!("99")), ("99".to_string(), 0));
     }
 
     /// Any JSON value, nested a few levels, with keys that hit the
