@@ -720,6 +720,49 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("memory_limit = \"lots\"").is_err());
     }
 
+    /// `[self_tracing]`: flags (and their variables) over the file, the
+    /// file over the defaults; nonsense refused with its key named.
+    #[test]
+    fn test_self_tracing_settings() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["skein", "serve"];
+            v.extend(extra);
+            let Command::Serve(a) = Cli::try_parse_from(v).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let file = |text: &str| toml::from_str::<FileConfig>(text).unwrap();
+        let c = self_tracing_config(&args(&[]), &FileConfig::default()).unwrap();
+        assert!(!c.enabled);
+        assert_eq!((c.endpoint, c.sample_ratio, c.service_name.as_str()), (None, 1.0, "skein"));
+        let f = file(
+            "[self_tracing]\nenabled = true\nendpoint = \"http://a:4317\"\nsample_ratio = 0.5\nmax_queue_size = 64\nmax_export_batch_size = 8",
+        );
+        let c = self_tracing_config(&args(&[]), &f).unwrap();
+        assert_eq!((c.enabled, c.endpoint.as_deref(), c.sample_ratio), (true, Some("http://a:4317"), 0.5));
+        assert_eq!(c.max_queue_size, 64);
+        let c = self_tracing_config(
+            &args(&[
+                "--self-tracing=false",
+                "--self-tracing-endpoint",
+                "http://b:4317",
+                "--self-tracing-sample-ratio",
+                "0.1",
+            ]),
+            &f,
+        )
+        .unwrap();
+        assert_eq!((c.enabled, c.endpoint.as_deref(), c.sample_ratio), (false, Some("http://b:4317"), 0.1));
+        assert!(self_tracing_config(&args(&["--self-tracing"]), &FileConfig::default()).unwrap().enabled);
+        let err = self_tracing_config(&args(&["--self-tracing-sample-ratio", "2"]), &f).unwrap_err();
+        assert!(format!("{err:#}").contains("self_tracing.sample_ratio"), "{err:#}");
+        // Its own listener under TLS cannot be reached by the exporter.
+        let err =
+            self_tracing_config(&args(&["--self-tracing", "--tls-cert", "c.pem"]), &FileConfig::default())
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("TLS"), "{err:#}");
+        assert!(toml::from_str::<FileConfig>("[self_tracing]\nenabeld = true").is_err());
+    }
+
     /// A config error never shows a token (QA: toml quoted the line).
     #[test]
     fn test_config_errors_hide_tokens() {

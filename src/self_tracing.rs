@@ -565,11 +565,22 @@ where
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_sdk::trace::InMemorySpanExporter;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::Layer as _;
 
     use super::*;
+
+    /// Keeps what it is given (the SDK's in-memory exporter is behind a
+    /// feature of its own).
+    #[derive(Debug, Clone, Default)]
+    struct Collect(Arc<Mutex<Vec<SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Collect {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
 
     /// The config's defaults, and the checks that explain bad settings.
     #[test]
@@ -632,7 +643,7 @@ mod tests {
     /// libraries' spans and DEBUG spans are not.
     #[test]
     fn test_ingest_spans_are_not_exported() {
-        let exporter = InMemorySpanExporter::default();
+        let exporter = Collect::default();
         let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
         let layer = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("t"))
@@ -658,18 +669,82 @@ mod tests {
             tracing::info_span!(target: "skein::auth", "auth").in_scope(|| {});
         });
         provider.force_flush().unwrap();
-        let mut names: Vec<String> =
-            exporter.get_finished_spans().unwrap().into_iter().map(|s| s.name.to_string()).collect();
+        let finished = exporter.0.lock().unwrap().clone();
+        let mut names: Vec<String> = finished.iter().map(|s| s.name.to_string()).collect();
         names.sort();
         assert_eq!(
             names,
             ["engine.trace", "storage.compact", "storage.flush", "storage.get_trace", "storage.upload"],
             "only query and maintenance spans"
         );
-        let finished = exporter.get_finished_spans().unwrap();
         let get = finished.iter().find(|s| s.name == "storage.get_trace").unwrap();
         let engine = finished.iter().find(|s| s.name == "engine.trace").unwrap();
         assert_eq!(get.parent_span_id, engine.span_context.span_id(), "nesting kept across filtered spans");
+    }
+
+    /// A buffer the fmt layer writes lines into.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// JSON lines inside an exported, sampled span carry its IDs as the
+    /// stored span has them; lines outside (or in an unsampled trace) are
+    /// the plain JSON format.
+    #[test]
+    fn test_json_lines_carry_the_span_ids() {
+        for ratio in [1.0, 0.0] {
+            let exporter = Collect::default();
+            let provider = SdkTracerProvider::builder()
+                .with_sampler(Sampler::TraceIdRatioBased(ratio))
+                .with_simple_exporter(exporter.clone())
+                .build();
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("t"))
+                .with_filter(tracing_subscriber::filter::filter_fn(exported));
+            let out = Lines::default();
+            let w = out.clone();
+            let json = tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(true);
+            let fmt = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(move || w.clone())
+                .event_format(OtelIds(json));
+            let subscriber = tracing_subscriber::registry().with(otel).with(fmt);
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::info!(target: "skein_query", "outside");
+                tracing::info_span!(target: "skein_query::engine", "engine.trace").in_scope(|| {
+                    // Not exported itself: the line names the exported one.
+                    tracing::info_span!(target: "skein::telemetry", "request", route = "/x").in_scope(|| {
+                        tracing::info!(target: "skein::telemetry", n = 1, "inside");
+                    });
+                });
+            });
+            provider.force_flush().unwrap();
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let lines: Vec<serde_json::Value> =
+                text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            assert_eq!(lines.len(), 2, "{text}");
+            assert!(lines[0].get("trace_id").is_none(), "{text}");
+            assert_eq!((&lines[1]["message"], &lines[1]["n"]), (&"inside".into(), &1.into()), "{text}");
+            assert_eq!(lines[1]["span"]["route"], "/x", "the line's own span stays: {text}");
+            let spans = exporter.0.lock().unwrap().clone();
+            if ratio == 1.0 {
+                let sc = &spans.iter().find(|s| s.name == "engine.trace").unwrap().span_context;
+                assert_eq!(lines[1]["trace_id"], sc.trace_id().to_string(), "{text}");
+                assert_eq!(lines[1]["span_id"], sc.span_id().to_string(), "{text}");
+            } else {
+                assert!(spans.is_empty());
+                assert!(lines[1].get("trace_id").is_none(), "an unsampled trace is not named: {text}");
+            }
+        }
     }
 
     #[test]
