@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod listen;
+mod self_tracing;
 mod server;
 mod telemetry;
 mod tls;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::auth::{Auth, AuthConfig};
 use crate::listen::ListenAddr;
+use crate::self_tracing::{SelfTracing, SelfTracingConfig};
 use crate::server::{Listener, ListenerMetrics, Protocol, ServerConfig};
 use crate::telemetry::{HttpMetrics, LogFormat};
 use crate::tls::{Certificates, TlsFiles};
@@ -120,6 +122,18 @@ struct ServeArgs {
     /// small machine or container].
     #[arg(long, env = "SKEIN_MEMORY_LIMIT")]
     memory_limit: Option<ByteSize>,
+    /// Trace Skein's own query, flush and compaction paths
+    /// (`[self_tracing] enabled`) [default: false].
+    #[arg(long, env = "SKEIN_SELF_TRACING", num_args = 0..=1, default_missing_value = "true")]
+    self_tracing: Option<bool>,
+    /// Where self-traces go: an OTLP URL (`[self_tracing] endpoint`)
+    /// [default: this process's own OTLP/gRPC listener].
+    #[arg(long, env = "SKEIN_SELF_TRACING_ENDPOINT")]
+    self_tracing_endpoint: Option<String>,
+    /// Share of Skein's own traces recorded, 0 to 1; a sampled incoming
+    /// `traceparent` is always honoured [default: 1].
+    #[arg(long, env = "SKEIN_SELF_TRACING_SAMPLE_RATIO")]
+    self_tracing_sample_ratio: Option<f64>,
 }
 
 /// The config file. Unknown keys are an error, so a typo is not silently
@@ -168,6 +182,8 @@ struct FileConfig {
     tenants: TenantsConfig,
     /// `[overrides.<tenant>]`: per-tenant retention.
     overrides: HashMap<String, TenantOverrides>,
+    /// `[self_tracing]`: spans of Skein's own work.
+    self_tracing: SelfTracingConfig,
 }
 
 /// The settings whose default is a share of the memory limit, as set in
@@ -244,6 +260,21 @@ fn read_file_config(path: Option<&Path>) -> Result<FileConfig> {
         }
         None => FileConfig::default(),
     })
+}
+
+/// `[self_tracing]` with the flags (and their variables) over the file,
+/// checked.
+///
+/// # Errors
+/// See [`SelfTracingConfig::check`].
+fn self_tracing_config(a: &ServeArgs, file: &FileConfig) -> Result<SelfTracingConfig> {
+    let mut c = file.self_tracing.clone();
+    c.enabled = a.self_tracing.unwrap_or(c.enabled);
+    c.endpoint = a.self_tracing_endpoint.clone().or(c.endpoint);
+    c.sample_ratio = a.self_tracing_sample_ratio.unwrap_or(c.sample_ratio);
+    let tls = a.tls_cert.is_some() || file.tls_cert.is_some();
+    c.check(tls).context("invalid [self_tracing]")?;
+    Ok(c)
 }
 
 fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
@@ -356,12 +387,15 @@ fn main() -> Result<()> {
             // The file is read before logging starts, since it may set the
             // log format; its errors go to stderr as the exit error.
             let file = read_file_config(args.config.as_deref())?;
-            telemetry::init_logging(cli.log_format.or(file.log_format).unwrap_or_default());
+            // Before logging, whose subscriber carries its layer.
+            let st = self_tracing_config(&args, &file)?;
+            let st = st.enabled.then(|| SelfTracing::new(st));
+            telemetry::init_logging(cli.log_format.or(file.log_format).unwrap_or_default(), st.as_ref());
             let cfg = build_config(args, file)?;
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(cfg, st))
         }
         Command::Loadgen(args) => {
-            telemetry::init_logging(cli.log_format.unwrap_or_default());
+            telemetry::init_logging(cli.log_format.unwrap_or_default(), None);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -380,7 +414,7 @@ async fn bind(addr: &ListenAddr, what: &str) -> Result<TcpListener> {
     server::bind(&addrs).with_context(|| format!("binding {what} on {addr}"))
 }
 
-async fn shutdown_signal(tx: watch::Sender<bool>) {
+async fn shutdown_signal(tx: watch::Sender<bool>, st: Option<Arc<SelfTracing>>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -388,10 +422,15 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
+    // While the listeners still take them: spans sent to this process.
+    if let Some(st) = st {
+        let _ = tokio::task::spawn_blocking(move || st.flush()).await;
+    }
     let _ = tx.send(true);
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
+    let self_tracing = self_tracing.map(Arc::new);
     let nofile = server::raise_nofile_limit();
     const LISTENERS: u64 = 4;
     let max_connections = match cfg.server.max_connections {
@@ -433,6 +472,9 @@ async fn serve(cfg: Config) -> Result<()> {
     telemetry::register_process(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
     let listener_metrics = ListenerMetrics::register(&mut registry);
+    if let Some(st) = &self_tracing {
+        st.metrics.register(&mut registry);
+    }
     let api = ApiState::new(tenants.clone(), registry, cfg.query.clone());
 
     let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
@@ -459,8 +501,13 @@ async fn serve(cfg: Config) -> Result<()> {
         "listening"
     );
 
+    if let Some(st) = &self_tracing {
+        let url = st.start(grpc_l.local_addr()?).context("starting self-tracing")?;
+        tracing::info!(endpoint = %url, "self-tracing: query, flush and compaction spans are exported");
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(shutdown_signal(stop_tx));
+    tokio::spawn(shutdown_signal(stop_tx, self_tracing.clone()));
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -510,9 +557,15 @@ async fn serve(cfg: Config) -> Result<()> {
     let http = {
         let app = skein_query::router(api)
             .route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::query_layer))
-            .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track))
-            .merge(skein_ui::router())
-            .layer(tower_http::compression::CompressionLayer::new());
+            .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
+        // Only on the query listener: the ingest listeners' requests must
+        // not be traced (see self_tracing.rs).
+        let app = if self_tracing.is_some() {
+            app.route_layer(axum::middleware::from_fn(self_tracing::server_span))
+        } else {
+            app
+        };
+        let app = app.merge(skein_ui::router()).layer(tower_http::compression::CompressionLayer::new());
         let rx = stop_rx.clone();
         tokio::spawn(http_l.serve(app, stopped(rx)))
     };
@@ -552,6 +605,9 @@ async fn serve(cfg: Config) -> Result<()> {
                 "final flush failed; every acknowledged record is safe in the WAL and is replayed at the next start"
             ),
         }
+    }
+    if let Some(st) = self_tracing {
+        tokio::task::spawn_blocking(move || st.shutdown()).await?;
     }
     tracing::info!("exiting");
     Ok(())
@@ -662,6 +718,49 @@ mod tests {
         assert!(format!("{err:#}").contains("minimum"), "{err:#}");
         assert!(Cli::try_parse_from(["skein", "serve", "--memory-limit", "lots"]).is_err());
         assert!(toml::from_str::<FileConfig>("memory_limit = \"lots\"").is_err());
+    }
+
+    /// `[self_tracing]`: flags (and their variables) over the file, the
+    /// file over the defaults; nonsense refused with its key named.
+    #[test]
+    fn test_self_tracing_settings() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["skein", "serve"];
+            v.extend(extra);
+            let Command::Serve(a) = Cli::try_parse_from(v).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let file = |text: &str| toml::from_str::<FileConfig>(text).unwrap();
+        let c = self_tracing_config(&args(&[]), &FileConfig::default()).unwrap();
+        assert!(!c.enabled);
+        assert_eq!((c.endpoint, c.sample_ratio, c.service_name.as_str()), (None, 1.0, "skein"));
+        let f = file(
+            "[self_tracing]\nenabled = true\nendpoint = \"http://a:4317\"\nsample_ratio = 0.5\nmax_queue_size = 64\nmax_export_batch_size = 8",
+        );
+        let c = self_tracing_config(&args(&[]), &f).unwrap();
+        assert_eq!((c.enabled, c.endpoint.as_deref(), c.sample_ratio), (true, Some("http://a:4317"), 0.5));
+        assert_eq!(c.max_queue_size, 64);
+        let c = self_tracing_config(
+            &args(&[
+                "--self-tracing=false",
+                "--self-tracing-endpoint",
+                "http://b:4317",
+                "--self-tracing-sample-ratio",
+                "0.1",
+            ]),
+            &f,
+        )
+        .unwrap();
+        assert_eq!((c.enabled, c.endpoint.as_deref(), c.sample_ratio), (false, Some("http://b:4317"), 0.1));
+        assert!(self_tracing_config(&args(&["--self-tracing"]), &FileConfig::default()).unwrap().enabled);
+        let err = self_tracing_config(&args(&["--self-tracing-sample-ratio", "2"]), &f).unwrap_err();
+        assert!(format!("{err:#}").contains("self_tracing.sample_ratio"), "{err:#}");
+        // Its own listener under TLS cannot be reached by the exporter.
+        let err =
+            self_tracing_config(&args(&["--self-tracing", "--tls-cert", "c.pem"]), &FileConfig::default())
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("TLS"), "{err:#}");
+        assert!(toml::from_str::<FileConfig>("[self_tracing]\nenabeld = true").is_err());
     }
 
     /// A config error never shows a token (QA: toml quoted the line).

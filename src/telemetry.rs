@@ -31,25 +31,45 @@ pub(crate) enum LogFormat {
     Text,
     /// One JSON object per line (timestamp, level, message, the event's
     /// fields flattened, and `span` with the request's `method`, `route`
-    /// and, when the request carried a W3C `traceparent`, its `trace_id`).
+    /// and, when the request carried a W3C `traceparent`, its `trace_id`;
+    /// with self-tracing, top-level `trace_id` and `span_id` of the
+    /// self-traced span the line was logged in).
     Json,
 }
 
 /// Installs the global log subscriber: level filter from `SKEIN_LOG`
-/// (`info` by default), lines to stderr in `format`.
-pub(crate) fn init_logging(format: LogFormat) {
+/// (`info` by default), lines to stderr in `format`. With `self_tracing`,
+/// its OpenTelemetry layer too, which has its own filter (so `SKEIN_LOG`
+/// does not decide what is traced), and JSON lines logged inside a
+/// self-traced span carry its `trace_id` and `span_id`.
+pub(crate) fn init_logging(format: LogFormat, self_tracing: Option<&crate::self_tracing::SelfTracing>) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let otel = self_tracing.map(|s| s.layer());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(otel);
     match format {
-        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => fmt
-            .json()
-            .with_ansi(false)
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Text => {
+            registry.with(fmt.with_ansi(std::io::stderr().is_terminal()).with_filter(filter)).init()
+        }
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false);
+            registry
+                .with(
+                    fmt.json()
+                        .with_ansi(false)
+                        .event_format(crate::self_tracing::OtelIds(json))
+                        .with_filter(filter),
+                )
+                .init()
+        }
     }
 }
 
@@ -187,7 +207,8 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 /// The trace ID of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`),
-/// if the request carries a valid one. Skein does not trace itself; this
+/// if the request carries a valid one. Whether or not Skein traces itself
+/// (`[self_tracing]`), this
 /// ties its log lines to the caller's trace.
 fn traceparent_trace_id(h: &HeaderMap) -> Option<String> {
     let v = h.get("traceparent")?.to_str().ok()?;

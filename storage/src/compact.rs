@@ -201,6 +201,18 @@ impl Storage {
         let inputs: Vec<Arc<Segment>> = picked.iter().map(|&i| segs[i].clone()).collect();
         drop(segs);
         let t0 = std::time::Instant::now();
+        // Self-tracing: only a compaction with work makes a span.
+        let span = tracing::info_span!(
+            parent: None,
+            "storage.compact",
+            inputs = inputs.len(),
+            bytes_in = inputs.iter().map(|s| s.meta.bytes).sum::<u64>(),
+            rows_in = inputs.iter().map(|s| s.meta.span_count + s.meta.log_count).sum::<u64>(),
+            output = tracing::field::Empty,
+            bytes_out = tracing::field::Empty,
+            duplicate_spans = tracing::field::Empty,
+        );
+        let _in = span.enter();
 
         // An input found damaged is quarantined, and the next turn picks
         // inputs without it.
@@ -234,6 +246,9 @@ impl Storage {
         // On failure the output is removed, or the next start would prefer it.
         let out = Arc::new(self.publish_segment(&meta.id)?);
         stats.bytes_out = out.meta.bytes;
+        span.record("output", out.meta.id.as_str());
+        span.record("bytes_out", stats.bytes_out);
+        span.record("duplicate_spans", stats.duplicate_spans);
 
         let ids: HashSet<&str> = inputs.iter().map(|s| s.meta.id.as_str()).collect();
         let swapped = self.catalog.edit_segments(|segments| {

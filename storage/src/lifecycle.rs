@@ -86,6 +86,20 @@ impl Storage {
         let traces = &flushing.traces;
         let spans: u64 = traces.iter().map(|t| t.1.spans.len() as u64).sum();
         let logs: u64 = traces.iter().map(|t| t.1.logs.len() as u64).sum();
+        // Self-tracing: one span per block written (a flush with nothing
+        // to write makes none), a root of its own trace.
+        let span = tracing::info_span!(
+            parent: None,
+            "storage.flush",
+            traces = traces.len(),
+            spans,
+            logs,
+            segment = tracing::field::Empty,
+            bytes = tracing::field::Empty,
+            duplicate_spans = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let _in = span.enter();
         #[cfg(test)]
         let injected = self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst);
         #[cfg(not(test))]
@@ -107,6 +121,9 @@ impl Storage {
         };
         match written {
             Ok(seg) => {
+                span.record("segment", seg.meta.id.as_str());
+                span.record("bytes", seg.meta.bytes);
+                span.record("duplicate_spans", copies);
                 // Counted once written: a failed flush is retried.
                 self.metrics.duplicate_spans.inc_by(copies);
                 self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);
@@ -122,6 +139,7 @@ impl Storage {
                 Ok(())
             }
             Err(e) => {
+                span.record("otel.status_code", "error");
                 self.catalog.finish_flush(&flushing, None);
                 self.update_head_metrics();
                 Err(e)

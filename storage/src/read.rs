@@ -369,6 +369,22 @@ impl<'a> Reader<'a> {
     }
 
     fn read_trace(&self, id: &TraceId, with_logs: bool) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
+        // Self-tracing: a lookup by ID is a span; a search's reads of its
+        // candidates (spans only) are DEBUG, which is not exported.
+        macro_rules! read_span {
+            ($level:ident) => {
+                tracing::$level!(
+                    "storage.read_trace",
+                    memory_spans = tracing::field::Empty,
+                    segments_read = tracing::field::Empty,
+                    segments_skipped = tracing::field::Empty,
+                    spans = tracing::field::Empty,
+                    logs = tracing::field::Empty,
+                )
+            };
+        }
+        let span = if with_logs { read_span!(info_span) } else { read_span!(debug_span) };
+        let _in = span.enter();
         // Spans in the order they were received, so that dropping later
         // copies keeps the first: segments oldest first, then memory. The
         // walk visits the head before the in-flight flush (one runs at a
@@ -380,6 +396,9 @@ impl<'a> Reader<'a> {
             logs.extend(t.logs.iter().cloned());
         });
         let mut holding: Vec<&Arc<Segment>> = segments.iter().filter(|s| s.find(id).is_some()).collect();
+        span.record("memory_spans", memory.iter().map(Vec::len).sum::<usize>());
+        span.record("segments_read", holding.len());
+        span.record("segments_skipped", segments.len() - holding.len());
         holding.sort_by(|a, b| {
             (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
         });
@@ -400,6 +419,8 @@ impl<'a> Reader<'a> {
         dedup_spans(&mut spans);
         spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
         logs.sort_by_key(|l| l.effective_time());
+        span.record("spans", spans.len());
+        span.record("logs", logs.len());
         Ok(Some((spans, logs)))
     }
 
@@ -409,6 +430,16 @@ impl<'a> Reader<'a> {
     /// # Errors
     /// A segment whose index or rows cannot be read.
     pub fn search_traces(&self, f: &SpanFilter, limit: usize) -> Result<Vec<TraceId>> {
+        let span = tracing::info_span!(
+            "storage.search_spans",
+            limit,
+            memory_traces = tracing::field::Empty,
+            segments = tracing::field::Empty,
+            segments_read = tracing::field::Empty,
+            segments_skipped = tracing::field::Empty,
+            traces = tracing::field::Empty,
+        );
+        let _in = span.enter();
         let mut best: HashMap<TraceId, u64> = HashMap::new();
         let segments = self.s.catalog.walk(None, |id, t| {
             if let Some(m) = t.spans.iter().filter(|s| f.matches(s)).map(|s| s.start_time_unix_nano).max() {
@@ -420,19 +451,26 @@ impl<'a> Reader<'a> {
         // are newer than anything an older segment holds (a trace ranks by
         // its newest matching span, which lies within its segment's time
         // range), so a search usually reads one or two segments.
+        span.record("memory_traces", best.len());
+        span.record("segments", segments.len());
+        let mut read = 0;
         for seg in newest_first(&segments, f.start_ns, f.end_ns) {
             if kth_newest(best.values().copied(), limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
                 break;
             }
+            read += 1;
             self.enter(seg)?;
             for (id, t) in self.s.guarded(seg, |g| g.search_spans(f, limit))?.unwrap_or_default() {
                 let e = best.entry(id).or_insert(t);
                 *e = (*e).max(t);
             }
         }
+        span.record("segments_read", read);
+        span.record("segments_skipped", segments.len() - read);
         let mut v: Vec<_> = best.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(limit);
+        span.record("traces", v.len());
         Ok(v.into_iter().map(|x| x.0).collect())
     }
 

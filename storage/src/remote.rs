@@ -215,6 +215,7 @@ impl Remote {
     /// On `Err` the segment may be partly uploaded without its `meta.json`
     /// ([`Listing::incomplete`]). Errors: [`Error::Corrupt`] when `dir` has
     /// no `meta.json`, I/O and object-store errors.
+    #[tracing::instrument(name = "storage.upload", skip_all, fields(segment = id, files = tracing::field::Empty, bytes = tracing::field::Empty))]
     pub fn upload(&self, dir: &Path, id: &str) -> Result<()> {
         let mut files = Vec::new();
         walk(dir, dir, &mut files)?;
@@ -224,6 +225,9 @@ impl Remote {
         }
         let bytes: u64 =
             rest.iter().chain(&meta).map(|(_, p)| p.metadata().map(|m| m.len()).unwrap_or(0)).sum();
+        let span = tracing::Span::current();
+        span.record("files", rest.len() + meta.len());
+        span.record("bytes", bytes);
         for batch in [rest, meta] {
             self.transfer(
                 batch

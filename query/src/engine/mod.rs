@@ -165,15 +165,34 @@ impl Engine {
         pool: Pool,
         f: impl FnOnce(&Reader<'_>, &QueryConfig, Instant) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let slot = self.guards.admit(pool).await?;
+        // Self-tracing (src/self_tracing.rs): the wait for a slot, then
+        // the read with the work it counted.
+        let admit = tracing::info_span!("engine.admit", pool = ?pool);
+        let slot = tracing::Instrument::instrument(self.guards.admit(pool), admit).await?;
         let started = Instant::now();
         let timeout = self.cfg.timeout;
         let ctx = ReadCtx::with_deadline(started + timeout);
         let _cancel = CancelOnDrop(ctx.clone());
         let (storage, cfg) = (self.storage.clone(), self.cfg.clone());
+        let span = tracing::info_span!(
+            "engine.read",
+            segments_read = tracing::field::Empty,
+            bytes_read = tracing::field::Empty,
+            traces_read = tracing::field::Empty,
+            spans_read = tracing::field::Empty,
+            logs_read = tracing::field::Empty,
+        );
         let task = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            f(&storage.reader(&ctx), &cfg, started)
+            let _in = span.enter();
+            let r = f(&storage.reader(&ctx), &cfg, started);
+            let st = ctx.stats();
+            span.record("segments_read", st.segments);
+            span.record("bytes_read", st.bytes);
+            span.record("traces_read", st.traces);
+            span.record("spans_read", st.spans);
+            span.record("logs_read", st.logs);
+            r
         });
         let r = match tokio::time::timeout(timeout, task).await {
             Ok(Ok(r)) => r,
@@ -191,6 +210,7 @@ impl Engine {
 
     /// Traces matching `q`, newest first or longest first as `q.sort` says
     /// (see [`TraceQuery`] for how the index and TraceQL share the work).
+    #[tracing::instrument(name = "engine.search_traces", skip_all, fields(limit = q.limit, traceql = q.traceql.is_some(), sort = ?q.sort))]
     pub async fn search_traces(&self, q: TraceQuery) -> Result<TraceSearch> {
         self.run(Pool::Search, move |r, cfg, started| {
             let mut out = search::run(r, cfg, &q)?;
@@ -206,6 +226,7 @@ impl Engine {
     /// empty trace with its warnings: the answer is partial, not "absent").
     /// A trace of more than `query.max_spans_per_trace` spans is answered
     /// with its first spans by start time and a warning that says so.
+    #[tracing::instrument(name = "engine.trace", skip_all, fields(trace_id = %id))]
     pub async fn trace(&self, id: TraceId) -> Result<Option<Trace>> {
         self.run(Pool::Trace, move |r, cfg, _| {
             let mut found = r.get_trace(&id)?;
@@ -232,6 +253,7 @@ impl Engine {
     }
 
     /// Log records matching `f`, latest first, at most `limit`.
+    #[tracing::instrument(name = "engine.search_logs", skip_all, fields(limit = limit))]
     pub async fn search_logs(&self, f: LogFilter, limit: usize) -> Result<LogSearch> {
         self.run(Pool::Search, move |r, _, started| {
             let logs = r.search_logs(&f, limit)?;
@@ -245,6 +267,7 @@ impl Engine {
     /// bucket start (Unix ns, a multiple of `step_ns`); `f` must carry the
     /// time range. Buckets without a match are absent. With them, the
     /// warnings of a partial answer (as [`LogSearch::warnings`]).
+    #[tracing::instrument(name = "engine.log_histogram", skip_all)]
     pub async fn log_histogram(
         &self,
         f: LogFilter,
@@ -259,12 +282,14 @@ impl Engine {
     }
 
     /// Every service with its span and error counts, sorted by name.
+    #[tracing::instrument(name = "engine.services", skip_all)]
     pub async fn services(&self) -> Result<Vec<ServiceStat>> {
         self.run(Pool::Search, |r, _, _| Ok(stats::services(r.storage()))).await
     }
 
     /// The operations of `service` (of every service with `None`), one per
     /// (service, name, span kind) with its span count, sorted.
+    #[tracing::instrument(name = "engine.operations", skip_all)]
     pub async fn operations(&self, service: Option<String>) -> Result<Vec<Operation>> {
         self.run(Pool::Search, move |r, _, _| Ok(stats::operations(r.storage(), service.as_deref()))).await
     }
@@ -272,17 +297,20 @@ impl Engine {
     /// Service-to-service call edges from the rollups, with calls and errors
     /// summed over the minutes from `start_ns` to `end_ns` (each optional,
     /// at one-minute precision), sorted by (parent, child).
+    #[tracing::instrument(name = "engine.dependencies", skip_all)]
     pub async fn dependencies(&self, start_ns: Option<u64>, end_ns: Option<u64>) -> Result<Vec<Edge>> {
         self.run(Pool::Search, move |r, _, _| Ok(stats::dependencies(r.storage(), start_ns, end_ns))).await
     }
 
     /// Per-minute span counts, errors and latency sketches of some
     /// services and span kinds (see [`SpanMetricsQuery`]).
+    #[tracing::instrument(name = "engine.span_metrics", skip_all)]
     pub async fn span_metrics(&self, q: SpanMetricsQuery) -> Result<SpanMetrics> {
         self.run(Pool::Search, move |r, _, _| Ok(stats::span_metrics(r.storage(), &q))).await
     }
 
     /// Rate, errors and latency percentiles per step (see [`RedQuery`]).
+    #[tracing::instrument(name = "engine.red", skip_all)]
     pub async fn red(&self, q: RedQuery) -> Result<Vec<RedSeries>> {
         self.run(Pool::Search, move |r, _, _| Ok(stats::red(r.storage(), &q))).await
     }
@@ -295,6 +323,7 @@ impl Engine {
     /// 1 or a bad window, or exceeds
     /// `query.max_points_per_series` or `query.max_series`; and the
     /// engine's own ([`Error::Deadline`], [`Error::TooBusy`]).
+    #[tracing::instrument(name = "engine.metrics", skip_all)]
     pub async fn metrics(&self, q: MetricsQuery) -> Result<MetricsAnswer> {
         metrics::validate(&q, &self.cfg)?;
         self.run(Pool::Search, move |r, cfg, started| {
@@ -307,12 +336,14 @@ impl Engine {
 
     /// Names of scalar attributes: (span attribute names, resource attribute
     /// names), each capped at [`MAX_TAG_RESULTS`].
+    #[tracing::instrument(name = "engine.tag_names", skip_all)]
     pub async fn tag_names(&self) -> Result<(Vec<String>, Vec<String>)> {
         self.run(Pool::Search, |r, _, _| tags::tag_names(r.storage(), r.ctx())).await
     }
 
     /// Values of scalar attribute `key` in `scope` (or of an intrinsic),
     /// sorted by (type, value), capped at [`MAX_TAG_RESULTS`].
+    #[tracing::instrument(name = "engine.tag_values", skip_all, fields(key = %key))]
     pub async fn tag_values(&self, scope: TagScope, key: String) -> Result<Vec<TagValue>> {
         self.run(Pool::Search, move |r, _, _| tags::tag_values(r.storage(), r.ctx(), scope, &key)).await
     }

@@ -197,9 +197,22 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &TraceQuery) -> Result<T
         }
         Ok(true)
     };
+    // Self-tracing: the index's candidates, then their reads and their
+    // evaluation (TraceQL included) as one span, not one per candidate.
+    let eval = tracing::info_span!(
+        "search.evaluate",
+        traceql = q.traceql.is_some(),
+        candidates = tracing::field::Empty,
+        inspected = tracing::field::Empty,
+        matched = tracing::field::Empty,
+    );
     match q.sort {
         TraceSort::Start => {
-            for id in r.search_traces(&cand, budget)? {
+            let ids = tracing::info_span!("search.candidates", budget)
+                .in_scope(|| r.search_traces(&cand, budget))?;
+            eval.record("candidates", ids.len());
+            let _in = eval.enter();
+            for id in ids {
                 if out.traces.len() >= q.limit {
                     break;
                 }
@@ -233,6 +246,7 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &TraceQuery) -> Result<T
             // (TraceQL or conditions the index cannot check).
             let mut n = q.limit.saturating_mul(2).max(1);
             let mut read = std::collections::HashSet::new();
+            let _in = eval.enter();
             'rounds: loop {
                 let cands = r.longest_traces(&cand, n)?;
                 let exhausted = cands.len() < n;
@@ -259,6 +273,7 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &TraceQuery) -> Result<T
                 }
                 n = n.saturating_mul(4);
             }
+            eval.record("candidates", read.len());
             rank(&mut out.traces);
             if q.with_trace {
                 for hit in &mut out.traces {
@@ -268,6 +283,8 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &TraceQuery) -> Result<T
             }
         }
     }
+    eval.record("inspected", out.inspected);
+    eval.record("matched", out.traces.len());
     // Asked last, so segments quarantined by this very search are named.
     out.warnings = r.storage().damage_in_range(q.filter.start_ns, q.filter.end_ns);
     Ok(out)
