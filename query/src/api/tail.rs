@@ -206,3 +206,169 @@ fn fingerprint(l: &LogRecord) -> u64 {
     format!("{:?}{:?}", l.body, l.attributes).hash(&mut h);
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use serde_json::Value;
+    use skein_storage::model::{AttrValue, LogRecord, Resource, Scope, TraceId};
+    use skein_storage::tenant::TenantId;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::api::tests::app_with;
+    use crate::engine::testutil::storage;
+    use crate::QueryConfig;
+
+    fn log(service: &str, severity: i32, body: &str, t: u64) -> LogRecord {
+        LogRecord {
+            time_unix_nano: t,
+            observed_time_unix_nano: t,
+            severity_number: severity,
+            severity_text: String::new(),
+            body: AttrValue::Str(body.into()),
+            attributes: Vec::new(),
+            trace_id: TraceId([7; 16]),
+            span_id: None,
+            flags: 0,
+            event_name: String::new(),
+            resource: Arc::new(Resource { service_name: service.into(), attributes: Vec::new() }),
+            scope: Arc::new(Scope::default()),
+        }
+    }
+
+    /// Reads SSE events (name, data) from `body` until `n` arrived; each
+    /// must come within a few seconds.
+    async fn events(body: &mut Body, n: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut buf = String::new();
+        while out.len() < n {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+                .await
+                .expect("an event in time")
+                .expect("the stream goes on")
+                .unwrap();
+            let Ok(data) = frame.into_data() else { continue };
+            buf.push_str(std::str::from_utf8(&data).unwrap());
+            while let Some(i) = buf.find("\n\n") {
+                let block: String = buf.drain(..i + 2).collect();
+                let (mut name, mut data) = ("message".to_string(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    out.push((name, data));
+                }
+            }
+        }
+        out
+    }
+
+    fn open(app: &Router, uri: &str, tenant: Option<&str>) -> impl std::future::Future<Output = Response> {
+        let mut req = Request::get(uri);
+        if let Some(t) = tenant {
+            req = req.extension(TenantId::parse(t).unwrap());
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap()).map(|r| r.unwrap())
+    }
+
+    use futures::FutureExt as _;
+
+    /// The stream sends the backfill oldest first, then `ready`, then only
+    /// new records that match, each as the search/logs `Log` JSON.
+    #[tokio::test]
+    async fn test_tail_backfills_then_follows_matching_records() {
+        let (_d, s) = storage();
+        s.append_logs(vec![log("cart", 17, "old disk failure", 1_000), log("cart", 17, "old disk again", 2_000)])
+            .await
+            .unwrap();
+        let app = app_with(&s, QueryConfig::default());
+        let r = open(&app, "/api/v1/tail/logs?q=disk&service=cart&severity=ERROR&limit=5", None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let mut body = r.into_body();
+        let first = events(&mut body, 3).await;
+        let bodies: Vec<_> = first.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        assert_eq!(bodies[2], ("ready", r#"{"backfilled":2}"#.to_string()));
+        let v: Value = serde_json::from_str(&bodies[0].1).unwrap();
+        assert_eq!(v["body"], "old disk failure");
+        assert_eq!(v["trace_id"], "07".repeat(16));
+        assert_eq!(v["time_unix_nano"], "1000");
+        s.append_logs(vec![
+            log("cart", 9, "disk info, too low", 3_000),
+            log("web", 17, "disk on another service", 3_001),
+            log("cart", 17, "network down", 3_002),
+            log("cart", 21, "DISK gone", 3_003),
+        ])
+        .await
+        .unwrap();
+        let next = events(&mut body, 1).await;
+        assert_eq!(next[0].0, "message");
+        let v: Value = serde_json::from_str(&next[0].1).unwrap();
+        assert_eq!(v["body"], "DISK gone");
+        assert_eq!(v["service_name"], "cart");
+    }
+
+    /// A tenant's stream carries only that tenant's records.
+    #[tokio::test]
+    async fn test_tail_is_scoped_to_the_tenant() {
+        let (_d, s) = storage();
+        let app = app_with(&s, QueryConfig::default());
+        let st = ApiState::new(
+            skein_storage::tenant::Tenants::from_storage(s.clone()),
+            Default::default(),
+            QueryConfig::default(),
+        );
+        let mut other = open(&app, "/api/v1/tail/logs", Some("other")).await.into_body();
+        let mut mine = open(&app, "/api/v1/tail/logs", None).await.into_body();
+        assert_eq!(events(&mut mine, 1).await[0].0, "ready");
+        assert_eq!(events(&mut other, 1).await[0].0, "ready");
+        s.append_logs(vec![log("cart", 9, "for the default tenant", 1)]).await.unwrap();
+        let got = events(&mut mine, 1).await;
+        assert!(got[0].1.contains("for the default tenant"));
+        let other_tenant = st.tenants.get(&TenantId::parse("other").unwrap()).unwrap();
+        other_tenant.append_logs(vec![log("cart", 9, "for the other tenant", 1)]).await.unwrap();
+        let got = events(&mut other, 1).await;
+        assert!(got[0].1.contains("for the other tenant"), "{got:?}");
+    }
+
+    /// Past `max_clients` streams a client gets 429; a closed stream frees
+    /// its place. Bad filters are 400s as in search/logs.
+    #[tokio::test]
+    async fn test_tail_limits_clients_and_checks_parameters() {
+        let (_d, s) = storage();
+        let mut cfg = QueryConfig::default();
+        cfg.tail.max_clients = 1;
+        let app = app_with(&s, cfg);
+        let first = open(&app, "/api/v1/tail/logs", None).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let second = open(&app, "/api/v1/tail/logs", None).await;
+        assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(second.headers().contains_key("retry-after"));
+        drop(first);
+        assert_eq!(open(&app, "/api/v1/tail/logs", None).await.status(), StatusCode::OK);
+        for bad in ["severity=LOUD", "limit=-1", "end=5", "trace_id=xyz", "q=%20"] {
+            let r = open(&app, &format!("/api/v1/tail/logs?{bad}"), None).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_backfill_count_defaults_and_caps() {
+        let p = |q: &str| Params::parse(Some(q));
+        assert_eq!(backfill_count(&p(""), 100).unwrap(), 0);
+        assert_eq!(backfill_count(&p("limit=0"), 100).unwrap(), 0);
+        assert_eq!(backfill_count(&p("limit=7"), 100).unwrap(), 7);
+        assert_eq!(backfill_count(&p("limit=700"), 100).unwrap(), 100);
+        assert_eq!(backfill_count(&p("start=5"), 100).unwrap(), 100);
+        assert!(TailConfig { max_clients: 0, ..Default::default() }.check().unwrap_err().contains("max_clients"));
+    }
+}
