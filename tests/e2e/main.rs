@@ -41,6 +41,8 @@ mod sdk;
 mod search;
 /// The Tempo-compatible query API.
 mod tempo;
+/// Live tail of logs: the SSE stream with filters, limits and shutdown.
+mod tail;
 /// Tenants stored and queried apart, through every API.
 mod tenants;
 /// TLS on every listener, certificate reload, plain-text refusals.
