@@ -147,9 +147,9 @@ impl LogTail {
         tenant: TenantId,
         max_clients: usize,
     ) -> Result<TailSubscription, TooManyTailClients> {
-        let taken = self.clients.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < max_clients).then_some(n + 1)
-        });
+        let taken = self
+            .clients
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max_clients).then_some(n + 1));
         if taken.is_err() {
             return Err(TooManyTailClients(max_clients));
         }

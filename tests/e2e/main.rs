@@ -39,10 +39,10 @@ mod s3;
 mod sdk;
 /// Search by span conditions and time, log search, traces split over segments.
 mod search;
-/// The Tempo-compatible query API.
-mod tempo;
 /// Live tail of logs: the SSE stream with filters, limits and shutdown.
 mod tail;
+/// The Tempo-compatible query API.
+mod tempo;
 /// Tenants stored and queried apart, through every API.
 mod tenants;
 /// TLS on every listener, certificate reload, plain-text refusals.

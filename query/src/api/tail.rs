@@ -106,7 +106,11 @@ fn backfill_count(p: &Params, max_backfill: usize) -> Result<usize> {
     Ok(n.min(max_backfill))
 }
 
-async fn tail_logs(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(q): RawQuery) -> Result<Response> {
+async fn tail_logs(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     let p = Params::parse(q.as_deref());
     p.only(TAIL_LOGS_PARAMS)?;
     let mut filter = log_filter(&p, st.cfg.max_range)?;
@@ -115,9 +119,9 @@ async fn tail_logs(State(st): State<ApiState>, Tenant(tenant): Tenant, RawQuery(
     let tail = st.tenants.tail_with_capacity(cfg.channel_capacity).clone();
     // Subscribed before the backfill is read, so nothing appended
     // meanwhile is missed; what both see is sent once (`seen`).
-    let sub = tail.subscribe(tenant.clone(), cfg.max_clients).map_err(|e| {
-        Error::TooBusy(format!("{e}; retry later, or raise query.tail.max_clients"))
-    })?;
+    let sub = tail
+        .subscribe(tenant.clone(), cfg.max_clients)
+        .map_err(|e| Error::TooBusy(format!("{e}; retry later, or raise query.tail.max_clients")))?;
     let mut queue = VecDeque::new();
     let mut seen = HashSet::new();
     if backfill > 0 {
@@ -179,13 +183,15 @@ impl Follow {
                         self.queue.push_back(log_event(l));
                     }
                 }
-                TailEvent::Lagged(n) => {
-                    self.queue.push_back(Event::default().event("lagged").data(json!({"dropped": n}).to_string()))
-                }
+                TailEvent::Lagged(n) => self
+                    .queue
+                    .push_back(Event::default().event("lagged").data(json!({"dropped": n}).to_string())),
                 TailEvent::Closed => {
                     self.done = true;
                     self.queue.push_back(
-                        Event::default().event("closed").data(json!({"reason": "server stopping"}).to_string()),
+                        Event::default()
+                            .event("closed")
+                            .data(json!({"reason": "server stopping"}).to_string()),
                     );
                 }
             }
@@ -287,9 +293,12 @@ mod tests {
     #[tokio::test]
     async fn test_tail_backfills_then_follows_matching_records() {
         let (_d, s) = storage();
-        s.append_logs(vec![log("cart", 17, "old disk failure", 1_000), log("cart", 17, "old disk again", 2_000)])
-            .await
-            .unwrap();
+        s.append_logs(vec![
+            log("cart", 17, "old disk failure", 1_000),
+            log("cart", 17, "old disk again", 2_000),
+        ])
+        .await
+        .unwrap();
         let app = app_with(&s, QueryConfig::default());
         let r = open(&app, "/api/v1/tail/logs?q=disk&service=cart&severity=ERROR&limit=5", None).await;
         assert_eq!(r.status(), StatusCode::OK);
@@ -369,6 +378,9 @@ mod tests {
         assert_eq!(backfill_count(&p("limit=7"), 100).unwrap(), 7);
         assert_eq!(backfill_count(&p("limit=700"), 100).unwrap(), 100);
         assert_eq!(backfill_count(&p("start=5"), 100).unwrap(), 100);
-        assert!(TailConfig { max_clients: 0, ..Default::default() }.check().unwrap_err().contains("max_clients"));
+        assert!(TailConfig { max_clients: 0, ..Default::default() }
+            .check()
+            .unwrap_err()
+            .contains("max_clients"));
     }
 }
