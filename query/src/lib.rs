@@ -82,6 +82,8 @@ pub struct QueryConfig {
     /// newest the indexes select in its range), and the records the Loki
     /// label listings read; past it the answer says it is partial.
     pub max_logql_scan: usize,
+    /// `[query.tail]`: live tail limits (`GET /api/v1/tail/logs`).
+    pub tail: api::tail::TailConfig,
 }
 
 impl QueryConfig {
@@ -104,7 +106,7 @@ impl QueryConfig {
                 return Err(format!("query.{name} must be more than 0"));
             }
         }
-        Ok(())
+        self.tail.check()
     }
 }
 
@@ -128,6 +130,7 @@ impl Default for QueryConfig {
             max_series: 1000,
             max_points_per_series: 11_000,
             max_logql_scan: 100_000,
+            tail: Default::default(),
         }
     }
 }
@@ -152,6 +155,7 @@ impl ApiState {
     pub fn new(tenants: Arc<Tenants>, mut registry: Registry, cfg: QueryConfig) -> ApiState {
         let metrics = QueryMetrics::default();
         metrics.register(&mut registry);
+        tenants.tail_with_capacity(cfg.tail.channel_capacity).register(&mut registry);
         let guards = Guards::with_metrics(&cfg, metrics);
         ApiState { tenants, registry: Arc::new(registry), cfg, guards }
     }

@@ -1,12 +1,13 @@
 //! `skein logs`: log search, and `--follow` to tail new records.
 
 use std::collections::HashSet;
+use std::io::{BufRead as _, BufReader};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 
-use super::{body_line, fmt_time, ns, severity, time_param, Api, ClientArgs};
+use super::{body_line, fmt_time, ns, severity, time_param, Api, ClientArgs, StatusError};
 
 /// `skein logs [FLAGS]`: each flag is the `GET /api/v1/search/logs`
 /// parameter of the same name (docs/api.md).
@@ -33,11 +34,12 @@ pub(crate) struct LogsArgs {
     /// At most this many records per request (the server's default is 100).
     #[arg(long)]
     pub(crate) limit: Option<u32>,
-    /// Keep polling for newer records and print them as they come, until
-    /// interrupted (Ctrl-C).
+    /// Keep following newer records and print them as they come (the live
+    /// tail; polling on a server without it), until interrupted (Ctrl-C).
     #[arg(short, long)]
     pub(crate) follow: bool,
-    /// Time between polls with `--follow`.
+    /// With `--follow`: time between polls (a server without the live
+    /// tail), and before following again after the server closed the stream.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) interval: Duration,
     #[command(flatten)]
@@ -66,45 +68,100 @@ impl LogsArgs {
 }
 
 /// Prints the matching records oldest first (the newest `--limit` of the
-/// range, as `tail` shows the end of a file); with `--follow`, then polls
-/// from the newest time seen. `--json`: the API's answer, or with
-/// `--follow` one record per line (NDJSON).
+/// range, as `tail` shows the end of a file); with `--follow`, then
+/// follows the live tail (`GET /api/v1/tail/logs`) from the newest time
+/// seen, or polls the search on a server without it. `--json`: the API's
+/// answer, or with `--follow` one record per line (NDJSON).
 pub(crate) fn run(args: &LogsArgs) -> Result<()> {
     let api = Api::new(&args.client)?;
-    let mut v = api.get("/api/v1/search/logs", &args.params(None, SystemTime::now()))?;
+    let v = api.get("/api/v1/search/logs", &args.params(None, SystemTime::now()))?;
     if args.client.json && !args.follow {
         return super::print_json(&v);
     }
     let mut cursor = Cursor::default();
-    let limit = args.limit.map_or(100, u64::from);
-    let mut first = true;
+    let new = cursor.advance(records(&v));
+    if new.is_empty() && !args.follow {
+        println!("No log records found.");
+    }
+    print(args, &new);
+    warnings(&v);
+    if !args.follow {
+        return Ok(());
+    }
     loop {
-        let new = cursor.advance(records(&v));
-        if first && new.is_empty() && !args.follow {
-            println!("No log records found.");
-        }
-        for l in &new {
-            if args.client.json {
-                println!("{l}");
-            } else {
-                println!("{}", line(l));
+        match stream(&api, args, &mut cursor) {
+            // The server stopped: follow it again once it is back.
+            Ok(()) => std::thread::sleep(args.interval),
+            Err(e) if e.downcast_ref::<StatusError>().is_some_and(|s| s.status == 404) => {
+                return poll(&api, args, cursor)
             }
+            Err(e) => return Err(e),
         }
-        for w in v["warnings"].as_array().into_iter().flatten() {
-            eprintln!("warning: {}", w.as_str().unwrap_or(""));
+    }
+}
+
+fn print(args: &LogsArgs, new: &[Value]) {
+    for l in new {
+        if args.client.json {
+            println!("{l}");
+        } else {
+            println!("{}", line(l));
         }
-        if !args.follow {
-            return Ok(());
+    }
+}
+
+fn warnings(v: &Value) {
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or(""));
+    }
+}
+
+/// Follows the live tail until the server ends the stream: first the
+/// stored records from the cursor on (the cursor drops those already
+/// printed), then each new one.
+fn stream(api: &Api, args: &LogsArgs, cursor: &mut Cursor) -> Result<()> {
+    let mut p = args.params(cursor.last.map(|t| t.to_string()), SystemTime::now());
+    p.retain(|(k, _)| k != "limit");
+    p.push(("limit".into(), args.limit.map_or(100, |l| l.max(1)).to_string()));
+    let resp = api.stream("/api/v1/tail/logs", &p)?;
+    let mut event = String::new();
+    for l in BufReader::new(resp).lines() {
+        let l = l.context("reading the live tail")?;
+        if let Some(name) = l.strip_prefix("event:") {
+            event = name.trim().to_string();
+        } else if let Some(data) = l.strip_prefix("data:") {
+            match event.as_str() {
+                "" => {
+                    let rec: Value = serde_json::from_str(data.trim()).context("a tail event is not JSON")?;
+                    print(args, &cursor.advance(vec![rec]));
+                }
+                "lagged" => {
+                    eprintln!("warning: fell behind the server; records were dropped: {}", data.trim())
+                }
+                _ => {}
+            }
+        } else if l.is_empty() {
+            event.clear();
         }
-        if !first && records(&v).len() as u64 >= limit {
+    }
+    Ok(())
+}
+
+/// `--follow` against a server without the live tail: polls the search
+/// every `--interval` from the newest time seen.
+fn poll(api: &Api, args: &LogsArgs, mut cursor: Cursor) -> Result<()> {
+    let limit = args.limit.map_or(100, u64::from);
+    loop {
+        std::thread::sleep(args.interval);
+        let start = cursor.last.map(|t| t.to_string());
+        let v = api.get("/api/v1/search/logs", &args.params(start, SystemTime::now()))?;
+        if records(&v).len() as u64 >= limit {
             eprintln!(
                 "warning: a poll found as many records as --limit; older ones of that interval may be missing (raise --limit)"
             );
         }
-        first = false;
-        std::thread::sleep(args.interval);
-        let start = cursor.last.map(|t| t.to_string());
-        v = api.get("/api/v1/search/logs", &args.params(start, SystemTime::now()))?;
+        print(args, &cursor.advance(records(&v)));
+        warnings(&v);
     }
 }
 

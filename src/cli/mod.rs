@@ -44,6 +44,9 @@ pub(crate) struct ClientArgs {
 #[derive(Debug)]
 pub(crate) struct Api {
     http: Client,
+    /// For streams (`skein logs --follow`): no overall timeout, only on
+    /// connecting.
+    stream_http: Client,
     base: String,
     token: Option<String>,
     tenant: Option<String>,
@@ -62,7 +65,18 @@ impl Api {
             None => std::env::var("SKEIN_TOKEN").ok().filter(|t| !t.is_empty()),
         };
         let http = Client::builder().timeout(args.timeout).build().context("building the HTTP client")?;
-        Ok(Api { http, base: args.url.trim_end_matches('/').to_string(), token, tenant: args.tenant.clone() })
+        let stream_http = Client::builder()
+            .timeout(None::<Duration>)
+            .connect_timeout(args.timeout)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api {
+            http,
+            stream_http,
+            base: args.url.trim_end_matches('/').to_string(),
+            token,
+            tenant: args.tenant.clone(),
+        })
     }
 
     /// The base URL, for messages.
@@ -72,7 +86,29 @@ impl Api {
 
     /// A request to `url` (absolute) with the token and tenant headers.
     pub(crate) fn request(&self, method: reqwest::Method, url: &str) -> RequestBuilder {
-        let mut req = self.http.request(method, url);
+        self.with_auth(self.http.request(method, url))
+    }
+
+    /// `GET {url}{path}?{query}` answered by a stream that is read as it
+    /// comes (no overall timeout): the open response on 2xx, else the
+    /// error as [`Api::get`] gives it.
+    pub(crate) fn stream(&self, path: &str, query: &[(String, String)]) -> Result<Response> {
+        let mut url = format!("{}{path}", self.base);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish());
+        }
+        let resp =
+            self.with_auth(self.stream_http.get(&url)).send().map_err(|e| unreachable(&self.base, &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().unwrap_or_default();
+            return Err(StatusError { status: status.as_u16(), message: api_error(status, &body) }.into());
+        }
+        Ok(resp)
+    }
+
+    fn with_auth(&self, mut req: RequestBuilder) -> RequestBuilder {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

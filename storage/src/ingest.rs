@@ -143,12 +143,22 @@ impl Storage {
     }
 
     /// Makes log records durable, then visible; as [`Storage::append_spans`]
-    /// (records without trace context carry [`TraceId::ZERO`]).
+    /// (records without trace context carry [`TraceId::ZERO`]). Once
+    /// durable, the records are also published to the live tail
+    /// ([`crate::tail`]) when someone follows it.
     ///
     /// # Errors
     /// As [`Storage::append_spans`].
     pub async fn append_logs(self: &Arc<Self>, logs: Vec<LogRecord>) -> Result<()> {
-        self.append(RecordKind::LogBatch, logs, batch::encode_logs, Head::insert_logs).await
+        let link = self.tail.get();
+        let copy = link.and_then(|l| l.wanted()).map(|_| logs.clone());
+        self.append(RecordKind::LogBatch, logs, batch::encode_logs, Head::insert_logs).await?;
+        if let (Some(l), Some(copy)) = (link, copy) {
+            if let Some(t) = l.cell.get() {
+                t.publish(&l.tenant, copy);
+            }
+        }
+        Ok(())
     }
 
     /// Writes `records` to the WAL as one batch and, once it is durable,

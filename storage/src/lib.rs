@@ -39,6 +39,7 @@ pub mod remote;
 pub mod rollup;
 pub mod segment;
 pub mod summary;
+pub mod tail;
 pub mod tenant;
 pub mod wal;
 
@@ -319,6 +320,9 @@ pub struct Storage {
     pub metrics: Arc<StorageMetrics>,
     /// This storage's part of the shared gauges in `metrics`.
     gauges: crate::metrics::GaugeShares,
+    /// Where appended log records are published for live tail, once a
+    /// [`tenant::Tenants`] registry links this storage ([`tail`]).
+    tail: OnceLock<tail::TailLink>,
     /// Test hook: the next flush fails as if its segment write had.
     #[cfg(test)]
     fail_next_flush: AtomicBool,
@@ -394,6 +398,7 @@ impl Storage {
             quarantine: Default::default(),
             metrics,
             gauges: Default::default(),
+            tail: OnceLock::new(),
             #[cfg(test)]
             fail_next_flush: AtomicBool::new(false),
         };

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::metrics::StorageMetrics;
+use crate::tail::{LogTail, TailLink, DEFAULT_TAIL_CAPACITY};
 use crate::{Error, Result, Storage, StorageConfig};
 
 /// The tenant of requests that name none while multi-tenancy is off, and
@@ -149,6 +150,9 @@ pub struct Tenants {
     /// their maintenance at once.
     maintenance: OnceLock<watch::Receiver<bool>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The live tail every tenant's storage publishes to, made on first use
+    /// ([`Tenants::tail`]); shared with each storage through its link.
+    tail: Arc<OnceLock<Arc<LogTail>>>,
 }
 
 impl fmt::Debug for Tenants {
@@ -195,7 +199,9 @@ impl Tenants {
             open_lock: Mutex::new(()),
             maintenance: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
+            tail: Arc::default(),
         };
+        t.link_tail(&t.default, TenantId::single());
         let dir = data_dir.join("tenants");
         let mut names = Vec::new();
         if dir.is_dir() {
@@ -226,7 +232,10 @@ impl Tenants {
     /// whose other tenants live under its data directory, with default
     /// tenant settings: for tests and tools that open one storage.
     pub fn from_storage(storage: Arc<Storage>) -> Arc<Tenants> {
-        Arc::new(Tenants {
+        // A storage already linked (a second registry over it in a test)
+        // keeps publishing to the tail it has.
+        let tail = storage.tail.get().map(|l| l.cell.clone()).unwrap_or_default();
+        let t = Arc::new(Tenants {
             data_dir: storage.data_dir.clone(),
             cfg: storage.cfg.clone(),
             tenants_cfg: TenantsConfig::default(),
@@ -238,13 +247,35 @@ impl Tenants {
             open_lock: Mutex::new(()),
             maintenance: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
-        })
+            tail,
+        });
+        t.link_tail(&t.default, TenantId::single());
+        t
     }
 
     fn open_tenant(&self, id: &TenantId) -> Result<Arc<Storage>> {
         let dir = self.data_dir.join("tenants").join(id.as_str());
         let cfg = tenant_config(&self.cfg, &self.overrides, id, Some(id))?;
-        Storage::open_with_metrics(&dir, cfg, self.metrics.clone())
+        let s = Storage::open_with_metrics(&dir, cfg, self.metrics.clone())?;
+        self.link_tail(&s, id.clone());
+        Ok(s)
+    }
+
+    fn link_tail(&self, s: &Storage, tenant: TenantId) {
+        let _ = s.tail.set(TailLink { cell: self.tail.clone(), tenant });
+    }
+
+    /// The live tail of every tenant's appended log records, made with
+    /// `capacity` batches (see [`LogTail::new`]) by the first call; later
+    /// calls return that one whatever they pass.
+    pub fn tail_with_capacity(&self, capacity: usize) -> &Arc<LogTail> {
+        self.tail.get_or_init(|| LogTail::new(capacity))
+    }
+
+    /// [`Tenants::tail_with_capacity`] with [`DEFAULT_TAIL_CAPACITY`] if
+    /// none was made yet.
+    pub fn tail(&self) -> &Arc<LogTail> {
+        self.tail_with_capacity(DEFAULT_TAIL_CAPACITY)
     }
 
     /// Replays every open tenant's WAL ([`Storage::replay`]). Blocking.
@@ -367,6 +398,10 @@ impl Tenants {
             }
         }
         let _ = stop.wait_for(|s| *s).await;
+        // Streaming tail responses end, so the listeners can drain.
+        if let Some(t) = self.tail.get() {
+            t.close();
+        }
         loop {
             let Some(t) = self.tasks.lock().pop() else { break };
             let _ = t.await;

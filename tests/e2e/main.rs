@@ -39,6 +39,8 @@ mod s3;
 mod sdk;
 /// Search by span conditions and time, log search, traces split over segments.
 mod search;
+/// Live tail of logs: the SSE stream with filters, limits and shutdown.
+mod tail;
 /// Self-telemetry: Skein's own query and flush spans, to itself or another Skein.
 mod self_tracing;
 /// The Tempo-compatible query API.

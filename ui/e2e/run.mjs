@@ -541,6 +541,46 @@ async function main() {
     if (expectSpan) await page.waitForSelector(`[data-testid="span-detail"][data-span-id="${expectSpan}"]`);
   });
 
+  await test("logs page Live: new records appear at the top, Pause holds and counts them, Resume shows them (issue 13)", async () => {
+    if (!otlpHttp) return log("skipped: needs a Skein started by this script (not SKEIN_URL)");
+    let n = 0;
+    const send = (bodies) =>
+      postJson(`http://${otlpHttp}/v1/logs`, {
+        resourceLogs: [
+          {
+            resource: { attributes: [{ key: "service.name", value: { stringValue: "live-e2e" } }] },
+            scopeLogs: [
+              {
+                logRecords: bodies.map((b) => ({
+                  timeUnixNano: String(BigInt(Date.now()) * 1000000n + BigInt(n++)),
+                  severityNumber: 17,
+                  severityText: "ERROR",
+                  body: { stringValue: b },
+                })),
+              },
+            ],
+          },
+        ],
+      });
+    const bodies = () => page.$$eval('[data-testid="log-body"]', (es) => es.map((e) => e.textContent.trim()));
+    await goto("/logs?q=livemark&live=1");
+    await page.waitForSelector('[data-testid="live-state"].live');
+    await send(["livemark one", "unrelated line"]);
+    await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="log-body"]')].some((e) => e.textContent.includes("livemark one")));
+    assert(!(await bodies()).some((b) => b.includes("unrelated")), "a record without the word appeared in the live view");
+    await page.click('[data-testid="logs-pause"]');
+    await send(["livemark two", "livemark three", "unrelated again"]);
+    await page.waitForFunction(() => document.querySelector('[data-testid="logs-held"]')?.dataset.count === "2", null, { timeout: 15000 });
+    assert(/2 new records held/.test(await page.textContent('[data-testid="logs-held"]')), "the held count is not shown");
+    assert(!(await bodies()).some((b) => b.includes("livemark two")), "a record arrived on the page while paused");
+    await shot("logs-live.png");
+    await page.click('[data-testid="logs-pause"]'); // Resume
+    await page.waitForFunction(() => document.querySelector('[data-testid="log-body"]')?.textContent.includes("livemark three"));
+    const got = (await bodies()).filter((b) => b.startsWith("livemark"));
+    assert(JSON.stringify(got) === JSON.stringify(["livemark three", "livemark two", "livemark one"]), `live rows ${JSON.stringify(got)}, expected newest first`);
+    assert((await page.$('[data-testid="logs-held"]')) === null, "the held count stays after Resume");
+  });
+
   await test("compare page matches spans of two traces", async () => {
     const q = new URLSearchParams({ service: T.root_service, operation: T.root_name, start: String(startNs), end: String(endNs), limit: "20" });
     const found = await getJson(`${base}/api/v1/search/traces?${q}`);

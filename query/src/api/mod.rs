@@ -6,6 +6,7 @@ pub mod jaeger;
 pub mod jaeger_metrics;
 pub mod loki;
 pub mod native;
+pub mod tail;
 pub mod tempo;
 mod tempo_metrics;
 
@@ -31,6 +32,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(tempo::routes())
         .merge(tempo_metrics::routes())
         .merge(loki::routes())
+        .merge(tail::routes())
         .route("/api", any(not_found))
         .route("/api/", any(not_found))
         .route("/api/{*rest}", any(not_found))

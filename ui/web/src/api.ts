@@ -202,3 +202,87 @@ export const api = {
   red: (p: Params, s?: AbortSignal) => getJson<RedResponse>("/api/v1/metrics/red", p, s),
   logHistogram: (p: Params, s?: AbortSignal) => getJson<HistogramResponse>("/api/v1/logs/histogram", p, s),
 };
+
+/** What a live tail stream reports (GET /api/v1/tail/logs, server-sent
+ * events): each matching log record, `ready` once the backfill is sent,
+ * `lagged` with the records dropped because this client fell behind, and
+ * the connection's state for the page to show. */
+export interface TailHandlers {
+  onLog: (l: Log) => void;
+  onReady?: (backfilled: number) => void;
+  onLagged?: (dropped: number) => void;
+  onState?: (s: "connecting" | "live" | "error", message?: string) => void;
+}
+
+/** Follows `/api/v1/tail/logs` with `params` until `signal` aborts,
+ * reconnecting after a pause when the stream ends or fails (a restarting
+ * server). Read with fetch rather than EventSource, so the sign-in token
+ * and tenant headers go along as with every other request. */
+export async function tailLogs(params: Params, h: TailHandlers, signal: AbortSignal): Promise<void> {
+  const url = "/api/v1/tail/logs" + qs(params);
+  while (!signal.aborted) {
+    h.onState?.("connecting");
+    try {
+      const res = await fetch(url, { signal, headers: { ...authHeaders(), Accept: "text/event-stream" } });
+      if (!res.ok || !res.body) {
+        const text = await res.text().catch(() => "");
+        let msg = text.slice(0, 300) || res.statusText;
+        try {
+          msg = String(JSON.parse(text).error ?? msg);
+        } catch {
+          /* not JSON */
+        }
+        if (res.status === 401 || res.status === 403) authStore.set(msg);
+        h.onState?.("error", msg);
+        // A bad filter does not get better by retrying.
+        if (res.status === 400 || res.status === 401 || res.status === 403) return;
+      } else {
+        await readEvents(res.body, signal, (event, data) => {
+          if (event === "message") h.onLog(JSON.parse(data) as Log);
+          else if (event === "ready") {
+            h.onState?.("live");
+            h.onReady?.(Number(JSON.parse(data).backfilled) || 0);
+          } else if (event === "lagged") h.onLagged?.(Number(JSON.parse(data).dropped) || 0);
+        });
+        if (!signal.aborted) h.onState?.("error", "The live stream ended; reconnecting.");
+      }
+    } catch (e) {
+      if (signal.aborted || (e as Error).name === "AbortError") return;
+      h.onState?.("error", "Cannot reach the Skein server; reconnecting.");
+    }
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+/** Parses a text/event-stream body (WHATWG HTML, "Server-sent events"):
+ * events end at a blank line; `event:` names one, `data:` lines are joined
+ * with newlines, lines starting with `:` are comments (keep-alives). */
+async function readEvents(body: ReadableStream<Uint8Array>, signal: AbortSignal, on: (event: string, data: string) => void) {
+  const reader = body.getReader();
+  const dec = new TextDecoder();
+  signal.addEventListener("abort", () => reader.cancel().catch(() => {}), { once: true });
+  let buf = "";
+  let event = "message";
+  let data: string[] = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += dec.decode(value, { stream: true });
+    let nl: number;
+    while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + (buf.startsWith("\r\n", nl) ? 2 : 1));
+      if (line === "") {
+        if (data.length) on(event, data.join("\n"));
+        event = "message";
+        data = [];
+      } else if (!line.startsWith(":")) {
+        const i = line.indexOf(":");
+        const field = i < 0 ? line : line.slice(0, i);
+        const val = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+        if (field === "event") event = val;
+        else if (field === "data") data.push(val);
+      }
+    }
+  }
+}

@@ -298,7 +298,7 @@ async fn search_traces(
 
 /// The log filter of `q`, `service`, `severity`, `trace_id`, `start`,
 /// `end`; the range at most `max_range` long.
-fn log_filter(p: &Params, max_range: std::time::Duration) -> Result<LogFilter> {
+pub(crate) fn log_filter(p: &Params, max_range: std::time::Duration) -> Result<LogFilter> {
     let mut words = Vec::new();
     if let Some(q) = p.get("q") {
         tokenize(&mut analyzer(), q, &mut words);

@@ -1,6 +1,6 @@
-import { useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import uPlot from "uplot";
-import { api, type Log } from "../api";
+import { api, tailLogs, type Log } from "../api";
 import { Busy, Empty, ErrorState, Link, Loading, TimeRangePicker, TimeText, UChart, axisStyle, timeAxis } from "../components";
 import { severityClass, severityLabel } from "../tracemodel";
 import {
@@ -29,6 +29,7 @@ interface LForm {
   trace_id: string;
   limit: string;
   range: TimeRange;
+  live: boolean;
 }
 const fromQuery = (q: URLSearchParams): LForm => ({
   q: q.get("q") ?? "",
@@ -37,6 +38,7 @@ const fromQuery = (q: URLSearchParams): LForm => ({
   trace_id: q.get("trace_id") ?? "",
   limit: q.get("limit") ?? "100",
   range: rangeFromQuery(q),
+  live: q.get("live") === "1",
 });
 const toUrl = (f: LForm) =>
   buildUrl("/logs", {
@@ -46,6 +48,7 @@ const toUrl = (f: LForm) =>
     trace_id: f.trace_id.trim(),
     limit: f.limit === "100" ? "" : f.limit,
     ...rangeToQuery(f.range),
+    live: f.live ? "1" : "",
   });
 
 export function LogsPage(props: { loc: Loc }) {
@@ -63,8 +66,9 @@ export function LogsPage(props: { loc: Loc }) {
     start: traceOnly ? undefined : bounds.start,
     end: traceOnly ? undefined : bounds.end,
   };
-  const res = useFetch(`logs:${runKey}`, (s) => api.searchLogs({ ...filters, limit: applied.limit }, s));
-  const hist = useFetch(traceOnly ? null : `hist:${runKey}`, (s) =>
+  const live = applied.live;
+  const res = useFetch(live ? null : `logs:${runKey}`, (s) => api.searchLogs({ ...filters, limit: applied.limit }, s));
+  const hist = useFetch(traceOnly || live ? null : `hist:${runKey}`, (s) =>
     api.logHistogram({ ...filters, step: stepFor(bounds.startMs, bounds.endMs, 80) }, s),
   );
   return (
@@ -119,7 +123,17 @@ export function LogsPage(props: { loc: Loc }) {
         <button type="submit" class="primary" data-testid="logs-submit">
           Search
         </button>
-        <TimeRangePicker value={form.range} onChange={(range) => submit({ ...form, range })} />
+        {!live && <TimeRangePicker value={form.range} onChange={(range) => submit({ ...form, range })} />}
+        <button
+          type="button"
+          class={live ? "primary live-toggle on" : "live-toggle"}
+          data-testid="logs-live"
+          aria-pressed={live}
+          title="Follow new log records as they arrive, with these filters"
+          onClick={() => submit({ ...form, live: !live })}
+        >
+          {live ? "● Live" : "Live"}
+        </button>
       </form>
       {applied.trace_id && (
         <div class="filter-chips">
@@ -131,7 +145,14 @@ export function LogsPage(props: { loc: Loc }) {
           {traceOnly && <span class="muted small"> (any time)</span>}
         </div>
       )}
-      {!traceOnly && (
+      {live && (
+        <LiveTail
+          key={runKey}
+          filters={{ q: applied.q, service: applied.service, severity: applied.severity, trace_id: applied.trace_id }}
+          words={applied.q}
+        />
+      )}
+      {!traceOnly && !live && (
         <div class="card hist-card">
           <Busy on={hist.loading && !!hist.data} />
           {hist.loading && !hist.data && <Loading what="log volume" />}
@@ -161,6 +182,101 @@ export function LogsPage(props: { loc: Loc }) {
         </Empty>
       )}
       {res.data && res.data.logs.length > 0 && <LogList logs={res.data.logs} limit={parseInt(applied.limit) || 100} words={applied.q} />}
+    </div>
+  );
+}
+
+/** Rows the live view keeps (newest first); older ones leave the page. */
+const LIVE_ROWS = 500;
+/** Records held while paused; past it the oldest held are dropped (and counted). */
+const LIVE_HELD = 5000;
+/** Stored records shown when the live view starts. */
+const LIVE_BACKFILL = 50;
+
+/** Follows GET /api/v1/tail/logs with `filters`: new records at the top,
+ * Pause holds them (counted) until Resume. Remounted when the filters change. */
+function LiveTail(props: { filters: Record<string, string>; words: string }) {
+  const [rows, setRows] = useState<Log[]>([]);
+  const [held, setHeld] = useState<Log[]>([]);
+  const [paused, setPaused] = useState(false);
+  const [dropped, setDropped] = useState(0);
+  const [state, setState] = useState<{ s: string; msg?: string }>({ s: "connecting" });
+  const pausedRef = useRef(false);
+  pausedRef.current = paused;
+  useEffect(() => {
+    const ac = new AbortController();
+    // Records of one network read arrive together; they are added in one update.
+    let pending: Log[] = [];
+    let flush = 0;
+    const onLog = (l: Log) => {
+      pending.push(l);
+      if (flush) return;
+      flush = requestAnimationFrame(() => {
+        flush = 0;
+        const batch = pending.reverse();
+        pending = [];
+        if (pausedRef.current) {
+          setHeld((h) => {
+            const all = batch.concat(h);
+            if (all.length > LIVE_HELD) setDropped((d) => d + all.length - LIVE_HELD);
+            return all.slice(0, LIVE_HELD);
+          });
+        } else setRows((r) => batch.concat(r).slice(0, LIVE_ROWS));
+      });
+    };
+    tailLogs(
+      { ...props.filters, limit: String(LIVE_BACKFILL) },
+      {
+        onLog,
+        onLagged: (n) => setDropped((d) => d + n),
+        onState: (s, msg) => setState({ s, msg }),
+      },
+      ac.signal,
+    );
+    return () => {
+      ac.abort();
+      if (flush) cancelAnimationFrame(flush);
+    };
+  }, []);
+  const resume = () => {
+    setRows((r) => held.concat(r).slice(0, LIVE_ROWS));
+    setHeld([]);
+    setPaused(false);
+  };
+  return (
+    <div class="live-tail" data-testid="live-tail">
+      <div class="live-bar card">
+        <span class={`live-state ${state.s}`} data-testid="live-state">
+          {state.s === "live" ? "● Following new records" : state.s === "connecting" ? "Connecting…" : state.msg || "Disconnected"}
+        </span>
+        {paused ? (
+          <button type="button" class="primary" data-testid="logs-pause" onClick={resume}>
+            Resume
+          </button>
+        ) : (
+          <button type="button" data-testid="logs-pause" onClick={() => setPaused(true)}>
+            Pause
+          </button>
+        )}
+        {paused && (
+          <span class="badge" data-testid="logs-held" data-count={held.length}>
+            {fmtNum(held.length)} new record{held.length === 1 ? "" : "s"} held; Resume shows them
+          </span>
+        )}
+        {dropped > 0 && (
+          <span class="badge err" data-testid="logs-dropped" title="Records skipped because the page fell behind or held too many while paused">
+            {fmtNum(dropped)} dropped
+          </span>
+        )}
+        <span class="muted small">newest first; the page keeps the last {LIVE_ROWS}</span>
+      </div>
+      {rows.length === 0 ? (
+        <Empty title={state.s === "live" ? "Waiting for new logs" : "Connecting"} testid="live-empty">
+          New log records that match the filters appear here as they arrive.
+        </Empty>
+      ) : (
+        <LogList logs={rows} limit={Infinity} words={props.words} />
+      )}
     </div>
   );
 }
@@ -228,8 +344,8 @@ function bars() {
 }
 
 function LogList(props: { logs: Log[]; limit: number; words: string }) {
-  const [open, setOpen] = useState<Set<number>>(() => new Set());
-  const toggle = (i: number) => {
+  const [open, setOpen] = useState<Set<Log>>(() => new Set());
+  const toggle = (i: Log) => {
     const s = new Set(open);
     if (s.has(i)) s.delete(i);
     else s.add(i);
@@ -255,12 +371,12 @@ function LogList(props: { logs: Log[]; limit: number; words: string }) {
         </strong>
         {props.logs.length >= props.limit && <span class="muted small"> (newest first; limit reached, narrow the search or raise the limit)</span>}
       </div>
-      {props.logs.map((l, i) => {
-        const isOpen = open.has(i);
+      {props.logs.map((l) => {
+        const isOpen = open.has(l);
         const body = attrText(l.body);
         return (
           <div class={`log-row ${severityClass(l)}${isOpen ? " open" : ""}`} data-testid="log-row" data-trace-id={l.trace_id ?? ""}>
-            <div class="lr-main" onClick={() => toggle(i)} role="button" aria-expanded={isOpen}>
+            <div class="lr-main" onClick={() => toggle(l)} role="button" aria-expanded={isOpen}>
               <span class="twisty">{isOpen ? "▾" : "▸"}</span>
               <span class="lr-time mono small">
                 <TimeText ms={nsToMs(l.time_unix_nano)} ms3 />

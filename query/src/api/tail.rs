@@ -1,0 +1,386 @@
+//! `GET /api/v1/tail/logs`: live tail of log records as server-sent events
+//! (the WHATWG HTML standard's `text/event-stream`, which a browser's
+//! `EventSource` reads), with the filters of `GET /api/v1/search/logs`.
+//!
+//! The stream follows the storage's tail broadcast ([`skein_storage::tail`]):
+//! each record of the request's tenant that matches the filters is one
+//! unnamed (`message`) event whose data is the `Log` JSON of
+//! `/api/v1/search/logs`. Before following, `limit` (or `start`) asks for
+//! the newest matching records already stored, sent oldest first. Other
+//! events: `ready` once the backfill is sent (`{"backfilled": N}`),
+//! `lagged` when the client fell behind and records were dropped
+//! (`{"dropped": N}`, in records of its tenant before filtering), and
+//! `closed` when the server stops. A comment line is sent every
+//! `query.tail.keepalive` so proxies keep the connection open and a
+//! vanished client is noticed. Like Loki's `/loki/api/v1/tail` (a
+//! websocket there), it bounds the clients (`query.tail.max_clients`,
+//! 429 beyond) and the backfill (`query.tail.max_backfill`).
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::json;
+use skein_storage::filter::analyzer;
+use skein_storage::model::LogRecord;
+use skein_storage::tail::{TailEvent, TailSubscription, DEFAULT_TAIL_CAPACITY};
+
+use super::native::{json as render, log_filter};
+use crate::error::{Error, Result};
+use crate::params::Params;
+use crate::{ApiState, Tenant};
+
+/// `[query.tail]`: limits of live tail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailConfig {
+    /// Tail streams open at once (all tenants together); one more is
+    /// refused with 429 and `Retry-After`.
+    pub max_clients: usize,
+    /// Batches (one ingest request's log records each) the broadcast holds
+    /// for its slowest subscriber; a client further behind loses the
+    /// oldest and gets a `lagged` event. Memory is bounded by this many
+    /// batches of at most the collector's request size.
+    pub channel_capacity: usize,
+    /// Most stored records a stream sends before following (`limit` is
+    /// capped to it).
+    pub max_backfill: usize,
+    /// How often a keep-alive comment is sent on a quiet stream.
+    #[serde(with = "humantime_serde")]
+    pub keepalive: Duration,
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        TailConfig {
+            max_clients: 64,
+            channel_capacity: DEFAULT_TAIL_CAPACITY,
+            max_backfill: 1000,
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+impl TailConfig {
+    /// Settings that cannot work, named.
+    ///
+    /// # Errors
+    /// The first such setting.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, zero) in [
+            ("max_clients", self.max_clients == 0),
+            ("channel_capacity", self.channel_capacity == 0),
+            ("keepalive", self.keepalive.is_zero()),
+        ] {
+            if zero {
+                return Err(format!("query.tail.{name} must be more than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+const TAIL_LOGS_PARAMS: &[&str] = &["q", "service", "severity", "trace_id", "start", "limit"];
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new().route("/api/v1/tail/logs", get(tail_logs))
+}
+
+/// How many stored records to send first: `limit` (0 for none), else
+/// `max_backfill` when `start` is given, else none; at most `max_backfill`.
+fn backfill_count(p: &Params, max_backfill: usize) -> Result<usize> {
+    let n = match p.get("limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| Error::bad(format!("limit: {v:?} is not a non-negative integer")))?,
+        None if p.get("start").is_some() => max_backfill,
+        None => 0,
+    };
+    Ok(n.min(max_backfill))
+}
+
+async fn tail_logs(
+    State(st): State<ApiState>,
+    Tenant(tenant): Tenant,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
+    let p = Params::parse(q.as_deref());
+    p.only(TAIL_LOGS_PARAMS)?;
+    let mut filter = log_filter(&p, st.cfg.max_range)?;
+    let cfg = &st.cfg.tail;
+    let backfill = backfill_count(&p, cfg.max_backfill)?;
+    let tail = st.tenants.tail_with_capacity(cfg.channel_capacity).clone();
+    // Subscribed before the backfill is read, so nothing appended
+    // meanwhile is missed; what both see is sent once (`seen`).
+    let sub = tail
+        .subscribe(tenant.clone(), cfg.max_clients)
+        .map_err(|e| Error::TooBusy(format!("{e}; retry later, or raise query.tail.max_clients")))?;
+    let mut queue = VecDeque::new();
+    let mut seen = HashSet::new();
+    if backfill > 0 {
+        let r = st.engine(&tenant).await?.search_logs(filter.clone(), backfill).await?;
+        for l in r.logs.iter().rev() {
+            seen.insert(fingerprint(l));
+            queue.push_back(log_event(l));
+        }
+    }
+    queue.push_back(Event::default().event("ready").data(json!({"backfilled": queue.len()}).to_string()));
+    // `start` bounded the backfill; live records are new whatever their
+    // timestamps say.
+    filter.start_ns = None;
+    filter.end_ns = None;
+    let mut an = analyzer();
+    let matches = Box::new(move |l: &LogRecord| filter.matches(l, &mut an));
+    let follow = Follow { sub, matches, queue, seen, done: false };
+    let stream = futures::stream::unfold(follow, |mut f| async move {
+        let e = f.next().await?;
+        Some((Ok::<_, Infallible>(e), f))
+    });
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(cfg.keepalive));
+    // Proxies such as nginx would otherwise buffer the stream.
+    Ok(([("x-accel-buffering", "no")], sse).into_response())
+}
+
+/// One stream's state.
+struct Follow {
+    sub: TailSubscription,
+    /// The request's filters, without its time bounds.
+    matches: Box<dyn FnMut(&LogRecord) -> bool + Send>,
+    /// Events ready to send.
+    queue: VecDeque<Event>,
+    /// Fingerprints of backfilled records not seen live yet: a record
+    /// appended while the backfill was read comes both ways.
+    seen: HashSet<u64>,
+    done: bool,
+}
+
+impl Follow {
+    /// The next event, or `None` once the tail closed.
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.queue.pop_front() {
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            match self.sub.recv().await {
+                TailEvent::Records(b) => {
+                    for l in &b.logs {
+                        if !(self.matches)(l) {
+                            continue;
+                        }
+                        if !self.seen.is_empty() && self.seen.remove(&fingerprint(l)) {
+                            continue;
+                        }
+                        self.queue.push_back(log_event(l));
+                    }
+                }
+                TailEvent::Lagged(n) => self
+                    .queue
+                    .push_back(Event::default().event("lagged").data(json!({"dropped": n}).to_string())),
+                TailEvent::Closed => {
+                    self.done = true;
+                    self.queue.push_back(
+                        Event::default()
+                            .event("closed")
+                            .data(json!({"reason": "server stopping"}).to_string()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn log_event(l: &LogRecord) -> Event {
+    Event::default().data(render::log(l).to_string())
+}
+
+/// Identifies a record well enough to drop the live copy of a backfilled
+/// one; two records alike in all of these are one record to a reader.
+fn fingerprint(l: &LogRecord) -> u64 {
+    let mut h = DefaultHasher::new();
+    (l.time_unix_nano, l.observed_time_unix_nano, l.severity_number, &l.severity_text).hash(&mut h);
+    (l.trace_id.0, l.span_id.map(|s| s.0), l.service_name()).hash(&mut h);
+    format!("{:?}{:?}", l.body, l.attributes).hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use serde_json::Value;
+    use skein_storage::model::{AttrValue, LogRecord, Resource, Scope, TraceId};
+    use skein_storage::tenant::TenantId;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::api::tests::app_with;
+    use crate::engine::testutil::storage;
+    use crate::QueryConfig;
+
+    fn log(service: &str, severity: i32, body: &str, t: u64) -> LogRecord {
+        LogRecord {
+            time_unix_nano: t,
+            observed_time_unix_nano: t,
+            severity_number: severity,
+            severity_text: String::new(),
+            body: AttrValue::Str(body.into()),
+            attributes: Vec::new(),
+            trace_id: TraceId([7; 16]),
+            span_id: None,
+            flags: 0,
+            event_name: String::new(),
+            resource: Arc::new(Resource { service_name: service.into(), attributes: Vec::new() }),
+            scope: Arc::new(Scope::default()),
+        }
+    }
+
+    /// Reads SSE events (name, data) from `body` until `n` arrived; each
+    /// must come within a few seconds.
+    async fn events(body: &mut Body, n: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut buf = String::new();
+        while out.len() < n {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+                .await
+                .expect("an event in time")
+                .expect("the stream goes on")
+                .unwrap();
+            let Ok(data) = frame.into_data() else { continue };
+            buf.push_str(std::str::from_utf8(&data).unwrap());
+            while let Some(i) = buf.find("\n\n") {
+                let block: String = buf.drain(..i + 2).collect();
+                let (mut name, mut data) = ("message".to_string(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    out.push((name, data));
+                }
+            }
+        }
+        out
+    }
+
+    fn open(app: &Router, uri: &str, tenant: Option<&str>) -> impl std::future::Future<Output = Response> {
+        let mut req = Request::get(uri);
+        if let Some(t) = tenant {
+            req = req.extension(TenantId::parse(t).unwrap());
+        }
+        app.clone().oneshot(req.body(Body::empty()).unwrap()).map(|r| r.unwrap())
+    }
+
+    use futures::FutureExt as _;
+
+    /// The stream sends the backfill oldest first, then `ready`, then only
+    /// new records that match, each as the search/logs `Log` JSON.
+    #[tokio::test]
+    async fn test_tail_backfills_then_follows_matching_records() {
+        let (_d, s) = storage();
+        s.append_logs(vec![
+            log("cart", 17, "old disk failure", 1_000),
+            log("cart", 17, "old disk again", 2_000),
+        ])
+        .await
+        .unwrap();
+        let app = app_with(&s, QueryConfig::default());
+        let r = open(&app, "/api/v1/tail/logs?q=disk&service=cart&severity=ERROR&limit=5", None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let mut body = r.into_body();
+        let first = events(&mut body, 3).await;
+        let bodies: Vec<_> = first.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+        assert_eq!(bodies[2], ("ready", r#"{"backfilled":2}"#.to_string()));
+        let v: Value = serde_json::from_str(&bodies[0].1).unwrap();
+        assert_eq!(v["body"], "old disk failure");
+        assert_eq!(v["trace_id"], "07".repeat(16));
+        assert_eq!(v["time_unix_nano"], "1000");
+        s.append_logs(vec![
+            log("cart", 9, "disk info, too low", 3_000),
+            log("web", 17, "disk on another service", 3_001),
+            log("cart", 17, "network down", 3_002),
+            log("cart", 21, "DISK gone", 3_003),
+        ])
+        .await
+        .unwrap();
+        let next = events(&mut body, 1).await;
+        assert_eq!(next[0].0, "message");
+        let v: Value = serde_json::from_str(&next[0].1).unwrap();
+        assert_eq!(v["body"], "DISK gone");
+        assert_eq!(v["service_name"], "cart");
+    }
+
+    /// A tenant's stream carries only that tenant's records.
+    #[tokio::test]
+    async fn test_tail_is_scoped_to_the_tenant() {
+        let (_d, s) = storage();
+        let app = app_with(&s, QueryConfig::default());
+        let st = ApiState::new(
+            skein_storage::tenant::Tenants::from_storage(s.clone()),
+            Default::default(),
+            QueryConfig::default(),
+        );
+        let mut other = open(&app, "/api/v1/tail/logs", Some("other")).await.into_body();
+        let mut mine = open(&app, "/api/v1/tail/logs", None).await.into_body();
+        assert_eq!(events(&mut mine, 1).await[0].0, "ready");
+        assert_eq!(events(&mut other, 1).await[0].0, "ready");
+        s.append_logs(vec![log("cart", 9, "for the default tenant", 1)]).await.unwrap();
+        let got = events(&mut mine, 1).await;
+        assert!(got[0].1.contains("for the default tenant"));
+        let other_tenant = st.tenants.get(&TenantId::parse("other").unwrap()).unwrap();
+        other_tenant.append_logs(vec![log("cart", 9, "for the other tenant", 1)]).await.unwrap();
+        let got = events(&mut other, 1).await;
+        assert!(got[0].1.contains("for the other tenant"), "{got:?}");
+    }
+
+    /// Past `max_clients` streams a client gets 429; a closed stream frees
+    /// its place. Bad filters are 400s as in search/logs.
+    #[tokio::test]
+    async fn test_tail_limits_clients_and_checks_parameters() {
+        let (_d, s) = storage();
+        let mut cfg = QueryConfig::default();
+        cfg.tail.max_clients = 1;
+        let app = app_with(&s, cfg);
+        let first = open(&app, "/api/v1/tail/logs", None).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let second = open(&app, "/api/v1/tail/logs", None).await;
+        assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(second.headers().contains_key("retry-after"));
+        drop(first);
+        assert_eq!(open(&app, "/api/v1/tail/logs", None).await.status(), StatusCode::OK);
+        for bad in ["severity=LOUD", "limit=-1", "end=5", "trace_id=xyz", "q=%20"] {
+            let r = open(&app, &format!("/api/v1/tail/logs?{bad}"), None).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_backfill_count_defaults_and_caps() {
+        let p = |q: &str| Params::parse(Some(q));
+        assert_eq!(backfill_count(&p(""), 100).unwrap(), 0);
+        assert_eq!(backfill_count(&p("limit=0"), 100).unwrap(), 0);
+        assert_eq!(backfill_count(&p("limit=7"), 100).unwrap(), 7);
+        assert_eq!(backfill_count(&p("limit=700"), 100).unwrap(), 100);
+        assert_eq!(backfill_count(&p("start=5"), 100).unwrap(), 100);
+        assert!(TailConfig { max_clients: 0, ..Default::default() }
+            .check()
+            .unwrap_err()
+            .contains("max_clients"));
+    }
+}
