@@ -39,10 +39,10 @@ mod s3;
 mod sdk;
 /// Search by span conditions and time, log search, traces split over segments.
 mod search;
-/// Live tail of logs: the SSE stream with filters, limits and shutdown.
-mod tail;
 /// Self-telemetry: Skein's own query and flush spans, to itself or another Skein.
 mod self_tracing;
+/// Live tail of logs: the SSE stream with filters, limits and shutdown.
+mod tail;
 /// The Tempo-compatible query API.
 mod tempo;
 /// Tenants stored and queried apart, through every API.
