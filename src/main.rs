@@ -184,6 +184,9 @@ struct FileConfig {
     overrides: HashMap<String, TenantOverrides>,
     /// `[self_tracing]`: spans of Skein's own work.
     self_tracing: SelfTracingConfig,
+    /// `[alerts]`: rules, receivers and how they are evaluated
+    /// (docs/alerts.md).
+    alerts: skein_query::alerts::AlertsConfig,
 }
 
 /// The settings whose default is a share of the memory limit, as set in
@@ -227,6 +230,7 @@ struct Config {
     multitenancy_enabled: bool,
     server: ServerConfig,
     tls: Option<TlsFiles>,
+    alerts: skein_query::alerts::AlertsConfig,
 }
 
 /// A config parse error without the quoted source line toml adds, which
@@ -333,6 +337,7 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
     let auth = Auth::new(&file.auth, file.multitenancy_enabled).context("invalid [auth]")?;
     file.query.check().map_err(anyhow::Error::msg).context("invalid [query]")?;
     file.server.check(file.query.timeout).context("invalid server configuration")?;
+    file.alerts.check(file.multitenancy_enabled).map_err(anyhow::Error::msg).context("invalid [alerts]")?;
     let tls = match (a.tls_cert.or(file.tls_cert), a.tls_key.or(file.tls_key)) {
         (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
@@ -357,6 +362,7 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         multitenancy_enabled: file.multitenancy_enabled,
         server: file.server,
         tls,
+        alerts: file.alerts,
     })
 }
 
@@ -475,12 +481,33 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
     if let Some(st) = &self_tracing {
         st.metrics.register(&mut registry);
     }
+    let alert_metrics = skein_query::alerts::AlertMetrics::register(&mut registry);
     let api = ApiState::new(tenants.clone(), registry, cfg.query.clone());
 
     let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
     let otlp_http_l = bind(&cfg.otlp_http_addr, "OTLP/HTTP").await?;
     let http_l = bind(&cfg.http_addr, "HTTP").await?;
     let zipkin_l = bind(&cfg.zipkin_addr, "Zipkin").await?;
+    let alerts = {
+        let scheme = if certs.is_some() { "https" } else { "http" };
+        let url = cfg.alerts.external_url.clone().unwrap_or_else(|| {
+            format!(
+                "{scheme}://{}",
+                http_l.local_addr().map_or_else(|_| cfg.http_addr.to_string(), |a| a.to_string())
+            )
+        });
+        let file = skein_storage::state::StateFile::new(&cfg.data_dir.join("alerts"), "state.json");
+        skein_query::alerts::Alerts::new(
+            cfg.alerts.clone(),
+            cfg.multitenancy_enabled,
+            api.clone(),
+            file,
+            &url,
+            alert_metrics,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("alerting")?
+    };
     // Machine-readable, for scripts and tests that bind port 0.
     println!(
         "skein ready otlp_grpc={} otlp_http={} http={} zipkin={}",
@@ -556,6 +583,7 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
     };
     let http = {
         let app = skein_query::router(api)
+            .merge(skein_query::alerts::router(alerts.clone()))
             .route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::query_layer))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
         // Only on the query listener: the ingest listeners' requests must
@@ -585,6 +613,7 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
 
     // Flush, retention and compaction in the background until stopped.
     let flusher = tokio::spawn(tenants.clone().run_maintenance(stop_rx.clone()));
+    let alerting = (!alerts.is_empty()).then(|| tokio::spawn(alerts.clone().run(stop_rx.clone())));
 
     let (g, h1, h2, z) = tokio::join!(grpc, otlp_http, http, zipkin);
     g.context("OTLP/gRPC server")?;
@@ -592,6 +621,9 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
     h2.context("HTTP server")?;
     z.context("Zipkin server")?;
     flusher.await?;
+    if let Some(a) = alerting {
+        a.await?;
+    }
     // Everything acknowledged is in the WAL already; flushing it all now
     // makes the next start fast.
     // A flush that fails (a full disk, say) loses nothing: the records stay

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod api;
 pub mod engine;
 mod error;

@@ -38,6 +38,7 @@ mod read;
 pub mod remote;
 pub mod rollup;
 pub mod segment;
+pub mod state;
 pub mod summary;
 pub mod tail;
 pub mod tenant;

@@ -2,6 +2,9 @@
 
 mod support;
 
+/// Alert rules: a webhook receiver told of firing and resolved, across a restart.
+mod alerts;
+
 /// Admission before the body is read, read timeouts, and every refusal
 /// counted as clients saw it.
 mod admission;

@@ -7,6 +7,7 @@ import { SearchPage } from "./pages/search";
 import { TracePage } from "./pages/trace";
 import { ComparePage } from "./pages/compare";
 import { MapPage } from "./pages/map";
+import { AlertsPage } from "./pages/alerts";
 import { ServicePage } from "./pages/service";
 import { LogsPage } from "./pages/logs";
 import { authStore, loadCredentials, saveCredentials } from "./api";
@@ -86,6 +87,7 @@ function Nav(props: { path: string }) {
         {item("/logs", "Logs", p.startsWith("/logs"), "nav-logs")}
         {item("/map", "Service map", p.startsWith("/map") || p.startsWith("/service"), "nav-map")}
         {item("/compare", "Compare", p.startsWith("/compare"), "nav-compare")}
+        {item("/alerts", "Alerts", p.startsWith("/alerts"), "nav-alerts")}
       </nav>
       <form
         class="goto"
@@ -154,6 +156,7 @@ function App() {
   else if (p === "/map") page = <MapPage loc={loc} />;
   else if ((m = p.match(/^\/service\/([^/]+)$/))) page = <ServicePage name={decodeURIComponent(m[1])} loc={loc} />;
   else if (p === "/logs") page = <LogsPage loc={loc} />;
+  else if (p === "/alerts") page = <AlertsPage />;
   else page = <NotFound path={p} />;
   const onTrace = p.startsWith("/trace/");
   const authReason = authStore.use();
