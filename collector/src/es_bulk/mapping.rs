@@ -213,7 +213,7 @@ pub(crate) fn parse_time(v: &Value) -> Result<u64, String> {
             let s = s.trim();
             // Four digits are a year (the date format is tried first, as
             // Elasticsearch does); longer digit strings, epoch millis.
-            if is_decimal(s) && !(s.len() == 4 && !s.contains('.')) {
+            if is_decimal(s) && (s.len() != 4 || s.contains('.')) {
                 let (int, frac) = s.split_once('.').unwrap_or((s, ""));
                 // Exact: whole milliseconds, then up to six fraction digits.
                 let ms: u64 = int.parse().map_err(|_| range(s.to_string()))?;
