@@ -117,8 +117,7 @@ pub fn critical_path(spans: &[Span]) -> Vec<CriticalSection> {
     // ending last before the bound.
     let mut out = Vec::new();
     let (mut cur, mut bound) = (root, None::<u64>);
-    loop {
-        let Some((start, end)) = clipped[cur] else { break };
+    while let Some((start, end)) = clipped[cur] {
         let until = bound.unwrap_or(end);
         let lfc = kids[cur]
             .iter()
