@@ -269,7 +269,10 @@ mod tests {
         assert_eq!(c.check().unwrap_err(), "query.max_concurrent must be more than 0");
         let c = QueryConfig { max_range: Duration::ZERO, ..Default::default() };
         assert!(c.check().unwrap_err().contains("query.max_range"));
-        let c = QueryConfig { mcp: McpConfig { max_spans_per_page: 0, ..Default::default() }, ..Default::default() };
+        let c = QueryConfig {
+            mcp: McpConfig { max_spans_per_page: 0, ..Default::default() },
+            ..Default::default()
+        };
         assert_eq!(c.check().unwrap_err(), "query.mcp.max_spans_per_page must be more than 0");
         assert!(default_max_concurrent() >= 4);
     }
