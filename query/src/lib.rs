@@ -85,6 +85,58 @@ pub struct QueryConfig {
     pub max_logql_scan: usize,
     /// `[query.tail]`: live tail limits (`GET /api/v1/tail/logs`).
     pub tail: api::tail::TailConfig,
+    /// The MCP server at `/mcp` (`[query.mcp]`).
+    pub mcp: McpConfig,
+}
+
+/// The MCP server's limits (`[query.mcp]`): what one tool call answers at
+/// most, so an agent's context window holds it (grafana/tempo#6767: a
+/// whole large trace is millions of characters). The query limits above
+/// (`timeout`, `max_concurrent`, `max_range`) apply to its tools too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// Serve `/mcp`; `false` answers it 404.
+    pub enabled: bool,
+    /// Spans one `get_trace` page lists at most (its `page_size` is capped
+    /// to this); the rest come on the next pages.
+    pub max_spans_per_page: usize,
+    /// Log records one `get_trace` page lists at most.
+    pub max_logs_per_page: usize,
+    /// Entries in each list of `get_trace`'s summary (critical path
+    /// sections, error spans, slowest spans) and events shown per error
+    /// span.
+    pub summary_spans: usize,
+    /// Spans one `get_span_details` call answers at most.
+    pub max_span_details: usize,
+    /// Traces or log records one `search_traces` or `search_logs` call
+    /// answers at most (its `limit` is capped to this).
+    pub max_results: usize,
+    /// `Host` header values `/mcp` accepts (`name` or `name:port`); empty
+    /// accepts any, as the rest of the HTTP API does. A local install may
+    /// list `localhost` and `127.0.0.1` against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins `/mcp` accepts (`https://app.example:443`, `:*` for
+    /// any port). A request with an `Origin` not listed is refused (403):
+    /// with the default, empty list, every request a browser page sends,
+    /// as the MCP transport specification requires against DNS
+    /// rebinding. MCP clients that are not browsers send no `Origin`.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            enabled: true,
+            max_spans_per_page: 200,
+            max_logs_per_page: 100,
+            summary_spans: 10,
+            max_span_details: 20,
+            max_results: 100,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
 }
 
 impl QueryConfig {
@@ -102,6 +154,11 @@ impl QueryConfig {
             ("max_series", self.max_series == 0),
             ("max_points_per_series", self.max_points_per_series == 0),
             ("max_logql_scan", self.max_logql_scan == 0),
+            ("mcp.max_spans_per_page", self.mcp.max_spans_per_page == 0),
+            ("mcp.max_logs_per_page", self.mcp.max_logs_per_page == 0),
+            ("mcp.summary_spans", self.mcp.summary_spans == 0),
+            ("mcp.max_span_details", self.mcp.max_span_details == 0),
+            ("mcp.max_results", self.mcp.max_results == 0),
         ] {
             if zero {
                 return Err(format!("query.{name} must be more than 0"));
@@ -132,6 +189,7 @@ impl Default for QueryConfig {
             max_points_per_series: 11_000,
             max_logql_scan: 100_000,
             tail: Default::default(),
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -216,6 +274,11 @@ mod tests {
         assert_eq!(c.check().unwrap_err(), "query.max_concurrent must be more than 0");
         let c = QueryConfig { max_range: Duration::ZERO, ..Default::default() };
         assert!(c.check().unwrap_err().contains("query.max_range"));
+        let c = QueryConfig {
+            mcp: McpConfig { max_spans_per_page: 0, ..Default::default() },
+            ..Default::default()
+        };
+        assert_eq!(c.check().unwrap_err(), "query.mcp.max_spans_per_page must be more than 0");
         assert!(default_max_concurrent() >= 4);
     }
 }

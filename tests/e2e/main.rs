@@ -32,6 +32,8 @@ mod limits;
 mod listeners;
 /// The Loki push API (protobuf+snappy, JSON) read back through the Loki read API; deploy/grafana.
 mod loki;
+/// The MCP server at /mcp through rmcp's own client.
+mod mcp;
 /// `/metrics`, log output and listen addresses.
 mod ops;
 /// Flat out against a small memory limit: under it, nothing lost, refusals counted.

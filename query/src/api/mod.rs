@@ -5,6 +5,7 @@
 pub mod jaeger;
 pub mod jaeger_metrics;
 pub mod loki;
+pub mod mcp;
 pub mod native;
 pub mod tail;
 pub mod tempo;
@@ -25,8 +26,13 @@ use crate::ApiState;
 /// router, answers every other path with its HTML, which an API client
 /// would take for an answer.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .merge(native::routes())
+    let mut r = Router::new();
+    if state.cfg.mcp.enabled {
+        r = r.route_service("/mcp", mcp::service(state.clone()));
+    } else {
+        r = r.route("/mcp", any(not_found));
+    }
+    r.merge(native::routes())
         .merge(jaeger::routes())
         .merge(jaeger_metrics::routes())
         .merge(tempo::routes())
@@ -73,6 +79,8 @@ async fn not_found(uri: Uri) -> Error {
         "the Tempo API is /tempo/api/{echo, traces/{trace_id}, v2/traces/{trace_id}, search, search/tags, \
          v2/search/tags, search/tag/{tag}/values, v2/search/tag/{tag}/values, metrics/query_range, \
          metrics/query}"
+    } else if path == "/mcp" {
+        "the MCP server is off (query.mcp.enabled = false)"
     } else if path.starts_with("/loki") {
         "the Loki API is /loki/api/v1/{labels, label/{name}/values, query_range, query}; \
          pushes go to POST /loki/api/v1/push on the OTLP/HTTP port"

@@ -13,6 +13,7 @@
 //! limit while it winds down.
 
 mod conditions;
+pub mod critical_path;
 pub mod logql;
 mod metrics;
 mod search;
