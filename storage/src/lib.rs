@@ -28,6 +28,7 @@ pub mod compact;
 pub mod filter;
 pub mod head;
 mod ingest;
+pub mod lease;
 mod lifecycle;
 pub mod metrics;
 // The shared data model; its JSON serialization is moving to the query crate,
