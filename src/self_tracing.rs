@@ -374,8 +374,12 @@ impl SelfTracing {
         S: tracing::Subscriber + for<'a> LookupSpan<'a>,
     {
         use tracing_subscriber::Layer as _;
+        // Thread names and IDs say little about an async query; `busy_ns`
+        // and `idle_ns` (time polled and waiting) and the code location
+        // stay.
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("skein"))
+            .with_threads(false)
             .with_filter(tracing_subscriber::filter::filter_fn(exported))
     }
 
@@ -488,8 +492,13 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// Probes and scrapes, which come every few seconds and read nothing
+/// worth a trace.
+const UNTRACED_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
 /// Middleware for the query listener's router (`route_layer`, outside
-/// `telemetry::track`): each request runs in a SERVER span named
+/// `telemetry::track`): each request but [`UNTRACED_ROUTES`] runs in a
+/// SERVER span named
 /// `METHOD route` with the HTTP semantic-convention attributes
 /// (`http.request.method`, `http.route`, `url.path`,
 /// `http.response.status_code`; status error on a 5xx, as the conventions
@@ -497,6 +506,9 @@ impl Extractor for Headers<'_> {
 /// its parent, so a caller's trace continues into Skein.
 pub(crate) async fn server_span(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    if UNTRACED_ROUTES.contains(&route.as_str()) {
+        return next.run(req).await;
+    }
     let method = req.method().as_str().to_string();
     let span = tracing::info_span!(
         "http.server",
@@ -513,7 +525,8 @@ pub(crate) async fn server_span(req: Request, next: Next) -> Response {
         let _ = span.set_parent(parent);
     }
     let resp = next.run(req).instrument(span.clone()).await;
-    span.record("http.response.status_code", resp.status().as_u16());
+    // As i64: tracing-opentelemetry turns a u64 into a string.
+    span.record("http.response.status_code", i64::from(resp.status().as_u16()));
     if resp.status().is_server_error() {
         span.record("otel.status_code", "error");
     }

@@ -201,13 +201,14 @@ impl Storage {
         let inputs: Vec<Arc<Segment>> = picked.iter().map(|&i| segs[i].clone()).collect();
         drop(segs);
         let t0 = std::time::Instant::now();
-        // Self-tracing: only a compaction with work makes a span.
+        // Self-tracing: only a compaction with work makes a span (numbers
+        // as i64: tracing-opentelemetry turns a u64 into a string).
         let span = tracing::info_span!(
             parent: None,
             "storage.compact",
-            inputs = inputs.len(),
-            bytes_in = inputs.iter().map(|s| s.meta.bytes).sum::<u64>(),
-            rows_in = inputs.iter().map(|s| s.meta.span_count + s.meta.log_count).sum::<u64>(),
+            inputs = inputs.len() as i64,
+            bytes_in = inputs.iter().map(|s| s.meta.bytes).sum::<u64>() as i64,
+            rows_in = inputs.iter().map(|s| s.meta.span_count + s.meta.log_count).sum::<u64>() as i64,
             output = tracing::field::Empty,
             bytes_out = tracing::field::Empty,
             duplicate_spans = tracing::field::Empty,
@@ -247,8 +248,8 @@ impl Storage {
         let out = Arc::new(self.publish_segment(&meta.id)?);
         stats.bytes_out = out.meta.bytes;
         span.record("output", out.meta.id.as_str());
-        span.record("bytes_out", stats.bytes_out);
-        span.record("duplicate_spans", stats.duplicate_spans);
+        span.record("bytes_out", stats.bytes_out as i64);
+        span.record("duplicate_spans", stats.duplicate_spans as i64);
 
         let ids: HashSet<&str> = inputs.iter().map(|s| s.meta.id.as_str()).collect();
         let swapped = self.catalog.edit_segments(|segments| {

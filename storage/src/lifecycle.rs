@@ -87,13 +87,14 @@ impl Storage {
         let spans: u64 = traces.iter().map(|t| t.1.spans.len() as u64).sum();
         let logs: u64 = traces.iter().map(|t| t.1.logs.len() as u64).sum();
         // Self-tracing: one span per block written (a flush with nothing
-        // to write makes none), a root of its own trace.
+        // to write makes none), a root of its own trace; numbers as i64
+        // (tracing-opentelemetry turns a u64 into a string).
         let span = tracing::info_span!(
             parent: None,
             "storage.flush",
-            traces = traces.len(),
-            spans,
-            logs,
+            traces = traces.len() as i64,
+            spans = spans as i64,
+            logs = logs as i64,
             segment = tracing::field::Empty,
             bytes = tracing::field::Empty,
             duplicate_spans = tracing::field::Empty,
@@ -122,8 +123,8 @@ impl Storage {
         match written {
             Ok(seg) => {
                 span.record("segment", seg.meta.id.as_str());
-                span.record("bytes", seg.meta.bytes);
-                span.record("duplicate_spans", copies);
+                span.record("bytes", seg.meta.bytes as i64);
+                span.record("duplicate_spans", copies as i64);
                 // Counted once written: a failed flush is retried.
                 self.metrics.duplicate_spans.inc_by(copies);
                 self.metrics.segment_bytes.inc_by(seg.meta.bytes as i64);

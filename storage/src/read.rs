@@ -371,6 +371,7 @@ impl<'a> Reader<'a> {
     fn read_trace(&self, id: &TraceId, with_logs: bool) -> Result<Option<(Vec<Span>, Vec<LogRecord>)>> {
         // Self-tracing: a lookup by ID is a span; a search's reads of its
         // candidates (spans only) are DEBUG, which is not exported.
+        // Numbers as i64: tracing-opentelemetry turns a u64 into a string.
         macro_rules! read_span {
             ($level:ident) => {
                 tracing::$level!(
@@ -396,9 +397,9 @@ impl<'a> Reader<'a> {
             logs.extend(t.logs.iter().cloned());
         });
         let mut holding: Vec<&Arc<Segment>> = segments.iter().filter(|s| s.find(id).is_some()).collect();
-        span.record("memory_spans", memory.iter().map(Vec::len).sum::<usize>());
-        span.record("segments_read", holding.len());
-        span.record("segments_skipped", segments.len() - holding.len());
+        span.record("memory_spans", memory.iter().map(Vec::len).sum::<usize>() as i64);
+        span.record("segments_read", holding.len() as i64);
+        span.record("segments_skipped", (segments.len() - holding.len()) as i64);
         holding.sort_by(|a, b| {
             (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
         });
@@ -419,8 +420,8 @@ impl<'a> Reader<'a> {
         dedup_spans(&mut spans);
         spans.sort_by_key(|s| (s.start_time_unix_nano, s.span_id));
         logs.sort_by_key(|l| l.effective_time());
-        span.record("spans", spans.len());
-        span.record("logs", logs.len());
+        span.record("spans", spans.len() as i64);
+        span.record("logs", logs.len() as i64);
         Ok(Some((spans, logs)))
     }
 
@@ -432,7 +433,7 @@ impl<'a> Reader<'a> {
     pub fn search_traces(&self, f: &SpanFilter, limit: usize) -> Result<Vec<TraceId>> {
         let span = tracing::info_span!(
             "storage.search_spans",
-            limit,
+            limit = limit as i64,
             memory_traces = tracing::field::Empty,
             segments = tracing::field::Empty,
             segments_read = tracing::field::Empty,
@@ -451,8 +452,8 @@ impl<'a> Reader<'a> {
         // are newer than anything an older segment holds (a trace ranks by
         // its newest matching span, which lies within its segment's time
         // range), so a search usually reads one or two segments.
-        span.record("memory_traces", best.len());
-        span.record("segments", segments.len());
+        span.record("memory_traces", best.len() as i64);
+        span.record("segments", segments.len() as i64);
         let mut read = 0;
         for seg in newest_first(&segments, f.start_ns, f.end_ns) {
             if kth_newest(best.values().copied(), limit).is_some_and(|k| seg.meta.max_time_unix_nano < k) {
@@ -465,12 +466,12 @@ impl<'a> Reader<'a> {
                 *e = (*e).max(t);
             }
         }
-        span.record("segments_read", read);
-        span.record("segments_skipped", segments.len() - read);
+        span.record("segments_read", read as i64);
+        span.record("segments_skipped", (segments.len() - read) as i64);
         let mut v: Vec<_> = best.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(limit);
-        span.record("traces", v.len());
+        span.record("traces", v.len() as i64);
         Ok(v.into_iter().map(|x| x.0).collect())
     }
 

@@ -226,8 +226,8 @@ impl Remote {
         let bytes: u64 =
             rest.iter().chain(&meta).map(|(_, p)| p.metadata().map(|m| m.len()).unwrap_or(0)).sum();
         let span = tracing::Span::current();
-        span.record("files", rest.len() + meta.len());
-        span.record("bytes", bytes);
+        span.record("files", (rest.len() + meta.len()) as i64);
+        span.record("bytes", bytes as i64);
         for batch in [rest, meta] {
             self.transfer(
                 batch

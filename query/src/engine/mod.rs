@@ -167,7 +167,8 @@ impl Engine {
         f: impl FnOnce(&Reader<'_>, &QueryConfig, Instant) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         // Self-tracing (src/self_tracing.rs): the wait for a slot, then
-        // the read with the work it counted.
+        // the read with the work it counted. Numbers are recorded as i64:
+        // tracing-opentelemetry turns a u64 into a string.
         let admit = tracing::info_span!("engine.admit", pool = ?pool);
         let slot = tracing::Instrument::instrument(self.guards.admit(pool), admit).await?;
         let started = Instant::now();
@@ -188,11 +189,11 @@ impl Engine {
             let _in = span.enter();
             let r = f(&storage.reader(&ctx), &cfg, started);
             let st = ctx.stats();
-            span.record("segments_read", st.segments);
-            span.record("bytes_read", st.bytes);
-            span.record("traces_read", st.traces);
-            span.record("spans_read", st.spans);
-            span.record("logs_read", st.logs);
+            span.record("segments_read", st.segments as i64);
+            span.record("bytes_read", st.bytes as i64);
+            span.record("traces_read", st.traces as i64);
+            span.record("spans_read", st.spans as i64);
+            span.record("logs_read", st.logs as i64);
             r
         });
         let r = match tokio::time::timeout(timeout, task).await {
@@ -211,7 +212,7 @@ impl Engine {
 
     /// Traces matching `q`, newest first or longest first as `q.sort` says
     /// (see [`TraceQuery`] for how the index and TraceQL share the work).
-    #[tracing::instrument(name = "engine.search_traces", skip_all, fields(limit = q.limit, traceql = q.traceql.is_some(), sort = ?q.sort))]
+    #[tracing::instrument(name = "engine.search_traces", skip_all, fields(limit = q.limit as i64, traceql = q.traceql.is_some(), sort = ?q.sort))]
     pub async fn search_traces(&self, q: TraceQuery) -> Result<TraceSearch> {
         self.run(Pool::Search, move |r, cfg, started| {
             let mut out = search::run(r, cfg, &q)?;
@@ -254,7 +255,7 @@ impl Engine {
     }
 
     /// Log records matching `f`, latest first, at most `limit`.
-    #[tracing::instrument(name = "engine.search_logs", skip_all, fields(limit = limit))]
+    #[tracing::instrument(name = "engine.search_logs", skip_all, fields(limit = limit as i64))]
     pub async fn search_logs(&self, f: LogFilter, limit: usize) -> Result<LogSearch> {
         self.run(Pool::Search, move |r, _, started| {
             let logs = r.search_logs(&f, limit)?;

@@ -208,9 +208,9 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &TraceQuery) -> Result<T
     );
     match q.sort {
         TraceSort::Start => {
-            let ids = tracing::info_span!("search.candidates", budget)
+            let ids = tracing::info_span!("search.candidates", budget = budget as i64)
                 .in_scope(|| r.search_traces(&cand, budget))?;
-            eval.record("candidates", ids.len());
+            eval.record("candidates", ids.len() as i64);
             let _in = eval.enter();
             for id in ids {
                 if out.traces.len() >= q.limit {
@@ -273,7 +273,7 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &TraceQuery) -> Result<T
                 }
                 n = n.saturating_mul(4);
             }
-            eval.record("candidates", read.len());
+            eval.record("candidates", read.len() as i64);
             rank(&mut out.traces);
             if q.with_trace {
                 for hit in &mut out.traces {
@@ -283,8 +283,8 @@ pub(super) fn run(r: &Reader<'_>, cfg: &QueryConfig, q: &TraceQuery) -> Result<T
             }
         }
     }
-    eval.record("inspected", out.inspected);
-    eval.record("matched", out.traces.len());
+    eval.record("inspected", out.inspected as i64);
+    eval.record("matched", out.traces.len() as i64);
     // Asked last, so segments quarantined by this very search are named.
     out.warnings = r.storage().damage_in_range(q.filter.start_ns, q.filter.end_ns);
     Ok(out)
