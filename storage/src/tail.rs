@@ -170,6 +170,12 @@ impl LogTail {
         })
     }
 
+    /// The running count of `tenant`'s published records: the
+    /// `first_seq` the next batch of the tenant will carry.
+    pub fn next_seq(&self, tenant: &TenantId) -> u64 {
+        self.seqs.lock().get(tenant).copied().unwrap_or(0)
+    }
+
     /// Publishes `logs`, appended (durably) by `tenant`'s storage. Never
     /// waits: a full ring overwrites its oldest batch.
     pub fn publish(&self, tenant: &TenantId, logs: Vec<LogRecord>) {

@@ -108,6 +108,13 @@ impl AlertsConfig {
                 return Err(format!("alerts.{name} must be more than 0"));
             }
         }
+        if let Some(u) = &self.external_url {
+            let ok =
+                reqwest::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return Err(format!("alerts.external_url: {u:?} is not an http:// or https:// URL"));
+            }
+        }
         let mut receivers: Vec<Receiver> = Vec::new();
         for (i, r) in self.receivers.iter().enumerate() {
             let r = r.check(i)?;
@@ -324,8 +331,13 @@ impl Alerts {
             rs.value = value;
             let holds = value.is_some_and(|v| rule.comparison.holds(v, rule.threshold));
             let for_ns = u64::try_from(rule.for_.as_nanos()).unwrap_or(u64::MAX);
+            let active_before = rs.active_at_ns;
             let t = rs.step(holds, now_ns, for_ns);
-            let starts_at = rs.fired_at_ns.unwrap_or(now_ns);
+            // Prometheus's `startsAt` is the alert's active time, when its
+            // condition began to hold (before `for`).
+            // A resolve clears the active time: the resolved notification
+            // keeps the firing one's.
+            let starts_at = rs.active_at_ns.or(active_before).or(rs.fired_at_ns).unwrap_or(now_ns);
             let firing = rs.state == AlertState::Firing;
             let status = match t {
                 Transition::Fired => Some(Status::Firing),
@@ -406,13 +418,23 @@ impl Alerts {
     /// its notifications in order. Returns whether the outbox changed.
     pub async fn deliver(&self, now_ns: u64) -> bool {
         let due: Vec<(usize, Notification)> = {
+            // A receiver gets its notifications in order: the oldest one
+            // still waiting for a retry holds back every newer one of its
+            // receiver, even one that is due.
             let st = self.state.lock();
-            st.outbox
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.next_attempt_ns <= now_ns)
-                .map(|(i, n)| (i, n.clone()))
-                .collect()
+            let mut waiting: Vec<&str> = Vec::new();
+            let mut due = Vec::new();
+            for (i, n) in st.outbox.iter().enumerate() {
+                if waiting.contains(&n.receiver.as_str()) {
+                    continue;
+                }
+                if n.next_attempt_ns > now_ns {
+                    waiting.push(&n.receiver);
+                    continue;
+                }
+                due.push((i, n.clone()));
+            }
+            due
         };
         if due.is_empty() {
             return false;

@@ -238,6 +238,12 @@ impl RuleConfig {
                 only("quantile", self.quantile.is_some(), "latency")?;
                 only("query", self.query.is_some(), "traceql_count")?;
                 let t = number("a ratio between 0 and 1 (0.05 for 5 %)")?;
+                if !(0.0..=1.0).contains(&t) {
+                    return Err(err(
+                        "threshold",
+                        format!("{t} is not a ratio between 0 and 1 (0.05 for 5 %)"),
+                    ));
+                }
                 (RuleKind::ErrorRate { service: need("service", &self.service)? }, t)
             }
             "latency" => {
@@ -522,6 +528,8 @@ mod tests {
             ("name = \"x\"\nkind = \"error_rate\"\nservice = \"a\"\nthreshold = 1\ntenant = \"t1\"", "tenant"),
             ("name = \"x\"\nkind = \"error_rate\"\nservice = \"a\"\nthreshold = 1\nlabels = { \"a-b\" = \"c\" }", "labels"),
             ("name = \"\"\nkind = \"error_rate\"\nservice = \"a\"\nthreshold = 1", "alerts.rules[0]: name"),
+            ("name = \"x\"\nkind = \"error_rate\"\nservice = \"a\"\nthreshold = 5", "5 is not a ratio between 0 and 1"),
+            ("name = \"x\"\nkind = \"error_rate\"\nservice = \"a\"\nthreshold = -0.1", "not a ratio"),
         ] {
             let e = rule(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");

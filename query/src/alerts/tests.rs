@@ -221,6 +221,55 @@ async fn failed_deliveries_are_retried_with_backoff() {
     assert!(g[1].1["text"].as_str().unwrap().starts_with("[FIRING] e fires"));
 }
 
+/// A receiver gets its notifications in order: a resolved notification
+/// that is due waits behind the firing one still waiting for its retry,
+/// and both go, in order, once the firing one is due again.
+#[tokio::test]
+async fn a_receiver_gets_its_notifications_in_order() {
+    let (_d, s) = storage();
+    append(&s, pay_spans(2, 2)).await;
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(503));
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (st, g) = (status.clone(), got.clone());
+    let app = Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (st, g) = (st.clone(), g.clone());
+            async move {
+                let code = st.load(std::sync::atomic::Ordering::SeqCst);
+                if code == 200 {
+                    g.lock().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                }
+                StatusCode::from_u16(code).unwrap()
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let state_dir = tempfile::tempdir().unwrap();
+    let a = alerts(
+        &api(&s),
+        state_dir.path(),
+        &format!(
+            "evaluation_interval = \"10s\"\nmax_backoff = \"1h\"\nmax_attempts = 100\n\
+             [[rules]]\nname = \"e\"\nkind = \"error_rate\"\nservice = \"pay\"\nthreshold = 0.5\n\
+             [[receivers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\n"
+        ),
+    );
+    // Fails at 0, 10, 30, 70, 150 and 310 s: the next try is at 630 s.
+    for t in [0, 10, 30, 70, 150, 310] {
+        a.round(NOW + t * S).await;
+    }
+    status.store(200, std::sync::atomic::Ordering::SeqCst);
+    // The errors have left the window: resolved, due now, but held back.
+    a.round(NOW + 400 * S).await;
+    assert!(got.lock().is_empty(), "nothing overtakes the waiting firing notification");
+    a.round(NOW + 630 * S).await;
+    let statuses: Vec<Value> = got.lock().iter().map(|v| v["status"].clone()).collect();
+    assert_eq!(statuses, [Value::from("firing"), Value::from("resolved")]);
+}
+
 /// With multitenancy a rule reads its own tenant and is listed only to it.
 #[tokio::test]
 async fn rules_are_per_tenant() {
@@ -256,6 +305,11 @@ async fn rules_are_per_tenant() {
     // Duplicates and a corrupt state file are start-up errors.
     let dup = config("[[rules]]\nname = \"e\"\nkind = \"error_rate\"\nservice = \"a\"\nthreshold = 1\n[[rules]]\nname = \"e\"\nkind = \"error_rate\"\nservice = \"b\"\nthreshold = 1\n");
     assert!(dup.check(false).unwrap_err().contains("alert rule \"e\": name"));
+    for bad in ["not a url", "ftp://x", "http://"] {
+        let c = config(&format!("external_url = \"{bad}\"\n"));
+        assert!(c.check(false).unwrap_err().contains("alerts.external_url"), "{bad}");
+    }
+    assert!(config("external_url = \"https://skein.example.com/base\"\n").check(false).is_ok());
     std::fs::write(state_dir.path().join("bad.json"), b"{").unwrap();
     let e = Alerts::new(
         AlertsConfig::default(),

@@ -16,7 +16,7 @@
 //! websocket there), it bounds the clients (`query.tail.max_clients`,
 //! 429 beyond) and the backfill (`query.tail.max_backfill`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -123,13 +123,18 @@ async fn tail_logs(
         .subscribe(tenant.clone(), cfg.max_clients)
         .map_err(|e| Error::TooBusy(format!("{e}; retry later, or raise query.tail.max_clients")))?;
     let mut queue = VecDeque::new();
-    let mut seen = HashSet::new();
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let mut overlap_end = 0;
     if backfill > 0 {
         let r = st.engine(&tenant).await?.search_logs(filter.clone(), backfill).await?;
         for l in r.logs.iter().rev() {
-            seen.insert(fingerprint(l));
+            *seen.entry(fingerprint(l)).or_default() += 1;
             queue.push_back(log_event(l));
         }
+        // Only records published before the backfill was read can be in
+        // it; a later record alike to a backfilled one is a new record
+        // (a shipper's retry, say) and is sent.
+        overlap_end = tail.next_seq(&tenant);
     }
     queue.push_back(Event::default().event("ready").data(json!({"backfilled": queue.len()}).to_string()));
     // `start` bounded the backfill; live records are new whatever their
@@ -138,7 +143,7 @@ async fn tail_logs(
     filter.end_ns = None;
     let mut an = analyzer();
     let matches = Box::new(move |l: &LogRecord| filter.matches(l, &mut an));
-    let follow = Follow { sub, matches, queue, seen, done: false };
+    let follow = Follow { sub, matches, queue, seen, overlap_end, done: false };
     let stream = futures::stream::unfold(follow, |mut f| async move {
         let e = f.next().await?;
         Some((Ok::<_, Infallible>(e), f))
@@ -155,9 +160,13 @@ struct Follow {
     matches: Box<dyn FnMut(&LogRecord) -> bool + Send>,
     /// Events ready to send.
     queue: VecDeque<Event>,
-    /// Fingerprints of backfilled records not seen live yet: a record
-    /// appended while the backfill was read comes both ways.
-    seen: HashSet<u64>,
+    /// Fingerprints of backfilled records (with their counts) not seen
+    /// live yet: a record appended while the backfill was read comes both
+    /// ways.
+    seen: HashMap<u64, u32>,
+    /// The tenant's record sequence number after the backfill: live
+    /// records from it on are all new.
+    overlap_end: u64,
     done: bool,
 }
 
@@ -173,11 +182,18 @@ impl Follow {
             }
             match self.sub.recv().await {
                 TailEvent::Records(b) => {
-                    for l in &b.logs {
+                    for (seq, l) in (b.first_seq..).zip(&b.logs) {
+                        if seq >= self.overlap_end && !self.seen.is_empty() {
+                            self.seen = HashMap::new();
+                        }
                         if !(self.matches)(l) {
                             continue;
                         }
-                        if !self.seen.is_empty() && self.seen.remove(&fingerprint(l)) {
+                        if let Some(n) = self.seen.get_mut(&fingerprint(l)) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.seen.remove(&fingerprint(l));
+                            }
                             continue;
                         }
                         self.queue.push_back(log_event(l));
@@ -324,6 +340,26 @@ mod tests {
         let v: Value = serde_json::from_str(&next[0].1).unwrap();
         assert_eq!(v["body"], "DISK gone");
         assert_eq!(v["service_name"], "cart");
+    }
+
+    /// A record sent again after the backfill, alike in every field to a
+    /// backfilled one (a shipper's retry), is a new record: it is sent.
+    #[tokio::test]
+    async fn test_tail_sends_a_repeat_of_a_backfilled_record() {
+        let (_d, s) = storage();
+        let same = || log("dup", 9, "same line", 5_000);
+        s.append_logs(vec![same()]).await.unwrap();
+        let app = app_with(&s, QueryConfig::default());
+        let r = open(&app, "/api/v1/tail/logs?service=dup&limit=5", None).await;
+        let mut body = r.into_body();
+        let first = events(&mut body, 2).await;
+        assert_eq!(first[1], ("ready".to_string(), r#"{"backfilled":1}"#.to_string()));
+        s.append_logs(vec![same()]).await.unwrap();
+        s.append_logs(vec![same(), log("dup", 9, "end", 5_001)]).await.unwrap();
+        let next = events(&mut body, 3).await;
+        let got: Vec<Value> =
+            next.iter().map(|(_, d)| serde_json::from_str::<Value>(d).unwrap()["body"].clone()).collect();
+        assert_eq!(got, ["same line", "same line", "end"]);
     }
 
     /// A tenant's stream carries only that tenant's records.

@@ -219,9 +219,16 @@ export interface TailHandlers {
  * server). Read with fetch rather than EventSource, so the sign-in token
  * and tenant headers go along as with every other request. */
 export async function tailLogs(params: Params, h: TailHandlers, signal: AbortSignal): Promise<void> {
-  const url = "/api/v1/tail/logs" + qs(params);
+  // The newest record received: a reconnect backfills only what came
+  // after it, so no record is shown twice and none missed in between.
+  let last: string | null = null;
   while (!signal.aborted) {
     h.onState?.("connecting");
+    const p: Params = { ...params };
+    if (last !== null) {
+      p.start = (BigInt(last) + BigInt(1)).toString();
+    }
+    const url = "/api/v1/tail/logs" + qs(p);
     try {
       const res = await fetch(url, { signal, headers: { ...authHeaders(), Accept: "text/event-stream" } });
       if (!res.ok || !res.body) {
@@ -238,7 +245,11 @@ export async function tailLogs(params: Params, h: TailHandlers, signal: AbortSig
         if (res.status === 400 || res.status === 401 || res.status === 403) return;
       } else {
         await readEvents(res.body, signal, (event, data) => {
-          if (event === "message") h.onLog(JSON.parse(data) as Log);
+          if (event === "message") {
+            const l = JSON.parse(data) as Log;
+            if (last === null || BigInt(l.time_unix_nano) > BigInt(last)) last = l.time_unix_nano;
+            h.onLog(l);
+          }
           else if (event === "ready") {
             h.onState?.("live");
             h.onReady?.(Number(JSON.parse(data).backfilled) || 0);
