@@ -328,6 +328,8 @@ impl Alerts {
                     continue;
                 }
             };
+            // `+ 0.0` turns an empty sum's -0.0 into 0.
+            let value = value.map(|v| v + 0.0);
             rs.value = value;
             let holds = value.is_some_and(|v| rule.comparison.holds(v, rule.threshold));
             let for_ns = u64::try_from(rule.for_.as_nanos()).unwrap_or(u64::MAX);
@@ -564,10 +566,22 @@ impl Alerts {
 
 /// `GET /api/v1/alerts`: the requesting tenant's rules and their state.
 pub fn router(alerts: Arc<Alerts>) -> Router {
-    Router::new().route("/api/v1/alerts", get(list)).with_state(alerts)
+    Router::new()
+        .route("/api/v1/alerts", get(list))
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
+        .with_state(alerts)
 }
 
-async fn list(State(a): State<Arc<Alerts>>, Tenant(tenant): Tenant) -> Response {
+/// `GET /api/v1/alerts`; a parameter is a 400, as on every native
+/// endpoint ([`crate::params::Params::only`]): it takes none.
+async fn list(
+    State(a): State<Arc<Alerts>>,
+    Tenant(tenant): Tenant,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> Response {
+    if let Err(e) = crate::params::Params::parse(q.as_deref()).only(&[]) {
+        return e.into_response();
+    }
     Json(a.list(&tenant)).into_response()
 }
 

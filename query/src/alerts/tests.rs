@@ -128,6 +128,16 @@ async fn fires_once_across_a_restart_then_resolves() {
     let (st, v) = get(&app, "/api/v1/alerts").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["rules"][0]["state"], "pending");
+    // As every native endpoint: a parameter is a 400, another method a
+    // 405 with an error body and Allow.
+    let (bad, e) = get(&app, "/api/v1/alerts?state=firing").await;
+    assert_eq!(bad, StatusCode::BAD_REQUEST);
+    assert!(e["error"].as_str().unwrap().contains("unknown parameter \"state\""), "{e}");
+    let r = app.clone().oneshot(Request::post("/api/v1/alerts").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.headers().contains_key("allow"));
+    let body: Value = serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("does not take POST"), "{body}");
     assert_eq!(v["rules"][0]["active_at"], NOW.to_string());
     assert_eq!(v["rules"][0]["value"], 0.5);
     assert_eq!(v["rules"][0]["health"], "ok");

@@ -92,7 +92,7 @@ async fn not_found(uri: Uri) -> Error {
 
 /// A 405 for a known endpoint asked with another method; axum adds the
 /// `Allow` header listing the methods it takes.
-async fn method_not_allowed(method: Method, uri: Uri) -> Error {
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Error {
     Error::MethodNotAllowed(format!(
         "{} does not take {method}; the Allow header lists what it takes",
         uri.path()
