@@ -248,8 +248,7 @@ impl Storage {
                 }
             }
         }
-        let current: HashSet<String> =
-            self.catalog.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect();
+        let current = self.catalog_ids();
         let segdir = self.segments_dir();
         let skip = self.mirror.lock().replaced.clone();
         let mut added = Vec::new();
@@ -288,11 +287,7 @@ impl Storage {
             self.gauges.segments.set(&self.metrics.segments, segs.len() as i64);
             gone
         });
-        let stats = PollStats {
-            added: n_added,
-            removed: gone.len(),
-            segments: self.catalog.snapshot().segments.len(),
-        };
+        let stats = PollStats { added: n_added, removed: gone.len(), segments: self.catalog_ids().len() };
         self.bury(gone);
         let mut m = self.mirror.lock();
         m.owner = listed.into_iter().map(|(id, (node, _))| (id, node)).collect();
@@ -300,6 +295,11 @@ impl Storage {
         drop(m);
         self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(stats)
+    }
+
+    /// The IDs of every segment in the catalog, hidden ones included.
+    fn catalog_ids(&self) -> HashSet<String> {
+        self.catalog.edit_segments(|segs| segs.iter().map(|s| s.meta.id.clone()).collect())
     }
 
     /// Everything this node holds in memory, and the segments holding the
@@ -325,8 +325,7 @@ impl Storage {
     /// # Errors
     /// As [`Storage::poll_catalog`], when a poll is needed.
     pub fn install_node_memory(&self, exports: Vec<MemoryExport>, warnings: Vec<String>) -> Result<()> {
-        let known: HashSet<String> =
-            self.catalog.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect();
+        let known = self.catalog_ids();
         if exports.iter().flat_map(|e| &e.segments).any(|id| !known.contains(id)) {
             self.poll_catalog()?;
         }
@@ -356,5 +355,193 @@ impl Storage {
     /// that did not answer): every answer may miss their data.
     pub fn node_warnings(&self) -> Vec<String> {
         self.node_warnings.read().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testsuite::{
+        append_log_of, append_spans_of, log_of_trace, spans_of_trace, test_config, trace_id,
+    };
+    use crate::StorageConfig;
+
+    #[test]
+    fn test_node_ids_and_layout() {
+        for ok in ["n1", "ingest-0", "a.b_c", &"z".repeat(64)] {
+            check_node_id(ok).unwrap();
+        }
+        for (bad, why) in [
+            ("", "1 to 64"),
+            (&"z".repeat(65), "1 to 64"),
+            (".", "not a valid"),
+            ("..", "not a valid"),
+            ("a/b", "'/'"),
+            ("a b", "' '"),
+            ("é", "'é'"),
+        ] {
+            let e = check_node_id(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert_eq!(node_storage_url("s3://b/p/", "n1"), "s3://b/p/nodes/n1");
+        assert_eq!(node_storage_url("s3://b", "n1"), "s3://b/nodes/n1");
+        assert_eq!(segments_parts(Some("n1"), Some("t")), ["nodes", "n1", "tenants", "t"]);
+        assert_eq!(segments_parts(None, Some("t")), ["tenants", "t"]);
+        assert!(segments_parts(None, None).is_empty());
+    }
+
+    #[test]
+    fn test_memory_export_round_trips_and_refuses_garbage() {
+        let e = MemoryExport {
+            node_id: "n1".into(),
+            segments: vec!["01A".into(), "01B".into()],
+            spans: spans_of_trace(1, 0, 3),
+            logs: vec![log_of_trace(1, "hello")],
+        };
+        let b = e.encode();
+        assert_eq!(MemoryExport::decode(&b).unwrap(), e);
+        for cut in [0, 3, 4, 9, b.len() - 1] {
+            assert!(MemoryExport::decode(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = b.clone();
+        extra.push(0);
+        assert!(MemoryExport::decode(&extra).is_err());
+        assert!(MemoryExport::decode(b"SKM1\xff\xff\xff\xff").is_err());
+    }
+
+    fn store_config(url: &str) -> StorageConfig {
+        StorageConfig { storage_url: Some(url.to_string()), ..test_config() }
+    }
+
+    fn mirror_config(url: &str) -> StorageConfig {
+        StorageConfig { mirror: true, ..store_config(url) }
+    }
+
+    /// Two ingest nodes each write under their own prefix; a query node
+    /// lists both, reads a trace split across them whole (from their
+    /// segments, from their memory, and from both at once, a span found
+    /// twice counted once), never writes to the bucket, and drops a
+    /// segment once it is gone from the bucket.
+    #[tokio::test]
+    async fn test_a_query_node_reads_every_node_prefix_and_their_memory() {
+        let bucket = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", bucket.path().display());
+        let (d1, d2, dq) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let n1 = Storage::open(d1.path(), store_config(&node_storage_url(&url, "n1"))).unwrap();
+        let n2 = Storage::open(d2.path(), store_config(&node_storage_url(&url, "n2"))).unwrap();
+        n1.replay().unwrap();
+        n2.replay().unwrap();
+        let q = Storage::open(dq.path(), mirror_config(&url)).unwrap();
+        q.replay().unwrap();
+        assert!(!q.is_ready() && q.last_poll_unix_nano().is_none(), "not ready before the first poll");
+        let t = trace_id(1);
+        // Spans 0-1 on n1, 2-4 on n2; both flushed.
+        append_spans_of(&n1, 1, 0, 2).await;
+        append_spans_of(&n2, 1, 2, 3).await;
+        n1.flush(true).unwrap();
+        n2.flush(true).unwrap();
+        assert!(
+            bucket.path().join("nodes/n1/segments").is_dir()
+                && bucket.path().join("nodes/n2/segments").is_dir()
+        );
+        let st = q.poll_catalog().unwrap();
+        assert_eq!((st.added, st.segments), (2, 2));
+        assert!(q.is_ready() && q.last_poll_unix_nano().is_some());
+        assert_eq!(q.get_trace(&t).unwrap().unwrap().0.len(), 5);
+        assert_eq!(q.poll_catalog().unwrap().added, 0, "nothing new");
+
+        // More of the trace in both nodes' memory, a span of n1's segment
+        // sent again to n2 (one span), and a log.
+        append_spans_of(&n1, 1, 5, 1).await;
+        append_spans_of(&n2, 1, 6, 1).await;
+        n2.append_spans(spans_of_trace(1, 0, 1)).await.unwrap();
+        append_log_of(&n2, 1, "from n2").await;
+        let exports = vec![n1.export_memory("n1"), n2.export_memory("n2")];
+        q.install_node_memory(exports, Vec::new()).unwrap();
+        let (spans, logs) = q.get_trace(&t).unwrap().unwrap();
+        assert_eq!((spans.len(), logs.len()), (7, 1));
+        assert!(q.damage_in_range(None, None).is_empty());
+
+        // n2 flushes; its next answer lists a segment the query node has
+        // not polled yet: it is loaded before the answer, nothing missed.
+        n2.flush(true).unwrap();
+        let exports = vec![n1.export_memory("n1"), n2.export_memory("n2")];
+        q.install_node_memory(exports, Vec::new()).unwrap();
+        assert_eq!(q.snapshot().segments.len(), 3);
+        let (spans, logs) = q.get_trace(&t).unwrap().unwrap();
+        assert_eq!((spans.len(), logs.len()), (7, 1));
+
+        // n1 flushes after it answered: the new segment is hidden until n1
+        // answers again (its records are in the answer), so the log-free
+        // counts stay exact.
+        let stale = n1.export_memory("n1");
+        n1.flush(true).unwrap();
+        q.poll_catalog().unwrap();
+        q.install_node_memory(vec![stale, n2.export_memory("n2")], Vec::new()).unwrap();
+        assert_eq!(q.snapshot().segments.len(), 3, "n1's newest segment hidden");
+        assert_eq!(q.get_trace(&t).unwrap().unwrap().0.len(), 7);
+
+        // A node that did not answer: every answer says so.
+        q.install_node_memory(vec![n1.export_memory("n1")], vec!["ingest node x did not answer".into()])
+            .unwrap();
+        assert_eq!(q.damage_in_range(None, None), ["ingest node x did not answer"]);
+        assert_eq!(q.damage_for_trace(&t), ["ingest node x did not answer"]);
+
+        // The query node wrote nothing to the bucket.
+        let mut objects: Vec<_> = walk(bucket.path());
+        objects.retain(|p| !p.contains("/nodes/n1/") && !p.contains("/nodes/n2/"));
+        assert!(objects.is_empty(), "{objects:?}");
+
+        // A segment deleted from the bucket (retention, compaction) leaves
+        // the catalog at the next poll.
+        assert_eq!(n1.snapshot().segments.len(), 2);
+        let gone = n1.snapshot().segments[0].meta.id.clone();
+        n1.remote.as_ref().unwrap().delete(&gone).unwrap();
+        q.install_node_memory(Vec::new(), Vec::new()).unwrap();
+        let st = q.poll_catalog().unwrap();
+        assert_eq!(
+            (st.removed, st.segments),
+            (1, 3),
+            "{st:?} {:?}",
+            q.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect::<Vec<_>>()
+        );
+        assert!(!q.snapshot().segments.iter().any(|s| s.meta.id == gone));
+    }
+
+    /// Opening an ingest node removes incomplete objects only under its
+    /// own prefix: another node's upload in progress is left alone.
+    #[test]
+    fn test_start_up_reconciliation_stays_in_the_node_prefix() {
+        let bucket = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", bucket.path().display());
+        let other = bucket.path().join("nodes/n2/segments/01UPLOADING/spans.parquet");
+        fs::create_dir_all(other.parent().unwrap()).unwrap();
+        fs::write(&other, b"half").unwrap();
+        let legacy = bucket.path().join("segments/01HALF/spans.parquet");
+        fs::create_dir_all(legacy.parent().unwrap()).unwrap();
+        fs::write(&legacy, b"half").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let s = Storage::open(d.path(), store_config(&node_storage_url(&url, "n1"))).unwrap();
+        assert!(other.exists() && legacy.exists());
+        drop(s);
+        // A query node never deletes either.
+        let dq = tempfile::tempdir().unwrap();
+        let q = Storage::open(dq.path(), mirror_config(&url)).unwrap();
+        assert_eq!(q.poll_catalog().unwrap().segments, 0);
+        assert!(other.exists() && legacy.exists());
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+        out
     }
 }
