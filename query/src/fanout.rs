@@ -218,3 +218,103 @@ impl Fanout {
             .map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use skein_storage::tenant::Tenants;
+    use skein_storage::testsuite::{append_spans_of, test_config, trace_id};
+    use skein_storage::{Storage, StorageConfig};
+
+    use super::*;
+    use crate::api::tests::get;
+    use crate::{ApiState, QueryConfig};
+
+    #[test]
+    fn test_ingest_nodes_forms() {
+        assert_eq!(
+            IngestNodes::parse("http://a:1, http://b:2/").unwrap(),
+            IngestNodes::Static(vec!["http://a:1".into(), "http://b:2".into()])
+        );
+        assert_eq!(
+            IngestNodes::parse("dns+http://skein-ingest.ns.svc:16686").unwrap(),
+            IngestNodes::Dns { host: "skein-ingest.ns.svc".into(), port: 16686 }
+        );
+        for bad in ["", "a:1", "dns+http://name", "dns+http://name:x", "http://a:1/path", "ftp://a"] {
+            assert!(IngestNodes::parse(bad).is_err(), "{bad:?}");
+        }
+        let c = ClusterConfig { fanout_timeout: Duration::ZERO, ..Default::default() };
+        assert!(c.check().unwrap_err().contains("fanout_timeout"));
+    }
+
+    /// An ingest node that answers and one that never does (it accepts
+    /// the connection and stays silent): the query node answers with the
+    /// first one's data, and says the answer is partial, naming the
+    /// other, on the native and Jaeger APIs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_a_silent_ingest_node_makes_the_answer_partial() {
+        let bucket = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", bucket.path().display());
+        let (d1, dq) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cfg =
+            |url: String, mirror: bool| StorageConfig { storage_url: Some(url), mirror, ..test_config() };
+        let n1 = Storage::open(d1.path(), cfg(skein_storage::cluster::node_storage_url(&url, "n1"), false))
+            .unwrap();
+        n1.replay().unwrap();
+        append_spans_of(&n1, 1, 0, 2).await;
+        n1.flush(true).unwrap();
+        append_spans_of(&n1, 1, 2, 3).await;
+        let ingest =
+            ApiState::new(Tenants::from_storage(n1.clone()), Default::default(), QueryConfig::default())
+                .with_node_id("n1".into());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let n1_url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, crate::router(ingest)).await });
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_url = format!("http://{}", silent.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+
+        let q = Storage::open(dq.path(), cfg(url, true)).unwrap();
+        let tq = Tenants::from_storage(q.clone());
+        let q2 = q.clone();
+        tokio::task::spawn_blocking(move || q2.poll_catalog()).await.unwrap().unwrap();
+        let fan = |nodes: Vec<String>| {
+            Arc::new(Fanout::new(IngestNodes::Static(nodes), Duration::from_millis(300), None))
+        };
+        let app = |nodes| {
+            crate::router(
+                ApiState::new(tq.clone(), Default::default(), QueryConfig::default()).with_fanout(fan(nodes)),
+            )
+        };
+        let id = hex::encode(trace_id(1).0);
+        let whole = app(vec![n1_url.clone()]);
+        let (st, v) = get(&whole, &format!("/api/v1/traces/{id}")).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["spans"].as_array().unwrap().len(), 5, "segment and head: {v}");
+        assert!(v.get("warnings").is_none(), "{v}");
+
+        let partial = app(vec![n1_url.clone(), silent_url.clone()]);
+        let (st, v) = get(&partial, &format!("/api/v1/traces/{id}")).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["spans"].as_array().unwrap().len(), 5, "{v}");
+        let w = v["warnings"].to_string();
+        assert!(w.contains(&silent_url) && w.contains("did not answer"), "{v}");
+        let (st, v) = get(&partial, "/api/v1/search/traces?start=0").await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["traces"].as_array().unwrap().len(), 1, "{v}");
+        assert!(v["warnings"].to_string().contains(&silent_url), "{v}");
+        let (st, v) = get(&partial, &format!("/jaeger/api/traces/{id}")).await;
+        assert_eq!(st, 200, "{v}");
+        assert!(v["errors"].to_string().contains(&silent_url), "{v}");
+
+        // A node that is not an ingest node has no internal endpoint.
+        let (st, _) = get(&whole, "/internal/v1/head").await;
+        assert_eq!(st, 404);
+    }
+}
