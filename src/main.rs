@@ -816,6 +816,43 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("memory_limit = \"lots\"").is_err());
     }
 
+    /// Issue 14: split roles need an object store, an ingest node writes
+    /// under its own prefix, a query node needs its ingest nodes, node IDs
+    /// are checked, and `compact` is refused as not implemented.
+    #[test]
+    fn test_roles() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["skein", "serve"];
+            v.extend(extra);
+            let Command::Serve(a) = Cli::try_parse_from(v).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let err =
+            |extra: &[&str]| format!("{:#}", build_config(args(extra), FileConfig::default()).unwrap_err());
+        assert!(err(&["--role", "ingest", "--node-id", "n1"]).contains("--storage-url"));
+        assert!(err(&["--role", "compact"]).contains("not implemented yet"));
+        let s3 = ["--storage-url", "s3://b/p"];
+        assert!(err(&["--role", "query", "--node-id", "q", s3[0], s3[1]]).contains("--ingest-nodes"));
+        assert!(err(&["--role", "ingest", "--node-id", "a/b", s3[0], s3[1]]).contains("--node-id"));
+        assert!(err(&["--ingest-nodes", "http://a:1"]).contains("--role query"));
+        let c =
+            build_config(args(&["--role", "ingest", "--node-id", "n1", s3[0], s3[1]]), FileConfig::default())
+                .unwrap();
+        assert_eq!(c.storage.storage_url.as_deref(), Some("s3://b/p/nodes/n1"));
+        assert!(c.storage.retention_disabled && !c.storage.compaction.enabled && !c.storage.mirror);
+        let c = build_config(
+            args(&["--role", "query", "--ingest-nodes", "dns+http://ingest:16686", s3[0], s3[1]]),
+            toml::from_str("node_id = \"q1\"\n[cluster]\ncatalog_poll_interval = \"2s\"").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.storage.storage_url.as_deref(), Some("s3://b/p"));
+        assert!(c.storage.mirror);
+        assert_eq!(c.cluster.catalog_poll_interval, Duration::from_secs(2));
+        assert_eq!(c.ingest_nodes, Some(IngestNodes::Dns { host: "ingest".into(), port: 16686 }));
+        let c = build_config(args(&[]), FileConfig::default()).unwrap();
+        assert_eq!((c.role, c.storage.mirror, c.storage.retention_disabled), (Role::All, false, false));
+    }
+
     /// A config error never shows a token (QA: toml quoted the line).
     #[test]
     fn test_config_errors_hide_tokens() {
