@@ -19,6 +19,7 @@ use bytesize::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use skein_collector::{CollectorConfig, Ingest, MemoryConfig, MemoryLimit};
+use skein_query::fanout::{ClusterConfig, Fanout, IngestNodes};
 use skein_query::{ApiState, QueryConfig};
 use skein_storage::segment::SegmentConfig;
 use skein_storage::tenant::{TenantOverrides, Tenants, TenantsConfig};
@@ -101,9 +102,19 @@ struct ServeArgs {
     /// `[IPv6]:PORT`, or `:PORT` for every interface [default: 127.0.0.1:9411].
     #[arg(long, env = "SKEIN_ZIPKIN_ADDR")]
     zipkin_addr: Option<ListenAddr>,
-    /// Which parts this node runs [default: all].
+    /// Which parts this node runs [default: all]: `ingest` and `query` split
+    /// one deployment over one bucket (needs --storage-url; docs/scaling.md).
     #[arg(long, env = "SKEIN_ROLE", value_enum)]
     role: Option<Role>,
+    /// This node's ID, naming its prefix in the bucket (`nodes/{ID}/`):
+    /// 1-64 ASCII letters, digits, `.`, `_`, `-` [default: the hostname].
+    #[arg(long, env = "SKEIN_NODE_ID")]
+    node_id: Option<String>,
+    /// A query node's ingest nodes: `http://HOST:PORT,...` (their
+    /// --http-addr), or `dns+http://NAME:PORT` resolved at every query to
+    /// every address of NAME (a Kubernetes headless Service).
+    #[arg(long, env = "SKEIN_INGEST_NODES")]
+    ingest_nodes: Option<String>,
     /// Segment storage: s3://bucket/prefix (AWS_* variables; AWS_ENDPOINT_URL
     /// for another S3 API) or file:///path; <data-dir> then holds the WAL and
     /// a cache [default: <data-dir>/segments].
@@ -147,6 +158,10 @@ struct FileConfig {
     http_addr: Option<ListenAddr>,
     zipkin_addr: Option<ListenAddr>,
     role: Option<Role>,
+    node_id: Option<String>,
+    ingest_nodes: Option<String>,
+    /// `[cluster]`: a query node's catalog poll and fan-out.
+    cluster: ClusterConfig,
     storage_url: Option<String>,
     log_format: Option<LogFormat>,
     /// With object storage: Parquet bytes cached on local disk.
@@ -215,6 +230,12 @@ impl Explicit {
 
 #[derive(Debug)]
 struct Config {
+    role: Role,
+    /// Ingest nodes: the node ID (their prefix in the bucket).
+    node_id: Option<String>,
+    /// Query nodes: where the ingest nodes are.
+    ingest_nodes: Option<IngestNodes>,
+    cluster: ClusterConfig,
     data_dir: PathBuf,
     otlp_grpc_addr: ListenAddr,
     otlp_http_addr: ListenAddr,
@@ -283,8 +304,10 @@ fn self_tracing_config(a: &ServeArgs, file: &FileConfig) -> Result<SelfTracingCo
 
 fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
     let role = a.role.or(file.role).unwrap_or(Role::All);
-    if role != Role::All {
-        bail!("--role {role:?}: split roles are not implemented yet; run with --role all");
+    if role == Role::Compact {
+        bail!(
+            "--role compact is not implemented yet: compaction and retention across every node's prefix need the compactor lease (issue 14); in a split deployment the bucket is kept as written until then (docs/scaling.md)"
+        );
     }
     let data_dir = a.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("skein-data"));
     let storage_url = match a.storage_url.or(file.storage_url) {
@@ -319,7 +342,28 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
     if !file.explicit.segment_index_heap_bytes {
         segment.index_heap_bytes = memory.index_heap_bytes();
     }
+    let (node_id, ingest_nodes) = cluster_settings(
+        role,
+        a.node_id.or(file.node_id),
+        a.ingest_nodes.or(file.ingest_nodes),
+        storage_url.is_some(),
+    )?;
+    file.cluster.check().map_err(anyhow::Error::msg).context("invalid [cluster]")?;
+    let storage_url = match (&node_id, storage_url) {
+        (Some(n), Some(url)) if role == Role::Ingest => {
+            Some(skein_storage::cluster::node_storage_url(&url, n))
+        }
+        (_, url) => url,
+    };
+    if role == Role::Ingest {
+        // Retention and compaction of the bucket are the compactor's
+        // (docs/scaling.md): an ingest node keeps what it uploads.
+        compaction.enabled = false;
+    }
     let storage = StorageConfig {
+        mirror: role == Role::Query,
+        mirror_tenant: None,
+        retention_disabled: role == Role::Ingest,
         head,
         wal: file.wal,
         segment,
@@ -345,6 +389,10 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate chain)"),
     };
     Ok(Config {
+        role,
+        node_id,
+        ingest_nodes,
+        cluster: file.cluster,
         data_dir,
         otlp_grpc_addr: a.otlp_grpc_addr.or(file.otlp_grpc_addr).unwrap_or(ListenAddr::loopback(4317)),
         otlp_http_addr: a.otlp_http_addr.or(file.otlp_http_addr).unwrap_or(ListenAddr::loopback(4318)),
@@ -364,6 +412,55 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         tls,
         alerts: file.alerts,
     })
+}
+
+/// The node ID and ingest nodes of `role`, checked: split roles need an
+/// object store (`has_store`); an ingest node needs a valid node ID (the
+/// host name by default); a query node needs its ingest nodes.
+fn cluster_settings(
+    role: Role,
+    node_id: Option<String>,
+    ingest_nodes: Option<String>,
+    has_store: bool,
+) -> Result<(Option<String>, Option<IngestNodes>)> {
+    if role == Role::All {
+        if ingest_nodes.is_some() {
+            bail!("--ingest-nodes is for --role query (a query node fans out to them); this node runs --role all");
+        }
+        return Ok((None, None));
+    }
+    if !has_store {
+        bail!(
+            "--role {}: split roles share one object store; set --storage-url s3://bucket/prefix (or file:///shared/dir)",
+            format!("{role:?}").to_lowercase()
+        );
+    }
+    let node_id = match node_id {
+        Some(n) => n,
+        None => hostname().context("--node-id is not set and the host name cannot be read")?,
+    };
+    skein_storage::cluster::check_node_id(&node_id).map_err(|e| anyhow::anyhow!("--node-id: {e}"))?;
+    match role {
+        Role::Query => {
+            let Some(nodes) = ingest_nodes else {
+                bail!("--role query needs --ingest-nodes (http://HOST:PORT,... or dns+http://NAME:PORT): the ingest nodes hold the data not yet uploaded");
+            };
+            Ok((Some(node_id), Some(IngestNodes::parse(&nodes).map_err(anyhow::Error::msg)?)))
+        }
+        _ => {
+            if ingest_nodes.is_some() {
+                bail!("--ingest-nodes is for --role query");
+            }
+            Ok((Some(node_id), None))
+        }
+    }
+}
+
+/// The host name (Linux: the kernel's, as `hostname` prints it).
+fn hostname() -> Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME").map_err(std::io::Error::other))?;
+    Ok(h.trim().to_string())
 }
 
 /// mimalloc 3's `purge_delay`: `mi_option_purge_delay` in its
@@ -411,6 +508,26 @@ fn main() -> Result<()> {
         Command::Search(args) => cli::finish(cli::search::run(&args)),
         Command::Logs(args) => cli::finish(cli::logs::run(&args)),
         Command::Import(args) => cli::finish(cli::import::run(&args)),
+    }
+}
+
+/// A query node's catalog poll of the bucket ([`Tenants::poll_catalogs`]):
+/// at once, then every `interval`, until `stop`. A failed poll is logged and
+/// retried at the next turn; `/readyz` says when the last one succeeded.
+async fn poll_catalogs(tenants: Arc<Tenants>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let t = tenants.clone();
+        match tokio::task::spawn_blocking(move || t.poll_catalogs()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "catalog poll of the bucket failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "catalog poll panicked; will retry"),
+        }
     }
 }
 
@@ -482,12 +599,34 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         st.metrics.register(&mut registry);
     }
     let alert_metrics = skein_query::alerts::AlertMetrics::register(&mut registry);
-    let api = ApiState::new(tenants.clone(), registry, cfg.query.clone());
+    let mut api = ApiState::new(tenants.clone(), registry, cfg.query.clone());
+    let ingests = cfg.role != Role::Query;
+    match cfg.role {
+        Role::Ingest => api = api.with_node_id(cfg.node_id.clone().unwrap_or_default()),
+        Role::Query => {
+            let token = match &cfg.cluster.fanout_token_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading cluster.fanout_token_file {}", p.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let nodes = cfg.ingest_nodes.clone().context("query node without ingest nodes")?;
+            api = api.with_fanout(Arc::new(Fanout::new(nodes, cfg.cluster.fanout_timeout, token)));
+        }
+        _ => {}
+    }
 
-    let grpc_l = bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?;
-    let otlp_http_l = bind(&cfg.otlp_http_addr, "OTLP/HTTP").await?;
+    // A query node runs no ingest listener (it has no WAL).
+    let grpc_l = if ingests { Some(bind(&cfg.otlp_grpc_addr, "OTLP/gRPC").await?) } else { None };
+    let otlp_http_l = if ingests { Some(bind(&cfg.otlp_http_addr, "OTLP/HTTP").await?) } else { None };
     let http_l = bind(&cfg.http_addr, "HTTP").await?;
-    let zipkin_l = bind(&cfg.zipkin_addr, "Zipkin").await?;
+    let zipkin_l = if ingests { Some(bind(&cfg.zipkin_addr, "Zipkin").await?) } else { None };
     let alerts = {
         let scheme = if certs.is_some() { "https" } else { "http" };
         let url = cfg.alerts.external_url.clone().unwrap_or_else(|| {
@@ -508,20 +647,30 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         .map_err(anyhow::Error::msg)
         .context("alerting")?
     };
-    // Machine-readable, for scripts and tests that bind port 0.
+    let addr = |l: &Option<TcpListener>| -> Result<String> {
+        Ok(match l {
+            Some(l) => l.local_addr()?.to_string(),
+            None => "-".into(),
+        })
+    };
+    // Machine-readable, for scripts and tests that bind port 0 (`-`: not
+    // listening in this role).
     println!(
-        "skein ready otlp_grpc={} otlp_http={} http={} zipkin={}",
-        grpc_l.local_addr()?,
-        otlp_http_l.local_addr()?,
+        "skein ready otlp_grpc={} otlp_http={} http={} zipkin={} role={}",
+        addr(&grpc_l)?,
+        addr(&otlp_http_l)?,
         http_l.local_addr()?,
-        zipkin_l.local_addr()?
+        addr(&zipkin_l)?,
+        format!("{:?}", cfg.role).to_lowercase()
     );
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
-        otlp_grpc = %grpc_l.local_addr()?,
-        otlp_http = %otlp_http_l.local_addr()?,
+        role = ?cfg.role,
+        node_id = cfg.node_id.as_deref().unwrap_or("-"),
+        otlp_grpc = %addr(&grpc_l)?,
+        otlp_http = %addr(&otlp_http_l)?,
         http = %http_l.local_addr()?,
-        zipkin = %zipkin_l.local_addr()?,
+        zipkin = %addr(&zipkin_l)?,
         tls = certs.is_some(),
         max_connections,
         open_file_limit = nofile,
@@ -529,7 +678,13 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
     );
 
     if let Some(st) = &self_tracing {
-        let url = st.start(grpc_l.local_addr()?).context("starting self-tracing")?;
+        // A query node has no OTLP listener of its own to export to.
+        let own = match &grpc_l {
+            Some(l) => l.local_addr()?,
+            None if st.has_endpoint() => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            None => anyhow::bail!("self-tracing on a query node needs self_tracing.endpoint: it has no OTLP listener"),
+        };
+        let url = st.start(own).context("starting self-tracing")?;
         tracing::info!(endpoint = %url, "self-tracing: query, flush and compaction spans are exported");
     }
 
@@ -548,10 +703,7 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         tls,
         metrics: listener_metrics.clone(),
     };
-    let grpc_l = listener("otlp_grpc", grpc_l, Protocol::Grpc, tls_for(&[b"h2"])?);
-    let otlp_http_l = listener("otlp_http", otlp_http_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
     let http_l = listener("http", http_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
-    let zipkin_l = listener("zipkin", zipkin_l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
     if let Some(c) = &certs {
         tokio::spawn(c.clone().watch(cfg.server.tls_reload_interval, stop_rx.clone()));
     }
@@ -562,16 +714,19 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         tokio::task::spawn_blocking(move || t.replay())
     };
 
-    let grpc = {
+    let mut servers = Vec::new();
+    if let Some(l) = grpc_l {
+        let grpc_l = listener("otlp_grpc", l, Protocol::Grpc, tls_for(&[b"h2"])?);
         let app = skein_collector::grpc_routes(ingest.clone())
             .into_axum_router()
             .layer(tower::util::MapResponseLayer::new(skein_collector::normalize_grpc_status));
         let rx = stop_rx.clone();
         let app =
             app.layer(axum::middleware::from_fn_with_state((auth.clone(), ingest.clone()), auth::grpc_layer));
-        tokio::spawn(grpc_l.serve(app, stopped(rx)))
-    };
-    let otlp_http = {
+        servers.push(("OTLP/gRPC server", tokio::spawn(grpc_l.serve(app, stopped(rx)))));
+    }
+    if let Some(l) = otlp_http_l {
+        let otlp_http_l = listener("otlp_http", l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
         let app = skein_collector::router(ingest.clone())
             .route_layer(axum::middleware::from_fn_with_state(
                 (auth.clone(), ingest.clone()),
@@ -579,9 +734,9 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
             ))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
         let rx = stop_rx.clone();
-        tokio::spawn(otlp_http_l.serve(app, stopped(rx)))
-    };
-    let http = {
+        servers.push(("OTLP/HTTP server", tokio::spawn(otlp_http_l.serve(app, stopped(rx)))));
+    }
+    {
         let app = skein_query::router(api)
             .merge(skein_query::alerts::router(alerts.clone()))
             .route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::query_layer))
@@ -595,10 +750,10 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         };
         let app = app.merge(skein_ui::router()).layer(tower_http::compression::CompressionLayer::new());
         let rx = stop_rx.clone();
-        tokio::spawn(http_l.serve(app, stopped(rx)))
-    };
-
-    let zipkin = {
+        servers.push(("HTTP server", tokio::spawn(http_l.serve(app, stopped(rx)))));
+    }
+    if let Some(l) = zipkin_l {
+        let zipkin_l = listener("zipkin", l, Protocol::Http, tls_for(&[b"h2", b"http/1.1"])?);
         let app = skein_collector::zipkin_router(ingest.clone())
             .route_layer(axum::middleware::from_fn_with_state(
                 (auth.clone(), ingest.clone()),
@@ -606,20 +761,23 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
             ))
             .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
         let rx = stop_rx.clone();
-        tokio::spawn(zipkin_l.serve(app, stopped(rx)))
-    };
+        servers.push(("Zipkin server", tokio::spawn(zipkin_l.serve(app, stopped(rx)))));
+    }
 
     replay.await?.context("WAL replay")?;
 
-    // Flush, retention and compaction in the background until stopped.
-    let flusher = tokio::spawn(tenants.clone().run_maintenance(stop_rx.clone()));
+    // Flush, retention and compaction in the background until stopped; a
+    // query node polls the bucket's catalog instead.
+    let flusher = if cfg.role == Role::Query {
+        tokio::spawn(poll_catalogs(tenants.clone(), cfg.cluster.catalog_poll_interval, stop_rx.clone()))
+    } else {
+        tokio::spawn(tenants.clone().run_maintenance(stop_rx.clone()))
+    };
     let alerting = (!alerts.is_empty()).then(|| tokio::spawn(alerts.clone().run(stop_rx.clone())));
 
-    let (g, h1, h2, z) = tokio::join!(grpc, otlp_http, http, zipkin);
-    g.context("OTLP/gRPC server")?;
-    h1.context("OTLP/HTTP server")?;
-    h2.context("HTTP server")?;
-    z.context("Zipkin server")?;
+    for (what, h) in servers {
+        h.await.context(what)?;
+    }
     flusher.await?;
     if let Some(a) = alerting {
         a.await?;
@@ -750,6 +908,43 @@ mod tests {
         assert!(format!("{err:#}").contains("minimum"), "{err:#}");
         assert!(Cli::try_parse_from(["skein", "serve", "--memory-limit", "lots"]).is_err());
         assert!(toml::from_str::<FileConfig>("memory_limit = \"lots\"").is_err());
+    }
+
+    /// Issue 14: split roles need an object store, an ingest node writes
+    /// under its own prefix, a query node needs its ingest nodes, node IDs
+    /// are checked, and `compact` is refused as not implemented.
+    #[test]
+    fn test_roles() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["skein", "serve"];
+            v.extend(extra);
+            let Command::Serve(a) = Cli::try_parse_from(v).unwrap().command else { panic!("not serve") };
+            a
+        };
+        let err =
+            |extra: &[&str]| format!("{:#}", build_config(args(extra), FileConfig::default()).unwrap_err());
+        assert!(err(&["--role", "ingest", "--node-id", "n1"]).contains("--storage-url"));
+        assert!(err(&["--role", "compact"]).contains("not implemented yet"));
+        let s3 = ["--storage-url", "s3://b/p"];
+        assert!(err(&["--role", "query", "--node-id", "q", s3[0], s3[1]]).contains("--ingest-nodes"));
+        assert!(err(&["--role", "ingest", "--node-id", "a/b", s3[0], s3[1]]).contains("--node-id"));
+        assert!(err(&["--ingest-nodes", "http://a:1"]).contains("--role query"));
+        let c =
+            build_config(args(&["--role", "ingest", "--node-id", "n1", s3[0], s3[1]]), FileConfig::default())
+                .unwrap();
+        assert_eq!(c.storage.storage_url.as_deref(), Some("s3://b/p/nodes/n1"));
+        assert!(c.storage.retention_disabled && !c.storage.compaction.enabled && !c.storage.mirror);
+        let c = build_config(
+            args(&["--role", "query", "--ingest-nodes", "dns+http://ingest:16686", s3[0], s3[1]]),
+            toml::from_str("node_id = \"q1\"\n[cluster]\ncatalog_poll_interval = \"2s\"").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.storage.storage_url.as_deref(), Some("s3://b/p"));
+        assert!(c.storage.mirror);
+        assert_eq!(c.cluster.catalog_poll_interval, Duration::from_secs(2));
+        assert_eq!(c.ingest_nodes, Some(IngestNodes::Dns { host: "ingest".into(), port: 16686 }));
+        let c = build_config(args(&[]), FileConfig::default()).unwrap();
+        assert_eq!((c.role, c.storage.mirror, c.storage.retention_disabled), (Role::All, false, false));
     }
 
     /// `[self_tracing]`: flags (and their variables) over the file, the

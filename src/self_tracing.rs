@@ -385,6 +385,12 @@ impl SelfTracing {
 
     /// The endpoint spans go to: the configured one, or the gRPC listener
     /// at `own_grpc` (an unspecified address is reached on loopback).
+    /// Whether spans go to a configured endpoint rather than to this
+    /// process's own OTLP/gRPC listener.
+    pub(crate) fn has_endpoint(&self) -> bool {
+        self.cfg.endpoint.is_some()
+    }
+
     pub(crate) fn endpoint(&self, own_grpc: std::net::SocketAddr) -> (String, ExportProtocol) {
         match &self.cfg.endpoint {
             Some(e) => (SelfTracingConfig::export_url(e, self.cfg.protocol), self.cfg.protocol),

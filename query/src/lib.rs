@@ -13,6 +13,7 @@ pub mod alerts;
 pub mod api;
 pub mod engine;
 mod error;
+pub mod fanout;
 pub mod guard;
 mod params;
 
@@ -206,6 +207,12 @@ pub struct ApiState {
     /// The concurrency limit every query of this API shares, and the
     /// query counters.
     pub guards: Guards,
+    /// An ingest node's `--node-id`: it then serves its memory at
+    /// `/internal/v1/head` ([`api::internal`]).
+    pub node_id: Option<String>,
+    /// A query node's fan-out to the ingest nodes, run before every read
+    /// ([`ApiState::storage`]).
+    pub fanout: Option<Arc<fanout::Fanout>>,
 }
 
 impl ApiState {
@@ -216,17 +223,35 @@ impl ApiState {
         metrics.register(&mut registry);
         tenants.tail_with_capacity(cfg.tail.channel_capacity).register(&mut registry);
         let guards = Guards::with_metrics(&cfg, metrics);
-        ApiState { tenants, registry: Arc::new(registry), cfg, guards }
+        ApiState { tenants, registry: Arc::new(registry), cfg, guards, node_id: None, fanout: None }
+    }
+
+    /// This state, serving `/internal/v1/head` as ingest node `node_id`.
+    pub fn with_node_id(mut self, node_id: String) -> ApiState {
+        self.node_id = Some(node_id);
+        self
+    }
+
+    /// This state, fanning out to ingest nodes before every read.
+    pub fn with_fanout(mut self, fanout: Arc<fanout::Fanout>) -> ApiState {
+        self.fanout = Some(fanout);
+        self
     }
 
     /// The storage `tenant` reads: its own, or an empty one when it has no
     /// data yet (a read never creates a tenant).
     ///
+    /// On a query node, the ingest nodes' memory for `tenant` is fetched
+    /// first and made part of the storage's reads ([`fanout`]).
+    ///
     /// # Errors
-    /// None today; fallible so that a tenant's storage may be opened on
-    /// demand.
+    /// On a query node, a catalog poll the fan-out needed failed.
     pub async fn storage(&self, tenant: &TenantId) -> Result<Arc<Storage>> {
-        Ok(self.tenants.get_for_read(tenant))
+        let s = self.tenants.get_for_read(tenant);
+        if let Some(f) = &self.fanout {
+            f.refresh(tenant, &s, self.cfg.timeout).await.map_err(Error::Storage)?;
+        }
+        Ok(s)
     }
 
     /// Warnings for an answer about `[start, end]` (Unix ns, open when

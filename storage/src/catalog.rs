@@ -33,6 +33,22 @@ use crate::Snapshot;
 struct State {
     segments: Vec<Arc<Segment>>,
     flushing: Vec<Arc<Flushing>>,
+    /// A query node's copy of its ingest nodes' memory
+    /// ([`Catalog::set_remote`]), visited as in-flight flushes are.
+    remote: Vec<Arc<Flushing>>,
+    /// Segments left out of reads: their records are in `remote`.
+    hidden: std::collections::HashSet<String>,
+}
+
+impl State {
+    fn view(&self) -> Snapshot {
+        let segments = if self.hidden.is_empty() {
+            self.segments.clone()
+        } else {
+            self.segments.iter().filter(|s| !self.hidden.contains(&s.meta.id)).cloned().collect()
+        };
+        Snapshot { segments, flushing: self.flushing.iter().chain(&self.remote).cloned().collect() }
+    }
 }
 
 /// The head, the in-flight flushes and the segments, behind one lock.
@@ -57,8 +73,17 @@ impl Catalog {
     /// The segments and in-flight flushes as of now. Records still in the
     /// head are not in it: use [`Catalog::walk`] to see every record.
     pub fn snapshot(&self) -> Snapshot {
-        let st = self.state.read();
-        Snapshot { segments: st.segments.clone(), flushing: st.flushing.clone() }
+        self.state.read().view()
+    }
+
+    /// Makes `remote` (records other nodes hold in memory, as of one
+    /// instant) part of every read, as in-flight flushes are, in place of
+    /// what the last call set; the segments `hidden` names are left out of
+    /// reads meanwhile (their records are in `remote`).
+    pub fn set_remote(&self, remote: Vec<Arc<Flushing>>, hidden: std::collections::HashSet<String>) {
+        let mut st = self.state.write();
+        st.remote = remote;
+        st.hidden = hidden;
     }
 
     /// Visits every trace in memory (head, then in-flight flushes), or only
@@ -78,7 +103,7 @@ impl Catalog {
                 None => self.head.for_each(&mut visit),
                 Some(id) => self.head.with_trace(id, |t| visit(id, t)),
             }
-            Snapshot { segments: st.segments.clone(), flushing: st.flushing.clone() }
+            st.view()
         };
         for f in &snap.flushing {
             match only {

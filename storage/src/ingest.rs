@@ -27,6 +27,10 @@ impl Storage {
     /// torn tail of the newest file (a crash mid-write) is cut off, so it is
     /// not taken for damage once newer files follow it.
     pub fn replay(&self) -> Result<()> {
+        if self.cfg.mirror {
+            // No WAL: ready after the first catalog poll.
+            return Ok(());
+        }
         let wal_dir = self.wal_dir();
         let oldest = wal::list_files(&wal_dir)?.first().map(|f| f.0);
         let segments = self.catalog.snapshot().segments;

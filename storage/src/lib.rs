@@ -22,6 +22,7 @@
 
 pub mod batch;
 pub mod catalog;
+pub mod cluster;
 // Being split into `segment/` by another change, which documents it.
 pub mod codec;
 pub mod compact;
@@ -224,6 +225,21 @@ pub struct StorageConfig {
     /// (the newest segments'); older ones are read from the store.
     /// Indexes and footers are always cached. Default 4 GiB.
     pub cache_bytes: Option<u64>,
+    /// A query node's read-only view of the bucket ([`cluster`]): no WAL,
+    /// no head of its own; the catalog is every node's segments as
+    /// [`Storage::poll_catalog`] lists them; nothing in the bucket is ever
+    /// written or deleted. Needs `storage_url`.
+    #[serde(skip)]
+    pub mirror: bool,
+    /// With `mirror`: the tenant whose segments this storage reads (`None`:
+    /// the default tenant), since the tenant's part of a path comes after
+    /// the node's (`nodes/{node}/tenants/{tenant}/segments/`).
+    #[serde(skip)]
+    pub mirror_tenant: Option<String>,
+    /// Retention never runs (an ingest node of a split deployment: the
+    /// bucket's retention is the compactor's job).
+    #[serde(skip)]
+    pub retention_disabled: bool,
 }
 
 /// Default of [`StorageConfig::cache_bytes`].
@@ -253,6 +269,9 @@ impl StorageConfig {
         }
         if self.head.overload_factor < 1.0 {
             return Err(Error::Config("head.overload_factor must be at least 1.0".into()));
+        }
+        if self.mirror && self.storage_url.is_none() {
+            return Err(Error::Config("a query node's storage needs an object store (storage_url)".into()));
         }
         if self.retention.is_zero() {
             return Err(Error::Config("retention must be longer than zero".into()));
@@ -325,6 +344,14 @@ pub struct Storage {
     /// Where appended log records are published for live tail, once a
     /// [`tenant::Tenants`] registry links this storage ([`tail`]).
     tail: OnceLock<tail::TailLink>,
+    /// A query node's view of which node prefix holds each segment
+    /// ([`cluster`]).
+    mirror: Mutex<cluster::MirrorState>,
+    /// One catalog poll at a time.
+    poll_lock: Mutex<()>,
+    /// Ingest nodes that did not answer the last fan-out
+    /// ([`Storage::install_node_memory`]).
+    node_warnings: parking_lot::RwLock<Vec<String>>,
     /// Test hook: the next flush fails as if its segment write had.
     #[cfg(test)]
     fail_next_flush: AtomicBool,
@@ -401,11 +428,18 @@ impl Storage {
             metrics,
             gauges: Default::default(),
             tail: OnceLock::new(),
+            mirror: Default::default(),
+            poll_lock: Mutex::new(()),
+            node_warnings: Default::default(),
             #[cfg(test)]
             fail_next_flush: AtomicBool::new(false),
         };
         let segdir = s.segments_dir();
         fs::create_dir_all(&segdir)?;
+        if s.cfg.mirror {
+            // The bucket's listing is the catalog: the first poll loads it.
+            return Ok(Arc::new(s));
+        }
         if let Some(r) = &s.remote {
             s.sync_cache(r)?;
         }

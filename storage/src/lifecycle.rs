@@ -205,6 +205,9 @@ impl Storage {
     /// # Errors
     /// The WAL directory cannot be listed (before replay).
     pub fn enforce_retention(&self) -> Result<usize> {
+        if self.cfg.retention_disabled || self.cfg.mirror {
+            return Ok(0);
+        }
         let _maint = self.maintenance_lock.lock();
         let cutoff = now_unix_nano().saturating_sub(self.cfg.retention.as_nanos() as u64);
         let wal_oldest = match self.wal.get() {
@@ -267,7 +270,7 @@ impl Storage {
             if Arc::strong_count(s) > 1 {
                 return true;
             }
-            if let Some(r) = &self.remote {
+            if let Some(r) = self.remote.as_ref().filter(|_| !self.cfg.mirror) {
                 if let Err(e) = r.delete(&s.meta.id) {
                     // Keep it queued: deleting the local copy alone would
                     // bring the segment back at the next start.

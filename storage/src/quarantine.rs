@@ -145,18 +145,29 @@ impl Storage {
     /// Warnings for a lookup of trace `id`: one per quarantined segment
     /// that may hold part of it.
     pub fn damage_for_trace(&self, id: &TraceId) -> Vec<String> {
-        self.quarantine.read().iter().filter(|q| q.may_hold(id)).map(QuarantinedSegment::warning).collect()
+        let mut v: Vec<String> = self
+            .quarantine
+            .read()
+            .iter()
+            .filter(|q| q.may_hold(id))
+            .map(QuarantinedSegment::warning)
+            .collect();
+        v.extend(self.node_warnings());
+        v
     }
 
     /// Warnings for a search over `[start, end]` (Unix ns, open when
     /// `None`): one per quarantined segment that may hold records in it.
     pub fn damage_in_range(&self, start: Option<u64>, end: Option<u64>) -> Vec<String> {
-        self.quarantine
+        let mut v: Vec<String> = self
+            .quarantine
             .read()
             .iter()
             .filter(|q| q.may_overlap(start, end))
             .map(QuarantinedSegment::warning)
-            .collect()
+            .collect();
+        v.extend(self.node_warnings());
+        v
     }
 
     /// Runs read `f` on `seg`: `Ok(Some(_))` with its answer, `Ok(None)`
@@ -237,7 +248,9 @@ impl Storage {
         if let Err(e) = moved {
             tracing::error!(segment = %id, error = %e, "cannot move a damaged segment to quarantine");
         }
-        if let Some(r) = &self.remote {
+        // A query node writes nothing to the bucket: the segment's owner
+        // finds the damage itself.
+        if let Some(r) = self.remote.as_ref().filter(|_| !self.cfg.mirror) {
             if let Err(e) = r.put(id, RECORD_FILE, json) {
                 tracing::error!(segment = %id, error = %e, "cannot record the quarantine in the object store");
             }

@@ -58,6 +58,9 @@ pub struct Remote {
     rt: Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
     metrics: Arc<StorageMetrics>,
+    /// The store this one is a view of ([`Remote::at`]): kept alive for
+    /// its runtime, which this view's requests run on.
+    _parent: Option<Arc<Remote>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -136,7 +139,59 @@ impl Remote {
             .enable_all()
             .build()?;
         let handle = rt.handle().clone();
-        Ok(Remote { store, root, url: url.to_string(), rt: Mutex::new(Some(rt)), handle, metrics })
+        Ok(Remote {
+            store,
+            root,
+            url: url.to_string(),
+            rt: Mutex::new(Some(rt)),
+            handle,
+            metrics,
+            _parent: None,
+        })
+    }
+
+    /// The prefix the store was opened at (`root` without `segments`).
+    fn base(&self) -> ObjPath {
+        let parts: Vec<_> = self.root.parts().collect();
+        parts[..parts.len().saturating_sub(1)].iter().cloned().collect()
+    }
+
+    /// A view of the same store whose segments live under
+    /// `<prefix>/<rel...>/segments/` (one node's prefix,
+    /// [`crate::layout`]), sharing this one's connection pool and runtime.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a part that is not a valid path segment.
+    pub fn at(self: &Arc<Self>, rel: &[&str]) -> Result<Arc<Remote>> {
+        let mut root = self.base();
+        for part in rel {
+            let p = object_store::path::PathPart::parse(*part)
+                .map_err(|e| Error::Config(format!("object store path part {part:?}: {e}")))?;
+            root = root.join(p);
+        }
+        let url = format!("{}/{}", self.url.trim_end_matches('/'), rel.join("/"));
+        Ok(Arc::new(Remote {
+            store: self.store.clone(),
+            root: root.join("segments"),
+            url,
+            rt: Mutex::new(None),
+            handle: self.handle.clone(),
+            metrics: self.metrics.clone(),
+            _parent: Some(self.clone()),
+        }))
+    }
+
+    /// The names of the "directories" right under `<prefix>/<rel...>/` (one
+    /// LIST request with a delimiter), as found, unchecked.
+    ///
+    /// # Errors
+    /// Object-store errors.
+    pub fn list_dirs(&self, rel: &[&str]) -> Result<Vec<String>> {
+        let store = self.store.clone();
+        let dir = rel.iter().fold(self.base(), |p, part| p.join(*part));
+        self.metrics.remote_requests.inc();
+        let l = self.run(async move { Ok(store.list_with_delimiter(Some(&dir)).await?) })?;
+        Ok(l.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
     }
 
     /// The storage URL the store was opened with.
@@ -172,14 +227,8 @@ impl Remote {
     /// # Errors
     /// Object-store errors.
     pub fn list_tenants(&self) -> Result<Vec<String>> {
-        let store = self.store.clone();
         // `root` is `<prefix>/segments`; tenants are its siblings.
-        let parts: Vec<_> = self.root.parts().collect();
-        let dir: ObjPath =
-            parts[..parts.len().saturating_sub(1)].iter().cloned().collect::<ObjPath>().join("tenants");
-        let l = self.run(async move { Ok(store.list_with_delimiter(Some(&dir)).await?) })?;
-        self.metrics.remote_requests.inc();
-        Ok(l.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+        self.list_dirs(&["tenants"])
     }
 
     /// Segment IDs in the store, committed or not (one LIST request).

@@ -185,7 +185,7 @@ impl Tenants {
         let metrics = Arc::new(StorageMetrics::default());
         let default_cfg = tenant_config(&cfg, &overrides, &TenantId::single(), None)?;
         let default = Storage::open_with_metrics(data_dir, default_cfg, metrics.clone())?;
-        let empty_cfg = StorageConfig { storage_url: None, ..cfg.clone() };
+        let empty_cfg = StorageConfig { storage_url: None, mirror: false, ..cfg.clone() };
         let empty = Storage::open_with_metrics(&data_dir.join("empty-tenant"), empty_cfg, Arc::default())?;
         let t = Tenants {
             data_dir: data_dir.to_path_buf(),
@@ -213,6 +213,9 @@ impl Tenants {
         // object store, so their data is read and their retention runs.
         if let Some(r) = &t.default.remote {
             names.extend(r.list_tenants()?);
+            if t.cfg.mirror {
+                names.extend(t.mirror_tenants()?);
+            }
         }
         names.sort();
         names.dedup();
@@ -385,6 +388,48 @@ impl Tenants {
         self.all().iter().all(|(_, s)| s.is_ready())
     }
 
+    /// On a query node: the tenants with a directory under any node's
+    /// prefix (`nodes/*/tenants/*`), as found.
+    fn mirror_tenants(&self) -> Result<Vec<String>> {
+        let Some(r) = &self.default.remote else { return Ok(Vec::new()) };
+        let mut names = Vec::new();
+        for node in r.list_dirs(&["nodes"])? {
+            names.extend(r.list_dirs(&["nodes", &node, "tenants"])?);
+        }
+        Ok(names)
+    }
+
+    /// A query node's catalog poll ([`Storage::poll_catalog`]) of every
+    /// tenant, opening the storage of tenants new in the bucket first (up
+    /// to `tenants.max_tenants`). Blocking.
+    ///
+    /// # Errors
+    /// The first tenant whose poll failed (the others are still polled).
+    pub fn poll_catalogs(&self) -> Result<()> {
+        if let Some(r) = &self.default.remote {
+            let mut names = r.list_tenants()?;
+            names.extend(self.mirror_tenants()?);
+            names.sort();
+            names.dedup();
+            for name in names {
+                let Ok(id) = TenantId::parse(&name) else { continue };
+                if self.get_open(&id).is_none() {
+                    if let Err(e) = self.get(&id) {
+                        tracing::warn!(tenant = %id, error = %e, "cannot open a tenant found in the bucket");
+                    }
+                }
+            }
+        }
+        let mut first = None;
+        for (id, s) in self.all() {
+            if let Err(e) = s.poll_catalog() {
+                tracing::warn!(tenant = %id, error = %e, "catalog poll failed");
+                first.get_or_insert(Error::Config(format!("tenant {id}: {e}")));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// Runs [`Storage::run_maintenance`] for every tenant, those opened
     /// later included, until `stop`; returns once all have ended. Call
     /// after [`Tenants::replay`].
@@ -427,7 +472,13 @@ fn tenant_config(
         }
     }
     if let (Some(url), Some(id)) = (&cfg.storage_url, sub) {
-        c.storage_url = Some(format!("{}/tenants/{id}", url.trim_end_matches('/')));
+        if cfg.mirror {
+            // Under every node's prefix (`nodes/{node}/tenants/{id}`): the
+            // mirror adds the tenant's part itself.
+            c.mirror_tenant = Some(id.to_string());
+        } else {
+            c.storage_url = Some(format!("{}/tenants/{id}", url.trim_end_matches('/')));
+        }
     }
     c.check().map_err(|e| Error::Config(format!("tenant {id}: {e}")))?;
     Ok(c)

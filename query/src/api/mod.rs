@@ -2,6 +2,7 @@
 //! API's parameters into the engine's input types and renders the engine's
 //! results in its API's JSON. No adapter reads storage itself.
 
+pub mod internal;
 pub mod jaeger;
 pub mod jaeger_metrics;
 pub mod loki;
@@ -39,6 +40,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(tempo_metrics::routes())
         .merge(loki::routes())
         .merge(tail::routes())
+        .merge(internal::routes())
         .route("/api", any(not_found))
         .route("/api/", any(not_found))
         .route("/api/{*rest}", any(not_found))
@@ -51,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/loki", any(not_found))
         .route("/loki/", any(not_found))
         .route("/loki/{*rest}", any(not_found))
+        .route("/internal/{*rest}", any(not_found))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -100,6 +103,20 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Error {
 }
 
 async fn readyz(axum::extract::State(st): axum::extract::State<ApiState>) -> Response {
+    let s = st.tenants.default_storage();
+    if s.is_mirror() {
+        // A query node: ready once the bucket was listed; says how stale
+        // its catalog may be (docs/scaling.md).
+        return match s.last_poll_unix_nano() {
+            Some(t) if st.tenants.is_ready() => {
+                let ago = skein_storage::now_unix_nano().saturating_sub(t) / 1_000_000;
+                (StatusCode::OK, format!("ready; catalog polled {ago} ms ago (last_poll_unix_nano={t})\n"))
+                    .into_response()
+            }
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first catalog poll of the bucket\n")
+                .into_response(),
+        };
+    }
     if st.tenants.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
