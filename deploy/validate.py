@@ -70,10 +70,6 @@ REPO = Path(__file__).resolve().parent.parent
 KUBE_OLDEST = "1.30"
 # Skein variables that are no `skein serve` flag.
 NON_FLAG_ENV = {"SKEIN_LOG"}
-# Issue 14's flags, named by the fixed command line (shared/design/API.md)
-# and added by the code of the split roles; accepted while the binary
-# checked does not list them yet, with a note. Remove once it does.
-PENDING_FLAGS = {"--node-id": "SKEIN_NODE_ID", "--ingest-nodes": "SKEIN_INGEST_NODES"}
 SKEIN_PORTS = {4317, 4318, 16686, 9411}
 PROBE_PATHS = {"/healthz", "/readyz"}
 
@@ -95,17 +91,10 @@ class Facts:
     notes: list[str] = field(default_factory=list)
 
     def env_names(self) -> set[str]:
-        return {e for e in self.flags.values() if e} | set(PENDING_FLAGS.values()) | NON_FLAG_ENV
+        return {e for e in self.flags.values() if e} | NON_FLAG_ENV
 
     def known_flag(self, flag: str) -> bool:
-        if flag in self.flags:
-            return True
-        if flag in PENDING_FLAGS:
-            note = f"note: {flag} is not in this binary's `skein serve --help` yet (issue 14); accepted"
-            if note not in self.notes:
-                self.notes.append(note)
-            return True
-        return False
+        return flag in self.flags
 
 
 def read_help(binary: Path) -> tuple[dict[str, str | None], dict[str, set[str]]]:

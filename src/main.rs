@@ -682,7 +682,9 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         let own = match &grpc_l {
             Some(l) => l.local_addr()?,
             None if st.has_endpoint() => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            None => anyhow::bail!("self-tracing on a query node needs self_tracing.endpoint: it has no OTLP listener"),
+            None => anyhow::bail!(
+                "self-tracing on a query node needs self_tracing.endpoint: it has no OTLP listener"
+            ),
         };
         let url = st.start(own).context("starting self-tracing")?;
         tracing::info!(endpoint = %url, "self-tracing: query, flush and compaction spans are exported");

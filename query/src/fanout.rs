@@ -149,12 +149,14 @@ pub struct Fanout {
     timeout: Duration,
     token: Option<String>,
     client: reqwest::Client,
+    /// Per tenant, one refresh at a time, and when the last one started.
+    flights: dashmap::DashMap<TenantId, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>,
 }
 
 impl Fanout {
     /// A fan-out to `nodes`, waiting `timeout` for each, presenting `token`.
     pub fn new(nodes: IngestNodes, timeout: Duration, token: Option<String>) -> Fanout {
-        Fanout { nodes, timeout, token, client: reqwest::Client::new() }
+        Fanout { nodes, timeout, token, client: reqwest::Client::new(), flights: Default::default() }
     }
 
     /// Asks every ingest node for its memory for `tenant` and installs the
@@ -162,9 +164,35 @@ impl Fanout {
     /// fails or does not answer within the timeout (at most `limit`)
     /// becomes a warning of every answer until the next fan-out.
     ///
+    /// One refresh per tenant runs at a time: a query that arrives while
+    /// one is in flight waits for it and then starts its own, unless a
+    /// refresh that started after the query arrived has completed in the
+    /// meantime (its answers hold every record acknowledged before the
+    /// query arrived), so concurrent queries share fetches, a query still
+    /// reads what was acknowledged before it, and an older snapshot is
+    /// never installed over a newer one.
+    ///
     /// # Errors
     /// A catalog poll the install needed failed.
     pub async fn refresh(
+        &self,
+        tenant: &TenantId,
+        storage: &Arc<Storage>,
+        limit: Duration,
+    ) -> skein_storage::Result<()> {
+        let arrived = tokio::time::Instant::now();
+        let flight = self.flights.entry(tenant.clone()).or_default().clone();
+        let mut last = flight.lock().await;
+        if last.is_some_and(|started| started >= arrived) {
+            return Ok(());
+        }
+        let started = tokio::time::Instant::now();
+        self.fetch_and_install(tenant, storage, limit).await?;
+        *last = Some(started);
+        Ok(())
+    }
+
+    async fn fetch_and_install(
         &self,
         tenant: &TenantId,
         storage: &Arc<Storage>,
@@ -316,5 +344,58 @@ mod tests {
         // A node that is not an ingest node has no internal endpoint.
         let (st, _) = get(&whole, "/internal/v1/head").await;
         assert_eq!(st, 404);
+    }
+
+    /// Concurrent queries share a fetch: five refreshes that arrive while
+    /// one is in flight cost at most one more fetch per node, and a
+    /// refresh that arrives after they all finished fetches again (it must
+    /// read what was acknowledged since).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_concurrent_refreshes_share_a_fetch() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let body = MemoryExport { node_id: "n1".into(), ..Default::default() }.encode();
+        let counted = fetches.clone();
+        let app = axum::Router::new().route(
+            "/internal/v1/head",
+            axum::routing::get(move || {
+                let (counted, body) = (counted.clone(), body.clone());
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    body
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let (bucket, dq) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cfg = StorageConfig {
+            storage_url: Some(format!("file://{}", bucket.path().display())),
+            mirror: true,
+            ..test_config()
+        };
+        let q = Storage::open(dq.path(), cfg).unwrap();
+        let fan = Arc::new(Fanout::new(IngestNodes::Static(vec![node]), Duration::from_secs(5), None));
+        let tenant = TenantId::default();
+        let first = {
+            let (fan, q, t) = (fan.clone(), q.clone(), tenant.clone());
+            tokio::spawn(async move { fan.refresh(&t, &q, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rest: Vec<_> = (0..5)
+            .map(|_| {
+                let (fan, q, t) = (fan.clone(), q.clone(), tenant.clone());
+                tokio::spawn(async move { fan.refresh(&t, &q, Duration::from_secs(5)).await })
+            })
+            .collect();
+        first.await.unwrap().unwrap();
+        for r in rest {
+            r.await.unwrap().unwrap();
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "the first fetch and one shared by the five");
+        fan.refresh(&tenant, &q, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
     }
 }

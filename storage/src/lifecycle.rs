@@ -204,9 +204,18 @@ impl Storage {
     ///
     /// # Errors
     /// The WAL directory cannot be listed (before replay).
+    ///
+    /// An ingest node of a split deployment (`retention_disabled`) deletes
+    /// nothing itself: the compactor applies retention and compaction to
+    /// its prefix. It forgets instead the segments the compactor removed
+    /// ([`Storage::forget_removed_segments`]), so its catalog and cache do
+    /// not grow without end.
     pub fn enforce_retention(&self) -> Result<usize> {
-        if self.cfg.retention_disabled || self.cfg.mirror {
+        if self.cfg.mirror {
             return Ok(0);
+        }
+        if self.cfg.retention_disabled {
+            return self.forget_removed_segments();
         }
         let _maint = self.maintenance_lock.lock();
         let cutoff = now_unix_nano().saturating_sub(self.cfg.retention.as_nanos() as u64);
@@ -255,6 +264,43 @@ impl Storage {
         self.metrics.retention_deleted_segments.inc_by(expired.len() as u64);
         let n = expired.len();
         self.bury(expired);
+        Ok(n)
+    }
+
+    /// Drops from the catalog (and, once no query reads them, from the
+    /// local cache) the segments that were in the catalog before a listing
+    /// of this storage's object-store prefix and are absent from it: the
+    /// compactor of a split deployment deleted them after their records
+    /// reached its output (docs/storage.md). A segment is in the catalog
+    /// only once its upload committed, so one absent from a listing taken
+    /// later was deleted, not not-yet-uploaded. Returns how many were
+    /// dropped; 0 without an object store. Blocking (one LIST).
+    ///
+    /// # Errors
+    /// The listing failed; the catalog is then unchanged.
+    pub fn forget_removed_segments(&self) -> Result<usize> {
+        let Some(r) = self.remote.as_ref().filter(|_| !self.cfg.mirror) else { return Ok(0) };
+        let before: std::collections::HashSet<String> =
+            self.catalog.edit_segments(|segs| segs.iter().map(|s| s.meta.id.clone()).collect());
+        let listing = r.list()?;
+        let stored: std::collections::HashSet<&str> = listing.committed.iter().map(String::as_str).collect();
+        let _maint = self.maintenance_lock.lock();
+        let gone: Vec<Arc<Segment>> = self.catalog.edit_segments(|segments| {
+            let (gone, keep): (Vec<_>, Vec<_>) = segments
+                .drain(..)
+                .partition(|s| before.contains(&s.meta.id) && !stored.contains(s.meta.id.as_str()));
+            *segments = keep;
+            self.gauges.segments.set(&self.metrics.segments, segments.len() as i64);
+            gone
+        });
+        for s in &gone {
+            tracing::info!(segment = %s.meta.id, "the compactor removed this segment from the bucket; forgetting it");
+            self.metrics.segment_bytes.dec_by(s.meta.bytes as i64);
+        }
+        let n = gone.len();
+        // Deleting from the store again is harmless (deletes are idempotent)
+        // and keeps one path for removing a segment's files.
+        self.bury(gone);
         Ok(n)
     }
 
@@ -375,5 +421,43 @@ impl Storage {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testsuite::{append_spans_of, test_config};
+    use crate::{Storage, StorageConfig};
+
+    /// An ingest node of a split deployment forgets the segments the
+    /// compactor deleted from its prefix, and only those; it deletes
+    /// nothing of its own accord.
+    #[tokio::test]
+    async fn test_an_ingest_node_forgets_what_the_compactor_removed() {
+        let (bucket, d) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cfg = StorageConfig {
+            storage_url: Some(format!("file://{}", bucket.path().display())),
+            retention_disabled: true,
+            retention: std::time::Duration::from_nanos(1),
+            ..test_config()
+        };
+        let s = Storage::open(d.path(), cfg).unwrap();
+        s.replay().unwrap();
+        for t in 1..=2 {
+            append_spans_of(&s, t, 0, 2).await;
+            s.flush(true).unwrap();
+        }
+        let ids: Vec<String> = s.catalog.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect();
+        assert_eq!(ids.len(), 2);
+        // Past retention, but retention is the compactor's job.
+        assert_eq!(s.enforce_retention().unwrap(), 0);
+        assert!(bucket.path().join("segments").join(&ids[0]).exists());
+        std::fs::remove_dir_all(bucket.path().join("segments").join(&ids[0])).unwrap();
+        assert_eq!(s.enforce_retention().unwrap(), 1);
+        let left: Vec<String> = s.catalog.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect();
+        assert_eq!(left, [ids[1].clone()]);
+        assert!(!d.path().join("segments").join(&ids[0]).exists(), "its cached files go too");
+        assert!(bucket.path().join("segments").join(&ids[1]).exists());
+        assert_eq!(s.enforce_retention().unwrap(), 0);
     }
 }
