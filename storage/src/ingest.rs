@@ -155,12 +155,10 @@ impl Storage {
     /// As [`Storage::append_spans`].
     pub async fn append_logs(self: &Arc<Self>, logs: Vec<LogRecord>) -> Result<()> {
         let link = self.tail.get();
-        let copy = link.and_then(|l| l.wanted()).map(|_| logs.clone());
+        let follow = link.and_then(|l| Some((l.wanted()?.clone(), &l.tenant, logs.clone())));
         self.append(RecordKind::LogBatch, logs, batch::encode_logs, Head::insert_logs).await?;
-        if let (Some(l), Some(copy)) = (link, copy) {
-            if let Some(t) = l.cell.get() {
-                t.publish(&l.tenant, copy);
-            }
+        if let Some((tail, tenant, copy)) = follow {
+            tail.publish(tenant, copy);
         }
         Ok(())
     }

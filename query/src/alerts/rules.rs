@@ -153,6 +153,10 @@ pub enum RuleKind {
         operation: String,
         /// 0..=1.
         quantile: f64,
+        /// `{ resource.service.name = service && name = operation } |
+        /// quantile_over_time(duration, quantile)`, parsed once when the
+        /// rule is checked.
+        metrics: TraceQl,
     },
     /// Spans `query` selects.
     TraceqlCount {
@@ -259,11 +263,15 @@ impl RuleConfig {
                         .map(|ns| ns as f64 / 1e9)
                         .map_err(|e| err("threshold", e))?,
                 };
-                let kind = RuleKind::Latency {
-                    service: need("service", &self.service)?,
-                    operation: need("operation", &self.operation)?,
-                    quantile,
-                };
+                let (service, operation) =
+                    (need("service", &self.service)?, need("operation", &self.operation)?);
+                let text = format!(
+                    "{{ resource.service.name = {} && name = {} }} | quantile_over_time(duration, {quantile})",
+                    quoted(&service),
+                    quoted(&operation)
+                );
+                let metrics = TraceQl::parse_metrics(&text).map_err(|e| err("operation", e.to_string()))?;
+                let kind = RuleKind::Latency { service, operation, quantile, metrics };
                 (kind, t)
             }
             "traceql_count" => {
@@ -374,7 +382,7 @@ impl Rule {
         let w = humantime::format_duration(self.window);
         let what = match &self.kind {
             RuleKind::ErrorRate { service } => format!("error_rate{{service={}}}[{w}]", quoted(service)),
-            RuleKind::Latency { service, operation, quantile } => format!(
+            RuleKind::Latency { service, operation, quantile, .. } => format!(
                 "{{ resource.service.name = {} && name = {} }} | quantile_over_time(duration, {quantile}) [{w}]",
                 quoted(service),
                 quoted(operation)
@@ -425,16 +433,10 @@ impl Rule {
                 }
                 Ok((req > 0).then(|| err as f64 / req as f64))
             }
-            RuleKind::Latency { service, operation, quantile } => {
-                let text = format!(
-                    "{{ resource.service.name = {} && name = {} }} | quantile_over_time(duration, {quantile})",
-                    quoted(service),
-                    quoted(operation)
-                );
-                let query = TraceQl::parse_metrics(&text).map_err(|e| crate::Error::bad(e.to_string()))?;
+            RuleKind::Latency { metrics, .. } => {
                 let a = engine
                     .metrics(MetricsQuery {
-                        query,
+                        query: metrics.clone(),
                         start_ns,
                         end_ns,
                         step_ns: 0,
