@@ -42,6 +42,8 @@ mod overload;
 mod s3;
 /// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.
 mod sdk;
+/// Scale-out (issue 14): ingest, query and compact nodes over one bucket.
+mod scale;
 /// Search by span conditions and time, log search, traces split over segments.
 mod search;
 /// Self-telemetry: Skein's own query and flush spans, to itself or another Skein.
