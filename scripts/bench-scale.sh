@@ -21,7 +21,7 @@ bin=${SKEIN_BIN:-${CARGO_TARGET_DIR:-target}/release/skein}
 [ -x "$bin" ] || { echo "no binary at $bin: set SKEIN_BIN" >&2; exit 1; }
 if [ ! -f "$wl/truth.jsonl" ]; then
   python3 -c 'import opentelemetry.proto' 2>/dev/null || pip install -q opentelemetry-proto protobuf
-  python3 ../shared/workload/gen_workload.py --seed 1 --traces "$traces" --out "$wl" --no-zstd
+  python3 ../shared/workload/gen_workload.py --seed 1 --traces "$traces" --out "$wl" --no-zstd >/dev/null
 fi
 tmp=$(mktemp -d)
 pids=()
@@ -73,33 +73,41 @@ start() {
   printf -v "${name}_http" %s "$http"
   until curl -sf "http://$http/readyz" >/dev/null; do sleep 0.1; done
 }
-loadgen() { "$skein" loadgen --connections "${CONNECTIONS:-4}" "$@"; }
+# loadgen OUT ARGS...: one `skein loadgen`, its report in OUT and its own CPU
+# time (it shares the 2 cores with the servers) in OUT.cpu.
+loadgen() {
+  local out=$1; shift
+  /usr/bin/time -f '%U %S' -o "$out.cpu" "$skein" loadgen --connections "${CONNECTIONS:-4}" "$@" > "$out"
+}
+cpu() { awk '{printf "%.2f", $1 + $2}' "$1.cpu"; }
 field() { grep -o "$1=[0-9.]*" "$2" | head -1 | cut -d= -f2; }
-now() { date +%s.%N; }
 
 echo "== one ingest node"
 start one_ingest --role ingest --node-id solo --storage-url s3://bench/one
-t0=$(now)
-loadgen --data "$wl" --grpc "http://$one_ingest_grpc" --pid "$one_ingest_pid" > "$tmp/one.out"
-t1=$(now)
-grep -E 'spans_accepted|spans_per_s|request_latency|ingest:' "$tmp/one.out"
-one_rate=$(python3 -c "print(round($(field spans_accepted "$tmp/one.out") / ($t1 - $t0)))")
+loadgen "$tmp/one.out" --data "$wl" --grpc "http://$one_ingest_grpc" --pid "$one_ingest_pid"
+grep -E 'elapsed_s|spans_accepted|spans_per_s|request_latency|ingest:' "$tmp/one.out"
+echo "loadgen_cpu_s=$(cpu "$tmp/one.out")"
+one_rate=$(field spans_per_s "$tmp/one.out")
 kill "$one_ingest_pid"
 
 echo "== two ingest nodes, one loadgen each, every other request"
 start n1 --role ingest --node-id n1 --storage-url s3://bench/two
 start n2 --role ingest --node-id n2 --storage-url s3://bench/two
-t0=$(now)
-loadgen --data "$tmp/half0" --grpc "http://$n1_grpc" --pid "$n1_pid" > "$tmp/n1.out" &
+loadgen "$tmp/n1.out" --data "$tmp/half0" --grpc "http://$n1_grpc" --pid "$n1_pid" &
 l1=$!
-loadgen --data "$tmp/half1" --grpc "http://$n2_grpc" --pid "$n2_pid" > "$tmp/n2.out" &
+loadgen "$tmp/n2.out" --data "$tmp/half1" --grpc "http://$n2_grpc" --pid "$n2_pid" &
 l2=$!
 wait $l1 $l2
-t1=$(now)
-for n in n1 n2; do echo "$n:"; grep -E 'spans_accepted|spans_per_s|ingest:' "$tmp/$n.out" | sed 's/^/  /'; done
+for n in n1 n2; do
+  echo "$n:"
+  grep -E 'elapsed_s|spans_accepted|spans_per_s|request_latency|ingest:' "$tmp/$n.out" | sed 's/^/  /'
+  echo "  loadgen_cpu_s=$(cpu "$tmp/$n.out")"
+done
+# Both senders start sending once they have read their files, within a
+# fraction of a second of each other: all spans over the longer send.
 spans2=$(( $(field spans_accepted "$tmp/n1.out") + $(field spans_accepted "$tmp/n2.out") ))
-two_rate=$(python3 -c "print(round($spans2 / ($t1 - $t0)))")
-echo "spans/s accepted (spans over the wall time of the whole load): one node $one_rate, two nodes $two_rate"
+two_rate=$(python3 -c "print(round($spans2 / max($(field elapsed_s "$tmp/n1.out"), $(field elapsed_s "$tmp/n2.out"))))")
+echo "spans/s accepted: one node $one_rate, two nodes $two_rate (all spans over the longer of the two sends)"
 
 echo "== query node over the two nodes' uploaded segments, against one all node"
 for h in $n1_http $n2_http; do curl -sf -X POST "http://$h/api/v1/flush" >/dev/null; done
@@ -110,13 +118,18 @@ start q --role query --node-id q --storage-url s3://bench/two --config "$tmp/que
 # single node does not compact either; both answer from flushed segments.
 printf '[compaction]\nenabled = false\n' > "$tmp/all.toml"
 start all --config "$tmp/all.toml"
-loadgen --data "$wl" --grpc "http://$all_grpc" > "$tmp/all-load.out"
+loadgen "$tmp/all-load.out" --data "$wl" --grpc "http://$all_grpc"
 curl -sf -X POST "http://$all_http/api/v1/flush" >/dev/null
 queries=(--lookups "${LOOKUPS:-300}" --searches "${SEARCHES:-60}" --log-searches "${LOG_SEARCHES:-60}")
-for n in q all; do
-  api_var=${n}_http
-  echo "$n (segments: $(curl -sf "http://${!api_var}/api/v1/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["segments"])')):"
-  loadgen --data "$wl" --queries-only --api "${!api_var}" "${queries[@]}" > "$tmp/$n.q"
-  grep -E '^[a-z_]+ n=' "$tmp/$n.q" | sed 's/^/  /'
+# Two passes each, alternating: the first reads the query node's segments
+# from the bucket into its cache, the second finds them there.
+for pass in 1 2; do
+  for n in q all; do
+    api_var=${n}_http
+    segs=$(curl -sf "http://${!api_var}/api/v1/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["segments"])')
+    echo "$n, pass $pass ($segs segments):"
+    loadgen "$tmp/$n.q$pass" --data "$wl" --queries-only --api "${!api_var}" "${queries[@]}"
+    grep -E '^[a-z_]+ n=' "$tmp/$n.q$pass" | sed 's/^/  /'
+  done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -33,8 +33,10 @@ const INGEST_TOML: &str = "[head]\nidle_timeout = \"30m\"\nmax_trace_age = \"1h\
 /// silent ingest node after one.
 const QUERY_TOML: &str = "[cluster]\ncatalog_poll_interval = \"1s\"\nfanout_timeout = \"1s\"\n";
 /// A compactor that acts quickly and whose lease expires in 3 s
-/// (the interface of `--role compact`, docs/scaling.md).
-const COMPACT_TOML: &str = "[compaction]\ninterval = \"1s\"\nlease_duration = \"3s\"\nlease_retry_interval = \"500ms\"\ndeletion_delay = \"1s\"\nmin_age = \"1s\"\n[cluster]\ncatalog_poll_interval = \"1s\"\n";
+/// (the interface of `--role compact`, docs/scaling.md). Inputs are
+/// deleted 10 s after their output is committed: longer than the query
+/// nodes' poll plus a query's deadline, as a reader needs.
+const COMPACT_TOML: &str = "[compaction]\ninterval = \"1s\"\nlease_duration = \"3s\"\nlease_retry_interval = \"500ms\"\ndeletion_delay = \"10s\"\nmin_age = \"1s\"\n[cluster]\ncatalog_poll_interval = \"1s\"\n[query]\ntimeout = \"5s\"\n";
 const LEASE: Duration = Duration::from_secs(3);
 const LEASE_RETRY: Duration = Duration::from_millis(500);
 
@@ -605,6 +607,9 @@ fn compaction_across_node_prefixes_keeps_every_trace_whole() {
     check_traces(&q, &w.truth, true, "after upload");
     let segments = || q.get_ok("/api/v1/status")["segments"].as_u64().unwrap();
     let before = eventually(30, || (segments() >= 4).then(segments));
+    let in_bucket = || bucket.keys("").iter().filter(|k| k.ends_with("spans.parquet")).count();
+    let uploaded = in_bucket();
+    assert!(uploaded >= 4, "{:?}", bucket.keys(""));
 
     let c = compactor(&bucket, "c1", dirs[3].path());
     eventually(30, || (!c.logged("compactor lease acquired").is_empty()).then_some(()));
@@ -619,9 +624,12 @@ fn compaction_across_node_prefixes_keeps_every_trace_whole() {
         assert!(Instant::now() < deadline, "no compaction within 180 s: {before} segments");
         std::thread::sleep(Duration::from_secs(1));
     }
-    // Once the inputs are deleted (deletion_delay) and polled away.
-    std::thread::sleep(Duration::from_secs(3));
+    // Whole while the inputs are still in the bucket, and once they are
+    // deleted (deletion_delay after the output) and polled away.
     check_traces(&q, &w.truth, true, "after compaction");
+    eventually(120, || (in_bucket() < uploaded).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    check_traces(&q, &w.truth, true, "after the inputs were deleted");
     assert!(c.logged("compactor lease lost").is_empty());
 }
 
