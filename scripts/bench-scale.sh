@@ -23,7 +23,7 @@ if [ ! -f "$wl/truth.jsonl" ]; then
   python3 -c 'import opentelemetry.proto' 2>/dev/null || pip install -q opentelemetry-proto protobuf
   python3 ../shared/workload/gen_workload.py --seed 1 --traces "$traces" --out "$wl" --no-zstd >/dev/null
 fi
-tmp=$(mktemp -d)
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/skein-bench-scale.XXXXXX")
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -80,6 +80,8 @@ loadgen() {
   /usr/bin/time -f '%U %S' -o "$out.cpu" "$skein" loadgen --connections "${CONNECTIONS:-4}" "$@" > "$out"
 }
 cpu() { awk '{printf "%.2f", $1 + $2}' "$1.cpu"; }
+# metric NAME HOST:PORT: the sum of a metric's samples on that node.
+metric() { curl -sf "http://$2/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {printf "%.0f", s}'; }
 field() { grep -o "$1=[0-9.]*" "$2" | head -1 | cut -d= -f2; }
 
 echo "== one ingest node"
@@ -128,8 +130,11 @@ for pass in 1 2; do
     api_var=${n}_http
     segs=$(curl -sf "http://${!api_var}/api/v1/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["segments"])')
     echo "$n, pass $pass ($segs segments):"
+    r0=$(metric skein_object_store_requests "${!api_var}"); b0=$(metric skein_object_store_read_bytes "${!api_var}")
     loadgen "$tmp/$n.q$pass" --data "$wl" --queries-only --api "${!api_var}" "${queries[@]}"
     grep -E '^[a-z_]+ n=' "$tmp/$n.q$pass" | sed 's/^/  /'
+    r1=$(metric skein_object_store_requests "${!api_var}"); b1=$(metric skein_object_store_read_bytes "${!api_var}")
+    echo "  object store during the pass: $((r1 - r0)) requests, $((b1 - b0)) bytes read"
   done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -569,6 +569,15 @@ fn two_ingest_nodes_one_query_node() {
     check_traces(&q, &w.truth, true, "after upload");
     let v = q.get_ok(&format!("/jaeger/api/traces/{split}"));
     assert_eq!(v["data"][0]["spans"].as_array().unwrap().len() as u64, w.truth[&split].0, "{v}");
+    let v = q.get_ok(&format!("/tempo/api/traces/{split}"));
+    let tempo_spans: usize = v["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["scopeSpans"].as_array().unwrap())
+        .map(|s| s["spans"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(tempo_spans as u64, w.truth[&split].0, "{v}");
 
     // With both ingest nodes stopped cleanly, the bucket alone holds
     // everything (the answers say the nodes did not answer).
