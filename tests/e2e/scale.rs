@@ -776,8 +776,19 @@ fn assert_same_answers(q: &Node, one: &Node, w: &Workload, when: &str) {
 /// before upload (heads) and after.
 #[test]
 fn query_node_answers_as_one_all_node() {
+    equivalence(false);
+}
+
+/// The same after a compactor merged both ingest nodes' segments into
+/// one. Needs `--role compact` (COMPACT's part of issue 14).
+#[test]
+fn query_node_answers_as_one_all_node_after_compaction() {
+    equivalence(true);
+}
+
+fn equivalence(compact: bool) {
     let bucket = Bucket::start();
-    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
     let n1 = ingest(&bucket, "n1", dirs[0].path());
     let n2 = ingest(&bucket, "n2", dirs[1].path());
     let q = query_node(&bucket, dirs[2].path(), &[&n1, &n2]);
@@ -791,4 +802,11 @@ fn query_node_answers_as_one_all_node() {
     n2.flush();
     one.flush();
     assert_same_answers(&q, &one, &w, "after upload");
+    if compact {
+        let segments = || q.get_ok("/api/v1/status")["segments"].as_u64().unwrap();
+        let before = eventually(30, || (segments() >= 2).then(segments));
+        let _c = compactor(&bucket, "c1", dirs[4].path());
+        eventually(180, || (segments() < before).then_some(()));
+        assert_same_answers(&q, &one, &w, "after compaction");
+    }
 }
