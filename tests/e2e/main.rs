@@ -40,6 +40,8 @@ mod ops;
 mod overload;
 /// Segments in S3 (a moto server), read back by a node with an empty cache.
 mod s3;
+/// Scale-out (issue 14): ingest, query and compact nodes over one bucket.
+mod scale;
 /// The Rust OpenTelemetry SDK over gRPC, HTTP/protobuf and HTTP/JSON.
 mod sdk;
 /// Search by span conditions and time, log search, traces split over segments.
