@@ -354,6 +354,7 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StorageConfig;
 
     fn l(id: &str, node: Option<&str>, replaces: &[&str], epoch: u64, committed: u64) -> Listed {
         Listed {
@@ -464,5 +465,129 @@ mod tests {
         // The planner then merges segments of two node prefixes into one.
         let cfg = crate::CompactionConfig { min_inputs: 2, ..Default::default() };
         assert_eq!(pick_inputs_by(&[(10, 10), (10, 10), (10, 10)], &cfg), Some(vec![0, 1, 2]));
+    }
+
+    fn s3(moto: &crate::testsuite::Moto, url: &str) -> crate::StorageConfig {
+        let mut c = crate::testsuite::test_config();
+        c.storage_url = Some(url.to_string());
+        c.storage_options = moto.options();
+        c
+    }
+
+    fn compactor(moto: &crate::testsuite::Moto, url: &str, delay: std::time::Duration) -> crate::StorageConfig {
+        let mut c = s3(moto, url);
+        c.mirror = true;
+        c.compaction.min_inputs = 2;
+        c.compaction.min_age = std::time::Duration::ZERO;
+        c.compaction.deletion_delay = delay;
+        c
+    }
+
+    /// Against a real S3 API (moto): a trace split across two ingest
+    /// nodes' prefixes is compacted into one shared segment while a query
+    /// node polls through it (always the whole trace, once); nothing is
+    /// deleted before the delay nor by a holder that lost the lease; a
+    /// deposed holder's late output loses to the newer epoch; a new holder
+    /// finishes the deletions; retention deletes across prefixes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_s3_compaction_across_node_prefixes() {
+        use crate::cluster::{node_storage_url, MemoryExport};
+        use crate::testsuite::{append_spans_of, trace_id, Moto};
+        use std::time::Duration;
+        let moto = Moto::start();
+        moto.create_bucket("compact-test");
+        let url = "s3://compact-test/p";
+        let dirs: Vec<tempfile::TempDir> = (0..7).map(|_| tempfile::tempdir().unwrap()).collect();
+        let n1 = Storage::open(dirs[0].path(), s3(&moto, &node_storage_url(url, "n1"))).unwrap();
+        let n2 = Storage::open(dirs[1].path(), s3(&moto, &node_storage_url(url, "n2"))).unwrap();
+        n1.replay().unwrap();
+        n2.replay().unwrap();
+        append_spans_of(&n1, 1, 0, 2).await;
+        n1.flush(true).unwrap();
+        append_spans_of(&n2, 1, 2, 3).await;
+        n2.flush(true).unwrap();
+        append_spans_of(&n1, 2, 0, 4).await;
+        n1.flush(true).unwrap();
+        let node_ids = |s: &Storage| s.remote.as_ref().unwrap().list().unwrap().committed;
+        let inputs: Vec<String> = [node_ids(&n1), node_ids(&n2)].concat();
+        assert_eq!(inputs.len(), 3);
+
+        let q = Storage::open(dirs[2].path(), StorageConfig { mirror: true, ..s3(&moto, url) }).unwrap();
+        let count = |s: &Storage, t: u8| s.get_trace(&trace_id(t)).unwrap().map_or(0, |x| x.0.len());
+        assert_eq!(q.poll_catalog().unwrap().segments, 3);
+        assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
+
+        let hour = Duration::from_secs(3600);
+        let c = Storage::open(dirs[3].path(), compactor(&moto, url, hour)).unwrap();
+        // A holder about to be deposed: its view is of before c's compaction.
+        let old = Storage::open(dirs[4].path(), compactor(&moto, url, hour)).unwrap();
+        c.poll_catalog().unwrap();
+        old.poll_catalog().unwrap();
+        let st = c.compact_nodes(2, &|| true).unwrap();
+        assert_eq!((st.inputs, st.spans), (3, 9));
+        assert_eq!(c.snapshot().segments.len(), 1, "the compactor's own poll hides the inputs");
+        let out = c.snapshot().segments[0].meta.clone();
+        assert_eq!(out.compaction_epoch, 2);
+        let mut replaces = out.replaces.clone();
+        replaces.sort();
+        let mut want = inputs.clone();
+        want.sort();
+        assert_eq!(replaces, want);
+        let shared = c.prefix_remote(None).unwrap();
+        assert_eq!(shared.list().unwrap().committed, [out.id.clone()]);
+
+        // The query node before and after its next poll: whole, once.
+        assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
+        let st = q.poll_catalog().unwrap();
+        assert_eq!((st.segments, st.removed), (1, 3));
+        assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
+
+        // Nothing deleted before the delay.
+        assert_eq!(c.delete_replaced(&|| true).unwrap(), 0);
+        assert_eq!([node_ids(&n1), node_ids(&n2)].concat().len(), 3);
+
+        // The deposed holder (epoch 1) finishes its compaction late: its
+        // output loses to epoch 2 on every reader.
+        let late = old.compact_nodes(1, &|| true).unwrap();
+        assert_eq!(late.inputs, 3);
+        assert_eq!(shared.list().unwrap().committed.len(), 2);
+        q.poll_catalog().unwrap();
+        assert_eq!(q.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect::<Vec<_>>(), [out.id.clone()]);
+        assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
+
+        // A new holder (deletion delay 0) that lost the lease deletes
+        // nothing; holding it, it deletes the inputs and the late output.
+        // The store's clock stamps the commit (to the second at most).
+        std::thread::sleep(Duration::from_millis(1100));
+        let next = Storage::open(dirs[5].path(), compactor(&moto, url, Duration::ZERO)).unwrap();
+        next.poll_catalog().unwrap();
+        assert_eq!(next.delete_replaced(&|| false).unwrap(), 0);
+        assert_eq!([node_ids(&n1), node_ids(&n2)].concat().len(), 3);
+        assert_eq!(next.delete_replaced(&|| true).unwrap(), 4);
+        assert!(node_ids(&n1).is_empty() && node_ids(&n2).is_empty());
+        assert_eq!(shared.list().unwrap().committed, [out.id.clone()]);
+        q.poll_catalog().unwrap();
+        assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
+
+        // The ingest nodes still list their deleted segments: known to the
+        // query node (no poll per query), and not counted twice.
+        let before = q.last_poll_unix_nano();
+        let exports: Vec<MemoryExport> = vec![n1.export_memory("n1"), n2.export_memory("n2")];
+        assert_eq!(exports.iter().map(|e| e.segments.len()).sum::<usize>(), 3);
+        q.install_node_memory(exports, Vec::new()).unwrap();
+        assert_eq!(q.last_poll_unix_nano(), before, "no poll for replaced segments");
+        assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
+
+        // Retention across prefixes: a holder deletes, a non-holder not.
+        append_spans_of(&n2, 3, 0, 1).await;
+        n2.flush(true).unwrap();
+        let mut rc = compactor(&moto, url, Duration::ZERO);
+        rc.retention = Duration::from_nanos(1);
+        let r = Storage::open(dirs[6].path(), rc).unwrap();
+        r.poll_catalog().unwrap();
+        assert_eq!(r.enforce_node_retention(&|| false).unwrap(), 0);
+        assert_eq!(r.enforce_node_retention(&|| true).unwrap(), 2);
+        assert!(node_ids(&n2).is_empty() && shared.list().unwrap().committed.is_empty());
+        assert_eq!(r.metrics.retention_deleted_segments.get(), 2);
     }
 }
