@@ -191,6 +191,11 @@ pub(crate) struct MirrorState {
     pub(crate) vis: Visibility,
     /// What each listed segment's `meta.json` says, fetched once.
     info: HashMap<String, Listed>,
+    /// Segments an ingest node still lists that a poll after its answer
+    /// did not find (the compactor deleted them, as compacted or expired,
+    /// and the node's catalog has not caught up): known, so they cost no
+    /// poll per query. Only those the last answers list are kept.
+    absent: HashSet<String>,
 }
 
 /// What one poll of the bucket changed.
@@ -370,15 +375,27 @@ impl Storage {
         // A segment a committed output replaces (hidden, or already deleted
         // from the bucket by the compactor, while its ingest node still
         // lists it) is known: its records are in the output.
-        let mut known = self.catalog_ids();
-        {
-            let m = self.mirror.lock();
-            known.extend(m.vis.replaced.iter().cloned());
-            known.extend(m.vis.hidden.keys().cloned());
-        }
-        if exports.iter().flat_map(|e| &e.segments).any(|id| !known.contains(id)) {
+        let known = |s: &Storage| {
+            let mut k = s.catalog_ids();
+            let m = s.mirror.lock();
+            k.extend(m.vis.replaced.iter().cloned());
+            k.extend(m.vis.hidden.keys().cloned());
+            k.extend(m.absent.iter().cloned());
+            k
+        };
+        let answered: HashSet<&String> = exports.iter().flat_map(|e| &e.segments).collect();
+        let unknown = |k: &HashSet<String>| answered.iter().filter(|id| !k.contains(**id)).count();
+        if unknown(&known(self)) > 0 {
             self.poll_catalog()?;
+            // Listed in an answer given before this poll, and not in the
+            // bucket after it: deleted.
+            let still: Vec<String> = {
+                let k = known(self);
+                answered.iter().filter(|id| !k.contains(**id)).map(|id| (*id).clone()).collect()
+            };
+            self.mirror.lock().absent.extend(still);
         }
+        self.mirror.lock().absent.retain(|id| answered.contains(id));
         let hidden: HashSet<String> = {
             let m = self.mirror.lock();
             let mut h = HashSet::new();

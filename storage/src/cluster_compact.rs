@@ -589,5 +589,15 @@ mod tests {
         assert_eq!(r.enforce_node_retention(&|| true).unwrap(), 2);
         assert!(node_ids(&n2).is_empty() && shared.list().unwrap().committed.is_empty());
         assert_eq!(r.metrics.retention_deleted_segments.get(), 2);
+
+        // Now the nodes' stale IDs are in no listing at all: one poll
+        // finds them gone, later answers cost none.
+        q.poll_catalog().unwrap();
+        let exports = || vec![n1.export_memory("n1"), n2.export_memory("n2")];
+        q.install_node_memory(exports(), Vec::new()).unwrap();
+        let before = q.last_poll_unix_nano();
+        q.install_node_memory(exports(), Vec::new()).unwrap();
+        assert_eq!(q.last_poll_unix_nano(), before, "no poll for segments known deleted");
+        assert_eq!(q.snapshot().segments.len(), 0);
     }
 }
