@@ -40,7 +40,11 @@ pub(crate) fn register(r: &mut Registry) -> Gauge {
 /// # Errors
 /// No object store, or one without conditional puts (named, with what to
 /// use instead).
-pub(crate) async fn start_lease(tenants: &Tenants, node_id: &str, cfg: &CompactionConfig) -> Result<LeaseKeeper> {
+pub(crate) async fn start_lease(
+    tenants: &Tenants,
+    node_id: &str,
+    cfg: &CompactionConfig,
+) -> Result<LeaseKeeper> {
     let (store, path) = tenants
         .default_storage()
         .lease_target()
@@ -162,7 +166,9 @@ fn turn(tenants: &Tenants, keeper: &LeaseKeeper, cfg: &CompactionConfig, mainten
         match s.delete_replaced(&held) {
             Ok(0) => {}
             Ok(n) => tracing::info!(%tenant, segments = n, "compactor: deleted compacted inputs"),
-            Err(e) => tracing::error!(%tenant, error = %e, "compactor: deleting compacted inputs failed; will retry"),
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "compactor: deleting compacted inputs failed; will retry")
+            }
         }
         if !maintenance {
             continue;

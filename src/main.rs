@@ -700,7 +700,9 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         let own = match &grpc_l {
             Some(l) => l.local_addr()?,
             None if st.has_endpoint() => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            None => anyhow::bail!("self-tracing on a query node needs self_tracing.endpoint: it has no OTLP listener"),
+            None => anyhow::bail!(
+                "self-tracing on a query node needs self_tracing.endpoint: it has no OTLP listener"
+            ),
         };
         let url = st.start(own).context("starting self-tracing")?;
         tracing::info!(endpoint = %url, "self-tracing: query, flush and compaction spans are exported");
@@ -964,7 +966,8 @@ mod tests {
         let e = err(&["--role", "compact", "--node-id", "c1", "--storage-url", "file:///tmp/bucket"]);
         assert!(e.contains("conditional puts"), "{e}");
         assert!(err(&["--role", "compact", "--node-id", "c/1", s3[0], s3[1]]).contains("--node-id"));
-        assert!(err(&["--role", "compact", "--ingest-nodes", "http://a:1", s3[0], s3[1]]).contains("--role query"));
+        assert!(err(&["--role", "compact", "--ingest-nodes", "http://a:1", s3[0], s3[1]])
+            .contains("--role query"));
         let c = build_config(
             args(&["--role", "compact", s3[0], s3[1]]),
             toml::from_str(

@@ -259,9 +259,8 @@ impl Storage {
                 }
             }
         }
-        let in_catalog: HashMap<String, Arc<Segment>> = self
-            .catalog
-            .edit_segments(|segs| segs.iter().map(|s| (s.meta.id.clone(), s.clone())).collect());
+        let in_catalog: HashMap<String, Arc<Segment>> =
+            self.catalog.edit_segments(|segs| segs.iter().map(|s| (s.meta.id.clone(), s.clone())).collect());
         // What hides what needs every listed segment's `replaces` and
         // epoch: from the catalog, the cache, or its `meta.json` alone (a
         // segment to be hidden is never downloaded further).

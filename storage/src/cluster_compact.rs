@@ -107,15 +107,20 @@ pub fn visibility(listed: &[Listed]) -> Visibility {
 /// they would come back into view once it is gone).
 pub fn deletable(listed: &[Listed], vis: &Visibility, now_unix_nano: u64, delay_ns: u64) -> Vec<String> {
     let by_id: HashMap<&str, &Listed> = listed.iter().map(|l| (l.id.as_str(), l)).collect();
-    let hiding: HashSet<&str> =
-        vis.hidden.iter().filter(|(id, _)| by_id.contains_key(id.as_str())).map(|(_, h)| h.as_str()).collect();
+    let hiding: HashSet<&str> = vis
+        .hidden
+        .iter()
+        .filter(|(id, _)| by_id.contains_key(id.as_str()))
+        .map(|(_, h)| h.as_str())
+        .collect();
     let mut out: Vec<String> = listed
         .iter()
         .filter(|l| !hiding.contains(l.id.as_str()))
         .filter(|l| {
-            vis.hidden.get(&l.id).and_then(|h| by_id.get(h.as_str())).is_some_and(|h| {
-                h.committed_unix_nano.saturating_add(delay_ns) <= now_unix_nano
-            })
+            vis.hidden
+                .get(&l.id)
+                .and_then(|h| by_id.get(h.as_str()))
+                .is_some_and(|h| h.committed_unix_nano.saturating_add(delay_ns) <= now_unix_nano)
         })
         .map(|l| l.id.clone())
         .collect();
@@ -199,10 +204,11 @@ impl Storage {
         let cfg = &self.cfg.compaction;
         let (all, vis, segs) = self.cluster_view();
         let visible: Vec<Listed> = segs.iter().map(|(_, l)| l.clone()).collect();
-        let ok: HashSet<&str> = eligible(&visible, &vis, &all, now_unix_nano(), cfg.min_age.as_nanos() as u64)
-            .into_iter()
-            .map(|l| l.id.as_str())
-            .collect();
+        let ok: HashSet<&str> =
+            eligible(&visible, &vis, &all, now_unix_nano(), cfg.min_age.as_nanos() as u64)
+                .into_iter()
+                .map(|l| l.id.as_str())
+                .collect();
         let candidates: Vec<&Arc<Segment>> =
             segs.iter().filter(|(_, l)| ok.contains(l.id.as_str())).map(|(s, _)| s).collect();
         let sizes: Vec<(u64, u64)> =
@@ -284,7 +290,8 @@ impl Storage {
         let delay = self.cfg.compaction.deletion_delay.as_nanos() as u64;
         let _maint = self.maintenance_lock.lock();
         let (all, vis, _) = self.cluster_view();
-        let node: HashMap<&str, Option<&str>> = all.iter().map(|l| (l.id.as_str(), l.node.as_deref())).collect();
+        let node: HashMap<&str, Option<&str>> =
+            all.iter().map(|l| (l.id.as_str(), l.node.as_deref())).collect();
         let mut n = 0;
         for id in deletable(&all, &vis, now_unix_nano(), delay) {
             if !held() {
@@ -460,7 +467,8 @@ mod tests {
         let all = vec![old1.clone(), old2.clone(), young.clone(), shared.clone(), busy.clone(), input];
         let v = visibility(&all);
         let visible: Vec<Listed> = all.iter().filter(|x| !v.hidden.contains_key(&x.id)).cloned().collect();
-        let ids: Vec<&str> = eligible(&visible, &v, &all, 100 * s, 10 * s).iter().map(|x| x.id.as_str()).collect();
+        let ids: Vec<&str> =
+            eligible(&visible, &v, &all, 100 * s, 10 * s).iter().map(|x| x.id.as_str()).collect();
         assert_eq!(ids, ["O1", "O2", "S"]);
         // The planner then merges segments of two node prefixes into one.
         let cfg = crate::CompactionConfig { min_inputs: 2, ..Default::default() };
@@ -474,7 +482,11 @@ mod tests {
         c
     }
 
-    fn compactor(moto: &crate::testsuite::Moto, url: &str, delay: std::time::Duration) -> crate::StorageConfig {
+    fn compactor(
+        moto: &crate::testsuite::Moto,
+        url: &str,
+        delay: std::time::Duration,
+    ) -> crate::StorageConfig {
         let mut c = s3(moto, url);
         c.mirror = true;
         c.compaction.min_inputs = 2;
@@ -552,7 +564,10 @@ mod tests {
         assert_eq!(late.inputs, 3);
         assert_eq!(shared.list().unwrap().committed.len(), 2);
         q.poll_catalog().unwrap();
-        assert_eq!(q.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect::<Vec<_>>(), [out.id.clone()]);
+        assert_eq!(
+            q.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect::<Vec<_>>(),
+            [out.id.clone()]
+        );
         assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
 
         // A new holder (deletion delay 0) that lost the lease deletes

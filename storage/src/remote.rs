@@ -262,7 +262,12 @@ impl Remote {
             }
         }
         let incomplete = all.difference(&committed).cloned().collect();
-        Ok(Listing { committed: committed.into_iter().collect(), incomplete, quarantined, committed_unix_nano })
+        Ok(Listing {
+            committed: committed.into_iter().collect(),
+            incomplete,
+            quarantined,
+            committed_unix_nano,
+        })
     }
 
     /// Uploads every file of the segment directory `dir` as segment `id`,
