@@ -149,6 +149,10 @@ pub fn eligible<'a>(
         .collect()
 }
 
+/// Every listed segment, the visibility, and the catalog's segments with
+/// their listing, oldest first.
+type ClusterView = (Vec<Listed>, Visibility, Vec<(Arc<Segment>, Listed)>);
+
 impl Storage {
     /// The bucket's object store and the path of its compactor lease
     /// object ([`crate::lease::lease_path`] of the shared prefix), `None`
@@ -162,7 +166,7 @@ impl Storage {
 
     /// The compactor's view of the last poll: every listed segment, the
     /// visibility, and the catalog's (visible) segments with their listing.
-    fn cluster_view(&self) -> (Vec<Listed>, Visibility, Vec<(Arc<Segment>, Listed)>) {
+    fn cluster_view(&self) -> ClusterView {
         let m = self.mirror.lock();
         let (all, vis) = (m.listed.clone(), m.vis.clone());
         drop(m);
@@ -410,7 +414,7 @@ mod tests {
         let v = visibility(&[x.clone(), y.clone(), a.clone(), c.clone()]);
         assert_eq!(hidden(&v), [("A", "C"), ("X", "A"), ("Y", "A")]);
         // Inputs already deleted are still "replaced" (known IDs).
-        let v = visibility(&[a.clone()]);
+        let v = visibility(std::slice::from_ref(&a));
         assert!(v.replaced.contains("X") && v.hidden.contains_key("X"));
     }
 
@@ -546,7 +550,7 @@ mod tests {
         want.sort();
         assert_eq!(replaces, want);
         let shared = c.prefix_remote(None).unwrap();
-        assert_eq!(shared.list().unwrap().committed, [out.id.clone()]);
+        assert_eq!(shared.list().unwrap().committed, [out.id.as_str()]);
 
         // The query node before and after its next poll: whole, once.
         assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
@@ -566,7 +570,7 @@ mod tests {
         q.poll_catalog().unwrap();
         assert_eq!(
             q.snapshot().segments.iter().map(|s| s.meta.id.clone()).collect::<Vec<_>>(),
-            [out.id.clone()]
+            [out.id.as_str()]
         );
         assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
 
@@ -580,7 +584,7 @@ mod tests {
         assert_eq!([node_ids(&n1), node_ids(&n2)].concat().len(), 3);
         assert_eq!(next.delete_replaced(&|| true).unwrap(), 4);
         assert!(node_ids(&n1).is_empty() && node_ids(&n2).is_empty());
-        assert_eq!(shared.list().unwrap().committed, [out.id.clone()]);
+        assert_eq!(shared.list().unwrap().committed, [out.id.as_str()]);
         q.poll_catalog().unwrap();
         assert_eq!((count(&q, 1), count(&q, 2)), (5, 4));
 

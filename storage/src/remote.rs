@@ -169,7 +169,7 @@ impl Remote {
     pub fn at(self: &Arc<Self>, rel: &[&str]) -> Result<Arc<Remote>> {
         let mut root = self.base();
         for part in rel {
-            let p = object_store::path::PathPart::parse(*part)
+            let p = object_store::path::PathPart::parse(part)
                 .map_err(|e| Error::Config(format!("object store path part {part:?}: {e}")))?;
             root = root.join(p);
         }
