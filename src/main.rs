@@ -362,6 +362,18 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         // (docs/scaling.md): an ingest node keeps what it uploads.
         compaction.enabled = false;
     }
+    if role == Role::Compact
+        && compaction.deletion_delay < file.cluster.catalog_poll_interval + file.query.timeout
+    {
+        // A query node may still read an input this long after its output
+        // was committed (docs/storage.md, "The compactor").
+        tracing::warn!(
+            deletion_delay = ?compaction.deletion_delay,
+            catalog_poll_interval = ?file.cluster.catalog_poll_interval,
+            query_timeout = ?file.query.timeout,
+            "compaction.deletion_delay is shorter than cluster.catalog_poll_interval + query.timeout: a query node may find a compacted input deleted while it still reads it"
+        );
+    }
     let storage = StorageConfig {
         // A query node and the compactor read every node's prefix.
         mirror: matches!(role, Role::Query | Role::Compact),
