@@ -105,8 +105,8 @@ async fn metrics(State(st): State<RouterState>) -> Response {
 /// The compactor's schedule until `stop`: every `poll_interval` a catalog
 /// poll of every tenant; while the lease is held, at once after each poll
 /// the deletions whose delay has passed, and every `compaction.interval`
-/// compaction (repeated while there is work, for at most one interval) and
-/// retention. On stop the lease is released.
+/// compaction (unless `compaction.enabled` is false; repeated while there
+/// is work, for at most one interval) and retention. On stop the lease is released.
 pub(crate) async fn run(
     tenants: Arc<Tenants>,
     keeper: LeaseKeeper,
@@ -174,7 +174,7 @@ fn turn(tenants: &Tenants, keeper: &LeaseKeeper, cfg: &CompactionConfig, mainten
             continue;
         }
         let until = Instant::now() + cfg.interval;
-        while held() {
+        while cfg.enabled && held() {
             match s.compact_nodes(epoch, &held) {
                 Ok(st) if st.inputs > 0 && Instant::now() < until => {}
                 Ok(_) => break,

@@ -767,6 +767,21 @@ mod tests {
         });
     }
 
+    /// `is_held` is false once the tenure's deadline has passed, even
+    /// while the keeper's task has not yet run to flip `held` (a busy
+    /// runtime), so a deletion is never started after the deadline.
+    #[tokio::test]
+    async fn keeper_is_not_held_past_its_deadline() {
+        let k = LeaseKeeper::spawn(Lease::new(store(), lease_path("d"), "a", D), Duration::from_millis(20));
+        let mut held = k.held();
+        tokio::time::timeout(Duration::from_secs(10), held.wait_for(|h| *h)).await.unwrap().unwrap();
+        assert!(k.is_held());
+        *k.valid_until.lock() = Some(Instant::now() - Duration::from_millis(1));
+        assert!(*k.held().borrow(), "the task has not noticed yet");
+        assert!(!k.is_held());
+        k.shutdown().await;
+    }
+
     #[tokio::test]
     async fn keeper_flips_on_acquire_loss_and_shutdown() {
         let s = store();
