@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod compactor;
 mod listen;
 mod self_tracing;
 mod server;
@@ -102,8 +103,9 @@ struct ServeArgs {
     /// `[IPv6]:PORT`, or `:PORT` for every interface [default: 127.0.0.1:9411].
     #[arg(long, env = "SKEIN_ZIPKIN_ADDR")]
     zipkin_addr: Option<ListenAddr>,
-    /// Which parts this node runs [default: all]: `ingest` and `query` split
-    /// one deployment over one bucket (needs --storage-url; docs/scaling.md).
+    /// Which parts this node runs [default: all]: `ingest`, `query` and
+    /// `compact` split one deployment over one bucket (needs --storage-url;
+    /// `compact` needs an S3 store; docs/scaling.md).
     #[arg(long, env = "SKEIN_ROLE", value_enum)]
     role: Option<Role>,
     /// This node's ID, naming its prefix in the bucket (`nodes/{ID}/`):
@@ -304,11 +306,6 @@ fn self_tracing_config(a: &ServeArgs, file: &FileConfig) -> Result<SelfTracingCo
 
 fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
     let role = a.role.or(file.role).unwrap_or(Role::All);
-    if role == Role::Compact {
-        bail!(
-            "--role compact is not implemented yet: compaction and retention across every node's prefix need the compactor lease (issue 14); in a split deployment the bucket is kept as written until then (docs/scaling.md)"
-        );
-    }
     let data_dir = a.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("skein-data"));
     let storage_url = match a.storage_url.or(file.storage_url) {
         // The default, spelled out.
@@ -349,6 +346,11 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         storage_url.is_some(),
     )?;
     file.cluster.check().map_err(anyhow::Error::msg).context("invalid [cluster]")?;
+    if role == Role::Compact && storage_url.as_deref().is_some_and(|u| u.starts_with("file://")) {
+        bail!(
+            "--role compact needs an S3 store (s3://bucket/prefix): the compactor lease is written with conditional puts (If-None-Match, If-Match), which a file:// store cannot do"
+        );
+    }
     let storage_url = match (&node_id, storage_url) {
         (Some(n), Some(url)) if role == Role::Ingest => {
             Some(skein_storage::cluster::node_storage_url(&url, n))
@@ -360,8 +362,21 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         // (docs/scaling.md): an ingest node keeps what it uploads.
         compaction.enabled = false;
     }
+    if role == Role::Compact
+        && compaction.deletion_delay < file.cluster.catalog_poll_interval + file.query.timeout
+    {
+        // A query node may still read an input this long after its output
+        // was committed (docs/storage.md, "The compactor").
+        tracing::warn!(
+            deletion_delay = ?compaction.deletion_delay,
+            catalog_poll_interval = ?file.cluster.catalog_poll_interval,
+            query_timeout = ?file.query.timeout,
+            "compaction.deletion_delay is shorter than cluster.catalog_poll_interval + query.timeout: a query node may find a compacted input deleted while it still reads it"
+        );
+    }
     let storage = StorageConfig {
-        mirror: role == Role::Query,
+        // A query node and the compactor read every node's prefix.
+        mirror: matches!(role, Role::Query | Role::Compact),
         mirror_tenant: None,
         retention_disabled: role == Role::Ingest,
         head,
@@ -371,7 +386,13 @@ fn build_config(a: ServeArgs, file: FileConfig) -> Result<Config> {
         retention_bytes: file.retention_bytes,
         compaction,
         storage_url,
-        storage_options: Vec::new(),
+        storage_options: if role == Role::Compact {
+            // Explicitly, so that AWS_CONDITIONAL_PUT in the environment
+            // cannot turn the lease's conditional puts off.
+            skein_storage::lease::s3_options().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        } else {
+            Vec::new()
+        },
         cache_bytes: file.cache_bytes,
     };
     storage.check().context("invalid storage configuration")?;
@@ -570,6 +591,13 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
     let tenants =
         Tenants::open(&cfg.data_dir, cfg.storage.clone(), cfg.tenants.clone(), cfg.overrides.clone())
             .with_context(|| format!("opening storage in {}", cfg.data_dir.display()))?;
+    // Before the listeners: a store without conditional puts stops the start.
+    let lease = match (cfg.role, &cfg.node_id) {
+        (Role::Compact, Some(node)) => {
+            Some(compactor::start_lease(&tenants, node, &cfg.storage.compaction).await?)
+        }
+        _ => None,
+    };
     let ingest = Ingest::new(tenants.clone(), cfg.collector.clone()).with_memory_limit(cfg.memory);
     let auth = Arc::new(cfg.auth);
     for w in auth.warnings() {
@@ -599,8 +627,10 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         st.metrics.register(&mut registry);
     }
     let alert_metrics = skein_query::alerts::AlertMetrics::register(&mut registry);
+    let lease_held = (cfg.role == Role::Compact).then(|| compactor::register(&mut registry));
     let mut api = ApiState::new(tenants.clone(), registry, cfg.query.clone());
-    let ingests = cfg.role != Role::Query;
+    // A query node and the compactor run no ingest listener (no WAL).
+    let ingests = !matches!(cfg.role, Role::Query | Role::Compact);
     match cfg.role {
         Role::Ingest => api = api.with_node_id(cfg.node_id.clone().unwrap_or_default()),
         Role::Query => {
@@ -738,7 +768,14 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
         let rx = stop_rx.clone();
         servers.push(("OTLP/HTTP server", tokio::spawn(otlp_http_l.serve(app, stopped(rx)))));
     }
-    {
+    if let Some(lease) = &lease {
+        // The compactor answers health and metrics only.
+        let app = compactor::router(tenants.clone(), api.registry.clone(), lease.held())
+            .route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::query_layer))
+            .route_layer(axum::middleware::from_fn_with_state(http_metrics.clone(), telemetry::track));
+        let rx = stop_rx.clone();
+        servers.push(("HTTP server", tokio::spawn(http_l.serve(app, stopped(rx)))));
+    } else {
         let app = skein_query::router(api)
             .merge(skein_query::alerts::router(alerts.clone()))
             .route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::query_layer))
@@ -770,7 +807,16 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
 
     // Flush, retention and compaction in the background until stopped; a
     // query node polls the bucket's catalog instead.
-    let flusher = if cfg.role == Role::Query {
+    let flusher = if let (Some(lease), Some(gauge)) = (lease, lease_held) {
+        tokio::spawn(compactor::run(
+            tenants.clone(),
+            lease,
+            gauge,
+            cfg.storage.compaction.clone(),
+            cfg.cluster.catalog_poll_interval,
+            stop_rx.clone(),
+        ))
+    } else if cfg.role == Role::Query {
         tokio::spawn(poll_catalogs(tenants.clone(), cfg.cluster.catalog_poll_interval, stop_rx.clone()))
     } else {
         tokio::spawn(tenants.clone().run_maintenance(stop_rx.clone()))
@@ -914,7 +960,8 @@ mod tests {
 
     /// Issue 14: split roles need an object store, an ingest node writes
     /// under its own prefix, a query node needs its ingest nodes, node IDs
-    /// are checked, and `compact` is refused as not implemented.
+    /// are checked; the compactor reads every prefix (a mirror), asks for
+    /// conditional puts, and refuses a store without them (`file://`).
     #[test]
     fn test_roles() {
         let args = |extra: &[&str]| {
@@ -926,8 +973,45 @@ mod tests {
         let err =
             |extra: &[&str]| format!("{:#}", build_config(args(extra), FileConfig::default()).unwrap_err());
         assert!(err(&["--role", "ingest", "--node-id", "n1"]).contains("--storage-url"));
-        assert!(err(&["--role", "compact"]).contains("not implemented yet"));
         let s3 = ["--storage-url", "s3://b/p"];
+        assert!(err(&["--role", "compact", "--node-id", "c1"]).contains("--storage-url"));
+        let e = err(&["--role", "compact", "--node-id", "c1", "--storage-url", "file:///tmp/bucket"]);
+        assert!(e.contains("conditional puts"), "{e}");
+        assert!(err(&["--role", "compact", "--node-id", "c/1", s3[0], s3[1]]).contains("--node-id"));
+        assert!(err(&["--role", "compact", "--ingest-nodes", "http://a:1", s3[0], s3[1]])
+            .contains("--role query"));
+        let c = build_config(
+            args(&["--role", "compact", s3[0], s3[1]]),
+            toml::from_str(
+                "node_id = \"c1\"\n[cluster]\ncatalog_poll_interval = \"1s\"\n[compaction]\ninterval = \"2s\"\nlease_duration = \"3s\"\nlease_retry_interval = \"500ms\"\ndeletion_delay = \"4s\"\nmin_age = \"1s\"",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((c.role, c.node_id.as_deref()), (Role::Compact, Some("c1")));
+        assert_eq!(c.storage.storage_url.as_deref(), Some("s3://b/p"), "the shared prefix");
+        assert!(c.storage.mirror && !c.storage.retention_disabled);
+        assert!(c.storage.storage_options.contains(&("aws_conditional_put".into(), "etag".into())));
+        let k = &c.storage.compaction;
+        assert_eq!(
+            (k.interval, k.lease_duration, k.lease_retry_interval, k.deletion_delay, k.min_age),
+            (
+                Duration::from_secs(2),
+                Duration::from_secs(3),
+                Duration::from_millis(500),
+                Duration::from_secs(4),
+                Duration::from_secs(1)
+            )
+        );
+        let e = format!(
+            "{:#}",
+            build_config(
+                args(&["--role", "compact", "--node-id", "c1", s3[0], s3[1]]),
+                toml::from_str("[compaction]\nlease_duration = \"100ms\"").unwrap()
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("compaction.lease_duration"), "{e}");
         assert!(err(&["--role", "query", "--node-id", "q", s3[0], s3[1]]).contains("--ingest-nodes"));
         assert!(err(&["--role", "ingest", "--node-id", "a/b", s3[0], s3[1]]).contains("--node-id"));
         assert!(err(&["--ingest-nodes", "http://a:1"]).contains("--role query"));

@@ -33,6 +33,7 @@ use std::fs;
 use std::sync::Arc;
 
 use crate::batch;
+use crate::cluster_compact::{visibility, Listed, Visibility};
 use crate::head::{Flushing, TraceEntry};
 use crate::model::{LogRecord, Span, TraceId};
 use crate::remote::Remote;
@@ -183,9 +184,18 @@ pub(crate) struct MirrorState {
     owner: HashMap<String, Option<String>>,
     /// Unix ns of the last poll that listed every prefix.
     pub(crate) last_poll_unix_nano: Option<u64>,
-    /// Segments a listed segment `replaces`: not loaded again while their
-    /// objects are still listed.
-    replaced: HashSet<String>,
+    /// Every committed segment of the last poll, hidden ones included.
+    pub(crate) listed: Vec<Listed>,
+    /// Which of them are hidden, and every ID a committed output replaces
+    /// ([`visibility`]).
+    pub(crate) vis: Visibility,
+    /// What each listed segment's `meta.json` says, fetched once.
+    info: HashMap<String, Listed>,
+    /// Segments an ingest node still lists that a poll after its answer
+    /// did not find (the compactor deleted them, as compacted or expired,
+    /// and the node's catalog has not caught up): known, so they cost no
+    /// poll per query. Only those the last answers list are kept.
+    absent: HashSet<String>,
 }
 
 /// What one poll of the bucket changed.
@@ -239,20 +249,60 @@ impl Storage {
             let r = base.at(&segments_parts(Some(&node), tenant))?;
             sources.push((Some(node), r));
         }
-        let mut listed: HashMap<String, (Option<String>, Arc<Remote>)> = HashMap::new();
+        let mut listed: HashMap<String, (Option<String>, Arc<Remote>, u64)> = HashMap::new();
         for (node, r) in sources {
             let l = r.list()?;
             for id in l.committed {
                 if !l.quarantined.contains(&id) {
-                    listed.insert(id, (node.clone(), r.clone()));
+                    let t = l.committed_unix_nano.get(&id).copied().unwrap_or(0);
+                    listed.insert(id, (node.clone(), r.clone(), t));
                 }
             }
         }
+        let in_catalog: HashMap<String, Arc<Segment>> =
+            self.catalog.edit_segments(|segs| segs.iter().map(|s| (s.meta.id.clone(), s.clone())).collect());
+        // What hides what needs every listed segment's `replaces` and
+        // epoch: from the catalog, the cache, or its `meta.json` alone (a
+        // segment to be hidden is never downloaded further).
+        let cached = std::mem::take(&mut self.mirror.lock().info);
+        let mut info: HashMap<String, Listed> = HashMap::new();
+        for (id, (node, r, committed)) in &listed {
+            let meta = match (in_catalog.get(id), cached.get(id)) {
+                (Some(seg), _) => {
+                    Some((seg.meta.replaces.clone(), seg.meta.compaction_epoch, seg.meta.created_unix_nano))
+                }
+                (None, Some(l)) => Some((l.replaces.clone(), l.epoch, l.created_unix_nano)),
+                (None, None) => match r
+                    .get(id, META_FILE)
+                    .and_then(|b| serde_json::from_slice::<segment::SegmentMeta>(&b).map_err(Error::from))
+                {
+                    Ok(m) => Some((m.replaces, m.compaction_epoch, m.created_unix_nano)),
+                    Err(e) => {
+                        tracing::error!(segment = %id, store = r.url(), error = %e, "cannot read a segment's meta.json in the bucket; skipping it");
+                        None
+                    }
+                },
+            };
+            if let Some((replaces, epoch, created_unix_nano)) = meta {
+                let l = Listed {
+                    id: id.clone(),
+                    node: node.clone(),
+                    replaces,
+                    epoch,
+                    created_unix_nano,
+                    committed_unix_nano: *committed,
+                };
+                info.insert(id.clone(), l);
+            }
+        }
+        drop(in_catalog);
+        let all: Vec<Listed> = info.values().cloned().collect();
+        let vis = visibility(&all);
         let current = self.catalog_ids();
         let segdir = self.segments_dir();
-        let skip = self.mirror.lock().replaced.clone();
         let mut added = Vec::new();
-        for (id, (_, r)) in listed.iter().filter(|(id, _)| !current.contains(*id) && !skip.contains(*id)) {
+        let visible = |id: &String| info.contains_key(id) && !vis.hidden.contains_key(id);
+        for (id, (_, r, _)) in listed.iter().filter(|(id, _)| !current.contains(*id) && visible(id)) {
             let dir = segdir.join(id);
             if !dir.join(META_FILE).exists() {
                 let tmp = segdir.join(format!("tmp-dl-{id}"));
@@ -273,15 +323,8 @@ impl Storage {
         }
         let n_added = added.len();
         let gone = self.catalog.edit_segments(|segs| {
-            let (mut gone, mut keep): (Vec<_>, Vec<_>) =
-                segs.drain(..).partition(|s| !listed.contains_key(&s.meta.id));
+            let (gone, mut keep): (Vec<_>, Vec<_>) = segs.drain(..).partition(|s| !visible(&s.meta.id));
             keep.extend(added);
-            let replaced: HashSet<String> =
-                keep.iter().flat_map(|s| s.meta.replaces.iter().cloned()).collect();
-            let (inputs, mut keep): (Vec<_>, Vec<_>) =
-                keep.into_iter().partition(|s| replaced.contains(&s.meta.id));
-            gone.extend(inputs);
-            self.mirror.lock().replaced = replaced;
             keep.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
             *segs = keep;
             self.gauges.segments.set(&self.metrics.segments, segs.len() as i64);
@@ -290,7 +333,10 @@ impl Storage {
         let stats = PollStats { added: n_added, removed: gone.len(), segments: self.catalog_ids().len() };
         self.bury(gone);
         let mut m = self.mirror.lock();
-        m.owner = listed.into_iter().map(|(id, (node, _))| (id, node)).collect();
+        m.owner = listed.into_iter().map(|(id, (node, _, _))| (id, node)).collect();
+        m.listed = all;
+        m.vis = vis;
+        m.info = info;
         m.last_poll_unix_nano = Some(now_unix_nano());
         drop(m);
         self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -325,10 +371,30 @@ impl Storage {
     /// # Errors
     /// As [`Storage::poll_catalog`], when a poll is needed.
     pub fn install_node_memory(&self, exports: Vec<MemoryExport>, warnings: Vec<String>) -> Result<()> {
-        let known = self.catalog_ids();
-        if exports.iter().flat_map(|e| &e.segments).any(|id| !known.contains(id)) {
+        // A segment a committed output replaces (hidden, or already deleted
+        // from the bucket by the compactor, while its ingest node still
+        // lists it) is known: its records are in the output.
+        let known = |s: &Storage| {
+            let mut k = s.catalog_ids();
+            let m = s.mirror.lock();
+            k.extend(m.vis.replaced.iter().cloned());
+            k.extend(m.vis.hidden.keys().cloned());
+            k.extend(m.absent.iter().cloned());
+            k
+        };
+        let answered: HashSet<&String> = exports.iter().flat_map(|e| &e.segments).collect();
+        let unknown = |k: &HashSet<String>| answered.iter().filter(|id| !k.contains(**id)).count();
+        if unknown(&known(self)) > 0 {
             self.poll_catalog()?;
+            // Listed in an answer given before this poll, and not in the
+            // bucket after it: deleted.
+            let still: Vec<String> = {
+                let k = known(self);
+                answered.iter().filter(|id| !k.contains(**id)).map(|id| (*id).clone()).collect()
+            };
+            self.mirror.lock().absent.extend(still);
         }
+        self.mirror.lock().absent.retain(|id| answered.contains(id));
         let hidden: HashSet<String> = {
             let m = self.mirror.lock();
             let mut h = HashSet::new();

@@ -57,6 +57,42 @@ pub struct CompactionConfig {
     /// more than on disk), whatever the on-disk layout. Like Tempo's
     /// `max_compaction_objects`, in rows rather than traces.
     pub max_rows: u64,
+    /// The compact role (`--role compact`): how long the compactor lease
+    /// lives without renewal ([`crate::lease::LeaseConfig::lease_duration`]).
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// The compact role: how often a waiting compactor reads the lease
+    /// ([`crate::lease::LeaseConfig::lease_retry_interval`]).
+    #[serde(with = "humantime_serde")]
+    pub lease_retry_interval: Duration,
+    /// The compact role: a compaction's inputs are deleted from the bucket
+    /// this long after its output was committed (Tempo's
+    /// `compacted_block_retention`). Until then a query node that has not
+    /// polled since, or a query that started before its poll, still reads
+    /// them; so it must be longer than `cluster.catalog_poll_interval` plus
+    /// `query.timeout`. Default 5 minutes.
+    #[serde(with = "humantime_serde")]
+    pub deletion_delay: Duration,
+    /// The compact role: an ingest node's segment is compacted (or expired)
+    /// only once it is this old, by when it was received. An ingest node's
+    /// WAL replay skips the records its own segments hold; a segment moved
+    /// out of its prefix while its records are still in its WAL would be
+    /// replayed, and stored twice, after a crash. WAL files are deleted once
+    /// every record before them is flushed, so records stay in the WAL at
+    /// most about `head.max_trace_age` plus a flush after their segment was
+    /// written, far less than the default 10 minutes.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Duration,
+}
+
+impl CompactionConfig {
+    /// The lease settings among these ([`crate::lease::LeaseConfig`]).
+    pub fn lease(&self) -> crate::lease::LeaseConfig {
+        crate::lease::LeaseConfig {
+            lease_duration: self.lease_duration,
+            lease_retry_interval: self.lease_retry_interval,
+        }
+    }
 }
 
 impl Default for CompactionConfig {
@@ -68,6 +104,10 @@ impl Default for CompactionConfig {
             max_inputs: 8,
             max_segment_bytes: 64 << 20,
             max_rows: 1_000_000,
+            lease_duration: crate::lease::LeaseConfig::default().lease_duration,
+            lease_retry_interval: crate::lease::LeaseConfig::default().lease_retry_interval,
+            deletion_delay: Duration::from_secs(5 * 60),
+            min_age: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -95,6 +135,17 @@ impl CompactionConfig {
         }
         if self.enabled && self.interval.is_zero() {
             return Err(Error::Config("compaction.interval must be longer than zero".into()));
+        }
+        // Below a second the lease's renewals (a third of it) would be
+        // requests back to back, and the holder's margin shorter than one.
+        if self.lease_duration < Duration::from_secs(1) {
+            return Err(Error::Config(format!(
+                "compaction.lease_duration ({:?}) must be at least 1s",
+                self.lease_duration
+            )));
+        }
+        if self.lease_retry_interval.is_zero() {
+            return Err(Error::Config("compaction.lease_retry_interval must be longer than zero".into()));
         }
         Ok(())
     }
@@ -298,7 +349,7 @@ impl Storage {
 /// traces and the number of copies dropped. Each trace's WAL positions span
 /// the inputs' (`max_pos` is what the output's trace-ID index records and
 /// replay relies on).
-fn merge(
+pub(crate) fn merge(
     inputs: &[Arc<Segment>],
     mut read: impl FnMut(&Arc<Segment>) -> Result<(Vec<Span>, Vec<LogRecord>)>,
 ) -> Result<(Vec<(TraceId, TraceEntry)>, u64)> {
@@ -392,5 +443,9 @@ mod tests {
         assert!(cfg(4, 3, 100).check().is_err());
         assert!(cfg(4, 8, 0).check().is_err());
         assert!(CompactionConfig::default().check().is_ok());
+        let short = CompactionConfig { lease_duration: Duration::from_millis(500), ..Default::default() };
+        assert!(short.check().unwrap_err().to_string().contains("compaction.lease_duration"));
+        let zero = CompactionConfig { lease_retry_interval: Duration::ZERO, ..Default::default() };
+        assert!(zero.check().unwrap_err().to_string().contains("compaction.lease_retry_interval"));
     }
 }

@@ -428,6 +428,10 @@ pub async fn verify_conditional_put(store: &dyn ObjectStore, probe: &ObjPath) ->
 #[derive(Debug)]
 pub struct LeaseKeeper {
     held: watch::Receiver<bool>,
+    /// [`Held::valid_until`] of the tenure in progress: [`LeaseKeeper::is_held`]
+    /// checks it itself, so a task that runs late (a busy runtime) cannot
+    /// leave `held` true past the deadline.
+    valid_until: Arc<parking_lot::Mutex<Option<Instant>>>,
     epoch: watch::Receiver<Option<u64>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -439,8 +443,9 @@ impl LeaseKeeper {
         let (held_tx, held) = watch::channel(false);
         let (epoch_tx, epoch) = watch::channel(None);
         let (stop, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(keep(lease, retry_interval, held_tx, epoch_tx, stop_rx));
-        LeaseKeeper { held, epoch, stop: Some(stop), task: Some(task) }
+        let valid_until = Arc::new(parking_lot::Mutex::new(None));
+        let task = tokio::spawn(keep(lease, retry_interval, held_tx, epoch_tx, valid_until.clone(), stop_rx));
+        LeaseKeeper { held, valid_until, epoch, stop: Some(stop), task: Some(task) }
     }
 
     /// `true` while this node holds the lease and may compact.
@@ -448,9 +453,11 @@ impl LeaseKeeper {
         self.held.clone()
     }
 
-    /// Whether this node holds the lease now.
+    /// Whether this node holds the lease now: `held` is `true` and the
+    /// tenure's [`Held::valid_until`] has not passed. Check it right before
+    /// every deletion.
     pub fn is_held(&self) -> bool {
-        *self.held.borrow()
+        *self.held.borrow() && self.valid_until.lock().is_some_and(|t| Instant::now() < t)
     }
 
     /// The epoch of the current (or last) tenure of this node; set before
@@ -484,6 +491,7 @@ async fn keep(
     retry_interval: Duration,
     held_tx: watch::Sender<bool>,
     epoch_tx: watch::Sender<Option<u64>>,
+    valid_until: Arc<parking_lot::Mutex<Option<Instant>>>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let renew_every = lease.duration() / 3;
@@ -502,7 +510,8 @@ async fn keep(
                 _ = &mut stop => return,
             }
         };
-        tracing::info!(node = lease.node_id(), epoch = h.epoch(), "compactor lease acquired");
+        tracing::info!(node_id = lease.node_id(), epoch = h.epoch(), "compactor lease acquired");
+        *valid_until.lock() = Some(h.valid_until);
         epoch_tx.send_replace(Some(h.epoch()));
         held_tx.send_replace(true);
         // Holding.
@@ -512,15 +521,18 @@ async fn keep(
                 _ = tokio::time::sleep_until(next.min(h.valid_until)) => {}
                 _ = &mut stop => {
                     held_tx.send_replace(false);
+                    *valid_until.lock() = None;
                     lease.release(h).await;
                     return;
                 }
             }
             if Instant::now() >= h.valid_until {
                 held_tx.send_replace(false);
+                *valid_until.lock() = None;
                 tracing::warn!(
-                    node = lease.node_id(),
-                    "compactor lease: not renewed in time, stopped acting"
+                    node_id = lease.node_id(),
+                    epoch = h.epoch(),
+                    "compactor lease lost: not renewed in time, stopped acting"
                 );
                 break;
             }
@@ -529,11 +541,13 @@ async fn keep(
             match tokio::time::timeout_at(h.valid_until, lease.renew(&h)).await {
                 Ok(Ok(n)) => {
                     h = n;
+                    *valid_until.lock() = Some(h.valid_until);
                     next = Instant::now() + renew_every;
                 }
                 Ok(Err(LeaseError::Lost(why))) => {
                     held_tx.send_replace(false);
-                    tracing::warn!(%why, "compactor lease lost");
+                    *valid_until.lock() = None;
+                    tracing::warn!(node_id = lease.node_id(), epoch = h.epoch(), %why, "compactor lease lost");
                     break;
                 }
                 Ok(Err(e)) => {
@@ -751,6 +765,21 @@ mod tests {
                 Ok(())
             })?;
         });
+    }
+
+    /// `is_held` is false once the tenure's deadline has passed, even
+    /// while the keeper's task has not yet run to flip `held` (a busy
+    /// runtime), so a deletion is never started after the deadline.
+    #[tokio::test]
+    async fn keeper_is_not_held_past_its_deadline() {
+        let k = LeaseKeeper::spawn(Lease::new(store(), lease_path("d"), "a", D), Duration::from_millis(20));
+        let mut held = k.held();
+        tokio::time::timeout(Duration::from_secs(10), held.wait_for(|h| *h)).await.unwrap().unwrap();
+        assert!(k.is_held());
+        *k.valid_until.lock() = Some(Instant::now() - Duration::from_millis(1));
+        assert!(*k.held().borrow(), "the task has not noticed yet");
+        assert!(!k.is_held());
+        k.shutdown().await;
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@
 pub mod batch;
 pub mod catalog;
 pub mod cluster;
+pub mod cluster_compact;
 // Being split into `segment/` by another change, which documents it.
 pub mod codec;
 pub mod compact;

@@ -90,6 +90,10 @@ pub struct Listing {
     /// Segments with a quarantine record (`crate::quarantine`): damaged,
     /// kept in the store, never loaded.
     pub quarantined: std::collections::BTreeSet<String>,
+    /// Per committed segment, when its `meta.json` was stored (Unix ns, the
+    /// store's clock): the instant the segment was committed. A compactor
+    /// counts `compaction.deletion_delay` from it.
+    pub committed_unix_nano: std::collections::HashMap<String, u64>,
 }
 
 impl Remote {
@@ -165,7 +169,7 @@ impl Remote {
     pub fn at(self: &Arc<Self>, rel: &[&str]) -> Result<Arc<Remote>> {
         let mut root = self.base();
         for part in rel {
-            let p = object_store::path::PathPart::parse(*part)
+            let p = object_store::path::PathPart::parse(part)
                 .map_err(|e| Error::Config(format!("object store path part {part:?}: {e}")))?;
             root = root.join(p);
         }
@@ -242,6 +246,7 @@ impl Remote {
         let mut committed = std::collections::BTreeSet::new();
         let mut all = std::collections::BTreeSet::new();
         let mut quarantined = std::collections::BTreeSet::new();
+        let mut committed_unix_nano = std::collections::HashMap::new();
         let depth = self.root.parts().count();
         for o in objects {
             let parts: Vec<String> = o.location.parts().skip(depth).map(|p| p.as_ref().to_string()).collect();
@@ -249,13 +254,20 @@ impl Remote {
             all.insert(id.clone());
             if parts.len() == 2 && parts[1] == COMMIT_FILE {
                 committed.insert(id.clone());
+                let t = o.last_modified.timestamp_nanos_opt().map_or(0, |t| t.max(0) as u64);
+                committed_unix_nano.insert(id.clone(), t);
             }
             if parts.len() == 2 && parts[1] == crate::quarantine::RECORD_FILE {
                 quarantined.insert(id.clone());
             }
         }
         let incomplete = all.difference(&committed).cloned().collect();
-        Ok(Listing { committed: committed.into_iter().collect(), incomplete, quarantined })
+        Ok(Listing {
+            committed: committed.into_iter().collect(),
+            incomplete,
+            quarantined,
+            committed_unix_nano,
+        })
     }
 
     /// Uploads every file of the segment directory `dir` as segment `id`,
@@ -359,6 +371,24 @@ impl Remote {
             store.put(&p, data.into()).await?;
             Ok(())
         })
+    }
+
+    /// The whole of one file of a segment (one GET request). Errors:
+    /// object-store errors (`NotFound` for a missing file).
+    pub fn get(&self, id: &str, file: &str) -> Result<Bytes> {
+        let store = self.store.clone();
+        let p = self.file_path(id, file);
+        self.metrics.remote_requests.inc();
+        let b = self.run(async move { Ok(store.get(&p).await?.bytes().await?) })?;
+        self.metrics.remote_read_bytes.inc_by(b.len() as u64);
+        Ok(b)
+    }
+
+    /// The store itself and the prefix the store was opened at (the shared
+    /// prefix of every node): for the compactor lease ([`crate::lease`]),
+    /// whose object lives beside `segments/`.
+    pub fn store_and_prefix(&self) -> (Arc<dyn ObjectStore>, ObjPath) {
+        (self.store.clone(), self.base())
     }
 
     /// The size in bytes of one file of a segment (one HEAD request).

@@ -107,6 +107,17 @@ pub struct SegmentMeta {
     /// drops every segment listed here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaces: Vec<String>,
+    /// The compactor lease's epoch ([`crate::lease`]) under which a
+    /// compactor node (`--role compact`) wrote this output; 0 for every
+    /// other segment (and in segments written before the field existed).
+    /// When two outputs replace overlapping inputs (a deposed holder's late
+    /// output), the higher epoch wins ([`crate::cluster_compact`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compaction_epoch: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Segment writing settings (`[segment]` in the config file).

@@ -238,6 +238,7 @@ fn write_into(
             .map(|((service, name, kind), span_count)| OperationStat { service, name, kind, span_count })
             .collect(),
         replaces,
+        compaction_epoch: 0,
     };
     meta.bytes = dir_size(&tmp);
     // meta.json last: a directory that has it is complete.
