@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::cluster::segments_parts;
-use crate::compact::{merge, pick_inputs_by, CompactStats};
+use crate::compact::{merge, pick_inputs_by, read_all, CompactStats};
 use crate::segment::{self, Segment, META_FILE};
 use crate::{now_unix_nano, remove_segment_dir, Error, Result, Storage};
 
@@ -221,19 +221,8 @@ impl Storage {
         let inputs: Vec<Arc<Segment>> = picked.iter().map(|&i| candidates[i].clone()).collect();
         drop(segs);
         let t0 = std::time::Instant::now();
-        let (traces, duplicate_spans) = merge(&inputs, |seg| {
-            let all = |n: u64| std::iter::once(0..n as usize).collect::<Vec<_>>();
-            Ok((seg.read_spans(all(seg.meta.span_count))?, seg.read_logs(all(seg.meta.log_count))?))
-        })?;
-        let mut stats = CompactStats {
-            duplicate_spans,
-            inputs: inputs.len(),
-            bytes_in: inputs.iter().map(|s| s.meta.bytes).sum(),
-            traces: traces.len() as u64,
-            spans: traces.iter().map(|t| t.1.spans.len() as u64).sum(),
-            logs: traces.iter().map(|t| t.1.logs.len() as u64).sum(),
-            ..Default::default()
-        };
+        let (traces, duplicate_spans) = merge(&inputs, |seg| read_all(seg))?;
+        let mut stats = CompactStats::of_merge(&inputs, &traces, duplicate_spans);
         let created = inputs.iter().map(|s| s.meta.created_unix_nano).min().unwrap_or(0);
         let replaces: Vec<String> = inputs.iter().map(|s| s.meta.id.clone()).collect();
         let root = self.segments_dir();

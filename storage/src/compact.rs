@@ -272,23 +272,11 @@ impl Storage {
         // An input found damaged is quarantined, and the next turn picks
         // inputs without it.
         let (traces, duplicate_spans) = merge(&inputs, |seg| {
-            let all = |n: u64| std::iter::once(0..n as usize).collect::<Vec<_>>();
-            self.guarded(seg, |g| {
-                Ok((g.read_spans(all(g.meta.span_count))?, g.read_logs(all(g.meta.log_count))?))
-            })?
-            .ok_or_else(|| {
+            self.guarded(seg, read_all)?.ok_or_else(|| {
                 Error::Corrupt(format!("compaction input {} is damaged and was quarantined", seg.meta.id))
             })
         })?;
-        let mut stats = CompactStats {
-            duplicate_spans,
-            inputs: inputs.len(),
-            bytes_in: inputs.iter().map(|s| s.meta.bytes).sum(),
-            traces: traces.len() as u64,
-            spans: traces.iter().map(|t| t.1.spans.len() as u64).sum(),
-            logs: traces.iter().map(|t| t.1.logs.len() as u64).sum(),
-            ..Default::default()
-        };
+        let mut stats = CompactStats::of_merge(&inputs, &traces, duplicate_spans);
         // Retention counts from when Skein received the data: the oldest
         // input's time (so merged data may go up to the inputs' spread
         // earlier than its own age alone would say, never later).
@@ -349,6 +337,32 @@ impl Storage {
 /// traces and the number of copies dropped. Each trace's WAL positions span
 /// the inputs' (`max_pos` is what the output's trace-ID index records and
 /// replay relies on).
+impl CompactStats {
+    /// The counts of merging `inputs` into `traces`, `duplicate_spans`
+    /// copies dropped (`bytes_out` still 0: the output is not written).
+    pub(crate) fn of_merge(
+        inputs: &[Arc<Segment>],
+        traces: &[(TraceId, TraceEntry)],
+        duplicate_spans: u64,
+    ) -> CompactStats {
+        CompactStats {
+            duplicate_spans,
+            inputs: inputs.len(),
+            bytes_in: inputs.iter().map(|s| s.meta.bytes).sum(),
+            traces: traces.len() as u64,
+            spans: traces.iter().map(|t| t.1.spans.len() as u64).sum(),
+            logs: traces.iter().map(|t| t.1.logs.len() as u64).sum(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Every span and log record of `seg`, as a compaction merges them.
+pub(crate) fn read_all(seg: &Segment) -> Result<(Vec<Span>, Vec<LogRecord>)> {
+    let all = |n: u64| std::iter::once(0..n as usize).collect::<Vec<_>>();
+    Ok((seg.read_spans(all(seg.meta.span_count))?, seg.read_logs(all(seg.meta.log_count))?))
+}
+
 pub(crate) fn merge(
     inputs: &[Arc<Segment>],
     mut read: impl FnMut(&Arc<Segment>) -> Result<(Vec<Span>, Vec<LogRecord>)>,
