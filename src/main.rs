@@ -448,11 +448,16 @@ fn cluster_settings(
         if ingest_nodes.is_some() {
             bail!("--ingest-nodes is for --role query (a query node fans out to them); this node runs --role all");
         }
+        if node_id.is_some() {
+            bail!("--node-id (node_id, SKEIN_NODE_ID) names a node of a split deployment (--role ingest|query|compact); this node runs --role all, where it would have no effect");
+        }
         return Ok((None, None));
     }
     if !has_store {
+        // The compactor's lease needs conditional puts, which file:// lacks.
+        let or_file = if role == Role::Compact { "" } else { " (or file:///shared/dir)" };
         bail!(
-            "--role {}: split roles share one object store; set --storage-url s3://bucket/prefix (or file:///shared/dir)",
+            "--role {}: split roles share one object store; set --storage-url s3://bucket/prefix{or_file}",
             format!("{role:?}").to_lowercase()
         );
     }
@@ -1015,6 +1020,8 @@ mod tests {
         assert!(err(&["--role", "query", "--node-id", "q", s3[0], s3[1]]).contains("--ingest-nodes"));
         assert!(err(&["--role", "ingest", "--node-id", "a/b", s3[0], s3[1]]).contains("--node-id"));
         assert!(err(&["--ingest-nodes", "http://a:1"]).contains("--role query"));
+        assert!(err(&["--node-id", "n1"]).contains("--role all"));
+        assert!(!err(&["--role", "compact"]).contains("file://"), "the compactor cannot use file://");
         let c =
             build_config(args(&["--role", "ingest", "--node-id", "n1", s3[0], s3[1]]), FileConfig::default())
                 .unwrap();

@@ -411,7 +411,15 @@ impl Storage {
             }
             h
         };
-        let flushing = exports.into_iter().map(|e| Arc::new(e.into_flushing())).collect();
+        // One block for every node: a span a retrying sender delivered to
+        // two nodes is one span, in counts and listings too, as two copies
+        // in one node's head are.
+        let mut all = MemoryExport::default();
+        for e in exports {
+            all.spans.extend(e.spans);
+            all.logs.extend(e.logs);
+        }
+        let flushing = vec![Arc::new(all.into_flushing())];
         self.catalog.set_remote(flushing, hidden);
         *self.node_warnings.write() = warnings;
         Ok(())
@@ -596,6 +604,29 @@ mod tests {
         let q = Storage::open(dq.path(), mirror_config(&url)).unwrap();
         assert_eq!(q.poll_catalog().unwrap().segments, 0);
         assert!(other.exists() && legacy.exists());
+    }
+
+    /// A span a retrying sender delivered to both ingest nodes is one span
+    /// in the query node's memory, so listings and RED count it once, as
+    /// a single node's head does (breaker: services counted it twice).
+    #[tokio::test]
+    async fn test_a_span_sent_to_two_nodes_is_one_in_memory() {
+        let bucket = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", bucket.path().display());
+        let (d1, d2, dq) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let n1 = Storage::open(d1.path(), store_config(&node_storage_url(&url, "n1"))).unwrap();
+        let n2 = Storage::open(d2.path(), store_config(&node_storage_url(&url, "n2"))).unwrap();
+        n1.replay().unwrap();
+        n2.replay().unwrap();
+        append_spans_of(&n1, 1, 0, 2).await;
+        append_spans_of(&n2, 1, 1, 2).await;
+        let q = Storage::open(dq.path(), mirror_config(&url)).unwrap();
+        q.poll_catalog().unwrap();
+        q.install_node_memory(vec![n1.export_memory("n1"), n2.export_memory("n2")], Vec::new()).unwrap();
+        let mut visited = 0;
+        q.catalog.walk(None, |_, t| visited += t.spans.len());
+        assert_eq!(visited, 3, "spans 0 and 1 from n1, 1 and 2 from n2: three spans");
     }
 
     fn walk(dir: &std::path::Path) -> Vec<String> {
