@@ -826,7 +826,13 @@ async fn serve(cfg: Config, self_tracing: Option<SelfTracing>) -> Result<()> {
     } else {
         tokio::spawn(tenants.clone().run_maintenance(stop_rx.clone()))
     };
-    let alerting = (!alerts.is_empty()).then(|| tokio::spawn(alerts.clone().run(stop_rx.clone())));
+    // Rules are evaluated where every node's data is read: an ingest node
+    // holds its own part only, and the compactor answers no queries
+    // (docs/alerts.md, "Split deployments"). A shared config file is then
+    // safe on every role.
+    let evaluates = matches!(cfg.role, Role::All | Role::Query);
+    let alerting =
+        (evaluates && !alerts.is_empty()).then(|| tokio::spawn(alerts.clone().run(stop_rx.clone())));
 
     for (what, h) in servers {
         h.await.context(what)?;
