@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use serde::Deserialize;
 use skein_storage::cluster::MemoryExport;
 use skein_storage::tenant::TenantId;
@@ -142,6 +143,20 @@ impl IngestNodes {
     }
 }
 
+/// One ingest node's live-tail events ([`Fanout::tail_streams`]).
+pub struct NodeEvents {
+    /// The node's base URL.
+    pub node: String,
+    /// Its server-sent events, in order; an `Err` ends the stream.
+    pub events: futures::stream::BoxStream<'static, Result<sse_stream::Sse, String>>,
+}
+
+impl std::fmt::Debug for NodeEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEvents").field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
 /// The fan-out of one query node.
 #[derive(Debug)]
 pub struct Fanout {
@@ -222,6 +237,59 @@ impl Fanout {
         tokio::task::spawn_blocking(move || s.install_node_memory(exports, warnings))
             .await
             .map_err(|e| skein_storage::Error::Config(format!("fan-out: {e}")))?
+    }
+
+    /// Opens every ingest node's live tail of `tenant`
+    /// (`GET /api/v1/tail/logs?{query}`, [`crate::api::tail`]): its
+    /// server-sent events as they come, each stream named by the node's
+    /// base URL. A node that does not answer with a stream within the
+    /// fan-out timeout is left out, with a warning naming it.
+    pub async fn tail_streams(&self, tenant: &TenantId, query: &str) -> (Vec<NodeEvents>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let urls = match self.nodes.resolve().await {
+            Ok(v) => v,
+            Err(e) => return (Vec::new(), vec![e]),
+        };
+        let opens = urls.iter().map(|base| async move {
+            let mut req = self
+                .client
+                .get(format!("{base}/api/v1/tail/logs?{query}"))
+                .header("X-Scope-OrgID", tenant.as_str())
+                .header("Accept", "text/event-stream");
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            // The whole-request timeout would cut the stream: only the
+            // answer's head is waited for.
+            match tokio::time::timeout(self.timeout, req.send()).await {
+                Err(_) => Err("timed out".to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Ok(r)) if !r.status().is_success() => Err(format!("HTTP {}", r.status())),
+                Ok(Ok(r)) => Ok(r),
+            }
+        });
+        let mut streams = Vec::new();
+        for (base, r) in urls.iter().zip(futures::future::join_all(opens).await) {
+            match r {
+                Ok(r) => {
+                    let chunks = futures::stream::unfold(Some(r), |r| async move {
+                        let mut r = r?;
+                        match r.chunk().await {
+                            Ok(Some(b)) => Some((Ok(b), Some(r))),
+                            Ok(None) => None,
+                            Err(e) => Some((Err(e), None)),
+                        }
+                    });
+                    let events = sse_stream::SseStream::from_bytes_stream(chunks)
+                        .map(|e| e.map_err(|e| e.to_string()));
+                    streams.push(NodeEvents { node: base.clone(), events: Box::pin(events) });
+                }
+                Err(e) => warnings.push(format!(
+                    "ingest node {base}: its live tail did not open ({e}); its new records are not followed"
+                )),
+            }
+        }
+        (streams, warnings)
     }
 
     async fn ask(&self, base: &str, tenant: &TenantId, timeout: Duration) -> Result<MemoryExport, String> {

@@ -122,6 +122,9 @@ async fn tail_logs(
     let sub = tail
         .subscribe(tenant.clone(), cfg.max_clients)
         .map_err(|e| Error::TooBusy(format!("{e}; retry later, or raise query.tail.max_clients")))?;
+    if let Some(fanout) = st.fanout.clone() {
+        return relay(&st, &tenant, fanout, sub, filter, backfill, q.as_deref().unwrap_or_default()).await;
+    }
     let mut queue = VecDeque::new();
     let mut seen: HashMap<u64, u32> = HashMap::new();
     let mut overlap_end = 0;
@@ -150,6 +153,111 @@ async fn tail_logs(
     });
     let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(cfg.keepalive));
     // Proxies such as nginx would otherwise buffer the stream.
+    Ok(([("x-accel-buffering", "no")], sse).into_response())
+}
+
+/// A query node's live tail: records are appended on the ingest nodes, so
+/// it opens every ingest node's tail with the request's filters (no
+/// backfill: `limit=0`), reads the backfill itself (through the fan-out, so from
+/// every node and the bucket), then relays the nodes' events as they
+/// come. A live record alike to a backfilled one is dropped only when it
+/// arrived before the backfill was read (it was in both); the nodes'
+/// own `ready` events are not relayed. A node whose tail does not open
+/// or ends gets a `warning` event naming it; the stream ends when every
+/// node's has. `sub` holds this client's place under `max_clients`.
+async fn relay(
+    st: &ApiState,
+    tenant: &skein_storage::tenant::TenantId,
+    fanout: std::sync::Arc<crate::fanout::Fanout>,
+    sub: TailSubscription,
+    filter: skein_storage::filter::LogFilter,
+    backfill: usize,
+    raw_query: &str,
+) -> Result<Response> {
+    // The same filters, no backfill (`limit=0`): that comes from here.
+    let mut node_query: Vec<&str> =
+        raw_query.split('&').filter(|kv| !kv.is_empty() && kv.split('=').next() != Some("limit")).collect();
+    node_query.push("limit=0");
+    let (streams, warnings) = fanout.tail_streams(tenant, &node_query.join("&")).await;
+    // Read from now on, so that what arrives while the backfill is read is
+    // told apart from what comes after.
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Option<String>, Event)>(st.cfg.tail.channel_capacity.max(1));
+    let backfill_read = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let open = streams.len();
+    for mut n in streams {
+        let (tx, after) = (tx.clone(), backfill_read.clone());
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let end = loop {
+                match n.events.next().await {
+                    None => break "its stream ended".to_string(),
+                    Some(Err(e)) => break e,
+                    Some(Ok(e)) => {
+                        let Some(data) = e.data else { continue };
+                        // A log record that came before the backfill was
+                        // read keeps its data, to be matched against it.
+                        let early = !after.load(std::sync::atomic::Ordering::SeqCst);
+                        let item = match e.event.as_deref() {
+                            None | Some("message") => {
+                                (early.then(|| data.clone()), Event::default().data(data))
+                            }
+                            Some("ready") => continue,
+                            Some(other) => (None, Event::default().event(other).data(data)),
+                        };
+                        if tx.send(item).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            let msg = format!(
+                "ingest node {}: live tail stopped ({end}); its new records are not followed",
+                n.node
+            );
+            let _ = tx
+                .send((None, Event::default().event("warning").data(json!({"message": msg}).to_string())))
+                .await;
+        });
+    }
+    drop(tx);
+    let mut queue: VecDeque<Event> = warnings
+        .into_iter()
+        .map(|w| Event::default().event("warning").data(json!({"message": w}).to_string()))
+        .collect();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    if backfill > 0 {
+        let r = st.engine(tenant).await?.search_logs(filter, backfill).await?;
+        for l in r.logs.iter().rev() {
+            let data = render::log(l).to_string();
+            *seen.entry(data.clone()).or_default() += 1;
+            queue.push_back(Event::default().data(data));
+        }
+    }
+    backfill_read.store(true, std::sync::atomic::Ordering::SeqCst);
+    queue.push_back(
+        Event::default()
+            .event("ready")
+            .data(json!({"backfilled": seen.values().sum::<u32>(), "ingest_nodes": open}).to_string()),
+    );
+    // `sub` stays with the stream: the client's place under max_clients.
+    let state = (queue, rx, seen, sub);
+    let stream = futures::stream::unfold(state, |(mut queue, mut rx, mut seen, sub)| async move {
+        loop {
+            if let Some(e) = queue.pop_front() {
+                return Some((Ok::<_, Infallible>(e), (queue, rx, seen, sub)));
+            }
+            let (early, e) = rx.recv().await?;
+            if let Some(n) = early.as_ref().and_then(|d| seen.get_mut(d)) {
+                *n -= 1;
+                if *n == 0 {
+                    seen.remove(early.as_deref().unwrap_or_default());
+                }
+                continue;
+            }
+            queue.push_back(e);
+        }
+    });
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(st.cfg.tail.keepalive));
     Ok(([("x-accel-buffering", "no")], sse).into_response())
 }
 
@@ -383,6 +491,75 @@ mod tests {
         other_tenant.append_logs(vec![log("cart", 9, "for the other tenant", 1)]).await.unwrap();
         let got = events(&mut other, 1).await;
         assert!(got[0].1.contains("for the other tenant"), "{got:?}");
+    }
+
+    /// A query node relays every ingest node's new records after its own
+    /// backfill (read through the fan-out), once each, and says when a
+    /// node's tail cannot be opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_a_query_node_relays_every_ingest_nodes_tail() {
+        use skein_storage::cluster::node_storage_url;
+        use skein_storage::tenant::Tenants;
+        use skein_storage::{Storage, StorageConfig};
+
+        use crate::fanout::{Fanout, IngestNodes};
+        let bucket = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", bucket.path().display());
+        let cfg = |url: String, mirror: bool| StorageConfig {
+            storage_url: Some(url),
+            mirror,
+            ..skein_storage::testsuite::test_config()
+        };
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for id in ["n1", "n2"] {
+            let d = tempfile::tempdir().unwrap();
+            let n = Storage::open(d.path(), cfg(node_storage_url(&url, id), false)).unwrap();
+            n.replay().unwrap();
+            let st =
+                ApiState::new(Tenants::from_storage(n.clone()), Default::default(), QueryConfig::default())
+                    .with_node_id(id.into());
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", l.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(l, crate::router(st)).await });
+            nodes.push((n, base));
+            dirs.push(d);
+        }
+        nodes[0].0.append_logs(vec![log("cart", 9, "before the tail", 1)]).await.unwrap();
+        let dq = tempfile::tempdir().unwrap();
+        let q = Storage::open(dq.path(), cfg(url, true)).unwrap();
+        let q2 = q.clone();
+        tokio::task::spawn_blocking(move || q2.poll_catalog()).await.unwrap().unwrap();
+        let app = |bases: Vec<String>| {
+            let fan = Fanout::new(IngestNodes::Static(bases), Duration::from_secs(2), None);
+            crate::router(
+                ApiState::new(Tenants::from_storage(q.clone()), Default::default(), QueryConfig::default())
+                    .with_fanout(std::sync::Arc::new(fan)),
+            )
+        };
+        let bases: Vec<String> = nodes.iter().map(|n| n.1.clone()).collect();
+        let mut body =
+            open(&app(bases.clone()), "/api/v1/tail/logs?limit=10&service=cart", None).await.into_body();
+        let got = events(&mut body, 2).await;
+        assert!(got[0].0 == "message" && got[0].1.contains("before the tail"), "{got:?}");
+        assert_eq!(got[1].0, "ready", "{got:?}");
+        assert!(got[1].1.contains("\"ingest_nodes\":2"), "{got:?}");
+        nodes[0].0.append_logs(vec![log("cart", 9, "on n1", 2)]).await.unwrap();
+        nodes[1].0.append_logs(vec![log("other", 9, "filtered out", 3)]).await.unwrap();
+        nodes[1].0.append_logs(vec![log("cart", 9, "on n2", 4)]).await.unwrap();
+        let mut got: Vec<String> = events(&mut body, 2).await.into_iter().map(|e| e.1).collect();
+        got.sort();
+        assert!(got[0].contains("on n1") && got[1].contains("on n2"), "{got:?}");
+
+        // A node whose tail does not open: a warning event names it.
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead);
+        let mut body =
+            open(&app(vec![bases[0].clone(), dead_url.clone()]), "/api/v1/tail/logs", None).await.into_body();
+        let got = events(&mut body, 2).await;
+        assert!(got[0].0 == "warning" && got[0].1.contains(&dead_url), "{got:?}");
+        assert_eq!(got[1].0, "ready", "{got:?}");
     }
 
     /// Past `max_clients` streams a client gets 429; a closed stream frees
