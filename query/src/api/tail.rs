@@ -189,7 +189,12 @@ async fn relay(
         tokio::spawn(async move {
             use futures::StreamExt as _;
             let end = loop {
-                match n.events.next().await {
+                // The client may leave while a node's stream is quiet.
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    e = n.events.next() => e,
+                };
+                match next {
                     None => break "its stream ended".to_string(),
                     Some(Err(e)) => break e,
                     Some(Ok(e)) => {
@@ -516,13 +521,13 @@ mod tests {
             let d = tempfile::tempdir().unwrap();
             let n = Storage::open(d.path(), cfg(node_storage_url(&url, id), false)).unwrap();
             n.replay().unwrap();
-            let st =
-                ApiState::new(Tenants::from_storage(n.clone()), Default::default(), QueryConfig::default())
-                    .with_node_id(id.into());
+            let tenants = Tenants::from_storage(n.clone());
+            let st = ApiState::new(tenants.clone(), Default::default(), QueryConfig::default())
+                .with_node_id(id.into());
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let base = format!("http://{}", l.local_addr().unwrap());
             tokio::spawn(async move { axum::serve(l, crate::router(st)).await });
-            nodes.push((n, base));
+            nodes.push((n, base, tenants));
             dirs.push(d);
         }
         nodes[0].0.append_logs(vec![log("cart", 9, "before the tail", 1)]).await.unwrap();
@@ -550,6 +555,13 @@ mod tests {
         let mut got: Vec<String> = events(&mut body, 2).await.into_iter().map(|e| e.1).collect();
         got.sort();
         assert!(got[0].contains("on n1") && got[1].contains("on n2"), "{got:?}");
+        // The client leaves: the relay closes the nodes' streams too.
+        drop(body);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while nodes.iter().any(|n| n.2.tail_with_capacity(DEFAULT_TAIL_CAPACITY).wanted()) {
+            assert!(std::time::Instant::now() < deadline, "an ingest node's tail is still followed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
 
         // A node whose tail does not open: a warning event names it.
         let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
