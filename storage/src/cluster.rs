@@ -491,6 +491,25 @@ mod tests {
         StorageConfig { mirror: true, ..store_config(url) }
     }
 
+    /// A `file://` bucket, ingest nodes `n1` and `n2` on it (replayed) and
+    /// a query node over it (not polled yet). The directories live as long
+    /// as the first two values.
+    #[allow(clippy::type_complexity)]
+    fn two_nodes_and_a_query_node(
+    ) -> (tempfile::TempDir, Vec<tempfile::TempDir>, Arc<Storage>, Arc<Storage>, Arc<Storage>) {
+        let bucket = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", bucket.path().display());
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let node = |i: usize, id: &str| {
+            let n = Storage::open(dirs[i].path(), store_config(&node_storage_url(&url, id))).unwrap();
+            n.replay().unwrap();
+            n
+        };
+        let (n1, n2) = (node(0, "n1"), node(1, "n2"));
+        let q = Storage::open(dirs[2].path(), mirror_config(&url)).unwrap();
+        (bucket, dirs, n1, n2, q)
+    }
+
     /// Two ingest nodes each write under their own prefix; a query node
     /// lists both, reads a trace split across them whole (from their
     /// segments, from their memory, and from both at once, a span found
@@ -498,15 +517,7 @@ mod tests {
     /// segment once it is gone from the bucket.
     #[tokio::test]
     async fn test_a_query_node_reads_every_node_prefix_and_their_memory() {
-        let bucket = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", bucket.path().display());
-        let (d1, d2, dq) =
-            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let n1 = Storage::open(d1.path(), store_config(&node_storage_url(&url, "n1"))).unwrap();
-        let n2 = Storage::open(d2.path(), store_config(&node_storage_url(&url, "n2"))).unwrap();
-        n1.replay().unwrap();
-        n2.replay().unwrap();
-        let q = Storage::open(dq.path(), mirror_config(&url)).unwrap();
+        let (bucket, _dirs, n1, n2, q) = two_nodes_and_a_query_node();
         q.replay().unwrap();
         assert!(!q.is_ready() && q.last_poll_unix_nano().is_none(), "not ready before the first poll");
         let t = trace_id(1);
@@ -611,17 +622,9 @@ mod tests {
     /// a single node's head does (breaker: services counted it twice).
     #[tokio::test]
     async fn test_a_span_sent_to_two_nodes_is_one_in_memory() {
-        let bucket = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", bucket.path().display());
-        let (d1, d2, dq) =
-            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let n1 = Storage::open(d1.path(), store_config(&node_storage_url(&url, "n1"))).unwrap();
-        let n2 = Storage::open(d2.path(), store_config(&node_storage_url(&url, "n2"))).unwrap();
-        n1.replay().unwrap();
-        n2.replay().unwrap();
+        let (_bucket, _dirs, n1, n2, q) = two_nodes_and_a_query_node();
         append_spans_of(&n1, 1, 0, 2).await;
         append_spans_of(&n2, 1, 1, 2).await;
-        let q = Storage::open(dq.path(), mirror_config(&url)).unwrap();
         q.poll_catalog().unwrap();
         q.install_node_memory(vec![n1.export_memory("n1"), n2.export_memory("n2")], Vec::new()).unwrap();
         let mut visited = 0;

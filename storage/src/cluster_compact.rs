@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::cluster::segments_parts;
-use crate::compact::{merge, pick_inputs_by, read_all, CompactStats};
+use crate::compact::{merge, pick_segments, read_all, CompactStats};
 use crate::segment::{self, Segment, META_FILE};
 use crate::{now_unix_nano, remove_segment_dir, Error, Result, Storage};
 
@@ -213,12 +213,10 @@ impl Storage {
                 .into_iter()
                 .map(|l| l.id.as_str())
                 .collect();
-        let candidates: Vec<&Arc<Segment>> =
-            segs.iter().filter(|(_, l)| ok.contains(l.id.as_str())).map(|(s, _)| s).collect();
-        let sizes: Vec<(u64, u64)> =
-            candidates.iter().map(|s| (s.meta.bytes, s.meta.span_count + s.meta.log_count)).collect();
-        let Some(picked) = pick_inputs_by(&sizes, cfg) else { return Ok(CompactStats::default()) };
-        let inputs: Vec<Arc<Segment>> = picked.iter().map(|&i| candidates[i].clone()).collect();
+        let candidates: Vec<Arc<Segment>> =
+            segs.iter().filter(|(_, l)| ok.contains(l.id.as_str())).map(|(s, _)| s.clone()).collect();
+        let Some(inputs) = pick_segments(&candidates, cfg) else { return Ok(CompactStats::default()) };
+        drop(candidates);
         drop(segs);
         let t0 = std::time::Instant::now();
         let (traces, duplicate_spans) = merge(&inputs, |seg| read_all(seg))?;
@@ -354,6 +352,7 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compact::pick_inputs_by;
     use crate::StorageConfig;
 
     fn l(id: &str, node: Option<&str>, replaces: &[&str], epoch: u64, committed: u64) -> Listed {

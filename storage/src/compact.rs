@@ -249,10 +249,7 @@ impl Storage {
         segs.sort_by(|a, b| {
             (a.meta.created_unix_nano, &a.meta.id).cmp(&(b.meta.created_unix_nano, &b.meta.id))
         });
-        let sizes: Vec<(u64, u64)> =
-            segs.iter().map(|s| (s.meta.bytes, s.meta.span_count + s.meta.log_count)).collect();
-        let Some(picked) = pick_inputs_by(&sizes, cfg) else { return Ok(CompactStats::default()) };
-        let inputs: Vec<Arc<Segment>> = picked.iter().map(|&i| segs[i].clone()).collect();
+        let Some(inputs) = pick_segments(&segs, cfg) else { return Ok(CompactStats::default()) };
         drop(segs);
         let t0 = std::time::Instant::now();
         // Self-tracing: only a compaction with work makes a span (numbers
@@ -355,6 +352,19 @@ impl CompactStats {
             ..Default::default()
         }
     }
+}
+
+/// The segments of `candidates` (oldest first) the size-tiered planner
+/// merges next ([`pick_inputs_by`] on their bytes and rows); `None` when
+/// too few qualify.
+pub(crate) fn pick_segments(
+    candidates: &[Arc<Segment>],
+    cfg: &CompactionConfig,
+) -> Option<Vec<Arc<Segment>>> {
+    let sizes: Vec<(u64, u64)> =
+        candidates.iter().map(|s| (s.meta.bytes, s.meta.span_count + s.meta.log_count)).collect();
+    let picked = pick_inputs_by(&sizes, cfg)?;
+    Some(picked.iter().map(|&i| candidates[i].clone()).collect())
 }
 
 /// Every span and log record of `seg`, as a compaction merges them.
