@@ -246,10 +246,7 @@ impl Storage {
             return Err(e);
         }
         stats.bytes_out = meta.bytes;
-        self.metrics.compactions.inc();
-        self.metrics.duplicate_spans.inc_by(stats.duplicate_spans);
-        self.metrics.compaction_bytes_in.inc_by(stats.bytes_in);
-        self.metrics.compaction_bytes_out.inc_by(stats.bytes_out);
+        self.count_compaction(&stats);
         tracing::info!(
             output = %meta.id,
             epoch,
